@@ -1,0 +1,45 @@
+# EdgeFlowNAS. Every target installs the virtual environment on first use.
+PY := .venv/bin/python
+VENV := .venv/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help venv train eval demo test check bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV): requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --upgrade pip
+	.venv/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV) ## create .venv and install requirements.txt
+	@$(PY) -c "import tensorflow as tf, numpy; print('tensorflow', tf.__version__, 'numpy', numpy.__version__)"
+
+train: $(VENV) ## train the supernet with config.json (synthetic data, announced, if no base_path)
+	$(PY) train.py --config config.json
+
+eval: $(VENV) ## score the newest experiment's best checkpoint on its eval pool
+	$(PY) evaluate.py --checkpoint_type best
+
+demo: $(VENV) ## ~10 min CPU run on synthetic data, then its evaluation
+	$(PY) train.py --config config.json --experiment_name demo --synthetic $(DEMO_FLAGS)
+	$(PY) evaluate.py --experiment_name demo --checkpoint_type best
+
+test: $(VENV) ## run the pytest suite
+	$(PY) -m pytest -q test_all.py
+
+check: $(VENV) ## CI: self-checks of the search space and fairness, then the test suite
+	$(PY) supernet.py --self_test
+	$(PY) fair.py --cycles 300 --seed 42 --check
+	$(PY) fair.py --pool --seed 42 --size 12 --check
+	$(PY) -m pytest -q test_all.py
+
+bench: $(VENV) ## speed and memory benchmark (see README, Performance)
+	$(PY) bench.py
+
+clean: ## remove the virtual environment and caches (keeps outputs/)
+	rm -rf .venv .pytest_cache __pycache__

@@ -1,0 +1,201 @@
+"""FairNAS strict fairness: the fair-cycle sampler, fairness counts and gap, and the eval pool.
+
+A fair cycle draws, for each block, a random permutation of the options; path p takes element p
+of every block's permutation, so the 3 paths of a cycle use every option of every block exactly
+once. The random stream of cycle `step` is derived from (seed, step) alone, so a resumed run draws
+exactly the paths an uninterrupted one would.
+
+    python fair.py --cycles 300 --seed 42 --check
+    python fair.py --pool --seed 42 --size 12 --check
+"""
+import argparse
+import hashlib
+import itertools
+import json
+import sys
+
+import numpy as np
+
+from supernet import BLOCKS, NUM_ARCHS, NUM_OPTIONS, arch_to_index, count_macs, format_arch, index_to_arch
+
+POOL_ANCHORS = 8  # the pool builder tries this many subnets, seeded, among the 4x as many nearest its target
+POOL_STREAM = 2 ** 32  # keeps the pool's random stream apart from every training step's
+
+
+def _cycle(rng):
+    """One fair cycle drawn from `rng`: per block a permutation, path p takes element p."""
+    perms = [rng.permutation(NUM_OPTIONS) for _ in BLOCKS]
+    return tuple(tuple(int(perm[path]) for perm in perms) for path in range(NUM_OPTIONS))
+
+
+def fair_cycle(seed, step):
+    """The 3 archs of fair cycle `step` (a tuple of 3 tuples of 9 ints), a function of (seed, step) alone."""
+    return _cycle(np.random.default_rng([seed, step]))
+
+
+def empty_counts():
+    """Fairness counts {block: {option: 0}}; option keys are strings so JSON round-trips them."""
+    return {block: {str(o): 0 for o in range(NUM_OPTIONS)} for block in BLOCKS}
+
+
+def add_counts(counts, archs):
+    """Return a copy of `counts` with every (block, option) of `archs` counted once more."""
+    counts = {block: dict(options) for block, options in counts.items()}
+    for arch in archs:
+        for block, option in zip(BLOCKS, arch):
+            counts[block][str(option)] += 1
+    return counts
+
+
+def fairness_gap(counts):
+    """Max over blocks of (max - min) option count; 0 after every whole fair step."""
+    return max(max(options.values()) - min(options.values()) for options in counts.values())
+
+
+def counts_for_steps(seed, first_step, num_steps, counts=None):
+    """Fairness counts after sampling cycles first_step .. first_step+num_steps-1 onto `counts`."""
+    counts = counts or empty_counts()
+    for step in range(first_step, first_step + num_steps):
+        counts = add_counts(counts, fair_cycle(seed, step))
+    return counts
+
+
+def sequence_digest(seed, first_step, num_steps):
+    """A short hash of the path sequence, to compare two runs at a glance."""
+    text = ";".join(format_arch(a) for s in range(first_step, first_step + num_steps) for a in fair_cycle(seed, s))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- eval pool
+
+def _largest_gap(values):
+    """Largest difference between neighbouring sorted values (0 for fewer than two)."""
+    return float(np.diff(np.sort(values)).max()) if len(values) > 1 else 0.0
+
+
+def _completions(arch):
+    """Every fair cycle whose first path is `arch`: per block the other two options in either order."""
+    rest = [[o for o in range(NUM_OPTIONS) if o != option] for option in arch]
+    for flips in itertools.product((0, 1), repeat=len(BLOCKS)):
+        second = tuple(r[f] for r, f in zip(rest, flips))
+        third = tuple(r[1 - f] for r, f in zip(rest, flips))
+        yield (arch, second, third)
+
+
+def build_eval_pool(size, seed, h=180, w=240):
+    """A fixed pool of `size` subnets made of whole fair cycles.
+
+    The first cycle is all-0 / all-1 / all-2 (the extremes). Each further cycle aims at the
+    middle of the largest MACs gap left so far: a few unused subnets near that target, picked
+    seeded, are each completed into every fair cycle they head (2^9 each), and the cycle that
+    leaves the smallest largest gap (then the smallest sum of squared gaps) joins the pool.
+    """
+    if size <= 0 or size % NUM_OPTIONS:
+        raise ValueError(f"eval pool size {size} must be a positive multiple of {NUM_OPTIONS} (whole fair cycles)")
+    rng = np.random.default_rng([seed, POOL_STREAM])
+    every_macs = np.array([count_macs(index_to_arch(i), h, w) for i in range(NUM_ARCHS)], dtype=np.float64)
+    pool = [tuple([o] * len(BLOCKS)) for o in range(NUM_OPTIONS)]
+    while len(pool) < size:
+        values = np.sort([every_macs[arch_to_index(a)] for a in pool])
+        gap = int(np.argmax(np.diff(values)))
+        target = (values[gap] + values[gap + 1]) / 2
+        used = {arch_to_index(a) for a in pool}
+        nearest = [i for i in np.argsort(np.abs(every_macs - target), kind="stable")[:4 * POOL_ANCHORS + len(used)]
+                   if i not in used][:4 * POOL_ANCHORS]
+        anchors = [index_to_arch(int(i)) for i in rng.choice(nearest, POOL_ANCHORS, replace=False)]
+        fresh = [c for anchor in anchors for c in _completions(anchor) if not {arch_to_index(a) for a in c} & used]
+
+        def unevenness(cycle):
+            gaps = np.diff(np.sort(np.concatenate([values, [every_macs[arch_to_index(a)] for a in cycle]])))
+            return gaps.max(), float(np.square(gaps).sum())
+
+        pool.extend(min(fresh, key=unevenness))
+    return pool
+
+
+def pool_coverage(pool, h=180, w=240):
+    """Per-(block, option) counts, duplicates and MACs spread of a pool, with `ok` and `problems`.
+
+    Spread is ok when the pool holds the smallest and largest subnets and no gap between
+    neighbouring MACs exceeds twice the even spacing of the range.
+    """
+    problems = []
+    counts = add_counts(empty_counts(), pool)
+    want = len(pool) // NUM_OPTIONS
+    if len(pool) % NUM_OPTIONS:
+        problems.append(f"pool size {len(pool)} is not a multiple of {NUM_OPTIONS}")
+    for block, options in counts.items():
+        for option, n in options.items():
+            if n != want:
+                problems.append(f"{block} option {option} appears {n} times, expected {want}")
+    duplicates = sorted({format_arch(a) for a in pool if pool.count(a) > 1})
+    if duplicates:
+        problems.append(f"duplicate archs: {', '.join(duplicates)}")
+    macs = sorted(count_macs(a, h, w) for a in pool)
+    lo, hi = count_macs((0,) * len(BLOCKS), h, w), count_macs((NUM_OPTIONS - 1,) * len(BLOCKS), h, w)
+    max_gap = _largest_gap(macs)
+    allowed_gap = 2 * (hi - lo) / max(len(pool) - 1, 1)
+    if macs[0] != lo or macs[-1] != hi:
+        problems.append("pool does not hold both the smallest and the largest subnet")
+    if max_gap > allowed_gap:
+        problems.append(f"largest MACs gap {max_gap / 1e9:.3f} G exceeds {allowed_gap / 1e9:.3f} G")
+    return {"size": len(pool), "counts": counts, "duplicates": duplicates,
+            "gmacs_min": macs[0] / 1e9, "gmacs_max": macs[-1] / 1e9, "largest_gap_gmacs": max_gap / 1e9,
+            "allowed_gap_gmacs": allowed_gap / 1e9, "ok": not problems, "problems": problems}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def print_counts(counts):
+    """Print fairness counts as a block x option table."""
+    print("block   " + " ".join(f"opt{o:>6}" for o in range(NUM_OPTIONS)))
+    for block, options in counts.items():
+        print(f"{block:<7} " + " ".join(f"{n:>9}" for n in options.values()))
+
+
+def main(argv=None):
+    """CLI: sample fair cycles (--cycles) or build the eval pool (--pool), and check them."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cycles", type=int, default=0, help="number of fair cycles to sample")
+    parser.add_argument("--pool", action="store_true", help="build the eval pool")
+    parser.add_argument("--size", type=int, default=12, help="eval pool size (multiple of 3)")
+    parser.add_argument("--seed", type=int, default=42, help="sampler / pool seed")
+    parser.add_argument("--h", type=int, default=180, help="input height for MACs")
+    parser.add_argument("--w", type=int, default=240, help="input width for MACs")
+    parser.add_argument("--check", action="store_true", help="exit non-zero unless fair / covered")
+    args = parser.parse_args(argv)
+    if args.cycles < 0:
+        parser.error(f"--cycles {args.cycles} must be >= 0")
+    if args.seed < 0:
+        parser.error(f"--seed {args.seed} must be >= 0")
+    if not args.cycles and not args.pool:
+        parser.error("choose --cycles N or --pool")
+    status = 0
+    if args.cycles:
+        counts = counts_for_steps(args.seed, 0, args.cycles)
+        gap = fairness_gap(counts)
+        print(f"{args.cycles} fair cycles, seed {args.seed}, first: "
+              + " | ".join(format_arch(a) for a in fair_cycle(args.seed, 0)))
+        print_counts(counts)
+        print(f"fairness gap: {gap}")
+        print(f"sequence digest: {sequence_digest(args.seed, 0, args.cycles)} (a function of seed and cycles: rerun to compare)")
+        if args.check and (gap != 0 or any(n != args.cycles for o in counts.values() for n in o.values())):
+            status = 1
+    if args.pool:
+        try:
+            pool = build_eval_pool(args.size, args.seed, args.h, args.w)
+        except ValueError as err:
+            parser.error(f"--size: {err}")
+        coverage = pool_coverage(pool, args.h, args.w)
+        for i, arch in enumerate(pool):
+            print(f"{i:>3} {format_arch(arch)}  {count_macs(arch, args.h, args.w) / 1e9:6.3f} GMAC")
+        print_counts(coverage["counts"])
+        print(json.dumps({k: v for k, v in coverage.items() if k != "counts"}))
+        print("coverage " + ("ok" if coverage["ok"] else "FAILED: " + "; ".join(coverage["problems"])))
+        if args.check and not coverage["ok"]:
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
