@@ -60,10 +60,17 @@ def counts_for_steps(seed, first_step, num_steps, counts=None):
     return counts
 
 
-def sequence_digest(seed, first_step, num_steps):
-    """A short hash of the path sequence, to compare two runs at a glance."""
-    text = ";".join(format_arch(a) for s in range(first_step, first_step + num_steps) for a in fair_cycle(seed, s))
+def chain_digest(digest, cycle):
+    """Extend a running digest of the path sequence by one cycle; resumable, unlike one hash of all."""
+    text = digest + "|" + ";".join(format_arch(a) for a in cycle)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sequence_digest(seed, first_step, num_steps, digest=""):
+    """The running digest after cycles first_step .. first_step+num_steps-1, to compare two runs."""
+    for step in range(first_step, first_step + num_steps):
+        digest = chain_digest(digest, fair_cycle(seed, step))
+    return digest
 
 
 # ----------------------------------------------------------------------------- eval pool

@@ -2,12 +2,15 @@
 against an independent computation (numpy, a brute-force path, bytes written by hand)."""
 import ast
 import itertools
+import os
 import pathlib
+import struct
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import data_fc2
 import fair
 import supernet
 
@@ -282,6 +285,400 @@ def test_supernet_self_test_cli(capsys):
     assert supernet.main(["--self_test"]) == 0
     out = capsys.readouterr().out
     assert "all 19683 codes" in out and out.count("rejected") == 4
+
+
+# ----------------------------------------------------------------------------- data (data_fc2.py)
+
+H, W = 32, 48  # tiny synthetic FC2 images
+CROP = (24, 32)
+
+
+@pytest.fixture(scope="module")
+def fc2_tree(tmp_path_factory):
+    """A tiny FC2 tree written once by write_synthetic_fc2 (10 samples: 8 train, 2 val)."""
+    root = str(tmp_path_factory.mktemp("fc2"))
+    counts = data_fc2.write_synthetic_fc2(root, 10, seed=3, h=H, w=W, val_fraction=0.2)
+    assert counts == {"train": 8, "val": 2}
+    return root
+
+
+def _copy_tree(src, dst):
+    """Copy an FC2 tree so a test can damage it without touching the shared fixture."""
+    for dirpath, _, files in os.walk(src):
+        target = os.path.join(dst, os.path.relpath(dirpath, src))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                content = f.read()
+            with open(os.path.join(target, name), "wb") as f:
+                f.write(content)
+    return str(dst)
+
+
+def _decode_png(path):
+    with open(path, "rb") as f:
+        return tf.io.decode_png(f.read(), channels=3).numpy()
+
+
+def _hand_flo_bytes(width, height, values, tag=b"PIEH"):
+    return tag + struct.pack("<ii", width, height) + struct.pack(f"<{len(values)}f", *values)
+
+
+# ----------------------------------------------------------------------------- .flo
+
+def test_flo_round_trip_is_bit_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    flow = rng.normal(0, 30, (5, 7, 2)).astype(np.float32)
+    flow[0, 0] = [-0.0, 1e9]  # negative zero and Middlebury's "unknown" marker survive too
+    flow[1, 1] = [np.inf, np.nan]
+    path = str(tmp_path / "x.flo")
+    data_fc2.write_flo(path, flow)
+    back = data_fc2.read_flo(path)
+    assert back.dtype == np.float32 and back.shape == (5, 7, 2)
+    assert np.array_equal(back.view(np.uint32), flow.view(np.uint32))
+    assert os.path.getsize(path) == 12 + 5 * 7 * 2 * 4
+
+
+def test_read_flo_of_hand_written_bytes(tmp_path):
+    # width 3, height 2; u, v interleaved, row-major: pixel (row r, col c) = (10r + c, -(10r + c))
+    values = [v for r in range(2) for c in range(3) for v in (10 * r + c, -(10 * r + c))]
+    path = tmp_path / "hand.flo"
+    path.write_bytes(_hand_flo_bytes(3, 2, values))
+    flow = data_fc2.read_flo(str(path))
+    assert flow.shape == (2, 3, 2)
+    assert flow[1, 2].tolist() == [12.0, -12.0]
+    assert flow[0, 1].tolist() == [1.0, -1.0]
+
+
+@pytest.mark.parametrize("content, words", [
+    (_hand_flo_bytes(2, 2, [0.0] * 8, tag=b"PIEX"), "wrong .flo tag"),
+    (_hand_flo_bytes(0, 2, []), "impossible .flo size"),
+    (_hand_flo_bytes(2, -1, []), "impossible .flo size"),
+    (_hand_flo_bytes(100000, 1, []), "impossible .flo size"),
+    (b"PIEH\x02\x00", "short .flo file"),
+    (_hand_flo_bytes(2, 2, [0.0] * 7), "short .flo file"),
+    (_hand_flo_bytes(2, 2, [0.0] * 9), "bytes after"),
+])
+def test_read_flo_malformed_names_the_file(tmp_path, content, words):
+    path = tmp_path / "bad_sample.flo"
+    path.write_bytes(content)
+    with pytest.raises(data_fc2.DataError, match=words) as info:
+        data_fc2.read_flo(str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_read_flo_missing_file_and_write_bad_shape_name_the_file(tmp_path):
+    with pytest.raises(data_fc2.DataError, match="nothere.flo"):
+        data_fc2.read_flo(str(tmp_path / "nothere.flo"))
+    with pytest.raises(data_fc2.DataError, match="out.flo"):
+        data_fc2.write_flo(str(tmp_path / "out.flo"), np.zeros((4, 4, 3), np.float32))
+
+
+# ----------------------------------------------------------------- lists, folders, checks
+
+def test_lists_and_folders_give_the_same_samples(fc2_tree):
+    assert data_fc2.detect_layout(fc2_tree) == "lists"
+    for split, n in (("train", 8), ("val", 2)):
+        lists = data_fc2.list_samples(fc2_tree, split, "lists")
+        folders = data_fc2.list_samples(fc2_tree, split, "folders")
+        assert len(lists) == n
+        assert sorted(lists) == sorted(folders)
+        img0, img1, flow = lists[0]
+        assert img0.endswith("-img_0.png") and img1.endswith("-img_1.png")
+        assert flow.endswith("-flow_01.flo")
+        assert os.path.dirname(img0).endswith(os.path.join("FlyingChairs2", split))
+    assert data_fc2.check_dataset(fc2_tree, "lists") == data_fc2.check_dataset(fc2_tree, "folders") \
+        == {"train": 8, "val": 2}
+
+
+def test_list_layout_with_absolute_paths(fc2_tree, tmp_path):
+    lists_only = tmp_path / "lists_only"  # holds the list files, the images live elsewhere
+    lists_only.mkdir()
+    lines = open(os.path.join(fc2_tree, "FC2_dirnames.txt")).read().splitlines()
+    assert not os.path.isabs(lines[0])
+    absolute = "".join(os.path.join(fc2_tree, line) + "\n" for line in lines)
+    (lists_only / "FC2_dirnames.txt").write_text(absolute)
+    for name in ("FC2_train.txt", "FC2_test.txt"):
+        (lists_only / name).write_text(open(os.path.join(fc2_tree, name)).read())
+    base = str(lists_only)
+    assert data_fc2.list_samples(base, "val", "lists") == data_fc2.list_samples(fc2_tree, "val", "lists")
+    assert data_fc2.check_dataset(base, "auto") == {"train": 8, "val": 2}
+
+
+@pytest.mark.parametrize("index_text, words", [("3\n10\n", "index 10 out of range"),
+                                               ("-1\n", "index -1 out of range"),
+                                               ("two\n", "expected an integer")])
+def test_split_index_errors_name_the_list_file(fc2_tree, tmp_path, index_text, words):
+    base = _copy_tree(fc2_tree, tmp_path / "copy")
+    with open(os.path.join(base, "FC2_test.txt"), "w") as f:
+        f.write(index_text)
+    with pytest.raises(data_fc2.DataError, match=words) as info:
+        data_fc2.list_samples(base, "val", "lists")
+    assert "FC2_test.txt" in str(info.value)
+
+
+def test_check_dataset_names_a_deleted_file(fc2_tree, tmp_path):
+    base = _copy_tree(fc2_tree, tmp_path / "copy")
+    victim = data_fc2.list_samples(base, "train", "lists")[4][2]
+    os.remove(victim)
+    for layout in ("lists", "folders"):
+        with pytest.raises(data_fc2.DataError) as info:
+            data_fc2.check_dataset(base, layout)
+        message = str(info.value)
+        assert message.startswith("1 of 8 samples in split 'train' are incomplete")
+        assert victim in message
+
+
+def test_check_dataset_rejects_an_empty_split_and_missing_base(fc2_tree, tmp_path):
+    base = _copy_tree(fc2_tree, tmp_path / "copy")
+    open(os.path.join(base, "FC2_test.txt"), "w").close()
+    with pytest.raises(data_fc2.DataError, match="split 'val' .* has no samples"):
+        data_fc2.check_dataset(base, "lists")
+    with pytest.raises(data_fc2.DataError, match="not a directory"):
+        data_fc2.check_dataset(str(tmp_path / "absent"), "auto")
+    with pytest.raises(data_fc2.DataError, match="neither"):
+        data_fc2.detect_layout(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------ synthetic
+
+def _bilinear(image, x, y):
+    """Sample image [h, w, C] at float positions with bilinear weights (border-clamped)."""
+    h, w = image.shape[:2]
+    x0 = np.clip(np.floor(x).astype(int), 0, w - 2)
+    y0 = np.clip(np.floor(y).astype(int), 0, h - 2)
+    tx, ty = (x - x0)[..., None], (y - y0)[..., None]
+    img = image.astype(np.float64)
+    top = (1 - tx) * img[y0, x0] + tx * img[y0, x0 + 1]
+    bottom = (1 - tx) * img[y0 + 1, x0] + tx * img[y0 + 1, x0 + 1]
+    return (1 - ty) * top + ty * bottom
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthetic_flow_warps_img1_back_to_img0(seed):
+    h, w = 96, 128
+    scene = data_fc2.render_synthetic_scene(np.random.default_rng(seed), h, w)
+    img0, img1, flow = scene["img0"], scene["img1"], scene["flow"]
+    layers0, layers1 = scene["layers0"], scene["layers1"]
+    assert len(np.unique(layers0)) >= 4  # background plus several visible objects
+    ys, xs = np.mgrid[0:h, 0:w]
+    x, y = xs + flow[..., 0], ys + flow[..., 1]
+    x0 = np.clip(np.floor(x).astype(int), 0, w - 2)
+    y0 = np.clip(np.floor(y).astype(int), 0, h - 2)
+    # not occluded: the target lies in the frame and all four bilinear neighbours in img1 show
+    # the same layer as the pixel in img0
+    visible = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            visible &= layers1[y0 + dy, x0 + dx] == layers0
+    assert visible.mean() > 0.6
+    warped_error = np.abs(_bilinear(img1, x, y) - img0).mean(axis=-1)[visible].mean()
+    zero_error = np.abs(img1.astype(np.float64) - img0).mean(axis=-1)[visible].mean()
+    # Bound 1.0 grey level: uint8 rounding of both frames gives a mean |difference| of about
+    # 1/3; bilinear interpolation of the smooth texture adds little (plane waves with
+    # amplitude <= 18 and wavelength >= 12 px have |f''| <= 18 (2 pi / 12)^2 ~ 5 per wave,
+    # so the per-pixel interpolation error, <= |f''|/8 per axis, averages well below 1).
+    # Measured: 0.30-0.37. A wrong flow (sign, axis order, frame) gives errors of several levels.
+    assert warped_error < 1.0
+    assert zero_error > 3.0 and zero_error > 5 * warped_error
+
+
+def test_synthetic_is_seeded_and_reproducible():
+    a = data_fc2.make_synthetic_arrays(3, 24, 32, seed=7)
+    b = data_fc2.make_synthetic_arrays(3, 24, 32, seed=7)
+    c = data_fc2.make_synthetic_arrays(3, 24, 32, seed=8)
+    assert a["img0"].shape == (3, 24, 32, 3) and a["img0"].dtype == np.uint8
+    assert a["flow"].shape == (3, 24, 32, 2) and a["flow"].dtype == np.float32
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["img0"], c["img0"])
+    assert a["img0"].std() > 10 and np.abs(a["flow"]).max() > 0.5  # texture and motion, not constants
+
+
+def test_written_fc2_tree_matches_the_synthetic_arrays(fc2_tree):
+    arrays = data_fc2.make_synthetic_arrays(10, H, W, seed=3)
+    samples = [s for split in data_fc2.SPLITS for s in data_fc2.list_samples(fc2_tree, split, "lists")]
+    for img0, img1, flow in samples:
+        i = int(os.path.basename(img0)[:7])
+        assert np.array_equal(_decode_png(img0), arrays["img0"][i])
+        assert np.array_equal(_decode_png(img1), arrays["img1"][i])
+        assert np.array_equal(data_fc2.read_flo(flow), arrays["flow"][i])
+    with pytest.raises(data_fc2.DataError, match="already exists"):
+        data_fc2.write_synthetic_fc2(fc2_tree, 4, h=H, w=W)
+
+
+# ------------------------------------------------------------------------------ pipeline
+
+def test_normalise_maps_uint8_to_unit_range():
+    x = np.arange(256, dtype=np.uint8)
+    y = data_fc2.normalise(x)
+    assert y.dtype == np.float32 and y[0] == -1.0 and y[-1] == 1.0 and np.all(np.diff(y) > 0)
+    assert np.array_equal(data_fc2.normalise(tf.constant(x)).numpy(), y)
+    with pytest.raises(data_fc2.DataError, match="uint8"):
+        data_fc2.normalise(x.astype(np.float32))
+
+
+def _centre(array, crop_hw):
+    top = (array.shape[0] - crop_hw[0]) // 2
+    left = (array.shape[1] - crop_hw[1]) // 2
+    return array[top:top + crop_hw[0], left:left + crop_hw[1]]
+
+
+def test_eval_pipeline_is_centre_crop_unclipped_and_deterministic(fc2_tree):
+    samples = data_fc2.list_samples(fc2_tree, "train", "lists")[:5]
+    dataset = data_fc2.make_dataset(samples, 2, CROP, train=False, max_flow=0.1, seed=0)
+    batches = list(dataset)
+    assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # last partial batch kept
+    images = np.concatenate([b[0].numpy() for b in batches])
+    flows = np.concatenate([b[1].numpy() for b in batches])
+    assert images.shape == (5, 24, 32, 6) and flows.shape == (5, 24, 32, 2)
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    for i, (img0, img1, flow) in enumerate(samples):
+        assert np.array_equal(flows[i], _centre(data_fc2.read_flo(flow), CROP))  # not clipped to 0.1
+        expected = np.concatenate([_centre(_decode_png(p), CROP) for p in (img0, img1)], axis=-1)
+        assert np.array_equal(images[i], expected.astype(np.float32) / 127.5 - 1)
+    again = np.concatenate([b[1].numpy() for b in dataset])
+    assert np.array_equal(again, flows)
+
+
+def test_eval_pipeline_reads_hand_written_flo(tmp_path):
+    values = [float(v) for v in range(3 * 4 * 2)]  # height 3, width 4
+    (tmp_path / "0-flow_01.flo").write_bytes(_hand_flo_bytes(4, 3, values))
+    image = tf.io.encode_png(np.full((3, 4, 3), 255, np.uint8)).numpy()
+    for name in ("0-img_0.png", "0-img_1.png"):
+        (tmp_path / name).write_bytes(image)
+    sample = tuple(str(tmp_path / n) for n in ("0-img_0.png", "0-img_1.png", "0-flow_01.flo"))
+    dataset = data_fc2.make_dataset([sample], 1, (3, 4), train=False, max_flow=1, seed=0)
+    images, flow = next(iter(dataset))
+    assert np.array_equal(flow.numpy()[0], np.array(values, np.float32).reshape(3, 4, 2))
+    assert np.all(images.numpy() == 1.0)
+
+
+def _find_window(big, small):
+    """Top-left corners where `small` equals a window of `big`."""
+    h, w = small.shape[:2]
+    return [(t, l) for t in range(big.shape[0] - h + 1) for l in range(big.shape[1] - w + 1)
+            if np.array_equal(big[t:t + h, l:l + w], small)]
+
+
+def test_train_pipeline_random_crop_clip_and_repeat(fc2_tree):
+    samples = data_fc2.list_samples(fc2_tree, "train", "lists")
+    max_flow = 0.75
+    first = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
+    second = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
+    assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0]) for a, b in zip(first, second))
+    # 4 batches of 3 from 8 samples: the stream repeats and every batch is full
+    assert all(b[0].shape == (3, 24, 32, 6) and b[1].shape == (3, 24, 32, 2) for b in first)
+    flows = np.concatenate([b[1].numpy() for b in first])
+    images = np.concatenate([b[0].numpy() for b in first])
+    assert np.abs(flows).max() == pytest.approx(max_flow)
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    # every crop is a window of some sample (its image and clipped flow at the same corner)
+    decoded = [(_decode_png(img0), np.clip(data_fc2.read_flo(flow), -max_flow, max_flow))
+               for img0, _, flow in samples]
+    corners = set()
+    for image, flow in zip(images, flows):
+        img0 = np.rint((image[..., :3] + 1) * 127.5).astype(np.uint8)
+        matches = [(t, l) for img, fl in decoded for t, l in _find_window(img, img0)
+                   if np.array_equal(fl[t:t + CROP[0], l:l + CROP[1]], flow)]
+        assert matches
+        corners.update(matches)
+    assert len(corners) > 1  # random, not always the centre
+
+
+def test_pipeline_from_synthetic_arrays_and_crop_errors(fc2_tree):
+    arrays = data_fc2.make_synthetic_arrays(3, 24, 32, seed=1)
+    dataset = data_fc2.make_dataset(arrays, 3, (24, 32), train=False, max_flow=1, seed=0)
+    images, flow = next(iter(dataset))
+    assert np.array_equal(flow.numpy(), arrays["flow"])
+    assert np.array_equal(images.numpy()[..., 3:], data_fc2.normalise(arrays["img1"]))
+    with pytest.raises(data_fc2.DataError, match="smaller than the 25x32 crop"):
+        data_fc2.make_dataset(arrays, 1, (25, 32), train=True, max_flow=1, seed=0)
+    samples = data_fc2.list_samples(fc2_tree, "val", "lists")
+    with pytest.raises(data_fc2.DataError, match="flow_01.flo: 32x48 sample is smaller than the 24x64"):
+        data_fc2.make_dataset(samples, 1, (24, 64), train=False, max_flow=1, seed=0)
+
+
+def test_pipeline_names_a_malformed_flo_at_run_time(fc2_tree, tmp_path):
+    base = _copy_tree(fc2_tree, tmp_path / "copy")
+    samples = data_fc2.list_samples(base, "train", "lists")[:2]
+    with open(samples[1][2], "r+b") as f:
+        f.write(b"XXXX")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="wrong .flo tag") as info:
+        list(data_fc2.make_dataset(samples, 1, CROP, train=False, max_flow=1, seed=0))
+    assert samples[1][2] in str(info.value)
+
+
+@pytest.mark.parametrize("source_kind", ["files", "arrays"])
+def test_pipeline_in_tf1_graph_mode(fc2_tree, source_kind):
+    if source_kind == "files":
+        source = data_fc2.list_samples(fc2_tree, "train", "lists")
+    else:
+        source = data_fc2.make_synthetic_arrays(3, H, W, seed=2)
+    with tf.Graph().as_default():
+        dataset = data_fc2.make_dataset(source, 2, CROP, train=True, max_flow=5.0, seed=1)
+        images, flow = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        assert images.shape.as_list() == [2, 24, 32, 6] and flow.shape.as_list() == [2, 24, 32, 2]
+        with tf.compat.v1.Session() as session:
+            image_values, flow_values = session.run([images, flow])
+    assert image_values.min() >= -1.0 and image_values.max() <= 1.0
+    assert np.abs(flow_values).max() <= 5.0 and np.abs(flow_values).max() > 0
+
+
+# ------------------------------------------------------------------------------ open_data
+
+def _cfg(**overrides):
+    cfg = dict(base_path="", data_layout="auto", synthetic=False, synthetic_train_size=3,
+               synthetic_val_size=2, input_h=24, input_w=32, seed=11)
+    cfg.update(overrides)
+    return cfg
+
+
+def test_open_data_synthetic_only_when_asked_or_unconfigured(fc2_tree):
+    data = data_fc2.open_data(_cfg())
+    assert data["data_source"] == "synthetic" and "no base_path configured" in data["reason"]
+    assert data["counts"] == {"train": 3, "val": 2}
+    assert data["train"]["img0"].shape == (3, 24, 32, 3) and data["val"]["flow"].shape == (2, 24, 32, 2)
+    assert not np.array_equal(data["train"]["img0"][:2], data["val"]["img0"])  # different seeds
+    forced = data_fc2.open_data(_cfg(synthetic=True, base_path=fc2_tree))
+    assert forced["data_source"] == "synthetic" and "--synthetic requested" in forced["reason"]
+    real = data_fc2.open_data(_cfg(base_path=fc2_tree))
+    assert real["data_source"] == "fc2" and real["layout"] == "lists"
+    assert real["counts"] == {"train": 8, "val": 2} and len(real["val"]) == 2
+
+
+def test_open_data_never_falls_back_when_base_path_is_broken(fc2_tree, tmp_path):
+    with pytest.raises(data_fc2.DataError, match="not a directory"):
+        data_fc2.open_data(_cfg(base_path=str(tmp_path / "missing")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data_fc2.DataError, match="neither"):
+        data_fc2.open_data(_cfg(base_path=str(tmp_path / "empty")))
+    base = _copy_tree(fc2_tree, tmp_path / "copy")
+    victim = data_fc2.list_samples(base, "val", "folders")[0][0]
+    os.remove(victim)
+    with pytest.raises(data_fc2.DataError, match="split 'val' are incomplete") as info:
+        data_fc2.open_data(_cfg(base_path=base, data_layout="folders"))
+    assert victim in str(info.value)
+    with pytest.raises(data_fc2.DataError, match="data_layout"):
+        data_fc2.open_data(_cfg(base_path=fc2_tree, data_layout="csv"))
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def test_cli_make_then_check_then_delete(tmp_path, capsys):
+    root = str(tmp_path / "mini")
+    assert data_fc2.main(["--make_synthetic_fc2", root, "--num", "5", "--h", "16", "--w", "24"]) == 0
+    for name in ("FC2_dirnames.txt", "FC2_train.txt", "FC2_test.txt",
+                 "FlyingChairs2/train", "FlyingChairs2/val"):
+        assert os.path.exists(os.path.join(root, name))
+    capsys.readouterr()
+    assert data_fc2.main(["--check", "--base_path", root]) == 0
+    out = capsys.readouterr().out
+    assert "lists" in out and "folders" in out and out.count("train=4 val=1") == 2
+    victim = data_fc2.list_samples(root, "val", "lists")[0][2]
+    os.remove(victim)
+    assert data_fc2.main(["--check", "--base_path", root]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and victim in err and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------- code rules

@@ -1,0 +1,110 @@
+"""Checkpoints and run folders: TF1 Saver files for `best` and `last`, the JSON meta beside them,
+atomic JSON writes, and finding the run to resume or evaluate.
+
+A checkpoint is committed by its meta: the Saver first writes a fresh prefix, then `meta.json`
+is replaced atomically to point at it, and only then are older prefixes removed. A process killed
+at any instant therefore leaves a meta that names complete files.
+"""
+import glob
+import json
+import os
+import time
+
+import supernet
+
+CHECKPOINT_KINDS = ("best", "last")
+META_NAME = "meta.json"
+
+
+class CheckpointError(Exception):
+    """A missing, unreadable or incompatible checkpoint or run; the message names the path."""
+
+
+def write_json_atomic(path, obj):
+    """Write `obj` as JSON to `path` via a temp file, fsync and rename: never a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_json(path, what):
+    """Read a JSON file, raising CheckpointError that names `what` and the path if it cannot."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} not found: {path}") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{what} unreadable: {path}: {err}") from None
+
+
+def checkpoint_dir(run_dir, kind):
+    """checkpoints/<kind> of a run; kind is 'best' or 'last'."""
+    if kind not in CHECKPOINT_KINDS:
+        raise CheckpointError(f"checkpoint type {kind!r} is not one of {', '.join(CHECKPOINT_KINDS)}")
+    return os.path.join(run_dir, "checkpoints", kind)
+
+
+def search_space_signature(input_h, input_w):
+    """What a checkpoint must share with the graph that restores it."""
+    return {"blocks": list(supernet.BLOCKS), "num_options": supernet.NUM_OPTIONS,
+            "kernel_sizes": list(supernet.KERNEL_SIZES), "input_size": [input_h, input_w]}
+
+
+def save(sess, saver, run_dir, kind, meta):
+    """Save the session's variables as checkpoint `kind` with `meta`; returns the committed meta."""
+    directory = checkpoint_dir(run_dir, kind)
+    os.makedirs(directory, exist_ok=True)
+    prefix = os.path.join(directory, f"model-{meta['global_step']}-{time.time_ns()}")
+    saver.save(sess, prefix, write_meta_graph=False, write_state=False)
+    meta = dict(meta, checkpoint=os.path.basename(prefix))
+    write_json_atomic(os.path.join(directory, META_NAME), meta)
+    for path in glob.glob(os.path.join(directory, "model-*")):
+        if not os.path.basename(path).startswith(meta["checkpoint"] + "."):
+            os.remove(path)
+    return meta
+
+
+def load_meta(run_dir, kind):
+    """The committed meta of checkpoint `kind`, with `prefix` (the Saver path) added."""
+    directory = checkpoint_dir(run_dir, kind)
+    meta = read_json(os.path.join(directory, META_NAME), f"'{kind}' checkpoint meta")
+    prefix = os.path.join(directory, meta.get("checkpoint", ""))
+    if not glob.glob(prefix + ".index"):
+        raise CheckpointError(f"'{kind}' checkpoint files missing: {prefix}.index")
+    return dict(meta, prefix=prefix)
+
+
+def check_compatible(meta, input_h, input_w, where):
+    """Raise CheckpointError unless the checkpoint's search space and input size match ours."""
+    theirs = meta.get("search_space", {})
+    ours = search_space_signature(input_h, input_w)
+    for field, value in ours.items():
+        if theirs.get(field) != value:
+            raise CheckpointError(f"checkpoint {where} was made with {field}={theirs.get(field)}, this graph has {value}")
+
+
+def restore(sess, saver, run_dir, kind, input_h, input_w):
+    """Restore checkpoint `kind` of a run into the session after checking it fits; returns its meta."""
+    meta = load_meta(run_dir, kind)
+    check_compatible(meta, input_h, input_w, meta["prefix"])
+    saver.restore(sess, meta["prefix"])
+    return meta
+
+
+def newest_run(output_dir, kind="last"):
+    """The run folder under `output_dir` whose `kind` checkpoint was committed most recently."""
+    metas = glob.glob(os.path.join(output_dir, "*", "checkpoints", kind, META_NAME))
+    if not metas:
+        raise CheckpointError(f"no experiment with a '{kind}' checkpoint under {output_dir}/")
+    newest = max(metas, key=os.path.getmtime)
+    return os.path.dirname(os.path.dirname(os.path.dirname(newest)))

@@ -1,0 +1,462 @@
+"""Train the EdgeFlowNAS supernet with FairNAS strict fairness.
+
+One step is one fair cycle on one batch: the three paths' losses are averaged, so one gradient
+of that mean is exactly the mean of the three per-path gradients, and one optimizer update
+applies it, all in one session.run. `config.json` holds every default; every key is also a flag.
+
+    python train.py --config config.json --dry_run
+    python train.py --config config.json --num_epochs 1 --steps_per_epoch 2 --batch_size 2 --fast_mode
+    python train.py --resume --num_epochs 2 --steps_per_epoch 2 --batch_size 2 --fast_mode
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import ckpt
+import data_fc2
+import evaluate
+import fair
+import supernet
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, "config.json")
+CHOICES = {"optimizer": ("adam", "sgd"), "data_layout": ("auto", "lists", "folders")}
+POSITIVE = ("input_h", "input_w", "batch_size", "num_epochs", "eval_every", "eval_pool_size", "bn_recal_batches",
+            "early_stop_patience", "log_every", "shuffle_buffer", "synthetic_train_size", "synthetic_val_size")
+NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
+                "early_stop_min_delta", "max_flow", "seed")
+
+
+class ConfigError(ValueError):
+    """A bad config file, key, value or flag; the message names it."""
+
+
+# ----------------------------------------------------------------------------- config
+
+def _type_error(where, key, value, default):
+    return ConfigError(f"{where}: key '{key}' must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+
+
+def checked_value(where, key, value, default):
+    """`value` if it has the type of `default` (an int is accepted for a float), else ConfigError."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        if type(value) is not type(default):
+            raise _type_error(where, key, value, default)
+    elif isinstance(default, float):
+        if not isinstance(value, (int, float)):
+            raise _type_error(where, key, value, default)
+        return float(value)
+    elif isinstance(default, list):
+        if not isinstance(value, list) or len(value) != len(default):
+            raise ConfigError(f"{where}: key '{key}' must be a list of {len(default)} numbers, got {value!r}")
+        return [checked_value(where, f"{key}[{i}]", v, d) for i, (v, d) in enumerate(zip(value, default))]
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise _type_error(where, key, value, default)
+        return merge_config(default, value, f"{where}: {key}", allow_new=False)
+    elif not isinstance(value, type(default)):
+        raise _type_error(where, key, value, default)
+    return value
+
+
+def merge_config(base, updates, where, allow_new=False):
+    """`base` updated with `updates`, each key known to `base` (unless allow_new) and type-checked."""
+    merged = dict(base)
+    for key, value in updates.items():
+        if key not in base:
+            if not allow_new:
+                raise ConfigError(f"{where}: unknown key '{key}'")
+            merged[key] = value
+            continue
+        merged[key] = checked_value(where, key, value, base[key])
+    return merged
+
+
+def check_ranges(cfg):
+    """Raise ConfigError for values of the right type but outside their range."""
+    for key in POSITIVE:
+        if cfg[key] <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {cfg[key]}")
+    for key in NON_NEGATIVE:
+        if cfg[key] < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {cfg[key]}")
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}, got {cfg[key]!r}")
+    try:
+        supernet.check_input_size(cfg["input_h"], cfg["input_w"])
+    except ValueError as err:
+        raise ConfigError(f"config: {err}") from None
+    if cfg["eval_pool_size"] % supernet.NUM_OPTIONS:
+        raise ConfigError(f"config key 'eval_pool_size' must be a multiple of 3 (whole fair cycles), got {cfg['eval_pool_size']}")
+    unknown = set(cfg["fast_mode_overrides"]) - set(cfg)
+    if unknown:
+        raise ConfigError(f"config key 'fast_mode_overrides' names unknown keys {sorted(unknown)}")
+
+
+def read_config_file(path):
+    """A JSON object from `path`, or ConfigError naming the file."""
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: must hold a JSON object")
+    return cfg
+
+
+def parse_args(argv, defaults):
+    """Flags: --config, --resume (and its long forms), --dry_run, and one flag per config key."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="JSON config (keys of config.json only)")
+    parser.add_argument("--resume", "--load_checkpoint", dest="resume", action="store_true",
+                        help="continue the newest experiment (or --experiment_name) from its last checkpoint")
+    parser.add_argument("--resume_experiment_name", help="resume this experiment (same as --resume --experiment_name NAME)")
+    parser.add_argument("--dry_run", action="store_true", help="build the graph, check data and config, print the plan")
+    keys = parser.add_argument_group("config keys (default: config.json)")
+    for key, default in defaults.items():
+        if isinstance(default, dict):
+            continue
+        if isinstance(default, bool):
+            keys.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        elif isinstance(default, list):
+            keys.add_argument(f"--{key}", type=float, nargs=len(default), default=argparse.SUPPRESS, help=f"{default}")
+        else:
+            keys.add_argument(f"--{key}", type=type(default), default=argparse.SUPPRESS, help=f"{default!r}")
+    args = parser.parse_args(argv)
+    overrides = {k: getattr(args, k) for k in defaults if hasattr(args, k)}
+    if args.resume_experiment_name:
+        args.resume = True
+        overrides["experiment_name"] = args.resume_experiment_name
+    return args, overrides
+
+
+def resolve_config(args, overrides, defaults):
+    """(config, run_dir, resuming): defaults <- config file or the resumed run's config <- flags."""
+    if args.resume:
+        if overrides.get("experiment_name"):
+            run_dir = os.path.join(overrides.get("output_dir", defaults["output_dir"]), overrides["experiment_name"])
+        else:
+            run_dir = ckpt.newest_run(overrides.get("output_dir", defaults["output_dir"]), "last")
+        saved_path = os.path.join(run_dir, "config.json")
+        cfg = merge_config(defaults, read_config_file(saved_path), saved_path)
+    else:
+        cfg = merge_config(defaults, read_config_file(args.config), args.config)
+    cfg = merge_config(cfg, overrides, "flags")
+    if cfg["fast_mode"]:
+        cfg = merge_config(cfg, cfg["fast_mode_overrides"], "fast_mode_overrides")
+    check_ranges(cfg)
+    if not cfg["experiment_name"]:
+        cfg["experiment_name"] = time.strftime("supernet_%Y%m%d_%H%M%S")
+    run_dir = os.path.join(cfg["output_dir"], cfg["experiment_name"])
+    if args.resume and not os.path.isdir(run_dir):
+        raise ckpt.CheckpointError(f"no experiment to resume at {run_dir}")
+    if not args.resume and not args.dry_run and os.path.exists(os.path.join(run_dir, "checkpoints")):
+        raise ConfigError(f"experiment {run_dir} already has checkpoints: use --resume, or another --experiment_name")
+    return cfg, run_dir
+
+
+# ----------------------------------------------------------------------------- graph
+
+def multiscale_loss(preds, flow_gt, weights):
+    """sum over scales of weight * mean |pred - label|, the label area-resized to each scale
+    (flow values unchanged: flow is in input-pixel units at every scale)."""
+    total = 0.0
+    for pred, weight in zip(preds, weights):
+        size = pred.shape[1:3]
+        label = flow_gt if size == flow_gt.shape[1:3] else tf.image.resize(flow_gt, size, method="area")
+        total += weight * tf.reduce_mean(tf.abs(pred - label))
+    return total
+
+
+def cosine_learning_rate(cfg, global_step, total_steps):
+    """Cosine decay from learning_rate at step 0 to 0 at total_steps."""
+    progress = tf.minimum(tf.cast(global_step, tf.float32) / float(max(total_steps, 1)), 1.0)
+    return cfg["learning_rate"] * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+
+def build_train_step(cfg, images, flows, total_steps):
+    """The fused fair step: 3 paths on one batch, one gradient of their mean loss, one update.
+
+    images [B, H, W, 6], flows [B, H, W, 2]. Returns a dict of tensors and ops; feed `arch_paths`
+    ([3, 9] int32, one fair cycle) and run `train_op`.
+    """
+    arch_paths = tf.compat.v1.placeholder(tf.int32, [supernet.NUM_OPTIONS, len(supernet.BLOCKS)], "arch_paths")
+    path_losses = [multiscale_loss(supernet.build_flows(images, arch_paths[p], mode="train"), flows, cfg["loss_weights"])
+                   for p in range(supernet.NUM_OPTIONS)]
+    data_loss = tf.add_n(path_losses) / supernet.NUM_OPTIONS
+    variables = tf.compat.v1.trainable_variables()
+    decay = cfg["weight_decay"] * tf.add_n([tf.nn.l2_loss(k) for k in supernet.kernel_variables(variables)])
+    loss = data_loss + decay
+    grads = tf.gradients(loss, variables)
+    grad_norm = tf.linalg.global_norm(grads)
+    clip = cfg["grad_clip_norm"]
+    if clip > 0:
+        grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=grad_norm)
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    lr = cosine_learning_rate(cfg, global_step, total_steps)
+    if cfg["optimizer"] == "adam":
+        optimizer = tf.compat.v1.train.AdamOptimizer(lr, cfg["adam_beta1"], cfg["adam_beta2"], cfg["adam_epsilon"])
+    else:
+        optimizer = tf.compat.v1.train.GradientDescentOptimizer(lr)
+    train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
+    return {"arch_paths": arch_paths, "loss": loss, "data_loss": data_loss, "path_losses": path_losses, "lr": lr,
+            "grad_norm": grad_norm, "clipped": grad_norm > clip if clip > 0 else tf.constant(False),
+            "train_op": train_op, "global_step": global_step}
+
+
+def training_input(cfg, data, start_step):
+    """Batches from the training split inside the current graph, behind feedable placeholders
+    (evaluation feeds its own batches through the same tensors)."""
+    seed = int(np.random.default_rng([cfg["seed"], start_step]).integers(2 ** 31))
+    dataset = data_fc2.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
+                                    max_flow=cfg["max_flow"], seed=seed, shuffle_buffer=cfg["shuffle_buffer"])
+    next_images, next_flows = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    h, w = cfg["input_h"], cfg["input_w"]
+    images = tf.compat.v1.placeholder_with_default(next_images, [None, h, w, supernet.INPUT_CHANNELS], "images")
+    flows = tf.compat.v1.placeholder_with_default(next_flows, [None, h, w, supernet.FLOW_CHANNELS], "flows")
+    return images, flows
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+def make_logger(path):
+    """log(msg): print and append to train.log, flushed, so a killed run keeps every line."""
+    def log(msg):
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        print(line, flush=True)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    return log
+
+
+def history_columns(pool):
+    """eval_history.csv columns: run figures then one EPE column per pool arch."""
+    return (["epoch", "global_step", "mean_epe", "std_epe", "zero_flow_epe", "best_epe", "bad_epochs", "train_loss",
+             "clip_rate", "lr", "fairness_gap", "eval_seconds", "wall_time_s"]
+            + [f"epe_{supernet.format_arch(a).replace(',', '')}" for a in pool])
+
+
+def append_history(path, columns, row):
+    """Append one evaluation to eval_history.csv (header first if new), flushed to disk."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def trim_history(path, last_epoch):
+    """Drop rows written after the last checkpoint (a run killed between its evaluation and its
+    checkpoint redoes that epoch on resume); every earlier row is kept."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        columns = list(rows[0].keys()) if rows else None
+    if columns is None:
+        return
+    kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
+    if len(kept) != len(rows):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns)
+        writer.writeheader()
+        writer.writerows(kept)
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            f.write(text.getvalue())
+        os.replace(tmp, path)
+
+
+def write_scalars(writer, step, scalars):
+    """TensorBoard scalars {tag: value} at `step` (plain Summary protos: no TensorBoard package needed)."""
+    summary = tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(tag=t, simple_value=float(v)) for t, v in scalars.items()])
+    writer.add_summary(summary, step)
+    writer.flush()
+
+
+def format_duration(seconds):
+    """1h02m / 3m05s / 12s."""
+    seconds = int(max(seconds, 0))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# ----------------------------------------------------------------------------- main
+
+def train(args, cfg, run_dir):
+    """Dry-run plan, or train (fresh or resumed) to the end or early stop; returns train_report."""
+    wall_start = time.time()
+    data = data_fc2.open_data(cfg)
+    steps_per_epoch = cfg["steps_per_epoch"] or max(1, data["counts"]["train"] // cfg["batch_size"])
+    total_steps = steps_per_epoch * cfg["num_epochs"]
+    h, w = cfg["input_h"], cfg["input_w"]
+    pool = fair.build_eval_pool(cfg["eval_pool_size"], cfg["seed"], h, w)
+    coverage = fair.pool_coverage(pool, h, w)
+    meta = ckpt.load_meta(run_dir, "last") if args.resume else None
+    if meta:
+        ckpt.check_compatible(meta, h, w, meta["prefix"])
+    start_step = meta["global_step"] if meta else 0
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(cfg["seed"])
+        images, flows = training_input(cfg, data, start_step)
+        step_ops = build_train_step(cfg, images, flows, total_steps)
+        scorer = evaluate.build_scorer(images, flows)
+        saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES), max_to_keep=None)
+        init = tf.compat.v1.global_variables_initializer()
+        tb = tf.compat.v1.summary.FileWriter(os.path.join(run_dir, "tb")) if not args.dry_run else None
+    supernet_params = supernet.graph_param_count(graph)
+
+    plan = [data["reason"], f"data: {data['data_source']}, train {data['counts']['train']} / val {data['counts']['val']} samples",
+            f"steps: {steps_per_epoch} per epoch x {cfg['num_epochs']} epochs = {total_steps} fair steps "
+            f"({3 * total_steps} subnet passes), batch {cfg['batch_size']} at {h}x{w}",
+            f"supernet parameters: {supernet_params:,}; subnets {supernet.count_params((0,) * 9, h, w):,} .. "
+            f"{supernet.count_params((2,) * 9, h, w):,}",
+            f"eval pool ({len(pool)}, coverage {'ok' if coverage['ok'] else 'FAILED'}): "
+            + " ".join(supernet.format_arch(a) for a in pool)]
+    if args.dry_run:
+        print("dry run: nothing will be trained or written")
+        for line in plan:
+            print(line)
+        return None
+
+    os.makedirs(run_dir, exist_ok=True)
+    log = make_logger(os.path.join(run_dir, "train.log"))
+    ckpt.write_json_atomic(os.path.join(run_dir, "config.json"), cfg)
+    ckpt.write_json_atomic(os.path.join(run_dir, f"eval_pool_{len(pool)}.json"),
+                           {"seed": cfg["seed"], "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
+                            "coverage": coverage})
+    history_path = os.path.join(run_dir, "eval_history.csv")
+    columns = history_columns(pool)
+    log(("resuming " if meta else "starting ") + f"{run_dir}")
+    for line in plan:
+        log(line)
+    recal_batches, val_batches = evaluate.scoring_batches(cfg, data)
+
+    state = {"epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None, "bad_epochs": 0,
+             "fairness_counts": fair.empty_counts(), "sampler": {"seed": cfg["seed"], "next_step": 0, "digest": ""},
+             "wall_time_s": 0.0, "stop_reason": None}
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        if meta:
+            ckpt.restore(sess, saver, run_dir, "last", h, w)
+            state.update({k: meta[k] for k in state})
+            trim_history(history_path, state["epoch"])
+            log(f"restored epoch {state['epoch']}, step {state['global_step']} from {meta['prefix']}")
+        if state["stop_reason"] == "early_stopping":
+            log(f"run already stopped early at epoch {state['epoch']}; nothing to train")
+        wall_before = state["wall_time_s"]
+        loop_start = time.time()
+        steps_done_here = 0
+        for epoch in range(state["epoch"] + 1, cfg["num_epochs"] + 1):
+            if state["stop_reason"] == "early_stopping":
+                break
+            losses, clips = [], 0
+            for i in range(steps_per_epoch):
+                step = state["global_step"]
+                cycle = fair.fair_cycle(cfg["seed"], step)
+                out = sess.run({k: step_ops[k] for k in ("train_op", "loss", "lr", "clipped", "grad_norm")},
+                               {step_ops["arch_paths"]: cycle})
+                if not np.isfinite(out["loss"]):
+                    raise FloatingPointError(f"loss is {out['loss']} at step {step}: stopping; resume from the last checkpoint")
+                state["global_step"] = step + 1
+                state["fairness_counts"] = fair.add_counts(state["fairness_counts"], cycle)
+                state["sampler"] = {"seed": cfg["seed"], "next_step": step + 1,
+                                    "digest": fair.chain_digest(state["sampler"]["digest"], cycle)}
+                losses.append(float(out["loss"]))
+                clips += bool(out["clipped"])
+                steps_done_here += 1
+                if state["global_step"] % cfg["log_every"] == 0 or i == steps_per_epoch - 1:
+                    rate = steps_done_here / (time.time() - loop_start)
+                    left = (total_steps - state["global_step"]) / rate
+                    log(f"epoch {epoch}/{cfg['num_epochs']} step {state['global_step']}/{total_steps} "
+                        f"loss {np.mean(losses[-cfg['log_every']:]):.4f} lr {out['lr']:.3g} "
+                        f"grad_norm {out['grad_norm']:.3g} clipped {clips}/{i + 1} {rate:.2f} steps/s "
+                        f"time left {format_duration(left)}")
+                    write_scalars(tb, state["global_step"], {"train/loss": out["loss"], "train/lr": out["lr"],
+                                                             "train/clip_rate": clips / (i + 1),
+                                                             "train/grad_norm": out["grad_norm"]})
+            state["epoch"] = epoch
+            if epoch % cfg["eval_every"] == 0 or epoch == cfg["num_epochs"]:
+                log(f"evaluating {len(pool)} subnets (BN recalibration over {len(recal_batches)} batches each)")
+                result = evaluate.evaluate(sess, scorer, pool, recal_batches, val_batches, h, w, log=log)
+                improved = state["best_metric"] is None or result["mean_epe"] < state["best_metric"] - cfg["early_stop_min_delta"]
+                if improved:
+                    state.update(best_metric=result["mean_epe"], best_epoch=epoch, bad_epochs=0)
+                else:
+                    state["bad_epochs"] += 1
+                append_history(history_path, columns, {
+                    "epoch": epoch, "global_step": state["global_step"], "mean_epe": result["mean_epe"],
+                    "std_epe": result["std_epe"], "zero_flow_epe": result["zero_flow_epe"],
+                    "best_epe": state["best_metric"], "bad_epochs": state["bad_epochs"],
+                    "train_loss": float(np.mean(losses)), "clip_rate": clips / steps_per_epoch, "lr": float(out["lr"]),
+                    "fairness_gap": fair.fairness_gap(state["fairness_counts"]), "eval_seconds": result["seconds"],
+                    "wall_time_s": wall_before + time.time() - loop_start,
+                    **{c: r["epe"] for c, r in zip(columns[-len(pool):], result["archs"])}})
+                write_scalars(tb, state["global_step"], {"eval/mean_epe": result["mean_epe"],
+                                                         **{f"eval/epe/{r['arch']}": r["epe"] for r in result["archs"]}})
+                log(f"epoch {epoch}: pool mean EPE {result['mean_epe']:.4f} (zero-flow {result['zero_flow_epe']:.4f}), "
+                    f"best {state['best_metric']:.4f} at epoch {state['best_epoch']}, bad evaluations {state['bad_epochs']}"
+                    f"/{cfg['early_stop_patience']}, fairness gap {fair.fairness_gap(state['fairness_counts'])}")
+                if state["bad_epochs"] >= cfg["early_stop_patience"]:
+                    state["stop_reason"] = "early_stopping"
+            state["wall_time_s"] = wall_before + time.time() - loop_start
+            meta_out = dict(state, data_source=data["data_source"], config=cfg,
+                            search_space=ckpt.search_space_signature(h, w))
+            if state["best_epoch"] == epoch:
+                ckpt.save(sess, saver, run_dir, "best", meta_out)
+            ckpt.save(sess, saver, run_dir, "last", meta_out)
+            ckpt.write_json_atomic(os.path.join(run_dir, "fairness_counts.json"),
+                                   {"global_step": state["global_step"], "counts": state["fairness_counts"],
+                                    "fairness_gap": fair.fairness_gap(state["fairness_counts"])})
+            if state["stop_reason"]:
+                log(f"early stopping: no improvement over {cfg['early_stop_min_delta']} in {cfg['early_stop_patience']} evaluations")
+    tb.close()
+    report = {"experiment": cfg["experiment_name"], "run_dir": run_dir, "epochs_finished": state["epoch"],
+              "num_epochs": cfg["num_epochs"], "global_step": state["global_step"],
+              "stop_reason": state["stop_reason"] or ("completed" if state["epoch"] >= cfg["num_epochs"] else "interrupted"),
+              "best_metric": state["best_metric"], "best_epoch": state["best_epoch"],
+              "final_fairness_gap": fair.fairness_gap(state["fairness_counts"]), "fairness_counts": state["fairness_counts"],
+              "path_sequence_digest": state["sampler"]["digest"], "eval_pool_coverage_ok": coverage["ok"],
+              "data_source": data["data_source"], "data_reason": data["reason"],
+              "checkpoints": {k: os.path.join(run_dir, "checkpoints", k) for k in ckpt.CHECKPOINT_KINDS},
+              "wall_time_s": state["wall_time_s"], "this_invocation_s": time.time() - wall_start}
+    ckpt.write_json_atomic(os.path.join(run_dir, "train_report.json"), report)
+    log(f"done: {report['stop_reason']} after {state['epoch']} epochs, best pool EPE {state['best_metric']} "
+        f"at epoch {state['best_epoch']}; report {os.path.join(run_dir, 'train_report.json')}")
+    return report
+
+
+def main(argv=None):
+    """Entry point: one-line error and exit 1 on bad config, data or checkpoint."""
+    try:
+        defaults = read_config_file(DEFAULT_CONFIG)
+        args, overrides = parse_args(argv, defaults)
+        cfg, run_dir = resolve_config(args, overrides, defaults)
+        train(args, cfg, run_dir)
+    except (ValueError, ckpt.CheckpointError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
