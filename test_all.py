@@ -1,18 +1,27 @@
 """EdgeFlowNAS test suite. Small inputs wherever the shape does not matter; every test compares
 against an independent computation (numpy, a brute-force path, bytes written by hand)."""
 import ast
+import csv
 import itertools
+import json
 import os
 import pathlib
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import ckpt
 import data_fc2
+import evaluate
 import fair
 import supernet
+import train
 
 HERE = pathlib.Path(__file__).parent
 LIBRARY_MODULES = ("supernet", "fair", "data_fc2", "ckpt")
@@ -679,6 +688,352 @@ def test_cli_make_then_check_then_delete(tmp_path, capsys):
     assert data_fc2.main(["--check", "--base_path", root]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and victim in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- training step
+
+def tiny_config(**overrides):
+    """config.json with the changes a CPU test needs."""
+    cfg = json.loads((HERE / "config.json").read_text())
+    cfg.update(input_h=32, input_w=48, batch_size=2, weight_decay=0.0, grad_clip_norm=0.0)
+    cfg.update(overrides)
+    return cfg
+
+
+def test_fair_step_applies_exactly_the_mean_of_the_three_path_gradients():
+    cfg = tiny_config(optimizer="sgd", learning_rate=0.05)
+    cycle = fair.fair_cycle(3, 0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
+    y = rng.normal(0, 2, (2, 32, 48, 2)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(5)
+        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+        flows = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
+        step = train.build_train_step(cfg, images, flows, total_steps=10)
+        trainable = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        before = sess.run(trainable)
+        sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle})
+        after = sess.run(trainable)
+
+    # Independently: each path alone, static form, its own gradient, then the plain mean.
+    mean_grad = {name: np.zeros_like(value) for name, value in before.items()}
+    for arch in cycle:
+        g = tf.Graph()
+        with g.as_default():
+            im = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+            fl = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
+            loss = train.multiscale_loss(supernet.build_flows(im, arch, mode="train"), fl, cfg["loss_weights"])
+            own = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
+            grads = dict(zip(own, tf.gradients(loss, list(own.values()))))
+        with tf.compat.v1.Session(graph=g) as sess:
+            for name, v in own.items():
+                set_variable(sess, v, before[name])
+            for name, value in sess.run(grads, {im: x, fl: y}).items():
+                mean_grad[name] += value / 3
+    for name in before:
+        applied = (before[name] - after[name]) / cfg["learning_rate"]
+        np.testing.assert_allclose(applied, mean_grad[name], rtol=2e-3, atol=2e-6, err_msg=name)
+    # Every option of every block was used by one path, so every head option moved.
+    assert all(np.abs(before[n] - after[n]).max() > 0 for n in before if "/k" in n)
+
+
+def test_learning_rate_follows_a_cosine_to_zero():
+    graph = tf.Graph()
+    with graph.as_default():
+        step = tf.compat.v1.placeholder(tf.int64, [])
+        lr = train.cosine_learning_rate({"learning_rate": 1e-3}, step, 100)
+    with tf.compat.v1.Session(graph=graph) as sess:
+        values = [sess.run(lr, {step: s}) for s in (0, 50, 100, 150)]
+    np.testing.assert_allclose(values, [1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
+
+
+def test_multiscale_loss_matches_numpy():
+    rng = np.random.default_rng(2)
+    gt = rng.normal(0, 3, (2, 16, 24, 2)).astype(np.float32)
+    preds = [rng.normal(0, 3, (2, 16 // s, 24 // s, 2)).astype(np.float32) for s in (4, 2, 1)]
+    graph = tf.Graph()
+    with graph.as_default():
+        loss = train.multiscale_loss([tf.constant(p) for p in preds], tf.constant(gt), [0.125, 0.25, 0.5])
+    with tf.compat.v1.Session(graph=graph) as sess:
+        value = sess.run(loss)
+
+    def area(x, s):  # average of each s x s block: what an area resize does for an exact factor
+        return x.reshape(2, 16 // s, s, 24 // s, s, 2).mean(axis=(2, 4))
+
+    expected = sum(w * np.abs(p - area(gt, s)).mean() for p, s, w in zip(preds, (4, 2, 1), (0.125, 0.25, 0.5)))
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _scorer_graph():
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(11)
+        images = tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 6])
+        flows = tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 2])
+        scorer = evaluate.build_scorer(images, flows)
+        init = tf.compat.v1.global_variables_initializer()
+    return graph, scorer, init
+
+
+def _random_batches(n, seed, batch=2):
+    rng = np.random.default_rng(seed)
+    return [(rng.uniform(-1, 1, (batch, 32, 48, 6)).astype(np.float32),
+             rng.normal(0, 2, (batch, 32, 48, 2)).astype(np.float32)) for _ in range(n)]
+
+
+def test_recalibrated_statistics_are_the_exact_batch_averages():
+    arch = (1, 2, 0, 1, 2, 0, 1, 2, 0)
+    graph, scorer, init = _scorer_graph()
+    names = variables_by_name(graph)
+    stats = {n: v for n, v in names.items() if n.endswith(("moving_mean", "moving_variance"))}
+    with graph.as_default():
+        e0_conv = tf.nn.conv2d(scorer["images"], names["supernet/E0/conv/kernel"], 2, "SAME")
+    batches = _random_batches(3, 1)
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        single = []
+        for images, flows in batches:  # each batch alone: its own batch statistics
+            evaluate.score_subnet(sess, scorer, arch, [(images, flows)], [(images, flows)])
+            single.append(sess.run(stats))
+        evaluate.score_subnet(sess, scorer, arch, batches, batches[:1])
+        together = sess.run(stats)
+        convs = [sess.run(e0_conv, {scorer["images"]: images}) for images, _ in batches]
+    # E0 against numpy: mean over batches of each batch's per-channel mean / biased variance.
+    np.testing.assert_allclose(together["supernet/E0/bn/moving_mean"],
+                               np.mean([c.mean(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(together["supernet/E0/bn/moving_variance"],
+                               np.mean([c.var(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
+    used = [n for n in stats if not np.allclose(single[0][n], single[1][n])]
+    assert "supernet/DB0/rb1/bn2/moving_mean" in used and "supernet/H2/k7/bn/moving_variance" in used
+    assert not any(n.startswith(("supernet/DB0/rb2", "supernet/H2/k3", "supernet/H2/k5")) for n in used)
+    for n in used:  # every BN of the subnet holds the average of its per-batch statistics
+        np.testing.assert_allclose(together[n], np.mean([s[n] for s in single], axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_scoring_order_does_not_change_scores():
+    a, b = (0, 1, 2, 0, 1, 2, 0, 1, 2), (2, 2, 1, 1, 0, 0, 2, 1, 0)
+    graph, scorer, init = _scorer_graph()
+    recal, val = _random_batches(2, 3), _random_batches(2, 4)
+    results = []
+    for order in ((a, b), (b, a)):
+        with tf.compat.v1.Session(graph=graph) as sess:  # a fresh session: the same seeded initial weights
+            sess.run(init)
+            results.append({arch: evaluate.score_subnet(sess, scorer, arch, recal, val) for arch in order})
+    for arch in (a, b):
+        for key, value in results[0][arch].items():
+            assert results[1][arch][key] == pytest.approx(value, rel=1e-6, abs=1e-7), (arch, key)
+    with tf.compat.v1.Session(graph=graph) as sess:  # recalibration really changes the scores
+        sess.run(init)
+        assert evaluate.score_subnet(sess, scorer, a, [], val)["epe"] != pytest.approx(results[0][a]["epe"], rel=1e-3)
+
+
+def test_metrics_of_a_hand_built_prediction():
+    gt = np.random.default_rng(0).normal(0, 5, (2, 4, 6, 2)).astype(np.float32)
+    offset = np.zeros_like(gt)
+    offset[:, :2] = (6.0, 8.0)   # half the pixels off by 10 px
+    offset[:, 2] = (0.0, 2.0)    # a quarter off by 2 px
+    offset[:, 3] = (0.0, 0.5)    # a quarter off by 0.5 px
+    graph = tf.Graph()
+    with graph.as_default():
+        sums = evaluate.flow_metric_sums(tf.constant(gt + offset), tf.constant(gt))
+    with tf.compat.v1.Session(graph=graph) as sess:
+        s = sess.run(sums)
+    assert s["pixels"] == 48
+    assert s["epe"] / s["pixels"] == pytest.approx((24 * 10 + 12 * 2 + 12 * 0.5) / 48, rel=1e-5)
+    assert (s["px1"], s["px3"], s["px5"]) == (12, 24, 24)
+    assert evaluate.zero_flow_epe([(None, gt)]) == pytest.approx(np.sqrt((gt.astype(np.float64) ** 2).sum(-1)).mean())
+
+
+def test_scored_epe_is_that_of_the_accumulated_flow():
+    arch = (0, 0, 0, 0, 1, 1, 1, 1, 1)
+    graph, scorer, init = _scorer_graph()
+    with graph.as_default():
+        flows_eval = supernet.build_flows(scorer["images"], arch, mode="eval")
+    recal, val = _random_batches(1, 5), _random_batches(1, 6)
+    images, gt = val[0]
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        scored = evaluate.score_subnet(sess, scorer, arch, recal, val)
+        f2, f1 = sess.run(flows_eval[1:], {scorer["images"]: images})
+    accumulated = np.sqrt(((f1 - gt) ** 2).sum(-1)).mean()
+    residual = f1 - bilinear_resize_np(f2, 32, 48)
+    assert scored["epe"] == pytest.approx(accumulated, rel=1e-5)
+    assert np.sqrt(((residual - gt) ** 2).sum(-1)).mean() != pytest.approx(accumulated, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- runs, resume, checkpoints
+
+RUN_FLAGS = ["--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8", "--synthetic_val_size", "4",
+             "--batch_size", "2", "--steps_per_epoch", "2", "--fast_mode", "--log_every", "1", "--seed", "9"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One run of 2 epochs straight through, and one stopped after epoch 1 then resumed."""
+    out = str(tmp_path_factory.mktemp("outputs"))
+    common = RUN_FLAGS + ["--output_dir", out]
+    assert train.main(common + ["--experiment_name", "whole", "--num_epochs", "2"]) == 0
+    assert train.main(common + ["--experiment_name", "split", "--num_epochs", "1"]) == 0
+    first_history = (pathlib.Path(out) / "split" / "eval_history.csv").read_text()
+    assert train.main(["--resume", "--output_dir", out, "--experiment_name", "split", "--num_epochs", "2"]) == 0
+    return pathlib.Path(out), first_history
+
+
+def _history(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_writes_every_artifact(runs):
+    out, _ = runs
+    run = out / "whole"
+    for name in ("config.json", "train.log", "eval_pool_3.json", "eval_history.csv", "fairness_counts.json",
+                 "train_report.json", "checkpoints/best/meta.json", "checkpoints/last/meta.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    report = json.loads((run / "train_report.json").read_text())
+    assert report["epochs_finished"] == 2 and report["stop_reason"] == "completed"
+    assert report["final_fairness_gap"] == 0 and report["eval_pool_coverage_ok"] and report["data_source"] == "synthetic"
+    meta = json.loads((run / "checkpoints/last/meta.json").read_text())
+    assert meta["global_step"] == 4 and meta["epoch"] == 2 and meta["config"]["input_h"] == 32
+    rows = _history(run / "eval_history.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[0]["best_epe"]) == pytest.approx(min(float(r["mean_epe"]) for r in rows[:1]))
+    log = (run / "train.log").read_text()
+    assert "steps/s" in log and "time left" in log and "synthetic data" in log
+
+
+def test_resumed_run_matches_an_uninterrupted_one(runs):
+    out, first_history = runs
+    whole, split = out / "whole", out / "split"
+    report_w = json.loads((whole / "train_report.json").read_text())
+    report_s = json.loads((split / "train_report.json").read_text())
+    assert report_s["epochs_finished"] == 2 and report_s["global_step"] == 4
+    assert report_s["fairness_counts"] == report_w["fairness_counts"] == fair.counts_for_steps(9, 0, 4)
+    assert report_s["path_sequence_digest"] == report_w["path_sequence_digest"] == fair.sequence_digest(9, 0, 4)
+    rows = _history(split / "eval_history.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert (split / "eval_history.csv").read_text().startswith(first_history)  # the first epoch's row kept as written
+    assert "resuming" in (split / "train.log").read_text()
+
+
+def test_evaluate_cli_writes_the_result_json(runs):
+    out, _ = runs
+    assert evaluate.main(["--output_dir", str(out), "--experiment_name", "whole", "--checkpoint_type", "last",
+                          "--bn_recal_batches", "2", "--batch_size", "2"]) == 0
+    result = json.loads((out / "whole" / "supernet_eval_result_last.json").read_text())
+    rows, summary = result["archs"], result["summary"]
+    assert [r["rank"] for r in rows] == [1, 2, 3] and [r["epe"] for r in rows] == sorted(r["epe"] for r in rows)
+    assert summary["mean_epe"] == pytest.approx(np.mean([r["epe"] for r in rows]))
+    assert summary["data_source"] == "synthetic" and summary["coverage_ok"] and summary["bn_recal_batches"] == 2
+    for r in rows:
+        arch = supernet.parse_arch(r["arch"])
+        assert r["params"] == supernet.count_params(arch, 32, 48) and 0 <= r["px1"] <= r["px3"] <= r["px5"] <= 1
+
+
+def test_trim_history_drops_only_rows_after_the_checkpoint(tmp_path):
+    path = tmp_path / "eval_history.csv"
+    path.write_text("epoch,mean_epe\n1,3.0\n2,2.5\n3,2.4\n")
+    train.trim_history(str(path), 2)
+    assert path.read_text().splitlines() == ["epoch,mean_epe", "1,3.0", "2,2.5"]
+
+
+SAVER_LOOP = r"""
+import sys, tensorflow as tf
+sys.path.insert(0, sys.argv[1])
+import ckpt
+graph = tf.Graph()
+with graph.as_default():
+    value = tf.compat.v1.get_variable("v", [4_000_000], initializer=tf.compat.v1.zeros_initializer())
+    step = tf.compat.v1.placeholder(tf.float32, [])
+    assign = value.assign(tf.fill([4_000_000], step))
+    saver = tf.compat.v1.train.Saver([value])
+with tf.compat.v1.Session(graph=graph) as sess:
+    for i in range(1, 100000):
+        sess.run(assign, {step: float(i)})
+        ckpt.save(sess, saver, sys.argv[2], "last", {"global_step": i})
+        print(i, flush=True)
+"""
+
+
+def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
+    script = tmp_path / "saver_loop.py"
+    script.write_text(SAVER_LOOP)
+    run_dir = tmp_path / "run"
+    for kill_after in (0.05, 0.13, 0.31):  # each save of the 16 MB variable takes tens of ms
+        proc = subprocess.Popen([sys.executable, str(script), str(HERE), str(run_dir)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout.readline().strip() == "1"  # one checkpoint committed; now kill mid-loop
+        time.sleep(kill_after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        meta = ckpt.load_meta(str(run_dir), "last")
+        graph = tf.Graph()
+        with graph.as_default():
+            value = tf.compat.v1.get_variable("v", [4_000_000])
+            saver = tf.compat.v1.train.Saver([value])
+        with tf.compat.v1.Session(graph=graph) as sess:
+            saver.restore(sess, meta["prefix"])
+            restored = sess.run(value)
+        assert (restored == meta["global_step"]).all()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _run_main(main, argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("content, words", [
+    ({"learning_rat": 0.1}, "unknown key 'learning_rat'"),
+    ({"batch_size": "32"}, "key 'batch_size' must be int"),
+    ({"synthetic": 1}, "key 'synthetic' must be bool"),
+    ({"loss_weights": [1, 2]}, "key 'loss_weights' must be a list of 3"),
+    ({"input_h": 30}, "h=30"),
+    ({"eval_pool_size": 10}, "multiple of 3"),
+])
+def test_bad_config_is_a_one_line_error(tmp_path, capsys, content, words):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    code, err = _run_main(train.main, ["--config", str(path), "--dry_run"], capsys)
+    assert code != 0 and len(err) == 1 and words in err[0] and err[0].startswith("error:")
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path, capsys):
+    code, err = _run_main(train.main, ["--base_path", str(tmp_path / "nowhere"), "--dry_run"], capsys)
+    assert code != 0 and len(err) == 1 and "nowhere" in err[0]
+
+
+def test_malformed_arch_is_a_one_line_error(runs, capsys):
+    out, _ = runs
+    code, err = _run_main(evaluate.main, ["--output_dir", str(out), "--experiment_name", "whole",
+                                          "--checkpoint_type", "last", "--arch", "0,1,3,0,0,0,0,0,0"], capsys)
+    assert code != 0 and len(err) == 1 and "field 2 (DB0)" in err[0]
+
+
+def test_missing_checkpoint_and_wrong_input_size_are_errors(runs, tmp_path, capsys):
+    out, _ = runs
+    code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--checkpoint_type", "best"], capsys)
+    assert code != 0 and len(err) == 1 and "no experiment" in err[0]
+    code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
+                                       "--input_h", "64", "--dry_run"], capsys)
+    assert code != 0 and len(err) == 1 and "input_size" in err[0]
+
+
+def test_dry_run_announces_synthetic_data_and_writes_nothing(tmp_path, capsys):
+    code = train.main(["--dry_run", "--output_dir", str(tmp_path)] + RUN_FLAGS)
+    out = capsys.readouterr().out
+    assert code == 0 and "synthetic data: no base_path configured" in out and "fair steps" in out
+    assert not list(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- code rules
