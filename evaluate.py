@@ -6,6 +6,7 @@ what train.py calls at every evaluation.
     python evaluate.py --experiment_name demo --arch 0,1,2,0,1,2,0,1,2 --arch 2,2,2,2,2,2,2,2,2
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ import fair
 import supernet
 
 PX_THRESHOLDS = (1, 3, 5)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")
 
 
 # ----------------------------------------------------------------------------- data for scoring
@@ -122,7 +124,9 @@ def parse_args(argv):
     """Command-line flags; unset ones fall back to the run's saved config."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment_name", help="run under output_dir to score (default: the newest)")
-    parser.add_argument("--output_dir", default="outputs", help="where runs live")
+    with open(DEFAULT_CONFIG) as f:
+        output_dir = json.load(f)["output_dir"]
+    parser.add_argument("--output_dir", default=output_dir, help="where runs live (default: config.json's)")
     parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
     parser.add_argument("--batch_size", type=int, help="batch size for recalibration and scoring")
     parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration")
