@@ -25,9 +25,14 @@ train: $(VENV) ## train the supernet with config.json (synthetic data, announced
 eval: $(VENV) ## score the newest experiment's best checkpoint on its eval pool
 	$(PY) evaluate.py --checkpoint_type best
 
+# A CPU-sized supernet: 64x96 inputs, batch 8, 600 fair steps (see README, Demo).
+DEMO_NAME ?= demo_$(shell date +%Y%m%d_%H%M%S)
+DEMO_FLAGS ?= --synthetic --input_h 64 --input_w 96 --batch_size 8 --num_epochs 10 --steps_per_epoch 60 \
+	--learning_rate 0.001 --synthetic_train_size 1024 --synthetic_val_size 64 --eval_every 2 --bn_recal_batches 4 --log_every 30
+
 demo: $(VENV) ## ~10 min CPU run on synthetic data, then its evaluation
-	$(PY) train.py --config config.json --experiment_name demo --synthetic $(DEMO_FLAGS)
-	$(PY) evaluate.py --experiment_name demo --checkpoint_type best
+	$(PY) train.py --config config.json --experiment_name $(DEMO_NAME) $(DEMO_FLAGS)
+	$(PY) evaluate.py --experiment_name $(DEMO_NAME) --checkpoint_type best
 
 test: $(VENV) ## run the pytest suite
 	$(PY) -m pytest -q test_all.py
@@ -38,8 +43,8 @@ check: $(VENV) ## CI: self-checks of the search space and fairness, then the tes
 	$(PY) fair.py --pool --seed 42 --size 12 --check
 	$(PY) -m pytest -q test_all.py
 
-bench: $(VENV) ## speed and memory benchmark (see README, Performance)
-	$(PY) bench.py
+bench: $(VENV) ## speed and memory benchmark (see README, Performance; BENCH_FLAGS to change it)
+	$(PY) bench.py $(BENCH_FLAGS)
 
 clean: ## remove the virtual environment and caches (keeps outputs/)
 	rm -rf .venv .pytest_cache __pycache__

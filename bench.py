@@ -12,7 +12,7 @@ Step timings are medians of interleaved repetitions (fused, static 1, static 2, 
 after untimed warm-up runs, so machine noise hits every candidate alike.
 
     python bench.py --batch_size 4 --repeats 3
-    python bench.py --batch_size 32 --repeats 2 --warmup 1 --json bench.json
+    python bench.py --batch_size 32 --repeats 2 --json bench.json
 """
 import argparse
 import json
@@ -64,6 +64,15 @@ def device_info():
     return info
 
 
+def load_average():
+    """The 1-minute load average (runnable processes; above the core count, timings are contended),
+    or None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def cpu_name():
     """The CPU's model name from /proc/cpuinfo, or platform.processor() elsewhere."""
     try:
@@ -106,70 +115,82 @@ def gpu_peak_mib():
 # ----------------------------------------------------------------------------- 1, 2: training steps
 
 def static_train_step(cfg, images, flows, arch, total_steps):
-    """One static subnet's training step: train.build_train_step's loss, weight decay, clip and
-    optimizer for a single path built with `arch` as a tuple (only the chosen layers exist).
-
-    train.build_train_step always builds 3 dynamic paths from a placeholder, so this mirrors its
-    update for one static path. Returns the train op.
-    """
+    """One static subnet's training step (only the chosen layers exist), with the same loss and
+    update as the fused step (train.build_update). Returns the train op."""
     loss = train.multiscale_loss(supernet.build_flows(images, arch, mode="train"), flows, cfg["loss_weights"])
-    variables = tf.compat.v1.trainable_variables()
-    loss += cfg["weight_decay"] * tf.add_n([tf.nn.l2_loss(k) for k in supernet.kernel_variables(variables)])
-    grads = tf.gradients(loss, variables)
-    if cfg["grad_clip_norm"] > 0:
-        grads, _ = tf.clip_by_global_norm(grads, cfg["grad_clip_norm"])
-    global_step = tf.compat.v1.train.get_or_create_global_step()
-    lr = train.cosine_learning_rate(cfg, global_step, total_steps)
-    if cfg["optimizer"] == "adam":
-        optimizer = tf.compat.v1.train.AdamOptimizer(lr, cfg["adam_beta1"], cfg["adam_beta2"], cfg["adam_epsilon"])
-    else:
-        optimizer = tf.compat.v1.train.GradientDescentOptimizer(lr)
-    return optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
+    return train.build_update(cfg, loss, total_steps)["train_op"]
 
 
-def step_runner(graph, train_op, feed):
-    """(session, run): a session on `graph` with its variables initialised, and a no-argument
-    function that runs `train_op` once with `feed` ({placeholder name: numpy})."""
+def step_session(graph, train_op, feed):
+    """{"sess", "fetch", "feed"}: a session on `graph` (finalised, variables initialised) that runs
+    `train_op` with `feed` ({placeholder name: numpy})."""
     with graph.as_default():
         init = tf.compat.v1.global_variables_initializer()
         feed = {graph.get_tensor_by_name(name): value for name, value in feed.items()}
     graph.finalize()
     sess = tf.compat.v1.Session(graph=graph)
     sess.run(init)
-    return sess, lambda: sess.run(train_op, feed)
+    return {"sess": sess, "fetch": train_op, "feed": feed}
 
 
-def fused_runner(cfg, cycle, images_np, flows_np):
-    """(session, run) of the fused fair step on the fixed batch, `cycle` fed as its 3 paths."""
+def fused_session(cfg, cycle, images_np, flows_np):
+    """step_session of the fused fair step on the fixed batch, `cycle` fed as its 3 paths."""
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(cfg["seed"])
         images, flows = input_placeholders(cfg["input_h"], cfg["input_w"])
         ops = train.build_train_step(cfg, images, flows, TOTAL_STEPS)
     feed = {images.name: images_np, flows.name: flows_np, ops["arch_paths"].name: np.array(cycle, np.int32)}
-    return step_runner(graph, ops["train_op"], feed)
+    return step_session(graph, ops["train_op"], feed)
 
 
-def static_runner(cfg, arch, images_np, flows_np):
-    """(session, run) of one static subnet's training step on the fixed batch."""
+def static_session(cfg, arch, images_np, flows_np):
+    """step_session of one static subnet's training step on the fixed batch."""
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(cfg["seed"])
         images, flows = input_placeholders(cfg["input_h"], cfg["input_w"])
         train_op = static_train_step(cfg, images, flows, arch, TOTAL_STEPS)
-    return step_runner(graph, train_op, {images.name: images_np, flows.name: flows_np})
+    return step_session(graph, train_op, {images.name: images_np, flows.name: flows_np})
 
 
-def time_interleaved(runs, warmup, repeats):
-    """Run every function of {name: run} in turn, warmup + repeats rounds; returns
-    {name: {"warmup": [s], "timed": [s]}}, so noise hits every candidate alike."""
-    times = {name: {"warmup": [], "timed": []} for name in runs}
+def run_step(step, options=None, metadata=None):
+    """Run a step_session's train op once."""
+    step["sess"].run(step["fetch"], step["feed"], options=options, run_metadata=metadata)
+
+
+def time_interleaved(steps, warmup, repeats):
+    """Run every step of {name: step_session} in turn, warmup + repeats rounds, so noise hits every
+    candidate alike; returns {name: {"warmup": [wall s], "timed": [wall s], "cpu": [s]}}, "cpu"
+    being this process's CPU time (all threads) of each timed run: the work done, whatever else
+    shares the machine."""
+    times = {name: {"warmup": [], "timed": [], "cpu": []} for name in steps}
     for round_index in range(warmup + repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name]["timed" if round_index >= warmup else "warmup"].append(time.perf_counter() - start)
+        for name, step in steps.items():
+            start, cpu_start = time.perf_counter(), time.process_time()
+            run_step(step)
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            if round_index < warmup:
+                times[name]["warmup"].append(wall)
+            else:
+                times[name]["timed"].append(wall)
+                times[name]["cpu"].append(cpu)
     return times
+
+
+def executed_convs(step):
+    """{op type: count} of the convolution kernels (forward and backward) that one traced run of
+    the step executed; ops of untaken switch_case branches never run, so they are not counted."""
+    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE)
+    metadata = tf.compat.v1.RunMetadata()
+    run_step(step, options, metadata)
+    counts = {}
+    for device in metadata.step_stats.dev_stats:
+        for node in device.node_stats:
+            op_type = node.timeline_label.split(" = ", 1)[-1].split("(", 1)[0]
+            if "Conv2D" in op_type:
+                counts[op_type] = counts.get(op_type, 0) + 1
+    return counts
 
 
 def step_flops(cycle, batch, h, w):
@@ -177,40 +198,72 @@ def step_flops(cycle, batch, h, w):
     return sum(supernet.count_macs(arch, h, w) for arch in cycle) * 2 * 3 * batch
 
 
-def measure_steps(cfg, args, images_np, flows_np, log):
-    """Figures 1 and 2: the fused fair step against three static steps of the same cycle."""
-    h, w = cfg["input_h"], cfg["input_w"]
-    cycle = fair.fair_cycle(args.seed, 0)
-    names = ["fused"] + [f"static_{p + 1}" for p in range(len(cycle))]
-    log(f"building the fused fair step and {len(cycle)} static steps for cycle "
-        + " | ".join(supernet.format_arch(a) for a in cycle))
-    sessions, runs = [], {}
-    for name, make in zip(names, [lambda: fused_runner(cfg, cycle, images_np, flows_np)]
-                          + [lambda a=a: static_runner(cfg, a, images_np, flows_np) for a in cycle]):
-        sess, runs[name] = make()
-        sessions.append(sess)
-    log(f"timing {args.warmup} warm-up + {args.repeats} timed rounds of {', '.join(names)} (interleaved)")
-    times = time_interleaved(runs, args.warmup, args.repeats)
-    for sess in sessions:
-        sess.close()
+def build_steps(cfg, cycle, images_np, flows_np):
+    """{"fused": step_session, "static_1".."static_3": step_session} for one fair cycle."""
+    steps = {"fused": fused_session(cfg, cycle, images_np, flows_np)}
+    for p, arch in enumerate(cycle):
+        steps[f"static_{p + 1}"] = static_session(cfg, arch, images_np, flows_np)
+    return steps
+
+
+def summarise_steps(times, convs, cycle, batch, h, w):
+    """Figures 1 and 2 from the interleaved timings and the executed convolutions."""
+    statics = [name for name in times if name != "fused"]
     median = {name: statistics.median(t["timed"]) for name, t in times.items()}
-    static_sum = sum(median[n] for n in names[1:])
-    flops = step_flops(cycle, args.batch_size, h, w)
+    cpu = {name: statistics.median(t["cpu"]) for name, t in times.items()}
+    static_sum = sum(median[n] for n in statics)
+    ratio = median["fused"] / static_sum
+    per_round = [fused / sum(times[n]["timed"][i] for n in statics) for i, fused in enumerate(times["fused"]["timed"])]
+    flops = step_flops(cycle, batch, h, w)
     return {"cycle": [supernet.format_arch(a) for a in cycle],
             "gmacs_per_pair": [supernet.count_macs(a, h, w) / 1e9 for a in cycle],
             "times": times, "median_s": median, "static_sum_s": static_sum,
-            "ratio_fused_over_static_sum": median["fused"] / static_sum, "target_ratio": STEP_TARGET,
-            "ratio_ok": median["fused"] / static_sum <= STEP_TARGET,
+            "ratio_fused_over_static_sum": ratio, "ratio_per_round": per_round,
+            "ratio_per_round_median": statistics.median(per_round), "target_ratio": STEP_TARGET,
+            "ratio_ok": ratio <= STEP_TARGET, "median_cpu_s": cpu,
+            "cpu_ratio_fused_over_static_sum": cpu["fused"] / sum(cpu[n] for n in statics), "executed_convs": convs,
+            "convs_fused": sum(convs["fused"].values()), "convs_static": sum(sum(convs[n].values()) for n in statics),
             "step_gflop": flops / 1e9, "flops_formula": FLOPS_FORMULA,
             "fused_gflops_per_s": flops / median["fused"] / 1e9, "static_gflops_per_s": flops / static_sum / 1e9,
-            "fused_samples_per_s": args.batch_size / median["fused"]}
+            "fused_samples_per_s": batch / median["fused"]}
+
+
+def measure_steps(cfg, args, images_np, flows_np, log):
+    """Figures 1 and 2: the fused fair step against three static steps of the same cycle.
+
+    Each step first runs once, untimed (the session optimises its graph on its first run), the fused
+    step first of all, so the memory peak read after it is that of the fused step alone; then all
+    four run interleaved, `warmup` untimed rounds and `repeats` timed ones; finally one traced run
+    of each counts the convolutions it executed.
+    """
+    h, w = cfg["input_h"], cfg["input_w"]
+    cycle = fair.fair_cycle(args.seed, 0)
+    log(f"building the fused fair step and {len(cycle)} static steps for cycle "
+        + " | ".join(supernet.format_arch(a) for a in cycle))
+    steps = build_steps(cfg, cycle, images_np, flows_np)
+    log("first run of each step (graph optimisation, once per session), the fused step first")
+    first_s = {}
+    for name, step in steps.items():
+        start = time.perf_counter()
+        run_step(step)
+        first_s[name] = time.perf_counter() - start
+        if name == "fused":
+            fused_rss = peak_rss_mib()
+    log(f"timing {args.warmup} warm-up + {args.repeats} timed rounds of {', '.join(steps)} (interleaved)")
+    times = time_interleaved(steps, args.warmup, args.repeats)
+    convs = {name: executed_convs(step) for name, step in steps.items()}
+    for step in steps.values():
+        step["sess"].close()
+    return dict(summarise_steps(times, convs, cycle, args.batch_size, h, w), first_run_s=first_s,
+                rss_after_fused_first_run_mib=fused_rss)
 
 
 # ----------------------------------------------------------------------------- 3: data pipeline
 
-def measure_pipeline(cfg, args, root, consumed_per_s, log):
+def measure_pipeline(cfg, args, root, steps, log):
     """Figure 3: samples/s of data_fc2.make_dataset over an FC2 tree written to `root`, eagerly,
-    after one batch of warm-up, against `consumed_per_s` (what the fair step takes)."""
+    after one batch of warm-up, against the samples/s the fair step consumes (`steps`, from
+    measure_steps); also both costs in CPU time per sample, which machine load does not change."""
     start = time.perf_counter()
     data_fc2.write_synthetic_fc2(root, args.data_samples, seed=args.seed, h=FC2_SIZE[0], w=FC2_SIZE[1])
     samples = data_fc2.list_samples(root, "train", "lists")
@@ -221,23 +274,47 @@ def measure_pipeline(cfg, args, root, consumed_per_s, log):
     batches = iter(dataset)
     next(batches)
     num_batches = max(1, -(-args.pipeline_samples // args.batch_size))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(num_batches):
         next(batches)
-    seconds = time.perf_counter() - start
-    per_s = num_batches * args.batch_size / seconds
+    seconds, cpu_ms = time.perf_counter() - start, (time.process_time() - cpu_start) * 1e3
+    num = num_batches * args.batch_size
+    consumed_per_s = steps["fused_samples_per_s"]
+    per_s, ratio = num / seconds, num / seconds / consumed_per_s
+    step_cpu_ms = steps["median_cpu_s"]["fused"] / args.batch_size * 1e3
     return {"fc2_samples_on_disk": args.data_samples, "train_samples_read": len(samples),
             "image_size": list(FC2_SIZE), "batches_timed": num_batches, "seconds": seconds,
-            "samples_per_s": per_s, "fair_step_consumes_samples_per_s": consumed_per_s,
-            "ratio_delivered_over_consumed": per_s / consumed_per_s, "target_ratio": PIPELINE_TARGET,
-            "ratio_ok": per_s / consumed_per_s >= PIPELINE_TARGET}
+            "samples_per_s": per_s, "cpu_ms_per_sample": cpu_ms / num, "samples_per_s_per_core": num * 1e3 / cpu_ms,
+            "fair_step_consumes_samples_per_s": consumed_per_s, "ratio_delivered_over_consumed": ratio,
+            "target_ratio": PIPELINE_TARGET, "ratio_ok": ratio >= PIPELINE_TARGET,
+            "cores_for_target": PIPELINE_TARGET * consumed_per_s * cpu_ms / num / 1e3,
+            "fair_step_cpu_ms_per_sample": step_cpu_ms, "cpu_cost_ratio": step_cpu_ms * num / cpu_ms}
 
 
 # ----------------------------------------------------------------------------- 4: evaluation
 
+def time_scoring(sess, scorer, pool, recal_batches, val_batches):
+    """(wall s, CPU s) of evaluate.score_subnet for each arch of `pool`, in order."""
+    wall, cpu = [], []
+    for arch in pool:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        evaluate.score_subnet(sess, scorer, arch, recal_batches, val_batches)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    return wall, cpu
+
+
+def first_over_rest(values):
+    """values[0] / median(values[1:]): about 1 when the first costs what the others do."""
+    return values[0] / statistics.median(values[1:]) if len(values) > 1 else 1.0
+
+
 def measure_eval(cfg, args, images_np, flows_np, log):
-    """Figure 4: seconds per subnet of evaluate.evaluate on a scorer graph built and finalised
-    once; the op count before and after shows that no subnet added to the graph."""
+    """Figure 4: seconds per subnet of evaluate.score_subnet (BN recalibration + scoring, what
+    evaluate.evaluate runs per subnet) on a scorer graph built and finalised once: a subnet that
+    added an op would raise, and the op count is the same after the last one. The session's first
+    run (its one-time graph optimisation) is timed apart. Times per GMAC take out the size of
+    each subnet, so a flat list shows nothing grows from the 1st subnet to the last."""
     h, w = cfg["input_h"], cfg["input_w"]
     pool_size = -(-args.eval_subnets // supernet.NUM_OPTIONS) * supernet.NUM_OPTIONS
     pool = fair.build_eval_pool(pool_size, args.seed, h, w)[:args.eval_subnets]
@@ -254,57 +331,82 @@ def measure_eval(cfg, args, images_np, flows_np, log):
         f"batches of {args.batch_size} each) on one finalised graph of {ops_before} ops")
     with tf.compat.v1.Session(graph=graph) as sess:
         sess.run(init)
-        start = time.perf_counter()
-        evaluate.score_subnet(sess, scorer, pool[0], recal_batches, val_batches)
-        warmup_s = time.perf_counter() - start
-        result = evaluate.evaluate(sess, scorer, pool, recal_batches, val_batches, h, w)
-    per_subnet = [row["seconds"] for row in result["archs"]]
-    rest = statistics.median(per_subnet[1:]) if len(per_subnet) > 1 else per_subnet[0]
-    return {"subnets": [row["arch"] for row in result["archs"]], "recal_batches": args.recal_batches,
-            "val_batches": args.val_batches, "session_warmup_s": warmup_s, "seconds_per_subnet": per_subnet,
-            "median_s": statistics.median(per_subnet), "first_s": per_subnet[0], "median_rest_s": rest,
-            "first_over_median_rest": per_subnet[0] / rest, "graph_ops_before": ops_before,
-            "graph_ops_after": len(graph.get_operations()), "graph_finalized": graph.finalized}
+        (first_s,), _ = time_scoring(sess, scorer, pool[:1], recal_batches, val_batches)
+        wall, cpu = time_scoring(sess, scorer, pool, recal_batches, val_batches)
+    gmacs = [supernet.count_macs(arch, h, w) / 1e9 for arch in pool]
+    wall_per_gmac = [s / g for s, g in zip(wall, gmacs)]
+    cpu_per_gmac = [s / g for s, g in zip(cpu, gmacs)]
+    return {"subnets": [supernet.format_arch(a) for a in pool], "gmacs": gmacs,
+            "recal_batches": args.recal_batches, "val_batches": args.val_batches, "session_first_run_s": first_s,
+            "seconds_per_subnet": wall, "cpu_seconds_per_subnet": cpu, "median_s": statistics.median(wall),
+            "seconds_per_gmac": wall_per_gmac, "cpu_seconds_per_gmac": cpu_per_gmac,
+            "first_over_median_rest_per_gmac": first_over_rest(wall_per_gmac),
+            "cpu_first_over_median_rest_per_gmac": first_over_rest(cpu_per_gmac),
+            "graph_ops_before": ops_before, "graph_ops_after": len(graph.get_operations()),
+            "graph_finalized": graph.finalized}
 
 
 # ----------------------------------------------------------------------------- report
 
+def verdict(ok):
+    """'met' or 'NOT met'."""
+    return "met" if ok else "NOT met"
+
+
 def report_lines(result):
     """The readable table of the five figures."""
     dev, steps, pipe, ev, mem = (result[k] for k in ("device", "steps", "pipeline", "eval", "memory"))
-    cfg = result["settings"]
+    opts = result["settings"]
     med = steps["median_s"]
     statics = " + ".join(f"{med[n]:.3f}" for n in med if n != "fused")
-    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     lines = [
         f"EdgeFlowNAS benchmark on {dev['device']}: {dev['name']}, TensorFlow {dev['tensorflow']}",
-        f"batch {cfg['batch_size']} at {cfg['h']}x{cfg['w']}, {cfg['repeats']} timed rounds after {cfg['warmup']} "
-        f"warm-up (medians, interleaved), fair cycle {' | '.join(steps['cycle'])}",
+        f"batch {opts['batch_size']} at {opts['h']}x{opts['w']}; steps: medians of {opts['repeats']} interleaved "
+        f"rounds after {opts['warmup']} warm-up; fair cycle {' | '.join(steps['cycle'])}",
+        f"1-minute load average {result['load_average_start']} at the start, {result['load_average_end']} at the end "
+        f"({dev['cpu_cores']} CPU cores; above that, wall-clock figures are contended: see the CPU-time ratio)",
         "",
         f"1 fair step, fused (3 paths, 1 update)   {med['fused']:.3f} s",
-        f"  three static single-subnet steps        {statics} = {steps['static_sum_s']:.3f} s",
-        f"  ratio fused / sum of static              {steps['ratio_fused_over_static_sum']:.3f} "
-        f"(target <= {STEP_TARGET}: {verdict(steps['ratio_ok'])})",
+        f"  3 static single-subnet steps            {statics} = {steps['static_sum_s']:.3f} s",
+        f"  ratio fused / sum of static             {steps['ratio_fused_over_static_sum']:.3f} (median of per-round "
+        f"ratios {steps['ratio_per_round_median']:.3f}; target <= {STEP_TARGET}: {verdict(steps['ratio_ok'])})",
+        f"  process CPU time, fused / static sum    {steps['median_cpu_s']['fused']:.3f} / "
+        f"{sum(v for n, v in steps['median_cpu_s'].items() if n != 'fused'):.3f} s = "
+        f"{steps['cpu_ratio_fused_over_static_sum']:.3f} (the work done, whatever else runs here)",
+        f"  convolutions executed, fused / static   {steps['convs_fused']} / {steps['convs_static']} "
+        "(forward + backward kernels of one step)",
+        "  untimed first runs, then warm-up (s)    " + "; ".join(
+            f"{name} {steps['first_run_s'][name]:.2f}, " + (" ".join(f"{s:.2f}" for s in t["warmup"]) or "none")
+            for name, t in steps["times"].items()),
         f"2 achieved GFLOP/s, fused fair step       {steps['fused_gflops_per_s']:.1f} "
-        f"({steps['step_gflop']:.1f} GFLOP per step; static steps {steps['static_gflops_per_s']:.1f})",
+        f"({steps['step_gflop']:.1f} GFLOP per step; the static steps {steps['static_gflops_per_s']:.1f})",
         f"  FLOPs = {FLOPS_FORMULA}",
-        f"3 data pipeline, FC2 PNG/.flo on disk     {pipe['samples_per_s']:.1f} samples/s "
-        f"(decode {FC2_SIZE[0]}x{FC2_SIZE[1]} + crop + batch)",
-        f"  fair step consumes                       {pipe['fair_step_consumes_samples_per_s']:.2f} samples/s",
-        f"  ratio delivered / consumed               {pipe['ratio_delivered_over_consumed']:.1f}x "
-        f"(target >= {PIPELINE_TARGET:.0f}x at batch 32: {verdict(pipe['ratio_ok'])} at batch {cfg['batch_size']})",
+        f"3 data pipeline, FC2 tree on disk         {pipe['samples_per_s']:.1f} samples/s "
+        f"(2 PNG + .flo decode at {FC2_SIZE[0]}x{FC2_SIZE[1]}, crop, batch)",
+        f"  the fair step consumes                  {pipe['fair_step_consumes_samples_per_s']:.2f} samples/s",
+        f"  ratio delivered / consumed              {pipe['ratio_delivered_over_consumed']:.1f}x "
+        f"(target >= {PIPELINE_TARGET:.0f}x at batch 32: {verdict(pipe['ratio_ok'])} at batch {opts['batch_size']})",
+        f"  CPU time per sample, step / pipeline    {pipe['fair_step_cpu_ms_per_sample']:.0f} / "
+        f"{pipe['cpu_ms_per_sample']:.1f} ms = {pipe['cpu_cost_ratio']:.1f}x (the ratio on equal cores, "
+        "whatever the load)",
+        f"  {f'{PIPELINE_TARGET:.0f}x needs':<40}{pipe['cores_for_target']:.2f} cores free for "
+        f"decoding at {pipe['samples_per_s_per_core']:.0f} samples/s per core",
         f"4 evaluation, recalibration + scoring     {ev['median_s']:.3f} s per subnet (median of {len(ev['subnets'])}; "
-        f"{ev['recal_batches']} recal + {ev['val_batches']} val batches)",
-        f"  per subnet 1..{len(ev['subnets'])}: " + " ".join(f"{s:.2f}" for s in ev["seconds_per_subnet"]),
-        f"  first / median of the rest               {ev['first_over_median_rest']:.2f}; graph ops "
-        f"{ev['graph_ops_before']} -> {ev['graph_ops_after']} (finalised); one-time session warm-up "
-        f"{ev['session_warmup_s']:.1f} s",
-        f"5 peak memory, process RSS                {mem['peak_rss_mib']:.0f} MiB "
-        f"(after steps {mem['rss_after_steps_mib']:.0f}, pipeline {mem['rss_after_pipeline_mib']:.0f}, "
-        f"eval {mem['rss_after_eval_mib']:.0f})",
+        f"{ev['recal_batches']} recal + {ev['val_batches']} val batches each)",
+        "  s per subnet, subnets 1..n              " + " ".join(f"{s:.2f}" for s in ev["seconds_per_subnet"]),
+        "  s per GMAC, subnets 1..n                " + " ".join(f"{s:.3f}" for s in ev["seconds_per_gmac"]),
+        "  CPU s per GMAC, subnets 1..n            " + " ".join(f"{s:.3f}" for s in ev["cpu_seconds_per_gmac"]),
+        f"  1st / median of the rest, per GMAC      {ev['first_over_median_rest_per_gmac']:.2f} wall, "
+        f"{ev['cpu_first_over_median_rest_per_gmac']:.2f} CPU (flat: about 1)",
+        f"  graph built once                        {ev['graph_ops_before']} ops before the 1st subnet, "
+        f"{ev['graph_ops_after']} after the last (finalised); the session's first run "
+        f"{ev['session_first_run_s']:.1f} s, once",
+        f"5 peak memory of the process (RSS)        {mem['peak_rss_mib']:.0f} MiB (running totals: the fused step "
+        f"alone {steps['rss_after_fused_first_run_mib']:.0f}, + the 3 static steps {mem['rss_after_steps_mib']:.0f}, "
+        f"+ the pipeline {mem['rss_after_pipeline_mib']:.0f}, + the evaluation {mem['rss_after_eval_mib']:.0f})",
     ]
     if mem["gpu_peak_mib"] is not None:
-        lines.append(f"  peak GPU memory (TensorFlow allocator)   {mem['gpu_peak_mib']:.0f} MiB")
+        lines.append(f"  peak GPU memory (TensorFlow allocator)  {mem['gpu_peak_mib']:.0f} MiB")
     return lines
 
 
@@ -316,12 +418,14 @@ def parse_args(argv):
     parser.add_argument("--h", type=int, default=180, help="input height (multiple of 4)")
     parser.add_argument("--w", type=int, default=240, help="input width (multiple of 4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of the steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (the first run builds executors)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed rounds after each step's first run (which optimises its graph); "
+                             "the fused step's 2nd run still maps new memory")
     parser.add_argument("--seed", type=int, default=42, help="fair cycle, data and eval pool seed")
     parser.add_argument("--eval_subnets", type=int, default=12, help="subnets of the eval pool to score")
     parser.add_argument("--recal_batches", type=int, default=2, help="BN recalibration batches per subnet")
     parser.add_argument("--val_batches", type=int, default=2, help="validation batches per subnet")
-    parser.add_argument("--data_samples", type=int, default=16, help="samples in the FC2 tree written for the pipeline")
+    parser.add_argument("--data_samples", type=int, default=8, help="samples in the FC2 tree written for the pipeline")
     parser.add_argument("--pipeline_samples", type=int, default=512, help="samples to time the pipeline over")
     parser.add_argument("--json", metavar="FILE", help="also write every figure and timing to FILE")
     args = parser.parse_args(argv)
@@ -335,7 +439,7 @@ def parse_args(argv):
 
 def run(cfg, args, log):
     """Measure the five figures; returns the full result dict."""
-    result = {"device": device_info(),
+    result = {"device": device_info(), "load_average_start": load_average(),
               "settings": {k: getattr(args, k) for k in ("batch_size", "h", "w", "repeats", "warmup", "seed",
                                                           "eval_subnets", "recal_batches", "val_batches",
                                                           "data_samples", "pipeline_samples")}}
@@ -344,16 +448,17 @@ def run(cfg, args, log):
     result["steps"] = measure_steps(cfg, args, images_np, flows_np, log)
     memory = {"rss_after_steps_mib": peak_rss_mib()}
     with tempfile.TemporaryDirectory(prefix="bench_fc2_") as root:
-        result["pipeline"] = measure_pipeline(cfg, args, root, result["steps"]["fused_samples_per_s"], log)
+        result["pipeline"] = measure_pipeline(cfg, args, root, result["steps"], log)
     memory["rss_after_pipeline_mib"] = peak_rss_mib()
     result["eval"] = measure_eval(cfg, args, images_np, flows_np, log)
     memory["rss_after_eval_mib"] = peak_rss_mib()
     result["memory"] = dict(memory, peak_rss_mib=peak_rss_mib(), gpu_peak_mib=gpu_peak_mib())
+    result["load_average_end"] = load_average()
     return result
 
 
 def main(argv=None):
-    """Entry point: run the benchmark, print the table, optionally write JSON; exit 1 on bad input."""
+    """Entry point: run the benchmark, print the table, optionally write JSON (bad flags: argparse exit 2)."""
     parser, args = parse_args(argv)
     try:
         cfg = bench_config(args)

@@ -303,14 +303,14 @@ def _random_texture(rng, lo, hi):
     wavelengths = rng.uniform(12.0, 48.0, n_waves)
     angles = rng.uniform(0.0, 2 * np.pi, n_waves)
     vectors = (2 * np.pi / wavelengths)[:, None] * np.stack([np.cos(angles), np.sin(angles)], 1)
-    cell = rng.uniform(8.0, 20.0)
+    cell = rng.uniform(4.0, 10.0)
     gx, gy = (np.ceil((np.asarray(hi) - lo) / cell).astype(int) + 2)
     return _Texture(
         base=rng.uniform(60.0, 195.0, 3),
         wave_vectors=vectors,
         wave_phases=rng.uniform(0.0, 2 * np.pi, n_waves),
-        wave_amps=rng.uniform(5.0, 18.0, (n_waves, 3)) * rng.choice([-1.0, 1.0], (n_waves, 3)),
-        lattice=rng.normal(0.0, 18.0, (gy, gx, 3)),
+        wave_amps=rng.uniform(15.0, 45.0, (n_waves, 3)) * rng.choice([-1.0, 1.0], (n_waves, 3)),
+        lattice=rng.normal(0.0, 40.0, (gy, gx, 3)),
         lattice_origin=np.asarray(lo, dtype=np.float64),
         cell=cell,
     )
@@ -381,7 +381,7 @@ def _random_scene(rng, h, w):
         texture=_random_texture(rng, [-margin, -margin], [w + margin, h + margin]),
         shape=None,
         place=(np.eye(2), np.zeros(2)),
-        motion=_random_motion(rng, centre, size, 2.0, 0.02, (0.005, 0.04)),
+        motion=_random_motion(rng, centre, size, 2.0, 0.02, (0.02, 0.08)),
     )]
     for _ in range(int(rng.integers(3, 7))):
         shape = _random_shape(rng, size)

@@ -165,8 +165,8 @@ def conv(x, scope, k, cout, stride=1):
     return tf.nn.conv2d(x, kernel, stride, "SAME", name=scope.replace("/", "_"))
 
 
-def batch_norm(x, scope, mode, recal_index=None):
-    """Batch norm with learned gamma/beta.
+def batch_norm(x, scope, mode, recal_index=None, zero_gamma=False):
+    """Batch norm with learned gamma/beta (gamma starts at 0 with `zero_gamma`, else at 1).
 
     mode "train": batch statistics, running statistics untouched (meaningless in a supernet).
     mode "recal": batch statistics, and the running statistics become the exact average of the
@@ -174,7 +174,8 @@ def batch_norm(x, scope, mode, recal_index=None):
     mode "eval": the running statistics.
     """
     channels = int(x.shape[-1])
-    gamma = _variable(f"{scope}/gamma", [channels], tf.compat.v1.initializers.ones())
+    gamma = _variable(f"{scope}/gamma", [channels], (tf.compat.v1.initializers.zeros() if zero_gamma
+                                                     else tf.compat.v1.initializers.ones()))
     beta = _variable(f"{scope}/beta", [channels], tf.compat.v1.initializers.zeros())
     moving_mean = _variable(f"{scope}/moving_mean", [channels], tf.compat.v1.initializers.zeros(), trainable=False)
     moving_var = _variable(f"{scope}/moving_variance", [channels], tf.compat.v1.initializers.ones(), trainable=False)
@@ -196,9 +197,14 @@ def conv_bn_relu(x, scope, k, cout, stride, bn):
 
 
 def resblock(x, scope, bn):
-    """conv3x3-BN-ReLU-conv3x3-BN, add identity, ReLU. Shape unchanged."""
+    """conv3x3-BN-ReLU-conv3x3-BN, add identity, ReLU. Shape unchanged.
+
+    The second BN's gamma starts at 0, so every ResBlock starts as the identity and the depth
+    options of a block start out computing the same function: without it the three paths of a
+    fair step disagree from the first step and the supernet barely learns for hundreds of steps.
+    """
     y = tf.nn.relu(bn(conv(x, f"{scope}/conv1", 3, int(x.shape[-1])), f"{scope}/bn1"))
-    y = bn(conv(y, f"{scope}/conv2", 3, int(x.shape[-1])), f"{scope}/bn2")
+    y = bn(conv(y, f"{scope}/conv2", 3, int(x.shape[-1])), f"{scope}/bn2", zero_gamma=True)
     return tf.nn.relu(x + y)
 
 
@@ -255,8 +261,8 @@ def build_flows(images, arch, mode="train", recal_index=None):
     choice = [arch[i] for i in range(len(BLOCKS))]
     full, half, quarter, eighth, _ = level_sizes(h, w)
 
-    def bn(x, scope):
-        return batch_norm(x, scope, mode, recal_index)
+    def bn(x, scope, zero_gamma=False):
+        return batch_norm(x, scope, mode, recal_index, zero_gamma)
 
     with tf.name_scope("supernet"):
         x = conv_bn_relu(images, "E0", 7, 32, 2, bn)                   # [B, 90, 120, 32]

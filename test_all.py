@@ -185,6 +185,12 @@ def test_only_chosen_options_receive_gradient():
     fetch = {v.op.name: g for v, g in zip(variables, grads) if g is not None}
     with tf.compat.v1.Session(graph=graph) as sess:
         sess.run(init)
+        # ResBlocks start as the identity (last gamma 0), which blocks their conv gradients; give
+        # every gamma a trained-looking value so the chosen convs must receive gradient.
+        rng = np.random.default_rng(1)
+        for name, v in variables_by_name(graph).items():
+            if name.endswith("gamma"):
+                set_variable(sess, v, rng.uniform(0.5, 1.5, v.shape.as_list()))
         values = sess.run(fetch, {images: np.random.default_rng(0).uniform(-1, 1, (2, 32, 48, 6)), arch_in: arch})
     norm = {name: float(np.abs(values[name]).sum()) if name in values else 0.0 for name in (v.op.name for v in variables)}
     chosen = {"EB0": {1}, "EB1": {1, 2}, "DB0": {1, 2, 3}, "DB1": {1}}
@@ -197,6 +203,23 @@ def test_only_chosen_options_receive_gradient():
             g = norm[f"supernet/{block}/k{k}/conv/kernel"]
             assert (g > 0) == (o == option), (block, k, g)
     assert norm["supernet/E0/conv/kernel"] > 0
+
+
+def test_every_resblock_starts_as_the_identity():
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+        arch_in = tf.compat.v1.placeholder(tf.int32, [9])
+        flows = supernet.build_flows(images, arch_in, mode="train")
+        init = tf.compat.v1.global_variables_initializer()
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 32, 48, 6))
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        gammas = {n: sess.run(v) for n, v in variables_by_name(graph).items() if n.endswith("/bn2/gamma")}
+        shallow, deep = (sess.run(flows, {images: x, arch_in: (d,) * 4 + (0,) * 5}) for d in (0, 2))
+    assert len(gammas) == 4 * 3 and all((g == 0).all() for g in gammas.values())
+    for s, d in zip(shallow, deep):  # depth options compute the same function until trained
+        np.testing.assert_allclose(s, d, rtol=1e-5, atol=1e-5)
 
 
 def test_outputs_are_accumulated_across_scales():
@@ -739,7 +762,8 @@ def test_fair_step_applies_exactly_the_mean_of_the_three_path_gradients():
         applied = (before[name] - after[name]) / cfg["learning_rate"]
         np.testing.assert_allclose(applied, mean_grad[name], rtol=2e-3, atol=2e-6, err_msg=name)
     # Every option of every block was used by one path, so every head option moved.
-    assert all(np.abs(before[n] - after[n]).max() > 0 for n in before if "/k" in n)
+    heads = [n for n in before if any(f"/k{k}/" in n for k in supernet.KERNEL_SIZES)]
+    assert len(heads) == 5 * 3 + 2 * 3 * 2 and all(np.abs(before[n] - after[n]).max() > 0 for n in heads)
 
 
 def test_learning_rate_follows_a_cosine_to_zero():

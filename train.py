@@ -187,19 +187,11 @@ def cosine_learning_rate(cfg, global_step, total_steps):
     return cfg["learning_rate"] * 0.5 * (1.0 + tf.cos(math.pi * progress))
 
 
-def build_train_step(cfg, images, flows, total_steps):
-    """The fused fair step: 3 paths on one batch, one gradient of their mean loss, one update.
-
-    images [B, H, W, 6], flows [B, H, W, 2]. Returns a dict of tensors and ops; feed `arch_paths`
-    ([3, 9] int32, one fair cycle) and run `train_op`.
-    """
-    arch_paths = tf.compat.v1.placeholder(tf.int32, [supernet.NUM_OPTIONS, len(supernet.BLOCKS)], "arch_paths")
-    path_losses = [multiscale_loss(supernet.build_flows(images, arch_paths[p], mode="train"), flows, cfg["loss_weights"])
-                   for p in range(supernet.NUM_OPTIONS)]
-    data_loss = tf.add_n(path_losses) / supernet.NUM_OPTIONS
+def build_update(cfg, data_loss, total_steps):
+    """One optimizer update of every trainable variable from `data_loss` plus weight decay:
+    gradient, global-norm clip, cosine learning rate, Adam (or SGD). Returns the fetchable pieces."""
     variables = tf.compat.v1.trainable_variables()
-    decay = cfg["weight_decay"] * tf.add_n([tf.nn.l2_loss(k) for k in supernet.kernel_variables(variables)])
-    loss = data_loss + decay
+    loss = data_loss + cfg["weight_decay"] * tf.add_n([tf.nn.l2_loss(k) for k in supernet.kernel_variables(variables)])
     grads = tf.gradients(loss, variables)
     grad_norm = tf.linalg.global_norm(grads)
     clip = cfg["grad_clip_norm"]
@@ -212,9 +204,23 @@ def build_train_step(cfg, images, flows, total_steps):
     else:
         optimizer = tf.compat.v1.train.GradientDescentOptimizer(lr)
     train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
-    return {"arch_paths": arch_paths, "loss": loss, "data_loss": data_loss, "path_losses": path_losses, "lr": lr,
-            "grad_norm": grad_norm, "clipped": grad_norm > clip if clip > 0 else tf.constant(False),
-            "train_op": train_op, "global_step": global_step}
+    return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "train_op": train_op, "global_step": global_step,
+            "clipped": grad_norm > clip if clip > 0 else tf.constant(False)}
+
+
+def build_train_step(cfg, images, flows, total_steps):
+    """The fused fair step: 3 paths on one batch, one gradient of their mean loss, one update.
+
+    images [B, H, W, 6], flows [B, H, W, 2]. Returns a dict of tensors and ops; feed `arch_paths`
+    ([3, 9] int32, one fair cycle) and run `train_op`. The gradient of the mean of the three path
+    losses is exactly the mean of the three per-path gradients, and it is applied once.
+    """
+    arch_paths = tf.compat.v1.placeholder(tf.int32, [supernet.NUM_OPTIONS, len(supernet.BLOCKS)], "arch_paths")
+    path_losses = [multiscale_loss(supernet.build_flows(images, arch_paths[p], mode="train"), flows, cfg["loss_weights"])
+                   for p in range(supernet.NUM_OPTIONS)]
+    data_loss = tf.add_n(path_losses) / supernet.NUM_OPTIONS
+    return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths, data_loss=data_loss,
+                path_losses=path_losses)
 
 
 def training_input(cfg, data, start_step):
@@ -298,7 +304,51 @@ def format_duration(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- the loop
+
+def new_state(seed):
+    """Training state as a checkpoint's meta carries it: a fresh run's."""
+    return {"epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None, "bad_epochs": 0,
+            "fairness_counts": fair.empty_counts(), "sampler": {"seed": seed, "next_step": 0, "digest": ""},
+            "wall_time_s": 0.0, "stop_reason": None}
+
+
+def fair_step(sess, step_ops, seed, state):
+    """Train fair cycle number state['global_step'] and advance the state; returns the fetches."""
+    step = state["global_step"]
+    cycle = fair.fair_cycle(seed, step)
+    out = sess.run({k: step_ops[k] for k in ("train_op", "loss", "lr", "clipped", "grad_norm")},
+                   {step_ops["arch_paths"]: cycle})
+    if not np.isfinite(out["loss"]):
+        raise FloatingPointError(f"loss is {out['loss']} at step {step}: stopped; resume from the last checkpoint")
+    state.update(global_step=step + 1, fairness_counts=fair.add_counts(state["fairness_counts"], cycle),
+                 sampler={"seed": seed, "next_step": step + 1, "digest": fair.chain_digest(state["sampler"]["digest"], cycle)})
+    return out
+
+
+def update_early_stopping(state, mean_epe, epoch, cfg):
+    """Record an evaluation: a new best only on an improvement of more than min_delta."""
+    if state["best_metric"] is None or mean_epe < state["best_metric"] - cfg["early_stop_min_delta"]:
+        state.update(best_metric=mean_epe, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    if state["bad_epochs"] >= cfg["early_stop_patience"]:
+        state["stop_reason"] = "early_stopping"
+
+
+def plan_lines(cfg, data, steps_per_epoch, pool, coverage, supernet_params):
+    """What a run will do, for --dry_run and the top of train.log."""
+    h, w = cfg["input_h"], cfg["input_w"]
+    total = steps_per_epoch * cfg["num_epochs"]
+    return [data["reason"],
+            f"data: {data['data_source']}, train {data['counts']['train']} / val {data['counts']['val']} samples",
+            f"steps: {steps_per_epoch} per epoch x {cfg['num_epochs']} epochs = {total} fair steps "
+            f"({3 * total} subnet passes), batch {cfg['batch_size']} at {h}x{w}",
+            f"supernet parameters: {supernet_params:,}; subnets {supernet.count_params((0,) * 9, h, w):,} .. "
+            f"{supernet.count_params((2,) * 9, h, w):,}",
+            f"eval pool ({len(pool)}, coverage {'ok' if coverage['ok'] else 'FAILED'}): "
+            + " ".join(supernet.format_arch(a) for a in pool)]
+
 
 def train(args, cfg, run_dir):
     """Dry-run plan, or train (fresh or resumed) to the end or early stop; returns train_report."""
@@ -312,30 +362,19 @@ def train(args, cfg, run_dir):
     meta = ckpt.load_meta(run_dir, "last") if args.resume else None
     if meta:
         ckpt.check_compatible(meta, h, w, meta["prefix"])
-    start_step = meta["global_step"] if meta else 0
 
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(cfg["seed"])
-        images, flows = training_input(cfg, data, start_step)
+        images, flows = training_input(cfg, data, meta["global_step"] if meta else 0)
         step_ops = build_train_step(cfg, images, flows, total_steps)
         scorer = evaluate.build_scorer(images, flows)
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES), max_to_keep=None)
         init = tf.compat.v1.global_variables_initializer()
-        tb = tf.compat.v1.summary.FileWriter(os.path.join(run_dir, "tb")) if not args.dry_run else None
-    supernet_params = supernet.graph_param_count(graph)
-
-    plan = [data["reason"], f"data: {data['data_source']}, train {data['counts']['train']} / val {data['counts']['val']} samples",
-            f"steps: {steps_per_epoch} per epoch x {cfg['num_epochs']} epochs = {total_steps} fair steps "
-            f"({3 * total_steps} subnet passes), batch {cfg['batch_size']} at {h}x{w}",
-            f"supernet parameters: {supernet_params:,}; subnets {supernet.count_params((0,) * 9, h, w):,} .. "
-            f"{supernet.count_params((2,) * 9, h, w):,}",
-            f"eval pool ({len(pool)}, coverage {'ok' if coverage['ok'] else 'FAILED'}): "
-            + " ".join(supernet.format_arch(a) for a in pool)]
+    plan = plan_lines(cfg, data, steps_per_epoch, pool, coverage, supernet.graph_param_count(graph))
     if args.dry_run:
         print("dry run: nothing will be trained or written")
-        for line in plan:
-            print(line)
+        print("\n".join(plan))
         return None
 
     os.makedirs(run_dir, exist_ok=True)
@@ -344,16 +383,15 @@ def train(args, cfg, run_dir):
     ckpt.write_json_atomic(os.path.join(run_dir, f"eval_pool_{len(pool)}.json"),
                            {"seed": cfg["seed"], "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
                             "coverage": coverage})
-    history_path = os.path.join(run_dir, "eval_history.csv")
-    columns = history_columns(pool)
-    log(("resuming " if meta else "starting ") + f"{run_dir}")
+    history_path, columns = os.path.join(run_dir, "eval_history.csv"), history_columns(pool)
+    log(("resuming " if meta else "starting ") + run_dir)
     for line in plan:
         log(line)
     recal_batches, val_batches = evaluate.scoring_batches(cfg, data)
+    with graph.as_default():
+        tb = tf.compat.v1.summary.FileWriter(os.path.join(run_dir, "tb"))
 
-    state = {"epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None, "bad_epochs": 0,
-             "fairness_counts": fair.empty_counts(), "sampler": {"seed": cfg["seed"], "next_step": 0, "digest": ""},
-             "wall_time_s": 0.0, "stop_reason": None}
+    state = new_state(cfg["seed"])
     with tf.compat.v1.Session(graph=graph) as sess:
         sess.run(init)
         if meta:
@@ -362,35 +400,22 @@ def train(args, cfg, run_dir):
             trim_history(history_path, state["epoch"])
             log(f"restored epoch {state['epoch']}, step {state['global_step']} from {meta['prefix']}")
         if state["stop_reason"] == "early_stopping":
-            log(f"run already stopped early at epoch {state['epoch']}; nothing to train")
-        wall_before = state["wall_time_s"]
-        loop_start = time.time()
-        steps_done_here = 0
+            log(f"this run stopped early at epoch {state['epoch']}: nothing more to train")
+        wall_before, loop_start, first_step = state["wall_time_s"], time.time(), state["global_step"]
         for epoch in range(state["epoch"] + 1, cfg["num_epochs"] + 1):
             if state["stop_reason"] == "early_stopping":
                 break
             losses, clips = [], 0
             for i in range(steps_per_epoch):
-                step = state["global_step"]
-                cycle = fair.fair_cycle(cfg["seed"], step)
-                out = sess.run({k: step_ops[k] for k in ("train_op", "loss", "lr", "clipped", "grad_norm")},
-                               {step_ops["arch_paths"]: cycle})
-                if not np.isfinite(out["loss"]):
-                    raise FloatingPointError(f"loss is {out['loss']} at step {step}: stopping; resume from the last checkpoint")
-                state["global_step"] = step + 1
-                state["fairness_counts"] = fair.add_counts(state["fairness_counts"], cycle)
-                state["sampler"] = {"seed": cfg["seed"], "next_step": step + 1,
-                                    "digest": fair.chain_digest(state["sampler"]["digest"], cycle)}
+                out = fair_step(sess, step_ops, cfg["seed"], state)
                 losses.append(float(out["loss"]))
                 clips += bool(out["clipped"])
-                steps_done_here += 1
                 if state["global_step"] % cfg["log_every"] == 0 or i == steps_per_epoch - 1:
-                    rate = steps_done_here / (time.time() - loop_start)
-                    left = (total_steps - state["global_step"]) / rate
+                    rate = (state["global_step"] - first_step) / (time.time() - loop_start)
                     log(f"epoch {epoch}/{cfg['num_epochs']} step {state['global_step']}/{total_steps} "
                         f"loss {np.mean(losses[-cfg['log_every']:]):.4f} lr {out['lr']:.3g} "
                         f"grad_norm {out['grad_norm']:.3g} clipped {clips}/{i + 1} {rate:.2f} steps/s "
-                        f"time left {format_duration(left)}")
+                        f"time left {format_duration((total_steps - state['global_step']) / rate)}")
                     write_scalars(tb, state["global_step"], {"train/loss": out["loss"], "train/lr": out["lr"],
                                                              "train/clip_rate": clips / (i + 1),
                                                              "train/grad_norm": out["grad_norm"]})
@@ -398,45 +423,38 @@ def train(args, cfg, run_dir):
             if epoch % cfg["eval_every"] == 0 or epoch == cfg["num_epochs"]:
                 log(f"evaluating {len(pool)} subnets (BN recalibration over {len(recal_batches)} batches each)")
                 result = evaluate.evaluate(sess, scorer, pool, recal_batches, val_batches, h, w, log=log)
-                improved = state["best_metric"] is None or result["mean_epe"] < state["best_metric"] - cfg["early_stop_min_delta"]
-                if improved:
-                    state.update(best_metric=result["mean_epe"], best_epoch=epoch, bad_epochs=0)
-                else:
-                    state["bad_epochs"] += 1
+                update_early_stopping(state, result["mean_epe"], epoch, cfg)
+                gap = fair.fairness_gap(state["fairness_counts"])
                 append_history(history_path, columns, {
                     "epoch": epoch, "global_step": state["global_step"], "mean_epe": result["mean_epe"],
                     "std_epe": result["std_epe"], "zero_flow_epe": result["zero_flow_epe"],
-                    "best_epe": state["best_metric"], "bad_epochs": state["bad_epochs"],
-                    "train_loss": float(np.mean(losses)), "clip_rate": clips / steps_per_epoch, "lr": float(out["lr"]),
-                    "fairness_gap": fair.fairness_gap(state["fairness_counts"]), "eval_seconds": result["seconds"],
-                    "wall_time_s": wall_before + time.time() - loop_start,
+                    "best_epe": state["best_metric"], "bad_epochs": state["bad_epochs"], "train_loss": np.mean(losses),
+                    "clip_rate": clips / steps_per_epoch, "lr": out["lr"], "fairness_gap": gap,
+                    "eval_seconds": result["seconds"], "wall_time_s": wall_before + time.time() - loop_start,
                     **{c: r["epe"] for c, r in zip(columns[-len(pool):], result["archs"])}})
                 write_scalars(tb, state["global_step"], {"eval/mean_epe": result["mean_epe"],
                                                          **{f"eval/epe/{r['arch']}": r["epe"] for r in result["archs"]}})
                 log(f"epoch {epoch}: pool mean EPE {result['mean_epe']:.4f} (zero-flow {result['zero_flow_epe']:.4f}), "
-                    f"best {state['best_metric']:.4f} at epoch {state['best_epoch']}, bad evaluations {state['bad_epochs']}"
-                    f"/{cfg['early_stop_patience']}, fairness gap {fair.fairness_gap(state['fairness_counts'])}")
-                if state["bad_epochs"] >= cfg["early_stop_patience"]:
-                    state["stop_reason"] = "early_stopping"
+                    f"best {state['best_metric']:.4f} at epoch {state['best_epoch']}, evaluations without improvement "
+                    f"{state['bad_epochs']}/{cfg['early_stop_patience']}, fairness gap {gap}")
+                if state["stop_reason"] == "early_stopping":
+                    log(f"early stopping: no improvement of more than {cfg['early_stop_min_delta']} "
+                        f"in {cfg['early_stop_patience']} evaluations")
             state["wall_time_s"] = wall_before + time.time() - loop_start
-            meta_out = dict(state, data_source=data["data_source"], config=cfg,
-                            search_space=ckpt.search_space_signature(h, w))
+            meta_out = dict(state, data_source=data["data_source"], config=cfg, search_space=ckpt.search_space_signature(h, w))
             if state["best_epoch"] == epoch:
                 ckpt.save(sess, saver, run_dir, "best", meta_out)
             ckpt.save(sess, saver, run_dir, "last", meta_out)
             ckpt.write_json_atomic(os.path.join(run_dir, "fairness_counts.json"),
                                    {"global_step": state["global_step"], "counts": state["fairness_counts"],
                                     "fairness_gap": fair.fairness_gap(state["fairness_counts"])})
-            if state["stop_reason"]:
-                log(f"early stopping: no improvement over {cfg['early_stop_min_delta']} in {cfg['early_stop_patience']} evaluations")
     tb.close()
     report = {"experiment": cfg["experiment_name"], "run_dir": run_dir, "epochs_finished": state["epoch"],
               "num_epochs": cfg["num_epochs"], "global_step": state["global_step"],
-              "stop_reason": state["stop_reason"] or ("completed" if state["epoch"] >= cfg["num_epochs"] else "interrupted"),
-              "best_metric": state["best_metric"], "best_epoch": state["best_epoch"],
-              "final_fairness_gap": fair.fairness_gap(state["fairness_counts"]), "fairness_counts": state["fairness_counts"],
-              "path_sequence_digest": state["sampler"]["digest"], "eval_pool_coverage_ok": coverage["ok"],
-              "data_source": data["data_source"], "data_reason": data["reason"],
+              "stop_reason": state["stop_reason"] or "completed", "best_metric": state["best_metric"],
+              "best_epoch": state["best_epoch"], "final_fairness_gap": fair.fairness_gap(state["fairness_counts"]),
+              "fairness_counts": state["fairness_counts"], "path_sequence_digest": state["sampler"]["digest"],
+              "eval_pool_coverage_ok": coverage["ok"], "data_source": data["data_source"], "data_reason": data["reason"],
               "checkpoints": {k: os.path.join(run_dir, "checkpoints", k) for k in ckpt.CHECKPOINT_KINDS},
               "wall_time_s": state["wall_time_s"], "this_invocation_s": time.time() - wall_start}
     ckpt.write_json_atomic(os.path.join(run_dir, "train_report.json"), report)
