@@ -171,6 +171,21 @@ def test_dynamic_and_static_forms_agree(mode):
         assert np.abs(d).max() > 1e-3
 
 
+def test_dynamic_form_runs_only_the_chosen_convolutions():
+    arch = (2, 0, 1, 1, 2, 0, 2, 1, 0)
+    graph, images, arch_in, dynamic, _, init = _dynamic_and_static(arch, "train")
+    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE)
+    metadata = tf.compat.v1.RunMetadata()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        sess.run(dynamic, {images: np.zeros((2, 32, 48, 6)), arch_in: arch}, options=options, run_metadata=metadata)
+    kinds = [node.timeline_label.split(" = ", 1)[-1].split("(", 1)[0]
+             for device in metadata.step_stats.dev_stats for node in device.node_stats]
+    executed = sum("Conv2D" in k and "Backprop" not in k for k in kinds)
+    # Masking would run all 3 options of every block; switching runs exactly the subnet's convs.
+    assert executed == len(supernet.layer_table(arch, 32, 48)) == 27
+
+
 def test_only_chosen_options_receive_gradient():
     arch = (0, 1, 2, 0, 1, 2, 0, 1, 2)
     graph = tf.Graph()
