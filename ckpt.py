@@ -10,6 +10,8 @@ import json
 import os
 import time
 
+import tensorflow as tf
+
 import supernet
 
 CHECKPOINT_KINDS = ("best", "last")
@@ -79,8 +81,9 @@ def load_meta(run_dir, kind):
     directory = checkpoint_dir(run_dir, kind)
     meta = read_json(os.path.join(directory, META_NAME), f"'{kind}' checkpoint meta")
     prefix = os.path.join(directory, meta.get("checkpoint", ""))
-    if not glob.glob(prefix + ".index"):
-        raise CheckpointError(f"'{kind}' checkpoint files missing: {prefix}.index")
+    for suffix in (".index", ".data-00000-of-00001"):
+        if not os.path.isfile(prefix + suffix):
+            raise CheckpointError(f"'{kind}' checkpoint file missing: {prefix}{suffix}")
     return dict(meta, prefix=prefix)
 
 
@@ -97,7 +100,10 @@ def restore(sess, saver, run_dir, kind, input_h, input_w):
     """Restore checkpoint `kind` of a run into the session after checking it fits; returns its meta."""
     meta = load_meta(run_dir, kind)
     check_compatible(meta, input_h, input_w, meta["prefix"])
-    saver.restore(sess, meta["prefix"])
+    try:
+        saver.restore(sess, meta["prefix"])
+    except tf.errors.OpError as err:
+        raise CheckpointError(f"cannot restore {meta['prefix']}: {err.message.splitlines()[0]}") from None
     return meta
 
 

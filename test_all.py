@@ -1039,12 +1039,36 @@ def _run_main(main, argv, capsys):
     ({"loss_weights": [1, 2]}, "key 'loss_weights' must be a list of 3"),
     ({"input_h": 30}, "h=30"),
     ({"eval_pool_size": 10}, "multiple of 3"),
+    ({"early_stop_min_delta": float("nan")}, "finite"),
+    ({"adam_beta1": 5.0}, "adam_beta1"),
+    ({"loss_weights": [-1, 0, 1]}, "loss_weights"),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, capsys, content, words):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(content))
     code, err = _run_main(train.main, ["--config", str(path), "--dry_run"], capsys)
     assert code != 0 and len(err) == 1 and words in err[0] and err[0].startswith("error:")
+
+
+def test_flags_win_over_fast_mode_and_resume_keeps_the_run_identity(runs, capsys):
+    out, _ = runs
+    args, overrides = train.parse_args(["--fast_mode", "--eval_pool_size", "6"], train.read_config_file(train.DEFAULT_CONFIG))
+    cfg, _ = train.resolve_config(args, overrides, train.read_config_file(train.DEFAULT_CONFIG))
+    assert cfg["eval_pool_size"] == 6 and cfg["bn_recal_batches"] == cfg["fast_mode_overrides"]["bn_recal_batches"]
+    code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
+                                       "--eval_pool_size", "6", "--dry_run"], capsys)
+    assert code != 0 and len(err) == 1 and "eval_pool_size" in err[0]
+
+
+def test_damaged_checkpoint_is_a_one_line_error(runs, tmp_path, capsys):
+    out, _ = runs
+    damaged = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(out / "whole"), str(damaged)], check=True)
+    data_file = next((damaged / "checkpoints" / "last").glob("*.data-*"))
+    data_file.write_bytes(data_file.read_bytes()[:100])
+    code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--experiment_name", "damaged",
+                                          "--checkpoint_type", "last"], capsys)
+    assert code != 0 and len(err) == 1 and "cannot restore" in err[0]
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path, capsys):
@@ -1065,7 +1089,10 @@ def test_missing_checkpoint_and_wrong_input_size_are_errors(runs, tmp_path, caps
     assert code != 0 and len(err) == 1 and "no experiment" in err[0]
     code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
                                        "--input_h", "64", "--dry_run"], capsys)
-    assert code != 0 and len(err) == 1 and "input_size" in err[0]
+    assert code != 0 and len(err) == 1 and "input_h" in err[0]
+    meta = ckpt.load_meta(str(out / "whole"), "last")
+    with pytest.raises(ckpt.CheckpointError, match="input_size"):
+        ckpt.check_compatible(meta, 64, 48, "whole")
 
 
 def test_dry_run_announces_synthetic_data_and_writes_nothing(tmp_path, capsys):

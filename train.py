@@ -53,6 +53,8 @@ def checked_value(where, key, value, default):
     elif isinstance(default, float):
         if not isinstance(value, (int, float)):
             raise _type_error(where, key, value, default)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
         return float(value)
     elif isinstance(default, list):
         if not isinstance(value, list) or len(value) != len(default):
@@ -97,9 +99,13 @@ def check_ranges(cfg):
         raise ConfigError(f"config: {err}") from None
     if cfg["eval_pool_size"] % supernet.NUM_OPTIONS:
         raise ConfigError(f"config key 'eval_pool_size' must be a multiple of 3 (whole fair cycles), got {cfg['eval_pool_size']}")
-    unknown = set(cfg["fast_mode_overrides"]) - set(cfg)
-    if unknown:
-        raise ConfigError(f"config key 'fast_mode_overrides' names unknown keys {sorted(unknown)}")
+    for key in ("adam_beta1", "adam_beta2"):
+        if not 0 <= cfg[key] < 1:
+            raise ConfigError(f"config key '{key}' must be in [0, 1), got {cfg[key]}")
+    if cfg["adam_epsilon"] <= 0:
+        raise ConfigError(f"config key 'adam_epsilon' must be > 0, got {cfg['adam_epsilon']}")
+    if min(cfg["loss_weights"]) < 0 or max(cfg["loss_weights"]) <= 0:
+        raise ConfigError(f"config key 'loss_weights' must be >= 0 with one > 0, got {cfg['loss_weights']}")
 
 
 def read_config_file(path):
@@ -143,27 +149,36 @@ def parse_args(argv, defaults):
     return args, overrides
 
 
+RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w")  # a resumed run must keep these
+
+
 def resolve_config(args, overrides, defaults):
-    """(config, run_dir, resuming): defaults <- config file or the resumed run's config <- flags."""
+    """(config, run_dir): defaults <- config file, or the resumed run's saved config, <- the
+    fast_mode overrides if fast_mode is on <- flags (explicit flags always win)."""
     if args.resume:
-        if overrides.get("experiment_name"):
-            run_dir = os.path.join(overrides.get("output_dir", defaults["output_dir"]), overrides["experiment_name"])
-        else:
-            run_dir = ckpt.newest_run(overrides.get("output_dir", defaults["output_dir"]), "last")
+        if args.config != DEFAULT_CONFIG:
+            raise ConfigError("--config does not apply with --resume: the run's saved config is used; override keys with flags")
+        output_dir = overrides.get("output_dir", defaults["output_dir"])
+        run_dir = (os.path.join(output_dir, overrides["experiment_name"]) if overrides.get("experiment_name")
+                   else ckpt.newest_run(output_dir, "last"))
         saved_path = os.path.join(run_dir, "config.json")
         cfg = merge_config(defaults, read_config_file(saved_path), saved_path)
+        for key in RUN_IDENTITY:
+            if key in overrides and overrides[key] != cfg[key]:
+                raise ConfigError(f"--{key} {overrides[key]} differs from the resumed run's {cfg[key]}: "
+                                  f"the sampler, eval pool and history depend on it; start a new experiment")
     else:
         cfg = merge_config(defaults, read_config_file(args.config), args.config)
-    cfg = merge_config(cfg, overrides, "flags")
-    if cfg["fast_mode"]:
+    if overrides.get("fast_mode", cfg["fast_mode"]):
         cfg = merge_config(cfg, cfg["fast_mode_overrides"], "fast_mode_overrides")
+    cfg = merge_config(cfg, overrides, "flags")
     check_ranges(cfg)
     if not cfg["experiment_name"]:
         cfg["experiment_name"] = time.strftime("supernet_%Y%m%d_%H%M%S")
     run_dir = os.path.join(cfg["output_dir"], cfg["experiment_name"])
     if args.resume and not os.path.isdir(run_dir):
         raise ckpt.CheckpointError(f"no experiment to resume at {run_dir}")
-    if not args.resume and not args.dry_run and os.path.exists(os.path.join(run_dir, "checkpoints")):
+    if not args.resume and not args.dry_run and os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
         raise ConfigError(f"experiment {run_dir} already has checkpoints: use --resume, or another --experiment_name")
     return cfg, run_dir
 
@@ -269,7 +284,7 @@ def append_history(path, columns, row):
 
 def trim_history(path, last_epoch):
     """Drop rows written after the last checkpoint (a run killed between its evaluation and its
-    checkpoint redoes that epoch on resume); every earlier row is kept."""
+    checkpoint redoes that epoch on resume; a fresh start keeps none); every earlier row is kept."""
     if not os.path.exists(path):
         return
     with open(path, newline="") as f:
@@ -397,8 +412,8 @@ def train(args, cfg, run_dir):
         if meta:
             ckpt.restore(sess, saver, run_dir, "last", h, w)
             state.update({k: meta[k] for k in state})
-            trim_history(history_path, state["epoch"])
             log(f"restored epoch {state['epoch']}, step {state['global_step']} from {meta['prefix']}")
+        trim_history(history_path, state["epoch"])
         if state["stop_reason"] == "early_stopping":
             log(f"this run stopped early at epoch {state['epoch']}: nothing more to train")
         wall_before, loop_start, first_step = state["wall_time_s"], time.time(), state["global_step"]
