@@ -234,8 +234,7 @@ def build_train_step(cfg, images, flows, total_steps):
     path_losses = [multiscale_loss(supernet.build_flows(images, arch_paths[p], mode="train"), flows, cfg["loss_weights"])
                    for p in range(supernet.NUM_OPTIONS)]
     data_loss = tf.add_n(path_losses) / supernet.NUM_OPTIONS
-    return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths, data_loss=data_loss,
-                path_losses=path_losses)
+    return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths)
 
 
 def training_input(cfg, data, start_step):
