@@ -49,13 +49,36 @@ def zero_flow_epe(val_batches):
 
 # ----------------------------------------------------------------------------- graph
 
-def flow_metric_sums(pred, gt):
-    """Per-batch sums for EPE and px1/px3/px5 (fraction of pixels with EPE below 1/3/5 px)."""
-    epe = tf.sqrt(tf.reduce_sum(tf.square(pred - gt), axis=-1))  # [B, H, W]
-    sums = {"epe": tf.reduce_sum(epe), "pixels": tf.cast(tf.size(epe), tf.float32)}
+def flow_metric_sums(pred, gt, valid=None):
+    """Sums for EPE and px1/px3/px5 (fraction of pixels with EPE below 1/3/5 px) over the valid
+    pixels of a batch: the one definition of the metrics.
+
+    pred [..., B, H, W, 2] (any leading dims: one set of sums per leading index), gt [B, H, W, 2],
+    valid [B, H, W] of 0/1 or None (every pixel valid). Fl-all counts valid pixels whose EPE is
+    above 3 px and above 5% of the true flow's length (KITTI's outlier rate).
+    """
+    epe = tf.sqrt(tf.reduce_sum(tf.square(pred - gt), axis=-1))  # [..., B, H, W]
+    mask = tf.ones_like(gt[..., 0]) if valid is None else tf.cast(valid, tf.float32)
+    pixel_axes = [-3, -2, -1]
+
+    def count(condition):
+        return tf.reduce_sum(tf.cast(condition, tf.float32) * mask, axis=pixel_axes)
+
+    gt_length = tf.sqrt(tf.reduce_sum(tf.square(gt), axis=-1))
+    sums = {"epe": tf.reduce_sum(epe * mask, axis=pixel_axes), "pixels": tf.reduce_sum(mask) + tf.zeros_like(epe[..., 0, 0, 0]),
+            "outliers": count(tf.logical_and(epe > 3.0, epe > 0.05 * gt_length))}
     for t in PX_THRESHOLDS:
-        sums[f"px{t}"] = tf.reduce_sum(tf.cast(epe < t, tf.float32))
+        sums[f"px{t}"] = count(epe < t)
     return sums
+
+
+def metrics_from_sums(totals):
+    """Metrics from summed `flow_metric_sums` over batches: epe, px1/3/5 and fl_all (fractions)."""
+    pixels = totals["pixels"]
+    metrics = {"epe": totals["epe"] / pixels}
+    metrics.update({f"px{t}": totals[f"px{t}"] / pixels for t in PX_THRESHOLDS})
+    metrics["fl_all"] = totals["outliers"] / pixels
+    return metrics
 
 
 def build_scorer(images, flows):
@@ -88,9 +111,7 @@ def score_subnet(sess, scorer, arch, recal_batches, val_batches):
         sums = sess.run(scorer["sums"], {scorer["images"]: images, scorer["flows"]: flows, scorer["arch"]: arch})
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
-    metrics = {"epe": totals["epe"] / totals["pixels"]}
-    metrics.update({f"px{t}": totals[f"px{t}"] / totals["pixels"] for t in PX_THRESHOLDS})
-    return metrics
+    return metrics_from_sums(totals)
 
 
 def evaluate(sess, scorer, archs, recal_batches, val_batches, h, w, log=None):

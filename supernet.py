@@ -174,20 +174,41 @@ def batch_norm(x, scope, mode, recal_index=None, zero_gamma=False):
     mode "eval": the running statistics.
     """
     channels = int(x.shape[-1])
-    gamma = _variable(f"{scope}/gamma", [channels], (tf.compat.v1.initializers.zeros() if zero_gamma
-                                                     else tf.compat.v1.initializers.ones()))
-    beta = _variable(f"{scope}/beta", [channels], tf.compat.v1.initializers.zeros())
     moving_mean = _variable(f"{scope}/moving_mean", [channels], tf.compat.v1.initializers.zeros(), trainable=False)
     moving_var = _variable(f"{scope}/moving_variance", [channels], tf.compat.v1.initializers.ones(), trainable=False)
     if mode == "eval":
-        return tf.nn.batch_normalization(x, moving_mean, moving_var, beta, gamma, BN_EPSILON)
-    mean, var = tf.nn.moments(x, [0, 1, 2])
+        return normalize(x, scope, moving_mean, moving_var, zero_gamma)
+    mean, var = batch_moments(x)
     if mode == "recal":
-        rate = 1.0 / (tf.cast(recal_index, tf.float32) + 1.0)
-        updates = [moving_mean.assign_add((mean - moving_mean) * rate),
-                   moving_var.assign_add((var - moving_var) * rate)]
+        index = tf.cast(recal_index, tf.float32)
+        updates = [moving_mean.assign(recal_average(moving_mean, mean, index)),
+                   moving_var.assign(recal_average(moving_var, var, index))]
         with tf.control_dependencies(updates):
             x = tf.identity(x)
+    return normalize(x, scope, mean, var, zero_gamma)
+
+
+def recal_average(running, batch_stat, index):
+    """The exact average over recalibration batches, kept as a running value: batch 0 (0-based
+    `index`) sets it, batch k moves it by 1/(k+1). Works on tensors and on float32 numpy arrays."""
+    return running + (batch_stat - running) * (1.0 / (index + 1.0))
+
+
+def batch_moments(x):
+    """Per-channel mean and biased variance over batch and space: what training-mode BN uses."""
+    return tf.nn.moments(x, [0, 1, 2])
+
+
+def normalize(x, scope, mean, var, zero_gamma=False):
+    """Normalise `x` with the given per-channel statistics and the BN's learned gamma/beta.
+
+    The one BN formula: batch_norm uses it with batch or running statistics, and search.py with
+    statistics it recalibrated itself for one node of the shared subnet tree.
+    """
+    channels = int(x.shape[-1])
+    gamma = _variable(f"{scope}/gamma", [channels], (tf.compat.v1.initializers.zeros() if zero_gamma
+                                                     else tf.compat.v1.initializers.ones()))
+    beta = _variable(f"{scope}/beta", [channels], tf.compat.v1.initializers.zeros())
     return tf.nn.batch_normalization(x, mean, var, beta, gamma, BN_EPSILON)
 
 

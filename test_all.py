@@ -25,7 +25,7 @@ import train
 
 HERE = pathlib.Path(__file__).parent
 LIBRARY_MODULES = ("supernet", "fair", "data_fc2", "ckpt")
-ENTRY_POINTS = ("train", "evaluate", "bench")
+ENTRY_POINTS = ("train", "evaluate", "bench", "search", "export", "rank")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -1128,3 +1128,22 @@ def test_every_public_function_has_a_docstring(module):
                if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_") and not ast.get_docstring(n)
                and n.col_offset == 0]
     assert not missing, f"{module}: no docstring on {missing}"
+
+
+# ----------------------------------------------------------------------------- search (search.py)
+
+
+
+# ----------------------------------------------------------------------------- deployment (export.py)
+
+
+
+# ----------------------------------------------------------------------------- other datasets, full frames, flow pictures
+
+
+
+# ----------------------------------------------------------------------------- standalone training and ranking (rank.py)
+
+
+
+# ----------------------------------------------------------------------------- devices and GPU readiness
