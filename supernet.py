@@ -265,6 +265,41 @@ def kernel_block(x, scope, option, cout, bn=None):
     return choose(option, [branch(k) for k in KERNEL_SIZES])
 
 
+TRUNK = (("EB0", "Down1"), ("EB1", "Down2"), ("DB0", "Up1"), ("DB1", "Up2"))  # each depth block, then its transition
+FEATURE_HEADS = {"H1": 32, "H2": 16}  # head -> channels; the flow heads (H0Out, H1Out, H2Out) output 2
+
+
+def stem(images, bn):
+    """E0 and E1, the layers every subnet shares. [B, 180, 240, 6] -> [B, 45, 60, 64]."""
+    x = conv_bn_relu(images, "E0", 7, 32, 2, bn)                  # [B, 90, 120, 32]
+    return conv_bn_relu(x, "E1", 5, 64, 2, bn)                    # [B, 45, 60, 64]
+
+
+def transition(x, name, bn, h, w):
+    """The layer after a depth block: Down1/Down2 halve the size (stride-2 conv), Up1/Up2 resize
+    to the exact size of the matching encoder level and convolve (input size h x w fixes it)."""
+    if name in ("Down1", "Down2"):
+        return conv_bn_relu(x, name, 3, 2 * int(x.shape[-1]), 2, bn)  # [B, 23, 30, 128], [B, 12, 15, 256]
+    level = level_sizes(h, w)[3 if name == "Up1" else 2]
+    return conv_bn_relu(resize(x, level), name, 3, int(x.shape[-1]) // 2, 1, bn)  # [B, 23, 30, 128], [B, 45, 60, 64]
+
+
+def feature_head(x, scope, option, bn, size):
+    """H1 or H2: resize to the next scale `size`, then a kxk conv-BN-ReLU (k chosen by `option`)."""
+    return kernel_block(resize(x, size), scope, option, FEATURE_HEADS[scope], bn)
+
+
+def flow_head(x, scope, option):
+    """H0Out, H1Out or H2Out: a kxk conv to the 2 flow channels (no BN, no ReLU)."""
+    return kernel_block(x, scope, option, FLOW_CHANNELS)
+
+
+def accumulate(coarse, residual):
+    """Flow at the residual's scale: the coarser flow resized up plus the residual (flow stays in
+    input-pixel units: it is never rescaled on resize)."""
+    return resize(coarse, residual.shape[1:3]) + residual
+
+
 def build_flows(images, arch, mode="train", recal_index=None):
     """The supernet forward pass for one arch.
 
@@ -280,27 +315,20 @@ def build_flows(images, arch, mode="train", recal_index=None):
     if isinstance(arch, (tuple, list)):
         arch = validate_arch(arch)
     choice = [arch[i] for i in range(len(BLOCKS))]
-    full, half, quarter, eighth, _ = level_sizes(h, w)
+    full, half = level_sizes(h, w)[:2]
 
     def bn(x, scope, zero_gamma=False):
         return batch_norm(x, scope, mode, recal_index, zero_gamma)
 
     with tf.name_scope("supernet"):
-        x = conv_bn_relu(images, "E0", 7, 32, 2, bn)                   # [B, 90, 120, 32]
-        x = conv_bn_relu(x, "E1", 5, 64, 2, bn)                        # [B, 45, 60, 64]
-        x = depth_block(x, "EB0", choice[0], bn)                       # [B, 45, 60, 64]
-        x = conv_bn_relu(x, "Down1", 3, 128, 2, bn)                    # [B, 23, 30, 128]
-        x = depth_block(x, "EB1", choice[1], bn)                       # [B, 23, 30, 128]
-        x = conv_bn_relu(x, "Down2", 3, 256, 2, bn)                    # [B, 12, 15, 256]
-        x = depth_block(x, "DB0", choice[2], bn)                       # [B, 12, 15, 256]
-        x = conv_bn_relu(resize(x, eighth), "Up1", 3, 128, 1, bn)      # [B, 23, 30, 128]
-        x = depth_block(x, "DB1", choice[3], bn)                       # [B, 23, 30, 128]
-        x = conv_bn_relu(resize(x, quarter), "Up2", 3, 64, 1, bn)      # [B, 45, 60, 64]
-        flow_4 = kernel_block(x, "H0Out", choice[4], FLOW_CHANNELS)    # [B, 45, 60, 2]
-        x = kernel_block(resize(x, half), "H1", choice[5], 32, bn)     # [B, 90, 120, 32]
-        flow_2 = resize(flow_4, half) + kernel_block(x, "H1Out", choice[6], FLOW_CHANNELS)
-        x = kernel_block(resize(x, full), "H2", choice[7], 16, bn)     # [B, 180, 240, 16]
-        flow_1 = resize(flow_2, full) + kernel_block(x, "H2Out", choice[8], FLOW_CHANNELS)
+        x = stem(images, bn)                                          # [B, 45, 60, 64]
+        for i, (block, after) in enumerate(TRUNK):
+            x = transition(depth_block(x, block, choice[i], bn), after, bn, h, w)
+        flow_4 = flow_head(x, "H0Out", choice[4])                     # [B, 45, 60, 2]
+        x = feature_head(x, "H1", choice[5], bn, half)                # [B, 90, 120, 32]
+        flow_2 = accumulate(flow_4, flow_head(x, "H1Out", choice[6]))  # [B, 90, 120, 2]
+        x = feature_head(x, "H2", choice[7], bn, full)                # [B, 180, 240, 16]
+        flow_1 = accumulate(flow_2, flow_head(x, "H2Out", choice[8]))  # [B, 180, 240, 2]
     return [flow_4, flow_2, flow_1]
 
 
