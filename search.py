@@ -87,6 +87,11 @@ def build_trunk(h, w):
     return stages
 
 
+def prefix_choices(prefix):
+    """The 4 trunk choices (EB0, EB1, DB0, DB1) of a prefix index 0..80."""
+    return supernet.index_to_arch(prefix * HEADS_PER_PREFIX)[:len(supernet.TRUNK)]
+
+
 def _head_digits(index):
     """The 5 head choices (H0Out, H1, H1Out, H2, H2Out) of a head index 0..242."""
     return supernet.index_to_arch(index)[len(supernet.TRUNK):]
@@ -259,6 +264,16 @@ class TreeScorer:
         return results
 
 
+def score_archs(scorer, archs):
+    """Metrics of each arch (tuples of 9 ints) with shared computation: {arch: metrics}."""
+    indices = [supernet.arch_to_index(a) for a in archs]
+    results = {}
+    for prefix, heads in make_units(indices):
+        scored = scorer.score_prefix(prefix_choices(prefix), heads)
+        results.update({prefix * HEADS_PER_PREFIX + head: metrics for head, metrics in scored.items()})
+    return {supernet.index_to_arch(i): results[i] for i in indices}
+
+
 # ----------------------------------------------------------------------------- what to score, in units
 
 def read_archs_file(path):
@@ -413,7 +428,7 @@ def score_part(scorer, units, done, directory, progress_every):
         if prefix in done:
             continue
         start = time.time()
-        rows = scorer.score_prefix(supernet.index_to_arch(prefix * HEADS_PER_PREFIX)[:len(supernet.TRUNK)], heads)
+        rows = scorer.score_prefix(prefix_choices(prefix), heads)
         write_unit(directory, prefix, rows, time.time() - start)
         units_done, subnets_done = units_done + 1, subnets_done + len(heads)
         progress.report(units_done, subnets_done, force=units_done == len(units))
@@ -688,10 +703,20 @@ def score(args, run_dir, cfg, search_dir):
     return n == 1
 
 
+def search_dir_for(run_dir, args):
+    """search_<checkpoint type>[_<arch set>]: the whole space, a sample and a list never share a folder."""
+    name = f"search_{args.checkpoint_type}"
+    if args.sample is not None:
+        name += f"_sample{args.sample}_seed{args.seed}"
+    elif args.archs or args.archs_file:
+        name += "_archs" + fingerprint([np.array(select_archs(args), np.int64)])[:8]
+    return os.path.join(run_dir, name)
+
+
 def run(args):
     """Score (this part of) the search, then write the outputs when all parts are done."""
     run_dir, cfg = open_run(args)
-    search_dir = os.path.join(run_dir, f"search_{args.checkpoint_type}")
+    search_dir = search_dir_for(run_dir, args)
     if args.merge or score(args, run_dir, cfg, search_dir):
         return finish(search_dir, run_dir, args)
     print(f"part {args.shard} done; when every part is, combine them: python search.py --merge "

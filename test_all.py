@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
 import signal
 import struct
 import subprocess
@@ -20,6 +21,7 @@ import ckpt
 import data_fc2
 import evaluate
 import fair
+import search
 import supernet
 import train
 
@@ -1131,6 +1133,189 @@ def test_every_public_function_has_a_docstring(module):
 
 
 # ----------------------------------------------------------------------------- search (search.py)
+
+SEARCH_SIZE = (32, 48)
+
+
+def _randomise_bn(graph):
+    """Ops giving every BN gamma and beta random values: depth options then really differ (a fresh
+    supernet's ResBlocks start as the identity) and each BN's scale matters."""
+    with graph.as_default():
+        return [v.assign(tf.random.uniform(v.shape, 0.5, 1.5, seed=i) if v.op.name.endswith("gamma")
+                         else tf.random.normal(v.shape, 0.0, 0.2, seed=i))
+                for i, v in enumerate(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
+                if v.op.name.endswith(("gamma", "beta"))]
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    """A run folder made by hand: config, eval pool and a 'best' checkpoint of a supernet with random BN."""
+    out = tmp_path_factory.mktemp("search_outputs")
+    run_dir = out / "tiny"
+    h, w = SEARCH_SIZE
+    cfg = dict(train.read_config_file(train.DEFAULT_CONFIG), experiment_name="tiny", output_dir=str(out),
+               synthetic=True, synthetic_train_size=8, synthetic_val_size=6, input_h=h, input_w=w, batch_size=2,
+               bn_recal_batches=2, eval_batches=0, eval_pool_size=3)
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    pool = fair.build_eval_pool(3, cfg["seed"], h, w)
+    (run_dir / "eval_pool_3.json").write_text(json.dumps({"archs": [supernet.format_arch(a) for a in pool]}))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(5)
+        supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [None, h, w, 6]), tf.zeros([9], tf.int32), "recal", 0)
+        randomise = _randomise_bn(graph)
+        saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        sess.run(randomise)
+        ckpt.save(sess, saver, str(run_dir), "best", {"global_step": 7, "epoch": 1, "config": cfg,
+                                                      "search_space": ckpt.search_space_signature(h, w)})
+    return out, run_dir
+
+
+def _scores(path):
+    with open(path, newline="") as f:
+        return {r["arch"]: r for r in csv.DictReader(f)}
+
+
+class TestSearch:
+    def test_every_subnet_scores_as_evaluate_scores_it_alone(self):
+        h, w = SEARCH_SIZE
+        rng = np.random.default_rng(3)
+        recal = [(rng.uniform(-1, 1, (2, h, w, 6)).astype(np.float32), None) for _ in range(2)]
+        val = [(rng.uniform(-1, 1, (n, h, w, 6)).astype(np.float32), rng.normal(0, 3, (n, h, w, 2)).astype(np.float32))
+               for n in (2, 1)]  # a last partial batch, as the validation split has
+        archs = [(0,) * 9, (2,) * 9] + supernet.random_archs(30, 17)
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.compat.v1.set_random_seed(2)
+            images = tf.compat.v1.placeholder(tf.float32, [None, h, w, 6])
+            scorer = evaluate.build_scorer(images, tf.compat.v1.placeholder(tf.float32, [None, h, w, 2]))
+            tree = search.build_tree([(h, w)])
+            randomise = _randomise_bn(graph)
+            init = tf.compat.v1.global_variables_initializer()
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            sess.run(randomise)
+            shared = search.score_archs(search.TreeScorer(sess, tree, recal, val), archs)
+            alone = {a: evaluate.score_subnet(sess, scorer, a, recal, val) for a in archs}
+        assert len({round(m["epe"], 4) for m in alone.values()}) > 20  # the subnets really differ
+        for arch in archs:
+            assert shared[arch]["epe"] == pytest.approx(alone[arch]["epe"], rel=1e-5), arch
+            for key in ("px1", "px3", "px5"):  # a pixel may sit within rounding of a threshold
+                assert shared[arch][key] == pytest.approx(alone[arch][key], abs=1.5 / (3 * h * w)), (arch, key)
+
+    def test_trunk_path_depends_only_on_the_choices_before_each_node(self):
+        path = search.trunk_path((2, 0, 1, 0))
+        assert path[:5] == [("stem", ()), ("EB0/rb1", ()), ("EB0/rb2", ()), ("EB0/rb3", ()), ("Down1", (2,))]
+        assert ("DB0/rb2", (2, 0)) in path and ("DB0/rb3", (2, 0)) not in path and path[-1] == ("Up2", (2, 0, 1, 0))
+        nodes = {node for p in itertools.product(range(3), repeat=4) for node in search.trunk_path(p)}
+        assert len(nodes) == 1 + 3 + 3 + 9 + 9 + 27 + 27 + 81 + 81  # each distinct (layer, path choices) once
+
+    def test_pareto_front_matches_brute_force(self):
+        rng = np.random.default_rng(0)
+        rows = [{"epe": float(e), "gmacs": float(g)} for e, g in rng.integers(0, 12, (200, 2))]
+        front = search.pareto_front(rows, "gmacs")
+        beaten = [r for r in rows if any(o["epe"] <= r["epe"] and o["gmacs"] <= r["gmacs"]
+                                         and (o["epe"], o["gmacs"]) != (r["epe"], r["gmacs"]) for o in rows)]
+        expected = {(r["epe"], r["gmacs"]) for r in rows if r not in beaten}
+        assert {(r["epe"], r["gmacs"]) for r in front} == expected and len(front) == len(expected)
+        assert [r["gmacs"] for r in front] == sorted(r["gmacs"] for r in front)
+        fastest = search.pareto_front([{"epe": 2.0, "fps": 10.0}, {"epe": 1.0, "fps": 5.0}, {"epe": 3.0, "fps": 4.0}],
+                                      "fps", maximise=True)
+        assert [r["fps"] for r in fastest] == [10.0, 5.0]
+
+    def test_shards_merge_into_the_single_process_result(self, search_run, capsys):
+        out, run_dir = search_run
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs_file", str(out / "archs.txt")]
+        archs = [(0,) * 9, (2,) * 9] + supernet.random_archs(40, 4) + [(1, 1, 1, 1, o, 0, 2, 1, 0) for o in range(3)]
+        (out / "archs.txt").write_text("# chosen\n" + "\n".join(supernet.format_arch(a) for a in archs) + "\n\n")
+        assert search.main(common) == 0
+        search_dir = search.search_dir_for(str(run_dir), search.parse_args(common))
+        single = (pathlib.Path(search_dir) / "scores.csv").read_bytes()
+        shutil.rmtree(search_dir)
+        assert search.main(common + ["--shard", "2/2"]) == 0 and search.main(common + ["--shard", "1/2"]) == 0
+        assert not (pathlib.Path(search_dir) / "scores.csv").exists()
+        assert search.main(common + ["--merge", "--max_gmacs", "0.1"]) == 0
+        assert (pathlib.Path(search_dir) / "scores.csv").read_bytes() == single
+        rows = _scores(pathlib.Path(search_dir) / "scores.csv")
+        assert set(rows) == {supernet.format_arch(a) for a in archs}
+        assert [float(r["epe"]) for r in rows.values()] == sorted(float(r["epe"]) for r in rows.values())
+        for code, r in rows.items():
+            assert int(r["params"]) == supernet.count_params(supernet.parse_arch(code), *SEARCH_SIZE)
+        pareto = json.loads((pathlib.Path(search_dir) / "pareto.json").read_text())
+        assert pareto["provenance"]["checkpoint_type"] == "best" and pareto["provenance"]["data_source"] == "synthetic"
+        assert pareto["fronts"]["epe_gmacs"][0]["epe"] == min(float(r["epe"]) for r in rows.values()
+                                                              if r["arch"] == pareto["fronts"]["epe_gmacs"][0]["arch"])
+        assert (pathlib.Path(search_dir) / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        printed = capsys.readouterr().out
+        assert "best within the budget (gmacs <= 0.1)" in printed and printed.rstrip().endswith("pareto.png")
+
+    def test_a_killed_search_resumes_to_the_same_file(self, search_run, tmp_path):
+        out, run_dir = search_run
+        archs = [a for p in range(3) for a in itertools.product(*[[d] for d in search.prefix_choices(p * 20)],
+                                                                 *[range(3)] * 5)]
+        (tmp_path / "archs.txt").write_text("\n".join(supernet.format_arch(a) for a in archs))
+        cmd = [sys.executable, str(HERE / "search.py"), "--output_dir", str(out), "--experiment_name", "tiny",
+               "--archs_file", str(tmp_path / "archs.txt")]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(cmd[2:])))
+        whole = (search_dir / "scores.csv").read_bytes()
+        shutil.rmtree(search_dir)
+        rng = np.random.default_rng(1)
+        for kill in range(2):  # SIGKILL at a random moment once units are being written
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            units = search_dir / "part_1of1" / "units"
+            while proc.poll() is None and len(list(units.glob("unit_*.json"))) <= kill:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0, 0.5))
+            proc.kill()
+            proc.wait()
+        assert len(list(units.glob("unit_*.json"))) < 3 and not (search_dir / "scores.csv").exists()
+        done = {p.name: p.read_bytes() for p in units.glob("unit_*.json")}
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"{len(done)} already done" in result.stdout
+        assert all((units / name).read_bytes() == data for name, data in done.items())  # finished units kept
+        assert (search_dir / "scores.csv").read_bytes() == whole
+
+    @pytest.mark.parametrize("flags, words", [
+        (["--archs", "0,1,2,0,1,2,0,1"], "--archs: arch code '0,1,2,0,1,2,0,1' has 8 fields"),
+        (["--archs_file", "BAD"], "line 3: arch code '0,1,3,0,0,0,0,0,0': field 2 (DB0) is '3'"),
+        (["--shard", "3/2"], "--shard 3/2: K must be in 1..N"),
+        (["--shard", "0/2"], "--shard 0/2: K must be in 1..N"),
+        (["--shard", "x"], "--shard 'x' must be K/N"),
+        (["--checkpoint_type", "last"], "'last' checkpoint meta not found"),
+        (["--sample", "0"], "--sample 0 is outside 1..19683"),
+    ])
+    def test_bad_input_is_one_line_and_loses_nothing(self, search_run, tmp_path, capsys, flags, words):
+        out, run_dir = search_run
+        (tmp_path / "bad.txt").write_text("0,0,0,0,0,0,0,0,0\n\n0,1,3,0,0,0,0,0,0\n")
+        flags = [str(tmp_path / "bad.txt") if f == "BAD" else f for f in flags]
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        assert search.main(["--output_dir", str(out), "--experiment_name", "tiny"] + flags) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+    def test_merge_refuses_a_part_of_another_checkpoint(self, search_run, capsys):
+        out, run_dir = search_run
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "0,0,0,0,0,0,0,0,0",
+                  "2,2,2,2,2,2,2,2,2"]
+        for k in (1, 2):
+            assert search.main(common + ["--shard", f"{k}/2"]) == 0
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common)))
+        manifest = search_dir / "part_2of2" / "manifest.json"
+        manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), checkpoint="model-9-1")))
+        capsys.readouterr()
+        assert search.main(common + ["--merge"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "part_2of2 was made with another checkpoint" in err and len(err.splitlines()) == 1
+        assert search.main(common + ["--shard", "2/2"]) == 1  # and resuming it refuses too, naming it
+        assert "part_2of2 was started with another checkpoint" in capsys.readouterr().err
 
 
 
