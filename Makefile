@@ -34,6 +34,10 @@ demo: $(VENV) ## ~10 min CPU run on synthetic data, then its evaluation
 	$(PY) train.py --config config.json --experiment_name $(DEMO_NAME) $(DEMO_FLAGS)
 	$(PY) evaluate.py --experiment_name $(DEMO_NAME) --checkpoint_type best
 
+.PHONY: search
+search: $(VENV) ## score all 19,683 subnets of the newest run's best checkpoint, then print pareto.png's path
+	$(PY) search.py --checkpoint_type best $(SEARCH_FLAGS)
+
 test: $(VENV) ## run the pytest suite
 	$(PY) -m pytest -q test_all.py
 

@@ -1,13 +1,15 @@
 """Speed and memory benchmark of EdgeFlowNAS on whatever device TensorFlow sees.
 
-One run measures five figures:
+One run measures six figures:
   1. the fused fair step (train.build_train_step: 3 paths, one update) against the sum of three
      static single-subnet training steps of the same three archs on the same batch, and their ratio;
   2. the achieved GFLOP/s of the fair step (FLOPS_FORMULA);
   3. the data pipeline (PNG/.flo decode + crop + batch from an FC2 tree on disk) in samples/s,
      against the samples/s the fair step consumes;
   4. evaluation: seconds per subnet (BN recalibration + scoring), the scorer graph built once;
-  5. the peak memory of the process (and of the GPU, if one is visible).
+  5. the peak memory of the process (and of the GPU, if one is visible);
+  6. search: all 19,683 subnets scored with shared computation against a seeded sample scored one
+     by one with evaluate, and the speed-up over scoring the whole space one by one.
 Step timings are medians of interleaved repetitions (fused, static 1, static 2, static 3, fused, ...)
 after untimed warm-up runs, so machine noise hits every candidate alike.
 
@@ -30,6 +32,7 @@ import tensorflow as tf
 import data_fc2
 import evaluate
 import fair
+import search
 import supernet
 import train
 
@@ -346,6 +349,43 @@ def measure_eval(cfg, args, images_np, flows_np, log):
             "graph_finalized": graph.finalized}
 
 
+# ----------------------------------------------------------------------------- 6: search
+
+def measure_search(args, log):
+    """Figure 6: the whole space scored with shared computation (search.TreeScorer) against a
+    seeded sample scored one by one with evaluate.score_subnet, on the same batches in one graph.
+    The speed-up is the per-subnet time x 19,683 / the whole-space time; the MAC ratio is its limit."""
+    h, w, batch = args.search_h, args.search_w, args.search_batch
+    images_np, flows_np = fixed_batch(batch, h, w, args.seed)
+    recal, val = [(images_np, flows_np)] * args.recal_batches, [(images_np, flows_np)] * args.val_batches
+    sample = supernet.random_archs(args.search_subnets, args.seed)
+    graph = tf.Graph()
+    with graph.as_default():
+        images, flows = input_placeholders(h, w)
+        scorer = evaluate.build_scorer(images, flows)
+        tree = search.build_tree([(h, w)])
+        init = tf.compat.v1.global_variables_initializer()
+    graph.finalize()
+    log(f"search: {len(sample)} sampled subnets one by one, then all {supernet.NUM_ARCHS:,} with sharing "
+        f"(batch {batch} at {h}x{w}, {args.recal_batches} recal + {args.val_batches} val batches)")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        time_scoring(sess, scorer, sample[:1], recal, val)  # the session's one-time first run
+        alone, _ = time_scoring(sess, scorer, sample, recal, val)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        search.score_archs(search.TreeScorer(sess, tree, recal, val), [supernet.index_to_arch(i)
+                                                                        for i in range(supernet.NUM_ARCHS)])
+        whole, whole_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    shared, every = search.shared_macs(h, w)
+    per_subnet = statistics.mean(alone)
+    return {"size": [h, w], "batch": batch, "sample": [supernet.format_arch(a) for a in sample],
+            "seconds_per_subnet": alone, "mean_s_per_subnet": per_subnet, "whole_space_s": whole,
+            "whole_space_cpu_s": whole_cpu, "speedup": per_subnet * supernet.NUM_ARCHS / whole,
+            "mac_speedup": every / shared, "shared_tmac_per_pair": shared / 1e12, "alone_tmac_per_pair": every / 1e12,
+            "sample_gmacs_mean": statistics.mean(supernet.count_macs(a, h, w) / 1e9 for a in sample),
+            "space_gmacs_mean": every / supernet.NUM_ARCHS / 1e9}
+
+
 # ----------------------------------------------------------------------------- report
 
 def verdict(ok):
@@ -405,6 +445,18 @@ def report_lines(result):
         f"alone {steps['rss_after_fused_first_run_mib']:.0f}, + the 3 static steps {mem['rss_after_steps_mib']:.0f}, "
         f"+ the pipeline {mem['rss_after_pipeline_mib']:.0f}, + the evaluation {mem['rss_after_eval_mib']:.0f})",
     ]
+    if "search" in result:
+        se = result["search"]
+        lines += [
+            f"6 search, all {supernet.NUM_ARCHS:,} subnets shared         {se['whole_space_s']:.1f} s "
+            f"(CPU {se['whole_space_cpu_s']:.1f} s; batch {se['batch']} at {se['size'][0]}x{se['size'][1]}, "
+            f"{opts['recal_batches']} recal + {opts['val_batches']} val batches)",
+            f"  one by one with evaluate                {se['mean_s_per_subnet']:.3f} s per subnet (mean of "
+            f"{len(se['sample'])} seeded subnets, {se['sample_gmacs_mean']:.3f} GMAC on average; the space's "
+            f"{se['space_gmacs_mean']:.3f})",
+            f"  speed-up over 19,683 one by one         {se['speedup']:.1f}x (per-subnet time x 19,683 / whole-space "
+            f"time; the MAC count's limit {se['mac_speedup']:.1f}x: {se['shared_tmac_per_pair']:.3f} against "
+            f"{se['alone_tmac_per_pair']:.1f} TMAC per image pair)"]
     if mem["gpu_peak_mib"] is not None:
         lines.append(f"  peak GPU memory (TensorFlow allocator)  {mem['gpu_peak_mib']:.0f} MiB")
     return lines
@@ -427,13 +479,22 @@ def parse_args(argv):
     parser.add_argument("--val_batches", type=int, default=2, help="validation batches per subnet")
     parser.add_argument("--data_samples", type=int, default=8, help="samples in the FC2 tree written for the pipeline")
     parser.add_argument("--pipeline_samples", type=int, default=512, help="samples to time the pipeline over")
+    parser.add_argument("--search_subnets", type=int, default=12, help="seeded subnets scored one by one (figure 6)")
+    parser.add_argument("--search_h", type=int, default=64, help="input height of figure 6 (the whole space)")
+    parser.add_argument("--search_w", type=int, default=96, help="input width of figure 6")
+    parser.add_argument("--search_batch", type=int, default=8, help="batch size of figure 6")
+    parser.add_argument("--no_search", action="store_true", help="skip figure 6 (the whole space takes minutes)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure and timing to FILE")
     args = parser.parse_args(argv)
     minimum = {"batch_size": 1, "repeats": 1, "warmup": 0, "seed": 0, "eval_subnets": 1, "recal_batches": 1,
-               "val_batches": 1, "data_samples": 5, "pipeline_samples": 1}
+               "val_batches": 1, "data_samples": 5, "pipeline_samples": 1, "search_subnets": 1, "search_batch": 1}
     for key, low in minimum.items():
         if getattr(args, key) < low:
             parser.error(f"--{key} {getattr(args, key)} must be >= {low}")
+    try:
+        supernet.check_input_size(args.search_h, args.search_w)
+    except ValueError as err:
+        parser.error(f"--search_h/--search_w: {err}")
     return parser, args
 
 
@@ -452,6 +513,8 @@ def run(cfg, args, log):
     memory["rss_after_pipeline_mib"] = peak_rss_mib()
     result["eval"] = measure_eval(cfg, args, images_np, flows_np, log)
     memory["rss_after_eval_mib"] = peak_rss_mib()
+    if not args.no_search:
+        result["search"] = measure_search(args, log)
     result["memory"] = dict(memory, peak_rss_mib=peak_rss_mib(), gpu_peak_mib=gpu_peak_mib())
     result["load_average_end"] = load_average()
     return result

@@ -55,20 +55,28 @@ def flow_metric_sums(pred, gt, valid=None):
 
     pred [..., B, H, W, 2] (any leading dims: one set of sums per leading index), gt [B, H, W, 2],
     valid [B, H, W] of 0/1 or None (every pixel valid). Fl-all counts valid pixels whose EPE is
-    above 3 px and above 5% of the true flow's length (KITTI's outlier rate).
+    above 3 px and above 5% of the true flow's length (KITTI's outlier rate). Per-pixel work on
+    gt alone is done once, whatever the leading dims: the search scores 9 subnets per call.
     """
     epe = tf.sqrt(tf.reduce_sum(tf.square(pred - gt), axis=-1))  # [..., B, H, W]
-    mask = tf.ones_like(gt[..., 0]) if valid is None else tf.cast(valid, tf.float32)
-    pixel_axes = [-3, -2, -1]
+    outlier_above = tf.maximum(3.0, 0.05 * tf.sqrt(tf.reduce_sum(tf.square(gt), axis=-1)))  # [B, H, W]
+    axes = [-3, -2, -1]
+    if valid is None:
+        pixels = tf.cast(tf.reduce_prod(tf.shape(epe)[-3:]), tf.float32)
+        epe_sum, counted = tf.reduce_sum(epe, axis=axes), epe
+    else:
+        mask = tf.cast(valid, tf.bool)
+        pixels = tf.reduce_sum(tf.cast(mask, tf.float32))
+        epe_sum = tf.reduce_sum(tf.where(mask, epe, 0.0), axis=axes)
+        counted = tf.where(mask, epe, np.inf)  # an invalid pixel is below no threshold ...
+        outlier_above = tf.where(mask, outlier_above, np.inf)  # ... and above no outlier threshold
 
     def count(condition):
-        return tf.reduce_sum(tf.cast(condition, tf.float32) * mask, axis=pixel_axes)
+        return tf.reduce_sum(tf.cast(condition, tf.float32), axis=axes)
 
-    gt_length = tf.sqrt(tf.reduce_sum(tf.square(gt), axis=-1))
-    sums = {"epe": tf.reduce_sum(epe * mask, axis=pixel_axes), "pixels": tf.reduce_sum(mask) + tf.zeros_like(epe[..., 0, 0, 0]),
-            "outliers": count(tf.logical_and(epe > 3.0, epe > 0.05 * gt_length))}
+    sums = {"epe": epe_sum, "pixels": pixels + tf.zeros_like(epe_sum), "outliers": count(counted > outlier_above)}
     for t in PX_THRESHOLDS:
-        sums[f"px{t}"] = count(epe < t)
+        sums[f"px{t}"] = count(counted < t)
     return sums
 
 

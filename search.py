@@ -105,18 +105,19 @@ def _with_bn(make_bn, layer):
     return output, stats
 
 
-def build_heads(h, w, trunk_shape):
+def build_heads(h, w, trunk_shape, masked):
     """The head fan-out of one trunk prefix: from the Up2 output to the metric sums of all 243
     head combinations, and the recalibration moments of H1 (3 options) and H2 (9 nodes).
 
     Each head layer runs once per distinct (choices on its path): H0Out 3, H1 3, H1Out 9, H2 9,
-    H2Out 27. Only the final accumulation and the metrics run per subnet, 9 at a time.
+    H2Out 27. Only the final accumulation and the metrics run per subnet, 9 at a time. `masked`:
+    the validation batches carry validity masks (fed as "valid"), else every pixel counts.
     """
     full, half = supernet.level_sizes(h, w)[:2]
     options = range(supernet.NUM_OPTIONS)
     up2 = tf.compat.v1.placeholder(tf.float32, [None, *trunk_shape], "heads_up2")
     gt = tf.compat.v1.placeholder(tf.float32, [None, h, w, supernet.FLOW_CHANNELS], "heads_gt")
-    valid = tf.compat.v1.placeholder(tf.float32, [None, h, w], "heads_valid")
+    valid = tf.compat.v1.placeholder(tf.float32, [None, h, w], "heads_valid") if masked else None
     moments, fed, sums = {}, {}, {}
     for o1 in options:  # recalibration form: batch statistics all the way down
         y1, moments[("H1", o1)] = _with_bn(_moments_bn, lambda bn: supernet.feature_head(up2, "H1", o1, bn, half))
@@ -138,14 +139,42 @@ def build_heads(h, w, trunk_shape):
     return {"up2": up2, "gt": gt, "valid": valid, "moments": moments, "fed": fed, "sums": sums}
 
 
-def build_tree(sizes):
+def node_key(layer, arch):
+    """The computation a conv of `supernet.layer_table` belongs to: (layer, the choices on its path).
+    Two subnets with equal keys compute the same output (and BN statistics) there."""
+    block = layer.split("/")[0]
+    if block in ("E0", "E1"):
+        return layer, ()
+    for i, (depth_block, after) in enumerate(supernet.TRUNK):
+        if block == depth_block:  # nested depth: the block's own choice only says how many ResBlocks run
+            return layer, tuple(arch[:i])
+        if block == after:
+            return layer, tuple(arch[:i + 1])
+    heads = {"H0Out": (4,), "H1": (5,), "H1Out": (5, 6), "H2": (5, 7), "H2Out": (5, 7, 8)}[block]
+    return layer, tuple(arch[:len(supernet.TRUNK)]) + tuple(arch[i] for i in heads)
+
+
+def shared_macs(h, w, archs=None):
+    """(MACs scoring `archs` (default: all) with shared computation, MACs scoring each alone),
+    per image pair: each distinct node_key counted once against every subnet's own count."""
+    archs = archs or [supernet.index_to_arch(i) for i in range(supernet.NUM_ARCHS)]
+    nodes, alone = {}, 0
+    for arch in archs:
+        for layer, k, cin, cout, oh, ow, _ in supernet.layer_table(arch, h, w):
+            macs = k * k * cin * cout * oh * ow
+            nodes[node_key(layer, arch)] = macs
+            alone += macs
+    return sum(nodes.values()), alone
+
+
+def build_tree(sizes, masked=False):
     """Trunk and heads for each input size (h, w) in `sizes` (the recalibration batches' and the
     validation batches' sizes may differ); all share the supernet's variables by name."""
     tree = {}
     for h, w in sorted(set(sizes)):
         trunk = build_trunk(h, w)
         trunk_shape = trunk["Up2"]["fed"]["output"].shape.as_list()[1:]
-        tree[(h, w)] = {"trunk": trunk, "heads": build_heads(h, w, trunk_shape)}
+        tree[(h, w)] = {"trunk": trunk, "heads": build_heads(h, w, trunk_shape, masked)}
     return tree
 
 
@@ -163,9 +192,14 @@ def trunk_path(prefix):
 
 
 def _val_parts(batch):
-    """(images, flows, valid) of a validation batch; valid is all ones where a batch has no mask."""
+    """(images, flows, valid) of a validation batch; valid is None where every pixel counts."""
     images, flows, *rest = batch
-    return images, flows, (rest[0] if rest else np.ones(flows.shape[:3], np.float32))
+    return images, flows, (rest[0] if rest and not np.all(rest[0]) else None)
+
+
+def has_masks(val_batches):
+    """Whether any validation batch has pixels that do not count (a validity mask with zeros)."""
+    return any(_val_parts(b)[2] is not None for b in val_batches)
 
 
 def _size(images):
@@ -248,7 +282,9 @@ class TreeScorer:
         totals = {}
         for (images, flows, valid), x in zip(self.val, val_up2):
             graph = self.tree[_size(images)]["heads"]
-            feed = {graph["up2"]: x, graph["gt"]: flows, graph["valid"]: valid}
+            feed = {graph["up2"]: x, graph["gt"]: flows}
+            if graph["valid"] is not None:
+                feed[graph["valid"]] = np.ones(flows.shape[:3], np.float32) if valid is None else valid
             for node in nodes:
                 feed.update(dict(zip(graph["fed"][node], stats[node])))
             sums = self.sess.run({g: graph["sums"][g] for g in groups}, feed)
@@ -694,7 +730,7 @@ def score(args, run_dir, cfg, search_dir):
     if left:
         graph = tf.Graph()
         with graph.as_default():
-            tree = build_tree([_size(b[0]) for b in batches[0] + batches[1]])
+            tree = build_tree([_size(b[0]) for b in batches[0] + batches[1]], has_masks(batches[1]))
             saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
         graph.finalize()
         with tf.compat.v1.Session(graph=graph) as sess:
