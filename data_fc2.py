@@ -811,13 +811,27 @@ def png_header(path, raw):
     return height, width, raw[24], raw[25]
 
 
+def _image_size(path, header):
+    """(height, width) of an 8-bit PNG frame's header, else DataError naming the file."""
+    height, width, depth, _ = header
+    if depth != 8:
+        raise DataError(f"{path}: expected an 8-bit PNG image, got {depth}-bit")
+    return height, width
+
+
+def _kitti_flow_size(path, header):
+    """(height, width) of a KITTI flow PNG's header if it is 16-bit RGB, else DataError naming the file."""
+    height, width, depth, colour = header
+    if depth != 16 or colour != _PNG_COLOUR_RGB:
+        raise DataError(f"{path}: KITTI flow must be a 16-bit RGB PNG, got {depth}-bit colour type {colour}")
+    return height, width
+
+
 def read_png_rgb(path):
     """An 8-bit PNG as RGB uint8 [H, W, 3] (grey or alpha converted), DataError naming the file
     if it is not an 8-bit PNG. Decodes with eager TensorFlow."""
     raw = _read_bytes(path, "PNG")
-    depth = png_header(path, raw)[2]
-    if depth != 8:
-        raise DataError(f"{path}: expected an 8-bit PNG image, got {depth}-bit")
+    _image_size(path, png_header(path, raw))
     return tf.io.decode_png(raw, channels=3).numpy()
 
 
@@ -828,9 +842,7 @@ def read_kitti_flow(path):
     invalid pixels. Anything but a 16-bit RGB PNG is a DataError naming the file.
     """
     raw = _read_bytes(path, "KITTI flow PNG")
-    _, _, depth, colour = png_header(path, raw)
-    if depth != 16 or colour != _PNG_COLOUR_RGB:
-        raise DataError(f"{path}: KITTI flow must be a 16-bit RGB PNG, got {depth}-bit colour type {colour}")
+    _kitti_flow_size(path, png_header(path, raw))
     rgb = tf.io.decode_png(raw, channels=3, dtype=tf.uint16).numpy().astype(np.float32)
     valid = (rgb[..., 2] > 0).astype(np.float32)
     flow = (rgb[..., :2] - KITTI_FLOW_OFFSET) / KITTI_FLOW_SCALE * valid[..., None]
@@ -870,12 +882,25 @@ def pad_sample(img0, img1, flow, valid, multiple=PAD_MULTIPLE):
     return images, np.pad(flow, pad + ((0, 0),)), np.pad(valid, pad)
 
 
-def sample_size(sample):
-    """(height, width) of a sample from its flow file's header, without decoding anything."""
-    if sample[2].endswith(".flo"):
-        return _flo_shape(sample[2])
-    with open(sample[2], "rb") as f:
-        return png_header(sample[2], f.read(33))[:2]
+def _png_file_header(path):
+    try:
+        with open(path, "rb") as f:
+            return png_header(path, f.read(33))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read PNG ({e.strerror})") from None
+
+
+def check_eval_sample(sample):
+    """(height, width) of an (img0, img1, flow) sample from its files' headers, without decoding:
+    8-bit PNG frames, a `.flo` or a 16-bit RGB KITTI flow PNG, all of one size; else DataError
+    naming the file."""
+    sizes = [_image_size(path, _png_file_header(path)) for path in sample[:2]]
+    sizes.append(_flo_shape(sample[2]) if sample[2].endswith(".flo")
+                 else _kitti_flow_size(sample[2], _png_file_header(sample[2])))
+    for path, size in zip(sample[1:], sizes[1:]):
+        if size != sizes[0]:
+            raise DataError(f"{path}: size {size[0]}x{size[1]} differs from {sizes[0][0]}x{sizes[0][1]} of {sample[0]}")
+    return sizes[0]
 
 
 class EvalBatches(collections.abc.Sequence):
@@ -884,13 +909,15 @@ class EvalBatches(collections.abc.Sequence):
 
     Samples are grouped by padded size (KITTI's frames differ in size), in their order within a
     group, then cut into batches of `batch_size`; `limit` > 0 keeps the first `limit` batches.
-    `samples`, `frame_sizes` and `batch_sizes` describe the batches in that order. Reading runs in
+    Every sample's headers are checked first (check_eval_sample), so a broken file stops the run
+    before any scoring. `samples`, `frame_sizes` and `batch_sizes` describe the batches in that
+    order. Reading runs in
     a worker thread (eager TensorFlow decoding works there even inside a Session's graph context)
     and reads the next batch while the current one is used.
     """
 
     def __init__(self, samples, batch_size, limit=0):
-        sizes = [sample_size(s) for s in samples]
+        sizes = [check_eval_sample(s) for s in samples]
         groups = {}
         for sample, size in zip(samples, sizes):
             groups.setdefault(padded_size(*size), []).append((sample, size))

@@ -55,7 +55,8 @@ def centre_crop_batches(cfg, data):
     """The validation split of the run's data (all, or `eval_batches`) as (images, flows) pairs,
     centre-cropped to the run's input size, labels unclipped."""
     crop = (cfg["input_h"], cfg["input_w"])
-    val = data_fc2.make_dataset(data["val"], cfg["batch_size"], crop, train=False, max_flow=cfg["max_flow"], seed=cfg["seed"])
+    val = data_fc2.make_dataset(data["val"], cfg["batch_size"], crop, train=False, max_flow=cfg["max_flow"],
+                                seed=cfg["seed"])
     return numpy_batches(val, cfg["eval_batches"])
 
 
@@ -114,9 +115,8 @@ def dataset_batches(cfg, args):
         raise data_fc2.DataError(f"--dataset {args.dataset!r} is not one of {', '.join(data_fc2.EVAL_DATASETS)}")
     if args.dataset != "fc2" and not args.base_path:
         raise data_fc2.DataError(f"--dataset {args.dataset} needs --base_path (the folder that holds training/)")
-    run_data = data_fc2.open_data(cfg)
-    recal = recalibration_batches(cfg, run_data)
     if args.dataset == "fc2":
+        run_data = data_fc2.open_data(cfg)
         scored = (data_fc2.open_data(dict(cfg, base_path=args.base_path, synthetic=False)) if args.base_path
                   else run_data)
         val, names = _fc2_validation(cfg, scored)
@@ -126,6 +126,8 @@ def dataset_batches(cfg, args):
         val, names = _full_frame_validation(cfg, args)
         frame_sizes, data_source = val.frame_sizes, args.dataset
         reason = f"{args.dataset} from {args.base_path}, full frames padded to multiples of {data_fc2.PAD_MULTIPLE}"
+        run_data = data_fc2.open_data(cfg)
+    recal = recalibration_batches(cfg, run_data)
     sintel_pass = args.sintel_pass if args.dataset == "sintel" else None
     suffix = ("" if args.dataset == "fc2" and not args.base_path
               else "_" + "_".join(filter(None, [args.dataset, sintel_pass])))
