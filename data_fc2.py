@@ -827,12 +827,20 @@ def _kitti_flow_size(path, header):
     return height, width
 
 
+def _decode_png(path, raw, dtype):
+    """RGB [H, W, 3] of PNG bytes with eager TensorFlow; a damaged file is a DataError naming it."""
+    try:
+        return tf.io.decode_png(raw, channels=3, dtype=dtype).numpy()
+    except tf.errors.OpError as err:
+        raise DataError(f"{path}: cannot decode PNG ({err.message.splitlines()[0]})") from None
+
+
 def read_png_rgb(path):
     """An 8-bit PNG as RGB uint8 [H, W, 3] (grey or alpha converted), DataError naming the file
     if it is not an 8-bit PNG. Decodes with eager TensorFlow."""
     raw = _read_bytes(path, "PNG")
     _image_size(path, png_header(path, raw))
-    return tf.io.decode_png(raw, channels=3).numpy()
+    return _decode_png(path, raw, tf.uint8)
 
 
 def read_kitti_flow(path):
@@ -843,7 +851,7 @@ def read_kitti_flow(path):
     """
     raw = _read_bytes(path, "KITTI flow PNG")
     _kitti_flow_size(path, png_header(path, raw))
-    rgb = tf.io.decode_png(raw, channels=3, dtype=tf.uint16).numpy().astype(np.float32)
+    rgb = _decode_png(path, raw, tf.uint16).astype(np.float32)
     valid = (rgb[..., 2] > 0).astype(np.float32)
     flow = (rgb[..., :2] - KITTI_FLOW_OFFSET) / KITTI_FLOW_SCALE * valid[..., None]
     return flow, valid
@@ -913,7 +921,7 @@ class EvalBatches(collections.abc.Sequence):
     before any scoring. `samples`, `frame_sizes` and `batch_sizes` describe the batches in that
     order. Reading runs in
     a worker thread (eager TensorFlow decoding works there even inside a Session's graph context)
-    and reads the next batch while the current one is used.
+    and reads the next batch (after the last: the first) while the current one is used.
     """
 
     def __init__(self, samples, batch_size, limit=0):
@@ -944,8 +952,8 @@ class EvalBatches(collections.abc.Sequence):
             raise IndexError(index)
         index %= len(self)
         future = self._pending.pop(index, None) or self._executor.submit(self._read, index)
-        if index + 1 < len(self):
-            self._pending = {index + 1: self._pending.get(index + 1) or self._executor.submit(self._read, index + 1)}
+        following = (index + 1) % len(self)  # every scored subnet runs through the batches in order
+        self._pending = {following: self._pending.get(following) or self._executor.submit(self._read, following)}
         return future.result()
 
 

@@ -1257,6 +1257,27 @@ class TestDatasetsAndPictures:
         np.testing.assert_array_equal(flow[0, 1], [-250.015625, 0.109375])
         assert not flow[1].any() and flow.dtype == np.float32
 
+    def test_eval_batches_group_sizes_and_read_inside_a_session(self, tmp_path):
+        truth = _write_kitti(tmp_path, [(37, 50), (32, 44), (38, 49), (40, 52)])
+        batches = data_fc2.EvalBatches(data_fc2.list_kitti_samples(str(tmp_path)), batch_size=2)
+        assert [pathlib.Path(s[0]).name[:6] for s in batches.samples] == ["000000", "000002", "000003", "000001"]
+        assert batches.batch_sizes == [(40, 52), (40, 52), (32, 44)] and len(batches) == 3
+        assert batches.frame_sizes == [(37, 50), (38, 49), (40, 52), (32, 44)]
+        with tf.compat.v1.Session(graph=tf.Graph()):  # a graph context: reading must still give arrays
+            images, flows, valid = batches[0]
+            last = batches[-1]
+        assert images.shape == (2, 40, 52, 6) and valid.dtype == np.float32 and last[1].shape == (1, 32, 44, 2)
+        np.testing.assert_array_equal(flows[1, :38, :49], truth["000002_10"][0])
+        np.testing.assert_array_equal(valid[1, :38, :49], truth["000002_10"][1])
+        assert data_fc2.EvalBatches(batches.samples, batch_size=2, limit=1).samples == batches.samples[:2]
+
+    def test_damaged_png_is_an_error_naming_the_file(self, tmp_path):
+        path = tmp_path / "frame_0001.png"
+        _write_png8(path, np.full((8, 8, 3), 7, np.uint8))
+        path.write_bytes(path.read_bytes()[:40])
+        with pytest.raises(data_fc2.DataError, match="frame_0001.png: cannot decode PNG"):
+            data_fc2.read_png_rgb(str(path))
+
     def test_masked_epe_fl_all_and_zero_flow_against_a_hand_computation(self):
         gt = np.zeros((1, 2, 2, 2), np.float32)
         pred = np.zeros_like(gt)
