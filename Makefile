@@ -50,5 +50,10 @@ check: $(VENV) ## CI: self-checks of the search space and fairness, then the tes
 bench: $(VENV) ## speed and memory benchmark (see README, Performance; BENCH_FLAGS to change it)
 	$(PY) bench.py $(BENCH_FLAGS)
 
+.PHONY: sintel
+sintel: $(VENV) ## score the newest run's best checkpoint on MPI-Sintel (SINTEL=dir), 2 pictures per arch
+	$(if $(SINTEL),,$(error set SINTEL=<folder holding training/final and training/flow>))
+	$(PY) evaluate.py --checkpoint_type best --dataset sintel --base_path $(SINTEL) --visualize 2
+
 clean: ## remove the virtual environment and caches (keeps outputs/)
 	rm -rf .venv .pytest_cache __pycache__

@@ -88,16 +88,21 @@ def load_meta(run_dir, kind):
 
 
 def check_compatible(meta, input_h, input_w, where):
-    """Raise CheckpointError unless the checkpoint's search space and input size match ours."""
+    """Raise CheckpointError unless the checkpoint's search space matches ours, and its input size
+    too unless input_h and input_w are None: the network is fully convolutional, so scoring may
+    run at any size; only resuming training needs the same one."""
     theirs = meta.get("search_space", {})
     ours = search_space_signature(input_h, input_w)
+    if input_h is None and input_w is None:
+        del ours["input_size"]
     for field, value in ours.items():
         if theirs.get(field) != value:
             raise CheckpointError(f"checkpoint {where} was made with {field}={theirs.get(field)}, this graph has {value}")
 
 
-def restore(sess, saver, run_dir, kind, input_h, input_w):
-    """Restore checkpoint `kind` of a run into the session after checking it fits; returns its meta."""
+def restore(sess, saver, run_dir, kind, input_h=None, input_w=None):
+    """Restore checkpoint `kind` of a run into the session after checking it fits (the input size
+    only if given, see check_compatible); returns its meta."""
     meta = load_meta(run_dir, kind)
     check_compatible(meta, input_h, input_w, meta["prefix"])
     try:

@@ -1325,6 +1325,308 @@ class TestSearch:
 
 # ----------------------------------------------------------------------------- other datasets, full frames, flow pictures
 
+def _png16_bytes(rgb):
+    """A 16-bit RGB PNG written byte by byte (filter type 0 rows, zlib), independent of any PNG writer."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + np.asarray(rgb[y], ">u2").tobytes() for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _write_png8(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tf.io.encode_png(image).numpy())
+
+
+def _write_sintel(root, scenes, size=(38, 50), seed=0):
+    """A Sintel training tree (clean pass) with scenes {name: frames}; returns {(scene, n): (img0, img1, flow)}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for scene, count in scenes.items():
+        frames = [rng.integers(0, 256, size + (3,), dtype=np.uint8) for _ in range(count)]
+        for n, frame in enumerate(frames, 1):
+            _write_png8(root / "training" / "clean" / scene / f"frame_{n:04d}.png", frame)
+        (root / "training" / "flow" / scene).mkdir(parents=True, exist_ok=True)
+        for n in range(1, count):
+            flow = rng.normal(0, 3, size + (2,)).astype(np.float32)
+            data_fc2.write_flo(str(root / "training" / "flow" / scene / f"frame_{n:04d}.flo"), flow)
+            written[(scene, n)] = (frames[n - 1], frames[n], flow)
+    return written
+
+
+def _write_kitti(root, sizes, seed=0):
+    """A KITTI 2015 training tree, flow PNG bytes written by hand; returns {id: (flow, valid)} as
+    the KITTI devkit defines them from the stored 16-bit values."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i, (h, w) in enumerate(sizes):
+        for frame in ("10", "11"):
+            _write_png8(root / "training" / "image_2" / f"{i:06d}_{frame}.png",
+                        rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        uv = rng.integers(2 ** 15 - 900, 2 ** 15 + 900, (h, w, 2))
+        valid = rng.random((h, w)) < 0.6
+        rgb = np.concatenate([uv, valid[..., None]], axis=-1) * valid[..., None]
+        (root / "training" / "flow_occ").mkdir(parents=True, exist_ok=True)
+        (root / "training" / "flow_occ" / f"{i:06d}_10.png").write_bytes(_png16_bytes(rgb))
+        truth[f"{i:06d}_10"] = ((uv - 32768) / 64.0 * valid[..., None], valid.astype(np.float32))
+    return truth
+
+
+def _hand_metrics(pairs):
+    """EPE, px1/3/5 and Fl-all of (pred, gt, valid) arrays, in plain numpy."""
+    epe = np.concatenate([np.sqrt(((p - g) ** 2).sum(-1))[v > 0] for p, g, v in pairs])
+    length = np.concatenate([np.sqrt((g ** 2).sum(-1))[v > 0] for _, g, v in pairs])
+    return {"epe": epe.mean(), "px1": (epe < 1).mean(), "px3": (epe < 3).mean(), "px5": (epe < 5).mean(),
+            "fl_all": ((epe > 3) & (epe > 0.05 * length)).mean()}
+
+
+@pytest.fixture(scope="module")
+def scoring_run(tmp_path_factory):
+    """A run folder (32x48, synthetic) with a `best` checkpoint of freshly initialised weights."""
+    out = tmp_path_factory.mktemp("scoring_runs")
+    run = out / "run"
+    run.mkdir()
+    cfg = dict(train.read_config_file(train.DEFAULT_CONFIG), input_h=32, input_w=48, synthetic=True,
+               synthetic_train_size=4, synthetic_val_size=4, batch_size=2, bn_recal_batches=1, eval_pool_size=3,
+               experiment_name="run", output_dir=str(out))
+    ckpt.write_json_atomic(str(run / "config.json"), cfg)
+    pool = [supernet.format_arch(a) for a in fair.build_eval_pool(3, cfg["seed"], 32, 48)]
+    ckpt.write_json_atomic(str(run / "eval_pool_3.json"), {"archs": pool})
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(3)
+        evaluate.build_scorer(tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 6]),
+                              tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 2]))
+        saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        ckpt.save(sess, saver, str(run), "best",
+                  {"epoch": 1, "global_step": 0, "search_space": ckpt.search_space_signature(32, 48)})
+    return out
+
+
+SCORED_ARCH = "0,1,2,0,1,2,0,1,2"
+
+
+class TestDatasetsAndPictures:
+    def test_sintel_pairs_consecutive_frames_with_their_flow(self, tmp_path):
+        written = _write_sintel(tmp_path, {"cave_2": 3, "alley_1": 2})
+        samples = data_fc2.list_sintel_samples(str(tmp_path), "clean")
+        scene_frames = [(pathlib.Path(s[0]).parent.name, pathlib.Path(s[0]).name, pathlib.Path(s[1]).name,
+                         pathlib.Path(s[2]).relative_to(tmp_path).as_posix()) for s in samples]
+        assert scene_frames == [
+            ("alley_1", "frame_0001.png", "frame_0002.png", "training/flow/alley_1/frame_0001.flo"),
+            ("cave_2", "frame_0001.png", "frame_0002.png", "training/flow/cave_2/frame_0001.flo"),
+            ("cave_2", "frame_0002.png", "frame_0003.png", "training/flow/cave_2/frame_0002.flo")]
+        img0, img1, flow, valid = data_fc2.load_eval_sample(samples[2])
+        for got, want in zip((img0, img1, flow), written[("cave_2", 2)]):
+            np.testing.assert_array_equal(got, want)
+        assert valid.shape == (38, 50) and valid.min() == 1
+
+    def test_kitti_16_bit_flow_and_valid_bit_decode_by_hand(self, tmp_path):
+        rgb = np.zeros((2, 3, 3), np.int64)
+        rgb[0, 0] = (32768 + 64 * 3, 32768 - 32, 1)      # u = 3, v = -0.5, valid
+        rgb[0, 1] = (32768 - 64 * 250 - 1, 32768 + 7, 65535)  # u = -250.015625, v = 0.109375, valid
+        rgb[1, 2] = (40000, 20000, 0)                     # invalid: its flow does not count
+        path = tmp_path / "000000_10.png"
+        path.write_bytes(_png16_bytes(rgb))
+        flow, valid = data_fc2.read_kitti_flow(str(path))
+        np.testing.assert_array_equal(valid, [[1, 1, 0], [0, 0, 0]])
+        np.testing.assert_array_equal(flow[0, 0], [3.0, -0.5])
+        np.testing.assert_array_equal(flow[0, 1], [-250.015625, 0.109375])
+        assert not flow[1].any() and flow.dtype == np.float32
+
+    def test_eval_batches_group_sizes_and_read_inside_a_session(self, tmp_path):
+        truth = _write_kitti(tmp_path, [(37, 50), (32, 44), (38, 49), (40, 52)])
+        batches = data_fc2.EvalBatches(data_fc2.list_kitti_samples(str(tmp_path)), batch_size=2)
+        assert [pathlib.Path(s[0]).name[:6] for s in batches.samples] == ["000000", "000002", "000003", "000001"]
+        assert batches.batch_sizes == [(40, 52), (40, 52), (32, 44)] and len(batches) == 3
+        assert batches.frame_sizes == [(37, 50), (38, 49), (40, 52), (32, 44)]
+        with tf.compat.v1.Session(graph=tf.Graph()):  # a graph context: reading must still give arrays
+            images, flows, valid = batches[0]
+            last = batches[-1]
+        assert images.shape == (2, 40, 52, 6) and valid.dtype == np.float32 and last[1].shape == (1, 32, 44, 2)
+        np.testing.assert_array_equal(flows[1, :38, :49], truth["000002_10"][0])
+        np.testing.assert_array_equal(valid[1, :38, :49], truth["000002_10"][1])
+        assert data_fc2.EvalBatches(batches.samples, batch_size=2, limit=1).samples == batches.samples[:2]
+
+    def test_damaged_png_is_an_error_naming_the_file(self, tmp_path):
+        path = tmp_path / "frame_0001.png"
+        _write_png8(path, np.full((8, 8, 3), 7, np.uint8))
+        path.write_bytes(path.read_bytes()[:40])
+        with pytest.raises(data_fc2.DataError, match="frame_0001.png: cannot decode PNG"):
+            data_fc2.read_png_rgb(str(path))
+
+    def test_masked_epe_fl_all_and_zero_flow_against_a_hand_computation(self):
+        gt = np.zeros((1, 2, 2, 2), np.float32)
+        pred = np.zeros_like(gt)
+        gt[0, 0, 0], pred[0, 0, 0] = (10, 0), (10, 4)      # EPE 4 > 3 and > 5% of 10: an outlier
+        gt[0, 0, 1], pred[0, 0, 1] = (100, 0), (104, 0)    # EPE 4 > 3 but < 5% of 100: not one
+        gt[0, 1, 0], pred[0, 1, 0] = (0, 0), (0.6, -0.8)   # EPE 1: neither below 1 nor an outlier
+        gt[0, 1, 1], pred[0, 1, 1] = (3, 4), (300, 400)    # invalid: ignored whatever its error
+        valid = np.array([[[1, 1], [1, 0]]], np.float32)
+        graph = tf.Graph()
+        with graph.as_default():
+            sums = evaluate.flow_metric_sums(tf.constant(pred), tf.constant(gt), tf.constant(valid))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            metrics = evaluate.metrics_from_sums({k: float(v) for k, v in sess.run(sums).items()})
+        assert metrics["epe"] == pytest.approx((4 + 4 + 1) / 3, rel=1e-6)
+        assert metrics["fl_all"] == pytest.approx(1 / 3) and metrics["px1"] == 0
+        assert metrics["px3"] == pytest.approx(1 / 3) and metrics["px5"] == 1
+        assert evaluate.zero_flow_epe([(None, gt, valid)]) == pytest.approx((10 + 100 + 0) / 3)
+        assert evaluate.zero_flow_epe([(None, gt)]) == pytest.approx((10 + 100 + 0 + 5) / 4)
+
+    def test_padding_does_not_change_the_metrics_of_a_zero_prediction(self):
+        rng = np.random.default_rng(4)
+        img0, img1 = (rng.integers(0, 256, (37, 50, 3), dtype=np.uint8) for _ in range(2))
+        flow = rng.normal(0, 4, (37, 50, 2)).astype(np.float32)
+        valid = (rng.random((37, 50)) < 0.7).astype(np.float32)
+        images, flow_p, valid_p = data_fc2.pad_sample(img0, img1, flow, valid)
+        assert images.shape == (40, 52, 6) and flow_p.shape == (40, 52, 2) and valid_p.shape == (40, 52)
+        assert not valid_p[37:].any() and not valid_p[:, 50:].any() and (flow_p[:37, :50] == flow).all()
+        np.testing.assert_array_equal(images[39, 51, :3], img0[36, 49] / np.float32(127.5) - 1)  # edge replicated
+        graph = tf.Graph()
+        with graph.as_default():
+            padded = evaluate.flow_metric_sums(tf.zeros([1, 40, 52, 2]), tf.constant(flow_p[None]), tf.constant(valid_p[None]))
+            plain = evaluate.flow_metric_sums(tf.zeros([1, 37, 50, 2]), tf.constant(flow[None]), tf.constant(valid[None]))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            padded, plain = sess.run([padded, plain])
+        for key in plain:
+            assert padded[key] == pytest.approx(plain[key], rel=1e-6), key
+        assert padded["epe"] / padded["pixels"] == pytest.approx(_hand_metrics([(0 * flow, flow, valid)])["epe"], rel=1e-5)
+
+    def test_colour_wheel_against_its_defining_colours(self):
+        wheel = evaluate.make_colorwheel()
+        assert wheel.shape == (55, 3)  # RY 15, YG 6, GC 4, CB 11, BM 13, MR 6 (Baker et al.)
+        defining = {0: (255, 0, 0), 15: (255, 255, 0), 21: (0, 255, 0), 25: (0, 255, 255), 36: (0, 0, 255),
+                    49: (255, 0, 255)}
+        for row, colour in defining.items():
+            assert tuple(wheel[row]) == colour, row
+        flows = np.array([[[1, 0], [-1, 0], [0, -1], [0, 1], [0, 0]]], np.float32)  # right, left, up, down, still
+        colours = evaluate.flow_to_color(flows, max_radius=1.0)[0].astype(int)
+        assert tuple(colours[0]) == (255, 0, 0)                                     # right: red
+        assert tuple(colours[1]) == (0, 255 - int(255 * 2 / 11), 255)                # left: row 27, cyan-blue
+        np.testing.assert_allclose(colours[2], ((78 + 98) / 2, 0, 255), atol=1)     # up: rows 40/41, blue-violet
+        np.testing.assert_allclose(colours[3], (255, (221 + 238) / 2, 0), atol=1)   # down: rows 13/14, yellow
+        assert tuple(colours[4]) == (255, 255, 255)                                 # no motion: white
+        half = evaluate.flow_to_color(flows * 0.5, max_radius=1.0)[0].astype(int)   # half length: half saturation
+        np.testing.assert_allclose(half[0], (255, 127, 127), atol=1)
+        dark = evaluate.flow_to_color(flows * 2, max_radius=1.0)[0].astype(int)     # beyond the radius: 75 %
+        np.testing.assert_allclose(dark[0], (191, 0, 0), atol=1)
+
+    def test_checkpoint_input_size_is_refused_only_when_asked(self):
+        meta = {"search_space": ckpt.search_space_signature(32, 48)}
+        ckpt.check_compatible(meta, None, None, "x")  # scoring: any size
+        with pytest.raises(ckpt.CheckpointError, match="input_size"):
+            ckpt.check_compatible(meta, 64, 48, "x")  # resuming training: the same size
+        other = {"search_space": dict(meta["search_space"], kernel_sizes=[3, 5, 9])}
+        for size in ((None, None), (32, 48)):
+            with pytest.raises(ckpt.CheckpointError, match="kernel_sizes"):
+                ckpt.check_compatible(other, *size, "x")
+
+    def test_sintel_full_frames_scored_at_a_size_that_is_not_the_training_size(self, scoring_run, tmp_path):
+        written = _write_sintel(tmp_path / "sintel", {"cave_2": 3, "alley_1": 2})
+        run = scoring_run / "run"
+        assert evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "sintel",
+                              "--base_path", str(tmp_path / "sintel"), "--sintel_pass", "clean", "--arch", SCORED_ARCH,
+                              "--visualize", "1", "--save_flow", str(tmp_path / "pred")]) == 0
+        summary, rows = (lambda r: (r["summary"], r["archs"]))(
+            json.loads((run / "supernet_eval_result_best_sintel_clean.json").read_text()))
+        assert (summary["dataset"], summary["pass"], summary["val_samples"]) == ("sintel", "clean", 3)
+        assert summary["input_sizes"] == [[40, 52]] and summary["frame_sizes"] == [[38, 50]]
+        assert summary["recal_input_size"] == [32, 48] and summary["recal_data_source"] == "synthetic"
+        assert not summary["archs_are_eval_pool"] and "coverage_ok" not in summary
+        saved = {key: data_fc2.read_flo(str(tmp_path / "pred" / "012012012" / key[0] / f"frame_{key[1]:04d}.flo"))
+                 for key in written}
+        assert all(s.shape == (38, 50, 2) for s in saved.values())  # the padding removed
+        hand = _hand_metrics([(saved[k], written[k][2], np.ones((38, 50))) for k in written])
+        for key, value in hand.items():
+            assert rows[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        assert summary["zero_flow_epe"] == pytest.approx(
+            _hand_metrics([(0 * w[2], w[2], np.ones((38, 50))) for w in written.values()])["epe"], rel=1e-5)
+        pictures = list((run / "flow_pictures_best_sintel_clean").iterdir())
+        assert [p.name for p in pictures] == ["alley_1_frame_0001_arch012012012.png"]
+        assert pictures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_kitti_frames_of_two_sizes_scored_over_valid_pixels(self, scoring_run, tmp_path):
+        truth = _write_kitti(tmp_path / "kitti", [(37, 50), (32, 44), (38, 49)])
+        run = scoring_run / "run"
+        others = [run / f"supernet_eval_result_best{suffix}.json" for suffix in ("", "_sintel_final", "_fc2")]
+        for other in others:
+            other.write_text(f'{{"{other.name}": 1}}\n')
+        assert evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "kitti",
+                              "--base_path", str(tmp_path / "kitti"), "--arch", SCORED_ARCH,
+                              "--save_flow", str(tmp_path / "pred")]) == 0
+        summary, rows = (lambda r: (r["summary"], r["archs"]))(
+            json.loads((run / "supernet_eval_result_best_kitti.json").read_text()))
+        assert summary["input_sizes"] == [[32, 44], [40, 52]] and summary["val_samples"] == 3
+        assert summary["dataset"] == "kitti" and summary["data_source"] == "kitti"
+        saved = {name: data_fc2.read_flo(str(tmp_path / "pred" / "012012012" / f"{name}.flo")) for name in truth}
+        hand = _hand_metrics([(saved[n], *truth[n]) for n in truth])
+        for key, value in hand.items():
+            assert rows[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        assert summary["zero_flow_epe"] == pytest.approx(_hand_metrics([(0 * f, f, v) for f, v in truth.values()])["epe"])
+        for other in others:  # another dataset's result is never overwritten
+            assert other.read_text() == f'{{"{other.name}": 1}}\n'
+
+    def test_pool_coverage_only_for_the_run_pool(self, scoring_run):
+        run = scoring_run / "run"
+        cfg = json.loads((run / "config.json").read_text())
+        pool = json.loads((run / "eval_pool_3.json").read_text())["archs"]
+        assert evaluate.chosen_archs(type("Args", (), {"arch": list(reversed(pool))}), str(run), cfg)[1]
+        assert not evaluate.chosen_archs(type("Args", (), {"arch": pool[:2]}), str(run), cfg)[1]
+
+    @pytest.mark.parametrize("case", ["missing_flow", "kitti_8_bit", "kitti_wrong_size"])
+    def test_bad_dataset_files_are_one_line_errors_naming_the_file(self, scoring_run, tmp_path, capsys, case):
+        if case == "missing_flow":
+            _write_sintel(tmp_path, {"cave_2": 3})
+            bad = tmp_path / "training" / "flow" / "cave_2" / "frame_0002.flo"
+            bad.unlink()
+            flags = ["--dataset", "sintel", "--sintel_pass", "clean"]
+        else:
+            _write_kitti(tmp_path, [(6, 8)])
+            bad = tmp_path / "training" / "flow_occ" / "000000_10.png"
+            if case == "kitti_8_bit":
+                bad.write_bytes(tf.io.encode_png(np.zeros((6, 8, 3), np.uint8)).numpy())
+            else:
+                bad.write_bytes(_png16_bytes(np.zeros((6, 9, 3), np.int64)))
+            flags = ["--dataset", "kitti"]
+        code, err = _run_main(evaluate.main, ["--output_dir", str(scoring_run), "--experiment_name", "run",
+                                              "--base_path", str(tmp_path)] + flags, capsys)
+        assert code == 1 and len(err) == 1 and err[0].startswith("error:") and str(bad) in err[0], err
+        assert {"missing_flow": "missing", "kitti_8_bit": "16-bit", "kitti_wrong_size": "differs"}[case] in err[0]
+
+    def test_unknown_dataset_is_refused(self, scoring_run, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "chairs"])
+        assert exit_info.value.code == 2 and "invalid choice: 'chairs'" in capsys.readouterr().err
+        args = type("Args", (), {"dataset": "chairs", "base_path": None, "sintel_pass": "final"})
+        with pytest.raises(data_fc2.DataError, match="--dataset 'chairs'"):
+            evaluate.dataset_batches({}, args)
+
+    def test_tensorboard_flow_panel_of_the_best_arch(self, tmp_path):
+        rng = np.random.default_rng(2)
+        flows = rng.normal(0, 2, (1, 16, 24, 2)).astype(np.float32)
+        batch = (rng.uniform(-1, 1, (1, 16, 24, 6)).astype(np.float32), flows)
+        result = {"archs": [{"arch": "0,0,0,0,0,0,0,0,0", "epe": 2.0}, {"arch": "1,1,1,1,1,1,1,1,1", "epe": 1.0}],
+                  "first_predictions": {"0,0,0,0,0,0,0,0,0": flows[0] * 0, "1,1,1,1,1,1,1,1,1": flows[0]}}
+        png, height, width = evaluate.best_arch_panel(result, [batch])
+        with tf.Graph().as_default():
+            writer = tf.compat.v1.summary.FileWriter(str(tmp_path))
+            train.write_image(writer, 7, "eval/flow_best_arch", png, height, width)
+            writer.close()
+        events = [e for f in tmp_path.iterdir() for e in tf.compat.v1.train.summary_iterator(str(f))]
+        images = [(e.step, v) for e in events for v in e.summary.value if v.tag == "eval/flow_best_arch"]
+        assert len(images) == 1 and images[0][0] == 7
+        decoded = tf.io.decode_png(images[0][1].image.encoded_image_string).numpy()
+        assert decoded.shape[:2] == (height, width) and decoded.std() > 0
+
 
 
 # ----------------------------------------------------------------------------- standalone training and ranking (rank.py)

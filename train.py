@@ -310,6 +310,13 @@ def write_scalars(writer, step, scalars):
     writer.flush()
 
 
+def write_image(writer, step, tag, png, height, width):
+    """One TensorBoard image (PNG bytes, RGBA) at `step`."""
+    image = tf.compat.v1.Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+    writer.add_summary(tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(tag=tag, image=image)]), step)
+    writer.flush()
+
+
 def format_duration(seconds):
     """1h02m / 3m05s / 12s."""
     seconds = int(max(seconds, 0))
@@ -448,6 +455,8 @@ def train(args, cfg, run_dir):
                     **{c: r["epe"] for c, r in zip(columns[-len(pool):], result["archs"])}})
                 write_scalars(tb, state["global_step"], {"eval/mean_epe": result["mean_epe"],
                                                          **{f"eval/epe/{r['arch']}": r["epe"] for r in result["archs"]}})
+                write_image(tb, state["global_step"], "eval/flow_best_arch",
+                            *evaluate.best_arch_panel(result, val_batches))
                 log(f"epoch {epoch}: pool mean EPE {result['mean_epe']:.4f} (zero-flow {result['zero_flow_epe']:.4f}), "
                     f"best {state['best_metric']:.4f} at epoch {state['best_epoch']}, evaluations without improvement "
                     f"{state['bad_epochs']}/{cfg['early_stop_patience']}, fairness gap {gap}")
