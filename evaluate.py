@@ -413,10 +413,10 @@ class PredictionWriter:
 
 # ----------------------------------------------------------------------------- CLI
 
-def parse_args(argv):
-    """Command-line flags; unset ones fall back to the run's saved config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment_name", help="run under output_dir to score (default: the newest)")
+def add_run_flags(parser, what):
+    """The flags that choose a run, its checkpoint, the scoring batches and the dataset (shared by
+    every entry point that scores a trained run); unset scoring flags keep the run's config."""
+    parser.add_argument("--experiment_name", help=f"run under output_dir to {what} (default: the newest)")
     with open(DEFAULT_CONFIG) as f:
         output_dir = json.load(f)["output_dir"]
     parser.add_argument("--output_dir", default=output_dir, help="where runs live (default: config.json's)")
@@ -424,12 +424,27 @@ def parse_args(argv):
     parser.add_argument("--batch_size", type=int, help="batch size for recalibration and scoring")
     parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration")
     parser.add_argument("--eval_batches", type=int, help="validation batches per subnet (0 = all)")
-    parser.add_argument("--arch", action="append", default=[], help="arch code to score (repeatable; default: the run's eval pool)")
     add_dataset_flags(parser)
+
+
+def parse_args(argv):
+    """Command-line flags; unset ones fall back to the run's saved config."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_flags(parser, "score")
+    parser.add_argument("--arch", action="append", default=[], help="arch code to score (repeatable; default: the run's eval pool)")
     parser.add_argument("--visualize", type=int, default=0, metavar="N",
                         help="write a picture panel of the first N validation samples for each scored arch")
     parser.add_argument("--save_flow", metavar="DIR", help="write every predicted flow as .flo under DIR/<arch>/")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.visualize < 0:
+        parser.error(f"--visualize {args.visualize} is out of range (0 or more samples)")
+    return args
+
+
+def run_dir_of(args):
+    """The run folder the flags name: --experiment_name, or the newest run with that checkpoint."""
+    return (os.path.join(args.output_dir, args.experiment_name) if args.experiment_name
+            else ckpt.newest_run(args.output_dir, args.checkpoint_type))
 
 
 def run_config(args, run_dir):
@@ -441,8 +456,6 @@ def run_config(args, run_dir):
             if value < (0 if key == "eval_batches" else 1):
                 raise ValueError(f"--{key} {value} is out of range")
             cfg[key] = value
-    if args.visualize < 0:
-        raise ValueError(f"--visualize {args.visualize} is out of range (0 or more samples)")
     return cfg
 
 
@@ -496,8 +509,7 @@ def result_summary(args, run_dir, cfg, meta, result, info, archs, is_pool):
 def run(args):
     """Score the chosen checkpoint on the chosen dataset and write
     supernet_eval_result_<type><dataset suffix>.json (and pictures, flows); returns the result."""
-    run_dir = (os.path.join(args.output_dir, args.experiment_name) if args.experiment_name
-               else ckpt.newest_run(args.output_dir, args.checkpoint_type))
+    run_dir = run_dir_of(args)
     cfg = run_config(args, run_dir)
     archs, is_pool = chosen_archs(args, run_dir, cfg)
     recal_batches, val_batches, info = dataset_batches(cfg, args)

@@ -553,8 +553,8 @@ def budget_choice(rows, fronts, args):
     front = fronts["epe_gmacs"]
     cheaper = [r for r in front if r["gmacs"] < best["gmacs"]][-1:]
     dearer = [r for r in front if r["gmacs"] > best["gmacs"]][:1]
-    lines += [f"  front neighbour, {label}: {_describe(r)}" for label, group in (("cheaper", cheaper), ("dearer", dearer))
-              for r in group]
+    for label, group in (("cheaper", cheaper), ("dearer", dearer)):
+        lines += [f"  front neighbour, {label}: {_describe(r)}" for r in group]
     return lines
 
 
@@ -575,7 +575,9 @@ def plot_front(path, rows, fronts, marked, title):
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
-    panels = [("gmacs", "GMACs per image pair", "epe_gmacs")] + ([("fps", "Ethos-U55 FPS", "epe_fps")] if "fps" in rows[0] else [])
+    panels = [("gmacs", "GMACs per image pair", "epe_gmacs")]
+    if "fps" in rows[0]:
+        panels.append(("fps", "Ethos-U55 FPS", "epe_fps"))
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.5), squeeze=False)
     for ax, (cost, label, front_key) in zip(axes[0], panels):
         ax.scatter([r[cost] for r in rows], [r["epe"] for r in rows], s=3, c="0.6", alpha=0.5, lw=0,
@@ -625,12 +627,14 @@ def finish(search_dir, run_dir, args):
         fronts["epe_fps"] = pareto_front(rows, "fps", maximise=True)
     write_scores_csv(os.path.join(search_dir, "scores.csv"), rows)
     provenance = {k: manifest[k] for k in manifest if k not in ("shard", "units")}
-    provenance.update(run_dir=run_dir, unit_seconds=seconds, latency_table=args.latency_table, parts=manifest["shard"][1])
+    provenance.update(run_dir=run_dir, unit_seconds=seconds, latency_table=args.latency_table,
+                      parts=manifest["shard"][1])
     ckpt.write_json_atomic(os.path.join(search_dir, "pareto.json"),
                            {"provenance": provenance, "fronts": fronts, "best": rows[0]})
     png = os.path.join(search_dir, "pareto.png")
     plot_front(png, rows, fronts, marked_subnets(rows, run_dir, manifest["config"]),
-               f"{os.path.basename(run_dir)} {manifest['checkpoint_type']} checkpoint (step {manifest['global_step']}), "
+               f"{os.path.basename(run_dir)} {manifest['checkpoint_type']} checkpoint "
+               f"(step {manifest['global_step']}), "
                f"{manifest['data_source']} data, {manifest['val_samples']} validation samples")
     print(f"scored {len(rows):,} subnets ({seconds:.0f} s of unit work); best {_describe(rows[0])}")
     print(f"EPE/GMACs Pareto front, {len(fronts['epe_gmacs'])} subnets:")
@@ -651,7 +655,8 @@ def load_latency_table(path, h, w):
     except ValueError as err:
         raise SearchError(str(err)) from None
     if list(table.get("input_size", [])) != [h, w]:
-        raise SearchError(f"--latency_table {path} was made at input size {table.get('input_size')}, the run is {h}x{w}")
+        raise SearchError(f"--latency_table {path} was made at input size {table.get('input_size')}, "
+                          f"the run is {h}x{w}")
     return table
 
 
@@ -660,11 +665,7 @@ def load_latency_table(path, h, w):
 def parse_args(argv):
     """Command-line flags; scoring flags left unset fall back to the run's saved config."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    with open(DEFAULT_CONFIG) as f:
-        output_dir = json.load(f)["output_dir"]
-    parser.add_argument("--experiment_name", help="run under output_dir to search (default: the newest)")
-    parser.add_argument("--output_dir", default=output_dir, help="where runs live (default: config.json's)")
-    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    evaluate.add_run_flags(parser, "search")
     parser.add_argument("--space", default="all", choices=("all",), help="score the whole space (the default)")
     parser.add_argument("--archs", nargs="+", metavar="CODE", help="score these arch codes instead")
     parser.add_argument("--archs_file", help="score the codes in this file, one a line")
@@ -672,9 +673,6 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--shard", default="1/1", help="score the K-th of N disjoint parts (K/N, 1-based)")
     parser.add_argument("--merge", action="store_true", help="combine finished parts into the outputs, score nothing")
-    parser.add_argument("--batch_size", type=int, help="batch size for recalibration and scoring")
-    parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration")
-    parser.add_argument("--eval_batches", type=int, help="validation batches (0 = all)")
     parser.add_argument("--max_gmacs", type=float, help="budget: print the best subnet with at most this many GMACs")
     parser.add_argument("--max_params", type=float, help="budget: at most this many parameters")
     parser.add_argument("--min_fps", type=float, help="budget: at least this Ethos-U55 FPS (needs --latency_table)")
@@ -686,43 +684,28 @@ def parse_args(argv):
     return args
 
 
-def open_run(args):
-    """(run folder, resolved config): the run's saved config with the scoring flags on top."""
-    run_dir = (os.path.join(args.output_dir, args.experiment_name) if args.experiment_name
-               else ckpt.newest_run(args.output_dir, args.checkpoint_type))
-    cfg = ckpt.read_json(os.path.join(run_dir, "config.json"), "run config")
-    for key in ("batch_size", "bn_recal_batches", "eval_batches"):
-        value = getattr(args, key)
-        if value is not None:
-            if value < (0 if key == "eval_batches" else 1):
-                raise SearchError(f"--{key} {value} is out of range")
-            cfg[key] = value
-    return run_dir, cfg
-
-
-def manifest_for(cfg, meta, data, batches, indices, shard, units):
+def manifest_for(cfg, meta, info, batches, indices, shard, units):
     """What a part is made from; parts (and a resumed part) must agree on all but shard and units."""
     recal, val = batches
+    dataset = {k: info[k] for k in ("dataset", "pass", "data_source", "recal_data_source", "input_sizes", "samples")}
     return {"checkpoint": os.path.basename(meta["prefix"]), "checkpoint_type": meta["kind"],
-            "global_step": meta["global_step"], "data_source": data["data_source"],
+            "global_step": meta["global_step"], "data_source": info["data_source"], "dataset": dataset,
             "config": {k: v for k, v in cfg.items() if k not in ("output_dir", "base_path", "experiment_name")},
             "input_size": [cfg["input_h"], cfg["input_w"]], "recal_batches": len(recal),
-            "val_samples": sum(len(b[1]) for b in val), "batches_sha256": fingerprint([a for b in recal + val for a in b]),
+            "val_samples": sum(len(b[1]) for b in val),
+            "batches_sha256": fingerprint([a for b in recal + val for a in b if a is not None]),
             "num_archs": len(indices), "archs_sha256": fingerprint([np.array(indices, np.int64)]),
             "shard": list(shard), "units": [prefix for prefix, _ in units]}
 
 
-def score(args, run_dir, cfg, search_dir):
+def score(args, run_dir, cfg, search_dir, batches, info):
     """Score this process's part of the search; returns True when it was the only part."""
     k, n = parse_shard(args.shard)
     indices = select_archs(args)
     units = shard_units(make_units(indices), k, n)
     meta = dict(ckpt.load_meta(run_dir, args.checkpoint_type), kind=args.checkpoint_type)
-    data = data_fc2.open_data(cfg)
-    print(data["reason"])
-    batches = evaluate.scoring_batches(cfg, data)
     directory = part_dir(search_dir, k, n)
-    done = open_part(directory, manifest_for(cfg, meta, data, batches, indices, (k, n), units))
+    done = open_part(directory, manifest_for(cfg, meta, info, batches, indices, (k, n), units))
     left = [u for u in units if u[0] not in done]
     print(f"search: part {k}/{n} of {len(indices):,} subnets: {len(units)} units ({sum(len(h) for _, h in units):,} "
           f"subnets), {len(units) - len(left)} already done; {len(batches[0])} recalibration batches, "
@@ -734,14 +717,15 @@ def score(args, run_dir, cfg, search_dir):
             saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
         graph.finalize()
         with tf.compat.v1.Session(graph=graph) as sess:
-            ckpt.restore(sess, saver, run_dir, args.checkpoint_type, cfg["input_h"], cfg["input_w"])
+            ckpt.restore(sess, saver, run_dir, args.checkpoint_type)
             score_part(TreeScorer(sess, tree, *batches), units, done, directory, args.progress_every)
     return n == 1
 
 
-def search_dir_for(run_dir, args):
-    """search_<checkpoint type>[_<arch set>]: the whole space, a sample and a list never share a folder."""
-    name = f"search_{args.checkpoint_type}"
+def search_dir_for(run_dir, args, info):
+    """search_<checkpoint type><dataset>[_<arch set>]: the whole space, a sample, a list and another
+    dataset never share a folder."""
+    name = f"search_{args.checkpoint_type}{info['suffix']}"
     if args.sample is not None:
         name += f"_sample{args.sample}_seed{args.seed}"
     elif args.archs or args.archs_file:
@@ -751,9 +735,13 @@ def search_dir_for(run_dir, args):
 
 def run(args):
     """Score (this part of) the search, then write the outputs when all parts are done."""
-    run_dir, cfg = open_run(args)
-    search_dir = search_dir_for(run_dir, args)
-    if args.merge or score(args, run_dir, cfg, search_dir):
+    run_dir = evaluate.run_dir_of(args)
+    cfg = evaluate.run_config(args, run_dir)
+    recal, val, info = evaluate.dataset_batches(cfg, args)
+    print(info["reason"])
+    search_dir = search_dir_for(run_dir, args, info)
+    # Every validation batch is visited once per trunk node: hold them in memory, read once.
+    if args.merge or score(args, run_dir, cfg, search_dir, (recal, [evaluate.batch_parts(b) for b in val]), info):
         return finish(search_dir, run_dir, args)
     print(f"part {args.shard} done; when every part is, combine them: python search.py --merge "
           f"--experiment_name {os.path.basename(run_dir)} --checkpoint_type {args.checkpoint_type}")

@@ -1233,7 +1233,7 @@ class TestSearch:
         archs = [(0,) * 9, (2,) * 9] + supernet.random_archs(40, 4) + [(1, 1, 1, 1, o, 0, 2, 1, 0) for o in range(3)]
         (out / "archs.txt").write_text("# chosen\n" + "\n".join(supernet.format_arch(a) for a in archs) + "\n\n")
         assert search.main(common) == 0
-        search_dir = search.search_dir_for(str(run_dir), search.parse_args(common))
+        search_dir = search.search_dir_for(str(run_dir), search.parse_args(common), {"suffix": ""})
         single = (pathlib.Path(search_dir) / "scores.csv").read_bytes()
         shutil.rmtree(search_dir)
         assert search.main(common + ["--shard", "2/2"]) == 0 and search.main(common + ["--shard", "1/2"]) == 0
@@ -1262,7 +1262,7 @@ class TestSearch:
                "--archs_file", str(tmp_path / "archs.txt")]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         subprocess.run(cmd, check=True, capture_output=True, env=env)
-        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(cmd[2:])))
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(cmd[2:]), {"suffix": ""}))
         whole = (search_dir / "scores.csv").read_bytes()
         shutil.rmtree(search_dir)
         rng = np.random.default_rng(1)
@@ -1307,7 +1307,7 @@ class TestSearch:
                   "2,2,2,2,2,2,2,2,2"]
         for k in (1, 2):
             assert search.main(common + ["--shard", f"{k}/2"]) == 0
-        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common)))
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), {"suffix": ""}))
         manifest = search_dir / "part_2of2" / "manifest.json"
         manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), checkpoint="model-9-1")))
         capsys.readouterr()
