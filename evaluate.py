@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
 import ckpt
@@ -158,6 +159,7 @@ def parse_args(argv):
 
 def run(args):
     """Score the chosen checkpoint and write supernet_eval_result_<type>.json; returns the result."""
+    hardware = devices.report()
     run_dir = (os.path.join(args.output_dir, args.experiment_name) if args.experiment_name
                else ckpt.newest_run(args.output_dir, args.checkpoint_type))
     cfg = ckpt.read_json(os.path.join(run_dir, "config.json"), "run config")
@@ -192,7 +194,8 @@ def run(args):
                "num_archs": len(archs), "mean_epe": result["mean_epe"], "std_epe": result["std_epe"],
                "zero_flow_epe": result["zero_flow_epe"], "batch_size": cfg["batch_size"],
                "bn_recal_batches": len(recal_batches), "val_samples": sum(len(f) for _, f in val_batches),
-               "coverage_ok": coverage["ok"], "coverage_problems": coverage["problems"], "seconds": result["seconds"]}
+               "coverage_ok": coverage["ok"], "coverage_problems": coverage["problems"], "seconds": result["seconds"],
+               "devices": hardware}
     output = {"summary": summary, "archs": sorted(result["archs"], key=lambda r: r["rank"])}
     path = os.path.join(run_dir, f"supernet_eval_result_{args.checkpoint_type}.json")
     ckpt.write_json_atomic(path, output)
