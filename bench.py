@@ -398,7 +398,7 @@ def devices_step_lines(steps, dev):
     med = steps["median_s"]
     placed = ", ".join(d.replace("/device:", "") for d in dev["path_devices"])
     kind = "" if dev["gpus"] else " (logical devices sharing the same CPU threads)"
-    return [f"  fused, the 3 paths on {placed:<16} {med['fused_on_devices']:.3f} s against {med['fused']:.3f} s "
+    return [f"{'  fused, paths on ' + placed:<42}{med['fused_on_devices']:.3f} s against {med['fused']:.3f} s "
             f"on one device = {med['fused_on_devices'] / med['fused']:.3f}{kind}"]
 
 
