@@ -1,23 +1,36 @@
 # EdgeFlowNAS. Every target installs the virtual environment on first use.
 PY := .venv/bin/python
-VENV := .venv/.installed
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
+
+# On Linux plain `tensorflow` uses a GPU only with the CUDA libraries that `tensorflow[and-cuda]` brings, so
+# where nvidia-smi lists a GPU the environment asks for that (same version range as requirements.txt).
+# GPU=1 / GPU=0 decide instead; `make venv GPU=1` adds the CUDA libraries to an existing environment.
+ifeq ($(origin GPU), undefined)
+GPU := $(shell gpus=$$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null) && [ -n "$$gpus" ] && echo 1 || echo 0)
+endif
+TF_REQUIREMENT := $(shell grep -E '^tensorflow([^a-z0-9_.[-]|$$)' requirements.txt)
+ifeq ($(GPU),1)
+VENV := .venv/.installed-cuda
+PIP_EXTRA := "$(subst tensorflow,tensorflow[and-cuda],$(TF_REQUIREMENT))"
+else
+VENV := .venv/.installed
+PIP_EXTRA :=
+endif
 
 .DEFAULT_GOAL := help
 .PHONY: help venv train eval demo test check bench clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV): requirements.txt
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --upgrade pip
-	.venv/bin/pip install --quiet -r requirements.txt
+	.venv/bin/pip install --quiet -r requirements.txt $(PIP_EXTRA)
 	touch $@
 
-venv: $(VENV) ## create .venv and install requirements.txt
-	@$(PY) -c "import tensorflow as tf, numpy; print('tensorflow', tf.__version__, 'numpy', numpy.__version__)"
+venv: $(VENV) ## create .venv and install requirements.txt (GPU=1: tensorflow[and-cuda]), say which device runs
+	@$(PY) devices.py
 
 train: $(VENV) ## train the supernet with config.json (synthetic data, announced, if no base_path)
 	$(PY) train.py --config config.json
@@ -54,6 +67,11 @@ bench: $(VENV) ## speed and memory benchmark (see README, Performance; BENCH_FLA
 sintel: $(VENV) ## score the newest run's best checkpoint on MPI-Sintel (SINTEL=dir), 2 pictures per arch
 	$(if $(SINTEL),,$(error set SINTEL=<folder holding training/final and training/flow>))
 	$(PY) evaluate.py --checkpoint_type best --dataset sintel --base_path $(SINTEL) --visualize 2
+
+TB_PORT ?= 6006
+.PHONY: tensorboard
+tensorboard: $(VENV) ## serve the TensorBoard curves of every run in outputs/ (TB_PORT=6006)
+	$(PY) -m tensorboard.main --logdir outputs --port $(TB_PORT)
 
 clean: ## remove the virtual environment and caches (keeps outputs/)
 	rm -rf .venv .pytest_cache __pycache__

@@ -19,7 +19,6 @@ after untimed warm-up runs, so machine noise hits every candidate alike.
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -27,6 +26,7 @@ import tempfile
 import time
 
 import numpy as np
+import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
 import data_fc2
@@ -54,19 +54,6 @@ def bench_config(args):
     return cfg
 
 
-def device_info():
-    """The device TensorFlow computes on: the first GPU's name, or the CPU's model and core count."""
-    info = {"tensorflow": tf.__version__, "cpu": cpu_name(), "cpu_cores": os.cpu_count()}
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        info.update(device="GPU", name=details.get("device_name", gpus[0].name),
-                    compute_capability=details.get("compute_capability"), gpus=len(gpus))
-    else:
-        info.update(device="CPU", name=f"{info['cpu']} ({info['cpu_cores']} cores)")
-    return info
-
-
 def load_average():
     """The 1-minute load average (runnable processes; above the core count, timings are contended),
     or None where the OS has none."""
@@ -74,18 +61,6 @@ def load_average():
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         return None
-
-
-def cpu_name():
-    """The CPU's model name from /proc/cpuinfo, or platform.processor() elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def fixed_batch(batch, h, w, seed):
@@ -136,13 +111,14 @@ def step_session(graph, train_op, feed):
     return {"sess": sess, "fetch": train_op, "feed": feed}
 
 
-def fused_session(cfg, cycle, images_np, flows_np):
-    """step_session of the fused fair step on the fixed batch, `cycle` fed as its 3 paths."""
+def fused_session(cfg, cycle, images_np, flows_np, path_devices=None):
+    """step_session of the fused fair step on the fixed batch, `cycle` fed as its 3 paths
+    (spread over `path_devices` when there are several)."""
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(cfg["seed"])
         images, flows = input_placeholders(cfg["input_h"], cfg["input_w"])
-        ops = train.build_train_step(cfg, images, flows, TOTAL_STEPS)
+        ops = train.build_train_step(cfg, images, flows, TOTAL_STEPS, path_devices)
     feed = {images.name: images_np, flows.name: flows_np, ops["arch_paths"].name: np.array(cycle, np.int32)}
     return step_session(graph, ops["train_op"], feed)
 
@@ -201,17 +177,20 @@ def step_flops(cycle, batch, h, w):
     return sum(supernet.count_macs(arch, h, w) for arch in cycle) * 2 * 3 * batch
 
 
-def build_steps(cfg, cycle, images_np, flows_np):
-    """{"fused": step_session, "static_1".."static_3": step_session} for one fair cycle."""
+def build_steps(cfg, cycle, images_np, flows_np, path_devices):
+    """{"fused": step_session, "static_1".."static_3": step_session} for one fair cycle, and
+    "fused_on_devices", the fused step with its paths spread over `path_devices`, if there are several."""
     steps = {"fused": fused_session(cfg, cycle, images_np, flows_np)}
     for p, arch in enumerate(cycle):
         steps[f"static_{p + 1}"] = static_session(cfg, arch, images_np, flows_np)
+    if len(path_devices) > 1:
+        steps["fused_on_devices"] = fused_session(cfg, cycle, images_np, flows_np, path_devices)
     return steps
 
 
 def summarise_steps(times, convs, cycle, batch, h, w):
     """Figures 1 and 2 from the interleaved timings and the executed convolutions."""
-    statics = [name for name in times if name != "fused"]
+    statics = [name for name in times if name.startswith("static")]
     median = {name: statistics.median(t["timed"]) for name, t in times.items()}
     cpu = {name: statistics.median(t["cpu"]) for name, t in times.items()}
     static_sum = sum(median[n] for n in statics)
@@ -231,19 +210,19 @@ def summarise_steps(times, convs, cycle, batch, h, w):
             "fused_samples_per_s": batch / median["fused"]}
 
 
-def measure_steps(cfg, args, images_np, flows_np, log):
+def measure_steps(cfg, args, images_np, flows_np, log, path_devices):
     """Figures 1 and 2: the fused fair step against three static steps of the same cycle.
 
     Each step first runs once, untimed (the session optimises its graph on its first run), the fused
     step first of all, so the memory peak read after it is that of the fused step alone; then all
-    four run interleaved, `warmup` untimed rounds and `repeats` timed ones; finally one traced run
+    of them run interleaved, `warmup` untimed rounds and `repeats` timed ones; finally one traced run
     of each counts the convolutions it executed.
     """
     h, w = cfg["input_h"], cfg["input_w"]
     cycle = fair.fair_cycle(args.seed, 0)
     log(f"building the fused fair step and {len(cycle)} static steps for cycle "
         + " | ".join(supernet.format_arch(a) for a in cycle))
-    steps = build_steps(cfg, cycle, images_np, flows_np)
+    steps = build_steps(cfg, cycle, images_np, flows_np, path_devices)
     log("first run of each step (graph optimisation, once per session), the fused step first")
     first_s = {}
     for name, step in steps.items():
@@ -395,26 +374,27 @@ def verdict(ok):
 
 def report_lines(result):
     """The readable table of the five figures."""
-    dev, steps, pipe, ev, mem = (result[k] for k in ("device", "steps", "pipeline", "eval", "memory"))
+    dev, steps, pipe, ev, mem = (result[k] for k in ("devices", "steps", "pipeline", "eval", "memory"))
     opts = result["settings"]
     med = steps["median_s"]
-    statics = " + ".join(f"{med[n]:.3f}" for n in med if n != "fused")
+    statics = " + ".join(f"{med[n]:.3f}" for n in med if n.startswith("static"))
     lines = [
-        f"EdgeFlowNAS benchmark on {dev['device']}: {dev['name']}, TensorFlow {dev['tensorflow']}",
+        f"EdgeFlowNAS benchmark, {dev['summary']}",
         f"batch {opts['batch_size']} at {opts['h']}x{opts['w']}; steps: medians of {opts['repeats']} interleaved "
         f"rounds after {opts['warmup']} warm-up; fair cycle {' | '.join(steps['cycle'])}",
         f"1-minute load average {result['load_average_start']} at the start, {result['load_average_end']} at the end "
-        f"({dev['cpu_cores']} CPU cores; above that, wall-clock figures are contended: see the CPU-time ratio)",
+        f"({dev['cpu_threads']} CPU threads; above that, wall-clock figures are contended: see the CPU-time ratio)",
         "",
         f"1 fair step, fused (3 paths, 1 update)   {med['fused']:.3f} s",
         f"  3 static single-subnet steps            {statics} = {steps['static_sum_s']:.3f} s",
         f"  ratio fused / sum of static             {steps['ratio_fused_over_static_sum']:.3f} (median of per-round "
         f"ratios {steps['ratio_per_round_median']:.3f}; target <= {STEP_TARGET}: {verdict(steps['ratio_ok'])})",
         f"  process CPU time, fused / static sum    {steps['median_cpu_s']['fused']:.3f} / "
-        f"{sum(v for n, v in steps['median_cpu_s'].items() if n != 'fused'):.3f} s = "
+        f"{sum(v for n, v in steps['median_cpu_s'].items() if n.startswith('static')):.3f} s = "
         f"{steps['cpu_ratio_fused_over_static_sum']:.3f} (the work done, whatever else runs here)",
         f"  convolutions executed, fused / static   {steps['convs_fused']} / {steps['convs_static']} "
         "(forward + backward kernels of one step)",
+    ] + devices_step_lines(steps, dev) + [
         "  untimed first runs, then warm-up (s)    " + "; ".join(
             f"{name} {steps['first_run_s'][name]:.2f}, " + (" ".join(f"{s:.2f}" for s in t["warmup"]) or "none")
             for name, t in steps["times"].items()),
@@ -462,6 +442,18 @@ def report_lines(result):
     return lines
 
 
+def devices_step_lines(steps, dev):
+    """The fair step with its paths spread over several devices, next to the one-device step
+    (nothing when only one device was asked for)."""
+    if "fused_on_devices" not in steps["median_s"]:
+        return []
+    med = steps["median_s"]
+    placed = ", ".join(d.replace("/device:", "") for d in dev["path_devices"])
+    kind = "" if dev["gpus"] else " (logical devices sharing the same CPU threads)"
+    return [f"{'  fused, paths on ' + placed:<42}{med['fused_on_devices']:.3f} s against {med['fused']:.3f} s "
+            f"on one device = {med['fused_on_devices'] / med['fused']:.3f}{kind}"]
+
+
 def parse_args(argv):
     """Command-line flags, range-checked."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -484,6 +476,9 @@ def parse_args(argv):
     parser.add_argument("--search_w", type=int, default=96, help="input width of figure 6")
     parser.add_argument("--search_batch", type=int, default=8, help="batch size of figure 6")
     parser.add_argument("--no_search", action="store_true", help="skip figure 6 (the whole space takes minutes)")
+    parser.add_argument("--devices", type=int, default=1, choices=range(1, devices.MAX_PATH_DEVICES + 1),
+                        help="also time the fair step with its 3 paths spread over this many devices (GPUs, or "
+                             "logical CPU devices without one)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure and timing to FILE")
     args = parser.parse_args(argv)
     minimum = {"batch_size": 1, "repeats": 1, "warmup": 0, "seed": 0, "eval_subnets": 1, "recal_batches": 1,
@@ -500,13 +495,12 @@ def parse_args(argv):
 
 def run(cfg, args, log):
     """Measure the five figures; returns the full result dict."""
-    result = {"device": device_info(), "load_average_start": load_average(),
+    result = {"devices": devices.report(args.devices, log=log), "load_average_start": load_average(),
               "settings": {k: getattr(args, k) for k in ("batch_size", "h", "w", "repeats", "warmup", "seed",
                                                           "eval_subnets", "recal_batches", "val_batches",
-                                                          "data_samples", "pipeline_samples")}}
-    log(f"device: {result['device']['device']} {result['device']['name']}")
+                                                          "data_samples", "pipeline_samples", "devices")}}
     images_np, flows_np = fixed_batch(args.batch_size, cfg["input_h"], cfg["input_w"], args.seed)
-    result["steps"] = measure_steps(cfg, args, images_np, flows_np, log)
+    result["steps"] = measure_steps(cfg, args, images_np, flows_np, log, result["devices"]["path_devices"])
     memory = {"rss_after_steps_mib": peak_rss_mib()}
     with tempfile.TemporaryDirectory(prefix="bench_fc2_") as root:
         result["pipeline"] = measure_pipeline(cfg, args, root, result["steps"], log)

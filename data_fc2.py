@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
 SPLITS = ("train", "val")

@@ -17,6 +17,7 @@ import time
 
 import matplotlib
 import numpy as np
+import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 from matplotlib.figure import Figure
 
@@ -509,6 +510,7 @@ def result_summary(args, run_dir, cfg, meta, result, info, archs, is_pool):
 def run(args):
     """Score the chosen checkpoint on the chosen dataset and write
     supernet_eval_result_<type><dataset suffix>.json (and pictures, flows); returns the result."""
+    hardware = devices.report()
     run_dir = run_dir_of(args)
     cfg = run_config(args, run_dir)
     archs, is_pool = chosen_archs(args, run_dir, cfg)
@@ -518,7 +520,7 @@ def run(args):
     writer = PredictionWriter(info, args.visualize, picture_dir, args.save_flow)
     result, meta = score_checkpoint(args, run_dir, cfg, archs, recal_batches, val_batches, info,
                                     writer if args.visualize or args.save_flow else None)
-    summary = result_summary(args, run_dir, cfg, meta, result, info, archs, is_pool)
+    summary = dict(result_summary(args, run_dir, cfg, meta, result, info, archs, is_pool), devices=hardware)
     output = {"summary": summary, "archs": sorted(result["archs"], key=lambda r: r["rank"])}
     path = os.path.join(run_dir, f"supernet_eval_result_{args.checkpoint_type}{info['suffix']}.json")
     ckpt.write_json_atomic(path, output)

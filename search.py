@@ -25,6 +25,7 @@ import sys
 import time
 
 import numpy as np
+import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
 import ckpt
@@ -616,7 +617,7 @@ def marked_subnets(rows, run_dir, cfg):
     return marked
 
 
-def finish(search_dir, run_dir, args):
+def finish(search_dir, run_dir, args, hardware):
     """Merge the parts into scores.csv, pareto.json and pareto.png; print the front and the budget."""
     manifest, metrics, seconds = load_parts(search_dir)
     h, w = manifest["input_size"]
@@ -628,7 +629,7 @@ def finish(search_dir, run_dir, args):
     write_scores_csv(os.path.join(search_dir, "scores.csv"), rows)
     provenance = {k: manifest[k] for k in manifest if k not in ("shard", "units")}
     provenance.update(run_dir=run_dir, unit_seconds=seconds, latency_table=args.latency_table,
-                      parts=manifest["shard"][1])
+                      parts=manifest["shard"][1], devices=hardware)
     ckpt.write_json_atomic(os.path.join(search_dir, "pareto.json"),
                            {"provenance": provenance, "fronts": fronts, "best": rows[0]})
     png = os.path.join(search_dir, "pareto.png")
@@ -735,6 +736,7 @@ def search_dir_for(run_dir, args, info):
 
 def run(args):
     """Score (this part of) the search, then write the outputs when all parts are done."""
+    hardware = devices.report()
     run_dir = evaluate.run_dir_of(args)
     cfg = evaluate.run_config(args, run_dir)
     recal, val, info = evaluate.dataset_batches(cfg, args)
@@ -742,7 +744,7 @@ def run(args):
     search_dir = search_dir_for(run_dir, args, info)
     # Every validation batch is visited once per trunk node: hold them in memory, read once.
     if args.merge or score(args, run_dir, cfg, search_dir, (recal, [evaluate.batch_parts(b) for b in val]), info):
-        return finish(search_dir, run_dir, args)
+        return finish(search_dir, run_dir, args, hardware)
     print(f"part {args.shard} done; when every part is, combine them: python search.py --merge "
           f"--experiment_name {os.path.basename(run_dir)} --checkpoint_type {args.checkpoint_type}")
     return None

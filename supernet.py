@@ -14,6 +14,7 @@ import argparse
 import sys
 
 import numpy as np
+import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
 BLOCKS = ("EB0", "EB1", "DB0", "DB1", "H0Out", "H1", "H1Out", "H2", "H2Out")

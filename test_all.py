@@ -26,7 +26,7 @@ import supernet
 import train
 
 HERE = pathlib.Path(__file__).parent
-LIBRARY_MODULES = ("supernet", "fair", "data_fc2", "ckpt")
+LIBRARY_MODULES = ("supernet", "fair", "data_fc2", "ckpt", "devices")
 ENTRY_POINTS = ("train", "evaluate", "bench", "search", "export", "rank")
 
 
@@ -1636,3 +1636,219 @@ class TestDatasetsAndPictures:
 
 
 # ----------------------------------------------------------------------------- devices and GPU readiness
+
+FAKE_GPU = ("NVIDIA H100 80GB HBM3", 81559)
+_CLEAN_ENV_KEYS = ("TF_CPP_MIN_LOG_LEVEL", "GPU", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+_TF_STARTUP_LINE = ("absl::InitializeLog", "cuInit", "cuda_", "cudart", "oneDNN", "cpu_feature_guard")
+
+
+def fake_nvidia_smi(directory, gpus):
+    """Write an `nvidia-smi` into `directory` that answers --query-gpu as the real one does for
+    `gpus` [(name, MiB)], or, with gpus None, fails as it does on a machine without a driver
+    (a message on stdout and exit code 9). Returns the directory, to put first on PATH."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if gpus is None:
+        body = 'echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n'
+    else:
+        with_memory = "\\n".join(f"{name}, {mib}" for name, mib in gpus)
+        names = "\\n".join(name for name, _ in gpus)
+        body = f'case "$*" in\n  *memory.total*) printf "{with_memory}\\n" ;;\n  *) printf "{names}\\n" ;;\nesac\n'
+    script = directory / "nvidia-smi"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return directory
+
+
+def env_with_path_first(directory, **extra):
+    """os.environ without the settings a caller may have given (log level, GPU, make's flags), with
+    `directory` first on PATH and `extra` added."""
+    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV_KEYS}
+    env["PATH"] = f"{directory}{os.pathsep}{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+def requirements_tensorflow_line():
+    """The tensorflow requirement of requirements.txt, found by reading the file line by line."""
+    for line in (HERE / "requirements.txt").read_text().splitlines():
+        name = line.split(";")[0].strip()
+        if name.startswith("tensorflow") and name[len("tensorflow"):][:1] in ("", "<", ">", "=", "!", "~", " "):
+            return name
+    raise AssertionError("requirements.txt has no tensorflow line")
+
+
+def conv_count(arch):
+    """Convolutions of one subnet, counted from the layer table of DESIGN.md: E0, E1, Down1, Down2,
+    Up1, Up2, five head convs, and two per ResBlock of the four depth blocks (option + 1 blocks)."""
+    return 6 + 5 + sum(2 * (option + 1) for option in arch[:4])
+
+
+_STEP_ON_DEVICES_SCRIPT = r'''
+import json, sys
+import numpy as np
+import devices
+import tensorflow as tf
+import fair, train
+
+cfg = json.load(open(sys.argv[1]))
+hardware = devices.report(3, log=None)
+# Graph rewrites cost most of a first run and are not what this compares (placement is the placer's).
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+rng = np.random.default_rng(0)
+x = rng.uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
+y = rng.normal(0, 2, (2, 32, 48, 2)).astype(np.float32)
+cycle = fair.fair_cycle(3, 0)
+start, after, convs = None, {}, {}
+trace = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE)
+for name, placement in (("one", None), ("three", hardware["path_devices"])):
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+        flows = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
+        step = train.build_train_step(cfg, images, flows, 10, placement)
+        trainable = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        start = start or sess.run(trainable)
+        sess.run([v.initializer for v in trainable.values()],  # both graphs start from the same weights
+                 {v.initial_value: start[key] for key, v in trainable.items()})
+        metadata = tf.compat.v1.RunMetadata()
+        sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle}, options=trace,
+                 run_metadata=metadata)
+        after[name] = sess.run(trainable)
+    convs[name] = {}
+    for dev in metadata.step_stats.dev_stats:
+        for node in dev.node_stats:
+            op = node.timeline_label.split(" = ", 1)[-1].split("(", 1)[0]
+            if "Conv2D" in op:  # oneDNN builds name theirs _MklNativeConv2D...: keep the part from Conv2D on
+                op = op[op.index("Conv2D"):]
+                per_device = convs[name].setdefault(dev.device.split("device:")[-1], {})
+                per_device[op] = per_device.get(op, 0) + 1
+np.savez(sys.argv[2] + ".npz", **{f"{k}|{n}": v for k, values in [("start", start), *after.items()]
+                                  for n, v in values.items()})
+json.dump({"path_devices": hardware["path_devices"], "summary": hardware["summary"], "convs": convs,
+           "cycle": [list(map(int, a)) for a in cycle]}, open(sys.argv[2] + ".json", "w"))
+'''
+
+
+class TestDevices:
+    """GPU install, the device report, TensorFlow's silence, the paths on several devices, time left."""
+
+    @pytest.mark.parametrize("gpus, override, cuda", [
+        ([FAKE_GPU], None, True), (None, None, False), ([FAKE_GPU, FAKE_GPU], "0", False), (None, "1", True),
+        ([], None, False)])
+    def test_make_venv_asks_for_the_cuda_build_where_nvidia_smi_lists_a_gpu(self, tmp_path, gpus, override, cuda):
+        path = fake_nvidia_smi(tmp_path / "bin", gpus)
+        args = ["make", "-n", "-B", "venv"] + ([f"GPU={override}"] if override else [])
+        out = subprocess.run(args, cwd=HERE, env=env_with_path_first(path), capture_output=True, text=True, check=True)
+        installs = [line for line in out.stdout.splitlines() if "pip install" in line and "-r requirements.txt" in line]
+        assert len(installs) == 1, out.stdout
+        requirement = requirements_tensorflow_line()
+        cuda_requirement = requirement.replace("tensorflow", "tensorflow[and-cuda]", 1)
+        assert (f'"{cuda_requirement}"' in installs[0]) == cuda
+        assert ("and-cuda" in out.stdout) == cuda
+        assert (".installed-cuda" in out.stdout) == cuda  # a CPU environment is completed by GPU=1
+
+    def test_make_tensorboard_serves_outputs_on_tb_port(self):
+        env = env_with_path_first(HERE)
+        lines = {port: subprocess.run(["make", "-n", "tensorboard"] + ([f"TB_PORT={port}"] if port else []), cwd=HERE,
+                                      env=env, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+                 for port in (None, 7123)}
+        assert lines[None].endswith("-m tensorboard.main --logdir outputs --port 6006")
+        assert lines[7123].endswith("-m tensorboard.main --logdir outputs --port 7123")
+        assert any(line.split(">")[0].strip() == "tensorboard" for line in (HERE / "requirements.txt").read_text().split())
+        import importlib.util
+        assert importlib.util.find_spec("tensorboard.main") is not None
+
+    def test_nvidia_smi_listing_is_read_and_a_failing_one_lists_nothing(self, tmp_path, monkeypatch):
+        import devices
+        monkeypatch.setenv("PATH", str(fake_nvidia_smi(tmp_path / "two", [FAKE_GPU, ("NVIDIA A100-SXM4-40GB", 40960)])))
+        assert devices.nvidia_smi_gpus() == [{"name": FAKE_GPU[0], "memory_mib": FAKE_GPU[1]},
+                                             {"name": "NVIDIA A100-SXM4-40GB", "memory_mib": 40960}]
+        monkeypatch.setenv("PATH", str(fake_nvidia_smi(tmp_path / "broken", None)))
+        assert devices.nvidia_smi_gpus() == []
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+        assert devices.nvidia_smi_gpus() == []
+
+    @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="TensorFlow sees a GPU here")
+    def test_report_names_the_cpu_threads_and_a_gpu_tensorflow_cannot_use(self, tmp_path, monkeypatch):
+        import devices
+        threads = len(os.sched_getaffinity(0))
+        monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'none', None)}{os.pathsep}{os.environ['PATH']}")
+        printed = []
+        info = devices.report(log=printed.append)
+        assert printed == [info["summary"]] and info["gpus"] == [] and info["path_devices"] == ["/device:CPU:0"]
+        assert f"no GPU visible: {threads} CPU threads" in info["summary"] and "nvidia-smi" not in info["summary"]
+        json.dumps(info)  # goes into JSON outputs as it is
+        monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'one', [FAKE_GPU])}{os.pathsep}{os.environ['PATH']}")
+        with pytest.raises(devices.DeviceError, match=r"nvidia-smi lists 1 GPU \(NVIDIA H100 80GB HBM3\) but "
+                                                      r"TensorFlow sees none.*make venv GPU=1.*--allow_cpu"):
+            devices.report(allow_cpu=False, log=None)
+        info = devices.report(log=None)
+        assert info["unusable_gpus"] and "no GPU visible" in info["summary"] and "make venv GPU=1" in info["summary"]
+        with pytest.raises(devices.DeviceError, match="between 1 and 3"):
+            devices.report(4, log=None)
+
+    def test_train_says_the_device_once_quietly_and_stops_where_a_gpu_goes_unused(self, tmp_path):
+        missing = str(tmp_path / "no_fc2_here")
+        command = [sys.executable, "train.py", "--base_path", missing, "--output_dir", str(tmp_path)]
+        runs = {"cpu": (env_with_path_first(fake_nvidia_smi(tmp_path / "none", None)), []),
+                "gpu unused": (env_with_path_first(fake_nvidia_smi(tmp_path / "one", [FAKE_GPU])), []),
+                "user log level": (env_with_path_first(tmp_path / "none", TF_CPP_MIN_LOG_LEVEL="0"), [])}
+        procs = {name: subprocess.Popen(command + extra, cwd=HERE, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True) for name, (env, extra) in runs.items()}
+        out = {name: proc.communicate(timeout=300) + (proc.returncode,) for name, proc in procs.items()}
+        threads = len(os.sched_getaffinity(0))
+        stdout, stderr, code = out["cpu"]
+        assert stdout.count("devices: no GPU visible") == 1 and f"no GPU visible: {threads} CPU threads" in stdout
+        assert code == 1 and stderr == f"error: base_path '{missing}' is not a directory\n"  # nothing from TensorFlow
+        stdout, stderr, code = out["gpu unused"]
+        assert code == 1 and stdout == "" and stderr.count("\n") == 1 and stderr.startswith("error: nvidia-smi lists 1 GPU")
+        assert "make venv GPU=1" in stderr and "--allow_cpu" in stderr
+        stdout, stderr, code = out["user log level"]
+        assert code == 1 and "no GPU visible" in stdout
+        assert any(word in stderr for word in _TF_STARTUP_LINE)  # the user's setting wins: TensorFlow speaks
+
+    def test_fair_step_on_three_devices_updates_the_weights_as_on_one(self, tmp_path):
+        cfg_path = tmp_path / "cfg.json"
+        cfg_path.write_text(json.dumps(tiny_config(optimizer="sgd", learning_rate=0.05)))
+        out = tmp_path / "step"
+        env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV_KEYS}
+        subprocess.run([sys.executable, "-c", _STEP_ON_DEVICES_SCRIPT, str(cfg_path), str(out)], cwd=HERE, env=env,
+                       check=True, timeout=600)
+        meta = json.loads(out.with_suffix(".json").read_text())
+        values = np.load(out.with_suffix(".npz"))
+        names = [key.split("|", 1)[1] for key in values.files if key.startswith("start|")]
+        assert meta["path_devices"] == ["/device:CPU:0", "/device:CPU:1", "/device:CPU:2"]
+        assert "3 paths of a fair step on CPU:0, CPU:1, CPU:2" in meta["summary"]
+        # Placement: on one device every convolution ran on CPU:0; on three, path p's forward
+        # convolutions (counted from its arch) and their gradients ran on CPU:p.
+        assert list(meta["convs"]["one"]) == ["CPU:0"]
+        assert sum(meta["convs"]["one"]["CPU:0"].values()) == 3 * sum(map(conv_count, meta["cycle"])) - 3
+        for p, arch in enumerate(meta["cycle"]):
+            ops = meta["convs"]["three"][f"CPU:{p}"]
+            assert ops.get("Conv2D") == conv_count(arch) and ops.get("Conv2DBackpropFilter") == conv_count(arch)
+        moved = 0
+        for name in names:
+            start, one, three = (values[f"{k}|{name}"] for k in ("start", "one", "three"))
+            scale = max(np.abs(one - start).max(), 1e-12)
+            np.testing.assert_allclose(three - start, one - start, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+            moved += np.abs(one - start).max() > 1e-6
+        assert moved > len(names) // 2  # the step really moved the weights it compares
+
+    def test_devices_flag_is_checked(self, tmp_path, capsys):
+        assert train.main(["--devices", "4", "--dry_run", "--output_dir", str(tmp_path)]) == 1
+        assert "'devices' must be at most 3" in capsys.readouterr().err
+        assert train.main(["--devices", "0", "--dry_run", "--output_dir", str(tmp_path)]) == 1
+        assert "'devices' must be > 0" in capsys.readouterr().err
+
+    def test_time_left_counts_the_evaluations_to_come(self):
+        cfg = {"num_epochs": 10, "eval_every": 3}  # evaluations after epochs 3, 6, 9 and 10
+        assert [train.evaluations_left(e, cfg) for e in range(1, 11)] == [4, 4, 4, 3, 3, 3, 2, 2, 2, 1]
+        assert train.evaluations_left(5, {"num_epochs": 5, "eval_every": 1}) == 1
+        assert train.time_left(100, 4, 30.0) == "time left 3m40s (steps 1m40s + 4 evaluations x 30s)"
+        assert train.time_left(100, 1, 3700.0) == "time left 1h03m (steps 1m40s + 1 evaluation x 1h01m)"
+        assert train.time_left(100, 4, None) == "time left 1m40s + 4 evaluations (not timed yet)"
+        assert train.time_left(100, 0, 30.0) == "time left 1m40s"

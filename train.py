@@ -9,6 +9,7 @@ applies it, all in one session.run. `config.json` holds every default; every key
     python train.py --resume --num_epochs 2 --steps_per_epoch 2 --batch_size 2 --fast_mode
 """
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -18,6 +19,7 @@ import sys
 import time
 
 import numpy as np
+import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
 import ckpt
@@ -30,7 +32,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "config.json")
 CHOICES = {"optimizer": ("adam", "sgd"), "data_layout": ("auto", "lists", "folders")}
 POSITIVE = ("input_h", "input_w", "batch_size", "num_epochs", "eval_every", "eval_pool_size", "bn_recal_batches",
-            "early_stop_patience", "log_every", "shuffle_buffer", "synthetic_train_size", "synthetic_val_size")
+            "early_stop_patience", "log_every", "shuffle_buffer", "synthetic_train_size", "synthetic_val_size",
+            "devices")
 NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
                 "early_stop_min_delta", "max_flow", "seed")
 
@@ -90,6 +93,9 @@ def check_ranges(cfg):
     for key in NON_NEGATIVE:
         if cfg[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {cfg[key]}")
+    if cfg["devices"] > devices.MAX_PATH_DEVICES:
+        raise ConfigError(f"config key 'devices' must be at most {devices.MAX_PATH_DEVICES} (one per path), "
+                          f"got {cfg['devices']}")
     for key, allowed in CHOICES.items():
         if cfg[key] not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}, got {cfg[key]!r}")
@@ -131,6 +137,8 @@ def parse_args(argv, defaults):
                         help="continue the newest experiment (or --experiment_name) from its last checkpoint")
     parser.add_argument("--resume_experiment_name", help="resume this experiment (same as --resume --experiment_name NAME)")
     parser.add_argument("--dry_run", action="store_true", help="build the graph, check data and config, print the plan")
+    parser.add_argument("--allow_cpu", action="store_true",
+                        help="train on the CPU even where nvidia-smi lists a GPU that TensorFlow cannot use")
     keys = parser.add_argument_group("config keys (default: config.json)")
     for key, default in defaults.items():
         if isinstance(default, dict):
@@ -223,16 +231,23 @@ def build_update(cfg, data_loss, total_steps):
             "clipped": grad_norm > clip if clip > 0 else tf.constant(False)}
 
 
-def build_train_step(cfg, images, flows, total_steps):
+def build_train_step(cfg, images, flows, total_steps, path_devices=None):
     """The fused fair step: 3 paths on one batch, one gradient of their mean loss, one update.
 
     images [B, H, W, 6], flows [B, H, W, 2]. Returns a dict of tensors and ops; feed `arch_paths`
     ([3, 9] int32, one fair cycle) and run `train_op`. The gradient of the mean of the three path
     losses is exactly the mean of the three per-path gradients, and it is applied once.
+    With several `path_devices` (device names), path p runs on path_devices[p % N], forward and
+    backward (tf.gradients keeps each gradient op on its forward op's device); the variables live
+    on the first. Each path normalises with its own batch statistics, so the update is the same.
     """
     arch_paths = tf.compat.v1.placeholder(tf.int32, [supernet.NUM_OPTIONS, len(supernet.BLOCKS)], "arch_paths")
-    path_losses = [multiscale_loss(supernet.build_flows(images, arch_paths[p], mode="train"), flows, cfg["loss_weights"])
-                   for p in range(supernet.NUM_OPTIONS)]
+    spread = path_devices if path_devices and len(path_devices) > 1 else None
+    path_losses = []
+    for p in range(supernet.NUM_OPTIONS):
+        with tf.device(spread[p % len(spread)]) if spread else contextlib.nullcontext():
+            flows_p = supernet.build_flows(images, arch_paths[p], mode="train")
+            path_losses.append(multiscale_loss(flows_p, flows, cfg["loss_weights"]))
     data_loss = tf.add_n(path_losses) / supernet.NUM_OPTIONS
     return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths)
 
@@ -253,10 +268,12 @@ def training_input(cfg, data, start_step):
 # ----------------------------------------------------------------------------- artifacts
 
 def make_logger(path):
-    """log(msg): print and append to train.log, flushed, so a killed run keeps every line."""
-    def log(msg):
+    """log(msg, echo=True): print (unless echo is False) and append to train.log, flushed, so a
+    killed run keeps every line."""
+    def log(msg, echo=True):
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        print(line, flush=True)
+        if echo:
+            print(line, flush=True)
         with open(path, "a") as f:
             f.write(line + "\n")
     return log
@@ -325,6 +342,24 @@ def format_duration(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def evaluations_left(epoch, cfg):
+    """Evaluations still to come while epoch `epoch` trains: its own (if it has one) and every later one."""
+    return sum(1 for e in range(epoch, cfg["num_epochs"] + 1) if e % cfg["eval_every"] == 0 or e == cfg["num_epochs"])
+
+
+def time_left(steps_seconds, evals_left, last_eval_seconds):
+    """The progress line's 'time left': the steps to go plus the evaluations to come, each as long
+    as the last one measured; before any is measured they are named, not guessed."""
+    if not evals_left:
+        return f"time left {format_duration(steps_seconds)}"
+    plural = "s" if evals_left > 1 else ""
+    if last_eval_seconds is None:
+        return f"time left {format_duration(steps_seconds)} + {evals_left} evaluation{plural} (not timed yet)"
+    total = steps_seconds + evals_left * last_eval_seconds
+    return (f"time left {format_duration(total)} (steps {format_duration(steps_seconds)} + "
+            f"{evals_left} evaluation{plural} x {format_duration(last_eval_seconds)})")
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def new_state(seed):
@@ -374,6 +409,7 @@ def plan_lines(cfg, data, steps_per_epoch, pool, coverage, supernet_params):
 def train(args, cfg, run_dir):
     """Dry-run plan, or train (fresh or resumed) to the end or early stop; returns train_report."""
     wall_start = time.time()
+    hardware = devices.report(cfg["devices"], allow_cpu=args.allow_cpu)
     data = data_fc2.open_data(cfg)
     steps_per_epoch = cfg["steps_per_epoch"] or max(1, data["counts"]["train"] // cfg["batch_size"])
     total_steps = steps_per_epoch * cfg["num_epochs"]
@@ -388,7 +424,7 @@ def train(args, cfg, run_dir):
     with graph.as_default():
         tf.compat.v1.set_random_seed(cfg["seed"])
         images, flows = training_input(cfg, data, meta["global_step"] if meta else 0)
-        step_ops = build_train_step(cfg, images, flows, total_steps)
+        step_ops = build_train_step(cfg, images, flows, total_steps, hardware["path_devices"])
         scorer = evaluate.build_scorer(images, flows)
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES), max_to_keep=None)
         init = tf.compat.v1.global_variables_initializer()
@@ -406,6 +442,7 @@ def train(args, cfg, run_dir):
                             "coverage": coverage})
     history_path, columns = os.path.join(run_dir, "eval_history.csv"), history_columns(pool)
     log(("resuming " if meta else "starting ") + run_dir)
+    log(hardware["summary"], echo=False)
     for line in plan:
         log(line)
     recal_batches, val_batches = evaluate.scoring_batches(cfg, data)
@@ -423,6 +460,7 @@ def train(args, cfg, run_dir):
         if state["stop_reason"] == "early_stopping":
             log(f"this run stopped early at epoch {state['epoch']}: nothing more to train")
         wall_before, loop_start, first_step = state["wall_time_s"], time.time(), state["global_step"]
+        eval_spent, last_eval_s = 0.0, None  # the step rate leaves evaluations out; they are counted apart
         for epoch in range(state["epoch"] + 1, cfg["num_epochs"] + 1):
             if state["stop_reason"] == "early_stopping":
                 break
@@ -432,11 +470,12 @@ def train(args, cfg, run_dir):
                 losses.append(float(out["loss"]))
                 clips += bool(out["clipped"])
                 if state["global_step"] % cfg["log_every"] == 0 or i == steps_per_epoch - 1:
-                    rate = (state["global_step"] - first_step) / (time.time() - loop_start)
+                    rate = (state["global_step"] - first_step) / (time.time() - loop_start - eval_spent)
                     log(f"epoch {epoch}/{cfg['num_epochs']} step {state['global_step']}/{total_steps} "
                         f"loss {np.mean(losses[-cfg['log_every']:]):.4f} lr {out['lr']:.3g} "
                         f"grad_norm {out['grad_norm']:.3g} clipped {clips}/{i + 1} {rate:.2f} steps/s "
-                        f"time left {format_duration((total_steps - state['global_step']) / rate)}")
+                        + time_left((total_steps - state["global_step"]) / rate, evaluations_left(epoch, cfg),
+                                    last_eval_s))
                     write_scalars(tb, state["global_step"], {"train/loss": out["loss"], "train/lr": out["lr"],
                                                              "train/clip_rate": clips / (i + 1),
                                                              "train/grad_norm": out["grad_norm"]})
@@ -444,6 +483,8 @@ def train(args, cfg, run_dir):
             if epoch % cfg["eval_every"] == 0 or epoch == cfg["num_epochs"]:
                 log(f"evaluating {len(pool)} subnets (BN recalibration over {len(recal_batches)} batches each)")
                 result = evaluate.evaluate(sess, scorer, pool, recal_batches, val_batches, h, w, log=log)
+                last_eval_s = result["seconds"]
+                eval_spent += last_eval_s
                 update_early_stopping(state, result["mean_epe"], epoch, cfg)
                 gap = fair.fairness_gap(state["fairness_counts"])
                 append_history(history_path, columns, {
@@ -478,6 +519,7 @@ def train(args, cfg, run_dir):
               "best_epoch": state["best_epoch"], "final_fairness_gap": fair.fairness_gap(state["fairness_counts"]),
               "fairness_counts": state["fairness_counts"], "path_sequence_digest": state["sampler"]["digest"],
               "eval_pool_coverage_ok": coverage["ok"], "data_source": data["data_source"], "data_reason": data["reason"],
+              "devices": hardware,
               "checkpoints": {k: os.path.join(run_dir, "checkpoints", k) for k in ckpt.CHECKPOINT_KINDS},
               "wall_time_s": state["wall_time_s"], "this_invocation_s": time.time() - wall_start}
     ckpt.write_json_atomic(os.path.join(run_dir, "train_report.json"), report)
