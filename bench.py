@@ -360,6 +360,7 @@ def measure_search(args, log):
     return {"size": [h, w], "batch": batch, "sample": [supernet.format_arch(a) for a in sample],
             "seconds_per_subnet": alone, "mean_s_per_subnet": per_subnet, "whole_space_s": whole,
             "whole_space_cpu_s": whole_cpu, "speedup": per_subnet * supernet.NUM_ARCHS / whole,
+            "speedup_per_gmac": sum(alone) / sum(supernet.count_macs(a, h, w) for a in sample) * every / whole,
             "mac_speedup": every / shared, "shared_tmac_per_pair": shared / 1e12, "alone_tmac_per_pair": every / 1e12,
             "sample_gmacs_mean": statistics.mean(supernet.count_macs(a, h, w) / 1e9 for a in sample),
             "space_gmacs_mean": every / supernet.NUM_ARCHS / 1e9}
@@ -436,7 +437,9 @@ def report_lines(result):
             f"{se['space_gmacs_mean']:.3f})",
             f"  speed-up over 19,683 one by one         {se['speedup']:.1f}x (per-subnet time x 19,683 / whole-space "
             f"time; the MAC count's limit {se['mac_speedup']:.1f}x: {se['shared_tmac_per_pair']:.3f} against "
-            f"{se['alone_tmac_per_pair']:.1f} TMAC per image pair)"]
+            f"{se['alone_tmac_per_pair']:.1f} TMAC per image pair)",
+            f"  the same, per GMAC                      {se['speedup_per_gmac']:.1f}x (the sample's seconds per GMAC x "
+            "the space's GMACs / whole-space time: takes out the sample's size)"]
     if mem["gpu_peak_mib"] is not None:
         lines.append(f"  peak GPU memory (TensorFlow allocator)  {mem['gpu_peak_mib']:.0f} MiB")
     return lines
