@@ -223,15 +223,17 @@ class TreeScorer:
         self.activations = {}  # trunk node -> (recal outputs, val outputs), one array per batch
         self.tick = lambda: None  # called after every batch: progress reporting
 
-    def _recalibrate(self, form_of, fetches_of, inputs):
-        """Run a moments form over the recalibration inputs: (outputs, averaged statistics)."""
+    def _recalibrate(self, form_of, inputs):
+        """Run a training-mode form over the recalibration inputs. form_of(size) gives its (input
+        placeholder, output or None, {name: batch moments}); returns (outputs, averaged statistics)."""
         outputs, stats = [], {}
         for k, x in enumerate(inputs):
-            graph = form_of(_size(self.recal_images[k]))
-            out, moments = self.sess.run(fetches_of(graph), {graph["input"]: x})
-            outputs.append(out)
+            placeholder, output, moments = form_of(_size(self.recal_images[k]))
+            out = self.sess.run({"output": output, "moments": moments} if output is not None else {"moments": moments},
+                                {placeholder: x})
+            outputs.append(out.get("output"))
             self.tick()
-            for name, (mean, var) in moments.items():
+            for name, (mean, var) in out["moments"].items():
                 old = stats.get(name, (mean, var))
                 stats[name] = (supernet.recal_average(old[0], mean, np.float32(k)),
                                supernet.recal_average(old[1], var, np.float32(k)))
@@ -240,9 +242,10 @@ class TreeScorer:
     def _trunk_node(self, stage, recal_inputs, val_inputs):
         """One trunk node on every batch: training-mode outputs and statistics, then inference."""
         def moments_form(size):
-            return self.tree[size]["trunk"][stage]["moments"]
+            form = self.tree[size]["trunk"][stage]["moments"]
+            return form["input"], form["output"], form["bn"]
 
-        recal_out, stats = self._recalibrate(moments_form, lambda g: (g["output"], g["bn"]), recal_inputs)
+        recal_out, stats = self._recalibrate(moments_form, recal_inputs)
         val_out = []
         for (images, _, _), x in zip(self.val, val_inputs):
             graph = self.tree[_size(images)]["trunk"][stage]["fed"]
@@ -277,9 +280,9 @@ class TreeScorer:
 
         def moments_form(size):
             heads_graph = self.tree[size]["heads"]
-            return {"input": heads_graph["up2"], "moments": {n: heads_graph["moments"][n] for n in nodes}}
+            return heads_graph["up2"], None, {n: heads_graph["moments"][n] for n in nodes}
 
-        _, stats = self._recalibrate(moments_form, lambda g: (g["input"], g["moments"]), recal_up2)
+        _, stats = self._recalibrate(moments_form, recal_up2)
         totals = {}
         for (images, flows, valid), x in zip(self.val, val_up2):
             graph = self.tree[_size(images)]["heads"]

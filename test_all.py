@@ -1257,8 +1257,9 @@ class TestSearch:
 
     def test_a_killed_search_resumes_to_the_same_file(self, search_run, tmp_path):
         out, run_dir = search_run
-        archs = [a for p in range(3) for a in itertools.product(*[[d] for d in search.prefix_choices(p * 20)],
-                                                                 *[range(3)] * 5)]
+        units = 8
+        archs = [a for p in range(units) for a in itertools.product(*[[d] for d in search.prefix_choices(p * 10)],
+                                                                     *[range(3)] * 5)]
         (tmp_path / "archs.txt").write_text("\n".join(supernet.format_arch(a) for a in archs))
         cmd = [sys.executable, str(HERE / "search.py"), "--output_dir", str(out), "--experiment_name", "tiny",
                "--archs_file", str(tmp_path / "archs.txt")]
@@ -1270,18 +1271,18 @@ class TestSearch:
         rng = np.random.default_rng(1)
         for kill in range(2):  # SIGKILL at a random moment once units are being written
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-            units = search_dir / "part_1of1" / "units"
-            while proc.poll() is None and len(list(units.glob("unit_*.json"))) <= kill:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0, 0.5))
+            unit_dir = search_dir / "part_1of1" / "units"
+            while proc.poll() is None and len(list(unit_dir.glob("unit_*.json"))) <= 2 * kill:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.2))
             proc.kill()
             proc.wait()
-        assert len(list(units.glob("unit_*.json"))) < 3 and not (search_dir / "scores.csv").exists()
-        done = {p.name: p.read_bytes() for p in units.glob("unit_*.json")}
+        assert len(list(unit_dir.glob("unit_*.json"))) < units and not (search_dir / "scores.csv").exists()
+        done = {p.name: p.read_bytes() for p in unit_dir.glob("unit_*.json")}
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr
         assert f"{len(done)} already done" in result.stdout
-        assert all((units / name).read_bytes() == data for name, data in done.items())  # finished units kept
+        assert all((unit_dir / name).read_bytes() == data for name, data in done.items())  # finished units kept
         assert (search_dir / "scores.csv").read_bytes() == whole
 
     @pytest.mark.parametrize("flags, words", [
