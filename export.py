@@ -13,7 +13,6 @@ model and Vela's summary and per-layer CSVs) and export_report.json. `--latency_
 import argparse
 import contextlib
 import csv
-import glob
 import json
 import os
 import re
@@ -381,7 +380,8 @@ def make_latency_table(measurements, target, h, w):
              "fixed_cycles": float(np.mean([m["cycles"][FIXED] for m in measurements])), "block_cycles": {},
              "unattributed_rows": int(sum(m["unattributed"] for m in measurements))}
     for i, block in enumerate(supernet.BLOCKS):
-        per_option = [[m["cycles"][block] for m in measurements if m["arch"][i] == o] for o in range(supernet.NUM_OPTIONS)]
+        per_option = [[m["cycles"][block] for m in measurements if m["arch"][i] == o]
+                      for o in range(supernet.NUM_OPTIONS)]
         if not all(per_option):
             raise ExportError(f"the table's subnets never choose every option of {block}")
         table["block_cycles"][block] = [float(np.mean(c)) for c in per_option]
@@ -409,7 +409,8 @@ def load_latency_table(path):
     cycles = table.get("block_cycles")
     for block in supernet.BLOCKS:
         row = cycles.get(block) if isinstance(cycles, dict) else None
-        if not (isinstance(row, list) and len(row) == supernet.NUM_OPTIONS and all(is_number(c) and c >= 0 for c in row)):
+        valid = isinstance(row, list) and len(row) == supernet.NUM_OPTIONS
+        if not (valid and all(is_number(c) and c >= 0 for c in row)):
             problems.append(f"block_cycles.{block}")
     if problems:
         raise ValueError(f"latency table {path}: field {problems[0]} missing or invalid")
@@ -507,16 +508,19 @@ def export_subnet(args, run_dir, cfg, vela, target):
 def print_report(report, path):
     """The export's figures, then one Markdown row for the README's table."""
     a, c, v, s = report["agreement"], report["cpu"], report["vela"], report["sizes_bytes"]
-    print(f"arch {report['arch']} at {report['input_size'][0]}x{report['input_size'][1]}: {report['params']:,} params, "
+    h, w = report["input_size"]
+    print(f"arch {report['arch']} at {h}x{w}: {report['params']:,} params, "
           f"{report['gmacs']:.3f} GMAC; graph check {'ok' if report['graph_check']['ok'] else 'FAILED'}")
     print(f"  FP32 TFLite vs TensorFlow: max abs diff {a['fp32_max_abs_diff']:.2e} over {a['val_samples']} samples")
     print(f"  EPE  TensorFlow {a['epe_tf']:.4f}  FP32 {a['epe_fp32']:.4f}  INT8 {a['epe_int8']:.4f} "
           f"(INT8 loss {a['int8_epe_loss']:+.4f})")
-    print(f"  CPU ms (1 / {c['threads_all']} threads): FP32 {c['fp32_1_thread_ms']:.2f} / {c['fp32_all_threads_ms']:.2f}"
+    print(f"  CPU ms (1 / {c['threads_all']} threads): "
+          f"FP32 {c['fp32_1_thread_ms']:.2f} / {c['fp32_all_threads_ms']:.2f}"
           f"  INT8 {c['int8_1_thread_ms']:.2f} / {c['int8_all_threads_ms']:.2f}")
     cpu_ops = ", ".join(v["cpu_operator_names"]) or "none"
     print(f"  Vela {v['accelerator_config']} {v['system_config']} {v['memory_mode']}: {v['inference_ms']:.2f} ms, "
-          f"{v['fps']:.2f} FPS, SRAM {v['sram_used_kib']:.1f} KiB, off-chip flash {v['off_chip_flash_used_kib']:.1f} KiB, "
+          f"{v['fps']:.2f} FPS, SRAM {v['sram_used_kib']:.1f} KiB, "
+          f"off-chip flash {v['off_chip_flash_used_kib']:.1f} KiB, "
           f"{v['cycles_total']:.0f} cycles, NPU ops {v['npu_operators']}, CPU ops {v['cpu_operators']} ({cpu_ops})")
     print(f"| {report['arch']} | {s['fp32'] / 1024:.0f} / {s['int8'] / 1024:.0f} | {a['fp32_max_abs_diff']:.1e} | "
           f"{a['epe_tf']:.4f} / {a['epe_fp32']:.4f} / {a['epe_int8']:.4f} | {c['fp32_1_thread_ms']:.1f} / "
@@ -587,7 +591,8 @@ def parse_args(argv):
     parser.add_argument("--input_w", type=int, help="export input width (default: the run's; multiple of 4)")
     parser.add_argument("--eval_batches", type=int, help="validation batches for the checks (default: the run's)")
     parser.add_argument("--accelerator_config", default=DEFAULT_ACCELERATOR, help="Vela --accelerator-config")
-    parser.add_argument("--system_config", default=DEFAULT_SYSTEM_CONFIG, help=f"Vela system config ({VELA_CONFIG_FILE})")
+    parser.add_argument("--system_config", default=DEFAULT_SYSTEM_CONFIG,
+                        help=f"Vela system config ({VELA_CONFIG_FILE})")
     parser.add_argument("--memory_mode", default=DEFAULT_MEMORY_MODE, help=f"Vela memory mode ({VELA_CONFIG_FILE})")
     parser.add_argument("--vela", help="Vela executable (default: beside this Python, else on PATH)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed CPU inferences before timing")
