@@ -488,7 +488,7 @@ def export_subnet(args, run_dir, cfg, vela, target):
     models = static_models(values, arch, h, w, calibration, val_export)
     if not models["check"]["ok"]:
         raise ExportError(f"the static graph of {args.arch} is not that subnet alone: {models['check']}")
-    out_dir = os.path.join(run_dir, "export_" + args.arch.replace(",", ""))
+    out_dir = export_dir(run_dir, arch, (h, w), (cfg["input_h"], cfg["input_w"]))
     os.makedirs(out_dir, exist_ok=True)
     paths = {kind: write_bytes_atomic(os.path.join(out_dir, f"model_{kind}.tflite"), models[kind])
              for kind in ("fp32", "int8")}
@@ -506,6 +506,12 @@ def export_subnet(args, run_dir, cfg, vela, target):
     ckpt.write_json_atomic(os.path.join(out_dir, "export_report.json"), report)
     print_report(report, os.path.join(out_dir, "export_report.json"))
     return report
+
+
+def export_dir(run_dir, arch, size, run_size):
+    """<run>/export_<code without commas>, with _<h>x<w> appended when the export size is not the run's."""
+    name = "export_" + supernet.format_arch(arch).replace(",", "")
+    return os.path.join(run_dir, name if size == run_size else f"{name}_{size[0]}x{size[1]}")
 
 
 def print_report(report, path):

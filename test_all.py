@@ -1324,7 +1324,7 @@ class TestExport:
         assert export.main(["--output_dir", str(export_run), "--experiment_name", "whole", "--arch",
                             "0,0,0,0,0,0,0,0,0", "--input_h", "16", "--input_w", "24", "--repeats", "1",
                             "--warmup", "0", "--eval_batches", "1"]) == 0
-        folder = export_run / "whole" / "export_000000000"
+        folder = export_run / "whole" / "export_000000000_16x24"
         report = json.loads((folder / "export_report.json").read_text())
         assert report["input_size"] == [16, 24] and report["run_input_size"] == [32, 48]
         assert report["agreement"]["fp32_max_abs_diff"] < 1e-4
