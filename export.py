@@ -33,6 +33,8 @@ import supernet
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")
 DEFAULT_ACCELERATOR = "ethos-u55-64"
+ACCELERATORS = tuple(f"ethos-u55-{n}" for n in (32, 64, 128, 256)) + ("ethos-u65-256", "ethos-u65-512") + tuple(
+    f"ethos-u85-{n}" for n in (128, 256, 512, 1024, 2048))  # Vela's --accelerator-config choices
 DEFAULT_SYSTEM_CONFIG = "Ethos_U55_High_End_Embedded"
 DEFAULT_MEMORY_MODE = "Shared_Sram"
 VELA_CONFIG_FILE = "Arm/vela.ini"  # shipped inside the ethos-u-vela package
@@ -600,7 +602,8 @@ def parse_args(argv):
     parser.add_argument("--input_h", type=int, help="export input height (default: the run's; multiple of 4)")
     parser.add_argument("--input_w", type=int, help="export input width (default: the run's; multiple of 4)")
     parser.add_argument("--eval_batches", type=int, help="validation batches for the checks (default: the run's)")
-    parser.add_argument("--accelerator_config", default=DEFAULT_ACCELERATOR, help="Vela --accelerator-config")
+    parser.add_argument("--accelerator_config", default=DEFAULT_ACCELERATOR, choices=ACCELERATORS,
+                        help="Vela --accelerator-config")
     parser.add_argument("--system_config", default=DEFAULT_SYSTEM_CONFIG,
                         help=f"Vela system config ({VELA_CONFIG_FILE})")
     parser.add_argument("--memory_mode", default=DEFAULT_MEMORY_MODE, help=f"Vela memory mode ({VELA_CONFIG_FILE})")
