@@ -60,6 +60,13 @@ check: $(VENV) ## CI: self-checks of the search space and fairness, then the tes
 	$(PY) fair.py --pool --seed 42 --size 12 --check
 	$(PY) -m pytest -q test_all.py
 
+# One subnet of the newest run (best checkpoint) to TFLite FP32/INT8 and Vela; EXPORT_FLAGS adds flags.
+ARCH ?=
+.PHONY: export
+export: $(VENV) ## export subnet ARCH=0,1,2,... of the newest run to TFLite FP32/INT8 + Ethos-U55 (Vela)
+	@test -n "$(ARCH)" || { echo "error: give the subnet, e.g. make export ARCH=0,1,2,0,1,2,0,1,2" >&2; exit 1; }
+	$(PY) export.py --arch $(ARCH) --checkpoint_type best $(EXPORT_FLAGS)
+
 bench: $(VENV) ## speed and memory benchmark (see README, Performance; BENCH_FLAGS to change it)
 	$(PY) bench.py $(BENCH_FLAGS)
 

@@ -444,8 +444,12 @@ def parse_args(argv):
 
 def run_dir_of(args):
     """The run folder the flags name: --experiment_name, or the newest run with that checkpoint."""
-    return (os.path.join(args.output_dir, args.experiment_name) if args.experiment_name
-            else ckpt.newest_run(args.output_dir, args.checkpoint_type))
+    if not args.experiment_name:
+        return ckpt.newest_run(args.output_dir, args.checkpoint_type)
+    run_dir = os.path.join(args.output_dir, args.experiment_name)
+    if not os.path.isdir(run_dir):
+        raise ckpt.CheckpointError(f"run folder not found: {run_dir}")
+    return run_dir
 
 
 def run_config(args, run_dir):

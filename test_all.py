@@ -20,6 +20,7 @@ import tensorflow as tf
 import ckpt
 import data_fc2
 import evaluate
+import export
 import fair
 import search
 import supernet
@@ -1323,6 +1324,221 @@ class TestSearch:
 
 
 # ----------------------------------------------------------------------------- deployment (export.py)
+
+EXPORT_ARCH = (0, 1, 2, 0, 1, 2, 0, 1, 2)
+
+
+def _random_subnet_values(graph, seed):
+    """{variable name: value} for a static graph: He-scaled kernels and random BN parameters and statistics."""
+    rng = np.random.default_rng(seed)
+    values = {}
+    for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES):
+        shape, name = v.shape.as_list(), v.op.name
+        if name.endswith("/kernel"):
+            values[name] = rng.normal(0, np.sqrt(2.0 / np.prod(shape[:3])), shape)
+        elif name.endswith("variance"):
+            values[name] = rng.uniform(0.5, 2.0, shape)
+        else:  # gamma, beta, moving_mean
+            values[name] = rng.uniform(0.5, 1.5, shape) if name.endswith("gamma") else rng.normal(0, 0.1, shape)
+    return {k: v.astype(np.float32) for k, v in values.items()}
+
+
+def _synthetic_images(num, h, w, seed):
+    """Real-looking frame pairs (the synthetic chairs) stacked to [num, h, w, 6] in [-1, 1]."""
+    arrays = data_fc2.make_synthetic_arrays(num, h, w, seed)
+    return np.concatenate([data_fc2.normalise(arrays["img0"]), data_fc2.normalise(arrays["img1"])], -1)
+
+
+def _static_models(arch, h, w, seed, calibration_images):
+    """(TensorFlow's flow on `probe` images, FP32 bytes, INT8 bytes, probe) of a random-weight static subnet."""
+    graph, images, flow = export.build_static_graph(arch, h, w)
+    probe = np.random.default_rng(seed).uniform(-1, 1, (3, h, w, supernet.INPUT_CHANNELS)).astype(np.float32)
+    with tf.compat.v1.Session(graph=graph) as sess:
+        export.load_values(sess, graph, _random_subnet_values(graph, seed))
+        reference = np.concatenate([sess.run(flow, {images: p[None]}) for p in probe])
+        fp32 = export.convert(sess, images, flow)
+        int8 = export.convert(sess, images, flow, [(calibration_images,)])
+    return reference, fp32, int8, probe
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """FP32 and INT8 models of EXPORT_ARCH at 32x48 with random weights, written to a temp folder."""
+    folder = tmp_path_factory.mktemp("models")
+    reference, fp32, int8, probe = _static_models(EXPORT_ARCH, 32, 48, 3, _synthetic_images(4, 32, 48, 5))
+    paths = {kind: export.write_bytes_atomic(str(folder / f"model_{kind}.tflite"), content)
+             for kind, content in (("fp32", fp32), ("int8", int8))}
+    return paths, reference, probe, folder
+
+
+@pytest.fixture(scope="module")
+def export_run(runs):
+    """The runs section's trained tiny run "whole" (32x48) to export from: its output folder."""
+    return runs[0]
+
+
+class TestExport:
+    @pytest.mark.parametrize("arch", [(0,) * 9, EXPORT_ARCH])
+    def test_static_graph_holds_exactly_the_chosen_subnet(self, arch):
+        graph, _, _ = export.build_static_graph(arch, 32, 48)
+        check = export.graph_check(graph, arch, 32, 48)
+        variables = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+        kernels = sorted(tuple(v.shape.as_list()) for v in variables if v.op.name.endswith("/kernel"))
+        wanted = sorted((k, k, cin, cout) for _, k, cin, cout, _, _, _ in supernet.layer_table(arch, 32, 48))
+        assert check["ok"] and check["control_flow_ops"] == [] and kernels == wanted
+        assert check["params"] == supernet.count_params(arch, 32, 48) == check["expected_params"]
+        assert sum(op.type == "Conv2D" for op in graph.get_operations()) == len(wanted)
+        dynamic = tf.Graph()
+        with dynamic.as_default():
+            supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [1, 32, 48, 6]),
+                                 tf.compat.v1.placeholder(tf.int32, [9]), mode="eval")
+        refused = export.graph_check(dynamic, arch, 32, 48)
+        assert not refused["ok"] and refused["control_flow_ops"] and refused["params"] > check["params"]
+
+    def test_fp32_matches_tensorflow_and_int8_is_full_integer(self, tiny_models):
+        paths, reference, probe, _ = tiny_models
+        fp32 = np.concatenate(export.predictions(export.tflite_predictor(paths["fp32"]), [(probe, None)]))
+        assert np.abs(fp32 - reference).max() < 1e-4 and np.abs(reference).max() > 0.1
+        interpreter = export.tflite_predictor(paths["int8"]).interpreter
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        assert inp["dtype"] == np.int8 and out["dtype"] == np.int8 and list(inp["shape"]) == [1, 32, 48, 6]
+        int8 = np.concatenate(export.predictions(export.tflite_predictor(paths["int8"]), [(probe, None)]))
+        scale = out["quantization"][0]
+        assert np.abs(int8 - reference).mean() < 0.1 * np.abs(reference).mean() + scale
+        assert np.array_equal(export.quantize(np.array([-1.0, 0.0, 0.26, 9.0]), 0.5, -3), np.array([-5, -3, -2, 15]))
+        assert np.allclose(export.dequantize(np.array([-128, -3, 127], np.int8), 0.5, -3), [-62.5, 0.0, 65.0])
+
+    def test_vela_summary_is_parsed_into_the_report_fields(self, tiny_models):
+        paths, _, _, folder = tiny_models
+        target = {"accelerator_config": "ethos-u55-64", "system_config": export.DEFAULT_SYSTEM_CONFIG,
+                  "memory_mode": export.DEFAULT_MEMORY_MODE}
+        summary, per_layer = export.run_vela(export.find_vela(), paths["int8"], str(folder / "vela"), target)
+        assert summary["accelerator_config"] == "Ethos_U55_64" and summary["memory_mode"] == "Shared_Sram"
+        assert summary["fps"] == pytest.approx(summary["clock_hz"] / summary["cycles_total"], rel=1e-6)
+        assert summary["inference_ms"] == pytest.approx(1e3 / summary["fps"], rel=1e-6)
+        assert sum(float(r["Op Cycles"]) for r in per_layer) == pytest.approx(summary["cycles_total"])
+        assert summary["npu_operators"] > 20 and summary["cpu_operators"] == 0 and summary["cpu_operator_names"] == []
+        assert summary["sram_used_kib"] > 0 and summary["off_chip_flash_used_kib"] > 0
+        assert os.path.isfile(summary["compiled_model"])
+
+    def test_operator_counts_name_the_cpu_fallbacks(self):
+        stdout = ("Total SRAM used     2536.00 KiB\n\nCPU operators = 2 (3.2%)\n"
+                  "   CPU: ResizeBilinear = supernet/resize/ResizeBilinear (outputs [1, 23, 30, 256])\n"
+                  "   CPU: ResizeBilinear = supernet/resize_1/ResizeBilinear (outputs [1, 45, 60, 128])\n"
+                  "NPU operators = 61 (96.8%)\n   NPU: Conv2D = supernet/E0_conv (outputs [1, 90, 120, 32])\n")
+        assert export.parse_operator_counts(stdout) == {
+            "npu_operators": 61, "cpu_operators": 2,
+            "cpu_operator_names": ["ResizeBilinear = supernet/resize/ResizeBilinear",
+                                   "ResizeBilinear = supernet/resize_1/ResizeBilinear"]}
+        with pytest.raises(export.ExportError, match="operator counts"):
+            export.parse_operator_counts("no summary")
+
+    def test_shared_layers_are_charged_to_the_block_that_decides_them(self):
+        graph, _, _ = export.build_static_graph((1, 2, 0, 0, 1, 0, 2, 0, 1), 32, 48)
+        blocks = export.op_blocks(graph)
+        assert blocks["supernet/add"] == blocks["supernet/add_1"] == "EB0"  # EB0's two residual adds
+        assert blocks["supernet/add_2"] == "EB1" and blocks["supernet/Relu_4"] == "EB0"
+        assert blocks["supernet/resize/ResizeBilinear"] == "DB0"
+        assert blocks["supernet/resize_3/ResizeBilinear"] == "H0Out"
+        assert blocks["flow"] == "H2Out" and blocks["supernet/Relu"] == export.FIXED
+        names = ("supernet/EB1_rb3_conv21", "supernet/H1Out_k7_conv1", "supernet/Up2_conv", "supernet/add_3")
+        assert [export.conv_block(n) for n in names] == ["EB1", "H1Out", export.FIXED, None]
+        rows = [{"Name": "supernet/Relu_6;supernet/Down1_conv", "Op Cycles": "10"},
+                {"Name": "supernet/Relu_3;supernet/add_1", "Op Cycles": "7"},
+                {"Name": "supernet/H2_k3_conv1", "Op Cycles": "5"}, {"Name": "mystery", "Op Cycles": "2"}]
+        cycles, unattributed = export.block_cycles(rows, blocks)
+        assert (cycles[export.FIXED], cycles["EB0"], cycles["H2"], unattributed) == (12.0, 7.0, 5.0, 1)
+
+    def test_table_predicts_the_sum_of_its_blocks_and_checks_its_file(self, tmp_path):
+        rng = np.random.default_rng(0)
+        measurements = [{"arch": a, "vela": {"clock_hz": 5e8}, "unattributed": 0,
+                         "cycles": {export.FIXED: 1000.0 + i, **{b: float(rng.integers(1, 10 ** 6))
+                                                                 for b in supernet.BLOCKS}}}
+                        for i, a in enumerate(export.TABLE_ARCHS)]
+        target = {"accelerator_config": "ethos-u55-64", "system_config": "S", "memory_mode": "M"}
+        table = export.make_latency_table(measurements, target, 64, 96)
+        for arch in supernet.random_archs(5, 1):
+            by_hand = 1001.0 + sum(measurements[o]["cycles"][b] for b, o in zip(supernet.BLOCKS, arch))
+            assert export.predict_fps(table, arch) == pytest.approx(5e8 / by_hand, rel=1e-12)
+        path = tmp_path / "latency.json"
+        path.write_text(json.dumps(table))
+        assert export.load_latency_table(str(path)) == table
+        for broken in ({**table, "format": "other"}, {**table, "input_size": [64]},
+                       {**table, "block_cycles": {**table["block_cycles"], "H2": [1.0, 2.0]}}, [1, 2]):
+            path.write_text(json.dumps(broken))
+            with pytest.raises(ValueError, match=str(path)):
+                export.load_latency_table(str(path))
+        path.write_text("{not json")
+        with pytest.raises(ValueError, match="unreadable"):
+            export.load_latency_table(str(path))
+
+    def test_table_from_a_fair_cycle_predicts_full_vela_compiles(self, tmp_path):
+        target = {"accelerator_config": "ethos-u55-64", "system_config": export.DEFAULT_SYSTEM_CONFIG,
+                  "memory_mode": export.DEFAULT_MEMORY_MODE}
+        calibration = _synthetic_images(2, 16, 24, 1)
+
+        def measure(arch):
+            int8 = _static_models(arch, 16, 24, 2, calibration)[2]
+            name = "m" + "".join(map(str, arch))
+            path = export.write_bytes_atomic(str(tmp_path / f"{name}.tflite"), int8)
+            summary, per_layer = export.run_vela(export.find_vela(), path, str(tmp_path / name), target)
+            blocks = export.op_blocks(export.build_static_graph(arch, 16, 24)[0])
+            cycles, unattributed = export.block_cycles(per_layer, blocks)
+            return {"arch": arch, "epe": 0.0, "vela": summary, "cycles": cycles, "unattributed": unattributed}
+
+        table = export.make_latency_table([measure(a) for a in export.TABLE_ARCHS], target, 16, 24)
+        check = export.check_table(table, [measure(supernet.random_archs(1, 7)[0])])
+        assert table["unattributed_rows"] == 0 and check["max_abs_error_pct"] < 2.0
+
+    def test_export_cli_writes_models_report_and_agreeing_flows(self, export_run):
+        assert export.main(["--output_dir", str(export_run), "--experiment_name", "whole", "--arch",
+                            supernet.format_arch(EXPORT_ARCH), "--repeats", "2", "--warmup", "1"]) == 0
+        folder = export_run / "whole" / "export_012012012"
+        report = json.loads((folder / "export_report.json").read_text())
+        agreement, vela = report["agreement"], report["vela"]
+        assert report["graph_check"]["ok"] and report["input_size"] == [32, 48]
+        assert report["data_source"] == "synthetic" and agreement["fp32_max_abs_diff"] < 1e-4
+        assert agreement["epe_fp32"] == pytest.approx(agreement["epe_tf"], abs=1e-4)
+        # the static graph holds the statistics evaluate.py's recalibration gave: the same EPE as its scorer
+        assert agreement["epe_tf"] == pytest.approx(report["recalibration"]["epe_at_run_size"], rel=1e-4)
+        assert agreement["int8_epe_loss"] == pytest.approx(agreement["epe_int8"] - agreement["epe_tf"])
+        assert report["sizes_bytes"]["int8"] < report["sizes_bytes"]["fp32"] / 3
+        assert all(report["cpu"][f"{k}_{t}_ms"] > 0 for k in ("fp32", "int8") for t in ("1_thread", "all_threads"))
+        assert vela["fps"] > 0 and vela["accelerator_config"] == "Ethos_U55_64" and vela["cpu_operators"] == 0
+        assert (folder / "model_fp32.tflite").is_file()
+        assert (folder / "vela" / "model_int8_vela.tflite").is_file()
+
+    def test_export_at_another_input_size(self, export_run):
+        assert export.main(["--output_dir", str(export_run), "--experiment_name", "whole", "--arch",
+                            "0,0,0,0,0,0,0,0,0", "--input_h", "16", "--input_w", "24", "--repeats", "1",
+                            "--warmup", "0", "--eval_batches", "1"]) == 0
+        folder = export_run / "whole" / "export_000000000_16x24"
+        report = json.loads((folder / "export_report.json").read_text())
+        assert report["input_size"] == [16, 24] and report["run_input_size"] == [32, 48]
+        assert report["agreement"]["fp32_max_abs_diff"] < 1e-4
+        interpreter = export.tflite_predictor(str(folder / "model_int8.tflite")).interpreter
+        assert list(interpreter.get_input_details()[0]["shape"]) == [1, 16, 24, 6]
+
+    @pytest.mark.parametrize("flags, words", [
+        (["--arch", "0,1,3,0,0,0,0,0,0"], "field 2 (DB0)"),
+        (["--arch", "0,0,0,0,0,0,0,0,0", "--input_h", "30"], "h=30"),
+        (["--arch", "0,0,0,0,0,0,0,0,0", "--vela", "/nonexistent/vela"], "Vela not found at /nonexistent/vela"),
+        (["--arch", "0,0,0,0,0,0,0,0,0", "--experiment_name", "nocheckpoint"], "'best' checkpoint meta not found"),
+        (["--latency_table", "--experiment_name", "missing"], "run folder not found"),
+    ])
+    def test_bad_input_is_a_one_line_error(self, export_run, tmp_path, capsys, flags, words):
+        run = tmp_path / "nocheckpoint"
+        run.mkdir()
+        (run / "config.json").write_text((export_run / "whole" / "config.json").read_text())
+        argv = ["--output_dir", str(tmp_path), "--experiment_name", "nocheckpoint"] + flags
+        code, err = _run_main(export.main, argv, capsys)
+        assert code == 1 and len(err) == 1 and err[0].startswith("error:") and words in err[0]
+
+    def test_vela_missing_from_the_environment(self, monkeypatch, tmp_path):
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+        monkeypatch.setenv("PATH", str(tmp_path))
+        with pytest.raises(export.ExportError, match="Vela not found"):
+            export.find_vela()
 
 
 
