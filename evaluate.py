@@ -81,18 +81,20 @@ def metrics_from_sums(totals):
     return metrics
 
 
-def build_scorer(images, flows):
+def build_scorer(images, flows, static_arch=None):
     """The graph pieces that score one subnet, sharing the supernet's variables.
 
     images [B, H, W, 6], flows [B, H, W, 2]: tensors the caller feeds. Returns a dict with the
     `arch` [9] and `recal_index` placeholders, the `recal` op (one training-mode pass that moves
     the chosen subnet's BN statistics) and the metric sums of the inference-mode pass.
+    With `static_arch` (a standalone subnet) only that arch's layers are built and only it can be scored.
     """
     arch = tf.compat.v1.placeholder(tf.int32, [len(supernet.BLOCKS)], "score_arch")
+    built = arch if static_arch is None else tuple(static_arch)
     recal_index = tf.compat.v1.placeholder(tf.int32, [], "recal_index")
-    recal_flow = supernet.build_flows(images, arch, mode="recal", recal_index=recal_index)[-1]
-    pred = supernet.build_flows(images, arch, mode="eval")[-1]
-    return {"images": images, "flows": flows, "arch": arch, "recal_index": recal_index,
+    recal_flow = supernet.build_flows(images, built, mode="recal", recal_index=recal_index)[-1]
+    pred = supernet.build_flows(images, built, mode="eval")[-1]
+    return {"images": images, "flows": flows, "arch": arch, "recal_index": recal_index, "static_arch": static_arch,
             "recal": tf.group(recal_flow), "sums": flow_metric_sums(pred, flows)}
 
 
@@ -104,6 +106,9 @@ def score_subnet(sess, scorer, arch, recal_batches, val_batches):
     Recalibration overwrites every BN statistic the subnet uses (batch 0 sets them, batch k moves
     them by 1/(k+1)), so the result does not depend on which subnets were scored before.
     """
+    static = scorer.get("static_arch")
+    if static is not None and tuple(arch) != tuple(static):
+        raise ValueError(f"this graph holds only subnet {supernet.format_arch(static)}; cannot score {supernet.format_arch(arch)}")
     for k, (images, _) in enumerate(recal_batches):
         sess.run(scorer["recal"], {scorer["images"]: images, scorer["arch"]: arch, scorer["recal_index"]: k})
     totals = {}
@@ -168,7 +173,12 @@ def run(args):
                 raise ValueError(f"--{key} {value} is out of range")
             cfg[key] = value
     archs = [supernet.parse_arch(code) for code in args.arch]
-    if not archs:
+    standalone = supernet.parse_arch(cfg["arch"]) if cfg.get("arch") else None
+    if standalone and any(a != standalone for a in archs):
+        raise ValueError(f"{run_dir} is a standalone run of {cfg['arch']}: it scores only that arch")
+    if standalone:
+        archs = [standalone]
+    elif not archs:
         pool_file = os.path.join(run_dir, f"eval_pool_{cfg['eval_pool_size']}.json")
         archs = [supernet.parse_arch(code) for code in ckpt.read_json(pool_file, "eval pool")["archs"]]
     h, w = cfg["input_h"], cfg["input_w"]
@@ -179,15 +189,15 @@ def run(args):
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, h, w, supernet.INPUT_CHANNELS], "images")
         flows = tf.compat.v1.placeholder(tf.float32, [None, h, w, supernet.FLOW_CHANNELS], "flows")
-        scorer = build_scorer(images, flows)
+        scorer = build_scorer(images, flows, static_arch=standalone)
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
     with tf.compat.v1.Session(graph=graph) as sess:
         meta = ckpt.restore(sess, saver, run_dir, args.checkpoint_type, h, w)
         print(f"scoring {len(archs)} subnets of {meta['prefix']} (epoch {meta['epoch']}, step {meta['global_step']}): "
               f"{len(recal_batches)} recalibration batches, {sum(len(f) for _, f in val_batches)} validation samples")
         result = evaluate(sess, scorer, archs, recal_batches, val_batches, h, w, log=print)
-    coverage = fair.pool_coverage(archs, h, w)
-    summary = {"run_dir": run_dir, "checkpoint": meta["prefix"], "checkpoint_type": args.checkpoint_type,
+    coverage = {"ok": None, "problems": []} if standalone else fair.pool_coverage(archs, h, w)
+    summary = {"run_dir": run_dir, "mode": "standalone" if standalone else "supernet", "checkpoint": meta["prefix"], "checkpoint_type": args.checkpoint_type,
                "epoch": meta["epoch"], "global_step": meta["global_step"], "data_source": data["data_source"],
                "num_archs": len(archs), "mean_epe": result["mean_epe"], "std_epe": result["std_epe"],
                "zero_flow_epe": result["zero_flow_epe"], "batch_size": cfg["batch_size"],
