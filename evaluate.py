@@ -108,7 +108,8 @@ def score_subnet(sess, scorer, arch, recal_batches, val_batches):
     """
     static = scorer.get("static_arch")
     if static is not None and tuple(arch) != tuple(static):
-        raise ValueError(f"this graph holds only subnet {supernet.format_arch(static)}; cannot score {supernet.format_arch(arch)}")
+        raise ValueError(f"this graph holds only subnet {supernet.format_arch(static)}; "
+                         f"cannot score {supernet.format_arch(arch)}")
     for k, (images, _) in enumerate(recal_batches):
         sess.run(scorer["recal"], {scorer["images"]: images, scorer["arch"]: arch, scorer["recal_index"]: k})
     totals = {}
@@ -197,7 +198,8 @@ def run(args):
               f"{len(recal_batches)} recalibration batches, {sum(len(f) for _, f in val_batches)} validation samples")
         result = evaluate(sess, scorer, archs, recal_batches, val_batches, h, w, log=print)
     coverage = {"ok": None, "problems": []} if standalone else fair.pool_coverage(archs, h, w)
-    summary = {"run_dir": run_dir, "mode": "standalone" if standalone else "supernet", "checkpoint": meta["prefix"], "checkpoint_type": args.checkpoint_type,
+    summary = {"mode": "standalone" if standalone else "supernet",
+               "run_dir": run_dir, "checkpoint": meta["prefix"], "checkpoint_type": args.checkpoint_type,
                "epoch": meta["epoch"], "global_step": meta["global_step"], "data_source": data["data_source"],
                "num_archs": len(archs), "mean_epe": result["mean_epe"], "std_epe": result["std_epe"],
                "zero_flow_epe": result["zero_flow_epe"], "batch_size": cfg["batch_size"],

@@ -143,7 +143,8 @@ def train_standalone(supernet_dir, arch, standalone_dir):
     run_dir = os.path.join(standalone_dir, name)
     if os.path.exists(os.path.join(run_dir, "train_report.json")):
         return run_dir
-    flags = ["--output_dir", standalone_dir, "--experiment_name", name]
+    # the supernet's saved config is already resolved: fast_mode must not apply its overrides again
+    flags = ["--output_dir", standalone_dir, "--experiment_name", name, "--no-fast_mode"]
     if os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
         argv = ["--resume"] + flags
     else:
@@ -257,13 +258,41 @@ def noise_floor(supernet_batches, standalone_batches, sizes):
     """The evaluation's own resolution: per-arch spread of the standalone EPE over validation
     batches, the half-split tau of each ranking and the fraction of pairs it resolves."""
     spread = [float(np.std(p, ddof=1)) if len(p) > 1 else None for p in standalone_batches]
+    overall = [batch_weighted_epe(p, sizes) for p in standalone_batches]
     return {"validation_batches": len(sizes), "validation_samples": int(np.sum(sizes)),
+            "standalone_epe_range": float(np.ptp(overall)), "supernet_epe_range": float(np.ptp(
+                [batch_weighted_epe(p, sizes) for p in supernet_batches])),
             "standalone_batch_std": spread,
             "standalone_std_error": [s / np.sqrt(len(sizes)) if s is not None else None for s in spread],
             "half_split_tau_standalone": half_split_tau(standalone_batches, sizes),
             "half_split_tau_supernet": half_split_tau(supernet_batches, sizes),
             "resolvable_pairs_standalone": resolvable_pairs(standalone_batches, sizes) if len(sizes) > 1 else None,
             "resolvable_pairs_supernet": resolvable_pairs(supernet_batches, sizes) if len(sizes) > 1 else None}
+
+
+def read_history(run_dir, arch):
+    """{epoch: EPE} of a standalone run's evaluations during training (eval_history.csv)."""
+    column = "epe_" + supernet.format_arch(arch).replace(",", "")
+    path = os.path.join(run_dir, "eval_history.csv")
+    try:
+        with open(path, newline="") as f:
+            return {int(r["epoch"]): float(r[column]) for r in csv.DictReader(f)}
+    except (OSError, KeyError, ValueError) as err:
+        raise RankError(f"{path}: no {column} history: {err}") from None
+
+
+def training_length_figures(histories, supernet_epes):
+    """For every epoch all standalone runs evaluated: tau-b of their EPEs then against their final
+    EPEs (is the standalone order settled?) and against the supernet's (does agreement grow with
+    training?). The training evaluations use the same batches as the ranking."""
+    epochs = sorted(set.intersection(*(set(h) for h in histories)))
+    final = [h[max(h)] for h in histories]
+    rows = []
+    for epoch in epochs:
+        at_epoch = [h[epoch] for h in histories]
+        rows.append({"epoch": epoch, "tau_vs_final_standalone": rank_correlations(at_epoch, final)[0],
+                     "tau_vs_supernet": rank_correlations(at_epoch, supernet_epes)[0]})
+    return rows
 
 
 def build_report(rows, supernet_batches, standalone_batches, sizes, bootstrap, seed):
@@ -287,8 +316,10 @@ def table_lines(report):
     lines = [f"{'arch':<18} {'GMAC':>6} {'updates':>7} {'supernet EPE':>12} {'rank':>5} "
              f"{'standalone EPE':>14} {'+-batch sd':>10} {'rank':>5}"]
     noise = report["noise_floor"]
-    for row, spread in sorted(zip(report["archs"], noise["standalone_batch_std"]), key=lambda p: p[0]["standalone_epe"]):
-        lines.append(f"{row['arch']:<18} {row['gmacs']:>6.3f} {row['standalone_updates']:>7} {row['supernet_epe']:>12.4f} "
+    by_standalone = sorted(zip(report["archs"], noise["standalone_batch_std"]), key=lambda p: p[0]["standalone_epe"])
+    for row, spread in by_standalone:
+        lines.append(f"{row['arch']:<18} {row['gmacs']:>6.3f} {row['standalone_updates']:>7} "
+                     f"{row['supernet_epe']:>12.4f} "
                      f"{row['supernet_rank']:>5.1f} {row['standalone_epe']:>14.4f} "
                      f"{spread if spread is not None else float('nan'):>10.4f} {row['standalone_rank']:>5.1f}")
     boot = report["bootstrap"]
@@ -297,11 +328,16 @@ def table_lines(report):
               f"({boot['rho_ci95'][0]:.3f} .. {boot['rho_ci95'][1]:.3f}), {report['num_archs']} archs, "
               f"{boot['used']}/{boot['samples']} resamples, seed {boot['seed']}",
               "top-k overlap " + ", ".join(f"top-{k} {v:.2f}" for k, v in report["top_k_overlap"].items())
-              + f"; largest rank shift {report['largest_rank_shift']['shift']:g} ({report['largest_rank_shift']['arch']})",
-              f"noise floor: {noise['validation_samples']} validation samples in {noise['validation_batches']} batches; "
+              + "; largest rank shift {shift:g} ({arch})".format(**report["largest_rank_shift"]),
+              f"EPE range over the archs: standalone {noise['standalone_epe_range']:.4f}, supernet "
+              f"{noise['supernet_epe_range']:.4f}",
+              f"noise floor: {noise['validation_samples']} validation samples in "
+              f"{noise['validation_batches']} batches; "
               f"half-split tau standalone {fmt(noise['half_split_tau_standalone'])}, supernet "
               f"{fmt(noise['half_split_tau_supernet'])}; pairs resolved (|diff| > 2 s.e.) standalone "
               f"{fmt(noise['resolvable_pairs_standalone'])}, supernet {fmt(noise['resolvable_pairs_supernet'])}"]
+    lines += [f"standalone after epoch {r['epoch']}: tau-b against its final order {r['tau_vs_final_standalone']:.3f}, "
+              f"against the supernet {r['tau_vs_supernet']:.3f}" for r in report.get("training_length", [])]
     return lines
 
 
@@ -399,9 +435,12 @@ def rank(args):
              for run_dir, arch in runs]
     rows = [{"arch": supernet.format_arch(arch), "run": run_dir, "gmacs": supernet.count_macs(arch, h, w) / 1e9,
              "params": supernet.count_params(arch, h, w), "standalone_updates": read_run(run_dir)[1]["global_step"],
-             "supernet_epe": batch_weighted_epe(by_supernet[arch], sizes), "standalone_epe": batch_weighted_epe(epes, sizes)}
+             "supernet_epe": batch_weighted_epe(by_supernet[arch], sizes),
+             "standalone_epe": batch_weighted_epe(epes, sizes)}
             for (run_dir, arch), epes in zip(runs, alone)]
     report = build_report(rows, [by_supernet[a] for a in archs], alone, sizes, args.bootstrap, args.seed)
+    report["training_length"] = training_length_figures([read_history(d, a) for d, a in runs],
+                                                        [r["supernet_epe"] for r in rows])
     report.update(supernet=args.supernet, supernet_updates_per_option=supernet_report["global_step"],
                   checkpoint_type=args.checkpoint_type, data_source=supernet_report["data_source"],
                   input_size=[h, w], zero_flow_epe=evaluate.zero_flow_epe(batches[1]), seconds=time.time() - start)
@@ -420,7 +459,8 @@ def main(argv=None):
     try:
         if args.compare:
             result = compare_scores(*args.compare)
-            print(f"{result['shared_archs']} shared archs ({result['only_a']} only in A, {result['only_b']} only in B): "
+            print(f"{result['shared_archs']} shared archs ({result['only_a']} only in A, "
+                  f"{result['only_b']} only in B): "
                   f"Kendall tau-b {result['kendall_tau_b']:.4f}, Spearman rho {result['spearman_rho']:.4f}")
         else:
             rank(args)

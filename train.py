@@ -385,7 +385,8 @@ def init_from_run(sess, variables, run_dir, log):
         tf.compat.v1.train.Saver(variables).restore(sess, meta["prefix"])
     except tf.errors.OpError as err:
         raise ckpt.CheckpointError(f"cannot initialise from {meta['prefix']}: {err.message.splitlines()[0]}") from None
-    log(f"initialised {len(variables)} variables from {meta['prefix']} (epoch {meta['epoch']}, step {meta['global_step']})")
+    log(f"initialised {len(variables)} variables from {meta['prefix']} "
+        f"(epoch {meta['epoch']}, step {meta['global_step']})")
 
 
 def update_early_stopping(state, mean_epe, epoch, cfg):
@@ -434,7 +435,8 @@ def train(args, cfg, run_dir):
     total_steps = steps_per_epoch * cfg["num_epochs"]
     h, w = cfg["input_h"], cfg["input_w"]
     standalone = bool(cfg["arch"])
-    pool = [supernet.parse_arch(cfg["arch"])] if standalone else fair.build_eval_pool(cfg["eval_pool_size"], cfg["seed"], h, w)
+    pool = ([supernet.parse_arch(cfg["arch"])] if standalone
+            else fair.build_eval_pool(cfg["eval_pool_size"], cfg["seed"], h, w))
     # a standalone run evaluates its own arch only: no pool whose coverage could be checked
     coverage = {"ok": None, "problems": []} if standalone else fair.pool_coverage(pool, h, w)
     meta = ckpt.load_meta(run_dir, "last") if args.resume else None
@@ -461,7 +463,8 @@ def train(args, cfg, run_dir):
     log = make_logger(os.path.join(run_dir, "train.log"))
     ckpt.write_json_atomic(os.path.join(run_dir, "config.json"), cfg)
     ckpt.write_json_atomic(os.path.join(run_dir, f"eval_pool_{len(pool)}.json"),
-                           {"seed": cfg["seed"], "size": len(pool), "mode": "standalone" if standalone else "supernet", "archs": [supernet.format_arch(a) for a in pool],
+                           {"mode": "standalone" if standalone else "supernet",
+                            "seed": cfg["seed"], "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
                             "coverage": coverage})
     history_path, columns = os.path.join(run_dir, "eval_history.csv"), history_columns(pool)
     log(("resuming " if meta else "starting ") + run_dir)
@@ -524,8 +527,8 @@ def train(args, cfg, run_dir):
                     log(f"early stopping: no improvement of more than {cfg['early_stop_min_delta']} "
                         f"in {cfg['early_stop_patience']} evaluations")
             state["wall_time_s"] = wall_before + time.time() - loop_start
-            meta_out = dict(state, data_source=data["data_source"], config=cfg, search_space=ckpt.search_space_signature(h, w),
-                            mode="standalone" if standalone else "supernet", arch=cfg["arch"])
+            meta_out = dict(state, data_source=data["data_source"], config=cfg, search_space=ckpt.search_space_signature(h, w))
+            meta_out.update(mode="standalone" if standalone else "supernet", arch=cfg["arch"])
             if state["best_epoch"] == epoch:
                 ckpt.save(sess, saver, run_dir, "best", meta_out)
             ckpt.save(sess, saver, run_dir, "last", meta_out)
