@@ -423,7 +423,9 @@ def rank(args):
     if supernet_cfg.get("arch"):
         raise RankError(f"--supernet {args.supernet} is a standalone run of {supernet_cfg['arch']}, not a supernet")
     args.standalone_dir = args.standalone_dir or os.path.join(args.supernet, "standalone")
-    runs = check_standalone_runs(supernet_cfg, supernet_report, standalone_runs(args, supernet_cfg))
+    # ordered by arch code, so the seeded bootstrap does not depend on the order the runs were given in
+    runs = sorted(check_standalone_runs(supernet_cfg, supernet_report, standalone_runs(args, supernet_cfg)),
+                  key=lambda run: run[1])
     h, w = supernet_cfg["input_h"], supernet_cfg["input_w"]
     batches = evaluate.scoring_batches(supernet_cfg, data_fc2.open_data(supernet_cfg))
     sizes = [len(flows) for _, flows in batches[1]]
