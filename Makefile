@@ -40,7 +40,7 @@ RANK_K ?= 9
 RANK_SUPERNET ?= $(shell ls -td outputs/demo_*/train_report.json 2>/dev/null | head -1 | xargs -r dirname)
 
 .PHONY: rank
-rank: $(VENV) ## demo supernet, RANK_K subnets trained alone, then their ranking (rank.py; ~30-45 min)
+rank: $(VENV) ## demo supernet, RANK_K subnets trained alone, then their ranking (rank.py; 30-60 min on 2 cores)
 	@supernet="$(RANK_SUPERNET)"; \
 	if [ -z "$$supernet" ]; then name=demo_$$(date +%Y%m%d_%H%M%S); \
 		$(MAKE) --no-print-directory demo DEMO_NAME=$$name || exit 1; supernet=outputs/$$name; fi; \
