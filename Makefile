@@ -51,6 +51,19 @@ demo: $(VENV) ## ~10 min CPU run on synthetic data, then its evaluation
 search: $(VENV) ## score all 19,683 subnets of the newest run's best checkpoint, then print pareto.png's path
 	$(PY) search.py --checkpoint_type best $(SEARCH_FLAGS)
 
+# Ranking study: the newest finished demo supernet under outputs/ (or `make demo` first if there is none;
+# RANK_SUPERNET=path to choose one), RANK_K subnets trained alone with its config, then rank.py.
+RANK_K ?= 9
+RANK_SUPERNET ?= $(shell ls -td outputs/demo_*/train_report.json 2>/dev/null | head -1 | xargs -r dirname)
+
+.PHONY: rank
+rank: $(VENV) ## demo supernet, RANK_K subnets trained alone, then their ranking (rank.py; 30-60 min on 2 cores)
+	@supernet="$(RANK_SUPERNET)"; \
+	if [ -z "$$supernet" ]; then name=demo_$$(date +%Y%m%d_%H%M%S); \
+		$(MAKE) --no-print-directory demo DEMO_NAME=$$name || exit 1; supernet=outputs/$$name; fi; \
+	echo "supernet run: $$supernet"; \
+	$(PY) rank.py --supernet $$supernet --train $(RANK_K) --standalone_dir outputs/rank_$$(basename $$supernet)
+
 test: $(VENV) ## run the pytest suite
 	$(PY) -m pytest -q test_all.py
 

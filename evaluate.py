@@ -209,7 +209,7 @@ def _eval_pass(images, flows, arch):
             "sums": flow_metric_sums(pred, flows, valid)}
 
 
-def build_scorer(images, flows, eval_sizes=()):
+def build_scorer(images, flows, eval_sizes=(), static_arch=None):
     """The graph pieces that score one subnet, sharing the supernet's variables.
 
     images [B, H, W, 6], flows [B, H, W, 2]: tensors the caller feeds, at the size BN
@@ -218,19 +218,22 @@ def build_scorer(images, flows, eval_sizes=()):
     `recal_index` placeholders, the `recal` op (one training-mode pass that moves the chosen
     subnet's BN statistics) and `eval`: {(h, w): images, flows, valid, pred, sums} of the
     inference-mode pass at each size; the top-level images/flows/valid/pred/sums are those at
-    the recalibration size.
+    the recalibration size. With `static_arch` (a standalone subnet) only that arch's layers are
+    built and only it can be scored.
     """
     arch = tf.compat.v1.placeholder(tf.int32, [len(supernet.BLOCKS)], "score_arch")
+    built = arch if static_arch is None else tuple(static_arch)
     recal_index = tf.compat.v1.placeholder(tf.int32, [], "recal_index")
-    recal_flow = supernet.build_flows(images, arch, mode="recal", recal_index=recal_index)[-1]
-    base = _eval_pass(images, flows, arch)
+    recal_flow = supernet.build_flows(images, built, mode="recal", recal_index=recal_index)[-1]
+    base = _eval_pass(images, flows, built)
     passes = {tuple(int(v) for v in images.shape[1:3]): base}
     for h, w in eval_sizes:
         if (h, w) not in passes:
             passes[(h, w)] = _eval_pass(
                 tf.compat.v1.placeholder(tf.float32, [None, h, w, supernet.INPUT_CHANNELS], f"images_{h}x{w}"),
-                tf.compat.v1.placeholder(tf.float32, [None, h, w, supernet.FLOW_CHANNELS], f"flows_{h}x{w}"), arch)
-    return dict(base, arch=arch, recal_index=recal_index, recal=tf.group(recal_flow), eval=passes)
+                tf.compat.v1.placeholder(tf.float32, [None, h, w, supernet.FLOW_CHANNELS], f"flows_{h}x{w}"), built)
+    return dict(base, arch=arch, recal_index=recal_index, recal=tf.group(recal_flow), eval=passes,
+                static_arch=static_arch)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -244,6 +247,10 @@ def score_subnet(sess, scorer, arch, recal_batches, val_batches, on_prediction=N
     Recalibration overwrites every BN statistic the subnet uses (batch 0 sets them, batch k moves
     them by 1/(k+1)), so the result does not depend on which subnets were scored before.
     """
+    static = scorer.get("static_arch")
+    if static is not None and tuple(arch) != tuple(static):
+        raise ValueError(f"this graph holds only subnet {supernet.format_arch(static)}; "
+                         f"cannot score {supernet.format_arch(arch)}")
     for k, batch in enumerate(recal_batches):
         sess.run(scorer["recal"], {scorer["images"]: batch[0], scorer["arch"]: arch, scorer["recal_index"]: k})
     totals = {}
@@ -464,10 +471,20 @@ def run_config(args, run_dir):
     return cfg
 
 
+def standalone_arch(cfg):
+    """The arch of a standalone run (trained alone with train.py --arch), or None for a supernet."""
+    return supernet.parse_arch(cfg["arch"]) if cfg.get("arch") else None
+
+
 def chosen_archs(args, run_dir, cfg):
     """(archs to score, whether they are the run's eval pool): --arch codes, or the pool."""
     pool_file = os.path.join(run_dir, f"eval_pool_{cfg['eval_pool_size']}.json")
     archs = [supernet.parse_arch(code) for code in args.arch]
+    standalone = standalone_arch(cfg)
+    if standalone:
+        if any(a != standalone for a in archs):
+            raise ValueError(f"{run_dir} is a standalone run of {cfg['arch']}: it scores only that arch")
+        return [standalone], False
     if not archs:
         return [supernet.parse_arch(code) for code in ckpt.read_json(pool_file, "eval pool")["archs"]], True
     pool = ([supernet.parse_arch(code) for code in ckpt.read_json(pool_file, "eval pool")["archs"]]
@@ -483,7 +500,8 @@ def score_checkpoint(args, run_dir, cfg, archs, recal_batches, val_batches, info
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, h, w, supernet.INPUT_CHANNELS], "images")
         flows = tf.compat.v1.placeholder(tf.float32, [None, h, w, supernet.FLOW_CHANNELS], "flows")
-        scorer = build_scorer(images, flows, [tuple(size) for size in info["input_sizes"]])
+        scorer = build_scorer(images, flows, [tuple(size) for size in info["input_sizes"]],
+                              static_arch=standalone_arch(cfg))
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
     graph.finalize()
     with tf.compat.v1.Session(graph=graph) as sess:
@@ -497,7 +515,8 @@ def score_checkpoint(args, run_dir, cfg, archs, recal_batches, val_batches, info
 
 def result_summary(args, run_dir, cfg, meta, result, info, archs, is_pool):
     """The `summary` of a result file: what was scored, on what, and the figures."""
-    summary = {"run_dir": run_dir, "checkpoint": meta["prefix"], "checkpoint_type": args.checkpoint_type,
+    summary = {"mode": "standalone" if standalone_arch(cfg) else "supernet",
+               "run_dir": run_dir, "checkpoint": meta["prefix"], "checkpoint_type": args.checkpoint_type,
                "epoch": meta["epoch"], "global_step": meta["global_step"], "num_archs": len(archs),
                "mean_epe": result["mean_epe"], "std_epe": result["std_epe"], "zero_flow_epe": result["zero_flow_epe"],
                "batch_size": cfg["batch_size"], "bn_recal_batches": cfg["bn_recal_batches"],

@@ -22,6 +22,7 @@ import data_fc2
 import evaluate
 import export
 import fair
+import rank
 import search
 import supernet
 import train
@@ -1849,6 +1850,181 @@ class TestDatasetsAndPictures:
 
 
 # ----------------------------------------------------------------------------- standalone training and ranking (rank.py)
+
+STANDALONE_ARCH = "0,1,2,0,1,2,0,1,2"
+
+
+def _write_scores(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arch", "gmacs", "epe"])
+        writer.writerows(rows)
+    return str(path)
+
+
+def _checkpoint_values(run_dir, kind):
+    """{variable name: value} of a run's checkpoint, read from its files."""
+    meta = ckpt.load_meta(str(run_dir), kind)
+    reader = tf.train.load_checkpoint(meta["prefix"])
+    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(meta["prefix"])}
+
+
+@pytest.fixture(scope="module")
+def rank_study(tmp_path_factory):
+    """A tiny supernet, three subnets trained alone by rank.py --train, and rank.py's report."""
+    out = tmp_path_factory.mktemp("rank")
+    assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "sup", "--num_epochs", "1",
+                                   "--steps_per_epoch", "1", "--eval_batches", "0"]) == 0
+    report_dir = out / "sup" / "standalone"
+    assert rank.main(["--supernet", str(out / "sup"), "--train", "3", "--bootstrap", "50"]) == 0
+    return out, json.loads((report_dir / "rank_report.json").read_text())
+
+
+class TestStandaloneAndRank:
+    def test_statistics_match_a_hand_computation_with_ties(self):
+        # x ties samples 1 and 2, y ties samples 2 and 3. Pairs: 7 concordant, 1 discordant,
+        # 1 tied in x only, 1 tied in y only: tau-b = (7 - 1) / sqrt((10 - 1) (10 - 1)) = 2/3.
+        # Average ranks x 1, 2.5, 2.5, 4, 5 and y 2, 1, 3.5, 3.5, 5: rho = 7.25 / 9.5.
+        x, y = [1.0, 2.0, 2.0, 3.0, 5.0], [2.0, 1.0, 3.0, 3.0, 4.0]
+        tau, rho = rank.rank_correlations(x, y)
+        assert tau == pytest.approx(2 / 3, abs=1e-12) and rho == pytest.approx(7.25 / 9.5, abs=1e-12)
+        assert list(rank.ranks(x)) == [1, 2.5, 2.5, 4, 5]
+        assert rank.top_k_overlap(x, y) == {1: 0.0, 3: 1.0}
+
+    def test_bootstrap_is_seeded_and_contains_the_estimate(self):
+        rng = np.random.default_rng(3)
+        x = rng.normal(size=12)
+        y = x + rng.normal(scale=0.7, size=12)
+        tau, rho = rank.rank_correlations(x, y)
+        first, again = rank.bootstrap_intervals(x, y, 300, seed=5), rank.bootstrap_intervals(x, y, 300, seed=5)
+        assert first == again and first != rank.bootstrap_intervals(x, y, 300, seed=6)
+        assert first["tau_ci95"][0] <= tau <= first["tau_ci95"][1]
+        assert first["rho_ci95"][0] <= rho <= first["rho_ci95"][1]
+        assert first["tau_ci95"][1] - first["tau_ci95"][0] > 0.05  # 12 noisy archs: not a point
+
+    def test_noise_floor_figures_against_numpy(self):
+        per_batch = [[1.0, 1.2, 0.8, 1.0], [2.0, 2.1, 1.9, 2.0], [1.05, 1.1, 0.9, 1.3]]
+        sizes = [2, 2, 2, 1]
+        assert rank.batch_weighted_epe(per_batch[0], sizes) == pytest.approx((2 + 2.4 + 1.6 + 1.0) / 7)
+        # halves: batches 0-1 give 1.1, 2.05, 1.075 (order 2 < 0 < 1), batches 2-3 give 0.867, 1.933,
+        # 1.033 (order 0 < 2 < 1): pairs (0,1) and (1,2) agree, (0,2) does not, tau = (2 - 1) / 3
+        assert rank.half_split_tau(per_batch, sizes) == pytest.approx(1 / 3)
+        # pairs (0,1) and (1,2) differ by about 1 px with a standard error below 0.1; pair (0,2) by
+        # -0.057 (differences -0.05 0.1 -0.1 -0.3) with a standard error of 0.083: not resolved
+        assert rank.resolvable_pairs(per_batch, sizes) == pytest.approx(2 / 3)
+
+    def test_compare_two_search_results_on_their_shared_archs(self, tmp_path, capsys):
+        a = _write_scores(tmp_path / "a.csv", [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,1,1,1,1,1,1,1,1", 0.2, 2.0),
+                                               ("2,2,2,2,2,2,2,2,2", 0.3, 2.0), ("0,1,2,0,1,2,0,1,2", 0.2, 1.0),
+                                               ("2,1,0,2,1,0,2,1,0", 0.2, 9.0)])
+        b = _write_scores(tmp_path / "b.csv", [("2,2,2,2,2,2,2,2,2", 0.3, 2.5), ("0,1,2,0,1,2,0,1,2", 0.2, 2.0),
+                                               ("1,1,1,1,1,1,1,1,1", 0.2, 1.0), ("0,0,0,0,0,0,0,0,0", 0.1, 3.0)])
+        result = rank.compare_scores(a, b)
+        # shared, in a's order 000 111 222 012: a = 3 2 2 1, b = 3 1 2.5 2. Pairs: (000,111) C, (000,222) C,
+        # (000,012) C, (111,222) a tied, (111,012) D, (222,012) C: tau-b = (4 - 1) / sqrt(5 * 6)
+        assert result["shared_archs"] == 4 and result["only_a"] == 1 and result["only_b"] == 0
+        assert result["kendall_tau_b"] == pytest.approx(3 / np.sqrt(30), abs=1e-12)
+        assert rank.main(["--compare", a, b]) == 0
+        assert f"{3 / np.sqrt(30):.4f}" in capsys.readouterr().out
+
+    def test_compare_bad_input_is_a_one_line_error(self, tmp_path, capsys):
+        few = _write_scores(tmp_path / "few.csv", [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,1,1,1,1,1,1,1,1", 0.2, 2.0)])
+        bad_arch = _write_scores(tmp_path / "bad.csv", [("0,0,3,0,0,0,0,0,0", 0.1, 3.0)])
+        no_epe = tmp_path / "noepe.csv"
+        no_epe.write_text("arch,gmacs\n0,0,0\n")
+        for args, named in (([few, few], "share 2 archs"), ([bad_arch, few], "bad.csv: line 2"),
+                            ([str(no_epe), few], "noepe.csv"), ([str(tmp_path / "none.csv"), few], "none.csv")):
+            assert rank.main(["--compare"] + args) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and named in err and err.count("\n") == 1
+
+    def test_chosen_archs_spread_gmacs(self):
+        archs = rank.choose_archs(9, 0, 32, 48)
+        assert archs == rank.choose_archs(9, 0, 32, 48) and len(set(archs)) == 9
+        gmacs = sorted(supernet.count_macs(a, 32, 48) for a in archs)
+        everything = [supernet.count_macs(supernet.index_to_arch(i), 32, 48) for i in range(supernet.NUM_ARCHS)]
+        even = (max(everything) - min(everything)) / 8
+        assert max(np.diff(gmacs)) < 1.5 * even and gmacs[-1] - gmacs[0] > 7 * even
+
+    def test_standalone_run_inherits_resumes_and_evaluates(self, rank_study, tmp_path, capsys):
+        out, _ = rank_study
+        arch = supernet.parse_arch(STANDALONE_ARCH)
+        common = RUN_FLAGS + ["--output_dir", str(tmp_path), "--experiment_name", "alone", "--learning_rate", "0"]
+        assert train.main(common + ["--arch", STANDALONE_ARCH, "--init_from", str(out / "sup"), "--num_epochs", "1"]) == 0
+        run = tmp_path / "alone"
+        inherited, source = _checkpoint_values(run, "last"), _checkpoint_values(out / "sup", "best")
+        weights = [k for k in inherited if k.startswith("supernet/") and "Adam" not in k
+                   and not k.endswith(("moving_mean", "moving_variance"))]
+        # only the subnet's layers exist, and learning rate 0 leaves them at the supernet's values
+        assert sum(inherited[k].size for k in weights) == supernet.count_params(arch, 32, 48)
+        for name in weights:
+            np.testing.assert_array_equal(inherited[name], source[name], err_msg=name)
+        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "alone",
+                           "--num_epochs", "2"]) == 0
+        report = json.loads((run / "train_report.json").read_text())
+        assert report["mode"] == "standalone" and report["arch"] == STANDALONE_ARCH and report["global_step"] == 4
+        assert report["fairness_counts"]["H2Out"] == {"0": 0, "1": 0, "2": 4}
+        assert json.loads((run / "config.json").read_text())["arch"] == STANDALONE_ARCH
+        meta = json.loads((run / "checkpoints/last/meta.json").read_text())
+        assert meta["mode"] == "standalone" and meta["arch"] == STANDALONE_ARCH
+        assert json.loads((run / "eval_pool_1.json").read_text())["archs"] == [STANDALONE_ARCH]
+        assert [r["epoch"] for r in _history(run / "eval_history.csv")] == ["1", "2"]
+        log = (run / "train.log").read_text()
+        assert f"{supernet.count_params(arch, 32, 48):,} parameters" in log and "initialised" in log
+        capsys.readouterr()
+        assert evaluate.main(["--output_dir", str(tmp_path), "--experiment_name", "alone"]) == 0
+        result = json.loads((run / "supernet_eval_result_best.json").read_text())
+        assert [r["arch"] for r in result["archs"]] == [STANDALONE_ARCH] and result["summary"]["mode"] == "standalone"
+        assert result["archs"][0]["epe"] == pytest.approx(report["best_metric"], rel=1e-5)
+        assert evaluate.main(["--output_dir", str(tmp_path), "--experiment_name", "alone",
+                              "--arch", "0,0,0,0,0,0,0,0,0"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "standalone run of " + STANDALONE_ARCH in err and err.count("\n") == 1
+
+    def test_rank_report_rescores_each_run_like_evaluate(self, rank_study, capsys):
+        out, report = rank_study
+        assert report["num_archs"] == 3 and (out / "sup" / "standalone" / "rank.png").stat().st_size > 1000
+        archs = [r["arch"] for r in report["archs"]]
+        arch_flags = [flag for a in archs for flag in ("--arch", a)]
+        assert evaluate.main(["--output_dir", str(out), "--experiment_name", "sup"] + arch_flags) == 0
+        scored = json.loads((out / "sup/supernet_eval_result_best.json").read_text())["archs"]
+        by_supernet = {r["arch"]: r["epe"] for r in scored}
+        for row in report["archs"]:
+            assert row["supernet_epe"] == pytest.approx(by_supernet[row["arch"]], rel=1e-5)
+            assert row["standalone_updates"] == 1
+        row = report["archs"][0]
+        run = pathlib.Path(row["run"])
+        assert evaluate.main(["--output_dir", str(run.parent), "--experiment_name", run.name]) == 0
+        alone = json.loads((run / "supernet_eval_result_best.json").read_text())["archs"][0]["epe"]
+        assert row["standalone_epe"] == pytest.approx(alone, rel=1e-5)
+        from scipy import stats as scipy_stats
+        tau, _ = scipy_stats.kendalltau([r["supernet_epe"] for r in report["archs"]],
+                                          [r["standalone_epe"] for r in report["archs"]])
+        assert report["kendall_tau_b"] == pytest.approx(tau)
+        noise = report["noise_floor"]
+        assert noise["validation_batches"] == 2 and len(noise["standalone_batch_std"]) == 3
+        assert [r["epoch"] for r in report["training_length"]] == [1]
+        assert report["training_length"][0]["tau_vs_final_standalone"] == pytest.approx(1.0)
+
+    def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
+        out, report = rank_study
+        runs = [r["run"] for r in report["archs"]]
+        other_size, other_source = tmp_path / "other_size", tmp_path / "other_source"
+        for copy, name, changes in ((other_size, "config.json", {"input_h": 48}),
+                                    (other_source, "train_report.json", {"data_source": "fc2"})):
+            subprocess.run(["cp", "-r", runs[0], str(copy)], check=True)
+            ckpt.write_json_atomic(str(copy / name), dict(json.loads((copy / name).read_text()), **changes))
+        sup = str(out / "sup")
+        cases = [(runs[:2], "at least 3"), (runs[:2] + [sup], "not a standalone run"),
+                 (runs[:2] + [str(other_size)], "input_h 48"), (runs[:2] + [str(other_source)], "data source fc2"),
+                 (runs[:2] + [runs[0]], "one run per arch")]
+        capsys.readouterr()
+        for given, named in cases:
+            assert rank.main(["--supernet", sup, "--standalone"] + given) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
+        assert rank.main(["--supernet", runs[0], "--standalone"] + runs) == 1
+        assert "not a supernet" in capsys.readouterr().err
 
 
 

@@ -7,6 +7,7 @@ applies it, all in one session.run. `config.json` holds every default; every key
     python train.py --config config.json --dry_run
     python train.py --config config.json --num_epochs 1 --steps_per_epoch 2 --batch_size 2 --fast_mode
     python train.py --resume --num_epochs 2 --steps_per_epoch 2 --batch_size 2 --fast_mode
+    python train.py --arch 0,1,2,0,1,2,0,1,2 --init_from outputs/demo   # one subnet alone (standalone)
 """
 import argparse
 import contextlib
@@ -112,6 +113,18 @@ def check_ranges(cfg):
         raise ConfigError(f"config key 'adam_epsilon' must be > 0, got {cfg['adam_epsilon']}")
     if min(cfg["loss_weights"]) < 0 or max(cfg["loss_weights"]) <= 0:
         raise ConfigError(f"config key 'loss_weights' must be >= 0 with one > 0, got {cfg['loss_weights']}")
+    check_standalone_keys(cfg)
+
+
+def check_standalone_keys(cfg):
+    """`arch` must be a valid code when set; `init_from` needs `arch` (it seeds a standalone subnet)."""
+    if cfg["arch"]:
+        try:
+            supernet.parse_arch(cfg["arch"])
+        except ValueError as err:
+            raise ConfigError(f"config key 'arch': {err}") from None
+    if cfg["init_from"] and not cfg["arch"]:
+        raise ConfigError("config key 'init_from' needs 'arch': it initialises a standalone subnet from a supernet run")
 
 
 def read_config_file(path):
@@ -157,7 +170,7 @@ def parse_args(argv, defaults):
     return args, overrides
 
 
-RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w")  # a resumed run must keep these
+RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch")  # a resumed run must keep these
 
 
 def resolve_config(args, overrides, defaults):
@@ -250,6 +263,15 @@ def build_train_step(cfg, images, flows, total_steps, path_devices=None):
             path_losses.append(multiscale_loss(flows_p, flows, cfg["loss_weights"]))
     data_loss = tf.add_n(path_losses) / supernet.NUM_OPTIONS
     return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths)
+
+
+def build_standalone_step(cfg, images, flows, total_steps, arch):
+    """One subnet alone: the static graph of `arch` (only its layers exist), its loss and one update
+    per step, with the supernet's variable names. `model_variables` (the subnet's weights and BN
+    statistics, no optimizer state) are what `--init_from` restores from a supernet run."""
+    loss = multiscale_loss(supernet.build_flows(images, arch, mode="train"), flows, cfg["loss_weights"])
+    model_variables = tf.compat.v1.global_variables()
+    return dict(build_update(cfg, loss, total_steps), arch=arch, model_variables=model_variables)
 
 
 def training_input(cfg, data, start_step):
@@ -382,6 +404,33 @@ def fair_step(sess, step_ops, seed, state):
     return out
 
 
+def standalone_step(sess, step_ops, state):
+    """Train step number state['global_step'] of a standalone subnet and advance the state; the
+    fairness counts record its one path, so they say what was trained."""
+    out = sess.run({k: step_ops[k] for k in ("train_op", "loss", "lr", "clipped", "grad_norm")})
+    if not np.isfinite(out["loss"]):
+        raise FloatingPointError(f"loss is {out['loss']} at step {state['global_step']}: stopped; "
+                                 f"resume from the last checkpoint")
+    path = [step_ops["arch"]]
+    state.update(global_step=state["global_step"] + 1, fairness_counts=fair.add_counts(state["fairness_counts"], path),
+                 sampler=dict(state["sampler"], next_step=state["global_step"] + 1,
+                              digest=fair.chain_digest(state["sampler"]["digest"], path)))
+    return out
+
+
+def init_from_run(sess, variables, run_dir, log):
+    """Set a standalone subnet's `variables` from the `best` checkpoint of the supernet run at
+    `run_dir` (inherited weights). The network is fully convolutional, so any input size fits."""
+    meta = ckpt.load_meta(run_dir, "best")
+    ckpt.check_compatible(meta, *meta.get("search_space", {}).get("input_size", (None, None)), meta["prefix"])
+    try:
+        tf.compat.v1.train.Saver(variables).restore(sess, meta["prefix"])
+    except tf.errors.OpError as err:
+        raise ckpt.CheckpointError(f"cannot initialise from {meta['prefix']}: {err.message.splitlines()[0]}") from None
+    log(f"initialised {len(variables)} variables from {meta['prefix']} "
+        f"(epoch {meta['epoch']}, step {meta['global_step']})")
+
+
 def update_early_stopping(state, mean_epe, epoch, cfg):
     """Record an evaluation: a new best only on an improvement of more than min_delta."""
     if state["best_metric"] is None or mean_epe < state["best_metric"] - cfg["early_stop_min_delta"]:
@@ -406,6 +455,20 @@ def plan_lines(cfg, data, steps_per_epoch, pool, coverage, supernet_params):
             + " ".join(supernet.format_arch(a) for a in pool)]
 
 
+def standalone_plan_lines(cfg, data, steps_per_epoch, graph_params):
+    """What a standalone run will do, for --dry_run and the top of train.log."""
+    h, w = cfg["input_h"], cfg["input_w"]
+    arch = supernet.parse_arch(cfg["arch"])
+    total = steps_per_epoch * cfg["num_epochs"]
+    return [data["reason"],
+            f"data: {data['data_source']}, train {data['counts']['train']} / val {data['counts']['val']} samples",
+            f"mode standalone: subnet {cfg['arch']} alone, {graph_params:,} parameters "
+            f"({supernet.count_macs(arch, h, w) / 1e9:.3f} GMAC at {h}x{w}), "
+            + (f"initialised from {cfg['init_from']} (best)" if cfg["init_from"] else "from scratch"),
+            f"steps: {steps_per_epoch} per epoch x {cfg['num_epochs']} epochs = {total} updates, "
+            f"batch {cfg['batch_size']} at {h}x{w}"]
+
+
 def train(args, cfg, run_dir):
     """Dry-run plan, or train (fresh or resumed) to the end or early stop; returns train_report."""
     wall_start = time.time()
@@ -414,8 +477,11 @@ def train(args, cfg, run_dir):
     steps_per_epoch = cfg["steps_per_epoch"] or max(1, data["counts"]["train"] // cfg["batch_size"])
     total_steps = steps_per_epoch * cfg["num_epochs"]
     h, w = cfg["input_h"], cfg["input_w"]
-    pool = fair.build_eval_pool(cfg["eval_pool_size"], cfg["seed"], h, w)
-    coverage = fair.pool_coverage(pool, h, w)
+    standalone = bool(cfg["arch"])
+    pool = ([supernet.parse_arch(cfg["arch"])] if standalone
+            else fair.build_eval_pool(cfg["eval_pool_size"], cfg["seed"], h, w))
+    # a standalone run evaluates its own arch only: no pool whose coverage could be checked
+    coverage = {"ok": None, "problems": []} if standalone else fair.pool_coverage(pool, h, w)
     meta = ckpt.load_meta(run_dir, "last") if args.resume else None
     if meta:
         ckpt.check_compatible(meta, h, w, meta["prefix"])
@@ -424,11 +490,13 @@ def train(args, cfg, run_dir):
     with graph.as_default():
         tf.compat.v1.set_random_seed(cfg["seed"])
         images, flows = training_input(cfg, data, meta["global_step"] if meta else 0)
-        step_ops = build_train_step(cfg, images, flows, total_steps, hardware["path_devices"])
-        scorer = evaluate.build_scorer(images, flows)
+        step_ops = (build_standalone_step(cfg, images, flows, total_steps, pool[0]) if standalone
+                    else build_train_step(cfg, images, flows, total_steps, hardware["path_devices"]))
+        scorer = evaluate.build_scorer(images, flows, static_arch=pool[0] if standalone else None)
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES), max_to_keep=None)
         init = tf.compat.v1.global_variables_initializer()
-    plan = plan_lines(cfg, data, steps_per_epoch, pool, coverage, supernet.graph_param_count(graph))
+    plan = (standalone_plan_lines(cfg, data, steps_per_epoch, supernet.graph_param_count(graph)) if standalone
+            else plan_lines(cfg, data, steps_per_epoch, pool, coverage, supernet.graph_param_count(graph)))
     if args.dry_run:
         print("dry run: nothing will be trained or written")
         print("\n".join(plan))
@@ -438,7 +506,8 @@ def train(args, cfg, run_dir):
     log = make_logger(os.path.join(run_dir, "train.log"))
     ckpt.write_json_atomic(os.path.join(run_dir, "config.json"), cfg)
     ckpt.write_json_atomic(os.path.join(run_dir, f"eval_pool_{len(pool)}.json"),
-                           {"seed": cfg["seed"], "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
+                           {"mode": "standalone" if standalone else "supernet",
+                            "seed": cfg["seed"], "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
                             "coverage": coverage})
     history_path, columns = os.path.join(run_dir, "eval_history.csv"), history_columns(pool)
     log(("resuming " if meta else "starting ") + run_dir)
@@ -456,6 +525,8 @@ def train(args, cfg, run_dir):
             ckpt.restore(sess, saver, run_dir, "last", h, w)
             state.update({k: meta[k] for k in state})
             log(f"restored epoch {state['epoch']}, step {state['global_step']} from {meta['prefix']}")
+        elif cfg["init_from"]:
+            init_from_run(sess, step_ops["model_variables"], cfg["init_from"], log)
         trim_history(history_path, state["epoch"])
         if state["stop_reason"] == "early_stopping":
             log(f"this run stopped early at epoch {state['epoch']}: nothing more to train")
@@ -466,7 +537,8 @@ def train(args, cfg, run_dir):
                 break
             losses, clips = [], 0
             for i in range(steps_per_epoch):
-                out = fair_step(sess, step_ops, cfg["seed"], state)
+                out = (standalone_step(sess, step_ops, state) if standalone
+                       else fair_step(sess, step_ops, cfg["seed"], state))
                 losses.append(float(out["loss"]))
                 clips += bool(out["clipped"])
                 if state["global_step"] % cfg["log_every"] == 0 or i == steps_per_epoch - 1:
@@ -506,6 +578,7 @@ def train(args, cfg, run_dir):
                         f"in {cfg['early_stop_patience']} evaluations")
             state["wall_time_s"] = wall_before + time.time() - loop_start
             meta_out = dict(state, data_source=data["data_source"], config=cfg, search_space=ckpt.search_space_signature(h, w))
+            meta_out.update(mode="standalone" if standalone else "supernet", arch=cfg["arch"])
             if state["best_epoch"] == epoch:
                 ckpt.save(sess, saver, run_dir, "best", meta_out)
             ckpt.save(sess, saver, run_dir, "last", meta_out)
@@ -514,6 +587,7 @@ def train(args, cfg, run_dir):
                                     "fairness_gap": fair.fairness_gap(state["fairness_counts"])})
     tb.close()
     report = {"experiment": cfg["experiment_name"], "run_dir": run_dir, "epochs_finished": state["epoch"],
+              "mode": "standalone" if standalone else "supernet", "arch": cfg["arch"],
               "num_epochs": cfg["num_epochs"], "global_step": state["global_step"],
               "stop_reason": state["stop_reason"] or "completed", "best_metric": state["best_metric"],
               "best_epoch": state["best_epoch"], "final_fairness_gap": fair.fairness_gap(state["fairness_counts"]),
