@@ -1287,6 +1287,31 @@ class TestSearch:
         assert all((unit_dir / name).read_bytes() == data for name, data in done.items())  # finished units kept
         assert (search_dir / "scores.csv").read_bytes() == whole
 
+    def test_latency_table_adds_fps_its_front_and_a_budget(self, search_run, tmp_path, capsys):
+        out, run_dir = search_run
+        table = {"format": export.TABLE_FORMAT, "accelerator_config": "ethos-u55-64", "system_config": "s",
+                 "memory_mode": "m", "clock_hz": 1e6, "input_size": list(SEARCH_SIZE), "fixed_cycles": 1000,
+                 "block_cycles": {b: [10 * i, 10 * i + 100, 10 * i + 300] for i, b in enumerate(supernet.BLOCKS)}}
+        (tmp_path / "table.json").write_text(json.dumps(table))
+        archs = [(0,) * 9, (2,) * 9, (0, 0, 0, 0, 2, 0, 0, 0, 0), (1, 0, 2, 0, 1, 0, 2, 0, 1)]
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs"] + [supernet.format_arch(a)
+                                                                                     for a in archs]
+        assert search.main(common + ["--latency_table", str(tmp_path / "table.json"), "--min_fps", "700"]) == 0
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), {"suffix": ""}))
+        rows = _scores(search_dir / "scores.csv")
+        for arch in archs:  # cycles = fixed + each block's option cost, by hand
+            cycles = 1000 + sum(10 * i + (0, 100, 300)[o] for i, o in enumerate(arch))
+            assert float(rows[supernet.format_arch(arch)]["fps"]) == pytest.approx(1e6 / cycles)
+        fast = [r for r in rows.values() if float(r["fps"]) >= 700]
+        best = min(fast, key=lambda r: float(r["epe"]))
+        assert f"best within the budget (fps >= 700): {best['arch']}" in capsys.readouterr().out
+        front = json.loads((search_dir / "pareto.json").read_text())["fronts"]["epe_fps"]
+        assert front[0]["arch"] == "0,0,0,0,0,0,0,0,0" and all(r["arch"] in rows for r in front)
+        table["input_size"] = [64, 96]
+        (tmp_path / "table.json").write_text(json.dumps(table))
+        assert search.main(common + ["--merge", "--latency_table", str(tmp_path / "table.json")]) == 1
+        assert "was made at input size [64, 96], the run is 32x48" in capsys.readouterr().err
+
     @pytest.mark.parametrize("flags, words", [
         (["--archs", "0,1,2,0,1,2,0,1"], "--archs: arch code '0,1,2,0,1,2,0,1' has 8 fields"),
         (["--archs_file", "BAD"], "line 3: arch code '0,1,3,0,0,0,0,0,0': field 2 (DB0) is '3'"),
