@@ -742,6 +742,8 @@ def run(args):
     hardware = devices.report()
     run_dir = evaluate.run_dir_of(args)
     cfg = evaluate.run_config(args, run_dir)
+    if evaluate.standalone_arch(cfg):
+        raise SearchError(f"{run_dir} is a standalone run of {cfg['arch']}: search needs a supernet run")
     recal, val, info = evaluate.dataset_batches(cfg, args)
     print(info["reason"])
     search_dir = search_dir_for(run_dir, args, info)

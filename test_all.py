@@ -1347,6 +1347,14 @@ class TestSearch:
         assert search.main(common + ["--shard", "2/2"]) == 1  # and resuming it refuses too, naming it
         assert "part_2of2 was started with another checkpoint" in capsys.readouterr().err
 
+    def test_a_standalone_run_is_refused(self, search_run, tmp_path, capsys):
+        out, run_dir = search_run
+        shutil.copytree(run_dir, tmp_path / "alone")
+        cfg = json.loads((tmp_path / "alone" / "config.json").read_text())
+        (tmp_path / "alone" / "config.json").write_text(json.dumps(dict(cfg, arch="0,1,2,0,1,2,0,1,2")))
+        assert search.main(["--output_dir", str(tmp_path), "--experiment_name", "alone"]) == 1
+        assert "is a standalone run of 0,1,2,0,1,2,0,1,2: search needs a supernet run" in capsys.readouterr().err
+
 
 
 # ----------------------------------------------------------------------------- deployment (export.py)
