@@ -760,7 +760,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except (ValueError, ckpt.CheckpointError, data_fc2.DataError) as err:
+    except (ValueError, OSError, ckpt.CheckpointError, data_fc2.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
