@@ -5,6 +5,8 @@ A checkpoint is committed by its meta: the Saver first writes a fresh prefix, th
 is replaced atomically to point at it, and only then are older prefixes removed. A process killed
 at any instant therefore leaves a meta that names complete files.
 """
+import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -47,6 +49,34 @@ def read_json(path, what):
         raise CheckpointError(f"{what} not found: {path}") from None
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{what} unreadable: {path}: {err}") from None
+
+
+def run_folder(output_dir, experiment_name):
+    """output_dir/experiment_name; CheckpointError for a name that would leave output_dir."""
+    name = experiment_name
+    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+        raise CheckpointError(f"experiment name {name!r} must be a plain folder name inside {output_dir}")
+    return os.path.join(output_dir, name)
+
+
+@contextlib.contextmanager
+def writer_lock(directory, what):
+    """One writer at a time: an exclusive OS lock on <directory>/.lock while the block runs. The
+    kernel releases it when the process ends, however it ends, so a killed writer leaves no stale
+    lock. A second writer gets CheckpointError naming `what` and the holder's PID."""
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CheckpointError(f"{what} {directory} is being written by another process (PID {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def checkpoint_dir(run_dir, kind):

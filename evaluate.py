@@ -453,7 +453,7 @@ def run_dir_of(args):
     """The run folder the flags name: --experiment_name, or the newest run with that checkpoint."""
     if not args.experiment_name:
         return ckpt.newest_run(args.output_dir, args.checkpoint_type)
-    run_dir = os.path.join(args.output_dir, args.experiment_name)
+    run_dir = ckpt.run_folder(args.output_dir, args.experiment_name)
     if not os.path.isdir(run_dir):
         raise ckpt.CheckpointError(f"run folder not found: {run_dir}")
     return run_dir

@@ -709,7 +709,16 @@ def score(args, run_dir, cfg, search_dir, batches, info):
     units = shard_units(make_units(indices), k, n)
     meta = dict(ckpt.load_meta(run_dir, args.checkpoint_type), kind=args.checkpoint_type)
     directory = part_dir(search_dir, k, n)
-    done = open_part(directory, manifest_for(cfg, meta, info, batches, indices, (k, n), units))
+    with ckpt.writer_lock(directory, "search part"):
+        score_locked(args, run_dir, directory, manifest_for(cfg, meta, info, batches, indices, (k, n), units),
+                     units, batches, indices)
+    return n == 1
+
+
+def score_locked(args, run_dir, directory, manifest, units, batches, indices):
+    """Score the units of a part not yet done (the caller holds the part's writer lock)."""
+    k, n = manifest["shard"]
+    done = open_part(directory, manifest)
     left = [u for u in units if u[0] not in done]
     print(f"search: part {k}/{n} of {len(indices):,} subnets: {len(units)} units ({sum(len(h) for _, h in units):,} "
           f"subnets), {len(units) - len(left)} already done; {len(batches[0])} recalibration batches, "
@@ -723,7 +732,6 @@ def score(args, run_dir, cfg, search_dir, batches, info):
         with tf.compat.v1.Session(graph=graph) as sess:
             ckpt.restore(sess, saver, run_dir, args.checkpoint_type)
             score_part(TreeScorer(sess, tree, *batches), units, done, directory, args.progress_every)
-    return n == 1
 
 
 def search_dir_for(run_dir, args, info):

@@ -1347,6 +1347,15 @@ class TestSearch:
         assert search.main(common + ["--shard", "2/2"]) == 1  # and resuming it refuses too, naming it
         assert "part_2of2 was started with another checkpoint" in capsys.readouterr().err
 
+    def test_a_second_writer_of_a_part_is_refused(self, search_run, capsys):
+        out, run_dir = search_run
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "1,1,1,1,1,1,1,1,1"]
+        part = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), {"suffix": ""})) / "part_1of1"
+        with ckpt.writer_lock(str(part), "search part"):
+            assert search.main(common) == 1
+        assert f"search part {part} is being written by another process" in capsys.readouterr().err
+        assert search.main(common + ["--shard", "1/1"]) == 0  # free again once the holder is done
+
     def test_a_standalone_run_is_refused(self, search_run, tmp_path, capsys):
         out, run_dir = search_run
         shutil.copytree(run_dir, tmp_path / "alone")
@@ -2059,6 +2068,45 @@ class TestStandaloneAndRank:
         assert rank.main(["--supernet", runs[0], "--standalone"] + runs) == 1
         assert "not a supernet" in capsys.readouterr().err
 
+
+
+# ----------------------------------------------------------------------------- one writer per run, run names
+
+def test_a_run_name_that_leaves_output_dir_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    for name in ("../escaped", "a/b", ".."):
+        assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", name]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"experiment name {name!r} must be a plain folder name" in err
+    assert evaluate.main(["--output_dir", str(out), "--experiment_name", "../escaped"]) == 1
+    assert "must be a plain folder name" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_second_writer_is_refused_naming_the_holder(runs, capsys):
+    out, _ = runs
+    run = out / "whole"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    with ckpt.writer_lock(str(run), "run"):
+        code = train.main(["--resume", "--output_dir", str(out), "--experiment_name", "whole", "--num_epochs", "3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert f"run {run} is being written by another process (PID {os.getpid()})" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); import ckpt\n"
+                               "with ckpt.writer_lock(sys.argv[2], 'run'):\n print('held', flush=True); time.sleep(60)",
+                               str(HERE), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(ckpt.CheckpointError, match=f"PID {holder.pid}"):
+        with ckpt.writer_lock(str(tmp_path), "run"):
+            pass
+    holder.kill()
+    holder.wait()
+    with ckpt.writer_lock(str(tmp_path), "run"):  # the kernel released it with the process
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
 
 # ----------------------------------------------------------------------------- devices and GPU readiness

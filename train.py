@@ -180,7 +180,7 @@ def resolve_config(args, overrides, defaults):
         if args.config != DEFAULT_CONFIG:
             raise ConfigError("--config does not apply with --resume: the run's saved config is used; override keys with flags")
         output_dir = overrides.get("output_dir", defaults["output_dir"])
-        run_dir = (os.path.join(output_dir, overrides["experiment_name"]) if overrides.get("experiment_name")
+        run_dir = (ckpt.run_folder(output_dir, overrides["experiment_name"]) if overrides.get("experiment_name")
                    else ckpt.newest_run(output_dir, "last"))
         saved_path = os.path.join(run_dir, "config.json")
         cfg = merge_config(defaults, read_config_file(saved_path), saved_path)
@@ -196,7 +196,7 @@ def resolve_config(args, overrides, defaults):
     check_ranges(cfg)
     if not cfg["experiment_name"]:
         cfg["experiment_name"] = time.strftime("supernet_%Y%m%d_%H%M%S")
-    run_dir = os.path.join(cfg["output_dir"], cfg["experiment_name"])
+    run_dir = ckpt.run_folder(cfg["output_dir"], cfg["experiment_name"])
     if args.resume and not os.path.isdir(run_dir):
         raise ckpt.CheckpointError(f"no experiment to resume at {run_dir}")
     if not args.resume and not args.dry_run and os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
@@ -608,7 +608,11 @@ def main(argv=None):
         defaults = read_config_file(DEFAULT_CONFIG)
         args, overrides = parse_args(argv, defaults)
         cfg, run_dir = resolve_config(args, overrides, defaults)
-        train(args, cfg, run_dir)
+        if args.dry_run:
+            train(args, cfg, run_dir)
+        else:
+            with ckpt.writer_lock(run_dir, "run"):
+                train(args, cfg, run_dir)
     except (ValueError, ckpt.CheckpointError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
