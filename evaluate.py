@@ -556,15 +556,20 @@ def run(args):
     return output
 
 
-def main(argv=None):
-    """Entry point: one-line error and exit 1 on bad input."""
-    args = parse_args(argv)
+def exit_code(action, *args, errors=()):
+    """Run an entry point's action(*args): bad input (a bad flag, file, run or dataset, or one of
+    `errors`) becomes one `error: ...` line on stderr and exit code 1; success is 0."""
     try:
-        run(args)
-    except (ValueError, OSError, ckpt.CheckpointError, data_fc2.DataError) as err:
+        action(*args)
+    except (ValueError, OSError, ckpt.CheckpointError, data_fc2.DataError, *errors) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None):
+    """Entry point: one-line error and exit 1 on bad input."""
+    return exit_code(run, parse_args(argv))
 
 
 if __name__ == "__main__":

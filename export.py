@@ -631,13 +631,7 @@ def run(args):
 
 def main(argv=None):
     """Entry point: one-line error and exit 1 on bad input."""
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, ckpt.CheckpointError, data_fc2.DataError, ExportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return evaluate.exit_code(run, parse_args(argv), errors=(ExportError,))
 
 
 if __name__ == "__main__":

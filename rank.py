@@ -457,21 +457,17 @@ def rank(args):
     return report
 
 
+def print_comparison(path_a, path_b):
+    """--compare: Kendall tau-b and Spearman rho of two scores.csv files on the archs both hold."""
+    result = compare_scores(path_a, path_b)
+    print(f"{result['shared_archs']} shared archs ({result['only_a']} only in A, {result['only_b']} only in B): "
+          f"Kendall tau-b {result['kendall_tau_b']:.4f}, Spearman rho {result['spearman_rho']:.4f}")
+
+
 def main(argv=None):
     """Entry point: one-line error and exit 1 on bad input."""
     args = parse_args(argv)
-    try:
-        if args.compare:
-            result = compare_scores(*args.compare)
-            print(f"{result['shared_archs']} shared archs ({result['only_a']} only in A, "
-                  f"{result['only_b']} only in B): "
-                  f"Kendall tau-b {result['kendall_tau_b']:.4f}, Spearman rho {result['spearman_rho']:.4f}")
-        else:
-            rank(args)
-    except (ValueError, ckpt.CheckpointError, data_fc2.DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return evaluate.exit_code(print_comparison, *args.compare) if args.compare else evaluate.exit_code(rank, args)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import tensorflow as tf
 import ckpt
 import data_fc2
 import evaluate
+import export
 import supernet
 
 HEAD_BLOCKS = len(supernet.BLOCKS) - len(supernet.TRUNK)           # 5 head choices after the 4 trunk ones
@@ -192,15 +193,9 @@ def trunk_path(prefix):
     return path
 
 
-def _val_parts(batch):
-    """(images, flows, valid) of a validation batch; valid is None where every pixel counts."""
-    images, flows, *rest = batch
-    return images, flows, (rest[0] if rest and not np.all(rest[0]) else None)
-
-
 def has_masks(val_batches):
     """Whether any validation batch has pixels that do not count (a validity mask with zeros)."""
-    return any(_val_parts(b)[2] is not None for b in val_batches)
+    return any(not np.all(evaluate.batch_parts(b)[2]) for b in val_batches)
 
 
 def _size(images):
@@ -219,7 +214,7 @@ class TreeScorer:
     def __init__(self, sess, tree, recal_batches, val_batches):
         self.sess, self.tree = sess, tree
         self.recal_images = [images for images, *_ in recal_batches]
-        self.val = [_val_parts(b) for b in val_batches]
+        self.val = [evaluate.batch_parts(b) for b in val_batches]
         self.activations = {}  # trunk node -> (recal outputs, val outputs), one array per batch
         self.tick = lambda: None  # called after every batch: progress reporting
 
@@ -287,8 +282,8 @@ class TreeScorer:
         for (images, flows, valid), x in zip(self.val, val_up2):
             graph = self.tree[_size(images)]["heads"]
             feed = {graph["up2"]: x, graph["gt"]: flows}
-            if graph["valid"] is not None:
-                feed[graph["valid"]] = np.ones(flows.shape[:3], np.float32) if valid is None else valid
+            if graph["valid"] is not None:  # built only where some batch has pixels that do not count
+                feed[graph["valid"]] = valid
             for node in nodes:
                 feed.update(dict(zip(graph["fed"][node], stats[node])))
             sums = self.sess.run({g: graph["sums"][g] for g in groups}, feed)
@@ -569,7 +564,6 @@ def _describe(row):
 
 def latency_fps(table, arch):
     """Ethos-U55 FPS of a subnet predicted from a per-layer latency table (export.py builds it)."""
-    import export  # only a search with --latency_table needs the deployment tools
     return export.predict_fps(table, arch)
 
 
@@ -653,7 +647,6 @@ def finish(search_dir, run_dir, args, hardware):
 
 def load_latency_table(path, h, w):
     """A per-layer Ethos-U55 latency table made at this input size, or SearchError naming the file."""
-    import export  # only a search with --latency_table needs the deployment tools
     try:
         table = export.load_latency_table(path)
     except ValueError as err:
@@ -756,7 +749,7 @@ def run(args):
     print(info["reason"])
     search_dir = search_dir_for(run_dir, args, info)
     # Every validation batch is visited once per trunk node: hold them in memory, read once.
-    if args.merge or score(args, run_dir, cfg, search_dir, (recal, [evaluate.batch_parts(b) for b in val]), info):
+    if args.merge or score(args, run_dir, cfg, search_dir, (recal, list(val)), info):
         return finish(search_dir, run_dir, args, hardware)
     print(f"part {args.shard} done; when every part is, combine them: python search.py --merge "
           f"--experiment_name {os.path.basename(run_dir)} --checkpoint_type {args.checkpoint_type}")
@@ -765,13 +758,7 @@ def run(args):
 
 def main(argv=None):
     """Entry point: one-line error and exit 1 on bad input."""
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError, ckpt.CheckpointError, data_fc2.DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return evaluate.exit_code(run, parse_args(argv))
 
 
 if __name__ == "__main__":
