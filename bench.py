@@ -106,7 +106,7 @@ def step_session(graph, train_op, feed):
         init = tf.compat.v1.global_variables_initializer()
         feed = {graph.get_tensor_by_name(name): value for name, value in feed.items()}
     graph.finalize()
-    sess = tf.compat.v1.Session(graph=graph)
+    sess = tf.compat.v1.Session(graph=graph, config=devices.session_config())
     sess.run(init)
     return {"sess": sess, "fetch": train_op, "feed": feed}
 
@@ -252,7 +252,7 @@ def measure_pipeline(cfg, args, root, steps, log):
     log(f"wrote an FC2 tree of {args.data_samples} samples at {FC2_SIZE[0]}x{FC2_SIZE[1]} in "
         f"{time.perf_counter() - start:.1f}s; reading its {len(samples)} training samples")
     dataset = data_fc2.make_dataset(samples, args.batch_size, (cfg["input_h"], cfg["input_w"]), train=True,
-                                    max_flow=cfg["max_flow"], seed=args.seed, shuffle_buffer=cfg["shuffle_buffer"])
+                                    max_flow=cfg["max_flow"], seed=args.seed)
     batches = iter(dataset)
     next(batches)
     num_batches = max(1, -(-args.pipeline_samples // args.batch_size))

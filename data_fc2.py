@@ -14,6 +14,7 @@ CLI:
 import argparse
 import collections.abc
 import concurrent.futures
+import functools
 import logging
 import os
 import re
@@ -671,24 +672,53 @@ def _array_loader(arrays, crop_hw):
     return n, load
 
 
-def make_dataset(source, batch_size, crop_hw, train, max_flow, seed,
-                 num_parallel_calls=tf.data.AUTOTUNE, shuffle_buffer=None):
+def batch_samples(seed, step, batch_size, num_samples):
+    """(positions, indices) int64 [batch_size] of training batch `step`: stream positions
+    step * batch_size onwards, and the sample each one reads. The stream visits every sample once
+    per epoch of `num_samples` positions, in an order drawn from (seed, epoch) alone, so every
+    batch is a pure function of (seed, step): a resumed run reads what an unbroken one would."""
+    positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, num_samples)
+    indices = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+        here = epochs == epoch
+        indices[here] = _epoch_order(int(seed), int(epoch), int(num_samples))[offsets[here]]
+    return positions, indices
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed, epoch, num_samples):
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def _training_positions(num_samples, batch_size, seed, start_step):
+    """Endless (position, index) elements from training batch `start_step` on (see batch_samples)."""
+    def step_elements(step):
+        positions, indices = tf.numpy_function(lambda s: batch_samples(seed, int(s), batch_size, num_samples),
+                                               [step], (tf.int64, tf.int64), stateful=False)
+        return tf.ensure_shape(positions, [batch_size]), tf.ensure_shape(indices, [batch_size])
+
+    return tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(step_elements).unbatch()
+
+
+def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=0,
+                 num_parallel_calls=tf.data.AUTOTUNE):
     """Batches (images float32 [B, h, w, 6] in [-1, 1], flow float32 [B, h, w, 2]).
 
     source: a list of (img0, img1, flow) path tuples (FC2 on disk) or a dict from
-    make_synthetic_arrays. train=True: seeded shuffle (shuffle_buffer defaults to the whole
-    source, cheap because sample indices are shuffled, not images), repeated forever, seeded
-    random crop, flow clipped to +/- max_flow, full batches only. train=False: fixed order,
-    one pass, centre crop, unclipped flow, last partial batch kept. Works eagerly and inside
-    a tf.compat.v1 Graph (e.g. via tf.compat.v1.data.make_one_shot_iterator).
+    make_synthetic_arrays. train=True: batches `start_step`, `start_step` + 1, ... forever, each
+    a pure function of (seed, step) (see batch_samples): its samples, and a random crop keyed by
+    (seed, stream position); flow clipped to +/- max_flow, full batches only. train=False: fixed
+    order, one pass, centre crop, unclipped flow, last partial batch kept. Works eagerly and
+    inside a tf.compat.v1 Graph (e.g. via tf.compat.v1.data.make_one_shot_iterator).
     """
     crop_hw = tuple(int(v) for v in crop_hw)
     if len(crop_hw) != 2 or min(crop_hw) < 1:
         raise DataError(f"make_dataset: crop_hw must be two positive ints, got {crop_hw!r}")
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise DataError(f"make_dataset: batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(seed, (int, np.integer)):
-        raise DataError(f"make_dataset: seed must be an integer, got {seed!r}")
+    if not isinstance(seed, (int, np.integer)) or not isinstance(start_step, (int, np.integer)) or start_step < 0:
+        raise DataError(f"make_dataset: seed and start_step must be integers >= 0, got {seed!r}, {start_step!r}")
     if train and not (max_flow is not None and max_flow > 0):
         raise DataError(f"make_dataset: training needs max_flow > 0, got {max_flow!r}")
     if isinstance(source, dict):
@@ -698,12 +728,10 @@ def make_dataset(source, batch_size, crop_hw, train, max_flow, seed,
     else:
         raise DataError("make_dataset: source must be a non-empty list of (img0, img1, flow) "
                         "path tuples or a dict from make_synthetic_arrays")
-    dataset = tf.data.Dataset.range(n)
-    if train:
-        dataset = dataset.shuffle(shuffle_buffer or n, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.repeat()
-    dataset = dataset.enumerate().map(_make_sample_fn(crop_hw, train, max_flow, seed, load),
-                                      num_parallel_calls=num_parallel_calls, deterministic=True)
+    elements = (_training_positions(n, int(batch_size), int(seed), int(start_step)) if train
+                else tf.data.Dataset.range(n).enumerate())
+    dataset = elements.map(_make_sample_fn(crop_hw, train, max_flow, seed, load),
+                           num_parallel_calls=num_parallel_calls, deterministic=True)
     return dataset.batch(batch_size, drop_remainder=train).prefetch(tf.data.AUTOTUNE)
 
 

@@ -163,6 +163,16 @@ def path_devices(count, gpus):
     return [f"/device:CPU:{i}" for i in range(count)]
 
 
+def session_config():
+    """The ConfigProto of every training and scoring session: Grappler's graph rewrites off. With
+    them on, two runs of one seed differ in the last bits of the weights shared by the three
+    paths from the first step on (the rewritten graph is not the same from one session to the
+    next); with them off every run of a seed is identical, and a fair step is no slower here."""
+    config = tf.compat.v1.ConfigProto()
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return config
+
+
 def _gpu_text(gpus):
     def one(i, gpu):
         memory = f", {gpu['memory_mib'] / 1024:.0f} GiB" if gpu["memory_mib"] else ""

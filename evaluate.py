@@ -41,7 +41,7 @@ def recalibration_batches(cfg, data):
     """`bn_recal_batches` seeded training batches of the run's data (random crops at the run's
     input size, as training sees them): what every BN recalibration uses, whatever is scored."""
     recal = data_fc2.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
-                                  max_flow=cfg["max_flow"], seed=cfg["seed"], shuffle_buffer=cfg["shuffle_buffer"])
+                                  max_flow=cfg["max_flow"], seed=cfg["seed"])
     return numpy_batches(recal, cfg["bn_recal_batches"])
 
 
@@ -504,7 +504,7 @@ def score_checkpoint(args, run_dir, cfg, archs, recal_batches, val_batches, info
                               static_arch=standalone_arch(cfg))
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
     graph.finalize()
-    with tf.compat.v1.Session(graph=graph) as sess:
+    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
         meta = ckpt.restore(sess, saver, run_dir, args.checkpoint_type)
         sizes = ", ".join(f"{a}x{b}" for a, b in info["input_sizes"])
         print(f"scoring {len(archs)} subnets of {meta['prefix']} (epoch {meta['epoch']}, step {meta['global_step']}): "

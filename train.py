@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "config.json")
 CHOICES = {"optimizer": ("adam", "sgd"), "data_layout": ("auto", "lists", "folders")}
 POSITIVE = ("input_h", "input_w", "batch_size", "num_epochs", "eval_every", "eval_pool_size", "bn_recal_batches",
-            "early_stop_patience", "log_every", "shuffle_buffer", "synthetic_train_size", "synthetic_val_size",
+            "early_stop_patience", "log_every", "synthetic_train_size", "synthetic_val_size",
             "devices")
 NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
                 "early_stop_min_delta", "max_flow", "seed")
@@ -275,11 +275,11 @@ def build_standalone_step(cfg, images, flows, total_steps, arch):
 
 
 def training_input(cfg, data, start_step):
-    """Batches from the training split inside the current graph, behind feedable placeholders
-    (evaluation feeds its own batches through the same tensors)."""
-    seed = int(np.random.default_rng([cfg["seed"], start_step]).integers(2 ** 31))
+    """Batches from the training split inside the current graph, from batch `start_step` on (each a
+    pure function of the seed and its step), behind feedable placeholders (evaluation feeds its own
+    batches through the same tensors)."""
     dataset = data_fc2.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
-                                    max_flow=cfg["max_flow"], seed=seed, shuffle_buffer=cfg["shuffle_buffer"])
+                                    max_flow=cfg["max_flow"], seed=cfg["seed"], start_step=start_step)
     next_images, next_flows = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     h, w = cfg["input_h"], cfg["input_w"]
     images = tf.compat.v1.placeholder_with_default(next_images, [None, h, w, supernet.INPUT_CHANNELS], "images")
@@ -519,7 +519,7 @@ def train(args, cfg, run_dir):
         tb = tf.compat.v1.summary.FileWriter(os.path.join(run_dir, "tb"))
 
     state = new_state(cfg["seed"])
-    with tf.compat.v1.Session(graph=graph) as sess:
+    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
         sess.run(init)
         if meta:
             ckpt.restore(sess, saver, run_dir, "last", h, w)
