@@ -21,7 +21,7 @@ endif
 .PHONY: help venv train eval demo test check bench clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV): requirements.txt
 	python3 -m venv .venv
@@ -64,14 +64,20 @@ rank: $(VENV) ## demo supernet, RANK_K subnets trained alone, then their ranking
 	echo "supernet run: $$supernet"; \
 	$(PY) rank.py --supernet $$supernet --train $(RANK_K) --standalone_dir outputs/rank_$$(basename $$supernet)
 
-test: $(VENV) ## run the pytest suite
-	$(PY) -m pytest -q test_all.py
+PYTEST := $(PY) -m pytest -q -o "markers=slow: trains, searches or exports for real (more than a few seconds)"
+
+test: $(VENV) ## run the whole pytest suite
+	$(PYTEST) test_all.py
+
+.PHONY: test-fast
+test-fast: $(VENV) ## the tests not marked slow (about a minute)
+	$(PYTEST) -m "not slow" test_all.py
 
 check: $(VENV) ## CI: self-checks of the search space and fairness, then the test suite
 	$(PY) supernet.py --self_test
 	$(PY) fair.py --cycles 300 --seed 42 --check
 	$(PY) fair.py --pool --seed 42 --size 12 --check
-	$(PY) -m pytest -q test_all.py
+	$(PYTEST) test_all.py
 
 # One subnet of the newest run (best checkpoint) to TFLite FP32/INT8 and Vela; EXPORT_FLAGS adds flags.
 ARCH ?=

@@ -10,6 +10,7 @@ import fcntl
 import glob
 import json
 import os
+import shutil
 import time
 
 import tensorflow as tf
@@ -25,14 +26,23 @@ class CheckpointError(Exception):
 
 
 def write_json_atomic(path, obj):
-    """Write `obj` as JSON to `path` via a temp file, fsync and rename: never a half-written file."""
+    """Write `obj` as strict JSON to `path` via a temp file, fsync and rename: never a half-written
+    file, never NaN or Infinity (a ValueError naming the file); a failed write removes its temp file."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise ValueError(f"{path}: not written: {err}") from None
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
     dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -64,8 +74,11 @@ def writer_lock(directory, what):
     """One writer at a time: an exclusive OS lock on <directory>/.lock while the block runs. The
     kernel releases it when the process ends, however it ends, so a killed writer leaves no stale
     lock. A second writer gets CheckpointError naming `what` and the holder's PID."""
-    os.makedirs(directory, exist_ok=True)
-    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise CheckpointError(f"cannot write into {what} folder {directory}: {err.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,6 +90,57 @@ def writer_lock(directory, what):
         yield
     finally:
         os.close(fd)
+
+
+def _run_files(run_dir):
+    """{path relative to run_dir: bytes} of a run's files, checkpoint metas included, Saver files and
+    the lock not (Saver files are named by a meta, so the metas say which are committed)."""
+    files = {}
+    for folder, _, names in os.walk(run_dir):
+        for name in names:
+            rel = os.path.relpath(os.path.join(folder, name), run_dir)
+            parts = rel.split(os.sep)
+            if rel == ".lock" or (parts[0] == "checkpoints" and parts[-1] != META_NAME):
+                continue
+            with open(os.path.join(run_dir, rel), "rb") as f:
+                files[rel] = f.read()
+    return files
+
+
+def _put_back(run_dir, before):
+    """Return a run's files to `before` (see _run_files) and drop checkpoint files no meta names."""
+    for rel, content in _run_files(run_dir).items():
+        path = os.path.join(run_dir, rel)
+        if rel not in before:
+            os.remove(path)
+            if rel.endswith(META_NAME):
+                shutil.rmtree(os.path.dirname(path))  # a checkpoint kind first made by the failed command
+        elif content != before[rel]:
+            with open(path, "wb") as f:
+                f.write(before[rel])
+    for folder, _, _ in sorted(os.walk(run_dir), reverse=True):
+        if folder != run_dir and not os.listdir(folder):
+            os.rmdir(folder)
+    remove_temp_files(run_dir)
+
+
+@contextlib.contextmanager
+def unchanged_on_failure(run_dir):
+    """Run the block; if it fails before committing a new `last` checkpoint, put every file of the
+    run back as it was (config, history, log, reports, counts, TensorBoard, the `best` checkpoint),
+    and remove a run folder that held nothing before. A failure after a commit keeps the progress."""
+    before = _run_files(run_dir) if os.path.isdir(run_dir) else {}
+    last_meta = os.path.join("checkpoints", "last", META_NAME)
+    try:
+        yield
+    except BaseException:
+        after = _run_files(run_dir) if os.path.isdir(run_dir) else {}
+        if after.get(last_meta) == before.get(last_meta):
+            if before:
+                _put_back(run_dir, before)
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def checkpoint_dir(run_dir, kind):
@@ -97,19 +161,74 @@ def save(sess, saver, run_dir, kind, meta):
     directory = checkpoint_dir(run_dir, kind)
     os.makedirs(directory, exist_ok=True)
     prefix = os.path.join(directory, f"model-{meta['global_step']}-{time.time_ns()}")
-    saver.save(sess, prefix, write_meta_graph=False, write_state=False)
     meta = dict(meta, checkpoint=os.path.basename(prefix))
-    write_json_atomic(os.path.join(directory, META_NAME), meta)
-    for path in glob.glob(os.path.join(directory, "model-*")):
-        if not os.path.basename(path).startswith(meta["checkpoint"] + "."):
-            os.remove(path)
+    try:
+        saver.save(sess, prefix, write_meta_graph=False, write_state=False)
+        write_json_atomic(os.path.join(directory, META_NAME), meta)
+    except (tf.errors.OpError, OSError, ValueError) as err:
+        remove_uncommitted(directory)
+        raise CheckpointError(f"cannot save checkpoint {prefix}: {one_line(err)}") from None
+    remove_uncommitted(directory)
     return meta
 
 
+def remove_uncommitted(directory):
+    """Delete every Saver and temp file in a checkpoint folder that its committed meta does not
+    name: older prefixes, a save that failed or was killed half-way (.tempstate files, an .index
+    without its .data), a meta temp file."""
+    try:
+        meta = read_json(os.path.join(directory, META_NAME), "checkpoint meta")
+        name = meta.get("checkpoint") if isinstance(meta, dict) else None
+    except CheckpointError:
+        name = None
+    # no readable meta: its Saver files are kept for the user to look at; only temp files go
+    committed = name + "." if isinstance(name, str) and name and os.path.basename(name) == name else None
+    for path in glob.glob(os.path.join(directory, "model-*")) + glob.glob(os.path.join(directory, "*.tmp*")):
+        stale = ".tempstate" in path or ".tmp" in os.path.basename(path) or (
+            committed is not None and not os.path.basename(path).startswith(committed))
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def remove_temp_files(run_dir):
+    """Delete what writers killed in this run left behind: JSON and history temp files
+    (`*.tmp<pid>`) and uncommitted checkpoint files. Only a writer holding the run's lock calls it."""
+    for path in glob.glob(os.path.join(run_dir, "*.tmp*")):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    for kind in CHECKPOINT_KINDS:
+        if os.path.isdir(checkpoint_dir(run_dir, kind)):
+            remove_uncommitted(checkpoint_dir(run_dir, kind))
+
+
+META_FIELDS = {"checkpoint": str, "epoch": int, "global_step": int, "search_space": dict}
+
+
+def check_meta(meta, path):
+    """Raise CheckpointError naming `path` and the field unless `meta` is an object whose fields
+    every reader relies on have their types, and `checkpoint` names a model-* file beside it."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object, got {type(meta).__name__}")
+    for field, kind in META_FIELDS.items():
+        if field not in meta:
+            raise CheckpointError(f"{path}: field '{field}' is missing")
+        value = meta[field]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            wanted = "an integer >= 0" if kind is int else f"a JSON {'string' if kind is str else 'object'}"
+            raise CheckpointError(f"{path}: field '{field}' must be {wanted}, got {value!r}")
+    name = meta["checkpoint"]
+    if os.path.basename(name) != name or not name.startswith("model-"):
+        raise CheckpointError(f"{path}: field 'checkpoint' must name a model-* file beside it, got {name!r}")
+
+
 def load_meta(run_dir, kind):
-    """The committed meta of checkpoint `kind`, with `prefix` (the Saver path) added."""
+    """The committed meta of checkpoint `kind` (checked, see check_meta), with `prefix` (the Saver
+    path) added."""
     directory = checkpoint_dir(run_dir, kind)
-    meta = read_json(os.path.join(directory, META_NAME), f"'{kind}' checkpoint meta")
+    path = os.path.join(directory, META_NAME)
+    meta = read_json(path, f"'{kind}' checkpoint meta")
+    check_meta(meta, path)
     prefix = os.path.join(directory, meta.get("checkpoint", ""))
     for suffix in (".index", ".data-00000-of-00001"):
         if not os.path.isfile(prefix + suffix):
@@ -130,15 +249,40 @@ def check_compatible(meta, input_h, input_w, where):
             raise CheckpointError(f"checkpoint {where} was made with {field}={theirs.get(field)}, this graph has {value}")
 
 
-def restore(sess, saver, run_dir, kind, input_h=None, input_w=None):
-    """Restore checkpoint `kind` of a run into the session after checking it fits (the input size
-    only if given, see check_compatible); returns its meta."""
+def one_line(err):
+    """A TensorFlow error's message on one line (its first line alone may say only 'Graph execution error:')."""
+    return " ".join(line.strip() for line in str(getattr(err, "message", err)).splitlines() if line.strip())
+
+
+def check_variables(prefix, variables):
+    """Raise CheckpointError unless the checkpoint at `prefix` is readable and holds every one of
+    `variables` with its shape (a checkpoint may hold more, e.g. optimizer state)."""
+    try:
+        shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {prefix}: {one_line(err)}") from None
+    for variable in variables:
+        name, shape = variable.op.name, variable.shape.as_list()
+        if name not in shapes:
+            raise CheckpointError(f"checkpoint {prefix} lacks variable {name}")
+        if list(shapes[name]) != shape:
+            raise CheckpointError(f"checkpoint {prefix} holds {name} of shape {list(shapes[name])}, "
+                                  f"this graph has {shape}")
+
+
+def restore(sess, saver, run_dir, kind, input_h=None, input_w=None, variables=None):
+    """Restore checkpoint `kind` of a run into the session after checking it fits: search space,
+    input size if given (see check_compatible), and the shape of every one of `variables` (default:
+    the graph's global variables, what the saver restores); returns its meta."""
     meta = load_meta(run_dir, kind)
     check_compatible(meta, input_h, input_w, meta["prefix"])
+    if variables is None:
+        variables = sess.graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+    check_variables(meta["prefix"], variables)
     try:
         saver.restore(sess, meta["prefix"])
     except tf.errors.OpError as err:
-        raise CheckpointError(f"cannot restore {meta['prefix']}: {err.message.splitlines()[0]}") from None
+        raise CheckpointError(f"cannot restore {meta['prefix']}: {one_line(err)}") from None
     return meta
 
 

@@ -192,13 +192,23 @@ def _scan_split_folder(base_path, split):
 
 
 def detect_layout(base_path):
-    """'lists' if base_path holds FC2_dirnames.txt, else 'folders' if it holds FlyingChairs2/."""
+    """'lists' if base_path holds FC2_dirnames.txt, else 'folders' if it holds FlyingChairs2/ and
+    no split list (a split list without FC2_dirnames.txt is a broken lists layout, not folders)."""
+    return _detect_layout(base_path)[0]
+
+
+def _detect_layout(base_path):
+    """(layout, why it was chosen) for the auto layout; DataError if base_path has neither."""
     if not os.path.isdir(base_path):
         raise DataError(f"base_path {base_path!r} is not a directory")
     if os.path.isfile(os.path.join(base_path, DIRNAMES_FILE)):
-        return "lists"
+        return "lists", f"{DIRNAMES_FILE} found"
+    lists = [name for name in SPLIT_LIST_FILES.values() if os.path.exists(os.path.join(base_path, name))]
+    if lists:
+        raise DataError(f"{os.path.join(base_path, DIRNAMES_FILE)}: missing, but {lists[0]} is there: the lists "
+                        f"layout is incomplete (give data_layout folders to read {FOLDER_ROOT}/ instead)")
     if os.path.isdir(os.path.join(base_path, FOLDER_ROOT)):
-        return "folders"
+        return "folders", f"no {DIRNAMES_FILE}, {FOLDER_ROOT}/ found"
     raise DataError(f"base_path {base_path!r} holds neither {DIRNAMES_FILE} nor {FOLDER_ROOT}/")
 
 
@@ -232,11 +242,13 @@ def _split_source_name(base_path, split, layout):
     return os.path.join(base_path, FOLDER_ROOT, split)
 
 
-def check_dataset(base_path, layout):
+def check_dataset(base_path, layout, crop_hw=(1, 1)):
     """Count complete samples per split: {"train": n, "val": n}.
 
-    Raises DataError if a split is empty or any sample misses img_0, img_1 or flow_01,
-    with the count of incomplete samples and the first few missing paths.
+    Raises DataError if a split is empty or any sample misses img_0, img_1 or flow_01 (with the
+    count of incomplete samples and the first few missing paths), if a sample is in both splits,
+    or naming the first file whose header is wrong (check_sample_files: a few dozen bytes of each
+    file, so seconds for FC2) or whose sample is smaller than `crop_hw`.
     """
     if not os.path.isdir(base_path):
         raise DataError(f"base_path {base_path!r} is not a directory")
@@ -253,8 +265,14 @@ def check_dataset(base_path, layout):
             first = [p for m in missing for p in m][:_MAX_NAMED_MISSING]
             raise DataError(f"{incomplete} of {len(samples)} samples in split '{split}' are "
                             f"incomplete under {base_path}: first missing: {', '.join(first)}")
-        counts[split] = len(samples)
-    return counts
+        for sample in samples:
+            check_sample_files(sample, crop_hw)
+        counts[split] = samples
+    shared = {os.path.realpath(s[2]) for s in counts["train"]} & {os.path.realpath(s[2]) for s in counts["val"]}
+    if shared:
+        raise DataError(f"{min(shared)}: in both the train and the val split of {base_path} "
+                        f"({len(shared)} shared samples): validation must not see training samples")
+    return {split: len(samples) for split, samples in counts.items()}
 
 
 # ------------------------------------------------------------------------ synthetic chairs
@@ -605,6 +623,8 @@ def _make_sample_fn(crop_hw, train, max_flow, seed, load):
                       name, ": img_0, img_1 and flow_01 differ in size"),
             _tf_check(tf.reduce_all(image_hw >= crop_hw), name,
                       f": image smaller than the {crop_h}x{crop_w} crop"),
+            # the whole flow, not just the crop: clipping would turn a NaN into a plausible value
+            _tf_check(tf.reduce_all(tf.math.is_finite(flow)), name, ": flow holds non-finite values (NaN or inf)"),
         ]
         with tf.control_dependencies(checks):
             top, left = tf.unstack(_crop_offsets(image_hw, crop_hw, train, seed, position))
@@ -753,6 +773,8 @@ PAD_MULTIPLE = 4  # the network's input sides must be multiples of 4
 _SINTEL_FRAME = re.compile(r"^frame_(\d+)\.png$")
 _KITTI_FRAME = re.compile(r"^(\d+)_10\.png$")
 _PNG_COLOUR_RGB = 2
+_PNG_COLOUR_GREY = (0, 4)  # grey, grey + alpha
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
 
 def _list_folder(folder, what):
@@ -841,10 +863,13 @@ def png_header(path, raw):
 
 
 def _image_size(path, header):
-    """(height, width) of an 8-bit PNG frame's header, else DataError naming the file."""
-    height, width, depth, _ = header
+    """(height, width) of an 8-bit colour PNG frame's header, else DataError naming the file
+    (a grayscale frame is refused: optical flow is trained and scored on colour frames)."""
+    height, width, depth, colour = header
     if depth != 8:
         raise DataError(f"{path}: expected an 8-bit PNG image, got {depth}-bit")
+    if colour in _PNG_COLOUR_GREY:
+        raise DataError(f"{path}: grayscale PNG (colour type {colour}): frames must be RGB")
     return height, width
 
 
@@ -859,7 +884,8 @@ def _kitti_flow_size(path, header):
 def _decode_png(path, raw, dtype):
     """RGB [H, W, 3] of PNG bytes with eager TensorFlow; a damaged file is a DataError naming it."""
     try:
-        return tf.io.decode_png(raw, channels=3, dtype=dtype).numpy()
+        with tf.init_scope():  # eager even where a Session's graph is the default
+            return tf.io.decode_png(raw, channels=3, dtype=dtype).numpy()
     except tf.errors.OpError as err:
         raise DataError(f"{path}: cannot decode PNG ({err.message.splitlines()[0]})") from None
 
@@ -894,6 +920,7 @@ def load_eval_sample(sample):
     if sample[2].endswith(".flo"):
         flow = read_flo(sample[2])
         valid = np.ones(flow.shape[:2], np.float32)
+        check_finite_flow(flow, sample[2])
     else:
         flow, valid = read_kitti_flow(sample[2])
     for path, array in ((sample[1], img1), (sample[2], flow)):
@@ -901,6 +928,12 @@ def load_eval_sample(sample):
             raise DataError(f"{path}: size {array.shape[0]}x{array.shape[1]} differs from "
                             f"{img0.shape[0]}x{img0.shape[1]} of {sample[0]}")
     return img0, img1, flow, valid
+
+
+def check_finite_flow(flow, name):
+    """DataError naming `name` if the flow holds NaN or inf: it would make every metric NaN."""
+    if not np.isfinite(flow).all():
+        raise DataError(f"{name}: flow holds {np.count_nonzero(~np.isfinite(flow))} non-finite values (NaN or inf)")
 
 
 def padded_size(height, width, multiple=PAD_MULTIPLE):
@@ -920,11 +953,52 @@ def pad_sample(img0, img1, flow, valid, multiple=PAD_MULTIPLE):
 
 
 def _png_file_header(path):
+    """The IHDR fields of a PNG file (see png_header) from its first and last bytes: a file cut
+    short (no IEND chunk at its end) is a DataError naming it."""
     try:
         with open(path, "rb") as f:
-            return png_header(path, f.read(33))
+            header = png_header(path, f.read(33))
+            f.seek(max(os.fstat(f.fileno()).st_size - len(_PNG_END), 0))
+            end = f.read()
     except OSError as e:
         raise DataError(f"{path}: cannot read PNG ({e.strerror})") from None
+    if end != _PNG_END:
+        raise DataError(f"{path}: truncated PNG (it does not end with an IEND chunk)")
+    return header
+
+
+def check_sample_files(sample, crop_hw=(1, 1)):
+    """check_eval_sample, and the sample at least `crop_hw` in size; returns (height, width)."""
+    height, width = check_eval_sample(sample)
+    if height < crop_hw[0] or width < crop_hw[1]:
+        raise DataError(f"{sample[2]}: {height}x{width} sample is smaller than the {crop_hw[0]}x{crop_hw[1]} crop")
+    return height, width
+
+
+def check_training_sample(sample, crop_hw):
+    """Read a training sample whole (load_eval_sample) and check it fits `crop_hw`: a DataError
+    naming the file if it cannot be used. What names the culprit when a training batch fails."""
+    check_sample_files(sample, crop_hw)
+    load_eval_sample(sample)
+
+
+def training_batch_samples(source, seed, steps, batch_size):
+    """The (img0, img1, flow) paths training batches `steps` read (see batch_samples); none for
+    in-memory synthetic data."""
+    if isinstance(source, dict):
+        return []
+    return [source[i] for step in steps for i in batch_samples(seed, step, batch_size, len(source))[1]]
+
+
+def find_fault(samples, crop_hw):
+    """The DataError of the first of `samples` that check_training_sample refuses, or None: what
+    names the file when a batch of them failed inside TensorFlow or gave a non-finite loss."""
+    for sample in samples:
+        try:
+            check_training_sample(sample, crop_hw)
+        except DataError as err:
+            return err
+    return None
 
 
 def check_eval_sample(sample):
@@ -1024,9 +1098,10 @@ def open_data(cfg):
         return _synthetic_data(cfg, "synthetic data: no base_path configured")
     if not os.path.isdir(base_path):
         raise DataError(f"base_path {base_path!r} is not a directory")
-    layout = _resolve_layout(base_path, cfg["data_layout"])
-    counts = check_dataset(base_path, layout)
-    return dict(data_source="fc2", reason=f"FC2 data from {base_path} ({layout} layout)",
+    layout, why = (_detect_layout(base_path) if cfg["data_layout"] == "auto"
+                   else (_resolve_layout(base_path, cfg["data_layout"]), "data_layout"))
+    counts = check_dataset(base_path, layout, (cfg["input_h"], cfg["input_w"]))
+    return dict(data_source="fc2", reason=f"FC2 data from {base_path} ({layout} layout: {why})",
                 train=list_samples(base_path, "train", layout),
                 val=list_samples(base_path, "val", layout), counts=counts, layout=layout)
 

@@ -32,9 +32,13 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 # ----------------------------------------------------------------------------- data for scoring
 
-def numpy_batches(dataset, limit):
-    """The first `limit` batches of an eager tf.data dataset as numpy (images, flows); 0 = all."""
-    return [(images.numpy(), flows.numpy()) for images, flows in dataset.take(limit or -1)]
+def numpy_batches(dataset, limit, samples, crop_hw):
+    """The first `limit` batches of an eager tf.data dataset as numpy (images, flows); 0 = all. If
+    reading fails, the error names the first of `samples` (the files read) at fault."""
+    try:
+        return [(images.numpy(), flows.numpy()) for images, flows in dataset.take(limit or -1)]
+    except tf.errors.OpError as err:
+        raise data_fc2.find_fault(samples, crop_hw) or data_fc2.DataError(ckpt.one_line(err)) from None
 
 
 def recalibration_batches(cfg, data):
@@ -42,7 +46,9 @@ def recalibration_batches(cfg, data):
     input size, as training sees them): what every BN recalibration uses, whatever is scored."""
     recal = data_fc2.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
                                   max_flow=cfg["max_flow"], seed=cfg["seed"])
-    return numpy_batches(recal, cfg["bn_recal_batches"])
+    samples = data_fc2.training_batch_samples(data["train"], cfg["seed"], range(cfg["bn_recal_batches"]),
+                                              cfg["batch_size"])
+    return numpy_batches(recal, cfg["bn_recal_batches"], samples, (cfg["input_h"], cfg["input_w"]))
 
 
 def scoring_batches(cfg, data):
@@ -58,7 +64,14 @@ def centre_crop_batches(cfg, data):
     crop = (cfg["input_h"], cfg["input_w"])
     val = data_fc2.make_dataset(data["val"], cfg["batch_size"], crop, train=False, max_flow=cfg["max_flow"],
                                 seed=cfg["seed"])
-    return numpy_batches(val, cfg["eval_batches"])
+    samples = data["val"] if isinstance(data["val"], list) else []
+    batches = numpy_batches(val, cfg["eval_batches"], samples, crop)
+    for b, (_, flows) in enumerate(batches):
+        for i, flow in enumerate(flows):
+            index = b * cfg["batch_size"] + i
+            name = data["val"][index][2] if isinstance(data["val"], list) else f"synthetic val sample {index}"
+            data_fc2.check_finite_flow(flow, name)
+    return batches
 
 
 def add_dataset_flags(parser):
@@ -461,7 +474,15 @@ def run_dir_of(args):
 
 def run_config(args, run_dir):
     """The run's saved config with the scoring flags applied."""
-    cfg = ckpt.read_json(os.path.join(run_dir, "config.json"), "run config")
+    path = os.path.join(run_dir, "config.json")
+    cfg = ckpt.read_json(path, "run config")
+    defaults = ckpt.read_json(DEFAULT_CONFIG, "default config")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: must hold a JSON object")
+    for key, default in defaults.items():
+        wanted = (int, float) if isinstance(default, float) else type(default)
+        if key not in cfg or not isinstance(cfg[key], wanted) or isinstance(cfg[key], bool) != isinstance(default, bool):
+            raise ValueError(f"{path}: key '{key}' must be {type(default).__name__}, got {cfg.get(key, 'nothing')!r}")
     for key in ("batch_size", "bn_recal_batches", "eval_batches"):
         value = getattr(args, key)
         if value is not None:

@@ -64,76 +64,75 @@ def set_variable(sess, variable, value):
 
 # ----------------------------------------------------------------------------- arch codec
 
-def test_every_code_round_trips():
-    seen = set()
-    for index in range(supernet.NUM_ARCHS):
-        arch = supernet.index_to_arch(index)
-        assert supernet.arch_to_index(supernet.parse_arch(supernet.format_arch(arch))) == index
-        seen.add(arch)
-    assert seen == set(itertools.product(range(3), repeat=9))
 
+class TestArchCodec:
+    def test_every_code_round_trips(self):
+        seen = set()
+        for index in range(supernet.NUM_ARCHS):
+            arch = supernet.index_to_arch(index)
+            assert supernet.arch_to_index(supernet.parse_arch(supernet.format_arch(arch))) == index
+            seen.add(arch)
+        assert seen == set(itertools.product(range(3), repeat=9))
 
-@pytest.mark.parametrize("code, words", [
-    ("0,1", "2 fields"), ("0,1,3,0,0,0,0,0,0", "field 2 (DB0)"), ("a,b,c", "3 fields"),
-    ("", "empty"), ("0,1,2,0,1,2,0,1,x", "field 8 (H2Out)"), ("0,1,2,0,1,2,0,1,-1", "field 8"),
-])
-def test_malformed_codes_are_rejected_naming_the_problem(code, words):
-    with pytest.raises(supernet.ArchError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        supernet.parse_arch(code)
+    @pytest.mark.parametrize("code, words", [
+        ("0,1", "2 fields"), ("0,1,3,0,0,0,0,0,0", "field 2 (DB0)"), ("a,b,c", "3 fields"),
+        ("", "empty"), ("0,1,2,0,1,2,0,1,x", "field 8 (H2Out)"), ("0,1,2,0,1,2,0,1,-1", "field 8"),
+    ])
+    def test_malformed_codes_are_rejected_naming_the_problem(self, code, words):
+        with pytest.raises(supernet.ArchError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            supernet.parse_arch(code)
 
-
-def test_validate_rejects_bools_floats_and_wrong_length():
-    for bad in [(0,) * 8, (0,) * 8 + (True,), (0,) * 8 + (1.0,), (0,) * 8 + (3,)]:
-        with pytest.raises(supernet.ArchError):
-            supernet.validate_arch(bad)
+    def test_validate_rejects_bools_floats_and_wrong_length(self):
+        for bad in [(0,) * 8, (0,) * 8 + (True,), (0,) * 8 + (1.0,), (0,) * 8 + (3,)]:
+            with pytest.raises(supernet.ArchError):
+                supernet.validate_arch(bad)
 
 
 # ----------------------------------------------------------------------------- analytic cost
 
-def test_reference_sizes_match_a_hand_count():
-    # By hand from DESIGN.md, all-0 at 180x240 (k*k*cin*cout kernels + 2*cout BN per conv):
-    # E0 9408+64, E1 51200+128, EB0 2*(36864+128), Down1 73728+256, EB1 2*(147456+256),
-    # Down2 294912+512, DB0 2*(589824+512), Up1 294912+256, DB1 2*(147456+256), Up2 73728+128,
-    # H0Out 1152, H1 18432+64, H1Out 576, H2 4608+32, H2Out 288.
-    assert supernet.count_params((0,) * 9) == 2_669_888
-    # all-2 adds two ResBlocks per depth stage and 7x7 heads.
-    extra_depth = 2 * (73_984 + 295_424 + 1_180_672 + 295_424)
-    extra_heads = (49 - 9) * (64 * 2 + 64 * 32 + 32 * 2 + 32 * 16 + 16 * 2)
-    assert supernet.count_params((2,) * 9) == 2_669_888 + extra_depth + extra_heads
-    assert abs(supernet.count_macs((0,) * 9) / 1e9 - 2.0) < 0.05
-    assert abs(supernet.count_macs((2,) * 9) / 1e9 - 5.5) < 0.05
-    # E0 alone: 7*7*6*32 MACs at each of 90x120 output pixels.
-    assert supernet.layer_table((0,) * 9, 180, 240)[0] == ("E0", 7, 6, 32, 90, 120, True)
 
+class TestAnalyticCost:
+    def test_reference_sizes_match_a_hand_count(self):
+        # By hand from DESIGN.md, all-0 at 180x240 (k*k*cin*cout kernels + 2*cout BN per conv):
+        # E0 9408+64, E1 51200+128, EB0 2*(36864+128), Down1 73728+256, EB1 2*(147456+256),
+        # Down2 294912+512, DB0 2*(589824+512), Up1 294912+256, DB1 2*(147456+256), Up2 73728+128,
+        # H0Out 1152, H1 18432+64, H1Out 576, H2 4608+32, H2Out 288.
+        assert supernet.count_params((0,) * 9) == 2_669_888
+        # all-2 adds two ResBlocks per depth stage and 7x7 heads.
+        extra_depth = 2 * (73_984 + 295_424 + 1_180_672 + 295_424)
+        extra_heads = (49 - 9) * (64 * 2 + 64 * 32 + 32 * 2 + 32 * 16 + 16 * 2)
+        assert supernet.count_params((2,) * 9) == 2_669_888 + extra_depth + extra_heads
+        assert abs(supernet.count_macs((0,) * 9) / 1e9 - 2.0) < 0.05
+        assert abs(supernet.count_macs((2,) * 9) / 1e9 - 5.5) < 0.05
+        # E0 alone: 7*7*6*32 MACs at each of 90x120 output pixels.
+        assert supernet.layer_table((0,) * 9, 180, 240)[0] == ("E0", 7, 6, 32, 90, 120, True)
 
-@pytest.mark.parametrize("arch", [(0,) * 9, (2,) * 9, (0, 1, 2, 0, 1, 2, 0, 1, 2), (2, 0, 1, 1, 2, 0, 2, 1, 0)])
-def test_built_static_graph_has_the_analytic_parameter_count(arch):
-    graph = tf.Graph()
-    with graph.as_default():
-        supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [1, 32, 48, 6]), arch, mode="eval")
-    assert supernet.graph_param_count(graph) == supernet.count_params(arch, 32, 48)
+    @pytest.mark.parametrize("arch", [(0,) * 9, (2,) * 9, (0, 1, 2, 0, 1, 2, 0, 1, 2), (2, 0, 1, 1, 2, 0, 2, 1, 0)])
+    def test_built_static_graph_has_the_analytic_parameter_count(self, arch):
+        graph = tf.Graph()
+        with graph.as_default():
+            supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [1, 32, 48, 6]), arch, mode="eval")
+        assert supernet.graph_param_count(graph) == supernet.count_params(arch, 32, 48)
 
+    def test_dynamic_graph_holds_every_option_once(self):
+        graph = tf.Graph()
+        with graph.as_default():
+            supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [1, 32, 48, 6]),
+                                 tf.compat.v1.placeholder(tf.int32, [9]), mode="train")
+        names = variables_by_name(graph)
 
-def test_dynamic_graph_holds_every_option_once():
-    graph = tf.Graph()
-    with graph.as_default():
-        supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [1, 32, 48, 6]),
-                             tf.compat.v1.placeholder(tf.int32, [9]), mode="train")
-    names = variables_by_name(graph)
+        def params(arch, heads):
+            rows = supernet.layer_table(arch, 32, 48)
+            return sum(k * k * ci * co + (2 * co if bn else 0) for name, k, ci, co, _, _, bn in rows if name.startswith("H") == heads)
 
-    def params(arch, heads):
-        rows = supernet.layer_table(arch, 32, 48)
-        return sum(k * k * ci * co + (2 * co if bn else 0) for name, k, ci, co, _, _, bn in rows if name.startswith("H") == heads)
+        # The deepest body once (depth options are nested) plus every head option's own weights.
+        expected = params((2,) * 9, False) + sum(params((o,) * 9, True) for o in range(3))
+        assert supernet.graph_param_count(graph) == expected
+        assert "supernet/H2Out/k5/conv/kernel" in names and "supernet/DB0/rb3/conv2/kernel" in names
 
-    # The deepest body once (depth options are nested) plus every head option's own weights.
-    expected = params((2,) * 9, False) + sum(params((o,) * 9, True) for o in range(3))
-    assert supernet.graph_param_count(graph) == expected
-    assert "supernet/H2Out/k5/conv/kernel" in names and "supernet/DB0/rb3/conv2/kernel" in names
-
-
-def test_input_size_must_be_a_multiple_of_4():
-    with pytest.raises(ValueError, match="h=30"):
-        supernet.check_input_size(30, 40)
+    def test_input_size_must_be_a_multiple_of_4(self):
+        with pytest.raises(ValueError, match="h=30"):
+            supernet.check_input_size(30, 40)
 
 
 # ----------------------------------------------------------------------------- graph behaviour
@@ -151,191 +150,183 @@ def _dynamic_and_static(arch, mode):
     return graph, images, arch_in, dynamic, static, init
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_dynamic_and_static_forms_agree(mode):
-    arch = (2, 0, 1, 1, 2, 0, 2, 1, 0)
-    graph, images, arch_in, dynamic, static, init = _dynamic_and_static(arch, mode)
-    n_vars = len(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
-    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        if mode == "eval":  # non-trivial running statistics so the eval path is really exercised
+class TestGraph:
+    @pytest.mark.parametrize("mode", ["train", "eval"])
+    def test_dynamic_and_static_forms_agree(self, mode):
+        arch = (2, 0, 1, 1, 2, 0, 2, 1, 0)
+        graph, images, arch_in, dynamic, static, init = _dynamic_and_static(arch, mode)
+        n_vars = len(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
+        x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            if mode == "eval":  # non-trivial running statistics so the eval path is really exercised
+                rng = np.random.default_rng(1)
+                for name, v in variables_by_name(graph).items():
+                    if name.endswith("moving_mean"):
+                        set_variable(sess, v, rng.normal(0, 0.1, v.shape.as_list()))
+                    elif name.endswith("moving_variance"):
+                        set_variable(sess, v, rng.uniform(0.5, 1.5, v.shape.as_list()))
+            dyn, sta = sess.run([dynamic, static], {images: x, arch_in: arch})
+        # The static form created no variable of its own: both forms share every name.
+        assert n_vars == len(variables_by_name(graph))
+        for d, s in zip(dyn, sta):
+            assert d.shape == s.shape
+            np.testing.assert_allclose(d, s, rtol=1e-5, atol=1e-5)
+            assert np.abs(d).max() > 1e-3
+
+    def test_dynamic_form_runs_only_the_chosen_convolutions(self):
+        arch = (2, 0, 1, 1, 2, 0, 2, 1, 0)
+        graph, images, arch_in, dynamic, _, init = _dynamic_and_static(arch, "train")
+        options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE)
+        metadata = tf.compat.v1.RunMetadata()
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            sess.run(dynamic, {images: np.zeros((2, 32, 48, 6)), arch_in: arch}, options=options, run_metadata=metadata)
+        kinds = [node.timeline_label.split(" = ", 1)[-1].split("(", 1)[0]
+                 for device in metadata.step_stats.dev_stats for node in device.node_stats]
+        executed = sum("Conv2D" in k and "Backprop" not in k for k in kinds)
+        # Masking would run all 3 options of every block; switching runs exactly the subnet's convs.
+        assert executed == len(supernet.layer_table(arch, 32, 48)) == 27
+
+    def test_only_chosen_options_receive_gradient(self):
+        arch = (0, 1, 2, 0, 1, 2, 0, 1, 2)
+        graph = tf.Graph()
+        with graph.as_default():
+            images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+            arch_in = tf.compat.v1.placeholder(tf.int32, [9])
+            flows = supernet.build_flows(images, arch_in, mode="train")
+            loss = sum(tf.reduce_mean(tf.abs(f - 1.0)) for f in flows)
+            variables = graph.get_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES)
+            grads = tf.gradients(loss, variables)
+            init = tf.compat.v1.global_variables_initializer()
+        fetch = {v.op.name: g for v, g in zip(variables, grads) if g is not None}
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            # ResBlocks start as the identity (last gamma 0), which blocks their conv gradients; give
+            # every gamma a trained-looking value so the chosen convs must receive gradient.
             rng = np.random.default_rng(1)
             for name, v in variables_by_name(graph).items():
-                if name.endswith("moving_mean"):
-                    set_variable(sess, v, rng.normal(0, 0.1, v.shape.as_list()))
-                elif name.endswith("moving_variance"):
+                if name.endswith("gamma"):
                     set_variable(sess, v, rng.uniform(0.5, 1.5, v.shape.as_list()))
-        dyn, sta = sess.run([dynamic, static], {images: x, arch_in: arch})
-    # The static form created no variable of its own: both forms share every name.
-    assert n_vars == len(variables_by_name(graph))
-    for d, s in zip(dyn, sta):
-        assert d.shape == s.shape
-        np.testing.assert_allclose(d, s, rtol=1e-5, atol=1e-5)
-        assert np.abs(d).max() > 1e-3
+            values = sess.run(fetch, {images: np.random.default_rng(0).uniform(-1, 1, (2, 32, 48, 6)), arch_in: arch})
+        norm = {name: float(np.abs(values[name]).sum()) if name in values else 0.0 for name in (v.op.name for v in variables)}
+        chosen = {"EB0": {1}, "EB1": {1, 2}, "DB0": {1, 2, 3}, "DB1": {1}}
+        for stage, blocks in chosen.items():
+            for b in (1, 2, 3):
+                g = norm[f"supernet/{stage}/rb{b}/conv1/kernel"]
+                assert (g > 0) == (b in blocks), (stage, b, g)
+        for block, option in zip(supernet.BLOCKS[4:], arch[4:]):
+            for o, k in enumerate(supernet.KERNEL_SIZES):
+                g = norm[f"supernet/{block}/k{k}/conv/kernel"]
+                assert (g > 0) == (o == option), (block, k, g)
+        assert norm["supernet/E0/conv/kernel"] > 0
 
+    def test_every_resblock_starts_as_the_identity(self):
+        graph = tf.Graph()
+        with graph.as_default():
+            images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+            arch_in = tf.compat.v1.placeholder(tf.int32, [9])
+            flows = supernet.build_flows(images, arch_in, mode="train")
+            init = tf.compat.v1.global_variables_initializer()
+        x = np.random.default_rng(4).uniform(-1, 1, (2, 32, 48, 6))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            gammas = {n: sess.run(v) for n, v in variables_by_name(graph).items() if n.endswith("/bn2/gamma")}
+            shallow, deep = (sess.run(flows, {images: x, arch_in: (d,) * 4 + (0,) * 5}) for d in (0, 2))
+        assert len(gammas) == 4 * 3 and all((g == 0).all() for g in gammas.values())
+        for s, d in zip(shallow, deep):  # depth options compute the same function until trained
+            np.testing.assert_allclose(s, d, rtol=1e-5, atol=1e-5)
 
-def test_dynamic_form_runs_only_the_chosen_convolutions():
-    arch = (2, 0, 1, 1, 2, 0, 2, 1, 0)
-    graph, images, arch_in, dynamic, _, init = _dynamic_and_static(arch, "train")
-    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE)
-    metadata = tf.compat.v1.RunMetadata()
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        sess.run(dynamic, {images: np.zeros((2, 32, 48, 6)), arch_in: arch}, options=options, run_metadata=metadata)
-    kinds = [node.timeline_label.split(" = ", 1)[-1].split("(", 1)[0]
-             for device in metadata.step_stats.dev_stats for node in device.node_stats]
-    executed = sum("Conv2D" in k and "Backprop" not in k for k in kinds)
-    # Masking would run all 3 options of every block; switching runs exactly the subnet's convs.
-    assert executed == len(supernet.layer_table(arch, 32, 48)) == 27
-
-
-def test_only_chosen_options_receive_gradient():
-    arch = (0, 1, 2, 0, 1, 2, 0, 1, 2)
-    graph = tf.Graph()
-    with graph.as_default():
-        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
-        arch_in = tf.compat.v1.placeholder(tf.int32, [9])
-        flows = supernet.build_flows(images, arch_in, mode="train")
-        loss = sum(tf.reduce_mean(tf.abs(f - 1.0)) for f in flows)
-        variables = graph.get_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES)
-        grads = tf.gradients(loss, variables)
-        init = tf.compat.v1.global_variables_initializer()
-    fetch = {v.op.name: g for v, g in zip(variables, grads) if g is not None}
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        # ResBlocks start as the identity (last gamma 0), which blocks their conv gradients; give
-        # every gamma a trained-looking value so the chosen convs must receive gradient.
-        rng = np.random.default_rng(1)
-        for name, v in variables_by_name(graph).items():
-            if name.endswith("gamma"):
-                set_variable(sess, v, rng.uniform(0.5, 1.5, v.shape.as_list()))
-        values = sess.run(fetch, {images: np.random.default_rng(0).uniform(-1, 1, (2, 32, 48, 6)), arch_in: arch})
-    norm = {name: float(np.abs(values[name]).sum()) if name in values else 0.0 for name in (v.op.name for v in variables)}
-    chosen = {"EB0": {1}, "EB1": {1, 2}, "DB0": {1, 2, 3}, "DB1": {1}}
-    for stage, blocks in chosen.items():
-        for b in (1, 2, 3):
-            g = norm[f"supernet/{stage}/rb{b}/conv1/kernel"]
-            assert (g > 0) == (b in blocks), (stage, b, g)
-    for block, option in zip(supernet.BLOCKS[4:], arch[4:]):
-        for o, k in enumerate(supernet.KERNEL_SIZES):
-            g = norm[f"supernet/{block}/k{k}/conv/kernel"]
-            assert (g > 0) == (o == option), (block, k, g)
-    assert norm["supernet/E0/conv/kernel"] > 0
-
-
-def test_every_resblock_starts_as_the_identity():
-    graph = tf.Graph()
-    with graph.as_default():
-        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
-        arch_in = tf.compat.v1.placeholder(tf.int32, [9])
-        flows = supernet.build_flows(images, arch_in, mode="train")
-        init = tf.compat.v1.global_variables_initializer()
-    x = np.random.default_rng(4).uniform(-1, 1, (2, 32, 48, 6))
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        gammas = {n: sess.run(v) for n, v in variables_by_name(graph).items() if n.endswith("/bn2/gamma")}
-        shallow, deep = (sess.run(flows, {images: x, arch_in: (d,) * 4 + (0,) * 5}) for d in (0, 2))
-    assert len(gammas) == 4 * 3 and all((g == 0).all() for g in gammas.values())
-    for s, d in zip(shallow, deep):  # depth options compute the same function until trained
-        np.testing.assert_allclose(s, d, rtol=1e-5, atol=1e-5)
-
-
-def test_outputs_are_accumulated_across_scales():
-    arch = (1, 0, 2, 1, 0, 2, 1, 0, 2)
-    graph = tf.Graph()
-    with graph.as_default():
-        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
-        flows = supernet.build_flows(images, arch, mode="train")
-        init = tf.compat.v1.global_variables_initializer()
-    names = variables_by_name(graph)
-    x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        f4, f2, f1 = sess.run(flows, {images: x})
-        assert f4.shape == (2, 8, 12, 2) and f2.shape == (2, 16, 24, 2) and f1.shape == (2, 32, 48, 2)
-        # With both residual heads zeroed the finer outputs are exactly the upsampled coarse flow,
-        # in the same pixel units (never rescaled).
-        for head, k in (("H1Out", supernet.KERNEL_SIZES[arch[6]]), ("H2Out", supernet.KERNEL_SIZES[arch[8]])):
-            kernel = names[f"supernet/{head}/k{k}/conv/kernel"]
-            set_variable(sess, kernel, np.zeros(kernel.shape.as_list()))
-        z4, z2, z1 = sess.run(flows, {images: x})
-    np.testing.assert_allclose(z4, f4, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(z2, bilinear_resize_np(f4, 16, 24), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(z1, bilinear_resize_np(bilinear_resize_np(f4, 16, 24), 32, 48), rtol=1e-4, atol=1e-5)
-    # With the residuals on, the full-resolution output differs from the upsampled coarse flow.
-    assert np.abs(f1 - bilinear_resize_np(f2, 32, 48)).max() > 1e-4
+    def test_outputs_are_accumulated_across_scales(self):
+        arch = (1, 0, 2, 1, 0, 2, 1, 0, 2)
+        graph = tf.Graph()
+        with graph.as_default():
+            images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+            flows = supernet.build_flows(images, arch, mode="train")
+            init = tf.compat.v1.global_variables_initializer()
+        names = variables_by_name(graph)
+        x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            f4, f2, f1 = sess.run(flows, {images: x})
+            assert f4.shape == (2, 8, 12, 2) and f2.shape == (2, 16, 24, 2) and f1.shape == (2, 32, 48, 2)
+            # With both residual heads zeroed the finer outputs are exactly the upsampled coarse flow,
+            # in the same pixel units (never rescaled).
+            for head, k in (("H1Out", supernet.KERNEL_SIZES[arch[6]]), ("H2Out", supernet.KERNEL_SIZES[arch[8]])):
+                kernel = names[f"supernet/{head}/k{k}/conv/kernel"]
+                set_variable(sess, kernel, np.zeros(kernel.shape.as_list()))
+            z4, z2, z1 = sess.run(flows, {images: x})
+        np.testing.assert_allclose(z4, f4, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(z2, bilinear_resize_np(f4, 16, 24), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(z1, bilinear_resize_np(bilinear_resize_np(f4, 16, 24), 32, 48), rtol=1e-4, atol=1e-5)
+        # With the residuals on, the full-resolution output differs from the upsampled coarse flow.
+        assert np.abs(f1 - bilinear_resize_np(f2, 32, 48)).max() > 1e-4
 
 
 # ----------------------------------------------------------------------------- fairness
 
-def test_every_fair_cycle_is_three_permutations_over_many_seeds():
-    for seed in range(40):
-        for step in range(25):
-            paths = fair.fair_cycle(seed, step)
-            assert len(paths) == 3
-            for block in range(9):
-                assert sorted(p[block] for p in paths) == [0, 1, 2]
 
+class TestFairness:
+    def test_every_fair_cycle_is_three_permutations_over_many_seeds(self):
+        for seed in range(40):
+            for step in range(25):
+                paths = fair.fair_cycle(seed, step)
+                assert len(paths) == 3
+                for block in range(9):
+                    assert sorted(p[block] for p in paths) == [0, 1, 2]
 
-def test_cycles_depend_on_seed_and_step_only():
-    assert fair.fair_cycle(42, 17) == fair.fair_cycle(42, 17)
-    assert len({fair.fair_cycle(42, s) for s in range(50)}) > 45
-    assert [fair.fair_cycle(1, s) for s in range(10)] != [fair.fair_cycle(2, s) for s in range(10)]
+    def test_cycles_depend_on_seed_and_step_only(self):
+        assert fair.fair_cycle(42, 17) == fair.fair_cycle(42, 17)
+        assert len({fair.fair_cycle(42, s) for s in range(50)}) > 45
+        assert [fair.fair_cycle(1, s) for s in range(10)] != [fair.fair_cycle(2, s) for s in range(10)]
 
+    def test_counts_are_equal_and_gap_zero_after_whole_steps(self):
+        counts = fair.counts_for_steps(42, 0, 300)
+        assert all(n == 300 for options in counts.values() for n in options.values())
+        assert fair.fairness_gap(counts) == 0
+        # An independent brute-force count over the raw cycles.
+        brute = np.zeros((9, 3), int)
+        for s in range(300):
+            for arch in fair.fair_cycle(42, s):
+                brute[np.arange(9), arch] += 1
+        assert (brute == 300).all()
+        # Half a cycle is unfair: the gap is non-zero.
+        assert fair.fairness_gap(fair.add_counts(fair.empty_counts(), fair.fair_cycle(42, 0)[:1])) == 1
 
-def test_counts_are_equal_and_gap_zero_after_whole_steps():
-    counts = fair.counts_for_steps(42, 0, 300)
-    assert all(n == 300 for options in counts.values() for n in options.values())
-    assert fair.fairness_gap(counts) == 0
-    # An independent brute-force count over the raw cycles.
-    brute = np.zeros((9, 3), int)
-    for s in range(300):
-        for arch in fair.fair_cycle(42, s):
-            brute[np.arange(9), arch] += 1
-    assert (brute == 300).all()
-    # Half a cycle is unfair: the gap is non-zero.
-    assert fair.fairness_gap(fair.add_counts(fair.empty_counts(), fair.fair_cycle(42, 0)[:1])) == 1
+    def test_counts_resume_where_they_left_off(self):
+        first = fair.counts_for_steps(7, 0, 13)
+        assert fair.counts_for_steps(7, 13, 20, first) == fair.counts_for_steps(7, 0, 33)
 
+    @pytest.mark.parametrize("size, seed", [(12, 42), (3, 0), (24, 5)])
+    def test_eval_pool_covers_every_option_equally(self, size, seed):
+        pool = fair.build_eval_pool(size, seed)
+        assert pool[:3] == [(0,) * 9, (1,) * 9, (2,) * 9]
+        assert len(set(pool)) == size
+        for c in range(size // 3):
+            cycle = pool[3 * c: 3 * c + 3]
+            assert all(sorted(p[b] for p in cycle) == [0, 1, 2] for b in range(9))
+        coverage = fair.pool_coverage(pool)
+        assert coverage["ok"], coverage["problems"]
+        assert fair.build_eval_pool(size, seed) == pool
 
-def test_counts_resume_where_they_left_off():
-    first = fair.counts_for_steps(7, 0, 13)
-    assert fair.counts_for_steps(7, 13, 20, first) == fair.counts_for_steps(7, 0, 33)
+    def test_eval_pool_coverage_check_catches_problems(self):
+        pool = fair.build_eval_pool(12, 42)
+        assert not fair.pool_coverage(pool[:-1] + [pool[0]])["ok"]
+        assert not fair.pool_coverage(pool[:11])["ok"]
+        with pytest.raises(ValueError, match="multiple of 3"):
+            fair.build_eval_pool(10, 42)
 
+    def test_fair_cli_checks(self, capsys):
+        assert fair.main(["--cycles", "30", "--seed", "3", "--check"]) == 0
+        out = capsys.readouterr().out
+        assert "fairness gap: 0" in out and out.count(" 30 ") + out.count("30\n") >= 9
+        with pytest.raises(SystemExit):
+            fair.main(["--pool", "--size", "10"])
 
-@pytest.mark.parametrize("size, seed", [(12, 42), (3, 0), (24, 5)])
-def test_eval_pool_covers_every_option_equally(size, seed):
-    pool = fair.build_eval_pool(size, seed)
-    assert pool[:3] == [(0,) * 9, (1,) * 9, (2,) * 9]
-    assert len(set(pool)) == size
-    for c in range(size // 3):
-        cycle = pool[3 * c: 3 * c + 3]
-        assert all(sorted(p[b] for p in cycle) == [0, 1, 2] for b in range(9))
-    coverage = fair.pool_coverage(pool)
-    assert coverage["ok"], coverage["problems"]
-    assert fair.build_eval_pool(size, seed) == pool
-
-
-def test_eval_pool_coverage_check_catches_problems():
-    pool = fair.build_eval_pool(12, 42)
-    assert not fair.pool_coverage(pool[:-1] + [pool[0]])["ok"]
-    assert not fair.pool_coverage(pool[:11])["ok"]
-    with pytest.raises(ValueError, match="multiple of 3"):
-        fair.build_eval_pool(10, 42)
-
-
-def test_fair_cli_checks(capsys):
-    assert fair.main(["--cycles", "30", "--seed", "3", "--check"]) == 0
-    out = capsys.readouterr().out
-    assert "fairness gap: 0" in out and out.count(" 30 ") + out.count("30\n") >= 9
-    with pytest.raises(SystemExit):
-        fair.main(["--pool", "--size", "10"])
-
-
-def test_supernet_self_test_cli(capsys):
-    assert supernet.main(["--self_test"]) == 0
-    out = capsys.readouterr().out
-    assert "all 19683 codes" in out and out.count("rejected") == 4
+    def test_supernet_self_test_cli(self, capsys):
+        assert supernet.main(["--self_test"]) == 0
+        out = capsys.readouterr().out
+        assert "all 19683 codes" in out and out.count("rejected") == 4
 
 
 # ----------------------------------------------------------------------------- data (data_fc2.py)
@@ -377,118 +368,115 @@ def _hand_flo_bytes(width, height, values, tag=b"PIEH"):
 
 # ----------------------------------------------------------------------------- .flo
 
-def test_flo_round_trip_is_bit_exact(tmp_path):
-    rng = np.random.default_rng(0)
-    flow = rng.normal(0, 30, (5, 7, 2)).astype(np.float32)
-    flow[0, 0] = [-0.0, 1e9]  # negative zero and Middlebury's "unknown" marker survive too
-    flow[1, 1] = [np.inf, np.nan]
-    path = str(tmp_path / "x.flo")
-    data_fc2.write_flo(path, flow)
-    back = data_fc2.read_flo(path)
-    assert back.dtype == np.float32 and back.shape == (5, 7, 2)
-    assert np.array_equal(back.view(np.uint32), flow.view(np.uint32))
-    assert os.path.getsize(path) == 12 + 5 * 7 * 2 * 4
 
+class TestFlo:
+    def test_flo_round_trip_is_bit_exact(self, tmp_path):
+        rng = np.random.default_rng(0)
+        flow = rng.normal(0, 30, (5, 7, 2)).astype(np.float32)
+        flow[0, 0] = [-0.0, 1e9]  # negative zero and Middlebury's "unknown" marker survive too
+        flow[1, 1] = [np.inf, np.nan]
+        path = str(tmp_path / "x.flo")
+        data_fc2.write_flo(path, flow)
+        back = data_fc2.read_flo(path)
+        assert back.dtype == np.float32 and back.shape == (5, 7, 2)
+        assert np.array_equal(back.view(np.uint32), flow.view(np.uint32))
+        assert os.path.getsize(path) == 12 + 5 * 7 * 2 * 4
 
-def test_read_flo_of_hand_written_bytes(tmp_path):
-    # width 3, height 2; u, v interleaved, row-major: pixel (row r, col c) = (10r + c, -(10r + c))
-    values = [v for r in range(2) for c in range(3) for v in (10 * r + c, -(10 * r + c))]
-    path = tmp_path / "hand.flo"
-    path.write_bytes(_hand_flo_bytes(3, 2, values))
-    flow = data_fc2.read_flo(str(path))
-    assert flow.shape == (2, 3, 2)
-    assert flow[1, 2].tolist() == [12.0, -12.0]
-    assert flow[0, 1].tolist() == [1.0, -1.0]
+    def test_read_flo_of_hand_written_bytes(self, tmp_path):
+        # width 3, height 2; u, v interleaved, row-major: pixel (row r, col c) = (10r + c, -(10r + c))
+        values = [v for r in range(2) for c in range(3) for v in (10 * r + c, -(10 * r + c))]
+        path = tmp_path / "hand.flo"
+        path.write_bytes(_hand_flo_bytes(3, 2, values))
+        flow = data_fc2.read_flo(str(path))
+        assert flow.shape == (2, 3, 2)
+        assert flow[1, 2].tolist() == [12.0, -12.0]
+        assert flow[0, 1].tolist() == [1.0, -1.0]
 
+    @pytest.mark.parametrize("content, words", [
+        (_hand_flo_bytes(2, 2, [0.0] * 8, tag=b"PIEX"), "wrong .flo tag"),
+        (_hand_flo_bytes(0, 2, []), "impossible .flo size"),
+        (_hand_flo_bytes(2, -1, []), "impossible .flo size"),
+        (_hand_flo_bytes(100000, 1, []), "impossible .flo size"),
+        (b"PIEH\x02\x00", "short .flo file"),
+        (_hand_flo_bytes(2, 2, [0.0] * 7), "short .flo file"),
+        (_hand_flo_bytes(2, 2, [0.0] * 9), "bytes after"),
+    ])
+    def test_read_flo_malformed_names_the_file(self, tmp_path, content, words):
+        path = tmp_path / "bad_sample.flo"
+        path.write_bytes(content)
+        with pytest.raises(data_fc2.DataError, match=words) as info:
+            data_fc2.read_flo(str(path))
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
 
-@pytest.mark.parametrize("content, words", [
-    (_hand_flo_bytes(2, 2, [0.0] * 8, tag=b"PIEX"), "wrong .flo tag"),
-    (_hand_flo_bytes(0, 2, []), "impossible .flo size"),
-    (_hand_flo_bytes(2, -1, []), "impossible .flo size"),
-    (_hand_flo_bytes(100000, 1, []), "impossible .flo size"),
-    (b"PIEH\x02\x00", "short .flo file"),
-    (_hand_flo_bytes(2, 2, [0.0] * 7), "short .flo file"),
-    (_hand_flo_bytes(2, 2, [0.0] * 9), "bytes after"),
-])
-def test_read_flo_malformed_names_the_file(tmp_path, content, words):
-    path = tmp_path / "bad_sample.flo"
-    path.write_bytes(content)
-    with pytest.raises(data_fc2.DataError, match=words) as info:
-        data_fc2.read_flo(str(path))
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
-
-
-def test_read_flo_missing_file_and_write_bad_shape_name_the_file(tmp_path):
-    with pytest.raises(data_fc2.DataError, match="nothere.flo"):
-        data_fc2.read_flo(str(tmp_path / "nothere.flo"))
-    with pytest.raises(data_fc2.DataError, match="out.flo"):
-        data_fc2.write_flo(str(tmp_path / "out.flo"), np.zeros((4, 4, 3), np.float32))
+    def test_read_flo_missing_file_and_write_bad_shape_name_the_file(self, tmp_path):
+        with pytest.raises(data_fc2.DataError, match="nothere.flo"):
+            data_fc2.read_flo(str(tmp_path / "nothere.flo"))
+        with pytest.raises(data_fc2.DataError, match="out.flo"):
+            data_fc2.write_flo(str(tmp_path / "out.flo"), np.zeros((4, 4, 3), np.float32))
 
 
 # ----------------------------------------------------------------- lists, folders, checks
 
-def test_lists_and_folders_give_the_same_samples(fc2_tree):
-    assert data_fc2.detect_layout(fc2_tree) == "lists"
-    for split, n in (("train", 8), ("val", 2)):
-        lists = data_fc2.list_samples(fc2_tree, split, "lists")
-        folders = data_fc2.list_samples(fc2_tree, split, "folders")
-        assert len(lists) == n
-        assert sorted(lists) == sorted(folders)
-        img0, img1, flow = lists[0]
-        assert img0.endswith("-img_0.png") and img1.endswith("-img_1.png")
-        assert flow.endswith("-flow_01.flo")
-        assert os.path.dirname(img0).endswith(os.path.join("FlyingChairs2", split))
-    assert data_fc2.check_dataset(fc2_tree, "lists") == data_fc2.check_dataset(fc2_tree, "folders") \
-        == {"train": 8, "val": 2}
 
+class TestLayouts:
+    def test_lists_and_folders_give_the_same_samples(self, fc2_tree):
+        assert data_fc2.detect_layout(fc2_tree) == "lists"
+        for split, n in (("train", 8), ("val", 2)):
+            lists = data_fc2.list_samples(fc2_tree, split, "lists")
+            folders = data_fc2.list_samples(fc2_tree, split, "folders")
+            assert len(lists) == n
+            assert sorted(lists) == sorted(folders)
+            img0, img1, flow = lists[0]
+            assert img0.endswith("-img_0.png") and img1.endswith("-img_1.png")
+            assert flow.endswith("-flow_01.flo")
+            assert os.path.dirname(img0).endswith(os.path.join("FlyingChairs2", split))
+        assert data_fc2.check_dataset(fc2_tree, "lists") == data_fc2.check_dataset(fc2_tree, "folders") \
+            == {"train": 8, "val": 2}
 
-def test_list_layout_with_absolute_paths(fc2_tree, tmp_path):
-    lists_only = tmp_path / "lists_only"  # holds the list files, the images live elsewhere
-    lists_only.mkdir()
-    lines = open(os.path.join(fc2_tree, "FC2_dirnames.txt")).read().splitlines()
-    assert not os.path.isabs(lines[0])
-    absolute = "".join(os.path.join(fc2_tree, line) + "\n" for line in lines)
-    (lists_only / "FC2_dirnames.txt").write_text(absolute)
-    for name in ("FC2_train.txt", "FC2_test.txt"):
-        (lists_only / name).write_text(open(os.path.join(fc2_tree, name)).read())
-    base = str(lists_only)
-    assert data_fc2.list_samples(base, "val", "lists") == data_fc2.list_samples(fc2_tree, "val", "lists")
-    assert data_fc2.check_dataset(base, "auto") == {"train": 8, "val": 2}
+    def test_list_layout_with_absolute_paths(self, fc2_tree, tmp_path):
+        lists_only = tmp_path / "lists_only"  # holds the list files, the images live elsewhere
+        lists_only.mkdir()
+        lines = open(os.path.join(fc2_tree, "FC2_dirnames.txt")).read().splitlines()
+        assert not os.path.isabs(lines[0])
+        absolute = "".join(os.path.join(fc2_tree, line) + "\n" for line in lines)
+        (lists_only / "FC2_dirnames.txt").write_text(absolute)
+        for name in ("FC2_train.txt", "FC2_test.txt"):
+            (lists_only / name).write_text(open(os.path.join(fc2_tree, name)).read())
+        base = str(lists_only)
+        assert data_fc2.list_samples(base, "val", "lists") == data_fc2.list_samples(fc2_tree, "val", "lists")
+        assert data_fc2.check_dataset(base, "auto") == {"train": 8, "val": 2}
 
+    @pytest.mark.parametrize("index_text, words", [("3\n10\n", "index 10 out of range"),
+                                                   ("-1\n", "index -1 out of range"),
+                                                   ("two\n", "expected an integer")])
+    def test_split_index_errors_name_the_list_file(self, fc2_tree, tmp_path, index_text, words):
+        base = _copy_tree(fc2_tree, tmp_path / "copy")
+        with open(os.path.join(base, "FC2_test.txt"), "w") as f:
+            f.write(index_text)
+        with pytest.raises(data_fc2.DataError, match=words) as info:
+            data_fc2.list_samples(base, "val", "lists")
+        assert "FC2_test.txt" in str(info.value)
 
-@pytest.mark.parametrize("index_text, words", [("3\n10\n", "index 10 out of range"),
-                                               ("-1\n", "index -1 out of range"),
-                                               ("two\n", "expected an integer")])
-def test_split_index_errors_name_the_list_file(fc2_tree, tmp_path, index_text, words):
-    base = _copy_tree(fc2_tree, tmp_path / "copy")
-    with open(os.path.join(base, "FC2_test.txt"), "w") as f:
-        f.write(index_text)
-    with pytest.raises(data_fc2.DataError, match=words) as info:
-        data_fc2.list_samples(base, "val", "lists")
-    assert "FC2_test.txt" in str(info.value)
+    def test_check_dataset_names_a_deleted_file(self, fc2_tree, tmp_path):
+        base = _copy_tree(fc2_tree, tmp_path / "copy")
+        victim = data_fc2.list_samples(base, "train", "lists")[4][2]
+        os.remove(victim)
+        for layout in ("lists", "folders"):
+            with pytest.raises(data_fc2.DataError) as info:
+                data_fc2.check_dataset(base, layout)
+            message = str(info.value)
+            assert message.startswith("1 of 8 samples in split 'train' are incomplete")
+            assert victim in message
 
-
-def test_check_dataset_names_a_deleted_file(fc2_tree, tmp_path):
-    base = _copy_tree(fc2_tree, tmp_path / "copy")
-    victim = data_fc2.list_samples(base, "train", "lists")[4][2]
-    os.remove(victim)
-    for layout in ("lists", "folders"):
-        with pytest.raises(data_fc2.DataError) as info:
-            data_fc2.check_dataset(base, layout)
-        message = str(info.value)
-        assert message.startswith("1 of 8 samples in split 'train' are incomplete")
-        assert victim in message
-
-
-def test_check_dataset_rejects_an_empty_split_and_missing_base(fc2_tree, tmp_path):
-    base = _copy_tree(fc2_tree, tmp_path / "copy")
-    open(os.path.join(base, "FC2_test.txt"), "w").close()
-    with pytest.raises(data_fc2.DataError, match="split 'val' .* has no samples"):
-        data_fc2.check_dataset(base, "lists")
-    with pytest.raises(data_fc2.DataError, match="not a directory"):
-        data_fc2.check_dataset(str(tmp_path / "absent"), "auto")
-    with pytest.raises(data_fc2.DataError, match="neither"):
-        data_fc2.detect_layout(str(tmp_path))
+    def test_check_dataset_rejects_an_empty_split_and_missing_base(self, fc2_tree, tmp_path):
+        base = _copy_tree(fc2_tree, tmp_path / "copy")
+        open(os.path.join(base, "FC2_test.txt"), "w").close()
+        with pytest.raises(data_fc2.DataError, match="split 'val' .* has no samples"):
+            data_fc2.check_dataset(base, "lists")
+        with pytest.raises(data_fc2.DataError, match="not a directory"):
+            data_fc2.check_dataset(str(tmp_path / "absent"), "auto")
+        with pytest.raises(data_fc2.DataError, match="neither"):
+            data_fc2.detect_layout(str(tmp_path))
 
 
 # ------------------------------------------------------------------------------ synthetic
@@ -505,103 +493,64 @@ def _bilinear(image, x, y):
     return (1 - ty) * top + ty * bottom
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_synthetic_flow_warps_img1_back_to_img0(seed):
-    h, w = 96, 128
-    scene = data_fc2.render_synthetic_scene(np.random.default_rng(seed), h, w)
-    img0, img1, flow = scene["img0"], scene["img1"], scene["flow"]
-    layers0, layers1 = scene["layers0"], scene["layers1"]
-    assert len(np.unique(layers0)) >= 4  # background plus several visible objects
-    ys, xs = np.mgrid[0:h, 0:w]
-    x, y = xs + flow[..., 0], ys + flow[..., 1]
-    x0 = np.clip(np.floor(x).astype(int), 0, w - 2)
-    y0 = np.clip(np.floor(y).astype(int), 0, h - 2)
-    # not occluded: the target lies in the frame and all four bilinear neighbours in img1 show
-    # the same layer as the pixel in img0
-    visible = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            visible &= layers1[y0 + dy, x0 + dx] == layers0
-    assert visible.mean() > 0.6
-    warped_error = np.abs(_bilinear(img1, x, y) - img0).mean(axis=-1)[visible].mean()
-    zero_error = np.abs(img1.astype(np.float64) - img0).mean(axis=-1)[visible].mean()
-    # Bound 1.0 grey level: uint8 rounding of both frames gives a mean |difference| of about
-    # 1/3; bilinear interpolation of the smooth texture adds little (plane waves with
-    # amplitude <= 18 and wavelength >= 12 px have |f''| <= 18 (2 pi / 12)^2 ~ 5 per wave,
-    # so the per-pixel interpolation error, <= |f''|/8 per axis, averages well below 1).
-    # Measured: 0.30-0.37. A wrong flow (sign, axis order, frame) gives errors of several levels.
-    assert warped_error < 1.0
-    assert zero_error > 3.0 and zero_error > 5 * warped_error
+class TestSynthetic:
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_synthetic_flow_warps_img1_back_to_img0(self, seed):
+        h, w = 96, 128
+        scene = data_fc2.render_synthetic_scene(np.random.default_rng(seed), h, w)
+        img0, img1, flow = scene["img0"], scene["img1"], scene["flow"]
+        layers0, layers1 = scene["layers0"], scene["layers1"]
+        assert len(np.unique(layers0)) >= 4  # background plus several visible objects
+        ys, xs = np.mgrid[0:h, 0:w]
+        x, y = xs + flow[..., 0], ys + flow[..., 1]
+        x0 = np.clip(np.floor(x).astype(int), 0, w - 2)
+        y0 = np.clip(np.floor(y).astype(int), 0, h - 2)
+        # not occluded: the target lies in the frame and all four bilinear neighbours in img1 show
+        # the same layer as the pixel in img0
+        visible = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                visible &= layers1[y0 + dy, x0 + dx] == layers0
+        assert visible.mean() > 0.6
+        warped_error = np.abs(_bilinear(img1, x, y) - img0).mean(axis=-1)[visible].mean()
+        zero_error = np.abs(img1.astype(np.float64) - img0).mean(axis=-1)[visible].mean()
+        # Bound 1.0 grey level: uint8 rounding of both frames gives a mean |difference| of about
+        # 1/3; bilinear interpolation of the smooth texture adds little (plane waves with
+        # amplitude <= 18 and wavelength >= 12 px have |f''| <= 18 (2 pi / 12)^2 ~ 5 per wave,
+        # so the per-pixel interpolation error, <= |f''|/8 per axis, averages well below 1).
+        # Measured: 0.30-0.37. A wrong flow (sign, axis order, frame) gives errors of several levels.
+        assert warped_error < 1.0
+        assert zero_error > 3.0 and zero_error > 5 * warped_error
 
+    def test_synthetic_is_seeded_and_reproducible(self):
+        a = data_fc2.make_synthetic_arrays(3, 24, 32, seed=7)
+        b = data_fc2.make_synthetic_arrays(3, 24, 32, seed=7)
+        c = data_fc2.make_synthetic_arrays(3, 24, 32, seed=8)
+        assert a["img0"].shape == (3, 24, 32, 3) and a["img0"].dtype == np.uint8
+        assert a["flow"].shape == (3, 24, 32, 2) and a["flow"].dtype == np.float32
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert not np.array_equal(a["img0"], c["img0"])
+        assert a["img0"].std() > 10 and np.abs(a["flow"]).max() > 0.5  # texture and motion, not constants
 
-def test_synthetic_is_seeded_and_reproducible():
-    a = data_fc2.make_synthetic_arrays(3, 24, 32, seed=7)
-    b = data_fc2.make_synthetic_arrays(3, 24, 32, seed=7)
-    c = data_fc2.make_synthetic_arrays(3, 24, 32, seed=8)
-    assert a["img0"].shape == (3, 24, 32, 3) and a["img0"].dtype == np.uint8
-    assert a["flow"].shape == (3, 24, 32, 2) and a["flow"].dtype == np.float32
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert not np.array_equal(a["img0"], c["img0"])
-    assert a["img0"].std() > 10 and np.abs(a["flow"]).max() > 0.5  # texture and motion, not constants
-
-
-def test_written_fc2_tree_matches_the_synthetic_arrays(fc2_tree):
-    arrays = data_fc2.make_synthetic_arrays(10, H, W, seed=3)
-    samples = [s for split in data_fc2.SPLITS for s in data_fc2.list_samples(fc2_tree, split, "lists")]
-    for img0, img1, flow in samples:
-        i = int(os.path.basename(img0)[:7])
-        assert np.array_equal(_decode_png(img0), arrays["img0"][i])
-        assert np.array_equal(_decode_png(img1), arrays["img1"][i])
-        assert np.array_equal(data_fc2.read_flo(flow), arrays["flow"][i])
-    with pytest.raises(data_fc2.DataError, match="already exists"):
-        data_fc2.write_synthetic_fc2(fc2_tree, 4, h=H, w=W)
+    def test_written_fc2_tree_matches_the_synthetic_arrays(self, fc2_tree):
+        arrays = data_fc2.make_synthetic_arrays(10, H, W, seed=3)
+        samples = [s for split in data_fc2.SPLITS for s in data_fc2.list_samples(fc2_tree, split, "lists")]
+        for img0, img1, flow in samples:
+            i = int(os.path.basename(img0)[:7])
+            assert np.array_equal(_decode_png(img0), arrays["img0"][i])
+            assert np.array_equal(_decode_png(img1), arrays["img1"][i])
+            assert np.array_equal(data_fc2.read_flo(flow), arrays["flow"][i])
+        with pytest.raises(data_fc2.DataError, match="already exists"):
+            data_fc2.write_synthetic_fc2(fc2_tree, 4, h=H, w=W)
 
 
 # ------------------------------------------------------------------------------ pipeline
-
-def test_normalise_maps_uint8_to_unit_range():
-    x = np.arange(256, dtype=np.uint8)
-    y = data_fc2.normalise(x)
-    assert y.dtype == np.float32 and y[0] == -1.0 and y[-1] == 1.0 and np.all(np.diff(y) > 0)
-    assert np.array_equal(data_fc2.normalise(tf.constant(x)).numpy(), y)
-    with pytest.raises(data_fc2.DataError, match="uint8"):
-        data_fc2.normalise(x.astype(np.float32))
 
 
 def _centre(array, crop_hw):
     top = (array.shape[0] - crop_hw[0]) // 2
     left = (array.shape[1] - crop_hw[1]) // 2
     return array[top:top + crop_hw[0], left:left + crop_hw[1]]
-
-
-def test_eval_pipeline_is_centre_crop_unclipped_and_deterministic(fc2_tree):
-    samples = data_fc2.list_samples(fc2_tree, "train", "lists")[:5]
-    dataset = data_fc2.make_dataset(samples, 2, CROP, train=False, max_flow=0.1, seed=0)
-    batches = list(dataset)
-    assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # last partial batch kept
-    images = np.concatenate([b[0].numpy() for b in batches])
-    flows = np.concatenate([b[1].numpy() for b in batches])
-    assert images.shape == (5, 24, 32, 6) and flows.shape == (5, 24, 32, 2)
-    assert images.min() >= -1.0 and images.max() <= 1.0
-    for i, (img0, img1, flow) in enumerate(samples):
-        assert np.array_equal(flows[i], _centre(data_fc2.read_flo(flow), CROP))  # not clipped to 0.1
-        expected = np.concatenate([_centre(_decode_png(p), CROP) for p in (img0, img1)], axis=-1)
-        assert np.array_equal(images[i], expected.astype(np.float32) / 127.5 - 1)
-    again = np.concatenate([b[1].numpy() for b in dataset])
-    assert np.array_equal(again, flows)
-
-
-def test_eval_pipeline_reads_hand_written_flo(tmp_path):
-    values = [float(v) for v in range(3 * 4 * 2)]  # height 3, width 4
-    (tmp_path / "0-flow_01.flo").write_bytes(_hand_flo_bytes(4, 3, values))
-    image = tf.io.encode_png(np.full((3, 4, 3), 255, np.uint8)).numpy()
-    for name in ("0-img_0.png", "0-img_1.png"):
-        (tmp_path / name).write_bytes(image)
-    sample = tuple(str(tmp_path / n) for n in ("0-img_0.png", "0-img_1.png", "0-flow_01.flo"))
-    dataset = data_fc2.make_dataset([sample], 1, (3, 4), train=False, max_flow=1, seed=0)
-    images, flow = next(iter(dataset))
-    assert np.array_equal(flow.numpy()[0], np.array(values, np.float32).reshape(3, 4, 2))
-    assert np.all(images.numpy() == 1.0)
 
 
 def _find_window(big, small):
@@ -611,68 +560,102 @@ def _find_window(big, small):
             if np.array_equal(big[t:t + h, l:l + w], small)]
 
 
-def test_train_pipeline_random_crop_clip_and_repeat(fc2_tree):
-    samples = data_fc2.list_samples(fc2_tree, "train", "lists")
-    max_flow = 0.75
-    first = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
-    second = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
-    assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0]) for a, b in zip(first, second))
-    # 4 batches of 3 from 8 samples: the stream repeats and every batch is full
-    assert all(b[0].shape == (3, 24, 32, 6) and b[1].shape == (3, 24, 32, 2) for b in first)
-    flows = np.concatenate([b[1].numpy() for b in first])
-    images = np.concatenate([b[0].numpy() for b in first])
-    assert np.abs(flows).max() == pytest.approx(max_flow)
-    assert images.min() >= -1.0 and images.max() <= 1.0
-    # every crop is a window of some sample (its image and clipped flow at the same corner)
-    decoded = [(_decode_png(img0), np.clip(data_fc2.read_flo(flow), -max_flow, max_flow))
-               for img0, _, flow in samples]
-    corners = set()
-    for image, flow in zip(images, flows):
-        img0 = np.rint((image[..., :3] + 1) * 127.5).astype(np.uint8)
-        matches = [(t, l) for img, fl in decoded for t, l in _find_window(img, img0)
-                   if np.array_equal(fl[t:t + CROP[0], l:l + CROP[1]], flow)]
-        assert matches
-        corners.update(matches)
-    assert len(corners) > 1  # random, not always the centre
+class TestPipeline:
+    def test_normalise_maps_uint8_to_unit_range(self):
+        x = np.arange(256, dtype=np.uint8)
+        y = data_fc2.normalise(x)
+        assert y.dtype == np.float32 and y[0] == -1.0 and y[-1] == 1.0 and np.all(np.diff(y) > 0)
+        assert np.array_equal(data_fc2.normalise(tf.constant(x)).numpy(), y)
+        with pytest.raises(data_fc2.DataError, match="uint8"):
+            data_fc2.normalise(x.astype(np.float32))
 
+    def test_eval_pipeline_is_centre_crop_unclipped_and_deterministic(self, fc2_tree):
+        samples = data_fc2.list_samples(fc2_tree, "train", "lists")[:5]
+        dataset = data_fc2.make_dataset(samples, 2, CROP, train=False, max_flow=0.1, seed=0)
+        batches = list(dataset)
+        assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # last partial batch kept
+        images = np.concatenate([b[0].numpy() for b in batches])
+        flows = np.concatenate([b[1].numpy() for b in batches])
+        assert images.shape == (5, 24, 32, 6) and flows.shape == (5, 24, 32, 2)
+        assert images.min() >= -1.0 and images.max() <= 1.0
+        for i, (img0, img1, flow) in enumerate(samples):
+            assert np.array_equal(flows[i], _centre(data_fc2.read_flo(flow), CROP))  # not clipped to 0.1
+            expected = np.concatenate([_centre(_decode_png(p), CROP) for p in (img0, img1)], axis=-1)
+            assert np.array_equal(images[i], expected.astype(np.float32) / 127.5 - 1)
+        again = np.concatenate([b[1].numpy() for b in dataset])
+        assert np.array_equal(again, flows)
 
-def test_pipeline_from_synthetic_arrays_and_crop_errors(fc2_tree):
-    arrays = data_fc2.make_synthetic_arrays(3, 24, 32, seed=1)
-    dataset = data_fc2.make_dataset(arrays, 3, (24, 32), train=False, max_flow=1, seed=0)
-    images, flow = next(iter(dataset))
-    assert np.array_equal(flow.numpy(), arrays["flow"])
-    assert np.array_equal(images.numpy()[..., 3:], data_fc2.normalise(arrays["img1"]))
-    with pytest.raises(data_fc2.DataError, match="smaller than the 25x32 crop"):
-        data_fc2.make_dataset(arrays, 1, (25, 32), train=True, max_flow=1, seed=0)
-    samples = data_fc2.list_samples(fc2_tree, "val", "lists")
-    with pytest.raises(data_fc2.DataError, match="flow_01.flo: 32x48 sample is smaller than the 24x64"):
-        data_fc2.make_dataset(samples, 1, (24, 64), train=False, max_flow=1, seed=0)
+    def test_eval_pipeline_reads_hand_written_flo(self, tmp_path):
+        values = [float(v) for v in range(3 * 4 * 2)]  # height 3, width 4
+        (tmp_path / "0-flow_01.flo").write_bytes(_hand_flo_bytes(4, 3, values))
+        image = tf.io.encode_png(np.full((3, 4, 3), 255, np.uint8)).numpy()
+        for name in ("0-img_0.png", "0-img_1.png"):
+            (tmp_path / name).write_bytes(image)
+        sample = tuple(str(tmp_path / n) for n in ("0-img_0.png", "0-img_1.png", "0-flow_01.flo"))
+        dataset = data_fc2.make_dataset([sample], 1, (3, 4), train=False, max_flow=1, seed=0)
+        images, flow = next(iter(dataset))
+        assert np.array_equal(flow.numpy()[0], np.array(values, np.float32).reshape(3, 4, 2))
+        assert np.all(images.numpy() == 1.0)
 
+    def test_train_pipeline_random_crop_clip_and_repeat(self, fc2_tree):
+        samples = data_fc2.list_samples(fc2_tree, "train", "lists")
+        max_flow = 0.75
+        first = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
+        second = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
+        assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0]) for a, b in zip(first, second))
+        # 4 batches of 3 from 8 samples: the stream repeats and every batch is full
+        assert all(b[0].shape == (3, 24, 32, 6) and b[1].shape == (3, 24, 32, 2) for b in first)
+        flows = np.concatenate([b[1].numpy() for b in first])
+        images = np.concatenate([b[0].numpy() for b in first])
+        assert np.abs(flows).max() == pytest.approx(max_flow)
+        assert images.min() >= -1.0 and images.max() <= 1.0
+        # every crop is a window of some sample (its image and clipped flow at the same corner)
+        decoded = [(_decode_png(img0), np.clip(data_fc2.read_flo(flow), -max_flow, max_flow))
+                   for img0, _, flow in samples]
+        corners = set()
+        for image, flow in zip(images, flows):
+            img0 = np.rint((image[..., :3] + 1) * 127.5).astype(np.uint8)
+            matches = [(t, l) for img, fl in decoded for t, l in _find_window(img, img0)
+                       if np.array_equal(fl[t:t + CROP[0], l:l + CROP[1]], flow)]
+            assert matches
+            corners.update(matches)
+        assert len(corners) > 1  # random, not always the centre
 
-def test_pipeline_names_a_malformed_flo_at_run_time(fc2_tree, tmp_path):
-    base = _copy_tree(fc2_tree, tmp_path / "copy")
-    samples = data_fc2.list_samples(base, "train", "lists")[:2]
-    with open(samples[1][2], "r+b") as f:
-        f.write(b"XXXX")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="wrong .flo tag") as info:
-        list(data_fc2.make_dataset(samples, 1, CROP, train=False, max_flow=1, seed=0))
-    assert samples[1][2] in str(info.value)
+    def test_pipeline_from_synthetic_arrays_and_crop_errors(self, fc2_tree):
+        arrays = data_fc2.make_synthetic_arrays(3, 24, 32, seed=1)
+        dataset = data_fc2.make_dataset(arrays, 3, (24, 32), train=False, max_flow=1, seed=0)
+        images, flow = next(iter(dataset))
+        assert np.array_equal(flow.numpy(), arrays["flow"])
+        assert np.array_equal(images.numpy()[..., 3:], data_fc2.normalise(arrays["img1"]))
+        with pytest.raises(data_fc2.DataError, match="smaller than the 25x32 crop"):
+            data_fc2.make_dataset(arrays, 1, (25, 32), train=True, max_flow=1, seed=0)
+        samples = data_fc2.list_samples(fc2_tree, "val", "lists")
+        with pytest.raises(data_fc2.DataError, match="flow_01.flo: 32x48 sample is smaller than the 24x64"):
+            data_fc2.make_dataset(samples, 1, (24, 64), train=False, max_flow=1, seed=0)
 
+    def test_pipeline_names_a_malformed_flo_at_run_time(self, fc2_tree, tmp_path):
+        base = _copy_tree(fc2_tree, tmp_path / "copy")
+        samples = data_fc2.list_samples(base, "train", "lists")[:2]
+        with open(samples[1][2], "r+b") as f:
+            f.write(b"XXXX")
+        with pytest.raises(tf.errors.InvalidArgumentError, match="wrong .flo tag") as info:
+            list(data_fc2.make_dataset(samples, 1, CROP, train=False, max_flow=1, seed=0))
+        assert samples[1][2] in str(info.value)
 
-@pytest.mark.parametrize("source_kind", ["files", "arrays"])
-def test_pipeline_in_tf1_graph_mode(fc2_tree, source_kind):
-    if source_kind == "files":
-        source = data_fc2.list_samples(fc2_tree, "train", "lists")
-    else:
-        source = data_fc2.make_synthetic_arrays(3, H, W, seed=2)
-    with tf.Graph().as_default():
-        dataset = data_fc2.make_dataset(source, 2, CROP, train=True, max_flow=5.0, seed=1)
-        images, flow = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
-        assert images.shape.as_list() == [2, 24, 32, 6] and flow.shape.as_list() == [2, 24, 32, 2]
-        with tf.compat.v1.Session() as session:
-            image_values, flow_values = session.run([images, flow])
-    assert image_values.min() >= -1.0 and image_values.max() <= 1.0
-    assert np.abs(flow_values).max() <= 5.0 and np.abs(flow_values).max() > 0
+    @pytest.mark.parametrize("source_kind", ["files", "arrays"])
+    def test_pipeline_in_tf1_graph_mode(self, fc2_tree, source_kind):
+        if source_kind == "files":
+            source = data_fc2.list_samples(fc2_tree, "train", "lists")
+        else:
+            source = data_fc2.make_synthetic_arrays(3, H, W, seed=2)
+        with tf.Graph().as_default():
+            dataset = data_fc2.make_dataset(source, 2, CROP, train=True, max_flow=5.0, seed=1)
+            images, flow = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+            assert images.shape.as_list() == [2, 24, 32, 6] and flow.shape.as_list() == [2, 24, 32, 2]
+            with tf.compat.v1.Session() as session:
+                image_values, flow_values = session.run([images, flow])
+        assert image_values.min() >= -1.0 and image_values.max() <= 1.0
+        assert np.abs(flow_values).max() <= 5.0 and np.abs(flow_values).max() > 0
 
 
 # ------------------------------------------------------------------------------ open_data
@@ -684,52 +667,54 @@ def _cfg(**overrides):
     return cfg
 
 
-def test_open_data_synthetic_only_when_asked_or_unconfigured(fc2_tree):
-    data = data_fc2.open_data(_cfg())
-    assert data["data_source"] == "synthetic" and "no base_path configured" in data["reason"]
-    assert data["counts"] == {"train": 3, "val": 2}
-    assert data["train"]["img0"].shape == (3, 24, 32, 3) and data["val"]["flow"].shape == (2, 24, 32, 2)
-    assert not np.array_equal(data["train"]["img0"][:2], data["val"]["img0"])  # different seeds
-    forced = data_fc2.open_data(_cfg(synthetic=True, base_path=fc2_tree))
-    assert forced["data_source"] == "synthetic" and "--synthetic requested" in forced["reason"]
-    real = data_fc2.open_data(_cfg(base_path=fc2_tree))
-    assert real["data_source"] == "fc2" and real["layout"] == "lists"
-    assert real["counts"] == {"train": 8, "val": 2} and len(real["val"]) == 2
+class TestOpenData:
+    def test_open_data_synthetic_only_when_asked_or_unconfigured(self, fc2_tree):
+        data = data_fc2.open_data(_cfg())
+        assert data["data_source"] == "synthetic" and "no base_path configured" in data["reason"]
+        assert data["counts"] == {"train": 3, "val": 2}
+        assert data["train"]["img0"].shape == (3, 24, 32, 3) and data["val"]["flow"].shape == (2, 24, 32, 2)
+        assert not np.array_equal(data["train"]["img0"][:2], data["val"]["img0"])  # different seeds
+        forced = data_fc2.open_data(_cfg(synthetic=True, base_path=fc2_tree))
+        assert forced["data_source"] == "synthetic" and "--synthetic requested" in forced["reason"]
+        real = data_fc2.open_data(_cfg(base_path=fc2_tree))
+        assert real["data_source"] == "fc2" and real["layout"] == "lists"
+        assert real["counts"] == {"train": 8, "val": 2} and len(real["val"]) == 2
 
-
-def test_open_data_never_falls_back_when_base_path_is_broken(fc2_tree, tmp_path):
-    with pytest.raises(data_fc2.DataError, match="not a directory"):
-        data_fc2.open_data(_cfg(base_path=str(tmp_path / "missing")))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(data_fc2.DataError, match="neither"):
-        data_fc2.open_data(_cfg(base_path=str(tmp_path / "empty")))
-    base = _copy_tree(fc2_tree, tmp_path / "copy")
-    victim = data_fc2.list_samples(base, "val", "folders")[0][0]
-    os.remove(victim)
-    with pytest.raises(data_fc2.DataError, match="split 'val' are incomplete") as info:
-        data_fc2.open_data(_cfg(base_path=base, data_layout="folders"))
-    assert victim in str(info.value)
-    with pytest.raises(data_fc2.DataError, match="data_layout"):
-        data_fc2.open_data(_cfg(base_path=fc2_tree, data_layout="csv"))
+    def test_open_data_never_falls_back_when_base_path_is_broken(self, fc2_tree, tmp_path):
+        with pytest.raises(data_fc2.DataError, match="not a directory"):
+            data_fc2.open_data(_cfg(base_path=str(tmp_path / "missing")))
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(data_fc2.DataError, match="neither"):
+            data_fc2.open_data(_cfg(base_path=str(tmp_path / "empty")))
+        base = _copy_tree(fc2_tree, tmp_path / "copy")
+        victim = data_fc2.list_samples(base, "val", "folders")[0][0]
+        os.remove(victim)
+        with pytest.raises(data_fc2.DataError, match="split 'val' are incomplete") as info:
+            data_fc2.open_data(_cfg(base_path=base, data_layout="folders"))
+        assert victim in str(info.value)
+        with pytest.raises(data_fc2.DataError, match="data_layout"):
+            data_fc2.open_data(_cfg(base_path=fc2_tree, data_layout="csv"))
 
 
 # ------------------------------------------------------------------------------------ CLI
 
-def test_cli_make_then_check_then_delete(tmp_path, capsys):
-    root = str(tmp_path / "mini")
-    assert data_fc2.main(["--make_synthetic_fc2", root, "--num", "5", "--h", "16", "--w", "24"]) == 0
-    for name in ("FC2_dirnames.txt", "FC2_train.txt", "FC2_test.txt",
-                 "FlyingChairs2/train", "FlyingChairs2/val"):
-        assert os.path.exists(os.path.join(root, name))
-    capsys.readouterr()
-    assert data_fc2.main(["--check", "--base_path", root]) == 0
-    out = capsys.readouterr().out
-    assert "lists" in out and "folders" in out and out.count("train=4 val=1") == 2
-    victim = data_fc2.list_samples(root, "val", "lists")[0][2]
-    os.remove(victim)
-    assert data_fc2.main(["--check", "--base_path", root]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and victim in err and err.count("\n") == 1
+
+class TestDataCli:
+    def test_cli_make_then_check_then_delete(self, tmp_path, capsys):
+        root = str(tmp_path / "mini")
+        assert data_fc2.main(["--make_synthetic_fc2", root, "--num", "5", "--h", "16", "--w", "24"]) == 0
+        for name in ("FC2_dirnames.txt", "FC2_train.txt", "FC2_test.txt",
+                     "FlyingChairs2/train", "FlyingChairs2/val"):
+            assert os.path.exists(os.path.join(root, name))
+        capsys.readouterr()
+        assert data_fc2.main(["--check", "--base_path", root]) == 0
+        out = capsys.readouterr().out
+        assert "lists" in out and "folders" in out and out.count("train=4 val=1") == 2
+        victim = data_fc2.list_samples(root, "val", "lists")[0][2]
+        os.remove(victim)
+        assert data_fc2.main(["--check", "--base_path", root]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and victim in err and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------- training step
@@ -742,74 +727,73 @@ def tiny_config(**overrides):
     return cfg
 
 
-def test_fair_step_applies_exactly_the_mean_of_the_three_path_gradients():
-    cfg = tiny_config(optimizer="sgd", learning_rate=0.05)
-    cycle = fair.fair_cycle(3, 0)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
-    y = rng.normal(0, 2, (2, 32, 48, 2)).astype(np.float32)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(5)
-        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
-        flows = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
-        step = train.build_train_step(cfg, images, flows, total_steps=10)
-        trainable = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
-        init = tf.compat.v1.global_variables_initializer()
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        before = sess.run(trainable)
-        sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle})
-        after = sess.run(trainable)
+class TestTrainingStep:
+    def test_fair_step_applies_exactly_the_mean_of_the_three_path_gradients(self):
+        cfg = tiny_config(optimizer="sgd", learning_rate=0.05)
+        cycle = fair.fair_cycle(3, 0)
+        rng = np.random.default_rng(0)
+        x = rng.uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
+        y = rng.normal(0, 2, (2, 32, 48, 2)).astype(np.float32)
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.compat.v1.set_random_seed(5)
+            images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+            flows = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
+            step = train.build_train_step(cfg, images, flows, total_steps=10)
+            trainable = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
+            init = tf.compat.v1.global_variables_initializer()
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            before = sess.run(trainable)
+            sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle})
+            after = sess.run(trainable)
 
-    # Independently: each path alone, static form, its own gradient, then the plain mean.
-    mean_grad = {name: np.zeros_like(value) for name, value in before.items()}
-    for arch in cycle:
-        g = tf.Graph()
-        with g.as_default():
-            im = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
-            fl = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
-            loss = train.multiscale_loss(supernet.build_flows(im, arch, mode="train"), fl, cfg["loss_weights"])
-            own = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
-            grads = dict(zip(own, tf.gradients(loss, list(own.values()))))
-        with tf.compat.v1.Session(graph=g) as sess:
-            for name, v in own.items():
-                set_variable(sess, v, before[name])
-            for name, value in sess.run(grads, {im: x, fl: y}).items():
-                mean_grad[name] += value / 3
-    for name in before:
-        applied = (before[name] - after[name]) / cfg["learning_rate"]
-        np.testing.assert_allclose(applied, mean_grad[name], rtol=2e-3, atol=2e-6, err_msg=name)
-    # Every option of every block was used by one path, so every head option moved.
-    heads = [n for n in before if any(f"/k{k}/" in n for k in supernet.KERNEL_SIZES)]
-    assert len(heads) == 5 * 3 + 2 * 3 * 2 and all(np.abs(before[n] - after[n]).max() > 0 for n in heads)
+        # Independently: each path alone, static form, its own gradient, then the plain mean.
+        mean_grad = {name: np.zeros_like(value) for name, value in before.items()}
+        for arch in cycle:
+            g = tf.Graph()
+            with g.as_default():
+                im = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+                fl = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
+                loss = train.multiscale_loss(supernet.build_flows(im, arch, mode="train"), fl, cfg["loss_weights"])
+                own = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
+                grads = dict(zip(own, tf.gradients(loss, list(own.values()))))
+            with tf.compat.v1.Session(graph=g) as sess:
+                for name, v in own.items():
+                    set_variable(sess, v, before[name])
+                for name, value in sess.run(grads, {im: x, fl: y}).items():
+                    mean_grad[name] += value / 3
+        for name in before:
+            applied = (before[name] - after[name]) / cfg["learning_rate"]
+            np.testing.assert_allclose(applied, mean_grad[name], rtol=2e-3, atol=2e-6, err_msg=name)
+        # Every option of every block was used by one path, so every head option moved.
+        heads = [n for n in before if any(f"/k{k}/" in n for k in supernet.KERNEL_SIZES)]
+        assert len(heads) == 5 * 3 + 2 * 3 * 2 and all(np.abs(before[n] - after[n]).max() > 0 for n in heads)
 
+    def test_learning_rate_follows_a_cosine_to_zero(self):
+        graph = tf.Graph()
+        with graph.as_default():
+            step = tf.compat.v1.placeholder(tf.int64, [])
+            lr = train.cosine_learning_rate({"learning_rate": 1e-3}, step, 100)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            values = [sess.run(lr, {step: s}) for s in (0, 50, 100, 150)]
+        np.testing.assert_allclose(values, [1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
 
-def test_learning_rate_follows_a_cosine_to_zero():
-    graph = tf.Graph()
-    with graph.as_default():
-        step = tf.compat.v1.placeholder(tf.int64, [])
-        lr = train.cosine_learning_rate({"learning_rate": 1e-3}, step, 100)
-    with tf.compat.v1.Session(graph=graph) as sess:
-        values = [sess.run(lr, {step: s}) for s in (0, 50, 100, 150)]
-    np.testing.assert_allclose(values, [1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
+    def test_multiscale_loss_matches_numpy(self):
+        rng = np.random.default_rng(2)
+        gt = rng.normal(0, 3, (2, 16, 24, 2)).astype(np.float32)
+        preds = [rng.normal(0, 3, (2, 16 // s, 24 // s, 2)).astype(np.float32) for s in (4, 2, 1)]
+        graph = tf.Graph()
+        with graph.as_default():
+            loss = train.multiscale_loss([tf.constant(p) for p in preds], tf.constant(gt), [0.125, 0.25, 0.5])
+        with tf.compat.v1.Session(graph=graph) as sess:
+            value = sess.run(loss)
 
+        def area(x, s):  # average of each s x s block: what an area resize does for an exact factor
+            return x.reshape(2, 16 // s, s, 24 // s, s, 2).mean(axis=(2, 4))
 
-def test_multiscale_loss_matches_numpy():
-    rng = np.random.default_rng(2)
-    gt = rng.normal(0, 3, (2, 16, 24, 2)).astype(np.float32)
-    preds = [rng.normal(0, 3, (2, 16 // s, 24 // s, 2)).astype(np.float32) for s in (4, 2, 1)]
-    graph = tf.Graph()
-    with graph.as_default():
-        loss = train.multiscale_loss([tf.constant(p) for p in preds], tf.constant(gt), [0.125, 0.25, 0.5])
-    with tf.compat.v1.Session(graph=graph) as sess:
-        value = sess.run(loss)
-
-    def area(x, s):  # average of each s x s block: what an area resize does for an exact factor
-        return x.reshape(2, 16 // s, s, 24 // s, s, 2).mean(axis=(2, 4))
-
-    expected = sum(w * np.abs(p - area(gt, s)).mean() for p, s, w in zip(preds, (4, 2, 1), (0.125, 0.25, 0.5)))
-    assert value == pytest.approx(expected, rel=1e-5)
+        expected = sum(w * np.abs(p - area(gt, s)).mean() for p, s, w in zip(preds, (4, 2, 1), (0.125, 0.25, 0.5)))
+        assert value == pytest.approx(expected, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -831,84 +815,82 @@ def _random_batches(n, seed, batch=2):
              rng.normal(0, 2, (batch, 32, 48, 2)).astype(np.float32)) for _ in range(n)]
 
 
-def test_recalibrated_statistics_are_the_exact_batch_averages():
-    arch = (1, 2, 0, 1, 2, 0, 1, 2, 0)
-    graph, scorer, init = _scorer_graph()
-    names = variables_by_name(graph)
-    stats = {n: v for n, v in names.items() if n.endswith(("moving_mean", "moving_variance"))}
-    with graph.as_default():
-        e0_conv = tf.nn.conv2d(scorer["images"], names["supernet/E0/conv/kernel"], 2, "SAME")
-    batches = _random_batches(3, 1)
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        single = []
-        for images, flows in batches:  # each batch alone: its own batch statistics
-            evaluate.score_subnet(sess, scorer, arch, [(images, flows)], [(images, flows)])
-            single.append(sess.run(stats))
-        evaluate.score_subnet(sess, scorer, arch, batches, batches[:1])
-        together = sess.run(stats)
-        convs = [sess.run(e0_conv, {scorer["images"]: images}) for images, _ in batches]
-    # E0 against numpy: mean over batches of each batch's per-channel mean / biased variance.
-    np.testing.assert_allclose(together["supernet/E0/bn/moving_mean"],
-                               np.mean([c.mean(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(together["supernet/E0/bn/moving_variance"],
-                               np.mean([c.var(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
-    used = [n for n in stats if not np.allclose(single[0][n], single[1][n])]
-    assert "supernet/DB0/rb1/bn2/moving_mean" in used and "supernet/H2/k7/bn/moving_variance" in used
-    assert not any(n.startswith(("supernet/DB0/rb2", "supernet/H2/k3", "supernet/H2/k5")) for n in used)
-    for n in used:  # every BN of the subnet holds the average of its per-batch statistics
-        np.testing.assert_allclose(together[n], np.mean([s[n] for s in single], axis=0), rtol=1e-4, atol=1e-5)
-
-
-def test_scoring_order_does_not_change_scores():
-    a, b = (0, 1, 2, 0, 1, 2, 0, 1, 2), (2, 2, 1, 1, 0, 0, 2, 1, 0)
-    graph, scorer, init = _scorer_graph()
-    recal, val = _random_batches(2, 3), _random_batches(2, 4)
-    results = []
-    for order in ((a, b), (b, a)):
-        with tf.compat.v1.Session(graph=graph) as sess:  # a fresh session: the same seeded initial weights
+class TestEvaluation:
+    def test_recalibrated_statistics_are_the_exact_batch_averages(self):
+        arch = (1, 2, 0, 1, 2, 0, 1, 2, 0)
+        graph, scorer, init = _scorer_graph()
+        names = variables_by_name(graph)
+        stats = {n: v for n, v in names.items() if n.endswith(("moving_mean", "moving_variance"))}
+        with graph.as_default():
+            e0_conv = tf.nn.conv2d(scorer["images"], names["supernet/E0/conv/kernel"], 2, "SAME")
+        batches = _random_batches(3, 1)
+        with tf.compat.v1.Session(graph=graph) as sess:
             sess.run(init)
-            results.append({arch: evaluate.score_subnet(sess, scorer, arch, recal, val) for arch in order})
-    for arch in (a, b):
-        for key, value in results[0][arch].items():
-            assert results[1][arch][key] == pytest.approx(value, rel=1e-6, abs=1e-7), (arch, key)
-    with tf.compat.v1.Session(graph=graph) as sess:  # recalibration really changes the scores
-        sess.run(init)
-        assert evaluate.score_subnet(sess, scorer, a, [], val)["epe"] != pytest.approx(results[0][a]["epe"], rel=1e-3)
+            single = []
+            for images, flows in batches:  # each batch alone: its own batch statistics
+                evaluate.score_subnet(sess, scorer, arch, [(images, flows)], [(images, flows)])
+                single.append(sess.run(stats))
+            evaluate.score_subnet(sess, scorer, arch, batches, batches[:1])
+            together = sess.run(stats)
+            convs = [sess.run(e0_conv, {scorer["images"]: images}) for images, _ in batches]
+        # E0 against numpy: mean over batches of each batch's per-channel mean / biased variance.
+        np.testing.assert_allclose(together["supernet/E0/bn/moving_mean"],
+                                   np.mean([c.mean(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(together["supernet/E0/bn/moving_variance"],
+                                   np.mean([c.var(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
+        used = [n for n in stats if not np.allclose(single[0][n], single[1][n])]
+        assert "supernet/DB0/rb1/bn2/moving_mean" in used and "supernet/H2/k7/bn/moving_variance" in used
+        assert not any(n.startswith(("supernet/DB0/rb2", "supernet/H2/k3", "supernet/H2/k5")) for n in used)
+        for n in used:  # every BN of the subnet holds the average of its per-batch statistics
+            np.testing.assert_allclose(together[n], np.mean([s[n] for s in single], axis=0), rtol=1e-4, atol=1e-5)
 
+    def test_scoring_order_does_not_change_scores(self):
+        a, b = (0, 1, 2, 0, 1, 2, 0, 1, 2), (2, 2, 1, 1, 0, 0, 2, 1, 0)
+        graph, scorer, init = _scorer_graph()
+        recal, val = _random_batches(2, 3), _random_batches(2, 4)
+        results = []
+        for order in ((a, b), (b, a)):
+            with tf.compat.v1.Session(graph=graph) as sess:  # a fresh session: the same seeded initial weights
+                sess.run(init)
+                results.append({arch: evaluate.score_subnet(sess, scorer, arch, recal, val) for arch in order})
+        for arch in (a, b):
+            for key, value in results[0][arch].items():
+                assert results[1][arch][key] == pytest.approx(value, rel=1e-6, abs=1e-7), (arch, key)
+        with tf.compat.v1.Session(graph=graph) as sess:  # recalibration really changes the scores
+            sess.run(init)
+            assert evaluate.score_subnet(sess, scorer, a, [], val)["epe"] != pytest.approx(results[0][a]["epe"], rel=1e-3)
 
-def test_metrics_of_a_hand_built_prediction():
-    gt = np.random.default_rng(0).normal(0, 5, (2, 4, 6, 2)).astype(np.float32)
-    offset = np.zeros_like(gt)
-    offset[:, :2] = (6.0, 8.0)   # half the pixels off by 10 px
-    offset[:, 2] = (0.0, 2.0)    # a quarter off by 2 px
-    offset[:, 3] = (0.0, 0.5)    # a quarter off by 0.5 px
-    graph = tf.Graph()
-    with graph.as_default():
-        sums = evaluate.flow_metric_sums(tf.constant(gt + offset), tf.constant(gt))
-    with tf.compat.v1.Session(graph=graph) as sess:
-        s = sess.run(sums)
-    assert s["pixels"] == 48
-    assert s["epe"] / s["pixels"] == pytest.approx((24 * 10 + 12 * 2 + 12 * 0.5) / 48, rel=1e-5)
-    assert (s["px1"], s["px3"], s["px5"]) == (12, 24, 24)
-    assert evaluate.zero_flow_epe([(None, gt)]) == pytest.approx(np.sqrt((gt.astype(np.float64) ** 2).sum(-1)).mean())
+    def test_metrics_of_a_hand_built_prediction(self):
+        gt = np.random.default_rng(0).normal(0, 5, (2, 4, 6, 2)).astype(np.float32)
+        offset = np.zeros_like(gt)
+        offset[:, :2] = (6.0, 8.0)   # half the pixels off by 10 px
+        offset[:, 2] = (0.0, 2.0)    # a quarter off by 2 px
+        offset[:, 3] = (0.0, 0.5)    # a quarter off by 0.5 px
+        graph = tf.Graph()
+        with graph.as_default():
+            sums = evaluate.flow_metric_sums(tf.constant(gt + offset), tf.constant(gt))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            s = sess.run(sums)
+        assert s["pixels"] == 48
+        assert s["epe"] / s["pixels"] == pytest.approx((24 * 10 + 12 * 2 + 12 * 0.5) / 48, rel=1e-5)
+        assert (s["px1"], s["px3"], s["px5"]) == (12, 24, 24)
+        assert evaluate.zero_flow_epe([(None, gt)]) == pytest.approx(np.sqrt((gt.astype(np.float64) ** 2).sum(-1)).mean())
 
-
-def test_scored_epe_is_that_of_the_accumulated_flow():
-    arch = (0, 0, 0, 0, 1, 1, 1, 1, 1)
-    graph, scorer, init = _scorer_graph()
-    with graph.as_default():
-        flows_eval = supernet.build_flows(scorer["images"], arch, mode="eval")
-    recal, val = _random_batches(1, 5), _random_batches(1, 6)
-    images, gt = val[0]
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        scored = evaluate.score_subnet(sess, scorer, arch, recal, val)
-        f2, f1 = sess.run(flows_eval[1:], {scorer["images"]: images})
-    accumulated = np.sqrt(((f1 - gt) ** 2).sum(-1)).mean()
-    residual = f1 - bilinear_resize_np(f2, 32, 48)
-    assert scored["epe"] == pytest.approx(accumulated, rel=1e-5)
-    assert np.sqrt(((residual - gt) ** 2).sum(-1)).mean() != pytest.approx(accumulated, rel=1e-3)
+    def test_scored_epe_is_that_of_the_accumulated_flow(self):
+        arch = (0, 0, 0, 0, 1, 1, 1, 1, 1)
+        graph, scorer, init = _scorer_graph()
+        with graph.as_default():
+            flows_eval = supernet.build_flows(scorer["images"], arch, mode="eval")
+        recal, val = _random_batches(1, 5), _random_batches(1, 6)
+        images, gt = val[0]
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            scored = evaluate.score_subnet(sess, scorer, arch, recal, val)
+            f2, f1 = sess.run(flows_eval[1:], {scorer["images"]: images})
+        accumulated = np.sqrt(((f1 - gt) ** 2).sum(-1)).mean()
+        residual = f1 - bilinear_resize_np(f2, 32, 48)
+        assert scored["epe"] == pytest.approx(accumulated, rel=1e-5)
+        assert np.sqrt(((residual - gt) ** 2).sum(-1)).mean() != pytest.approx(accumulated, rel=1e-3)
 
 
 # ----------------------------------------------------------------------------- runs, resume, checkpoints
@@ -934,60 +916,6 @@ def _history(path):
         return list(csv.DictReader(f))
 
 
-def test_a_run_writes_every_artifact(runs):
-    out, _ = runs
-    run = out / "whole"
-    for name in ("config.json", "train.log", "eval_pool_3.json", "eval_history.csv", "fairness_counts.json",
-                 "train_report.json", "checkpoints/best/meta.json", "checkpoints/last/meta.json"):
-        assert (run / name).is_file(), name
-    assert list((run / "tb").glob("events.out.tfevents.*"))
-    report = json.loads((run / "train_report.json").read_text())
-    assert report["epochs_finished"] == 2 and report["stop_reason"] == "completed"
-    assert report["final_fairness_gap"] == 0 and report["eval_pool_coverage_ok"] and report["data_source"] == "synthetic"
-    meta = json.loads((run / "checkpoints/last/meta.json").read_text())
-    assert meta["global_step"] == 4 and meta["epoch"] == 2 and meta["config"]["input_h"] == 32
-    rows = _history(run / "eval_history.csv")
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert float(rows[0]["best_epe"]) == pytest.approx(min(float(r["mean_epe"]) for r in rows[:1]))
-    log = (run / "train.log").read_text()
-    assert "steps/s" in log and "time left" in log and "synthetic data" in log
-
-
-def test_resumed_run_matches_an_uninterrupted_one(runs):
-    out, first_history = runs
-    whole, split = out / "whole", out / "split"
-    report_w = json.loads((whole / "train_report.json").read_text())
-    report_s = json.loads((split / "train_report.json").read_text())
-    assert report_s["epochs_finished"] == 2 and report_s["global_step"] == 4
-    assert report_s["fairness_counts"] == report_w["fairness_counts"] == fair.counts_for_steps(9, 0, 4)
-    assert report_s["path_sequence_digest"] == report_w["path_sequence_digest"] == fair.sequence_digest(9, 0, 4)
-    rows = _history(split / "eval_history.csv")
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert (split / "eval_history.csv").read_text().startswith(first_history)  # the first epoch's row kept as written
-    assert "resuming" in (split / "train.log").read_text()
-
-
-def test_evaluate_cli_writes_the_result_json(runs):
-    out, _ = runs
-    assert evaluate.main(["--output_dir", str(out), "--experiment_name", "whole", "--checkpoint_type", "last",
-                          "--bn_recal_batches", "2", "--batch_size", "2"]) == 0
-    result = json.loads((out / "whole" / "supernet_eval_result_last.json").read_text())
-    rows, summary = result["archs"], result["summary"]
-    assert [r["rank"] for r in rows] == [1, 2, 3] and [r["epe"] for r in rows] == sorted(r["epe"] for r in rows)
-    assert summary["mean_epe"] == pytest.approx(np.mean([r["epe"] for r in rows]))
-    assert summary["data_source"] == "synthetic" and summary["coverage_ok"] and summary["bn_recal_batches"] == 2
-    for r in rows:
-        arch = supernet.parse_arch(r["arch"])
-        assert r["params"] == supernet.count_params(arch, 32, 48) and 0 <= r["px1"] <= r["px3"] <= r["px5"] <= 1
-
-
-def test_trim_history_drops_only_rows_after_the_checkpoint(tmp_path):
-    path = tmp_path / "eval_history.csv"
-    path.write_text("epoch,mean_epe\n1,3.0\n2,2.5\n3,2.4\n")
-    train.trim_history(str(path), 2)
-    assert path.read_text().splitlines() == ["epoch,mean_epe", "1,3.0", "2,2.5"]
-
-
 SAVER_LOOP = r"""
 import sys, tensorflow as tf
 sys.path.insert(0, sys.argv[1])
@@ -1006,26 +934,77 @@ with tf.compat.v1.Session(graph=graph) as sess:
 """
 
 
-def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
-    script = tmp_path / "saver_loop.py"
-    script.write_text(SAVER_LOOP)
-    run_dir = tmp_path / "run"
-    for kill_after in (0.05, 0.13, 0.31):  # each save of the 16 MB variable takes tens of ms
-        proc = subprocess.Popen([sys.executable, str(script), str(HERE), str(run_dir)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert proc.stdout.readline().strip() == "1"  # one checkpoint committed; now kill mid-loop
-        time.sleep(kill_after)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        meta = ckpt.load_meta(str(run_dir), "last")
-        graph = tf.Graph()
-        with graph.as_default():
-            value = tf.compat.v1.get_variable("v", [4_000_000])
-            saver = tf.compat.v1.train.Saver([value])
-        with tf.compat.v1.Session(graph=graph) as sess:
-            saver.restore(sess, meta["prefix"])
-            restored = sess.run(value)
-        assert (restored == meta["global_step"]).all()
+class TestRuns:
+    def test_a_run_writes_every_artifact(self, runs):
+        out, _ = runs
+        run = out / "whole"
+        for name in ("config.json", "train.log", "eval_pool_3.json", "eval_history.csv", "fairness_counts.json",
+                     "train_report.json", "checkpoints/best/meta.json", "checkpoints/last/meta.json"):
+            assert (run / name).is_file(), name
+        assert list((run / "tb").glob("events.out.tfevents.*"))
+        report = json.loads((run / "train_report.json").read_text())
+        assert report["epochs_finished"] == 2 and report["stop_reason"] == "completed"
+        assert report["final_fairness_gap"] == 0 and report["eval_pool_coverage_ok"] and report["data_source"] == "synthetic"
+        meta = json.loads((run / "checkpoints/last/meta.json").read_text())
+        assert meta["global_step"] == 4 and meta["epoch"] == 2 and meta["config"]["input_h"] == 32
+        rows = _history(run / "eval_history.csv")
+        assert [int(r["epoch"]) for r in rows] == [1, 2]
+        assert float(rows[0]["best_epe"]) == pytest.approx(min(float(r["mean_epe"]) for r in rows[:1]))
+        log = (run / "train.log").read_text()
+        assert "steps/s" in log and "time left" in log and "synthetic data" in log
+
+    def test_resumed_run_matches_an_uninterrupted_one(self, runs):
+        out, first_history = runs
+        whole, split = out / "whole", out / "split"
+        report_w = json.loads((whole / "train_report.json").read_text())
+        report_s = json.loads((split / "train_report.json").read_text())
+        assert report_s["epochs_finished"] == 2 and report_s["global_step"] == 4
+        assert report_s["fairness_counts"] == report_w["fairness_counts"] == fair.counts_for_steps(9, 0, 4)
+        assert report_s["path_sequence_digest"] == report_w["path_sequence_digest"] == fair.sequence_digest(9, 0, 4)
+        rows = _history(split / "eval_history.csv")
+        assert [int(r["epoch"]) for r in rows] == [1, 2]
+        assert (split / "eval_history.csv").read_text().startswith(first_history)  # the first epoch's row kept as written
+        assert "resuming" in (split / "train.log").read_text()
+
+    def test_evaluate_cli_writes_the_result_json(self, runs):
+        out, _ = runs
+        assert evaluate.main(["--output_dir", str(out), "--experiment_name", "whole", "--checkpoint_type", "last",
+                              "--bn_recal_batches", "2", "--batch_size", "2"]) == 0
+        result = json.loads((out / "whole" / "supernet_eval_result_last.json").read_text())
+        rows, summary = result["archs"], result["summary"]
+        assert [r["rank"] for r in rows] == [1, 2, 3] and [r["epe"] for r in rows] == sorted(r["epe"] for r in rows)
+        assert summary["mean_epe"] == pytest.approx(np.mean([r["epe"] for r in rows]))
+        assert summary["data_source"] == "synthetic" and summary["coverage_ok"] and summary["bn_recal_batches"] == 2
+        for r in rows:
+            arch = supernet.parse_arch(r["arch"])
+            assert r["params"] == supernet.count_params(arch, 32, 48) and 0 <= r["px1"] <= r["px3"] <= r["px5"] <= 1
+
+    def test_trim_history_drops_only_rows_after_the_checkpoint(self, tmp_path):
+        path = tmp_path / "eval_history.csv"
+        path.write_text("epoch,mean_epe\n1,3.0\n2,2.5\n3,2.4\n")
+        train.trim_history(str(path), 2, ["epoch", "mean_epe"])
+        assert path.read_text().splitlines() == ["epoch,mean_epe", "1,3.0", "2,2.5"]
+
+    def test_sigkill_while_saving_leaves_a_loadable_checkpoint(self, tmp_path):
+        script = tmp_path / "saver_loop.py"
+        script.write_text(SAVER_LOOP)
+        run_dir = tmp_path / "run"
+        for kill_after in (0.05, 0.13, 0.31):  # each save of the 16 MB variable takes tens of ms
+            proc = subprocess.Popen([sys.executable, str(script), str(HERE), str(run_dir)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert proc.stdout.readline().strip() == "1"  # one checkpoint committed; now kill mid-loop
+            time.sleep(kill_after)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            meta = ckpt.load_meta(str(run_dir), "last")
+            graph = tf.Graph()
+            with graph.as_default():
+                value = tf.compat.v1.get_variable("v", [4_000_000])
+                saver = tf.compat.v1.train.Saver([value])
+            with tf.compat.v1.Session(graph=graph) as sess:
+                saver.restore(sess, meta["prefix"])
+                restored = sess.run(value)
+            assert (restored == meta["global_step"]).all()
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -1036,74 +1015,69 @@ def _run_main(main, argv, capsys):
     return code, err
 
 
-@pytest.mark.parametrize("content, words", [
-    ({"learning_rat": 0.1}, "unknown key 'learning_rat'"),
-    ({"batch_size": "32"}, "key 'batch_size' must be int"),
-    ({"synthetic": 1}, "key 'synthetic' must be bool"),
-    ({"loss_weights": [1, 2]}, "key 'loss_weights' must be a list of 3"),
-    ({"input_h": 30}, "h=30"),
-    ({"eval_pool_size": 10}, "multiple of 3"),
-    ({"early_stop_min_delta": float("nan")}, "finite"),
-    ({"adam_beta1": 5.0}, "adam_beta1"),
-    ({"loss_weights": [-1, 0, 1]}, "loss_weights"),
-])
-def test_bad_config_is_a_one_line_error(tmp_path, capsys, content, words):
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(content))
-    code, err = _run_main(train.main, ["--config", str(path), "--dry_run"], capsys)
-    assert code != 0 and len(err) == 1 and words in err[0] and err[0].startswith("error:")
+class TestBadInput:
+    @pytest.mark.parametrize("content, words", [
+        ({"learning_rat": 0.1}, "unknown key 'learning_rat'"),
+        ({"batch_size": "32"}, "key 'batch_size' must be int"),
+        ({"synthetic": 1}, "key 'synthetic' must be bool"),
+        ({"loss_weights": [1, 2]}, "key 'loss_weights' must be a list of 3"),
+        ({"input_h": 30}, "h=30"),
+        ({"eval_pool_size": 10}, "multiple of 3"),
+        ({"early_stop_min_delta": float("nan")}, "finite"),
+        ({"adam_beta1": 5.0}, "adam_beta1"),
+        ({"loss_weights": [-1, 0, 1]}, "loss_weights"),
+    ])
+    def test_bad_config_is_a_one_line_error(self, tmp_path, capsys, content, words):
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(content))
+        code, err = _run_main(train.main, ["--config", str(path), "--dry_run"], capsys)
+        assert code != 0 and len(err) == 1 and words in err[0] and err[0].startswith("error:")
 
+    def test_flags_win_over_fast_mode_and_resume_keeps_the_run_identity(self, runs, capsys):
+        out, _ = runs
+        args, overrides = train.parse_args(["--fast_mode", "--eval_pool_size", "6"], train.read_config_file(train.DEFAULT_CONFIG))
+        cfg, _ = train.resolve_config(args, overrides, train.read_config_file(train.DEFAULT_CONFIG))
+        assert cfg["eval_pool_size"] == 6 and cfg["bn_recal_batches"] == cfg["fast_mode_overrides"]["bn_recal_batches"]
+        code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
+                                           "--eval_pool_size", "6", "--dry_run"], capsys)
+        assert code != 0 and len(err) == 1 and "eval_pool_size" in err[0]
 
-def test_flags_win_over_fast_mode_and_resume_keeps_the_run_identity(runs, capsys):
-    out, _ = runs
-    args, overrides = train.parse_args(["--fast_mode", "--eval_pool_size", "6"], train.read_config_file(train.DEFAULT_CONFIG))
-    cfg, _ = train.resolve_config(args, overrides, train.read_config_file(train.DEFAULT_CONFIG))
-    assert cfg["eval_pool_size"] == 6 and cfg["bn_recal_batches"] == cfg["fast_mode_overrides"]["bn_recal_batches"]
-    code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
-                                       "--eval_pool_size", "6", "--dry_run"], capsys)
-    assert code != 0 and len(err) == 1 and "eval_pool_size" in err[0]
+    def test_damaged_checkpoint_is_a_one_line_error(self, runs, tmp_path, capsys):
+        out, _ = runs
+        damaged = tmp_path / "damaged"
+        subprocess.run(["cp", "-r", str(out / "whole"), str(damaged)], check=True)
+        data_file = next((damaged / "checkpoints" / "last").glob("*.data-*"))
+        data_file.write_bytes(data_file.read_bytes()[:100])
+        code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--experiment_name", "damaged",
+                                              "--checkpoint_type", "last"], capsys)
+        assert code != 0 and len(err) == 1 and "cannot restore" in err[0]
 
+    def test_missing_dataset_is_a_one_line_error(self, tmp_path, capsys):
+        code, err = _run_main(train.main, ["--base_path", str(tmp_path / "nowhere"), "--dry_run"], capsys)
+        assert code != 0 and len(err) == 1 and "nowhere" in err[0]
 
-def test_damaged_checkpoint_is_a_one_line_error(runs, tmp_path, capsys):
-    out, _ = runs
-    damaged = tmp_path / "damaged"
-    subprocess.run(["cp", "-r", str(out / "whole"), str(damaged)], check=True)
-    data_file = next((damaged / "checkpoints" / "last").glob("*.data-*"))
-    data_file.write_bytes(data_file.read_bytes()[:100])
-    code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--experiment_name", "damaged",
-                                          "--checkpoint_type", "last"], capsys)
-    assert code != 0 and len(err) == 1 and "cannot restore" in err[0]
+    def test_malformed_arch_is_a_one_line_error(self, runs, capsys):
+        out, _ = runs
+        code, err = _run_main(evaluate.main, ["--output_dir", str(out), "--experiment_name", "whole",
+                                              "--checkpoint_type", "last", "--arch", "0,1,3,0,0,0,0,0,0"], capsys)
+        assert code != 0 and len(err) == 1 and "field 2 (DB0)" in err[0]
 
+    def test_missing_checkpoint_and_wrong_input_size_are_errors(self, runs, tmp_path, capsys):
+        out, _ = runs
+        code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--checkpoint_type", "best"], capsys)
+        assert code != 0 and len(err) == 1 and "no experiment" in err[0]
+        code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
+                                           "--input_h", "64", "--dry_run"], capsys)
+        assert code != 0 and len(err) == 1 and "input_h" in err[0]
+        meta = ckpt.load_meta(str(out / "whole"), "last")
+        with pytest.raises(ckpt.CheckpointError, match="input_size"):
+            ckpt.check_compatible(meta, 64, 48, "whole")
 
-def test_missing_dataset_is_a_one_line_error(tmp_path, capsys):
-    code, err = _run_main(train.main, ["--base_path", str(tmp_path / "nowhere"), "--dry_run"], capsys)
-    assert code != 0 and len(err) == 1 and "nowhere" in err[0]
-
-
-def test_malformed_arch_is_a_one_line_error(runs, capsys):
-    out, _ = runs
-    code, err = _run_main(evaluate.main, ["--output_dir", str(out), "--experiment_name", "whole",
-                                          "--checkpoint_type", "last", "--arch", "0,1,3,0,0,0,0,0,0"], capsys)
-    assert code != 0 and len(err) == 1 and "field 2 (DB0)" in err[0]
-
-
-def test_missing_checkpoint_and_wrong_input_size_are_errors(runs, tmp_path, capsys):
-    out, _ = runs
-    code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--checkpoint_type", "best"], capsys)
-    assert code != 0 and len(err) == 1 and "no experiment" in err[0]
-    code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
-                                       "--input_h", "64", "--dry_run"], capsys)
-    assert code != 0 and len(err) == 1 and "input_h" in err[0]
-    meta = ckpt.load_meta(str(out / "whole"), "last")
-    with pytest.raises(ckpt.CheckpointError, match="input_size"):
-        ckpt.check_compatible(meta, 64, 48, "whole")
-
-
-def test_dry_run_announces_synthetic_data_and_writes_nothing(tmp_path, capsys):
-    code = train.main(["--dry_run", "--output_dir", str(tmp_path)] + RUN_FLAGS)
-    out = capsys.readouterr().out
-    assert code == 0 and "synthetic data: no base_path configured" in out and "fair steps" in out
-    assert not list(tmp_path.iterdir())
+    def test_dry_run_announces_synthetic_data_and_writes_nothing(self, tmp_path, capsys):
+        code = train.main(["--dry_run", "--output_dir", str(tmp_path)] + RUN_FLAGS)
+        out = capsys.readouterr().out
+        assert code == 0 and "synthetic data: no base_path configured" in out and "fair steps" in out
+        assert not list(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- code rules
@@ -1119,19 +1093,19 @@ def _imports(module):
     return names
 
 
-@pytest.mark.parametrize("module", [m for m in LIBRARY_MODULES if (HERE / f"{m}.py").exists()])
-def test_library_modules_import_no_entry_point(module):
-    assert not _imports(module) & set(ENTRY_POINTS)
+class TestCodeRules:
+    @pytest.mark.parametrize("module", [m for m in LIBRARY_MODULES if (HERE / f"{m}.py").exists()])
+    def test_library_modules_import_no_entry_point(self, module):
+        assert not _imports(module) & set(ENTRY_POINTS)
 
-
-@pytest.mark.parametrize("module", [m for m in LIBRARY_MODULES + ENTRY_POINTS if (HERE / f"{m}.py").exists()])
-def test_every_public_function_has_a_docstring(module):
-    tree = ast.parse((HERE / f"{module}.py").read_text())
-    assert ast.get_docstring(tree), f"{module} has no module docstring"
-    missing = [n.name for n in ast.walk(tree)
-               if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_") and not ast.get_docstring(n)
-               and n.col_offset == 0]
-    assert not missing, f"{module}: no docstring on {missing}"
+    @pytest.mark.parametrize("module", [m for m in LIBRARY_MODULES + ENTRY_POINTS if (HERE / f"{m}.py").exists()])
+    def test_every_public_function_has_a_docstring(self, module):
+        tree = ast.parse((HERE / f"{module}.py").read_text())
+        assert ast.get_docstring(tree), f"{module} has no module docstring"
+        missing = [n.name for n in ast.walk(tree)
+                   if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_") and not ast.get_docstring(n)
+                   and n.col_offset == 0]
+        assert not missing, f"{module}: no docstring on {missing}"
 
 
 # ----------------------------------------------------------------------------- search (search.py)
@@ -1365,7 +1339,6 @@ class TestSearch:
         assert "is a standalone run of 0,1,2,0,1,2,0,1,2: search needs a supernet run" in capsys.readouterr().err
 
 
-
 # ----------------------------------------------------------------------------- deployment (export.py)
 
 EXPORT_ARCH = (0, 1, 2, 0, 1, 2, 0, 1, 2)
@@ -1582,7 +1555,6 @@ class TestExport:
         monkeypatch.setenv("PATH", str(tmp_path))
         with pytest.raises(export.ExportError, match="Vela not found"):
             export.find_vela()
-
 
 
 # ----------------------------------------------------------------------------- other datasets, full frames, flow pictures
@@ -1890,7 +1862,6 @@ class TestDatasetsAndPictures:
         assert decoded.shape[:2] == (height, width) and decoded.std() > 0
 
 
-
 # ----------------------------------------------------------------------------- standalone training and ranking (rank.py)
 
 STANDALONE_ARCH = "0,1,2,0,1,2,0,1,2"
@@ -2069,44 +2040,290 @@ class TestStandaloneAndRank:
         assert "not a supernet" in capsys.readouterr().err
 
 
-
 # ----------------------------------------------------------------------------- one writer per run, run names
 
-def test_a_run_name_that_leaves_output_dir_is_refused(tmp_path, capsys):
-    out = tmp_path / "out"
-    for name in ("../escaped", "a/b", ".."):
-        assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", name]) == 1
+
+class TestOneWriter:
+    def test_a_run_name_that_leaves_output_dir_is_refused(self, tmp_path, capsys):
+        out = tmp_path / "out"
+        for name in ("../escaped", "a/b", ".."):
+            assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", name]) == 1
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and f"experiment name {name!r} must be a plain folder name" in err
+        assert evaluate.main(["--output_dir", str(out), "--experiment_name", "../escaped"]) == 1
+        assert "must be a plain folder name" in capsys.readouterr().err
+        assert not list(tmp_path.iterdir())
+
+    def test_a_second_writer_is_refused_naming_the_holder(self, runs, capsys):
+        out, _ = runs
+        run = out / "whole"
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+        with ckpt.writer_lock(str(run), "run"):
+            code = train.main(["--resume", "--output_dir", str(out), "--experiment_name", "whole", "--num_epochs", "3"])
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and f"experiment name {name!r} must be a plain folder name" in err
-    assert evaluate.main(["--output_dir", str(out), "--experiment_name", "../escaped"]) == 1
-    assert "must be a plain folder name" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+        assert code == 1 and len(err.splitlines()) == 1
+        assert f"run {run} is being written by another process (PID {os.getpid()})" in err
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+    def test_a_killed_writer_leaves_no_stale_lock(self, tmp_path):
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); import ckpt\n"
+                                   "with ckpt.writer_lock(sys.argv[2], 'run'):\n print('held', flush=True); time.sleep(60)",
+                                   str(HERE), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ckpt.CheckpointError, match=f"PID {holder.pid}"):
+            with ckpt.writer_lock(str(tmp_path), "run"):
+                pass
+        holder.kill()
+        holder.wait()
+        with ckpt.writer_lock(str(tmp_path), "run"):  # the kernel released it with the process
+            assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
 
-def test_a_second_writer_is_refused_naming_the_holder(runs, capsys):
-    out, _ = runs
-    run = out / "whole"
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
-    with ckpt.writer_lock(str(run), "run"):
-        code = train.main(["--resume", "--output_dir", str(out), "--experiment_name", "whole", "--num_epochs", "3"])
-    err = capsys.readouterr().err.strip()
-    assert code == 1 and len(err.splitlines()) == 1
-    assert f"run {run} is being written by another process (PID {os.getpid()})" in err
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+# ----------------------------------------------------------------------------- dependable runs: faults, determinism
+
+DEPENDABLE_FLAGS = ["--input_h", "24", "--input_w", "32", "--batch_size", "2", "--steps_per_epoch", "2",
+                    "--num_epochs", "2", "--fast_mode", "--log_every", "1", "--seed", "4", "--data_layout", "lists"]
 
 
-def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); import ckpt\n"
-                               "with ckpt.writer_lock(sys.argv[2], 'run'):\n print('held', flush=True); time.sleep(60)",
-                               str(HERE), str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(ckpt.CheckpointError, match=f"PID {holder.pid}"):
-        with ckpt.writer_lock(str(tmp_path), "run"):
-            pass
-    holder.kill()
-    holder.wait()
-    with ckpt.writer_lock(str(tmp_path), "run"):  # the kernel released it with the process
-        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+def _folder_bytes(path):
+    """Every file of a folder but the lock, by relative path: what 'unchanged' compares."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(pathlib.Path(path).rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def _checkpoint_tensors(run_dir, kind="last"):
+    meta = json.loads((pathlib.Path(run_dir) / "checkpoints" / kind / "meta.json").read_text())
+    reader = tf.train.load_checkpoint(str(pathlib.Path(run_dir) / "checkpoints" / kind / meta["checkpoint"]))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+@pytest.fixture(scope="module")
+def dependable(tmp_path_factory, fc2_tree):
+    """A run on the FC2 tree stopped after epoch 1 of 2 (so a resume trains), and its output folder."""
+    out = tmp_path_factory.mktemp("dependable")
+    flags = DEPENDABLE_FLAGS + ["--base_path", fc2_tree, "--output_dir", str(out)]
+    assert train.main(flags + ["--experiment_name", "base", "--num_epochs", "1"]) == 0
+    return out, flags
+
+
+class TestDependableRuns:
+    def _copy_run(self, dependable, tmp_path):
+        out, _ = dependable
+        shutil.copytree(out / "base", tmp_path / "run")
+        return tmp_path / "run"
+
+    def _resume_fails(self, run, capsys, words, *flags, main=train.main):
+        """Resume (or evaluate) `run`: exit 1, one line holding `words`, every file of the run unchanged."""
+        before = _folder_bytes(run)
+        args = ["--output_dir", str(run.parent), "--experiment_name", run.name, *flags]
+        code, err = _run_main(main, (["--resume", "--num_epochs", "2"] if main is train.main else []) + args, capsys)
+        assert code == 1 and len(err) == 1, err
+        for word in words:
+            assert word in err[0], err
+        assert _folder_bytes(run) == before
+        assert not list(run.rglob("*.tmp*")) and not list(run.rglob("*tempstate*"))
+
+    def _broken_tree(self, fc2_tree, tmp_path, damage):
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
+        samples = data_fc2.list_samples(tree, "train", "lists")
+        for sample in samples:
+            damage(sample)
+        return tree, samples
+
+    def test_a_png_body_damaged_at_run_time_names_the_file(self, dependable, fc2_tree, tmp_path, capsys):
+        def damage(sample):  # header and IEND intact, so only decoding finds it
+            raw = bytearray(pathlib.Path(sample[1]).read_bytes())
+            raw[40:-12] = bytes(len(raw) - 52)
+            pathlib.Path(sample[1]).write_bytes(bytes(raw))
+        tree, samples = self._broken_tree(fc2_tree, tmp_path, damage)
+        self._resume_fails(self._copy_run(dependable, tmp_path), capsys, [os.path.join(tree, "FlyingChairs2"),
+                                                                          "-img_1.png: cannot decode PNG"],
+                           "--base_path", tree)
+
+    def test_nan_in_a_training_flow_names_the_file(self, dependable, fc2_tree, tmp_path, capsys):
+        def damage(sample):
+            flow = data_fc2.read_flo(sample[2])
+            flow[3, 4, 0] = np.nan
+            data_fc2.write_flo(sample[2], flow)
+        tree, _ = self._broken_tree(fc2_tree, tmp_path, damage)
+        self._resume_fails(self._copy_run(dependable, tmp_path), capsys,
+                           ["-flow_01.flo: flow holds 1 non-finite values"], "--base_path", tree)
+
+    def test_nan_in_a_validation_flow_is_refused_before_any_metric(self, dependable, fc2_tree, tmp_path, capsys):
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
+        val = data_fc2.list_samples(tree, "val", "lists")[1]
+        flow = data_fc2.read_flo(val[2])
+        flow[0, 0, 1] = np.inf
+        data_fc2.write_flo(val[2], flow)
+        self._resume_fails(self._copy_run(dependable, tmp_path), capsys, [f"{val[2]}: flow holds 1 non-finite"],
+                           "--base_path", tree)
+
+    @pytest.mark.parametrize("edit, words", [
+        (lambda m: {k: v for k, v in m.items() if k != "epoch"}, ["meta.json: field 'epoch' is missing"]),
+        (lambda m: [m], ["meta.json: must hold a JSON object, got list"]),
+        (lambda m: dict(m, global_step="12"), ["field 'global_step' must be an integer >= 0, got '12'"]),
+        (lambda m: dict(m, checkpoint="../best/" + m["checkpoint"]), ["field 'checkpoint' must name a model-* file"]),
+        (lambda m: dict(m, best_metric=None, bad_epochs=-1), ["field 'bad_epochs' must be an integer >= 0"]),
+    ])
+    def test_a_bad_meta_is_one_line_naming_the_field(self, dependable, tmp_path, capsys, edit, words):
+        run = self._copy_run(dependable, tmp_path)
+        meta_path = run / "checkpoints" / "last" / "meta.json"
+        meta_path.write_text(json.dumps(edit(json.loads(meta_path.read_text()))))
+        self._resume_fails(run, capsys, [str(meta_path)] + words)
+
+    def test_a_garbage_history_is_one_line_naming_the_file(self, dependable, tmp_path, capsys):
+        run = self._copy_run(dependable, tmp_path)
+        (run / "eval_history.csv").write_text("garbage,here\nx,y\n")
+        self._resume_fails(run, capsys, [str(run / "eval_history.csv"), "columns"])
+        lines = (dependable[0] / "base" / "eval_history.csv").read_text().splitlines()
+        (run / "eval_history.csv").write_text("\n".join(lines + ["one,two"]) + "\n")
+        self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:3: not an evaluation row"])
+
+    def test_a_checkpoint_variable_of_another_shape_is_refused(self, dependable, tmp_path, capsys):
+        run = self._copy_run(dependable, tmp_path)
+        meta = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
+        tensors = _checkpoint_tensors(run)
+        name = "supernet/E0/conv/kernel"
+        graph = tf.Graph()
+        with graph.as_default():
+            variables = [tf.compat.v1.Variable(np.zeros((1, 1) + v.shape[2:], v.dtype) if k == name else v, name=k)
+                         for k, v in tensors.items()]
+            saver = tf.compat.v1.train.Saver(variables)
+            with tf.compat.v1.Session(graph=graph) as sess:
+                sess.run(tf.compat.v1.global_variables_initializer())
+                saver.save(sess, str(run / "checkpoints" / "last" / meta["checkpoint"]), write_meta_graph=False,
+                           write_state=False)
+        shape = list(tensors[name].shape)
+        words = [f"holds {name} of shape {[1, 1] + shape[2:]}, this graph has {shape}"]
+        self._resume_fails(run, capsys, words)
+        self._resume_fails(run, capsys, words, "--checkpoint_type", "last", main=evaluate.main)
+
+    def test_a_run_config_without_a_key_is_refused_by_evaluate(self, dependable, tmp_path, capsys):
+        run = self._copy_run(dependable, tmp_path)
+        config = json.loads((run / "config.json").read_text())
+        del config["input_h"]
+        (run / "config.json").write_text(json.dumps(config))
+        self._resume_fails(run, capsys, [f"{run / 'config.json'}: key 'input_h' must be int"], main=evaluate.main)
+
+    def test_an_output_dir_that_is_a_file_is_named(self, dependable, tmp_path, capsys):
+        blocker = tmp_path / "not_a_folder"
+        blocker.write_text("x")
+        code, err = _run_main(train.main, dependable[1] + ["--output_dir", str(blocker), "--experiment_name", "r"],
+                              capsys)
+        assert code == 1 and len(err) == 1 and f"{blocker / 'r'}" in err[0], err
+        assert blocker.read_text() == "x"
+
+    def test_a_failed_fresh_run_leaves_no_folder(self, fc2_tree, tmp_path, capsys):
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
+        val = data_fc2.list_samples(tree, "val", "lists")[0]
+        flow = data_fc2.read_flo(val[2])
+        data_fc2.write_flo(val[2], np.full_like(flow, np.nan))
+        code, err = _run_main(train.main, DEPENDABLE_FLAGS + ["--base_path", tree, "--output_dir",
+                                                              str(tmp_path / "out"), "--experiment_name", "r"], capsys)
+        assert code == 1 and len(err) == 1 and "non-finite" in err[0]
+        assert not (tmp_path / "out" / "r").exists()
+
+    def test_temp_files_of_a_killed_writer_are_removed_and_counts_repaired(self, dependable, tmp_path, capsys):
+        run = self._copy_run(dependable, tmp_path)
+        last = run / "checkpoints" / "last"
+        meta = json.loads((last / "meta.json").read_text())
+        leftovers = [run / "config.json.tmp123", last / "meta.json.tmp77", last / "model-9-1.index",
+                     last / f"{meta['checkpoint']}.data-00000-of-00001.tempstate5"]
+        for path in leftovers:
+            path.write_text("partial")
+        (run / "fairness_counts.json").write_text(json.dumps({"global_step": 0}))
+        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "run"]) == 0
+        assert not any(p.exists() for p in leftovers)
+        counts = json.loads((run / "fairness_counts.json").read_text())
+        assert counts["global_step"] == json.loads((last / "meta.json").read_text())["global_step"] == 2
+
+    def test_layout_choice_is_said_and_a_half_lists_layout_refused(self, fc2_tree, tmp_path, capsys):
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
+        assert "(lists layout: FC2_dirnames.txt found)" in data_fc2.open_data(_cfg(base_path=tree))["reason"]
+        os.remove(os.path.join(tree, data_fc2.DIRNAMES_FILE))
+        with pytest.raises(data_fc2.DataError, match=r"FC2_dirnames.txt: missing, but FC2_train.txt is there"):
+            data_fc2.open_data(_cfg(base_path=tree))
+        assert "(folders layout: data_layout)" in data_fc2.open_data(_cfg(base_path=tree, data_layout="folders"))["reason"]
+
+    def test_a_sample_in_both_splits_and_a_grayscale_png_are_refused(self, fc2_tree, tmp_path):
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
+        test_list = pathlib.Path(tree) / data_fc2.SPLIT_LIST_FILES["val"]
+        first_train = (pathlib.Path(tree) / data_fc2.SPLIT_LIST_FILES["train"]).read_text().split()[0]
+        test_list.write_text(test_list.read_text() + first_train + "\n")
+        with pytest.raises(data_fc2.DataError, match="in both the train and the val split"):
+            data_fc2.check_dataset(tree, "lists")
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2b")
+        img = data_fc2.list_samples(tree, "train", "lists")[2][0]
+        grey = tf.io.encode_png(tf.constant(np.zeros((H, W, 1), np.uint8))).numpy()
+        pathlib.Path(img).write_bytes(grey)
+        with pytest.raises(data_fc2.DataError, match=f"{img}: grayscale PNG"):
+            data_fc2.check_dataset(tree, "lists")
+
+    def test_check_names_a_truncated_flo_and_a_png_cut_in_half(self, fc2_tree, tmp_path, capsys):
+        for which in (2, 0):
+            tree = _copy_tree(fc2_tree, tmp_path / f"fc2_{which}")
+            path = pathlib.Path(data_fc2.list_samples(tree, "train", "lists")[3][which])
+            raw = path.read_bytes()
+            path.write_bytes(raw[:1000] if which == 2 else raw[:len(raw) // 2])
+            assert data_fc2.main(["--check", "--base_path", tree]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            words = "short .flo file: 1000 bytes" if which == 2 else "truncated PNG"
+            assert len(err) == 1 and f"{path}: {words}" in err[0], err
+
+    @pytest.mark.slow
+    def test_two_runs_of_one_seed_are_identical(self, dependable, tmp_path):
+        _, flags = dependable
+        for name in ("a", "b"):
+            assert train.main(flags + ["--output_dir", str(tmp_path), "--experiment_name", name]) == 0
+        first, second = _checkpoint_tensors(tmp_path / "a"), _checkpoint_tensors(tmp_path / "b")
+        assert first.keys() == second.keys()
+        assert all(np.array_equal(first[k], second[k]) for k in first)
+
+    @pytest.mark.slow
+    def test_a_run_killed_twice_resumes_to_the_uninterrupted_weights(self, dependable, tmp_path):
+        _, flags = dependable
+        flags = [f for f in flags if f != "--fast_mode"] + ["--eval_pool_size", "3", "--bn_recal_batches", "2",
+                                                            "--num_epochs", "3", "--output_dir", str(tmp_path)]
+        assert train.main(flags + ["--experiment_name", "whole"]) == 0
+        script = [sys.executable, str(HERE / "train.py")]
+        rng = np.random.default_rng()
+
+        def kill_after(argv, word, count):
+            proc = subprocess.Popen(script + argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            seen = 0
+            for line in proc.stdout:
+                seen += word in line
+                if seen == count:
+                    time.sleep(rng.uniform(0, 0.2))
+                    break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        kill_after(flags + ["--experiment_name", "killed"], "evaluating", 2)  # during the second evaluation
+        resume = ["--resume", "--output_dir", str(tmp_path), "--experiment_name", "killed"]
+        kill_after(resume, " step ", int(rng.integers(1, 4)))  # somewhere in the steps after the restore
+        assert subprocess.run(script + resume, capture_output=True).returncode == 0
+        whole, killed = _checkpoint_tensors(tmp_path / "whole"), _checkpoint_tensors(tmp_path / "killed")
+        assert all(np.array_equal(whole[k], killed[k]) for k in whole)
+        timing = {"eval_seconds", "wall_time_s"}
+        rows = [[{k: v for k, v in r.items() if k not in timing} for r in _history(tmp_path / n / "eval_history.csv")]
+                for n in ("whole", "killed")]
+        assert rows[0] == rows[1] and len(rows[0]) == 3
+
+    @pytest.mark.slow
+    def test_a_second_train_py_on_a_training_run_is_refused(self, dependable, tmp_path):
+        _, flags = dependable
+        argv = [sys.executable, str(HERE / "train.py")] + flags + ["--output_dir", str(tmp_path),
+                                                                  "--experiment_name", "busy"]
+        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in first.stdout:
+            if "starting" in line:
+                break
+        second = subprocess.run(argv + ["--resume"], capture_output=True, text=True)
+        rest = first.stdout.read()
+        assert first.wait() == 0 and "done: completed after 2 epochs" in rest
+        err = second.stderr.strip().splitlines()
+        assert second.returncode == 1 and len(err) == 1
+        assert f"run {tmp_path / 'busy'} is being written by another process (PID {first.pid})" in err[0]
 
 
 # ----------------------------------------------------------------------------- devices and GPU readiness

@@ -12,12 +12,14 @@ applies it, all in one session.run. `config.json` holds every default; every key
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 import sys
 import time
+import types
 
 import numpy as np
 import devices  # before tensorflow: quietens its start-up (see devices.py)
@@ -308,35 +310,33 @@ def history_columns(pool):
             + [f"epe_{supernet.format_arch(a).replace(',', '')}" for a in pool])
 
 
-def append_history(path, columns, row):
-    """Append one evaluation to eval_history.csv (header first if new), flushed to disk."""
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
+def read_history(path, columns):
+    """The rows of eval_history.csv (none if it does not exist), each checked: its columns, and an
+    integer epoch; a ValueError naming the file and line otherwise."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        if rows and reader.fieldnames != columns:
+            raise ValueError(f"{path}: columns {reader.fieldnames} are not this run's {columns}")
+    for line, row in enumerate(rows, 2):
+        if not (row["epoch"] or "").isdigit() or None in row.values():
+            raise ValueError(f"{path}:{line}: not an evaluation row of this run: {row['epoch']!r}...")
+    return rows
 
 
-def trim_history(path, last_epoch):
+def trim_history(path, last_epoch, columns):
     """Drop rows written after the last checkpoint (a run killed between its evaluation and its
     checkpoint redoes that epoch on resume; a fresh start keeps none); every earlier row is kept."""
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-        columns = list(rows[0].keys()) if rows else None
-    if columns is None:
-        return
+    rows = read_history(path, columns)
     kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
     if len(kept) != len(rows):
         text = io.StringIO()
         writer = csv.DictWriter(text, columns)
         writer.writeheader()
         writer.writerows(kept)
-        tmp = path + ".tmp"
+        tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w", newline="") as f:
             f.write(text.getvalue())
         os.replace(tmp, path)
@@ -382,63 +382,186 @@ def time_left(steps_seconds, evals_left, last_eval_seconds):
             f"{evals_left} evaluation{plural} x {format_duration(last_eval_seconds)})")
 
 
+# ----------------------------------------------------------------------------- run state
+
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands after its last finished epoch: what a checkpoint's meta carries."""
+    seed: int
+    epoch: int = 0
+    global_step: int = 0
+    best_metric: float = None  # pool mean EPE of the best evaluation, None before the first
+    best_epoch: int = None
+    bad_epochs: int = 0  # evaluations since the best without an improvement of min_delta
+    fairness_counts: dict = dataclasses.field(default_factory=fair.empty_counts)
+    digest: str = ""  # chained digest of every path trained (fair.chain_digest)
+    wall_time_s: float = 0.0
+    stop_reason: str = None
+
+    def to_meta(self):
+        """The meta fields of this state (the sampler's as {seed, next_step, digest})."""
+        return {"epoch": self.epoch, "global_step": self.global_step, "best_metric": self.best_metric,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "fairness_counts": self.fairness_counts,
+                "sampler": {"seed": self.seed, "next_step": self.global_step, "digest": self.digest},
+                "wall_time_s": self.wall_time_s, "stop_reason": self.stop_reason}
+
+    @classmethod
+    def from_meta(cls, meta, path):
+        """The state a checkpoint's meta holds; CheckpointError naming `path` and the field if a
+        field is missing or of the wrong kind (a resume must not run on a guess)."""
+        def field(name, check, wanted, parent=meta):
+            value = parent.get(name) if isinstance(parent, dict) else None
+            if not check(value):
+                raise ckpt.CheckpointError(f"{path}: field '{name}' must be {wanted}, got {value!r}")
+            return value
+        count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+        finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+        shape = {b: set(o) for b, o in fair.empty_counts().items()}
+        sampler = field("sampler", lambda v: isinstance(v, dict), "an object")
+        return cls(seed=field("seed", count, "an integer >= 0", sampler), epoch=field("epoch", count, "an integer >= 0"),
+                   global_step=field("global_step", count, "an integer >= 0"),
+                   best_metric=field("best_metric", lambda v: v is None or finite(v), "a finite number or null"),
+                   best_epoch=field("best_epoch", lambda v: v is None or count(v), "an epoch or null"),
+                   bad_epochs=field("bad_epochs", count, "an integer >= 0"),
+                   fairness_counts=field("fairness_counts", lambda v: isinstance(v, dict) and all(
+                       isinstance(v.get(b), dict) and set(v[b]) == o and all(map(count, v[b].values()))
+                       for b, o in shape.items()), "counts per block and option"),
+                   digest=field("digest", lambda v: isinstance(v, str), "a string", sampler),
+                   wall_time_s=field("wall_time_s", lambda v: finite(v) and v >= 0, "seconds >= 0"),
+                   stop_reason=field("stop_reason", lambda v: v is None or isinstance(v, str), "a string or null"))
+
+    def advance(self, paths):
+        """Count one trained step of `paths` (a fair cycle, or the one standalone arch)."""
+        self.global_step += 1
+        self.fairness_counts = fair.add_counts(self.fairness_counts, paths)
+        self.digest = fair.chain_digest(self.digest, paths)
+
+    def record_evaluation(self, mean_epe, epoch, cfg):
+        """A new best only on an improvement of more than min_delta; early stop after `patience`
+        evaluations without one. A non-finite EPE is an error: it must never become `best`."""
+        if not math.isfinite(mean_epe):
+            raise FloatingPointError(f"pool mean EPE is {mean_epe} at epoch {epoch}: stopped; nothing was saved")
+        if self.best_metric is None or mean_epe < self.best_metric - cfg["early_stop_min_delta"]:
+            self.best_metric, self.best_epoch, self.bad_epochs = mean_epe, epoch, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= cfg["early_stop_patience"]:
+            self.stop_reason = "early_stopping"
+
+
+# ----------------------------------------------------------------------------- what a run writes
+
+class RunWriter:
+    """Everything a run writes besides the Saver's files, in one place: train.log, TensorBoard,
+    eval_history.csv, config.json, the eval pool, the checkpoints' metas, fairness_counts.json and
+    train_report.json."""
+
+    def __init__(self, run_dir, pool):
+        self.run_dir, self.columns = run_dir, history_columns(pool)
+        self.history = os.path.join(run_dir, "eval_history.csv")
+        self.log = make_logger(os.path.join(run_dir, "train.log"))
+        self.tb = None
+
+    def start(self, cfg, pool, coverage, state, lines):
+        """Start (or resume) writing: config, eval pool, the history cut back to `state`, the plan."""
+        ckpt.write_json_atomic(os.path.join(self.run_dir, "config.json"), cfg)
+        ckpt.write_json_atomic(os.path.join(self.run_dir, f"eval_pool_{len(pool)}.json"),
+                               {"mode": "standalone" if cfg["arch"] else "supernet", "seed": cfg["seed"],
+                                "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
+                                "coverage": coverage})
+        trim_history(self.history, state.epoch, self.columns)
+        self.write_counts(state)
+        for line in lines:
+            self.log(line)
+        with tf.Graph().as_default():
+            self.tb = tf.compat.v1.summary.FileWriter(os.path.join(self.run_dir, "tb"))
+
+    def write_counts(self, state):
+        """fairness_counts.json: the counts of `state`, i.e. of the last checkpoint."""
+        ckpt.write_json_atomic(os.path.join(self.run_dir, "fairness_counts.json"),
+                               {"global_step": state.global_step, "counts": state.fairness_counts,
+                                "fairness_gap": fair.fairness_gap(state.fairness_counts)})
+
+    def training(self, step, out, clip_rate):
+        write_scalars(self.tb, step, {"train/loss": out["loss"], "train/lr": out["lr"], "train/clip_rate": clip_rate,
+                                      "train/grad_norm": out["grad_norm"]})
+
+    def evaluation(self, step, row, result, val_batches):
+        """One evaluation: its history row (flushed to disk), TensorBoard scalars and flow panel."""
+        new = not os.path.exists(self.history)
+        with open(self.history, "a", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            if new:
+                writer.writeheader()
+            writer.writerow(dict(row, **{c: r["epe"] for c, r in zip(self.columns[-len(result["archs"]):],
+                                                                      result["archs"])}))
+            f.flush()
+            os.fsync(f.fileno())
+        write_scalars(self.tb, step, {"eval/mean_epe": result["mean_epe"],
+                                      **{f"eval/epe/{r['arch']}": r["epe"] for r in result["archs"]}})
+        write_image(self.tb, step, "eval/flow_best_arch", *evaluate.best_arch_panel(result, val_batches))
+
+    def checkpoint(self, sess, saver, state, meta_fields, best):
+        """Commit the epoch: `best` if it improved, then `last`, then the counts that match it."""
+        meta = dict(state.to_meta(), **meta_fields)
+        if best:
+            ckpt.save(sess, saver, self.run_dir, "best", meta)
+        ckpt.save(sess, saver, self.run_dir, "last", meta)
+        self.write_counts(state)
+
+    def finish(self, report):
+        self.tb.close()
+        path = os.path.join(self.run_dir, "train_report.json")
+        ckpt.write_json_atomic(path, report)
+        self.log(f"done: {report['stop_reason']} after {report['epochs_finished']} epochs, best pool EPE "
+                 f"{report['best_metric']} at epoch {report['best_epoch']}; report {path}")
+
+
 # ----------------------------------------------------------------------------- the loop
 
-def new_state(seed):
-    """Training state as a checkpoint's meta carries it: a fresh run's."""
-    return {"epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None, "bad_epochs": 0,
-            "fairness_counts": fair.empty_counts(), "sampler": {"seed": seed, "next_step": 0, "digest": ""},
-            "wall_time_s": 0.0, "stop_reason": None}
-
-
-def fair_step(sess, step_ops, seed, state):
-    """Train fair cycle number state['global_step'] and advance the state; returns the fetches."""
-    step = state["global_step"]
-    cycle = fair.fair_cycle(seed, step)
-    out = sess.run({k: step_ops[k] for k in ("train_op", "loss", "lr", "clipped", "grad_norm")},
-                   {step_ops["arch_paths"]: cycle})
+def checked_step(sess, fetches, feed, run, step):
+    """sess.run of training step `step`; a failure of its input or a non-finite loss names the
+    sample at fault (data_fc2.batch_failure) when one is, else the step."""
+    cfg = run.cfg
+    samples = data_fc2.training_batch_samples(run.data["train"], cfg["seed"], [step], cfg["batch_size"])
+    try:
+        out = sess.run(fetches, feed)
+    except tf.errors.OpError as err:
+        fault = data_fc2.find_fault(samples, (cfg["input_h"], cfg["input_w"]))
+        raise fault or data_fc2.DataError(f"training batch {step}: {ckpt.one_line(err)}") from None
     if not np.isfinite(out["loss"]):
-        raise FloatingPointError(f"loss is {out['loss']} at step {step}: stopped; resume from the last checkpoint")
-    state.update(global_step=step + 1, fairness_counts=fair.add_counts(state["fairness_counts"], cycle),
-                 sampler={"seed": seed, "next_step": step + 1, "digest": fair.chain_digest(state["sampler"]["digest"], cycle)})
+        fault = data_fc2.find_fault(samples, (cfg["input_h"], cfg["input_w"]))
+        raise fault or FloatingPointError(f"loss is {out['loss']} at step {step}: stopped; resume from the last "
+                                          f"checkpoint")
     return out
 
 
-def standalone_step(sess, step_ops, state):
-    """Train step number state['global_step'] of a standalone subnet and advance the state; the
-    fairness counts record its one path, so they say what was trained."""
-    out = sess.run({k: step_ops[k] for k in ("train_op", "loss", "lr", "clipped", "grad_norm")})
-    if not np.isfinite(out["loss"]):
-        raise FloatingPointError(f"loss is {out['loss']} at step {state['global_step']}: stopped; "
-                                 f"resume from the last checkpoint")
-    path = [step_ops["arch"]]
-    state.update(global_step=state["global_step"] + 1, fairness_counts=fair.add_counts(state["fairness_counts"], path),
-                 sampler=dict(state["sampler"], next_step=state["global_step"] + 1,
-                              digest=fair.chain_digest(state["sampler"]["digest"], path)))
+def train_step(sess, run, state):
+    """Train step number state.global_step (one fair cycle, or one standalone update); advance the state."""
+    fetches = {k: run.ops[k] for k in ("train_op", "loss", "lr", "clipped", "grad_norm")}
+    if run.standalone:
+        paths, feed = [run.pool[0]], None
+    else:
+        paths = fair.fair_cycle(run.cfg["seed"], state.global_step)
+        feed = {run.ops["arch_paths"]: paths}
+    out = checked_step(sess, fetches, feed, run, state.global_step)
+    state.advance(paths)
     return out
 
 
-def init_from_run(sess, variables, run_dir, log):
+def init_from_run(sess, variables, run_dir):
     """Set a standalone subnet's `variables` from the `best` checkpoint of the supernet run at
-    `run_dir` (inherited weights). The network is fully convolutional, so any input size fits."""
+    `run_dir` (inherited weights); returns a line for the log. The network is fully convolutional,
+    so any input size fits."""
     meta = ckpt.load_meta(run_dir, "best")
     ckpt.check_compatible(meta, *meta.get("search_space", {}).get("input_size", (None, None)), meta["prefix"])
+    ckpt.check_variables(meta["prefix"], variables)
     try:
         tf.compat.v1.train.Saver(variables).restore(sess, meta["prefix"])
     except tf.errors.OpError as err:
-        raise ckpt.CheckpointError(f"cannot initialise from {meta['prefix']}: {err.message.splitlines()[0]}") from None
-    log(f"initialised {len(variables)} variables from {meta['prefix']} "
-        f"(epoch {meta['epoch']}, step {meta['global_step']})")
-
-
-def update_early_stopping(state, mean_epe, epoch, cfg):
-    """Record an evaluation: a new best only on an improvement of more than min_delta."""
-    if state["best_metric"] is None or mean_epe < state["best_metric"] - cfg["early_stop_min_delta"]:
-        state.update(best_metric=mean_epe, best_epoch=epoch, bad_epochs=0)
-    else:
-        state["bad_epochs"] += 1
-    if state["bad_epochs"] >= cfg["early_stop_patience"]:
-        state["stop_reason"] = "early_stopping"
+        raise ckpt.CheckpointError(f"cannot initialise from {meta['prefix']}: {ckpt.one_line(err)}") from None
+    return (f"initialised {len(variables)} variables from {meta['prefix']} "
+            f"(epoch {meta['epoch']}, step {meta['global_step']})")
 
 
 def plan_lines(cfg, data, steps_per_epoch, pool, coverage, supernet_params):
@@ -469,152 +592,188 @@ def standalone_plan_lines(cfg, data, steps_per_epoch, graph_params):
             f"batch {cfg['batch_size']} at {h}x{w}"]
 
 
+class Clock:
+    """Wall time of the run (earlier invocations included) and the step rate, evaluations apart."""
+
+    def __init__(self, state):
+        self.before, self.start, self.first_step = state.wall_time_s, time.time(), state.global_step
+        self.eval_spent, self.last_eval_s = 0.0, None
+
+    def wall(self):
+        return self.before + time.time() - self.start
+
+    def rate(self, step):
+        return (step - self.first_step) / max(time.time() - self.start - self.eval_spent, 1e-9)
+
+    def evaluated(self, seconds):
+        self.eval_spent, self.last_eval_s = self.eval_spent + seconds, seconds
+
+
+def train_epoch(sess, run, state, writer, clock, epoch):
+    """steps_per_epoch training steps with a progress line every log_every; returns the epoch's figures."""
+    cfg, total = run.cfg, run.steps_per_epoch * run.cfg["num_epochs"]
+    losses, clips = [], 0
+    for i in range(run.steps_per_epoch):
+        out = train_step(sess, run, state)
+        losses.append(float(out["loss"]))
+        clips += bool(out["clipped"])
+        if state.global_step % cfg["log_every"] == 0 or i == run.steps_per_epoch - 1:
+            rate = clock.rate(state.global_step)
+            writer.log(f"epoch {epoch}/{cfg['num_epochs']} step {state.global_step}/{total} "
+                       f"loss {np.mean(losses[-cfg['log_every']:]):.4f} lr {out['lr']:.3g} "
+                       f"grad_norm {out['grad_norm']:.3g} clipped {clips}/{i + 1} {rate:.2f} steps/s "
+                       + time_left((total - state.global_step) / max(rate, 1e-9), evaluations_left(epoch, cfg),
+                                   clock.last_eval_s))
+            writer.training(state.global_step, out, clips / (i + 1))
+    return {"train_loss": np.mean(losses), "clip_rate": clips / run.steps_per_epoch, "lr": out["lr"]}
+
+
+def evaluate_epoch(sess, run, state, writer, clock, epoch, figures):
+    """Score the pool with BN recalibration, update early stopping, write the history row."""
+    cfg = run.cfg
+    writer.log(f"evaluating {len(run.pool)} subnets (BN recalibration over {len(run.recal_batches)} batches each)")
+    h, w = cfg["input_h"], cfg["input_w"]
+    result = evaluate.evaluate(sess, run.scorer, run.pool, run.recal_batches, run.val_batches, h, w, log=writer.log)
+    clock.evaluated(result["seconds"])
+    state.record_evaluation(result["mean_epe"], epoch, cfg)
+    gap = fair.fairness_gap(state.fairness_counts)
+    writer.evaluation(state.global_step, dict(
+        figures, epoch=epoch, global_step=state.global_step, mean_epe=result["mean_epe"], std_epe=result["std_epe"],
+        zero_flow_epe=result["zero_flow_epe"], best_epe=state.best_metric, bad_epochs=state.bad_epochs,
+        fairness_gap=gap, eval_seconds=result["seconds"], wall_time_s=clock.wall()), result, run.val_batches)
+    writer.log(f"epoch {epoch}: pool mean EPE {result['mean_epe']:.4f} (zero-flow {result['zero_flow_epe']:.4f}), "
+               f"best {state.best_metric:.4f} at epoch {state.best_epoch}, evaluations without improvement "
+               f"{state.bad_epochs}/{cfg['early_stop_patience']}, fairness gap {gap}")
+    if state.stop_reason == "early_stopping":
+        writer.log(f"early stopping: no improvement of more than {cfg['early_stop_min_delta']} "
+                   f"in {cfg['early_stop_patience']} evaluations")
+
+
+class Run(types.SimpleNamespace):
+    """What one invocation trains: cfg, data, pool, coverage, steps_per_epoch, standalone, meta
+    (of the checkpoint resumed, or None), the graph and its ops, scorer, saver, init, plan."""
+
+
+def prepare(args, cfg, run_dir, hardware):
+    """Everything checked and built before anything is written: data (every file's header), eval
+    pool, the checkpoint to resume (meta checked), the graph."""
+    h, w = cfg["input_h"], cfg["input_w"]
+    data = data_fc2.open_data(cfg)
+    run = Run(cfg=cfg, data=data, standalone=bool(cfg["arch"]),
+              steps_per_epoch=cfg["steps_per_epoch"] or max(1, data["counts"]["train"] // cfg["batch_size"]))
+    run.pool = ([supernet.parse_arch(cfg["arch"])] if run.standalone
+                else fair.build_eval_pool(cfg["eval_pool_size"], cfg["seed"], h, w))
+    # a standalone run evaluates its own arch only: no pool whose coverage could be checked
+    run.coverage = {"ok": None, "problems": []} if run.standalone else fair.pool_coverage(run.pool, h, w)
+    run.meta = ckpt.load_meta(run_dir, "last") if args.resume else None
+    meta_path = os.path.join(ckpt.checkpoint_dir(run_dir, "last"), ckpt.META_NAME)
+    run.state = RunState.from_meta(run.meta, meta_path) if run.meta else RunState(seed=cfg["seed"])
+    if run.meta:
+        ckpt.check_compatible(run.meta, h, w, run.meta["prefix"])
+    total_steps = run.steps_per_epoch * cfg["num_epochs"]
+    run.graph = tf.Graph()
+    with run.graph.as_default():
+        tf.compat.v1.set_random_seed(cfg["seed"])
+        images, flows = training_input(cfg, data, run.state.global_step)
+        run.ops = (build_standalone_step(cfg, images, flows, total_steps, run.pool[0]) if run.standalone
+                   else build_train_step(cfg, images, flows, total_steps, hardware["path_devices"]))
+        run.scorer = evaluate.build_scorer(images, flows, static_arch=run.pool[0] if run.standalone else None)
+        run.saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables(), max_to_keep=None)
+        run.init = tf.compat.v1.global_variables_initializer()
+    params = supernet.graph_param_count(run.graph)
+    run.plan = (standalone_plan_lines(cfg, data, run.steps_per_epoch, params) if run.standalone
+                else plan_lines(cfg, data, run.steps_per_epoch, run.pool, run.coverage, params))
+    return run
+
+
+def start_session(sess, run, args, run_dir):
+    """Initialise the variables, then restore the checkpoint resumed (every variable's shape
+    checked) or inherit a supernet's weights (--init_from); returns lines for the log."""
+    sess.run(run.init)
+    if run.meta:
+        ckpt.restore(sess, run.saver, run_dir, "last", run.cfg["input_h"], run.cfg["input_w"])
+        return [f"restored epoch {run.state.epoch}, step {run.state.global_step} from {run.meta['prefix']}"]
+    if run.cfg["init_from"]:
+        return [init_from_run(sess, run.ops["model_variables"], run.cfg["init_from"])]
+    return []
+
+
 def train(args, cfg, run_dir):
     """Dry-run plan, or train (fresh or resumed) to the end or early stop; returns train_report."""
     wall_start = time.time()
     hardware = devices.report(cfg["devices"], allow_cpu=args.allow_cpu)
-    data = data_fc2.open_data(cfg)
-    steps_per_epoch = cfg["steps_per_epoch"] or max(1, data["counts"]["train"] // cfg["batch_size"])
-    total_steps = steps_per_epoch * cfg["num_epochs"]
-    h, w = cfg["input_h"], cfg["input_w"]
-    standalone = bool(cfg["arch"])
-    pool = ([supernet.parse_arch(cfg["arch"])] if standalone
-            else fair.build_eval_pool(cfg["eval_pool_size"], cfg["seed"], h, w))
-    # a standalone run evaluates its own arch only: no pool whose coverage could be checked
-    coverage = {"ok": None, "problems": []} if standalone else fair.pool_coverage(pool, h, w)
-    meta = ckpt.load_meta(run_dir, "last") if args.resume else None
-    if meta:
-        ckpt.check_compatible(meta, h, w, meta["prefix"])
-
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(cfg["seed"])
-        images, flows = training_input(cfg, data, meta["global_step"] if meta else 0)
-        step_ops = (build_standalone_step(cfg, images, flows, total_steps, pool[0]) if standalone
-                    else build_train_step(cfg, images, flows, total_steps, hardware["path_devices"]))
-        scorer = evaluate.build_scorer(images, flows, static_arch=pool[0] if standalone else None)
-        saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES), max_to_keep=None)
-        init = tf.compat.v1.global_variables_initializer()
-    plan = (standalone_plan_lines(cfg, data, steps_per_epoch, supernet.graph_param_count(graph)) if standalone
-            else plan_lines(cfg, data, steps_per_epoch, pool, coverage, supernet.graph_param_count(graph)))
+    run = prepare(args, cfg, run_dir, hardware)
     if args.dry_run:
         print("dry run: nothing will be trained or written")
-        print("\n".join(plan))
+        print("\n".join(run.plan))
         return None
-
-    os.makedirs(run_dir, exist_ok=True)
-    log = make_logger(os.path.join(run_dir, "train.log"))
-    ckpt.write_json_atomic(os.path.join(run_dir, "config.json"), cfg)
-    ckpt.write_json_atomic(os.path.join(run_dir, f"eval_pool_{len(pool)}.json"),
-                           {"mode": "standalone" if standalone else "supernet",
-                            "seed": cfg["seed"], "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
-                            "coverage": coverage})
-    history_path, columns = os.path.join(run_dir, "eval_history.csv"), history_columns(pool)
-    log(("resuming " if meta else "starting ") + run_dir)
-    log(hardware["summary"], echo=False)
-    for line in plan:
-        log(line)
-    recal_batches, val_batches = evaluate.scoring_batches(cfg, data)
-    with graph.as_default():
-        tb = tf.compat.v1.summary.FileWriter(os.path.join(run_dir, "tb"))
-
-    state = new_state(cfg["seed"])
-    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
-        sess.run(init)
-        if meta:
-            ckpt.restore(sess, saver, run_dir, "last", h, w)
-            state.update({k: meta[k] for k in state})
-            log(f"restored epoch {state['epoch']}, step {state['global_step']} from {meta['prefix']}")
-        elif cfg["init_from"]:
-            init_from_run(sess, step_ops["model_variables"], cfg["init_from"], log)
-        trim_history(history_path, state["epoch"])
-        if state["stop_reason"] == "early_stopping":
-            log(f"this run stopped early at epoch {state['epoch']}: nothing more to train")
-        wall_before, loop_start, first_step = state["wall_time_s"], time.time(), state["global_step"]
-        eval_spent, last_eval_s = 0.0, None  # the step rate leaves evaluations out; they are counted apart
-        for epoch in range(state["epoch"] + 1, cfg["num_epochs"] + 1):
-            if state["stop_reason"] == "early_stopping":
+    run.recal_batches, run.val_batches = evaluate.scoring_batches(cfg, run.data)
+    state, writer, meta_fields = run.state, RunWriter(run_dir, run.pool), run_meta_fields(run)
+    with tf.compat.v1.Session(graph=run.graph, config=devices.session_config()) as sess:
+        restored = start_session(sess, run, args, run_dir)
+        writer.start(cfg, run.pool, run.coverage, state, [("resuming " if run.meta else "starting ") + run_dir]
+                     + run.plan + restored)
+        writer.log(hardware["summary"], echo=False)
+        if state.stop_reason == "early_stopping":
+            writer.log(f"this run stopped early at epoch {state.epoch}: nothing more to train")
+        clock = Clock(state)
+        for epoch in range(state.epoch + 1, cfg["num_epochs"] + 1):
+            if state.stop_reason == "early_stopping":
                 break
-            losses, clips = [], 0
-            for i in range(steps_per_epoch):
-                out = (standalone_step(sess, step_ops, state) if standalone
-                       else fair_step(sess, step_ops, cfg["seed"], state))
-                losses.append(float(out["loss"]))
-                clips += bool(out["clipped"])
-                if state["global_step"] % cfg["log_every"] == 0 or i == steps_per_epoch - 1:
-                    rate = (state["global_step"] - first_step) / (time.time() - loop_start - eval_spent)
-                    log(f"epoch {epoch}/{cfg['num_epochs']} step {state['global_step']}/{total_steps} "
-                        f"loss {np.mean(losses[-cfg['log_every']:]):.4f} lr {out['lr']:.3g} "
-                        f"grad_norm {out['grad_norm']:.3g} clipped {clips}/{i + 1} {rate:.2f} steps/s "
-                        + time_left((total_steps - state["global_step"]) / rate, evaluations_left(epoch, cfg),
-                                    last_eval_s))
-                    write_scalars(tb, state["global_step"], {"train/loss": out["loss"], "train/lr": out["lr"],
-                                                             "train/clip_rate": clips / (i + 1),
-                                                             "train/grad_norm": out["grad_norm"]})
-            state["epoch"] = epoch
+            # train one epoch, then evaluate the pool every eval_every epochs and after the last
+            figures = train_epoch(sess, run, state, writer, clock, epoch)
+            state.epoch = epoch
             if epoch % cfg["eval_every"] == 0 or epoch == cfg["num_epochs"]:
-                log(f"evaluating {len(pool)} subnets (BN recalibration over {len(recal_batches)} batches each)")
-                result = evaluate.evaluate(sess, scorer, pool, recal_batches, val_batches, h, w, log=log)
-                last_eval_s = result["seconds"]
-                eval_spent += last_eval_s
-                update_early_stopping(state, result["mean_epe"], epoch, cfg)
-                gap = fair.fairness_gap(state["fairness_counts"])
-                append_history(history_path, columns, {
-                    "epoch": epoch, "global_step": state["global_step"], "mean_epe": result["mean_epe"],
-                    "std_epe": result["std_epe"], "zero_flow_epe": result["zero_flow_epe"],
-                    "best_epe": state["best_metric"], "bad_epochs": state["bad_epochs"], "train_loss": np.mean(losses),
-                    "clip_rate": clips / steps_per_epoch, "lr": out["lr"], "fairness_gap": gap,
-                    "eval_seconds": result["seconds"], "wall_time_s": wall_before + time.time() - loop_start,
-                    **{c: r["epe"] for c, r in zip(columns[-len(pool):], result["archs"])}})
-                write_scalars(tb, state["global_step"], {"eval/mean_epe": result["mean_epe"],
-                                                         **{f"eval/epe/{r['arch']}": r["epe"] for r in result["archs"]}})
-                write_image(tb, state["global_step"], "eval/flow_best_arch",
-                            *evaluate.best_arch_panel(result, val_batches))
-                log(f"epoch {epoch}: pool mean EPE {result['mean_epe']:.4f} (zero-flow {result['zero_flow_epe']:.4f}), "
-                    f"best {state['best_metric']:.4f} at epoch {state['best_epoch']}, evaluations without improvement "
-                    f"{state['bad_epochs']}/{cfg['early_stop_patience']}, fairness gap {gap}")
-                if state["stop_reason"] == "early_stopping":
-                    log(f"early stopping: no improvement of more than {cfg['early_stop_min_delta']} "
-                        f"in {cfg['early_stop_patience']} evaluations")
-            state["wall_time_s"] = wall_before + time.time() - loop_start
-            meta_out = dict(state, data_source=data["data_source"], config=cfg, search_space=ckpt.search_space_signature(h, w))
-            meta_out.update(mode="standalone" if standalone else "supernet", arch=cfg["arch"])
-            if state["best_epoch"] == epoch:
-                ckpt.save(sess, saver, run_dir, "best", meta_out)
-            ckpt.save(sess, saver, run_dir, "last", meta_out)
-            ckpt.write_json_atomic(os.path.join(run_dir, "fairness_counts.json"),
-                                   {"global_step": state["global_step"], "counts": state["fairness_counts"],
-                                    "fairness_gap": fair.fairness_gap(state["fairness_counts"])})
-    tb.close()
-    report = {"experiment": cfg["experiment_name"], "run_dir": run_dir, "epochs_finished": state["epoch"],
-              "mode": "standalone" if standalone else "supernet", "arch": cfg["arch"],
-              "num_epochs": cfg["num_epochs"], "global_step": state["global_step"],
-              "stop_reason": state["stop_reason"] or "completed", "best_metric": state["best_metric"],
-              "best_epoch": state["best_epoch"], "final_fairness_gap": fair.fairness_gap(state["fairness_counts"]),
-              "fairness_counts": state["fairness_counts"], "path_sequence_digest": state["sampler"]["digest"],
-              "eval_pool_coverage_ok": coverage["ok"], "data_source": data["data_source"], "data_reason": data["reason"],
-              "devices": hardware,
-              "checkpoints": {k: os.path.join(run_dir, "checkpoints", k) for k in ckpt.CHECKPOINT_KINDS},
-              "wall_time_s": state["wall_time_s"], "this_invocation_s": time.time() - wall_start}
-    ckpt.write_json_atomic(os.path.join(run_dir, "train_report.json"), report)
-    log(f"done: {report['stop_reason']} after {state['epoch']} epochs, best pool EPE {state['best_metric']} "
-        f"at epoch {state['best_epoch']}; report {os.path.join(run_dir, 'train_report.json')}")
+                evaluate_epoch(sess, run, state, writer, clock, epoch, figures)
+            # commit the epoch: best (if it improved), last, and the counts of last
+            state.wall_time_s = clock.wall()
+            writer.checkpoint(sess, run.saver, state, meta_fields, best=state.best_epoch == epoch)
+    report = train_report(run, run_dir, hardware, time.time() - wall_start)
+    writer.finish(report)
     return report
 
 
+def run_meta_fields(run):
+    """What every checkpoint's meta carries besides the run state."""
+    cfg = run.cfg
+    return {"data_source": run.data["data_source"], "config": cfg, "arch": cfg["arch"],
+            "search_space": ckpt.search_space_signature(cfg["input_h"], cfg["input_w"]),
+            "mode": "standalone" if run.standalone else "supernet"}
+
+
+def train_report(run, run_dir, hardware, invocation_s):
+    """train_report.json: how the run ended and where its checkpoints are."""
+    cfg, state = run.cfg, run.state
+    return {"experiment": cfg["experiment_name"], "run_dir": run_dir, "epochs_finished": state.epoch,
+            "mode": "standalone" if run.standalone else "supernet", "arch": cfg["arch"],
+            "num_epochs": cfg["num_epochs"], "global_step": state.global_step,
+            "stop_reason": state.stop_reason or "completed", "best_metric": state.best_metric,
+            "best_epoch": state.best_epoch, "final_fairness_gap": fair.fairness_gap(state.fairness_counts),
+            "fairness_counts": state.fairness_counts, "path_sequence_digest": state.digest,
+            "eval_pool_coverage_ok": run.coverage["ok"], "data_source": run.data["data_source"],
+            "data_reason": run.data["reason"], "devices": hardware,
+            "checkpoints": {k: os.path.join(run_dir, "checkpoints", k) for k in ckpt.CHECKPOINT_KINDS},
+            "wall_time_s": state.wall_time_s, "this_invocation_s": invocation_s}
+
+
 def main(argv=None):
-    """Entry point: one-line error and exit 1 on bad config, data or checkpoint."""
+    """Entry point: one-line error and exit 1 on bad config, data, checkpoint or output folder. A
+    failed run leaves its folder as it was (ckpt.unchanged_on_failure); one writer at a time."""
     try:
         defaults = read_config_file(DEFAULT_CONFIG)
         args, overrides = parse_args(argv, defaults)
         cfg, run_dir = resolve_config(args, overrides, defaults)
         if args.dry_run:
             train(args, cfg, run_dir)
-        else:
-            with ckpt.writer_lock(run_dir, "run"):
-                train(args, cfg, run_dir)
+            return 0
+        with ckpt.writer_lock(run_dir, "run"), ckpt.unchanged_on_failure(run_dir):
+            ckpt.remove_temp_files(run_dir)
+            train(args, cfg, run_dir)
     except (ValueError, ckpt.CheckpointError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"error: cannot write {err.filename or 'the run'}: {err.strerror}", file=sys.stderr)
         return 1
     return 0
 
