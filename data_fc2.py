@@ -1115,7 +1115,7 @@ def _parse_args(argv):
     action.add_argument("--make_synthetic_fc2", metavar="DIR",
                         help="write synthetic samples in the FC2 layout")
     action.add_argument("--check", action="store_true",
-                        help="count complete samples per split, both layouts")
+                        help="check every sample (files, .flo and PNG headers, sizes, splits) and count them")
     parser.add_argument("--num", type=int, help="number of synthetic samples (with --make_synthetic_fc2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--h", type=int, default=384, help="synthetic image height")

@@ -473,7 +473,8 @@ def run_dir_of(args):
 
 
 def run_config(args, run_dir):
-    """The run's saved config with the scoring flags applied."""
+    """The run's saved config, every key of config.json there with its type (else a ValueError
+    naming the file and key), with the scoring flags applied."""
     path = os.path.join(run_dir, "config.json")
     cfg = ckpt.read_json(path, "run config")
     defaults = ckpt.read_json(DEFAULT_CONFIG, "default config")
@@ -481,7 +482,8 @@ def run_config(args, run_dir):
         raise ValueError(f"{path}: must hold a JSON object")
     for key, default in defaults.items():
         wanted = (int, float) if isinstance(default, float) else type(default)
-        if key not in cfg or not isinstance(cfg[key], wanted) or isinstance(cfg[key], bool) != isinstance(default, bool):
+        value = cfg.get(key)
+        if not isinstance(value, wanted) or isinstance(value, bool) != isinstance(default, bool):
             raise ValueError(f"{path}: key '{key}' must be {type(default).__name__}, got {cfg.get(key, 'nothing')!r}")
     for key in ("batch_size", "bn_recal_batches", "eval_batches"):
         value = getattr(args, key)

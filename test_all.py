@@ -151,6 +151,7 @@ def _dynamic_and_static(arch, mode):
 
 
 class TestGraph:
+    @pytest.mark.slow
     @pytest.mark.parametrize("mode", ["train", "eval"])
     def test_dynamic_and_static_forms_agree(self, mode):
         arch = (2, 0, 1, 1, 2, 0, 2, 1, 0)
@@ -174,6 +175,7 @@ class TestGraph:
             np.testing.assert_allclose(d, s, rtol=1e-5, atol=1e-5)
             assert np.abs(d).max() > 1e-3
 
+    @pytest.mark.slow
     def test_dynamic_form_runs_only_the_chosen_convolutions(self):
         arch = (2, 0, 1, 1, 2, 0, 2, 1, 0)
         graph, images, arch_in, dynamic, _, init = _dynamic_and_static(arch, "train")
@@ -188,6 +190,7 @@ class TestGraph:
         # Masking would run all 3 options of every block; switching runs exactly the subnet's convs.
         assert executed == len(supernet.layer_table(arch, 32, 48)) == 27
 
+    @pytest.mark.slow
     def test_only_chosen_options_receive_gradient(self):
         arch = (0, 1, 2, 0, 1, 2, 0, 1, 2)
         graph = tf.Graph()
@@ -221,6 +224,7 @@ class TestGraph:
                 assert (g > 0) == (o == option), (block, k, g)
         assert norm["supernet/E0/conv/kernel"] > 0
 
+    @pytest.mark.slow
     def test_every_resblock_starts_as_the_identity(self):
         graph = tf.Graph()
         with graph.as_default():
@@ -297,6 +301,7 @@ class TestFairness:
         first = fair.counts_for_steps(7, 0, 13)
         assert fair.counts_for_steps(7, 13, 20, first) == fair.counts_for_steps(7, 0, 33)
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("size, seed", [(12, 42), (3, 0), (24, 5)])
     def test_eval_pool_covers_every_option_equally(self, size, seed):
         pool = fair.build_eval_pool(size, seed)
@@ -728,6 +733,7 @@ def tiny_config(**overrides):
 
 
 class TestTrainingStep:
+    @pytest.mark.slow
     def test_fair_step_applies_exactly_the_mean_of_the_three_path_gradients(self):
         cfg = tiny_config(optimizer="sgd", learning_rate=0.05)
         cycle = fair.fair_cycle(3, 0)
@@ -816,6 +822,7 @@ def _random_batches(n, seed, batch=2):
 
 
 class TestEvaluation:
+    @pytest.mark.slow
     def test_recalibrated_statistics_are_the_exact_batch_averages(self):
         arch = (1, 2, 0, 1, 2, 0, 1, 2, 0)
         graph, scorer, init = _scorer_graph()
@@ -844,6 +851,7 @@ class TestEvaluation:
         for n in used:  # every BN of the subnet holds the average of its per-batch statistics
             np.testing.assert_allclose(together[n], np.mean([s[n] for s in single], axis=0), rtol=1e-4, atol=1e-5)
 
+    @pytest.mark.slow
     def test_scoring_order_does_not_change_scores(self):
         a, b = (0, 1, 2, 0, 1, 2, 0, 1, 2), (2, 2, 1, 1, 0, 0, 2, 1, 0)
         graph, scorer, init = _scorer_graph()
@@ -876,6 +884,7 @@ class TestEvaluation:
         assert (s["px1"], s["px3"], s["px5"]) == (12, 24, 24)
         assert evaluate.zero_flow_epe([(None, gt)]) == pytest.approx(np.sqrt((gt.astype(np.float64) ** 2).sum(-1)).mean())
 
+    @pytest.mark.slow
     def test_scored_epe_is_that_of_the_accumulated_flow(self):
         arch = (0, 0, 0, 0, 1, 1, 1, 1, 1)
         graph, scorer, init = _scorer_graph()
@@ -929,12 +938,13 @@ with graph.as_default():
 with tf.compat.v1.Session(graph=graph) as sess:
     for i in range(1, 100000):
         sess.run(assign, {step: float(i)})
-        ckpt.save(sess, saver, sys.argv[2], "last", {"global_step": i})
+        ckpt.save(sess, saver, sys.argv[2], "last", {"global_step": i, "epoch": i, "search_space": {}})
         print(i, flush=True)
 """
 
 
 class TestRuns:
+    @pytest.mark.slow
     def test_a_run_writes_every_artifact(self, runs):
         out, _ = runs
         run = out / "whole"
@@ -953,6 +963,7 @@ class TestRuns:
         log = (run / "train.log").read_text()
         assert "steps/s" in log and "time left" in log and "synthetic data" in log
 
+    @pytest.mark.slow
     def test_resumed_run_matches_an_uninterrupted_one(self, runs):
         out, first_history = runs
         whole, split = out / "whole", out / "split"
@@ -966,6 +977,7 @@ class TestRuns:
         assert (split / "eval_history.csv").read_text().startswith(first_history)  # the first epoch's row kept as written
         assert "resuming" in (split / "train.log").read_text()
 
+    @pytest.mark.slow
     def test_evaluate_cli_writes_the_result_json(self, runs):
         out, _ = runs
         assert evaluate.main(["--output_dir", str(out), "--experiment_name", "whole", "--checkpoint_type", "last",
@@ -985,6 +997,7 @@ class TestRuns:
         train.trim_history(str(path), 2, ["epoch", "mean_epe"])
         assert path.read_text().splitlines() == ["epoch,mean_epe", "1,3.0", "2,2.5"]
 
+    @pytest.mark.slow
     def test_sigkill_while_saving_leaves_a_loadable_checkpoint(self, tmp_path):
         script = tmp_path / "saver_loop.py"
         script.write_text(SAVER_LOOP)
@@ -1033,6 +1046,7 @@ class TestBadInput:
         code, err = _run_main(train.main, ["--config", str(path), "--dry_run"], capsys)
         assert code != 0 and len(err) == 1 and words in err[0] and err[0].startswith("error:")
 
+    @pytest.mark.slow
     def test_flags_win_over_fast_mode_and_resume_keeps_the_run_identity(self, runs, capsys):
         out, _ = runs
         args, overrides = train.parse_args(["--fast_mode", "--eval_pool_size", "6"], train.read_config_file(train.DEFAULT_CONFIG))
@@ -1042,6 +1056,7 @@ class TestBadInput:
                                            "--eval_pool_size", "6", "--dry_run"], capsys)
         assert code != 0 and len(err) == 1 and "eval_pool_size" in err[0]
 
+    @pytest.mark.slow
     def test_damaged_checkpoint_is_a_one_line_error(self, runs, tmp_path, capsys):
         out, _ = runs
         damaged = tmp_path / "damaged"
@@ -1056,12 +1071,14 @@ class TestBadInput:
         code, err = _run_main(train.main, ["--base_path", str(tmp_path / "nowhere"), "--dry_run"], capsys)
         assert code != 0 and len(err) == 1 and "nowhere" in err[0]
 
+    @pytest.mark.slow
     def test_malformed_arch_is_a_one_line_error(self, runs, capsys):
         out, _ = runs
         code, err = _run_main(evaluate.main, ["--output_dir", str(out), "--experiment_name", "whole",
                                               "--checkpoint_type", "last", "--arch", "0,1,3,0,0,0,0,0,0"], capsys)
         assert code != 0 and len(err) == 1 and "field 2 (DB0)" in err[0]
 
+    @pytest.mark.slow
     def test_missing_checkpoint_and_wrong_input_size_are_errors(self, runs, tmp_path, capsys):
         out, _ = runs
         code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--checkpoint_type", "best"], capsys)
@@ -1073,6 +1090,7 @@ class TestBadInput:
         with pytest.raises(ckpt.CheckpointError, match="input_size"):
             ckpt.check_compatible(meta, 64, 48, "whole")
 
+    @pytest.mark.slow
     def test_dry_run_announces_synthetic_data_and_writes_nothing(self, tmp_path, capsys):
         code = train.main(["--dry_run", "--output_dir", str(tmp_path)] + RUN_FLAGS)
         out = capsys.readouterr().out
@@ -1157,6 +1175,7 @@ def _scores(path):
 
 
 class TestSearch:
+    @pytest.mark.slow
     def test_every_subnet_scores_as_evaluate_scores_it_alone(self):
         h, w = SEARCH_SIZE
         rng = np.random.default_rng(3)
@@ -1205,6 +1224,7 @@ class TestSearch:
                                       "fps", maximise=True)
         assert [r["fps"] for r in fastest] == [10.0, 5.0]
 
+    @pytest.mark.slow
     def test_shards_merge_into_the_single_process_result(self, search_run, capsys):
         out, run_dir = search_run
         common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs_file", str(out / "archs.txt")]
@@ -1231,6 +1251,7 @@ class TestSearch:
         printed = capsys.readouterr().out
         assert "best within the budget (gmacs <= 0.1)" in printed and printed.rstrip().endswith("pareto.png")
 
+    @pytest.mark.slow
     def test_a_killed_search_resumes_to_the_same_file(self, search_run, tmp_path):
         out, run_dir = search_run
         units = 8
@@ -1261,6 +1282,7 @@ class TestSearch:
         assert all((unit_dir / name).read_bytes() == data for name, data in done.items())  # finished units kept
         assert (search_dir / "scores.csv").read_bytes() == whole
 
+    @pytest.mark.slow
     def test_latency_table_adds_fps_its_front_and_a_budget(self, search_run, tmp_path, capsys):
         out, run_dir = search_run
         table = {"format": export.TABLE_FORMAT, "accelerator_config": "ethos-u55-64", "system_config": "s",
@@ -1286,6 +1308,7 @@ class TestSearch:
         assert search.main(common + ["--merge", "--latency_table", str(tmp_path / "table.json")]) == 1
         assert "was made at input size [64, 96], the run is 32x48" in capsys.readouterr().err
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("flags, words", [
         (["--archs", "0,1,2,0,1,2,0,1"], "--archs: arch code '0,1,2,0,1,2,0,1' has 8 fields"),
         (["--archs_file", "BAD"], "line 3: arch code '0,1,3,0,0,0,0,0,0': field 2 (DB0) is '3'"),
@@ -1305,6 +1328,7 @@ class TestSearch:
         assert len(err.splitlines()) == 1 and words in err, err
         assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
+    @pytest.mark.slow
     def test_merge_refuses_a_part_of_another_checkpoint(self, search_run, capsys):
         out, run_dir = search_run
         common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "0,0,0,0,0,0,0,0,0",
@@ -1321,6 +1345,7 @@ class TestSearch:
         assert search.main(common + ["--shard", "2/2"]) == 1  # and resuming it refuses too, naming it
         assert "part_2of2 was started with another checkpoint" in capsys.readouterr().err
 
+    @pytest.mark.slow
     def test_a_second_writer_of_a_part_is_refused(self, search_run, capsys):
         out, run_dir = search_run
         common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "1,1,1,1,1,1,1,1,1"]
@@ -1330,6 +1355,7 @@ class TestSearch:
         assert f"search part {part} is being written by another process" in capsys.readouterr().err
         assert search.main(common + ["--shard", "1/1"]) == 0  # free again once the holder is done
 
+    @pytest.mark.slow
     def test_a_standalone_run_is_refused(self, search_run, tmp_path, capsys):
         out, run_dir = search_run
         shutil.copytree(run_dir, tmp_path / "alone")
@@ -1394,6 +1420,7 @@ def export_run(runs):
 
 
 class TestExport:
+    @pytest.mark.slow
     @pytest.mark.parametrize("arch", [(0,) * 9, EXPORT_ARCH])
     def test_static_graph_holds_exactly_the_chosen_subnet(self, arch):
         graph, _, _ = export.build_static_graph(arch, 32, 48)
@@ -1411,6 +1438,7 @@ class TestExport:
         refused = export.graph_check(dynamic, arch, 32, 48)
         assert not refused["ok"] and refused["control_flow_ops"] and refused["params"] > check["params"]
 
+    @pytest.mark.slow
     def test_fp32_matches_tensorflow_and_int8_is_full_integer(self, tiny_models):
         paths, reference, probe, _ = tiny_models
         fp32 = np.concatenate(export.predictions(export.tflite_predictor(paths["fp32"]), [(probe, None)]))
@@ -1424,6 +1452,7 @@ class TestExport:
         assert np.array_equal(export.quantize(np.array([-1.0, 0.0, 0.26, 9.0]), 0.5, -3), np.array([-5, -3, -2, 15]))
         assert np.allclose(export.dequantize(np.array([-128, -3, 127], np.int8), 0.5, -3), [-62.5, 0.0, 65.0])
 
+    @pytest.mark.slow
     def test_vela_summary_is_parsed_into_the_report_fields(self, tiny_models):
         paths, _, _, folder = tiny_models
         target = {"accelerator_config": "ethos-u55-64", "system_config": export.DEFAULT_SYSTEM_CONFIG,
@@ -1488,6 +1517,7 @@ class TestExport:
         with pytest.raises(ValueError, match="unreadable"):
             export.load_latency_table(str(path))
 
+    @pytest.mark.slow
     def test_table_from_a_fair_cycle_predicts_full_vela_compiles(self, tmp_path):
         target = {"accelerator_config": "ethos-u55-64", "system_config": export.DEFAULT_SYSTEM_CONFIG,
                   "memory_mode": export.DEFAULT_MEMORY_MODE}
@@ -1506,6 +1536,7 @@ class TestExport:
         check = export.check_table(table, [measure(supernet.random_archs(1, 7)[0])])
         assert table["unattributed_rows"] == 0 and check["max_abs_error_pct"] < 2.0
 
+    @pytest.mark.slow
     def test_export_cli_writes_models_report_and_agreeing_flows(self, export_run):
         assert export.main(["--output_dir", str(export_run), "--experiment_name", "whole", "--arch",
                             supernet.format_arch(EXPORT_ARCH), "--repeats", "2", "--warmup", "1"]) == 0
@@ -1524,6 +1555,7 @@ class TestExport:
         assert (folder / "model_fp32.tflite").is_file()
         assert (folder / "vela" / "model_int8_vela.tflite").is_file()
 
+    @pytest.mark.slow
     def test_export_at_another_input_size(self, export_run):
         assert export.main(["--output_dir", str(export_run), "--experiment_name", "whole", "--arch",
                             "0,0,0,0,0,0,0,0,0", "--input_h", "16", "--input_w", "24", "--repeats", "1",
@@ -1535,6 +1567,7 @@ class TestExport:
         interpreter = export.tflite_predictor(str(folder / "model_int8.tflite")).interpreter
         assert list(interpreter.get_input_details()[0]["shape"]) == [1, 16, 24, 6]
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("flags, words", [
         (["--arch", "0,1,3,0,0,0,0,0,0"], "field 2 (DB0)"),
         (["--arch", "0,0,0,0,0,0,0,0,0", "--input_h", "30"], "h=30"),
@@ -1764,6 +1797,7 @@ class TestDatasetsAndPictures:
             with pytest.raises(ckpt.CheckpointError, match="kernel_sizes"):
                 ckpt.check_compatible(other, *size, "x")
 
+    @pytest.mark.slow
     def test_sintel_full_frames_scored_at_a_size_that_is_not_the_training_size(self, scoring_run, tmp_path):
         written = _write_sintel(tmp_path / "sintel", {"cave_2": 3, "alley_1": 2})
         run = scoring_run / "run"
@@ -1788,6 +1822,7 @@ class TestDatasetsAndPictures:
         assert [p.name for p in pictures] == ["alley_1_frame_0001_arch012012012.png"]
         assert pictures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    @pytest.mark.slow
     def test_kitti_frames_of_two_sizes_scored_over_valid_pixels(self, scoring_run, tmp_path):
         truth = _write_kitti(tmp_path / "kitti", [(37, 50), (32, 44), (38, 49)])
         run = scoring_run / "run"
@@ -1809,6 +1844,7 @@ class TestDatasetsAndPictures:
         for other in others:  # another dataset's result is never overwritten
             assert other.read_text() == f'{{"{other.name}": 1}}\n'
 
+    @pytest.mark.slow
     def test_pool_coverage_only_for_the_run_pool(self, scoring_run):
         run = scoring_run / "run"
         cfg = json.loads((run / "config.json").read_text())
@@ -1816,6 +1852,7 @@ class TestDatasetsAndPictures:
         assert evaluate.chosen_archs(type("Args", (), {"arch": list(reversed(pool))}), str(run), cfg)[1]
         assert not evaluate.chosen_archs(type("Args", (), {"arch": pool[:2]}), str(run), cfg)[1]
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("case", ["missing_flow", "kitti_8_bit", "kitti_wrong_size"])
     def test_bad_dataset_files_are_one_line_errors_naming_the_file(self, scoring_run, tmp_path, capsys, case):
         if case == "missing_flow":
@@ -1836,6 +1873,7 @@ class TestDatasetsAndPictures:
         assert code == 1 and len(err) == 1 and err[0].startswith("error:") and str(bad) in err[0], err
         assert {"missing_flow": "missing", "kitti_8_bit": "16-bit", "kitti_wrong_size": "differs"}[case] in err[0]
 
+    @pytest.mark.slow
     def test_unknown_dataset_is_refused(self, scoring_run, capsys):
         with pytest.raises(SystemExit) as exit_info:
             evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "chairs"])
@@ -1959,6 +1997,7 @@ class TestStandaloneAndRank:
         even = (max(everything) - min(everything)) / 8
         assert max(np.diff(gmacs)) < 1.5 * even and gmacs[-1] - gmacs[0] > 7 * even
 
+    @pytest.mark.slow
     def test_standalone_run_inherits_resumes_and_evaluates(self, rank_study, tmp_path, capsys):
         out, _ = rank_study
         arch = supernet.parse_arch(STANDALONE_ARCH)
@@ -1994,6 +2033,7 @@ class TestStandaloneAndRank:
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "standalone run of " + STANDALONE_ARCH in err and err.count("\n") == 1
 
+    @pytest.mark.slow
     def test_rank_report_rescores_each_run_like_evaluate(self, rank_study, capsys):
         out, report = rank_study
         assert report["num_archs"] == 3 and (out / "sup" / "standalone" / "rank.png").stat().st_size > 1000
@@ -2019,6 +2059,7 @@ class TestStandaloneAndRank:
         assert [r["epoch"] for r in report["training_length"]] == [1]
         assert report["training_length"][0]["tau_vs_final_standalone"] == pytest.approx(1.0)
 
+    @pytest.mark.slow
     def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
         out, report = rank_study
         runs = [r["run"] for r in report["archs"]]
@@ -2054,6 +2095,7 @@ class TestOneWriter:
         assert "must be a plain folder name" in capsys.readouterr().err
         assert not list(tmp_path.iterdir())
 
+    @pytest.mark.slow
     def test_a_second_writer_is_refused_naming_the_holder(self, runs, capsys):
         out, _ = runs
         run = out / "whole"
@@ -2065,6 +2107,7 @@ class TestOneWriter:
         assert f"run {run} is being written by another process (PID {os.getpid()})" in err
         assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
+    @pytest.mark.slow
     def test_a_killed_writer_leaves_no_stale_lock(self, tmp_path):
         holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); import ckpt\n"
                                    "with ckpt.writer_lock(sys.argv[2], 'run'):\n print('held', flush=True); time.sleep(60)",
@@ -2130,6 +2173,7 @@ class TestDependableRuns:
             damage(sample)
         return tree, samples
 
+    @pytest.mark.slow
     def test_a_png_body_damaged_at_run_time_names_the_file(self, dependable, fc2_tree, tmp_path, capsys):
         def damage(sample):  # header and IEND intact, so only decoding finds it
             raw = bytearray(pathlib.Path(sample[1]).read_bytes())
@@ -2140,6 +2184,7 @@ class TestDependableRuns:
                                                                           "-img_1.png: cannot decode PNG"],
                            "--base_path", tree)
 
+    @pytest.mark.slow
     def test_nan_in_a_training_flow_names_the_file(self, dependable, fc2_tree, tmp_path, capsys):
         def damage(sample):
             flow = data_fc2.read_flo(sample[2])
@@ -2149,6 +2194,7 @@ class TestDependableRuns:
         self._resume_fails(self._copy_run(dependable, tmp_path), capsys,
                            ["-flow_01.flo: flow holds 1 non-finite values"], "--base_path", tree)
 
+    @pytest.mark.slow
     def test_nan_in_a_validation_flow_is_refused_before_any_metric(self, dependable, fc2_tree, tmp_path, capsys):
         tree = _copy_tree(fc2_tree, tmp_path / "fc2")
         val = data_fc2.list_samples(tree, "val", "lists")[1]
@@ -2158,6 +2204,7 @@ class TestDependableRuns:
         self._resume_fails(self._copy_run(dependable, tmp_path), capsys, [f"{val[2]}: flow holds 1 non-finite"],
                            "--base_path", tree)
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("edit, words", [
         (lambda m: {k: v for k, v in m.items() if k != "epoch"}, ["meta.json: field 'epoch' is missing"]),
         (lambda m: [m], ["meta.json: must hold a JSON object, got list"]),
@@ -2171,6 +2218,7 @@ class TestDependableRuns:
         meta_path.write_text(json.dumps(edit(json.loads(meta_path.read_text()))))
         self._resume_fails(run, capsys, [str(meta_path)] + words)
 
+    @pytest.mark.slow
     def test_a_garbage_history_is_one_line_naming_the_file(self, dependable, tmp_path, capsys):
         run = self._copy_run(dependable, tmp_path)
         (run / "eval_history.csv").write_text("garbage,here\nx,y\n")
@@ -2179,6 +2227,7 @@ class TestDependableRuns:
         (run / "eval_history.csv").write_text("\n".join(lines + ["one,two"]) + "\n")
         self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:3: not an evaluation row"])
 
+    @pytest.mark.slow
     def test_a_checkpoint_variable_of_another_shape_is_refused(self, dependable, tmp_path, capsys):
         run = self._copy_run(dependable, tmp_path)
         meta = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
@@ -2198,6 +2247,7 @@ class TestDependableRuns:
         self._resume_fails(run, capsys, words)
         self._resume_fails(run, capsys, words, "--checkpoint_type", "last", main=evaluate.main)
 
+    @pytest.mark.slow
     def test_a_run_config_without_a_key_is_refused_by_evaluate(self, dependable, tmp_path, capsys):
         run = self._copy_run(dependable, tmp_path)
         config = json.loads((run / "config.json").read_text())
@@ -2205,6 +2255,7 @@ class TestDependableRuns:
         (run / "config.json").write_text(json.dumps(config))
         self._resume_fails(run, capsys, [f"{run / 'config.json'}: key 'input_h' must be int"], main=evaluate.main)
 
+    @pytest.mark.slow
     def test_an_output_dir_that_is_a_file_is_named(self, dependable, tmp_path, capsys):
         blocker = tmp_path / "not_a_folder"
         blocker.write_text("x")
@@ -2213,6 +2264,7 @@ class TestDependableRuns:
         assert code == 1 and len(err) == 1 and f"{blocker / 'r'}" in err[0], err
         assert blocker.read_text() == "x"
 
+    @pytest.mark.slow
     def test_a_failed_fresh_run_leaves_no_folder(self, fc2_tree, tmp_path, capsys):
         tree = _copy_tree(fc2_tree, tmp_path / "fc2")
         val = data_fc2.list_samples(tree, "val", "lists")[0]
@@ -2223,6 +2275,7 @@ class TestDependableRuns:
         assert code == 1 and len(err) == 1 and "non-finite" in err[0]
         assert not (tmp_path / "out" / "r").exists()
 
+    @pytest.mark.slow
     def test_temp_files_of_a_killed_writer_are_removed_and_counts_repaired(self, dependable, tmp_path, capsys):
         run = self._copy_run(dependable, tmp_path)
         last = run / "checkpoints" / "last"
@@ -2314,11 +2367,12 @@ class TestDependableRuns:
         _, flags = dependable
         argv = [sys.executable, str(HERE / "train.py")] + flags + ["--output_dir", str(tmp_path),
                                                                   "--experiment_name", "busy"]
-        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user starts it
+        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         for line in first.stdout:
             if "starting" in line:
                 break
-        second = subprocess.run(argv + ["--resume"], capture_output=True, text=True)
+        second = subprocess.run(argv + ["--resume"], capture_output=True, text=True, env=env)
         rest = first.stdout.read()
         assert first.wait() == 0 and "done: completed after 2 epochs" in rest
         err = second.stderr.strip().splitlines()
@@ -2482,6 +2536,7 @@ class TestDevices:
         with pytest.raises(devices.DeviceError, match="between 1 and 3"):
             devices.report(4, log=None)
 
+    @pytest.mark.slow
     def test_train_says_the_device_once_quietly_and_stops_where_a_gpu_goes_unused(self, tmp_path):
         missing = str(tmp_path / "no_fc2_here")
         command = [sys.executable, "train.py", "--base_path", missing, "--output_dir", str(tmp_path)]
@@ -2502,6 +2557,7 @@ class TestDevices:
         assert code == 1 and "no GPU visible" in stdout
         assert any(word in stderr for word in _TF_STARTUP_LINE)  # the user's setting wins: TensorFlow speaks
 
+    @pytest.mark.slow
     def test_fair_step_on_three_devices_updates_the_weights_as_on_one(self, tmp_path):
         cfg_path = tmp_path / "cfg.json"
         cfg_path.write_text(json.dumps(tiny_config(optimizer="sgd", learning_rate=0.05)))

@@ -175,15 +175,23 @@ def parse_args(argv, defaults):
 RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch")  # a resumed run must keep these
 
 
+def resumed_run(overrides, defaults):
+    """The run folder --resume continues: --experiment_name's, else the newest under output_dir."""
+    output_dir = overrides.get("output_dir", defaults["output_dir"])
+    run_dir = (ckpt.run_folder(output_dir, overrides["experiment_name"]) if overrides.get("experiment_name")
+               else ckpt.newest_run(output_dir, "last"))
+    if not os.path.isdir(run_dir):
+        raise ckpt.CheckpointError(f"no experiment to resume at {run_dir}")
+    return run_dir
+
+
 def resolve_config(args, overrides, defaults):
     """(config, run_dir): defaults <- config file, or the resumed run's saved config, <- the
     fast_mode overrides if fast_mode is on <- flags (explicit flags always win)."""
     if args.resume:
         if args.config != DEFAULT_CONFIG:
             raise ConfigError("--config does not apply with --resume: the run's saved config is used; override keys with flags")
-        output_dir = overrides.get("output_dir", defaults["output_dir"])
-        run_dir = (ckpt.run_folder(output_dir, overrides["experiment_name"]) if overrides.get("experiment_name")
-                   else ckpt.newest_run(output_dir, "last"))
+        run_dir = resumed_run(overrides, defaults)
         saved_path = os.path.join(run_dir, "config.json")
         cfg = merge_config(defaults, read_config_file(saved_path), saved_path)
         for key in RUN_IDENTITY:
@@ -199,8 +207,6 @@ def resolve_config(args, overrides, defaults):
     if not cfg["experiment_name"]:
         cfg["experiment_name"] = time.strftime("supernet_%Y%m%d_%H%M%S")
     run_dir = ckpt.run_folder(cfg["output_dir"], cfg["experiment_name"])
-    if args.resume and not os.path.isdir(run_dir):
-        raise ckpt.CheckpointError(f"no experiment to resume at {run_dir}")
     if not args.resume and not args.dry_run and os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
         raise ConfigError(f"experiment {run_dir} already has checkpoints: use --resume, or another --experiment_name")
     return cfg, run_dir
@@ -762,13 +768,18 @@ def main(argv=None):
     try:
         defaults = read_config_file(DEFAULT_CONFIG)
         args, overrides = parse_args(argv, defaults)
-        cfg, run_dir = resolve_config(args, overrides, defaults)
         if args.dry_run:
-            train(args, cfg, run_dir)
+            train(args, *resolve_config(args, overrides, defaults))
             return 0
+        # a resumed run is locked before its saved config is read: a writer holding it may rewrite it
+        if args.resume:
+            run_dir = resumed_run(overrides, defaults)
+        else:
+            cfg, run_dir = resolve_config(args, overrides, defaults)
+            overrides["experiment_name"] = cfg["experiment_name"]  # a generated name is kept below
         with ckpt.writer_lock(run_dir, "run"), ckpt.unchanged_on_failure(run_dir):
             ckpt.remove_temp_files(run_dir)
-            train(args, cfg, run_dir)
+            train(args, *resolve_config(args, overrides, defaults))
     except (ValueError, ckpt.CheckpointError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
