@@ -7,6 +7,7 @@ at any instant therefore leaves a meta that names complete files.
 """
 import contextlib
 import fcntl
+import fnmatch
 import glob
 import json
 import os
@@ -92,24 +93,23 @@ def writer_lock(directory, what):
         os.close(fd)
 
 
-def _run_files(run_dir):
-    """{path relative to run_dir: bytes} of a run's files, checkpoint metas included, Saver files and
-    the lock not (Saver files are named by a meta, so the metas say which are committed)."""
+def _run_files(run_dir, owned):
+    """{path relative to run_dir: bytes} of the run's files matching the `owned` patterns (what one
+    command writes: checkpoint metas, not Saver files, which the metas name)."""
     files = {}
     for folder, _, names in os.walk(run_dir):
         for name in names:
             rel = os.path.relpath(os.path.join(folder, name), run_dir)
-            parts = rel.split(os.sep)
-            if rel == ".lock" or (parts[0] == "checkpoints" and parts[-1] != META_NAME):
-                continue
-            with open(os.path.join(run_dir, rel), "rb") as f:
-                files[rel] = f.read()
+            if any(fnmatch.fnmatch(rel, pattern) for pattern in owned):
+                with open(os.path.join(run_dir, rel), "rb") as f:
+                    files[rel] = f.read()
     return files
 
 
-def _put_back(run_dir, before):
-    """Return a run's files to `before` (see _run_files) and drop checkpoint files no meta names."""
-    for rel, content in _run_files(run_dir).items():
+def _put_back(run_dir, before, owned):
+    """Return the run's `owned` files to `before` (see _run_files), drop checkpoint files no meta
+    names and folders left empty."""
+    for rel, content in _run_files(run_dir, owned).items():
         path = os.path.join(run_dir, rel)
         if rel not in before:
             os.remove(path)
@@ -118,28 +118,29 @@ def _put_back(run_dir, before):
         elif content != before[rel]:
             with open(path, "wb") as f:
                 f.write(before[rel])
-    for folder, _, _ in sorted(os.walk(run_dir), reverse=True):
-        if folder != run_dir and not os.listdir(folder):
-            os.rmdir(folder)
     remove_temp_files(run_dir)
+    for folder, _, _ in sorted(os.walk(run_dir), reverse=True):
+        if not os.listdir(folder) and os.path.relpath(folder, run_dir).split(os.sep)[0] in ("tb", "checkpoints"):
+            os.rmdir(folder)
+    if set(os.listdir(run_dir)) <= {".lock"}:
+        shutil.rmtree(run_dir)
 
 
 @contextlib.contextmanager
-def unchanged_on_failure(run_dir):
-    """Run the block; if it fails before committing a new `last` checkpoint, put every file of the
-    run back as it was (config, history, log, reports, counts, TensorBoard, the `best` checkpoint),
-    and remove a run folder that held nothing before. A failure after a commit keeps the progress."""
-    before = _run_files(run_dir) if os.path.isdir(run_dir) else {}
+def unchanged_on_failure(run_dir, owned):
+    """Run the block; if it fails before committing a new `last` checkpoint, put the run's files
+    matching `owned` (relative fnmatch patterns: what the block writes) back as they were, and
+    remove a run folder that held nothing else. A failure after a commit keeps the progress.
+    Files of other commands (search, export, evaluate results) are never touched."""
+    owned = tuple(owned) + ("checkpoints/*/" + META_NAME,)
+    before = _run_files(run_dir, owned) if os.path.isdir(run_dir) else {}
     last_meta = os.path.join("checkpoints", "last", META_NAME)
     try:
         yield
     except BaseException:
-        after = _run_files(run_dir) if os.path.isdir(run_dir) else {}
-        if after.get(last_meta) == before.get(last_meta):
-            if before:
-                _put_back(run_dir, before)
-            else:
-                shutil.rmtree(run_dir, ignore_errors=True)
+        after = _run_files(run_dir, owned) if os.path.isdir(run_dir) else {}
+        if after.get(last_meta) == before.get(last_meta) and os.path.isdir(run_dir):
+            _put_back(run_dir, before, owned)
         raise
 
 

@@ -457,10 +457,14 @@ class RunState:
 
 # ----------------------------------------------------------------------------- what a run writes
 
+RUN_FILES = ("config.json", "train.log", "eval_history.csv", "eval_pool_*.json", "fairness_counts.json",
+             "train_report.json", "tb/*")  # what RunWriter writes (checkpoints aside), relative to the run
+
+
 class RunWriter:
     """Everything a run writes besides the Saver's files, in one place: train.log, TensorBoard,
     eval_history.csv, config.json, the eval pool, the checkpoints' metas, fairness_counts.json and
-    train_report.json."""
+    train_report.json (RUN_FILES)."""
 
     def __init__(self, run_dir, pool):
         self.run_dir, self.columns = run_dir, history_columns(pool)
@@ -777,7 +781,7 @@ def main(argv=None):
         else:
             cfg, run_dir = resolve_config(args, overrides, defaults)
             overrides["experiment_name"] = cfg["experiment_name"]  # a generated name is kept below
-        with ckpt.writer_lock(run_dir, "run"), ckpt.unchanged_on_failure(run_dir):
+        with ckpt.writer_lock(run_dir, "run"), ckpt.unchanged_on_failure(run_dir, RUN_FILES):
             ckpt.remove_temp_files(run_dir)
             train(args, *resolve_config(args, overrides, defaults))
     except (ValueError, ckpt.CheckpointError, FloatingPointError) as err:
