@@ -250,9 +250,14 @@ def check_compatible(meta, input_h, input_w, where):
             raise CheckpointError(f"checkpoint {where} was made with {field}={theirs.get(field)}, this graph has {value}")
 
 
+_TF_NOISE = ("Graph execution error", "Detected at node", "File ", "Node:", "[[", "Hint:", "defined at")
+
+
 def one_line(err):
-    """A TensorFlow error's message on one line (its first line alone may say only 'Graph execution error:')."""
-    return " ".join(line.strip() for line in str(getattr(err, "message", err)).splitlines() if line.strip())
+    """A TensorFlow error's message on one line: its reason, without the graph trace around it (the
+    first line alone may say only 'Graph execution error:')."""
+    lines = [line.strip() for line in str(getattr(err, "message", err)).splitlines() if line.strip()]
+    return " ".join([line for line in lines if not line.startswith(_TF_NOISE)] or lines)
 
 
 def check_variables(prefix, variables):
