@@ -493,6 +493,7 @@ class RunWriter:
                                 "fairness_gap": fair.fairness_gap(state.fairness_counts)})
 
     def training(self, step, out, clip_rate):
+        """TensorBoard scalars of a progress line."""
         write_scalars(self.tb, step, {"train/loss": out["loss"], "train/lr": out["lr"], "train/clip_rate": clip_rate,
                                       "train/grad_norm": out["grad_norm"]})
 
@@ -520,6 +521,7 @@ class RunWriter:
         self.write_counts(state)
 
     def finish(self, report):
+        """train_report.json and the closing log line."""
         self.tb.close()
         path = os.path.join(self.run_dir, "train_report.json")
         ckpt.write_json_atomic(path, report)
@@ -610,12 +612,15 @@ class Clock:
         self.eval_spent, self.last_eval_s = 0.0, None
 
     def wall(self):
+        """Seconds the run has trained, earlier invocations included."""
         return self.before + time.time() - self.start
 
     def rate(self, step):
+        """Steps per second of this invocation, evaluation time left out."""
         return (step - self.first_step) / max(time.time() - self.start - self.eval_spent, 1e-9)
 
     def evaluated(self, seconds):
+        """Count an evaluation's seconds apart from the steps."""
         self.eval_spent, self.last_eval_s = self.eval_spent + seconds, seconds
 
 
