@@ -670,8 +670,9 @@ class Run(types.SimpleNamespace):
 
 
 def prepare(args, cfg, run_dir, hardware):
-    """Everything checked and built before anything is written: data (every file's header), eval
-    pool, the checkpoint to resume (meta checked), the graph."""
+    """Everything checked, read and built before anything is written (cheapest first): data (every
+    file's header), eval pool, the checkpoint to resume (meta checked), history, the scoring
+    batches, the graph."""
     h, w = cfg["input_h"], cfg["input_w"]
     data = data_fc2.open_data(cfg)
     run = Run(cfg=cfg, data=data, standalone=bool(cfg["arch"]),
@@ -685,6 +686,9 @@ def prepare(args, cfg, run_dir, hardware):
     run.state = RunState.from_meta(run.meta, meta_path) if run.meta else RunState(seed=cfg["seed"])
     if run.meta:
         ckpt.check_compatible(run.meta, h, w, run.meta["prefix"])
+    read_history(os.path.join(run_dir, "eval_history.csv"), history_columns(run.pool))
+    if not args.dry_run:
+        run.recal_batches, run.val_batches = evaluate.scoring_batches(cfg, data)
     total_steps = run.steps_per_epoch * cfg["num_epochs"]
     run.graph = tf.Graph()
     with run.graph.as_default():
@@ -722,7 +726,6 @@ def train(args, cfg, run_dir):
         print("dry run: nothing will be trained or written")
         print("\n".join(run.plan))
         return None
-    run.recal_batches, run.val_batches = evaluate.scoring_batches(cfg, run.data)
     state, writer, meta_fields = run.state, RunWriter(run_dir, run.pool), run_meta_fields(run)
     with tf.compat.v1.Session(graph=run.graph, config=devices.session_config()) as sess:
         restored = start_session(sess, run, args, run_dir)
