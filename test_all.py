@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import struct
@@ -1066,6 +1067,13 @@ class TestBadInput:
         code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--experiment_name", "damaged",
                                               "--checkpoint_type", "last"], capsys)
         assert code != 0 and len(err) == 1 and "cannot restore" in err[0]
+
+    def test_a_generated_run_name_carries_the_process_id(self):
+        defaults = train.read_config_file(train.DEFAULT_CONFIG)
+        cfg, run_dir = train.resolve_config(*train.parse_args([], defaults), defaults)
+        # two train.py started in one second must not meet in one folder (the second would be refused)
+        assert re.fullmatch(rf"supernet_\d{{8}}_\d{{6}}_{os.getpid()}", cfg["experiment_name"])
+        assert run_dir == os.path.join(cfg["output_dir"], cfg["experiment_name"])
 
     def test_missing_dataset_is_a_one_line_error(self, tmp_path, capsys):
         code, err = _run_main(train.main, ["--base_path", str(tmp_path / "nowhere"), "--dry_run"], capsys)
@@ -2534,6 +2542,7 @@ class TestDevices:
     def test_train_says_the_device_once_quietly_and_stops_where_a_gpu_goes_unused(self, tmp_path):
         missing = str(tmp_path / "no_fc2_here")
         command = [sys.executable, "train.py", "--base_path", missing, "--output_dir", str(tmp_path)]
+        # three train.py at once with generated run names: each gets its own folder (and lock)
         runs = {"cpu": (env_with_path_first(fake_nvidia_smi(tmp_path / "none", None)), []),
                 "gpu unused": (env_with_path_first(fake_nvidia_smi(tmp_path / "one", [FAKE_GPU])), []),
                 "user log level": (env_with_path_first(tmp_path / "none", TF_CPP_MIN_LOG_LEVEL="0"), [])}

@@ -204,8 +204,8 @@ def resolve_config(args, overrides, defaults):
         cfg = merge_config(cfg, cfg["fast_mode_overrides"], "fast_mode_overrides")
     cfg = merge_config(cfg, overrides, "flags")
     check_ranges(cfg)
-    if not cfg["experiment_name"]:
-        cfg["experiment_name"] = time.strftime("supernet_%Y%m%d_%H%M%S")
+    if not cfg["experiment_name"]:  # the PID keeps runs started in the same second apart
+        cfg["experiment_name"] = time.strftime("supernet_%Y%m%d_%H%M%S") + f"_{os.getpid()}"
     run_dir = ckpt.run_folder(cfg["output_dir"], cfg["experiment_name"])
     if not args.resume and not args.dry_run and os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
         raise ConfigError(f"experiment {run_dir} already has checkpoints: use --resume, or another --experiment_name")
