@@ -179,13 +179,15 @@ def batch_norm(x, scope, mode, recal_index=None, zero_gamma=False):
     moving_var = _variable(f"{scope}/moving_variance", [channels], tf.compat.v1.initializers.ones(), trainable=False)
     if mode == "eval":
         return normalize(x, scope, moving_mean, moving_var, zero_gamma)
-    mean, var = batch_moments(x)
-    if mode == "recal":
-        index = tf.cast(recal_index, tf.float32)
-        updates = [moving_mean.assign(recal_average(moving_mean, mean, index)),
-                   moving_var.assign(recal_average(moving_var, var, index))]
-        with tf.control_dependencies(updates):
-            x = tf.identity(x)
+    if mode == "train":  # one op forward and one backward: a third of the graph to build, and a faster step
+        gamma, beta = scale_and_offset(scope, channels, zero_gamma)
+        return tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=BN_EPSILON, is_training=True)[0]
+    mean, var = batch_moments(x)  # "recal"
+    index = tf.cast(recal_index, tf.float32)
+    updates = [moving_mean.assign(recal_average(moving_mean, mean, index)),
+               moving_var.assign(recal_average(moving_var, var, index))]
+    with tf.control_dependencies(updates):
+        x = tf.identity(x)
     return normalize(x, scope, mean, var, zero_gamma)
 
 
@@ -206,11 +208,16 @@ def normalize(x, scope, mean, var, zero_gamma=False):
     The one BN formula: batch_norm uses it with batch or running statistics, and search.py with
     statistics it recalibrated itself for one node of the shared subnet tree.
     """
-    channels = int(x.shape[-1])
+    gamma, beta = scale_and_offset(scope, int(x.shape[-1]), zero_gamma)
+    return tf.nn.batch_normalization(x, mean, var, beta, gamma, BN_EPSILON)
+
+
+def scale_and_offset(scope, channels, zero_gamma=False):
+    """The BN's learned gamma (starting at 0 with `zero_gamma`, else at 1) and beta (at 0)."""
     gamma = _variable(f"{scope}/gamma", [channels], (tf.compat.v1.initializers.zeros() if zero_gamma
                                                      else tf.compat.v1.initializers.ones()))
     beta = _variable(f"{scope}/beta", [channels], tf.compat.v1.initializers.zeros())
-    return tf.nn.batch_normalization(x, mean, var, beta, gamma, BN_EPSILON)
+    return gamma, beta
 
 
 def conv_bn_relu(x, scope, k, cout, stride, bn):
