@@ -138,10 +138,18 @@ def unchanged_on_failure(run_dir, owned):
     try:
         yield
     except BaseException:
-        after = _run_files(run_dir, owned) if os.path.isdir(run_dir) else {}
-        if after.get(last_meta) == before.get(last_meta) and os.path.isdir(run_dir):
+        if os.path.isdir(run_dir) and _file_bytes(os.path.join(run_dir, last_meta)) == before.get(last_meta):
             _put_back(run_dir, before, owned)
         raise
+
+
+def _file_bytes(path):
+    """The file's bytes, or None where there is no file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 def checkpoint_dir(run_dir, kind):

@@ -58,9 +58,8 @@ def variables_by_name(graph):
 
 
 def set_variable(sess, variable, value):
-    """Overwrite a variable's value in a session."""
-    with variable.graph.as_default():
-        sess.run(variable.assign(np.asarray(value, np.float32)))
+    """Overwrite a variable's value in a session, through its initializer (the graph does not grow)."""
+    sess.run(variable.initializer, {variable.initial_value: np.asarray(value, np.float32)})
 
 
 # ----------------------------------------------------------------------------- arch codec
