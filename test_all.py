@@ -910,14 +910,10 @@ RUN_FLAGS = ["--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One run of 2 epochs straight through, and one stopped after epoch 1 then resumed."""
-    out = str(tmp_path_factory.mktemp("outputs"))
-    common = RUN_FLAGS + ["--output_dir", out]
-    assert train.main(common + ["--experiment_name", "whole", "--num_epochs", "2"]) == 0
-    assert train.main(common + ["--experiment_name", "split", "--num_epochs", "1"]) == 0
-    first_history = (pathlib.Path(out) / "split" / "eval_history.csv").read_text()
-    assert train.main(["--resume", "--output_dir", out, "--experiment_name", "split", "--num_epochs", "2"]) == 0
-    return pathlib.Path(out), first_history
+    """The output folder of one tiny run of 2 epochs, "whole" (resumes: see TestDependableRuns)."""
+    out = tmp_path_factory.mktemp("outputs")
+    assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "whole", "--num_epochs", "2"]) == 0
+    return out
 
 
 def _history(path):
@@ -946,7 +942,7 @@ with tf.compat.v1.Session(graph=graph) as sess:
 class TestRuns:
     @pytest.mark.slow
     def test_a_run_writes_every_artifact(self, runs):
-        out, _ = runs
+        out = runs
         run = out / "whole"
         for name in ("config.json", "train.log", "eval_pool_3.json", "eval_history.csv", "fairness_counts.json",
                      "train_report.json", "checkpoints/best/meta.json", "checkpoints/last/meta.json"):
@@ -964,22 +960,8 @@ class TestRuns:
         assert "steps/s" in log and "time left" in log and "synthetic data" in log
 
     @pytest.mark.slow
-    def test_resumed_run_matches_an_uninterrupted_one(self, runs):
-        out, first_history = runs
-        whole, split = out / "whole", out / "split"
-        report_w = json.loads((whole / "train_report.json").read_text())
-        report_s = json.loads((split / "train_report.json").read_text())
-        assert report_s["epochs_finished"] == 2 and report_s["global_step"] == 4
-        assert report_s["fairness_counts"] == report_w["fairness_counts"] == fair.counts_for_steps(9, 0, 4)
-        assert report_s["path_sequence_digest"] == report_w["path_sequence_digest"] == fair.sequence_digest(9, 0, 4)
-        rows = _history(split / "eval_history.csv")
-        assert [int(r["epoch"]) for r in rows] == [1, 2]
-        assert (split / "eval_history.csv").read_text().startswith(first_history)  # the first epoch's row kept as written
-        assert "resuming" in (split / "train.log").read_text()
-
-    @pytest.mark.slow
     def test_evaluate_cli_writes_the_result_json(self, runs):
-        out, _ = runs
+        out = runs
         assert evaluate.main(["--output_dir", str(out), "--experiment_name", "whole", "--checkpoint_type", "last",
                               "--bn_recal_batches", "2", "--batch_size", "2"]) == 0
         result = json.loads((out / "whole" / "supernet_eval_result_last.json").read_text())
@@ -1048,7 +1030,7 @@ class TestBadInput:
 
     @pytest.mark.slow
     def test_flags_win_over_fast_mode_and_resume_keeps_the_run_identity(self, runs, capsys):
-        out, _ = runs
+        out = runs
         args, overrides = train.parse_args(["--fast_mode", "--eval_pool_size", "6"], train.read_config_file(train.DEFAULT_CONFIG))
         cfg, _ = train.resolve_config(args, overrides, train.read_config_file(train.DEFAULT_CONFIG))
         assert cfg["eval_pool_size"] == 6 and cfg["bn_recal_batches"] == cfg["fast_mode_overrides"]["bn_recal_batches"]
@@ -1058,7 +1040,7 @@ class TestBadInput:
 
     @pytest.mark.slow
     def test_damaged_checkpoint_is_a_one_line_error(self, runs, tmp_path, capsys):
-        out, _ = runs
+        out = runs
         damaged = tmp_path / "damaged"
         subprocess.run(["cp", "-r", str(out / "whole"), str(damaged)], check=True)
         data_file = next((damaged / "checkpoints" / "last").glob("*.data-*"))
@@ -1080,14 +1062,14 @@ class TestBadInput:
 
     @pytest.mark.slow
     def test_malformed_arch_is_a_one_line_error(self, runs, capsys):
-        out, _ = runs
+        out = runs
         code, err = _run_main(evaluate.main, ["--output_dir", str(out), "--experiment_name", "whole",
                                               "--checkpoint_type", "last", "--arch", "0,1,3,0,0,0,0,0,0"], capsys)
         assert code != 0 and len(err) == 1 and "field 2 (DB0)" in err[0]
 
     @pytest.mark.slow
     def test_missing_checkpoint_and_wrong_input_size_are_errors(self, runs, tmp_path, capsys):
-        out, _ = runs
+        out = runs
         code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--checkpoint_type", "best"], capsys)
         assert code != 0 and len(err) == 1 and "no experiment" in err[0]
         code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
@@ -1423,7 +1405,7 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def export_run(runs):
     """The runs section's trained tiny run "whole" (32x48) to export from: its output folder."""
-    return runs[0]
+    return runs
 
 
 class TestExport:
@@ -2104,7 +2086,7 @@ class TestOneWriter:
 
     @pytest.mark.slow
     def test_a_second_writer_is_refused_naming_the_holder(self, runs, capsys):
-        out, _ = runs
+        out = runs
         run = out / "whole"
         before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
         with ckpt.writer_lock(str(run), "run"):
@@ -2132,7 +2114,8 @@ class TestOneWriter:
 # ----------------------------------------------------------------------------- dependable runs: faults, determinism
 
 DEPENDABLE_FLAGS = ["--input_h", "24", "--input_w", "32", "--batch_size", "2", "--steps_per_epoch", "2",
-                    "--num_epochs", "2", "--fast_mode", "--log_every", "1", "--seed", "4", "--data_layout", "lists"]
+                    "--num_epochs", "2", "--eval_pool_size", "3", "--bn_recal_batches", "2", "--log_every", "1",
+                    "--seed", "4", "--data_layout", "lists"]
 
 
 def _folder_bytes(path):
@@ -2149,10 +2132,11 @@ def _checkpoint_tensors(run_dir, kind="last"):
 
 @pytest.fixture(scope="module")
 def dependable(tmp_path_factory, fc2_tree):
-    """A run on the FC2 tree stopped after epoch 1 of 2 (so a resume trains), and its output folder."""
+    """A run of 2 epochs on the FC2 tree ("base": resumed with --num_epochs 3, it trains), its
+    output folder and its flags."""
     out = tmp_path_factory.mktemp("dependable")
     flags = DEPENDABLE_FLAGS + ["--base_path", fc2_tree, "--output_dir", str(out)]
-    assert train.main(flags + ["--experiment_name", "base", "--num_epochs", "1"]) == 0
+    assert train.main(flags + ["--experiment_name", "base"]) == 0
     return out, flags
 
 
@@ -2166,7 +2150,7 @@ class TestDependableRuns:
         """Resume (or evaluate) `run`: exit 1, one line holding `words`, every file of the run unchanged."""
         before = _folder_bytes(run)
         args = ["--output_dir", str(run.parent), "--experiment_name", run.name, *flags]
-        code, err = _run_main(main, (["--resume", "--num_epochs", "2"] if main is train.main else []) + args, capsys)
+        code, err = _run_main(main, (["--resume", "--num_epochs", "3"] if main is train.main else []) + args, capsys)
         assert code == 1 and len(err) == 1, err
         for word in words:
             assert word in err[0], err
@@ -2232,7 +2216,7 @@ class TestDependableRuns:
         self._resume_fails(run, capsys, [str(run / "eval_history.csv"), "columns"])
         lines = (dependable[0] / "base" / "eval_history.csv").read_text().splitlines()
         (run / "eval_history.csv").write_text("\n".join(lines + ["one,two"]) + "\n")
-        self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:3: not an evaluation row"])
+        self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:{len(lines) + 1}: not an evaluation row"])
 
     @pytest.mark.slow
     def test_a_checkpoint_variable_of_another_shape_is_refused(self, dependable, tmp_path, capsys):
@@ -2283,7 +2267,7 @@ class TestDependableRuns:
         assert not (tmp_path / "out" / "r").exists()
 
     @pytest.mark.slow
-    def test_temp_files_of_a_killed_writer_are_removed_and_counts_repaired(self, dependable, tmp_path, capsys):
+    def test_temp_files_of_a_killed_writer_are_removed_counts_repaired_and_the_run_goes_on(self, dependable, tmp_path, capsys):
         run = self._copy_run(dependable, tmp_path)
         last = run / "checkpoints" / "last"
         meta = json.loads((last / "meta.json").read_text())
@@ -2292,10 +2276,17 @@ class TestDependableRuns:
         for path in leftovers:
             path.write_text("partial")
         (run / "fairness_counts.json").write_text(json.dumps({"global_step": 0}))
-        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "run"]) == 0
+        history = (run / "eval_history.csv").read_text()
+        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "run", "--num_epochs", "3"]) == 0
         assert not any(p.exists() for p in leftovers)
         counts = json.loads((run / "fairness_counts.json").read_text())
-        assert counts["global_step"] == json.loads((last / "meta.json").read_text())["global_step"] == 2
+        assert counts["global_step"] == json.loads((last / "meta.json").read_text())["global_step"] == 6
+        # the finished run went on for a third epoch: paths and counts as if it had been planned so
+        report = json.loads((run / "train_report.json").read_text())
+        assert report["epochs_finished"] == 3 and report["fairness_counts"] == fair.counts_for_steps(4, 0, 6)
+        assert report["path_sequence_digest"] == fair.sequence_digest(4, 0, 6)
+        assert (run / "eval_history.csv").read_text().startswith(history)  # the rows before kept as written
+        assert [int(r["epoch"]) for r in _history(run / "eval_history.csv")] == [1, 2, 3]
 
     def test_layout_choice_is_said_and_a_half_lists_layout_refused(self, fc2_tree, tmp_path, capsys):
         tree = _copy_tree(fc2_tree, tmp_path / "fc2")
@@ -2331,15 +2322,26 @@ class TestDependableRuns:
             assert len(err) == 1 and f"{path}: {words}" in err[0], err
 
     @pytest.mark.slow
-    def test_runs_of_one_seed_are_identical_and_a_run_killed_twice_resumes_to_them(self, dependable, tmp_path):
-        _, flags = dependable
-        flags = [f for f in flags if f != "--fast_mode"] + ["--eval_pool_size", "3", "--bn_recal_batches", "2",
-                                                            "--output_dir", str(tmp_path)]
-        for name in ("whole", "again"):
-            assert train.main(flags + ["--experiment_name", name]) == 0
-        whole, again = _checkpoint_tensors(tmp_path / "whole"), _checkpoint_tensors(tmp_path / "again")
-        assert whole.keys() == again.keys() and all(np.array_equal(whole[k], again[k]) for k in whole)
+    def test_runs_of_one_seed_are_identical_a_second_writer_is_refused_and_a_killed_run_resumes_to_them(
+            self, dependable, tmp_path):
+        out, flags = dependable
+        flags = flags + ["--output_dir", str(tmp_path)]
         script = [sys.executable, str(HERE / "train.py")]
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        env["PYTHONUNBUFFERED"] = "1"  # as make starts it: each line as it is printed
+        # "again": the fixture's run once more, and a second train.py on it while it trains
+        again = subprocess.Popen(script + flags + ["--experiment_name", "again"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, env=env)
+        assert again.stdout.readline().startswith("devices:")  # said once the run is locked, before its graph
+        second = subprocess.run(script + flags + ["--experiment_name", "again", "--resume"], capture_output=True,
+                                text=True, env=env)
+        assert again.wait() == 0 and "done: completed after 2 epochs" in again.stdout.read()
+        err = second.stderr.strip().splitlines()
+        assert second.returncode == 1 and len(err) == 1
+        assert f"run {tmp_path / 'again'} is being written by another process (PID {again.pid})" in err[0]
+        whole, copy = _checkpoint_tensors(out / "base"), _checkpoint_tensors(tmp_path / "again")
+        assert whole.keys() == copy.keys() and all(np.array_equal(whole[k], copy[k]) for k in whole)
+        # "killed": SIGKILLed during its last evaluation, again 1-2 steps after the restore, then resumed
         rng = np.random.default_rng()
 
         def kill_after(argv, word, count):
@@ -2352,33 +2354,22 @@ class TestDependableRuns:
                     break
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        kill_after(flags + ["--experiment_name", "killed"], "evaluating", 2)  # during the last evaluation
+        kill_after(flags + ["--experiment_name", "killed"], "evaluating", 2)
+        first_row = "".join((tmp_path / "killed" / "eval_history.csv").read_text().splitlines(True)[:2])  # epoch 1
         resume = ["--resume", "--output_dir", str(tmp_path), "--experiment_name", "killed"]
-        kill_after(resume, " step ", int(rng.integers(1, 3)))  # in the steps after the restore
+        kill_after(resume, " step ", int(rng.integers(1, 3)))
         assert subprocess.run(script + resume, capture_output=True).returncode == 0
         killed = _checkpoint_tensors(tmp_path / "killed")
         assert whole.keys() == killed.keys() and all(np.array_equal(whole[k], killed[k]) for k in whole)
         timing = {"eval_seconds", "wall_time_s"}
-        rows = [[{k: v for k, v in r.items() if k not in timing} for r in _history(tmp_path / n / "eval_history.csv")]
-                for n in ("whole", "killed")]
+        rows = [[{k: v for k, v in r.items() if k not in timing} for r in _history(run / "eval_history.csv")]
+                for run in (out / "base", tmp_path / "killed")]
         assert rows[0] == rows[1] and len(rows[0]) == 2
-
-    @pytest.mark.slow
-    def test_a_second_train_py_on_a_training_run_is_refused(self, dependable, tmp_path):
-        _, flags = dependable
-        argv = [sys.executable, str(HERE / "train.py")] + flags + ["--output_dir", str(tmp_path),
-                                                                  "--experiment_name", "busy"]
-        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user starts it
-        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        for line in first.stdout:
-            if "starting" in line:
-                break
-        second = subprocess.run(argv + ["--resume"], capture_output=True, text=True, env=env)
-        rest = first.stdout.read()
-        assert first.wait() == 0 and "done: completed after 2 epochs" in rest
-        err = second.stderr.strip().splitlines()
-        assert second.returncode == 1 and len(err) == 1
-        assert f"run {tmp_path / 'busy'} is being written by another process (PID {first.pid})" in err[0]
+        assert (tmp_path / "killed" / "eval_history.csv").read_text().startswith(first_row)  # kept as written
+        report = json.loads((tmp_path / "killed" / "train_report.json").read_text())
+        assert report["fairness_counts"] == fair.counts_for_steps(4, 0, 4)
+        assert report["path_sequence_digest"] == fair.sequence_digest(4, 0, 4)
+        assert "resuming" in (tmp_path / "killed" / "train.log").read_text()
 
 
 # ----------------------------------------------------------------------------- devices and GPU readiness
