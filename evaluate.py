@@ -125,8 +125,7 @@ def dataset_batches(cfg, args):
     graph runs at), frame_sizes, samples, sample_names and sample_frame_sizes (in batch order),
     suffix (for result names: "" for the run's own FC2 data, "_fc2", "_sintel_final", "_kitti"), reason.
     """
-    if args.dataset not in data_fc2.EVAL_DATASETS:
-        raise data_fc2.DataError(f"--dataset {args.dataset!r} is not one of {', '.join(data_fc2.EVAL_DATASETS)}")
+    suffix = result_suffix(args)
     if args.dataset != "fc2" and not args.base_path:
         raise data_fc2.DataError(f"--dataset {args.dataset} needs --base_path (the folder that holds training/)")
     if args.dataset == "fc2":
@@ -143,8 +142,6 @@ def dataset_batches(cfg, args):
         run_data = data_fc2.open_data(cfg)
     recal = recalibration_batches(cfg, run_data)
     sintel_pass = args.sintel_pass if args.dataset == "sintel" else None
-    suffix = ("" if args.dataset == "fc2" and not args.base_path
-              else "_" + "_".join(filter(None, [args.dataset, sintel_pass])))
     input_sizes = val.batch_sizes if isinstance(val, data_fc2.EvalBatches) else [b[0].shape[1:3] for b in val]
     info = {"dataset": args.dataset, "pass": sintel_pass, "base_path": args.base_path or cfg["base_path"],
             "data_source": data_source, "recal_data_source": run_data["data_source"],
@@ -153,6 +150,16 @@ def dataset_batches(cfg, args):
             "sample_frame_sizes": [[int(v) for v in size] for size in frame_sizes], "suffix": suffix,
             "reason": f"scoring {reason}; BN recalibration on the run's data ({run_data['reason']})"}
     return recal, val, info
+
+
+def result_suffix(args):
+    """What result names add for the dataset that `args` chooses: "" for the run's own FC2 data,
+    "_fc2" for another FC2 tree, "_sintel_<pass>", "_kitti". Reads no data."""
+    if args.dataset not in data_fc2.EVAL_DATASETS:
+        raise data_fc2.DataError(f"--dataset {args.dataset!r} is not one of {', '.join(data_fc2.EVAL_DATASETS)}")
+    if args.dataset == "fc2" and not args.base_path:
+        return ""
+    return "_" + "_".join(filter(None, [args.dataset, args.sintel_pass if args.dataset == "sintel" else None]))
 
 
 def _distinct_sizes(sizes):

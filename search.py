@@ -727,10 +727,10 @@ def score_locked(args, run_dir, directory, manifest, units, batches, indices):
             score_part(TreeScorer(sess, tree, *batches), units, done, directory, args.progress_every)
 
 
-def search_dir_for(run_dir, args, info):
-    """search_<checkpoint type><dataset>[_<arch set>]: the whole space, a sample, a list and another
-    dataset never share a folder."""
-    name = f"search_{args.checkpoint_type}{info['suffix']}"
+def search_dir_for(run_dir, args, suffix):
+    """search_<checkpoint type><dataset suffix>[_<arch set>]: the whole space, a sample, a list and
+    another dataset never share a folder."""
+    name = f"search_{args.checkpoint_type}{suffix}"
     if args.sample is not None:
         name += f"_sample{args.sample}_seed{args.seed}"
     elif args.archs or args.archs_file:
@@ -745,11 +745,13 @@ def run(args):
     cfg = evaluate.run_config(args, run_dir)
     if evaluate.standalone_arch(cfg):
         raise SearchError(f"{run_dir} is a standalone run of {cfg['arch']}: search needs a supernet run")
+    search_dir = search_dir_for(run_dir, args, evaluate.result_suffix(args))
+    if args.merge:  # the parts hold every score: no data is read
+        return finish(search_dir, run_dir, args, hardware)
     recal, val, info = evaluate.dataset_batches(cfg, args)
     print(info["reason"])
-    search_dir = search_dir_for(run_dir, args, info)
     # Every validation batch is visited once per trunk node: hold them in memory, read once.
-    if args.merge or score(args, run_dir, cfg, search_dir, (recal, list(val)), info):
+    if score(args, run_dir, cfg, search_dir, (recal, list(val)), info):
         return finish(search_dir, run_dir, args, hardware)
     print(f"part {args.shard} done; when every part is, combine them: python search.py --merge "
           f"--experiment_name {os.path.basename(run_dir)} --checkpoint_type {args.checkpoint_type}")

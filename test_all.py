@@ -1214,17 +1214,20 @@ class TestSearch:
         assert [r["fps"] for r in fastest] == [10.0, 5.0]
 
     @pytest.mark.slow
-    def test_shards_merge_into_the_single_process_result(self, search_run, capsys):
+    def test_shards_merge_into_the_single_process_result(self, search_run, capsys, monkeypatch):
         out, run_dir = search_run
         common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs_file", str(out / "archs.txt")]
         archs = [(0,) * 9, (2,) * 9] + supernet.random_archs(40, 4) + [(1, 1, 1, 1, o, 0, 2, 1, 0) for o in range(3)]
         (out / "archs.txt").write_text("# chosen\n" + "\n".join(supernet.format_arch(a) for a in archs) + "\n\n")
         assert search.main(common) == 0
-        search_dir = search.search_dir_for(str(run_dir), search.parse_args(common), {"suffix": ""})
+        search_dir = search.search_dir_for(str(run_dir), search.parse_args(common), "")
         single = (pathlib.Path(search_dir) / "scores.csv").read_bytes()
         shutil.rmtree(search_dir)
         assert search.main(common + ["--shard", "2/2"]) == 0 and search.main(common + ["--shard", "1/2"]) == 0
         assert not (pathlib.Path(search_dir) / "scores.csv").exists()
+        def no_data(*_):
+            raise AssertionError("--merge read the data")
+        monkeypatch.setattr(evaluate, "dataset_batches", no_data)
         assert search.main(common + ["--merge", "--max_gmacs", "0.1"]) == 0
         assert (pathlib.Path(search_dir) / "scores.csv").read_bytes() == single
         rows = _scores(pathlib.Path(search_dir) / "scores.csv")
@@ -1251,7 +1254,7 @@ class TestSearch:
                "--archs_file", str(tmp_path / "archs.txt")]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         subprocess.run(cmd, check=True, capture_output=True, env=env)
-        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(cmd[2:]), {"suffix": ""}))
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(cmd[2:]), ""))
         whole = (search_dir / "scores.csv").read_bytes()
         shutil.rmtree(search_dir)
         rng = np.random.default_rng(1)
@@ -1282,7 +1285,7 @@ class TestSearch:
         common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs"] + [supernet.format_arch(a)
                                                                                      for a in archs]
         assert search.main(common + ["--latency_table", str(tmp_path / "table.json"), "--min_fps", "700"]) == 0
-        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), {"suffix": ""}))
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
         rows = _scores(search_dir / "scores.csv")
         for arch in archs:  # cycles = fixed + each block's option cost, by hand
             cycles = 1000 + sum(10 * i + (0, 100, 300)[o] for i, o in enumerate(arch))
@@ -1324,7 +1327,7 @@ class TestSearch:
                   "2,2,2,2,2,2,2,2,2"]
         for k in (1, 2):
             assert search.main(common + ["--shard", f"{k}/2"]) == 0
-        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), {"suffix": ""}))
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
         manifest = search_dir / "part_2of2" / "manifest.json"
         manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), checkpoint="model-9-1")))
         capsys.readouterr()
@@ -1338,7 +1341,7 @@ class TestSearch:
     def test_a_second_writer_of_a_part_is_refused(self, search_run, capsys):
         out, run_dir = search_run
         common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "1,1,1,1,1,1,1,1,1"]
-        part = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), {"suffix": ""})) / "part_1of1"
+        part = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), "")) / "part_1of1"
         with ckpt.writer_lock(str(part), "search part"):
             assert search.main(common) == 1
         assert f"search part {part} is being written by another process" in capsys.readouterr().err
