@@ -29,6 +29,7 @@ import numpy as np
 import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
+import ckpt
 import data_fc2
 import evaluate
 import fair
@@ -49,7 +50,7 @@ def bench_config(args):
     """config.json with the benchmark's batch size, input size and seed, checked like train.py's."""
     cfg = train.read_config_file(train.DEFAULT_CONFIG)
     overrides = {"batch_size": args.batch_size, "input_h": args.h, "input_w": args.w, "seed": args.seed}
-    cfg = train.merge_config(cfg, overrides, "bench flags")
+    cfg = ckpt.merge_config(cfg, overrides, "bench flags")
     train.check_ranges(cfg)
     return cfg
 
@@ -522,7 +523,7 @@ def main(argv=None):
     parser, args = parse_args(argv)
     try:
         cfg = bench_config(args)
-    except train.ConfigError as err:
+    except ckpt.ConfigError as err:
         parser.error(str(err))
     start = time.perf_counter()
 

@@ -1,5 +1,6 @@
 """Checkpoints and run folders: TF1 Saver files for `best` and `last`, the JSON meta beside them,
-atomic JSON writes, and finding the run to resume or evaluate.
+atomic JSON writes, the type rules of a config (config.json, a run's saved config, flags), and
+finding the run to resume or evaluate.
 
 A checkpoint is committed by its meta: the Saver first writes a fresh prefix, then `meta.json`
 is replaced atomically to point at it, and only then are older prefixes removed. A process killed
@@ -10,6 +11,7 @@ import fcntl
 import fnmatch
 import glob
 import json
+import math
 import os
 import shutil
 import time
@@ -24,6 +26,51 @@ META_NAME = "meta.json"
 
 class CheckpointError(Exception):
     """A missing, unreadable or incompatible checkpoint or run; the message names the path."""
+
+
+class ConfigError(ValueError):
+    """A bad config file, key, value or flag; the message names it."""
+
+
+def _type_error(where, key, value, default):
+    return ConfigError(f"{where}: key '{key}' must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+
+
+def checked_value(where, key, value, default):
+    """`value` if it has the type of `default` (an int is accepted for a float), else ConfigError."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        if type(value) is not type(default):
+            raise _type_error(where, key, value, default)
+    elif isinstance(default, float):
+        if not isinstance(value, (int, float)):
+            raise _type_error(where, key, value, default)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
+        return float(value)
+    elif isinstance(default, list):
+        if not isinstance(value, list) or len(value) != len(default):
+            raise ConfigError(f"{where}: key '{key}' must be a list of {len(default)} numbers, got {value!r}")
+        return [checked_value(where, f"{key}[{i}]", v, d) for i, (v, d) in enumerate(zip(value, default))]
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise _type_error(where, key, value, default)
+        return merge_config(default, value, f"{where}: {key}", allow_new=False)
+    elif not isinstance(value, type(default)):
+        raise _type_error(where, key, value, default)
+    return value
+
+
+def merge_config(base, updates, where, allow_new=False):
+    """`base` updated with `updates`, each key known to `base` (unless allow_new) and type-checked."""
+    merged = dict(base)
+    for key, value in updates.items():
+        if key not in base:
+            if not allow_new:
+                raise ConfigError(f"{where}: unknown key '{key}'")
+            merged[key] = value
+            continue
+        merged[key] = checked_value(where, key, value, base[key])
+    return merged
 
 
 def write_json_atomic(path, obj):
@@ -238,7 +285,7 @@ def load_meta(run_dir, kind):
     path = os.path.join(directory, META_NAME)
     meta = read_json(path, f"'{kind}' checkpoint meta")
     check_meta(meta, path)
-    prefix = os.path.join(directory, meta.get("checkpoint", ""))
+    prefix = os.path.join(directory, meta["checkpoint"])
     for suffix in (".index", ".data-00000-of-00001"):
         if not os.path.isfile(prefix + suffix):
             raise CheckpointError(f"'{kind}' checkpoint file missing: {prefix}{suffix}")

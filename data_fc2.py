@@ -253,7 +253,7 @@ def check_dataset(base_path, layout, crop_hw=(1, 1)):
     if not os.path.isdir(base_path):
         raise DataError(f"base_path {base_path!r} is not a directory")
     layout = _resolve_layout(base_path, layout)
-    counts = {}
+    by_split = {}
     for split in SPLITS:
         samples = list_samples(base_path, split, layout)
         if not samples:
@@ -267,12 +267,12 @@ def check_dataset(base_path, layout, crop_hw=(1, 1)):
                             f"incomplete under {base_path}: first missing: {', '.join(first)}")
         for sample in samples:
             check_sample_files(sample, crop_hw)
-        counts[split] = samples
-    shared = {os.path.realpath(s[2]) for s in counts["train"]} & {os.path.realpath(s[2]) for s in counts["val"]}
+        by_split[split] = samples
+    shared = {os.path.realpath(s[2]) for s in by_split["train"]} & {os.path.realpath(s[2]) for s in by_split["val"]}
     if shared:
         raise DataError(f"{min(shared)}: in both the train and the val split of {base_path} "
                         f"({len(shared)} shared samples): validation must not see training samples")
-    return {split: len(samples) for split, samples in counts.items()}
+    return {split: len(samples) for split, samples in by_split.items()}
 
 
 # ------------------------------------------------------------------------ synthetic chairs

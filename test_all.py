@@ -2270,7 +2270,8 @@ class TestDependableRuns:
         assert not (tmp_path / "out" / "r").exists()
 
     @pytest.mark.slow
-    def test_temp_files_of_a_killed_writer_are_removed_counts_repaired_and_the_run_goes_on(self, dependable, tmp_path, capsys):
+    def test_temp_files_of_a_killed_writer_are_removed_counts_repaired_and_the_run_goes_on(self, dependable,
+                                                                                            tmp_path, capsys):
         run = self._copy_run(dependable, tmp_path)
         last = run / "checkpoints" / "last"
         meta = json.loads((last / "meta.json").read_text())
@@ -2280,7 +2281,8 @@ class TestDependableRuns:
             path.write_text("partial")
         (run / "fairness_counts.json").write_text(json.dumps({"global_step": 0}))
         history = (run / "eval_history.csv").read_text()
-        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "run", "--num_epochs", "3"]) == 0
+        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "run",
+                           "--num_epochs", "3"]) == 0
         assert not any(p.exists() for p in leftovers)
         counts = json.loads((run / "fairness_counts.json").read_text())
         assert counts["global_step"] == json.loads((last / "meta.json").read_text())["global_step"] == 6

@@ -41,80 +41,36 @@ NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_deca
                 "early_stop_min_delta", "max_flow", "seed")
 
 
-class ConfigError(ValueError):
-    """A bad config file, key, value or flag; the message names it."""
-
-
 # ----------------------------------------------------------------------------- config
 
-def _type_error(where, key, value, default):
-    return ConfigError(f"{where}: key '{key}' must be {type(default).__name__}, got {type(value).__name__} {value!r}")
-
-
-def checked_value(where, key, value, default):
-    """`value` if it has the type of `default` (an int is accepted for a float), else ConfigError."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        if type(value) is not type(default):
-            raise _type_error(where, key, value, default)
-    elif isinstance(default, float):
-        if not isinstance(value, (int, float)):
-            raise _type_error(where, key, value, default)
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
-        return float(value)
-    elif isinstance(default, list):
-        if not isinstance(value, list) or len(value) != len(default):
-            raise ConfigError(f"{where}: key '{key}' must be a list of {len(default)} numbers, got {value!r}")
-        return [checked_value(where, f"{key}[{i}]", v, d) for i, (v, d) in enumerate(zip(value, default))]
-    elif isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise _type_error(where, key, value, default)
-        return merge_config(default, value, f"{where}: {key}", allow_new=False)
-    elif not isinstance(value, type(default)):
-        raise _type_error(where, key, value, default)
-    return value
-
-
-def merge_config(base, updates, where, allow_new=False):
-    """`base` updated with `updates`, each key known to `base` (unless allow_new) and type-checked."""
-    merged = dict(base)
-    for key, value in updates.items():
-        if key not in base:
-            if not allow_new:
-                raise ConfigError(f"{where}: unknown key '{key}'")
-            merged[key] = value
-            continue
-        merged[key] = checked_value(where, key, value, base[key])
-    return merged
-
-
 def check_ranges(cfg):
-    """Raise ConfigError for values of the right type but outside their range."""
+    """Raise ckpt.ConfigError for values of the right type but outside their range."""
     for key in POSITIVE:
         if cfg[key] <= 0:
-            raise ConfigError(f"config key '{key}' must be > 0, got {cfg[key]}")
+            raise ckpt.ConfigError(f"config key '{key}' must be > 0, got {cfg[key]}")
     for key in NON_NEGATIVE:
         if cfg[key] < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0, got {cfg[key]}")
+            raise ckpt.ConfigError(f"config key '{key}' must be >= 0, got {cfg[key]}")
     if cfg["devices"] > devices.MAX_PATH_DEVICES:
-        raise ConfigError(f"config key 'devices' must be at most {devices.MAX_PATH_DEVICES} (one per path), "
+        raise ckpt.ConfigError(f"config key 'devices' must be at most {devices.MAX_PATH_DEVICES} (one per path), "
                           f"got {cfg['devices']}")
     for key, allowed in CHOICES.items():
         if cfg[key] not in allowed:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}, got {cfg[key]!r}")
+            raise ckpt.ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}, got {cfg[key]!r}")
     try:
         supernet.check_input_size(cfg["input_h"], cfg["input_w"])
     except ValueError as err:
-        raise ConfigError(f"config: {err}") from None
+        raise ckpt.ConfigError(f"config: {err}") from None
     if cfg["eval_pool_size"] % supernet.NUM_OPTIONS:
-        raise ConfigError(f"config key 'eval_pool_size' must be a multiple of 3 (whole fair cycles), got {cfg['eval_pool_size']}")
+        raise ckpt.ConfigError(f"config key 'eval_pool_size' must be a multiple of 3 (whole fair cycles), "
+                               f"got {cfg['eval_pool_size']}")
     for key in ("adam_beta1", "adam_beta2"):
         if not 0 <= cfg[key] < 1:
-            raise ConfigError(f"config key '{key}' must be in [0, 1), got {cfg[key]}")
+            raise ckpt.ConfigError(f"config key '{key}' must be in [0, 1), got {cfg[key]}")
     if cfg["adam_epsilon"] <= 0:
-        raise ConfigError(f"config key 'adam_epsilon' must be > 0, got {cfg['adam_epsilon']}")
+        raise ckpt.ConfigError(f"config key 'adam_epsilon' must be > 0, got {cfg['adam_epsilon']}")
     if min(cfg["loss_weights"]) < 0 or max(cfg["loss_weights"]) <= 0:
-        raise ConfigError(f"config key 'loss_weights' must be >= 0 with one > 0, got {cfg['loss_weights']}")
+        raise ckpt.ConfigError(f"config key 'loss_weights' must be >= 0 with one > 0, got {cfg['loss_weights']}")
     check_standalone_keys(cfg)
 
 
@@ -124,22 +80,23 @@ def check_standalone_keys(cfg):
         try:
             supernet.parse_arch(cfg["arch"])
         except ValueError as err:
-            raise ConfigError(f"config key 'arch': {err}") from None
+            raise ckpt.ConfigError(f"config key 'arch': {err}") from None
     if cfg["init_from"] and not cfg["arch"]:
-        raise ConfigError("config key 'init_from' needs 'arch': it initialises a standalone subnet from a supernet run")
+        raise ckpt.ConfigError("config key 'init_from' needs 'arch': it initialises a standalone subnet "
+                               "from a supernet run")
 
 
 def read_config_file(path):
-    """A JSON object from `path`, or ConfigError naming the file."""
+    """A JSON object from `path`, or ckpt.ConfigError naming the file."""
     try:
         with open(path) as f:
             cfg = json.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ckpt.ConfigError(f"config file not found: {path}") from None
     except ValueError as err:
-        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+        raise ckpt.ConfigError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: must hold a JSON object")
+        raise ckpt.ConfigError(f"{path}: must hold a JSON object")
     return cfg
 
 
@@ -190,25 +147,27 @@ def resolve_config(args, overrides, defaults):
     fast_mode overrides if fast_mode is on <- flags (explicit flags always win)."""
     if args.resume:
         if args.config != DEFAULT_CONFIG:
-            raise ConfigError("--config does not apply with --resume: the run's saved config is used; override keys with flags")
+            raise ckpt.ConfigError("--config does not apply with --resume: the run's saved config is used; "
+                                   "override keys with flags")
         run_dir = resumed_run(overrides, defaults)
         saved_path = os.path.join(run_dir, "config.json")
-        cfg = merge_config(defaults, read_config_file(saved_path), saved_path)
+        cfg = ckpt.merge_config(defaults, read_config_file(saved_path), saved_path)
         for key in RUN_IDENTITY:
             if key in overrides and overrides[key] != cfg[key]:
-                raise ConfigError(f"--{key} {overrides[key]} differs from the resumed run's {cfg[key]}: "
+                raise ckpt.ConfigError(f"--{key} {overrides[key]} differs from the resumed run's {cfg[key]}: "
                                   f"the sampler, eval pool and history depend on it; start a new experiment")
     else:
-        cfg = merge_config(defaults, read_config_file(args.config), args.config)
+        cfg = ckpt.merge_config(defaults, read_config_file(args.config), args.config)
     if overrides.get("fast_mode", cfg["fast_mode"]):
-        cfg = merge_config(cfg, cfg["fast_mode_overrides"], "fast_mode_overrides")
-    cfg = merge_config(cfg, overrides, "flags")
+        cfg = ckpt.merge_config(cfg, cfg["fast_mode_overrides"], "fast_mode_overrides")
+    cfg = ckpt.merge_config(cfg, overrides, "flags")
     check_ranges(cfg)
     if not cfg["experiment_name"]:  # the PID keeps runs started in the same second apart
         cfg["experiment_name"] = time.strftime("supernet_%Y%m%d_%H%M%S") + f"_{os.getpid()}"
     run_dir = ckpt.run_folder(cfg["output_dir"], cfg["experiment_name"])
     if not args.resume and not args.dry_run and os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
-        raise ConfigError(f"experiment {run_dir} already has checkpoints: use --resume, or another --experiment_name")
+        raise ckpt.ConfigError(f"experiment {run_dir} already has checkpoints: use --resume, "
+                               f"or another --experiment_name")
     return cfg, run_dir
 
 
@@ -424,7 +383,8 @@ class RunState:
         finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
         shape = {b: set(o) for b, o in fair.empty_counts().items()}
         sampler = field("sampler", lambda v: isinstance(v, dict), "an object")
-        return cls(seed=field("seed", count, "an integer >= 0", sampler), epoch=field("epoch", count, "an integer >= 0"),
+        return cls(seed=field("seed", count, "an integer >= 0", sampler),
+                   epoch=field("epoch", count, "an integer >= 0"),
                    global_step=field("global_step", count, "an integer >= 0"),
                    best_metric=field("best_metric", lambda v: v is None or finite(v), "a finite number or null"),
                    best_epoch=field("best_epoch", lambda v: v is None or count(v), "an epoch or null"),
@@ -466,8 +426,8 @@ class RunWriter:
     eval_history.csv, config.json, the eval pool, the checkpoints' metas, fairness_counts.json and
     train_report.json (RUN_FILES)."""
 
-    def __init__(self, run_dir, pool):
-        self.run_dir, self.columns = run_dir, history_columns(pool)
+    def __init__(self, run_dir, columns):
+        self.run_dir, self.columns = run_dir, columns  # eval_history.csv's (history_columns)
         self.history = os.path.join(run_dir, "eval_history.csv")
         self.log = make_logger(os.path.join(run_dir, "train.log"))
         self.tb = None
@@ -533,17 +493,18 @@ class RunWriter:
 
 def checked_step(sess, fetches, feed, run, step):
     """sess.run of training step `step`; a failure of its input or a non-finite loss names the
-    sample at fault (data_fc2.batch_failure) when one is, else the step."""
+    sample at fault (data_fc2.find_fault, which reads the step's samples again) when one is, else the step."""
     cfg = run.cfg
-    samples = data_fc2.training_batch_samples(run.data["train"], cfg["seed"], [step], cfg["batch_size"])
+
+    def fault():
+        samples = data_fc2.training_batch_samples(run.data["train"], cfg["seed"], [step], cfg["batch_size"])
+        return data_fc2.find_fault(samples, (cfg["input_h"], cfg["input_w"]))
     try:
         out = sess.run(fetches, feed)
     except tf.errors.OpError as err:
-        fault = data_fc2.find_fault(samples, (cfg["input_h"], cfg["input_w"]))
-        raise fault or data_fc2.DataError(f"training batch {step}: {ckpt.one_line(err)}") from None
+        raise fault() or data_fc2.DataError(f"training batch {step}: {ckpt.one_line(err)}") from None
     if not np.isfinite(out["loss"]):
-        fault = data_fc2.find_fault(samples, (cfg["input_h"], cfg["input_w"]))
-        raise fault or FloatingPointError(f"loss is {out['loss']} at step {step}: stopped; resume from the last "
+        raise fault() or FloatingPointError(f"loss is {out['loss']} at step {step}: stopped; resume from the last "
                                           f"checkpoint")
     return out
 
@@ -666,7 +627,8 @@ def evaluate_epoch(sess, run, state, writer, clock, epoch, figures):
 
 class Run(types.SimpleNamespace):
     """What one invocation trains: cfg, data, pool, coverage, steps_per_epoch, standalone, meta
-    (of the checkpoint resumed, or None), the graph and its ops, scorer, saver, init, plan."""
+    (of the checkpoint resumed, or None), history columns, the graph and its ops, scorer, saver,
+    init, plan."""
 
 
 def prepare(args, cfg, run_dir, hardware):
@@ -686,7 +648,8 @@ def prepare(args, cfg, run_dir, hardware):
     run.state = RunState.from_meta(run.meta, meta_path) if run.meta else RunState(seed=cfg["seed"])
     if run.meta:
         ckpt.check_compatible(run.meta, h, w, run.meta["prefix"])
-    read_history(os.path.join(run_dir, "eval_history.csv"), history_columns(run.pool))
+    run.columns = history_columns(run.pool)
+    read_history(os.path.join(run_dir, "eval_history.csv"), run.columns)
     if not args.dry_run:
         run.recal_batches, run.val_batches = evaluate.scoring_batches(cfg, data)
     total_steps = run.steps_per_epoch * cfg["num_epochs"]
@@ -726,7 +689,7 @@ def train(args, cfg, run_dir):
         print("dry run: nothing will be trained or written")
         print("\n".join(run.plan))
         return None
-    state, writer, meta_fields = run.state, RunWriter(run_dir, run.pool), run_meta_fields(run)
+    state, writer, meta_fields = run.state, RunWriter(run_dir, run.columns), run_meta_fields(run)
     with tf.compat.v1.Session(graph=run.graph, config=devices.session_config()) as sess:
         restored = start_session(sess, run, args, run_dir)
         writer.start(cfg, run.pool, run.coverage, state, [("resuming " if run.meta else "starting ") + run_dir]
