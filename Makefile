@@ -51,20 +51,24 @@ demo: $(VENV) ## ~10 min CPU run on synthetic data, then its evaluation
 search: $(VENV) ## score all 19,683 subnets of the newest run's best checkpoint, then print pareto.png's path
 	$(PY) search.py --checkpoint_type best $(SEARCH_FLAGS)
 
-# Ranking study: the newest finished demo supernet under outputs/ (or `make demo` first if there is none;
-# RANK_SUPERNET=path to choose one), RANK_K subnets trained alone with its config, then rank.py.
-RANK_K ?= 9
-RANK_SUPERNET ?= $(shell ls -td outputs/demo_*/train_report.json 2>/dev/null | head -1 | xargs -r dirname)
+# The ranking study (README, Ranking): a supernet trained on the study setting (study.json), its
+# whole-space search, RANK_K subnets trained alone (a third of them twice, with a second seed), the
+# search's choice at the median GMACs trained alone twice, then rank.py. Every step resumes where it
+# stopped: run it again after any interruption.
+RANK_K ?= 12
+STUDY_NAME ?= study_supernet
 
 .PHONY: rank
-rank: $(VENV) ## demo supernet, RANK_K subnets trained alone, then their ranking (rank.py; 30-60 min on 2 cores)
-	@supernet="$(RANK_SUPERNET)"; \
-	if [ -z "$$supernet" ]; then name=demo_$$(date +%Y%m%d_%H%M%S); \
-		$(MAKE) --no-print-directory demo DEMO_NAME=$$name || exit 1; supernet=outputs/$$name; fi; \
-	echo "supernet run: $$supernet"; \
-	$(PY) rank.py --supernet $$supernet --train $(RANK_K) --standalone_dir outputs/rank_$$(basename $$supernet)
+rank: $(VENV) ## the ranking study on study.json: supernet, search, RANK_K subnets alone, rank.py (hours; resumes)
+	@if [ ! -f outputs/$(STUDY_NAME)/train_report.json ]; then \
+		if [ -f outputs/$(STUDY_NAME)/checkpoints/last/meta.json ]; then \
+			$(PY) train.py --resume --experiment_name $(STUDY_NAME) || exit 1; \
+		else $(PY) train.py --config study.json --experiment_name $(STUDY_NAME) || exit 1; fi; fi
+	$(PY) search.py --experiment_name $(STUDY_NAME)
+	$(PY) rank.py --supernet outputs/$(STUDY_NAME) --train $(RANK_K) --search_choice \
+		--standalone_dir outputs/$(STUDY_NAME)_rank
 
-PYTEST := $(PY) -m pytest -q -o "markers=slow: trains, searches or exports for real (more than a few seconds)"
+PYTEST := $(PY) -m pytest -q
 
 test: $(VENV) ## run the whole pytest suite
 	$(PYTEST) test_all.py
@@ -85,6 +89,12 @@ ARCH ?=
 export: $(VENV) ## export subnet ARCH=0,1,2,... of the newest run to TFLite FP32/INT8 + Ethos-U55 (Vela)
 	@test -n "$(ARCH)" || { echo "error: give the subnet, e.g. make export ARCH=0,1,2,0,1,2,0,1,2" >&2; exit 1; }
 	$(PY) export.py --arch $(ARCH) --checkpoint_type best $(EXPORT_FLAGS)
+
+# Fit the board: TARGET is a preset of targets/ or a target JSON file; DEPLOY_FLAGS adds flags (e.g. --sizes).
+TARGET ?= himax-we2
+.PHONY: deploy
+deploy: $(VENV) ## choose the newest run's best (arch, input size) for board TARGET, INT8, and export it (see README)
+	$(PY) deploy.py --target $(TARGET) --checkpoint_type best $(DEPLOY_FLAGS)
 
 bench: $(VENV) ## speed and memory benchmark (see README, Performance; BENCH_FLAGS to change it)
 	$(PY) bench.py $(BENCH_FLAGS)

@@ -1,7 +1,7 @@
 """Speed and memory benchmark of EdgeFlowNAS on whatever device TensorFlow sees.
 
 One run measures six figures:
-  1. the fused fair step (train.build_train_step: 3 paths, one update) against the sum of three
+  1. the fused fair step (train_graph.build_train_step: 3 paths, one update) against the sum of three
      static single-subnet training steps of the same three archs on the same batch, and their ratio;
   2. the achieved GFLOP/s of the fair step (FLOPS_FORMULA);
   3. the data pipeline (PNG/.flo decode + crop + batch from an FC2 tree on disk) in samples/s,
@@ -29,13 +29,15 @@ import numpy as np
 import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
-import ckpt
+import config
 import data_fc2
-import evaluate
 import fair
-import search
+import scoring
+import search_tree
 import supernet
-import train
+import synthetic
+import train_graph
+from errors import ArchError, EdgeFlowError
 
 FLOPS_FORMULA = "sum over the 3 paths of count_macs(arch, h, w) x 2 FLOP/MAC x 3 (forward + backward) x batch / seconds"
 TOTAL_STEPS = 1000  # only sets the cosine learning-rate schedule of the benchmarked steps
@@ -48,10 +50,9 @@ FC2_SIZE = (384, 512)  # FlyingChairs2 image size
 
 def bench_config(args):
     """config.json with the benchmark's batch size, input size and seed, checked like train.py's."""
-    cfg = train.read_config_file(train.DEFAULT_CONFIG)
     overrides = {"batch_size": args.batch_size, "input_h": args.h, "input_w": args.w, "seed": args.seed}
-    cfg = ckpt.merge_config(cfg, overrides, "bench flags")
-    train.check_ranges(cfg)
+    cfg = config.merge_config(config.defaults(), overrides, "bench flags")
+    config.check_ranges(cfg, "bench flags")
     return cfg
 
 
@@ -66,7 +67,7 @@ def load_average():
 
 def fixed_batch(batch, h, w, seed):
     """One synthetic batch with real motion as numpy: images [B, h, w, 6] in [-1, 1], flows [B, h, w, 2]."""
-    arrays = data_fc2.make_synthetic_arrays(batch, h, w, seed)
+    arrays = synthetic.make_synthetic_arrays(batch, h, w, seed)
     images = np.concatenate([data_fc2.normalise(arrays["img0"]), data_fc2.normalise(arrays["img1"])], axis=-1)
     return images, arrays["flow"]
 
@@ -95,9 +96,9 @@ def gpu_peak_mib():
 
 def static_train_step(cfg, images, flows, arch, total_steps):
     """One static subnet's training step (only the chosen layers exist), with the same loss and
-    update as the fused step (train.build_update). Returns the train op."""
-    loss = train.multiscale_loss(supernet.build_flows(images, arch, mode="train"), flows, cfg["loss_weights"])
-    return train.build_update(cfg, loss, total_steps)["train_op"]
+    update as the fused step (train_graph.build_update). Returns the train op."""
+    loss = train_graph.multiscale_loss(supernet.build_flows(images, arch, mode="train"), flows, cfg["loss_weights"])
+    return train_graph.build_update(cfg, loss, total_steps)["train_op"]
 
 
 def step_session(graph, train_op, feed):
@@ -119,7 +120,7 @@ def fused_session(cfg, cycle, images_np, flows_np, path_devices=None):
     with graph.as_default():
         tf.compat.v1.set_random_seed(cfg["seed"])
         images, flows = input_placeholders(cfg["input_h"], cfg["input_w"])
-        ops = train.build_train_step(cfg, images, flows, TOTAL_STEPS, path_devices)
+        ops = train_graph.build_train_step(cfg, images, flows, TOTAL_STEPS, path_devices)
     feed = {images.name: images_np, flows.name: flows_np, ops["arch_paths"].name: np.array(cycle, np.int32)}
     return step_session(graph, ops["train_op"], feed)
 
@@ -277,11 +278,11 @@ def measure_pipeline(cfg, args, root, steps, log):
 # ----------------------------------------------------------------------------- 4: evaluation
 
 def time_scoring(sess, scorer, pool, recal_batches, val_batches):
-    """(wall s, CPU s) of evaluate.score_subnet for each arch of `pool`, in order."""
+    """(wall s, CPU s) of scoring.score_subnet for each arch of `pool`, in order."""
     wall, cpu = [], []
     for arch in pool:
         start, cpu_start = time.perf_counter(), time.process_time()
-        evaluate.score_subnet(sess, scorer, arch, recal_batches, val_batches)
+        scoring.score_subnet(sess, scorer, arch, recal_batches, val_batches)
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
     return wall, cpu
@@ -293,18 +294,19 @@ def first_over_rest(values):
 
 
 def measure_eval(cfg, args, images_np, flows_np, log):
-    """Figure 4: seconds per subnet of evaluate.score_subnet (BN recalibration + scoring, what
-    evaluate.evaluate runs per subnet) on a scorer graph built and finalised once: a subnet that
+    """Figure 4: seconds per subnet of scoring.score_subnet (BN recalibration + scoring, what
+    scoring.evaluate runs per subnet) on a scorer graph built and finalised once: a subnet that
     added an op would raise, and the op count is the same after the last one. The session's first
     run (its one-time graph optimisation) is timed apart. Times per GMAC take out the size of
     each subnet, so a flat list shows nothing grows from the 1st subnet to the last."""
     h, w = cfg["input_h"], cfg["input_w"]
-    pool_size = -(-args.eval_subnets // supernet.NUM_OPTIONS) * supernet.NUM_OPTIONS
+    paths = fair.paths_per_cycle()
+    pool_size = -(-args.eval_subnets // paths) * paths
     pool = fair.build_eval_pool(pool_size, args.seed, h, w)[:args.eval_subnets]
     graph = tf.Graph()
     with graph.as_default():
         images, flows = input_placeholders(h, w)
-        scorer = evaluate.build_scorer(images, flows)
+        scorer = scoring.build_scorer(images, flows)
         init = tf.compat.v1.global_variables_initializer()
     graph.finalize()
     ops_before = len(graph.get_operations())
@@ -312,7 +314,7 @@ def measure_eval(cfg, args, images_np, flows_np, log):
     val_batches = [(images_np, flows_np)] * args.val_batches
     log(f"scoring {len(pool)} subnets ({args.recal_batches} recalibration + {args.val_batches} validation "
         f"batches of {args.batch_size} each) on one finalised graph of {ops_before} ops")
-    with tf.compat.v1.Session(graph=graph) as sess:
+    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
         sess.run(init)
         (first_s,), _ = time_scoring(sess, scorer, pool[:1], recal_batches, val_batches)
         wall, cpu = time_scoring(sess, scorer, pool, recal_batches, val_batches)
@@ -332,8 +334,8 @@ def measure_eval(cfg, args, images_np, flows_np, log):
 # ----------------------------------------------------------------------------- 6: search
 
 def measure_search(args, log):
-    """Figure 6: the whole space scored with shared computation (search.TreeScorer) against a
-    seeded sample scored one by one with evaluate.score_subnet, on the same batches in one graph.
+    """Figure 6: the whole space scored with shared computation (search_tree.TreeScorer) against a
+    seeded sample scored one by one with scoring.score_subnet, on the same batches in one graph.
     The speed-up is the per-subnet time x 19,683 / the whole-space time; the MAC ratio is its limit."""
     h, w, batch = args.search_h, args.search_w, args.search_batch
     images_np, flows_np = fixed_batch(batch, h, w, args.seed)
@@ -342,29 +344,29 @@ def measure_search(args, log):
     graph = tf.Graph()
     with graph.as_default():
         images, flows = input_placeholders(h, w)
-        scorer = evaluate.build_scorer(images, flows)
-        tree = search.build_tree([(h, w)])
+        scorer = scoring.build_scorer(images, flows)
+        tree = search_tree.build_tree([(h, w)])
         init = tf.compat.v1.global_variables_initializer()
     graph.finalize()
-    log(f"search: {len(sample)} sampled subnets one by one, then all {supernet.NUM_ARCHS:,} with sharing "
+    log(f"search: {len(sample)} sampled subnets one by one, then all {supernet.SPACE.num_archs:,} with sharing "
         f"(batch {batch} at {h}x{w}, {args.recal_batches} recal + {args.val_batches} val batches)")
-    with tf.compat.v1.Session(graph=graph) as sess:
+    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
         sess.run(init)
         time_scoring(sess, scorer, sample[:1], recal, val)  # the session's one-time first run
         alone, _ = time_scoring(sess, scorer, sample, recal, val)
         start, cpu_start = time.perf_counter(), time.process_time()
-        search.score_archs(search.TreeScorer(sess, tree, recal, val), [supernet.index_to_arch(i)
-                                                                        for i in range(supernet.NUM_ARCHS)])
+        search_tree.score_archs(search_tree.TreeScorer(sess, tree, recal, val), [supernet.index_to_arch(i)
+                                                                        for i in range(supernet.SPACE.num_archs)])
         whole, whole_cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    shared, every = search.shared_macs(h, w)
+    shared, every = search_tree.shared_macs(h, w)
     per_subnet = statistics.mean(alone)
     return {"size": [h, w], "batch": batch, "sample": [supernet.format_arch(a) for a in sample],
             "seconds_per_subnet": alone, "mean_s_per_subnet": per_subnet, "whole_space_s": whole,
-            "whole_space_cpu_s": whole_cpu, "speedup": per_subnet * supernet.NUM_ARCHS / whole,
+            "whole_space_cpu_s": whole_cpu, "speedup": per_subnet * supernet.SPACE.num_archs / whole,
             "speedup_per_gmac": sum(alone) / sum(supernet.count_macs(a, h, w) for a in sample) * every / whole,
             "mac_speedup": every / shared, "shared_tmac_per_pair": shared / 1e12, "alone_tmac_per_pair": every / 1e12,
             "sample_gmacs_mean": statistics.mean(supernet.count_macs(a, h, w) / 1e9 for a in sample),
-            "space_gmacs_mean": every / supernet.NUM_ARCHS / 1e9}
+            "space_gmacs_mean": every / supernet.SPACE.num_archs / 1e9}
 
 
 # ----------------------------------------------------------------------------- report
@@ -430,7 +432,7 @@ def report_lines(result):
     if "search" in result:
         se = result["search"]
         lines += [
-            f"6 search, all {supernet.NUM_ARCHS:,} subnets shared         {se['whole_space_s']:.1f} s "
+            f"6 search, all {supernet.SPACE.num_archs:,} subnets shared         {se['whole_space_s']:.1f} s "
             f"(CPU {se['whole_space_cpu_s']:.1f} s; batch {se['batch']} at {se['size'][0]}x{se['size'][1]}, "
             f"{opts['recal_batches']} recal + {opts['val_batches']} val batches)",
             f"  one by one with evaluate                {se['mean_s_per_subnet']:.3f} s per subnet (mean of "
@@ -480,7 +482,7 @@ def parse_args(argv):
     parser.add_argument("--search_w", type=int, default=96, help="input width of figure 6")
     parser.add_argument("--search_batch", type=int, default=8, help="batch size of figure 6")
     parser.add_argument("--no_search", action="store_true", help="skip figure 6 (the whole space takes minutes)")
-    parser.add_argument("--devices", type=int, default=1, choices=range(1, devices.MAX_PATH_DEVICES + 1),
+    parser.add_argument("--devices", type=int, default=1, choices=range(1, fair.paths_per_cycle() + 1),
                         help="also time the fair step with its 3 paths spread over this many devices (GPUs, or "
                              "logical CPU devices without one)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure and timing to FILE")
@@ -492,14 +494,15 @@ def parse_args(argv):
             parser.error(f"--{key} {getattr(args, key)} must be >= {low}")
     try:
         supernet.check_input_size(args.search_h, args.search_w)
-    except ValueError as err:
+    except ArchError as err:
         parser.error(f"--search_h/--search_w: {err}")
     return parser, args
 
 
 def run(cfg, args, log):
     """Measure the five figures; returns the full result dict."""
-    result = {"devices": devices.report(args.devices, log=log), "load_average_start": load_average(),
+    result = {"devices": devices.report(args.devices, log=log, paths=fair.paths_per_cycle()),
+              "load_average_start": load_average(),
               "settings": {k: getattr(args, k) for k in ("batch_size", "h", "w", "repeats", "warmup", "seed",
                                                           "eval_subnets", "recal_batches", "val_batches",
                                                           "data_samples", "pipeline_samples", "devices")}}
@@ -523,7 +526,7 @@ def main(argv=None):
     parser, args = parse_args(argv)
     try:
         cfg = bench_config(args)
-    except ckpt.ConfigError as err:
+    except EdgeFlowError as err:
         parser.error(str(err))
     start = time.perf_counter()
 

@@ -1,6 +1,6 @@
 """Checkpoints and run folders: TF1 Saver files for `best` and `last`, the JSON meta beside them,
-atomic JSON writes, the type rules of a config (config.json, a run's saved config, flags), and
-finding the run to resume or evaluate.
+atomic writes, one writer per folder, a failed command's files put back, and finding the run to
+resume or score.
 
 A checkpoint is committed by its meta: the Saver first writes a fresh prefix, then `meta.json`
 is replaced atomically to point at it, and only then are older prefixes removed. A process killed
@@ -11,91 +11,55 @@ import fcntl
 import fnmatch
 import glob
 import json
-import math
 import os
 import shutil
 import time
 
+import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
 import supernet
+from errors import ArchError, CheckpointError, OutputError, one_line
 
 CHECKPOINT_KINDS = ("best", "last")
 META_NAME = "meta.json"
 
 
-class CheckpointError(Exception):
-    """A missing, unreadable or incompatible checkpoint or run; the message names the path."""
-
-
-class ConfigError(ValueError):
-    """A bad config file, key, value or flag; the message names it."""
-
-
-def _type_error(where, key, value, default):
-    return ConfigError(f"{where}: key '{key}' must be {type(default).__name__}, got {type(value).__name__} {value!r}")
-
-
-def checked_value(where, key, value, default):
-    """`value` if it has the type of `default` (an int is accepted for a float), else ConfigError."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        if type(value) is not type(default):
-            raise _type_error(where, key, value, default)
-    elif isinstance(default, float):
-        if not isinstance(value, (int, float)):
-            raise _type_error(where, key, value, default)
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
-        return float(value)
-    elif isinstance(default, list):
-        if not isinstance(value, list) or len(value) != len(default):
-            raise ConfigError(f"{where}: key '{key}' must be a list of {len(default)} numbers, got {value!r}")
-        return [checked_value(where, f"{key}[{i}]", v, d) for i, (v, d) in enumerate(zip(value, default))]
-    elif isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise _type_error(where, key, value, default)
-        return merge_config(default, value, f"{where}: {key}", allow_new=False)
-    elif not isinstance(value, type(default)):
-        raise _type_error(where, key, value, default)
-    return value
-
-
-def merge_config(base, updates, where, allow_new=False):
-    """`base` updated with `updates`, each key known to `base` (unless allow_new) and type-checked."""
-    merged = dict(base)
-    for key, value in updates.items():
-        if key not in base:
-            if not allow_new:
-                raise ConfigError(f"{where}: unknown key '{key}'")
-            merged[key] = value
-            continue
-        merged[key] = checked_value(where, key, value, base[key])
-    return merged
-
-
-def write_json_atomic(path, obj):
-    """Write `obj` as strict JSON to `path` via a temp file, fsync and rename: never a half-written
-    file, never NaN or Infinity (a ValueError naming the file); a failed write removes its temp file."""
-    try:
-        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    except ValueError as err:
-        raise ValueError(f"{path}: not written: {err}") from None
+def write_atomic(path, content):
+    """Write bytes or text to `path` via a temp file, fsync and rename: never a half-written file.
+    A failed write (a full disk, a folder that is not there) removes its temp file and raises
+    OutputError naming `path`."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    return path
+
+
+def write_json_atomic(path, obj):
+    """Write `obj` as strict JSON to `path` atomically (see write_atomic): never NaN or Infinity
+    (an OutputError naming the file)."""
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise OutputError(f"{path}: not written: {err}") from None
+    return write_atomic(path, text)
 
 
 def read_json(path, what):
@@ -105,8 +69,8 @@ def read_json(path, what):
             return json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{what} not found: {path}") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{what} unreadable: {path}: {err}") from None
+    except (OSError, ValueError) as err:  # a JSON or encoding error names its line; an OSError its reason
+        raise CheckpointError(f"{what} unreadable: {path}: {getattr(err, 'strerror', None) or err}") from None
 
 
 def run_folder(output_dir, experiment_name):
@@ -207,9 +171,9 @@ def checkpoint_dir(run_dir, kind):
 
 
 def search_space_signature(input_h, input_w):
-    """What a checkpoint must share with the graph that restores it."""
-    return {"blocks": list(supernet.BLOCKS), "num_options": supernet.NUM_OPTIONS,
-            "kernel_sizes": list(supernet.KERNEL_SIZES), "input_size": [input_h, input_w]}
+    """What a checkpoint must share with the graph that restores it: the search space's version
+    (what an arch code means) and blocks, and the input size it was trained at."""
+    return {"version": supernet.SPACE.version, "blocks": list(supernet.SPACE.blocks), "input_size": [input_h, input_w]}
 
 
 def save(sess, saver, run_dir, kind, meta):
@@ -221,7 +185,7 @@ def save(sess, saver, run_dir, kind, meta):
     try:
         saver.save(sess, prefix, write_meta_graph=False, write_state=False)
         write_json_atomic(os.path.join(directory, META_NAME), meta)
-    except (tf.errors.OpError, OSError, ValueError) as err:
+    except (tf.errors.OpError, OSError, OutputError) as err:
         remove_uncommitted(directory)
         raise CheckpointError(f"cannot save checkpoint {prefix}: {one_line(err)}") from None
     remove_uncommitted(directory)
@@ -293,26 +257,20 @@ def load_meta(run_dir, kind):
 
 
 def check_compatible(meta, input_h, input_w, where):
-    """Raise CheckpointError unless the checkpoint's search space matches ours, and its input size
-    too unless input_h and input_w are None: the network is fully convolutional, so scoring may
-    run at any size; only resuming training needs the same one."""
+    """Raise CheckpointError unless the checkpoint was made with this search space (its version; a
+    checkpoint made before versions existed is read by its blocks, options and kernels), and at
+    this input size unless input_h and input_w are None: the network is fully convolutional, so
+    scoring may run at any size; only resuming training needs the same one."""
     theirs = meta.get("search_space", {})
-    ours = search_space_signature(input_h, input_w)
-    if input_h is None and input_w is None:
-        del ours["input_size"]
-    for field, value in ours.items():
-        if theirs.get(field) != value:
-            raise CheckpointError(f"checkpoint {where} was made with {field}={theirs.get(field)}, this graph has {value}")
-
-
-_TF_NOISE = ("Graph execution error", "Detected at node", "File ", "Node:", "[[", "Hint:", "defined at")
-
-
-def one_line(err):
-    """A TensorFlow error's message on one line: its reason, without the graph trace around it (the
-    first line alone may say only 'Graph execution error:')."""
-    lines = [line.strip() for line in str(getattr(err, "message", err)).splitlines() if line.strip()]
-    return " ".join([line for line in lines if not line.startswith(_TF_NOISE)] or lines)
+    legacy = supernet.SPACE.legacy_signature()
+    if "version" in theirs or legacy is None or any(theirs.get(k) != v for k, v in legacy.items()):
+        try:
+            supernet.check_space_version(theirs.get("version"), f"checkpoint {where}")
+        except ArchError as err:
+            raise CheckpointError(str(err)) from None
+    if input_h is not None and theirs.get("input_size") != [input_h, input_w]:
+        raise CheckpointError(f"checkpoint {where} was made with input_size={theirs.get('input_size')}, "
+                              f"this graph has {[input_h, input_w]}")
 
 
 def check_variables(prefix, variables):
@@ -354,3 +312,19 @@ def newest_run(output_dir, kind="last"):
         raise CheckpointError(f"no experiment with a '{kind}' checkpoint under {output_dir}/")
     newest = max(metas, key=os.path.getmtime)
     return os.path.dirname(os.path.dirname(os.path.dirname(newest)))
+
+
+@contextlib.contextmanager
+def restored_session(run_dir, kind, build, input_size=None):
+    """Build a graph with `build()` (which creates the supernet variables it needs and returns what
+    the caller uses), open a session with the project's session config, restore checkpoint `kind`
+    of the run into it (see restore; `input_size` (h, w), if given, must be the checkpoint's) and
+    yield (sess, what build returned, the checkpoint meta)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        built = build()
+        saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
+    graph.finalize()
+    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
+        meta = restore(sess, saver, run_dir, kind, *(input_size or (None, None)))
+        yield sess, built, meta

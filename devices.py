@@ -27,24 +27,22 @@ import subprocess
 import sys
 import tempfile
 
+from errors import DeviceError
+
 LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 QUIET_LOG_LEVEL = "2"  # errors only; the start-up errors of a machine without CUDA are held back
 USER_LOG_LEVEL = os.environ.get(LOG_LEVEL_VARIABLE)  # set by the user: TensorFlow speaks as they asked
-MAX_PATH_DEVICES = 3  # a fair step has three paths: more devices would have nothing to run
 STARTUP_LINES = []  # what TensorFlow wrote to stderr while it was held back
 _ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
 _GPU_WORDS = re.compile(r"cuda|gpu|cudnn|dlopen", re.IGNORECASE)
 
 
-class DeviceError(ValueError):
-    """The devices asked for cannot be used; the message says why and what to do."""
-
-
 @contextlib.contextmanager
-def _held_back_stderr():
-    """Inside: what this process writes to file descriptor 2 goes to a temp file, whose lines
-    join STARTUP_LINES; if the block raises, they are written out after all. A no-op when the
-    user set TF_CPP_MIN_LOG_LEVEL."""
+def quiet(kept=None, replay=True):
+    """Inside: what this process writes to file descriptor 2 (TensorFlow's C++ side, absl, the
+    TFLite converter) goes to a temp file, whose lines join `kept` (a list, if given); if the block
+    raises they are written out after all, unless `replay` is off (the caller reports the failure
+    on one line). A no-op when the user set TF_CPP_MIN_LOG_LEVEL."""
     if USER_LOG_LEVEL is not None:
         yield
         return
@@ -62,8 +60,9 @@ def _held_back_stderr():
             os.close(saved)
             held.seek(0)
             text = held.read().decode(errors="replace")
-            STARTUP_LINES.extend(text.splitlines())
-            if failed:
+            if kept is not None:
+                kept.extend(text.splitlines())
+            if failed and replay:
                 sys.stderr.write(text)
 
 
@@ -71,8 +70,11 @@ def _import_tensorflow():
     """tensorflow, imported with the log level set and its start-up lines held back."""
     if USER_LOG_LEVEL is None:
         os.environ[LOG_LEVEL_VARIABLE] = QUIET_LOG_LEVEL
-    with _held_back_stderr():
-        return importlib.import_module("tensorflow")
+    with quiet(STARTUP_LINES):
+        module = importlib.import_module("tensorflow")
+    if USER_LOG_LEVEL is None:  # its Python warnings too (deprecation notices of the TF1 API it still ships)
+        module.get_logger().setLevel("ERROR")
+    return module
 
 
 tf = _import_tensorflow()
@@ -100,7 +102,7 @@ def nvidia_smi_gpus():
 def tensorflow_gpus(listed):
     """The GPUs TensorFlow sees, [{"name", "compute_capability", "memory_mib"}], in its order;
     the memory comes from the `listed` (nvidia-smi) GPU of the same name, None if there is none."""
-    with _held_back_stderr():
+    with quiet(STARTUP_LINES):
         physical = tf.config.list_physical_devices("GPU")
         details = [tf.config.experimental.get_device_details(gpu) for gpu in physical]
     unmatched = list(listed)
@@ -144,11 +146,11 @@ def tensorflow_said():
 
 # ----------------------------------------------------------------------------- where the paths run
 
-def path_devices(count, gpus):
-    """The device names the three paths of a fair step are spread over: `count` GPUs, or without
+def path_devices(count, gpus, paths):
+    """The device names the `paths` paths of a fair step are spread over: `count` GPUs, or without
     a GPU `count` logical CPU devices (configured here, so before TensorFlow's first session)."""
-    if not 1 <= count <= MAX_PATH_DEVICES:
-        raise DeviceError(f"--devices {count} must be between 1 and {MAX_PATH_DEVICES} (one per path at most)")
+    if not 1 <= count <= paths:
+        raise DeviceError(f"--devices {count} must be between 1 and {paths} (one per path at most)")
     if gpus:
         if count > len(gpus):
             raise DeviceError(f"--devices {count} needs {count} GPUs, TensorFlow sees {len(gpus)}")
@@ -170,6 +172,9 @@ def session_config():
     next); with them off every run of a seed is identical, and a fair step is no slower here."""
     config = tf.compat.v1.ConfigProto()
     config.graph_options.rewrite_options.disable_meta_optimizer = True
+    logical = tf.config.get_logical_device_configuration(tf.config.list_physical_devices("CPU")[0])
+    if logical and len(logical) > 1:  # the logical CPU devices path_devices made: a session has them only if asked
+        config.device_count["CPU"] = len(logical)
     return config
 
 
@@ -192,7 +197,7 @@ def summary_line(info):
     placed = info["path_devices"]
     if len(placed) > 1:
         shared = "" if info["gpus"] else " (logical devices sharing those threads)"
-        text += f"; the 3 paths of a fair step on {', '.join(d.replace('/device:', '') for d in placed)}{shared}"
+        text += f"; the paths of a fair step on {', '.join(d.replace('/device:', '') for d in placed)}{shared}"
     if info["unusable_gpus"]:
         text += f"; {unusable_text(info)}"
     return f"devices: {text}"
@@ -207,8 +212,9 @@ def unusable_text(info):
             "`make venv GPU=1` installs tensorflow[and-cuda]")
 
 
-def report(count=1, allow_cpu=True, log=print):
-    """Find the devices, spread the three paths over `count` of them, print one line (via `log`,
+def report(count=1, allow_cpu=True, log=print, paths=1):
+    """Find the devices, spread the `paths` paths of a fair step over `count` of them (at most one
+    device per path), print one line (via `log`,
     unless None) and return everything as a JSON-ready dict (its "summary" is that line).
 
     Call once at the start of an entry point, before any session; store the dict under "devices"
@@ -225,7 +231,7 @@ def report(count=1, allow_cpu=True, log=print):
             "log_level_set_by_user": USER_LOG_LEVEL}
     if info["unusable_gpus"] and not allow_cpu:
         raise DeviceError(f"{unusable_text(info)}; --allow_cpu runs on the CPU anyway")
-    info["path_devices"] = path_devices(count, gpus)
+    info["path_devices"] = path_devices(count, gpus, paths)
     info["summary"] = summary_line(info)
     if log:
         log(info["summary"])
@@ -235,11 +241,12 @@ def report(count=1, allow_cpu=True, log=print):
 def main(argv=None):
     """Print the device line (and with --json the whole report); exit 1 with a one-line error."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=1, help="devices to spread the three paths over (1..3)")
+    parser.add_argument("--devices", type=int, default=1, help="devices to spread a fair step's paths over")
     parser.add_argument("--json", action="store_true", help="also print the whole report as JSON")
     args = parser.parse_args(argv)
+    import fair  # the paths of a fair step; a module-level import would be circular (fair -> supernet -> devices)
     try:
-        info = report(args.devices)
+        info = report(args.devices, paths=fair.paths_per_cycle())
     except DeviceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

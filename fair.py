@@ -16,16 +16,28 @@ import sys
 
 import numpy as np
 
-from supernet import BLOCKS, NUM_ARCHS, NUM_OPTIONS, arch_to_index, count_macs, format_arch, index_to_arch
+import supernet
+from errors import ArchError, ConfigError
+from supernet import arch_to_index, count_macs, format_arch, index_to_arch
 
 POOL_ANCHORS = 8  # the pool builder tries this many subnets, seeded, among the 4x as many nearest its target
 POOL_STREAM = 2 ** 32  # keeps the pool's random stream apart from every training step's
 
 
+def paths_per_cycle():
+    """The number of paths of a fair cycle: the options of every block, which must be equal."""
+    counts = set(supernet.SPACE.num_options)
+    if len(counts) != 1:
+        raise ArchError(f"strict fairness needs the same number of options in every block, the search space has "
+                        f"{supernet.SPACE.num_options}")
+    return counts.pop()
+
+
 def _cycle(rng):
     """One fair cycle drawn from `rng`: per block a permutation, path p takes element p."""
-    perms = [rng.permutation(NUM_OPTIONS) for _ in BLOCKS]
-    return tuple(tuple(int(perm[path]) for perm in perms) for path in range(NUM_OPTIONS))
+    paths = paths_per_cycle()
+    perms = [rng.permutation(paths) for _ in supernet.SPACE.blocks]
+    return tuple(tuple(int(perm[path]) for perm in perms) for path in range(paths))
 
 
 def fair_cycle(seed, step):
@@ -35,14 +47,14 @@ def fair_cycle(seed, step):
 
 def empty_counts():
     """Fairness counts {block: {option: 0}}; option keys are strings so JSON round-trips them."""
-    return {block: {str(o): 0 for o in range(NUM_OPTIONS)} for block in BLOCKS}
+    return {block: {str(o): 0 for o in range(n)} for block, n in zip(supernet.SPACE.blocks, supernet.SPACE.num_options)}
 
 
 def add_counts(counts, archs):
     """Return a copy of `counts` with every (block, option) of `archs` counted once more."""
     counts = {block: dict(options) for block, options in counts.items()}
     for arch in archs:
-        for block, option in zip(BLOCKS, arch):
+        for block, option in zip(supernet.SPACE.blocks, arch):
             counts[block][str(option)] += 1
     return counts
 
@@ -82,11 +94,9 @@ def _largest_gap(values):
 
 def _completions(arch):
     """Every fair cycle whose first path is `arch`: per block the other two options in either order."""
-    rest = [[o for o in range(NUM_OPTIONS) if o != option] for option in arch]
-    for flips in itertools.product((0, 1), repeat=len(BLOCKS)):
-        second = tuple(r[f] for r, f in zip(rest, flips))
-        third = tuple(r[1 - f] for r, f in zip(rest, flips))
-        yield (arch, second, third)
+    rest = [[o for o in range(count) if o != option] for option, count in zip(arch, supernet.SPACE.num_options)]
+    for orders in itertools.product(*(itertools.permutations(r) for r in rest)):
+        yield (arch,) + tuple(tuple(order[p] for order in orders) for p in range(len(rest[0])))
 
 
 def build_eval_pool(size, seed, h=180, w=240):
@@ -97,11 +107,12 @@ def build_eval_pool(size, seed, h=180, w=240):
     seeded, are each completed into every fair cycle they head (2^9 each), and the cycle that
     leaves the smallest largest gap (then the smallest sum of squared gaps) joins the pool.
     """
-    if size <= 0 or size % NUM_OPTIONS:
-        raise ValueError(f"eval pool size {size} must be a positive multiple of {NUM_OPTIONS} (whole fair cycles)")
+    paths = paths_per_cycle()
+    if size <= 0 or size % paths:
+        raise ConfigError(f"eval pool size {size} must be a positive multiple of {paths} (whole fair cycles)")
     rng = np.random.default_rng([seed, POOL_STREAM])
-    every_macs = np.array([count_macs(index_to_arch(i), h, w) for i in range(NUM_ARCHS)], dtype=np.float64)
-    pool = [tuple([o] * len(BLOCKS)) for o in range(NUM_OPTIONS)]
+    every_macs = np.array([count_macs(index_to_arch(i), h, w) for i in range(supernet.SPACE.num_archs)], np.float64)
+    pool = [supernet.uniform_arch(o) for o in range(paths)]
     while len(pool) < size:
         values = np.sort([every_macs[arch_to_index(a)] for a in pool])
         gap = int(np.argmax(np.diff(values)))
@@ -128,9 +139,10 @@ def pool_coverage(pool, h=180, w=240):
     """
     problems = []
     counts = add_counts(empty_counts(), pool)
-    want = len(pool) // NUM_OPTIONS
-    if len(pool) % NUM_OPTIONS:
-        problems.append(f"pool size {len(pool)} is not a multiple of {NUM_OPTIONS}")
+    paths = paths_per_cycle()
+    want = len(pool) // paths
+    if len(pool) % paths:
+        problems.append(f"pool size {len(pool)} is not a multiple of {paths}")
     for block, options in counts.items():
         for option, n in options.items():
             if n != want:
@@ -139,7 +151,7 @@ def pool_coverage(pool, h=180, w=240):
     if duplicates:
         problems.append(f"duplicate archs: {', '.join(duplicates)}")
     macs = sorted(count_macs(a, h, w) for a in pool)
-    lo, hi = count_macs((0,) * len(BLOCKS), h, w), count_macs((NUM_OPTIONS - 1,) * len(BLOCKS), h, w)
+    lo, hi = count_macs(supernet.uniform_arch(0), h, w), count_macs(supernet.uniform_arch(paths - 1), h, w)
     max_gap = _largest_gap(macs)
     allowed_gap = 2 * (hi - lo) / max(len(pool) - 1, 1)
     if macs[0] != lo or macs[-1] != hi:
@@ -155,7 +167,7 @@ def pool_coverage(pool, h=180, w=240):
 
 def print_counts(counts):
     """Print fairness counts as a block x option table."""
-    print("block   " + " ".join(f"opt{o:>6}" for o in range(NUM_OPTIONS)))
+    print("block   " + " ".join(f"opt{o:>6}" for o in range(max(supernet.SPACE.num_options))))
     for block, options in counts.items():
         print(f"{block:<7} " + " ".join(f"{n:>9}" for n in options.values()))
 
@@ -185,13 +197,14 @@ def main(argv=None):
               + " | ".join(format_arch(a) for a in fair_cycle(args.seed, 0)))
         print_counts(counts)
         print(f"fairness gap: {gap}")
-        print(f"sequence digest: {sequence_digest(args.seed, 0, args.cycles)} (a function of seed and cycles: rerun to compare)")
+        print(f"sequence digest: {sequence_digest(args.seed, 0, args.cycles)} "
+              "(a function of seed and cycles: rerun to compare)")
         if args.check and (gap != 0 or any(n != args.cycles for o in counts.values() for n in o.values())):
             status = 1
     if args.pool:
         try:
             pool = build_eval_pool(args.size, args.seed, args.h, args.w)
-        except ValueError as err:
+        except ConfigError as err:
             parser.error(f"--size: {err}")
         coverage = pool_coverage(pool, args.h, args.w)
         for i, arch in enumerate(pool):

@@ -1,60 +1,183 @@
-"""EdgeFlowNAS supernet: the search space, the arch codec, the TF1 graph and its analytic cost.
+"""EdgeFlowNAS supernet: the search space table, the arch codec, the TF1 graph and its analytic cost.
 
-One graph, two forms. `arch` is either a 9-element int tensor (dynamic: every choice block is a
-`tf.switch_case`, so only the chosen branch runs, forward and backward) or a tuple of 9 ints
-(static: only the chosen layers are built). Both create the same variable names, so one checkpoint
-serves both. Layers are small functions taking a scope name; shapes are in the comments for the
-default 180x240 input.
+The search space is written once, as the table LAYERS below: every fixed layer and choice block,
+what it reads, its output channels and scale, and for a choice block its options (ResBlocks per
+option for a depth block, the kernel per option for a head). Everything else reads it through
+SPACE: the arch codec, the graph, the cost counts, the eval pool (fair.py), the search tree
+(search_tree.py), the latency and memory tables (edge_tables.py) and the pictures. Which blocks'
+choices a layer's output depends on (its parents) follows from what each layer reads. The
+table's version string is recorded with every checkpoint and result; another version is refused.
+
+One graph, two forms. `arch` is either an int tensor with one element per block (dynamic: every
+choice block is a `tf.switch_case`, so only the chosen branch runs, forward and backward) or a
+tuple of ints (static: only the chosen layers are built). Both create the same variable names, so
+one checkpoint serves both. Layers are small functions taking a scope name; shapes are in the
+comments for the default 180x240 input.
 
     python supernet.py --self_test
     python supernet.py --shape_check --h 180 --w 240 --batch 2 --samples 5
     python supernet.py --info --arch 0,0,0,0,0,0,0,0,0
 """
 import argparse
+import dataclasses
+import hashlib
+import json
+import math
 import sys
 
 import numpy as np
 import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
-BLOCKS = ("EB0", "EB1", "DB0", "DB1", "H0Out", "H1", "H1Out", "H2", "H2Out")
-NUM_OPTIONS = 3
-NUM_ARCHS = NUM_OPTIONS ** len(BLOCKS)  # 19,683
-KERNEL_SIZES = (3, 5, 7)  # option -> head kernel size; depth blocks: option -> option + 1 ResBlocks
+from errors import ArchError
+
 FLOW_CHANNELS = 2
 INPUT_CHANNELS = 6  # two RGB frames stacked
 BN_EPSILON = 1e-3
 VARIABLE_ROOT = "supernet"
 BN_MODES = ("train", "recal", "eval")
+INPUT = "images"  # what the first layer reads
 
 
-class ArchError(ValueError):
-    """A malformed arch code; the message names the bad field."""
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One row of the search space table.
+
+    op: "conv" (conv-BN-ReLU, stride 2 where the scale halves), "up" (bilinear resize to the
+    scale, 3x3 conv-BN-ReLU), "depth" (a choice of ResBlock counts), "feature" (resize to the
+    scale, then a choice of kxk conv-BN-ReLU), "flow" (a choice of kxk conv to the 2 flow
+    channels: the coarsest is the flow, each finer one a residual added to the coarser flow
+    resized). level: the output scale, 0 = H x W, 1 = H/2, ... 4 = H/16. options: a choice
+    block's options, ResBlocks per option (depth) or the kernel per option (feature, flow).
+    """
+
+    name: str
+    op: str
+    input: str
+    channels: int
+    level: int
+    kernel: int = 3
+    options: tuple = ()
+
+
+LAYERS = (
+    Layer("E0", "conv", INPUT, 32, level=1, kernel=7),          # [B, 90, 120, 32]
+    Layer("E1", "conv", "E0", 64, level=2, kernel=5),            # [B, 45, 60, 64]
+    Layer("EB0", "depth", "E1", 64, level=2, options=(1, 2, 3)),
+    Layer("Down1", "conv", "EB0", 128, level=3),                 # [B, 23, 30, 128]
+    Layer("EB1", "depth", "Down1", 128, level=3, options=(1, 2, 3)),
+    Layer("Down2", "conv", "EB1", 256, level=4),                 # [B, 12, 15, 256]
+    Layer("DB0", "depth", "Down2", 256, level=4, options=(1, 2, 3)),
+    Layer("Up1", "up", "DB0", 128, level=3),                     # [B, 23, 30, 128]
+    Layer("DB1", "depth", "Up1", 128, level=3, options=(1, 2, 3)),
+    Layer("Up2", "up", "DB1", 64, level=2),                      # [B, 45, 60, 64]
+    Layer("H0Out", "flow", "Up2", FLOW_CHANNELS, level=2, options=(3, 5, 7)),    # flow [B, 45, 60, 2]
+    Layer("H1", "feature", "Up2", 32, level=1, options=(3, 5, 7)),               # [B, 90, 120, 32]
+    Layer("H1Out", "flow", "H1", FLOW_CHANNELS, level=1, options=(3, 5, 7)),     # residual [B, 90, 120, 2]
+    Layer("H2", "feature", "H1", 16, level=0, options=(3, 5, 7)),                # [B, 180, 240, 16]
+    Layer("H2Out", "flow", "H2", FLOW_CHANNELS, level=0, options=(3, 5, 7)),     # residual [B, 180, 240, 2]
+)
+TRUNK_OPS = ("conv", "up", "depth")
+HEAD_OPS = ("feature", "flow")
+
+
+class Space:
+    """A search space read from a layer table: its blocks, the codec's radices, every layer's
+    parents (the blocks whose choices its input depends on), the trunk/head split the search tree
+    uses, and the version string derived from the table.
+
+    The family the graph and the search tree build: a trunk (a chain of fixed layers and depth
+    blocks) followed by heads, a chain of feature heads each with one flow head reading it, plus
+    one flow head reading the trunk's output. A table outside that family is refused here.
+    """
+
+    def __init__(self, layers):
+        self.layers = tuple(layers)
+        self.by_name = {layer.name: layer for layer in self.layers}
+        self.blocks = tuple(layer.name for layer in self.layers if layer.options)
+        self.num_options = tuple(len(self.by_name[b].options) for b in self.blocks)
+        self.num_archs = math.prod(self.num_options)
+        self.trunk = tuple(layer for layer in self.layers if layer.op in TRUNK_OPS)
+        self.heads = tuple(layer for layer in self.layers if layer.op in HEAD_OPS)
+        self._check_family()
+        self.trunk_blocks = tuple(layer.name for layer in self.trunk if layer.options)
+        self.head_blocks = tuple(layer.name for layer in self.heads)
+        self.feature_heads = tuple(layer.name for layer in self.heads if layer.op == "feature")
+        self.flow_heads = tuple(layer.name for layer in self.heads if layer.op == "flow")
+        self.parents = {}
+        for layer in self.layers:
+            read = self.by_name.get(layer.input)
+            self.parents[layer.name] = () if read is None else self.depends_on(read.name)
+        self.version = f"{len(self.blocks)}blocks-" + hashlib.sha256(
+            json.dumps([dataclasses.astuple(layer) for layer in self.layers]).encode()).hexdigest()[:12]
+
+    def _check_family(self):
+        """Refuse a table the graph and the search tree cannot build (see the class docstring)."""
+        names = [layer.name for layer in self.layers]
+        problems = []
+        if len(set(names)) != len(names):
+            problems.append("layer names repeat")
+        if self.layers[:len(self.trunk)] != self.trunk or not self.trunk or not self.heads:
+            problems.append("the trunk layers must come first, then the heads")
+        for i, layer in enumerate(self.layers):
+            if (layer.input != INPUT) if i == 0 else (layer.input not in names[:i]):
+                problems.append(f"{layer.name} reads {layer.input}, not the input or an earlier layer")
+            if layer.op in TRUNK_OPS and i and layer.input != names[i - 1]:
+                problems.append(f"trunk layer {layer.name} must read the layer before it")
+            choice_block = layer.op in ("depth",) + HEAD_OPS
+            if bool(layer.options) != choice_block or len(set(layer.options)) < len(layer.options):
+                problems.append(f"{layer.name}: a {layer.op} layer needs distinct options iff it is a choice block")
+        features = [layer.name for layer in self.heads if layer.op == "feature"]
+        flows = [layer for layer in self.heads if layer.op == "flow"]
+        readers = [self.trunk[-1].name] + features
+        if [layer.input for layer in flows] != readers or [self.by_name[f].input for f in features] != readers[:-1]:
+            problems.append("heads must be a chain of feature heads with one flow head reading the trunk and each")
+        if problems:
+            raise ArchError(f"search space table: {problems[0]}")
+
+    def depends_on(self, name):
+        """The blocks whose choices decide layer `name`'s output: its parents and, for a choice block, itself."""
+        return self.parents[name] + ((name,) if self.by_name[name].options else ())
+
+    def legacy_signature(self):
+        """How checkpoints made before the version string described this space (blocks, options per
+        block, kernel sizes), or None where that description cannot express it."""
+        kernels = {layer.options for layer in self.heads}
+        depths = {layer.options for layer in self.layers if layer.op == "depth"}
+        if len(set(self.num_options)) != 1 or len(kernels) != 1 or depths != {tuple(range(1, self.num_options[0] + 1))}:
+            return None
+        return {"blocks": list(self.blocks), "num_options": self.num_options[0], "kernel_sizes": list(kernels.pop())}
+
+
+SPACE = Space(LAYERS)
 
 
 # ----------------------------------------------------------------------------- arch codec
 
 def validate_arch(arch):
-    """Return `arch` as a tuple of 9 ints in 0..2, or raise ArchError naming the bad field."""
+    """Return `arch` as a tuple of ints, one per block, each in range; else ArchError naming the field."""
     arch = tuple(arch)
-    if len(arch) != len(BLOCKS):
-        raise ArchError(f"arch has {len(arch)} fields, expected {len(BLOCKS)} (one per block {','.join(BLOCKS)})")
-    for i, value in enumerate(arch):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < NUM_OPTIONS:
-            raise ArchError(f"arch field {i} ({BLOCKS[i]}) is {value!r}, expected 0, 1 or 2")
+    blocks = SPACE.blocks
+    if len(arch) != len(blocks):
+        raise ArchError(f"arch has {len(arch)} fields, expected {len(blocks)} (one per block {','.join(blocks)})")
+    for i, (value, count) in enumerate(zip(arch, SPACE.num_options)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
+            raise ArchError(f"arch field {i} ({blocks[i]}) is {value!r}, expected 0..{count - 1}")
     return tuple(int(v) for v in arch)
 
 
 def parse_arch(text):
     """Parse "0,1,2,0,1,2,0,1,2" into a validated tuple; ArchError names the bad field."""
+    blocks = SPACE.blocks
     if not isinstance(text, str) or not text.strip():
-        raise ArchError("arch code is empty, expected 9 comma-separated options like 0,1,2,0,1,2,0,1,2")
+        raise ArchError(f"arch code is empty, expected {len(blocks)} comma-separated options, one per block "
+                        f"{','.join(blocks)}")
     fields = [f.strip() for f in text.split(",")]
-    if len(fields) != len(BLOCKS):
-        raise ArchError(f"arch code {text!r} has {len(fields)} fields, expected {len(BLOCKS)}")
-    for i, field in enumerate(fields):
-        if field not in ("0", "1", "2"):
-            raise ArchError(f"arch code {text!r}: field {i} ({BLOCKS[i]}) is {field!r}, expected 0, 1 or 2")
+    if len(fields) != len(blocks):
+        raise ArchError(f"arch code {text!r} has {len(fields)} fields, expected {len(blocks)}")
+    for i, (field, count) in enumerate(zip(fields, SPACE.num_options)):
+        if field not in [str(o) for o in range(count)]:
+            raise ArchError(f"arch code {text!r}: field {i} ({blocks[i]}) is {field!r}, expected 0..{count - 1}")
     return tuple(int(f) for f in fields)
 
 
@@ -64,29 +187,61 @@ def format_arch(arch):
 
 
 def arch_to_index(arch):
-    """Index 0..19682 of an arch, block 0 the most significant base-3 digit."""
+    """Index 0 .. num_archs-1 of an arch, block 0 the most significant digit (mixed radix)."""
     index = 0
-    for value in validate_arch(arch):
-        index = index * NUM_OPTIONS + value
+    for value, count in zip(validate_arch(arch), SPACE.num_options):
+        index = index * count + value
     return index
 
 
 def index_to_arch(index):
     """Inverse of arch_to_index."""
-    if not 0 <= index < NUM_ARCHS:
-        raise ArchError(f"arch index {index} is outside 0..{NUM_ARCHS - 1}")
+    if not 0 <= index < SPACE.num_archs:
+        raise ArchError(f"arch index {index} is outside 0..{SPACE.num_archs - 1}")
     digits = []
-    for _ in BLOCKS:
-        index, value = divmod(index, NUM_OPTIONS)
+    for count in reversed(SPACE.num_options):
+        index, value = divmod(index, count)
         digits.append(value)
     return tuple(reversed(digits))
 
 
+def uniform_arch(option):
+    """The arch choosing `option` in every block (all-0 is the smallest subnet, all-<last> the largest)."""
+    return tuple(min(option, count - 1) for count in SPACE.num_options)
+
+
+MIN_INPUT_SIDE = 16  # the coarsest level is 1/16 of the input
+
+
 def check_input_size(h, w):
-    """Raise ValueError unless the input size is positive and divisible by 4."""
+    """Raise ArchError unless the input size is a multiple of 4 of at least MIN_INPUT_SIDE a side."""
     for name, value in (("h", h), ("w", w)):
-        if not isinstance(value, int) or value <= 0 or value % 4:
-            raise ValueError(f"input size {name}={value!r} must be a positive multiple of 4")
+        if not isinstance(value, int) or value < MIN_INPUT_SIDE or value % 4:
+            raise ArchError(f"input size {name}={value!r} must be a multiple of 4 of at least {MIN_INPUT_SIDE} "
+                            "(the network's coarsest level is 1/16 of it)")
+
+
+def structure(arch, size):
+    """What a network's compiled figures depend on besides its weights: the search space's version,
+    the arch and the input size (h, w)."""
+    return {"space": SPACE.version, "arch": format_arch(arch), "size": list(size)}
+
+
+def parse_size(text):
+    """"HxW" -> (h, w), both positive multiples of 4; ArchError naming the text otherwise."""
+    try:
+        h, w = (int(v) for v in text.strip().lower().split("x"))
+    except ValueError:
+        raise ArchError(f"input size {text!r} is not HxW (e.g. 144x192)") from None
+    check_input_size(h, w)
+    return h, w
+
+
+def check_space_version(version, where):
+    """ArchError unless `version` is this table's: what an arch code means depends on it."""
+    if version != SPACE.version:
+        raise ArchError(f"{where} was made with search space {version}, this code has {SPACE.version}: "
+                        "its arch codes mean other networks")
 
 
 # ----------------------------------------------------------------------------- analytic cost
@@ -97,42 +252,35 @@ def _conv_out(size, stride):
 
 
 def level_sizes(h, w):
-    """(h, w) of the input and of levels 1/2, 1/4, 1/8, 1/16 as the strided convs produce them."""
+    """(h, w) of the input and of every coarser level (1/2, 1/4, ...) as the strided convs produce them."""
     sizes = [(h, w)]
-    for _ in range(4):
+    for _ in range(max(layer.level for layer in SPACE.layers)):
         sizes.append((_conv_out(sizes[-1][0], 2), _conv_out(sizes[-1][1], 2)))
     return sizes
 
 
+def _input_channels(layer):
+    return INPUT_CHANNELS if layer.input == INPUT else SPACE.by_name[layer.input].channels
+
+
+def _input_level(layer):
+    return 0 if layer.input == INPUT else SPACE.by_name[layer.input].level
+
+
 def layer_table(arch, h, w):
-    """Every conv of one subnet as (name, k, cin, cout, out_h, out_w, has_bn).
-
-    Written from DESIGN.md's table independently of the graph code, so that counting the
-    variables of a built graph checks both.
-    """
-    arch = validate_arch(arch)
-    full, half, quarter, eighth, sixteenth = level_sizes(h, w)
-    rows = [("E0", 7, INPUT_CHANNELS, 32, *half, True), ("E1", 5, 32, 64, *quarter, True)]
-
-    def resblocks(stage, option, ch, size):
-        for b in range(option + 1):
-            rows.extend([(f"{stage}/rb{b + 1}/conv1", 3, ch, ch, *size, True),
-                         (f"{stage}/rb{b + 1}/conv2", 3, ch, ch, *size, True)])
-
-    resblocks("EB0", arch[0], 64, quarter)
-    rows.append(("Down1", 3, 64, 128, *eighth, True))
-    resblocks("EB1", arch[1], 128, eighth)
-    rows.append(("Down2", 3, 128, 256, *sixteenth, True))
-    resblocks("DB0", arch[2], 256, sixteenth)
-    rows.append(("Up1", 3, 256, 128, *eighth, True))
-    resblocks("DB1", arch[3], 128, eighth)
-    rows.append(("Up2", 3, 128, 64, *quarter, True))
-    k = [KERNEL_SIZES[o] for o in arch[4:]]
-    rows.extend([("H0Out", k[0], 64, FLOW_CHANNELS, *quarter, False),
-                 ("H1", k[1], 64, 32, *half, True),
-                 ("H1Out", k[2], 32, FLOW_CHANNELS, *half, False),
-                 ("H2", k[3], 32, 16, *full, True),
-                 ("H2Out", k[4], 16, FLOW_CHANNELS, *full, False)])
+    """Every conv of one subnet as (name, k, cin, cout, out_h, out_w, has_bn), read from the table."""
+    choice = dict(zip(SPACE.blocks, validate_arch(arch)))
+    sizes = level_sizes(h, w)
+    rows = []
+    for layer in SPACE.layers:
+        size, cin, cout = sizes[layer.level], _input_channels(layer), layer.channels
+        if layer.op == "depth":
+            for b in range(layer.options[choice[layer.name]]):
+                rows += [(f"{layer.name}/rb{b + 1}/conv{i}", 3, cout, cout, *size, True) for i in (1, 2)]
+        elif layer.options:
+            rows.append((layer.name, layer.options[choice[layer.name]], cin, cout, *size, layer.op == "feature"))
+        else:
+            rows.append((layer.name, layer.kernel, cin, cout, *size, True))
     return rows
 
 
@@ -250,8 +398,9 @@ def choose(option, branches):
     return tf.switch_case(option, branches)
 
 
-def depth_block(x, scope, option, bn):
-    """Choice of 1, 2 or 3 ResBlocks; nested, so Deep3 reuses the weights of Deep1 and Deep2."""
+def depth_block(x, scope, option, depths, bn):
+    """A choice of ResBlock counts (`depths`, one per option); nested, so a deeper option reuses
+    the weights of the shallower ones."""
     def stack(depth):
         def run():
             y = x
@@ -259,47 +408,35 @@ def depth_block(x, scope, option, bn):
                 y = resblock(y, f"{scope}/rb{b + 1}", bn)
             return y
         return run
-    return choose(option, [stack(d + 1) for d in range(NUM_OPTIONS)])
+    return choose(option, [stack(d) for d in depths])
 
 
-def kernel_block(x, scope, option, cout, bn=None):
-    """Choice of a 3x3, 5x5 or 7x7 conv (each with its own weights), with BN+ReLU when `bn` is given."""
+def kernel_block(x, scope, option, kernels, cout, bn=None):
+    """A choice of kxk convs (`kernels`, one per option, each with its own weights), with BN+ReLU
+    when `bn` is given."""
     def branch(k):
         def run():
             if bn is None:
                 return conv(x, f"{scope}/k{k}/conv", k, cout)
             return conv_bn_relu(x, f"{scope}/k{k}", k, cout, 1, bn)
         return run
-    return choose(option, [branch(k) for k in KERNEL_SIZES])
+    return choose(option, [branch(k) for k in kernels])
 
 
-TRUNK = (("EB0", "Down1"), ("EB1", "Down2"), ("DB0", "Up1"), ("DB1", "Up2"))  # each depth block, then its transition
-FEATURE_HEADS = {"H1": 32, "H2": 16}  # head -> channels; the flow heads (H0Out, H1Out, H2Out) output 2
-
-
-def stem(images, bn):
-    """E0 and E1, the layers every subnet shares. [B, 180, 240, 6] -> [B, 45, 60, 64]."""
-    x = conv_bn_relu(images, "E0", 7, 32, 2, bn)                  # [B, 90, 120, 32]
-    return conv_bn_relu(x, "E1", 5, 64, 2, bn)                    # [B, 45, 60, 64]
-
-
-def transition(x, name, bn, h, w):
-    """The layer after a depth block: Down1/Down2 halve the size (stride-2 conv), Up1/Up2 resize
-    to the exact size of the matching encoder level and convolve (input size h x w fixes it)."""
-    if name in ("Down1", "Down2"):
-        return conv_bn_relu(x, name, 3, 2 * int(x.shape[-1]), 2, bn)  # [B, 23, 30, 128], [B, 12, 15, 256]
-    level = level_sizes(h, w)[3 if name == "Up1" else 2]
-    return conv_bn_relu(resize(x, level), name, 3, int(x.shape[-1]) // 2, 1, bn)  # [B, 23, 30, 128], [B, 45, 60, 64]
-
-
-def feature_head(x, scope, option, bn, size):
-    """H1 or H2: resize to the next scale `size`, then a kxk conv-BN-ReLU (k chosen by `option`)."""
-    return kernel_block(resize(x, size), scope, option, FEATURE_HEADS[scope], bn)
-
-
-def flow_head(x, scope, option):
-    """H0Out, H1Out or H2Out: a kxk conv to the 2 flow channels (no BN, no ReLU)."""
-    return kernel_block(x, scope, option, FLOW_CHANNELS)
+def apply_layer(layer, x, option, bn, h, w):
+    """One row of the table on its input `x` at input size h x w: option is the block's choice
+    (an int, or a scalar tensor in the dynamic form; None for a fixed layer)."""
+    size = level_sizes(h, w)[layer.level]
+    if layer.op == "conv":
+        stride = 2 if layer.level > _input_level(layer) else 1
+        return conv_bn_relu(x, layer.name, layer.kernel, layer.channels, stride, bn)
+    if layer.op == "up":
+        return conv_bn_relu(resize(x, size), layer.name, layer.kernel, layer.channels, 1, bn)
+    if layer.op == "depth":
+        return depth_block(x, layer.name, option, layer.options, bn)
+    if layer.op == "feature":
+        return kernel_block(resize(x, size), layer.name, option, layer.options, layer.channels, bn)
+    return kernel_block(x, layer.name, option, layer.options, layer.channels)  # flow: no BN, no ReLU
 
 
 def accumulate(coarse, residual):
@@ -312,32 +449,30 @@ def build_flows(images, arch, mode="train", recal_index=None):
     """The supernet forward pass for one arch.
 
     images: [B, H, W, 6] in [-1, 1], H and W static and divisible by 4.
-    arch: tuple of 9 ints (static form) or an int32 tensor of shape [9] (dynamic form).
-    Returns the accumulated flows [flow_1/4, flow_1/2, flow_1/1], each [B, h, w, 2] in
-    input-pixel units: [B,45,60,2], [B,90,120,2], [B,180,240,2] at 180x240.
+    arch: tuple of ints, one per block (static form), or an int32 tensor of that length (dynamic).
+    Returns the accumulated flows, coarsest first ([flow_1/4, flow_1/2, flow_1/1]: [B,45,60,2],
+    [B,90,120,2], [B,180,240,2] at 180x240), each in input-pixel units.
     """
     if mode not in BN_MODES:
-        raise ValueError(f"BN mode {mode!r} is not one of {BN_MODES}")
+        raise ArchError(f"BN mode {mode!r} is not one of {BN_MODES}")
     h, w = int(images.shape[1]), int(images.shape[2])
     check_input_size(h, w)
     if isinstance(arch, (tuple, list)):
         arch = validate_arch(arch)
-    choice = [arch[i] for i in range(len(BLOCKS))]
-    full, half = level_sizes(h, w)[:2]
+    choice = {block: arch[i] for i, block in enumerate(SPACE.blocks)}
 
     def bn(x, scope, zero_gamma=False):
         return batch_norm(x, scope, mode, recal_index, zero_gamma)
 
+    outputs, flows = {INPUT: images}, []
     with tf.name_scope("supernet"):
-        x = stem(images, bn)                                          # [B, 45, 60, 64]
-        for i, (block, after) in enumerate(TRUNK):
-            x = transition(depth_block(x, block, choice[i], bn), after, bn, h, w)
-        flow_4 = flow_head(x, "H0Out", choice[4])                     # [B, 45, 60, 2]
-        x = feature_head(x, "H1", choice[5], bn, half)                # [B, 90, 120, 32]
-        flow_2 = accumulate(flow_4, flow_head(x, "H1Out", choice[6]))  # [B, 90, 120, 2]
-        x = feature_head(x, "H2", choice[7], bn, full)                # [B, 180, 240, 16]
-        flow_1 = accumulate(flow_2, flow_head(x, "H2Out", choice[8]))  # [B, 180, 240, 2]
-    return [flow_4, flow_2, flow_1]
+        for layer in SPACE.layers:
+            y = apply_layer(layer, outputs[layer.input], choice.get(layer.name), bn, h, w)
+            if layer.op == "flow":
+                flows.append(accumulate(flows[-1], y) if flows else y)
+            else:
+                outputs[layer.name] = y
+    return flows
 
 
 def kernel_variables(variables):
@@ -347,25 +482,27 @@ def kernel_variables(variables):
 
 def graph_param_count(graph):
     """Number of trainable parameters held by a built graph."""
-    return int(sum(np.prod(v.shape.as_list()) for v in graph.get_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES)))
+    variables = graph.get_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES)
+    return int(sum(np.prod(v.shape.as_list()) for v in variables))
 
 
 def random_archs(count, seed):
     """`count` archs drawn uniformly with a seeded generator."""
     rng = np.random.default_rng(seed)
-    return [tuple(int(v) for v in rng.integers(0, NUM_OPTIONS, len(BLOCKS))) for _ in range(count)]
+    return [tuple(int(rng.integers(0, n)) for n in SPACE.num_options) for _ in range(count)]
 
 
 # ----------------------------------------------------------------------------- CLI checks
 
 def self_test():
     """Round-trip every code and show that malformed codes are rejected; returns an exit code."""
-    for index in range(NUM_ARCHS):
+    for index in range(SPACE.num_archs):
         arch = index_to_arch(index)
         if arch_to_index(parse_arch(format_arch(arch))) != index:
             print(f"FAIL: round trip of index {index} ({arch})")
             return 1
-    print(f"round trip ok: all {NUM_ARCHS} codes (index -> arch -> code -> arch -> index)")
+    print(f"search space {SPACE.version}: blocks {','.join(SPACE.blocks)}, options {SPACE.num_options}")
+    print(f"round trip ok: all {SPACE.num_archs} codes (index -> arch -> code -> arch -> index)")
     failures = 0
     for bad in ("0,1", "0,1,3,0,0,0,0,0,0", "a,b,c", ""):
         try:
@@ -382,13 +519,13 @@ def shape_check(h, w, batch, samples, seed=0):
     graph = tf.Graph()
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [batch, h, w, INPUT_CHANNELS], "images")
-        arch = tf.compat.v1.placeholder(tf.int32, [len(BLOCKS)], "arch")
+        arch = tf.compat.v1.placeholder(tf.int32, [len(SPACE.blocks)], "arch")
         flows = build_flows(images, arch, mode="train")
         init = tf.compat.v1.global_variables_initializer()
-    expected = [(h // 4, w // 4), (h // 2, w // 2), (h, w)]
+    expected = [level_sizes(h, w)[SPACE.by_name[name].level] for name in SPACE.flow_heads]
     rng = np.random.default_rng(seed)
     ok = True
-    with tf.compat.v1.Session(graph=graph) as sess:
+    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
         sess.run(init)
         for a in random_archs(samples, seed):
             out = sess.run(flows, {images: rng.uniform(-1, 1, images.shape.as_list()), arch: a})
@@ -420,7 +557,7 @@ def main(argv=None):
     parser.add_argument("--self_test", action="store_true", help="round-trip all codes, reject malformed ones")
     parser.add_argument("--shape_check", action="store_true", help="run sampled archs through the dynamic graph")
     parser.add_argument("--info", action="store_true", help="params and GMACs of --arch")
-    parser.add_argument("--arch", default="0,0,0,0,0,0,0,0,0", help="arch code for --info")
+    parser.add_argument("--arch", default=format_arch(uniform_arch(0)), help="arch code for --info")
     parser.add_argument("--h", type=int, default=180, help="input height (multiple of 4)")
     parser.add_argument("--w", type=int, default=240, help="input width (multiple of 4)")
     parser.add_argument("--batch", type=int, default=2, help="batch size for --shape_check")
@@ -431,8 +568,9 @@ def main(argv=None):
     try:
         check_input_size(args.h, args.w)
         arch = parse_arch(args.arch)
-    except ValueError as err:
+    except ArchError as err:
         parser.error(str(err))
+    devices.report(log=None)  # TensorFlow's device search (and its CUDA notes) held back before any session
     status = 0
     if args.self_test:
         status |= self_test()

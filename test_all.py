@@ -2,6 +2,7 @@
 against an independent computation (numpy, a brute-force path, bytes written by hand)."""
 import ast
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -18,19 +19,41 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import batches
 import ckpt
+import compiler
+import config
+import convert
 import data_fc2
+import data_sintel_kitti
+import deployment
+import edge_tables
+import errors
 import evaluate
 import export
 import fair
+import firmware
+import flowio
+import flowviz
+import metrics
+import pareto
 import rank
+import ranking
+import run_files
+import runs
+import scoring
 import search
+import search_parts
+import search_tree
 import supernet
+import synthetic
 import train
+import train_graph
+import training
 
 HERE = pathlib.Path(__file__).parent
-LIBRARY_MODULES = ("supernet", "fair", "data_fc2", "ckpt", "devices")
-ENTRY_POINTS = ("train", "evaluate", "bench", "search", "export", "rank")
+COMMANDS = ("train", "evaluate", "search", "export", "rank", "deploy", "bench")  # the entry points (DESIGN.md)
+PRODUCT_MODULES = sorted(p.stem for p in HERE.glob("*.py") if p.stem != "test_all")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -62,13 +85,17 @@ def set_variable(sess, variable, value):
     sess.run(variable.initializer, {variable.initial_value: np.asarray(value, np.float32)})
 
 
+# Every line an entry point writes to stderr is its own: one of these (never TensorFlow's, absl's, TFLite's).
+PROGRAM_LINES = re.compile(r"^(synthetic data: |search: |error: )")
+
+
 # ----------------------------------------------------------------------------- arch codec
 
 
 class TestArchCodec:
     def test_every_code_round_trips(self):
         seen = set()
-        for index in range(supernet.NUM_ARCHS):
+        for index in range(supernet.SPACE.num_archs):
             arch = supernet.index_to_arch(index)
             assert supernet.arch_to_index(supernet.parse_arch(supernet.format_arch(arch))) == index
             seen.add(arch)
@@ -79,12 +106,12 @@ class TestArchCodec:
         ("", "empty"), ("0,1,2,0,1,2,0,1,x", "field 8 (H2Out)"), ("0,1,2,0,1,2,0,1,-1", "field 8"),
     ])
     def test_malformed_codes_are_rejected_naming_the_problem(self, code, words):
-        with pytest.raises(supernet.ArchError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(errors.ArchError, match=words.replace("(", r"\(").replace(")", r"\)")):
             supernet.parse_arch(code)
 
     def test_validate_rejects_bools_floats_and_wrong_length(self):
         for bad in [(0,) * 8, (0,) * 8 + (True,), (0,) * 8 + (1.0,), (0,) * 8 + (3,)]:
-            with pytest.raises(supernet.ArchError):
+            with pytest.raises(errors.ArchError):
                 supernet.validate_arch(bad)
 
 
@@ -131,7 +158,7 @@ class TestAnalyticCost:
         assert "supernet/H2Out/k5/conv/kernel" in names and "supernet/DB0/rb3/conv2/kernel" in names
 
     def test_input_size_must_be_a_multiple_of_4(self):
-        with pytest.raises(ValueError, match="h=30"):
+        with pytest.raises(errors.ArchError, match="h=30"):
             supernet.check_input_size(30, 40)
 
 
@@ -218,8 +245,8 @@ class TestGraph:
             for b in (1, 2, 3):
                 g = norm[f"supernet/{stage}/rb{b}/conv1/kernel"]
                 assert (g > 0) == (b in blocks), (stage, b, g)
-        for block, option in zip(supernet.BLOCKS[4:], arch[4:]):
-            for o, k in enumerate(supernet.KERNEL_SIZES):
+        for block, option in zip(supernet.SPACE.blocks[4:], arch[4:]):
+            for o, k in enumerate(supernet.SPACE.by_name['H1'].options):
                 g = norm[f"supernet/{block}/k{k}/conv/kernel"]
                 assert (g > 0) == (o == option), (block, k, g)
         assert norm["supernet/E0/conv/kernel"] > 0
@@ -256,7 +283,7 @@ class TestGraph:
             assert f4.shape == (2, 8, 12, 2) and f2.shape == (2, 16, 24, 2) and f1.shape == (2, 32, 48, 2)
             # With both residual heads zeroed the finer outputs are exactly the upsampled coarse flow,
             # in the same pixel units (never rescaled).
-            for head, k in (("H1Out", supernet.KERNEL_SIZES[arch[6]]), ("H2Out", supernet.KERNEL_SIZES[arch[8]])):
+            for head, k in (("H1Out", supernet.SPACE.by_name['H1'].options[arch[6]]), ("H2Out", supernet.SPACE.by_name['H1'].options[arch[8]])):
                 kernel = names[f"supernet/{head}/k{k}/conv/kernel"]
                 set_variable(sess, kernel, np.zeros(kernel.shape.as_list()))
             z4, z2, z1 = sess.run(flows, {images: x})
@@ -318,7 +345,7 @@ class TestFairness:
         pool = fair.build_eval_pool(12, 42)
         assert not fair.pool_coverage(pool[:-1] + [pool[0]])["ok"]
         assert not fair.pool_coverage(pool[:11])["ok"]
-        with pytest.raises(ValueError, match="multiple of 3"):
+        with pytest.raises(errors.ConfigError, match="multiple of 3"):
             fair.build_eval_pool(10, 42)
 
     def test_fair_cli_checks(self, capsys):
@@ -381,8 +408,8 @@ class TestFlo:
         flow[0, 0] = [-0.0, 1e9]  # negative zero and Middlebury's "unknown" marker survive too
         flow[1, 1] = [np.inf, np.nan]
         path = str(tmp_path / "x.flo")
-        data_fc2.write_flo(path, flow)
-        back = data_fc2.read_flo(path)
+        flowio.write_flo(path, flow)
+        back = flowio.read_flo(path)
         assert back.dtype == np.float32 and back.shape == (5, 7, 2)
         assert np.array_equal(back.view(np.uint32), flow.view(np.uint32))
         assert os.path.getsize(path) == 12 + 5 * 7 * 2 * 4
@@ -392,7 +419,7 @@ class TestFlo:
         values = [v for r in range(2) for c in range(3) for v in (10 * r + c, -(10 * r + c))]
         path = tmp_path / "hand.flo"
         path.write_bytes(_hand_flo_bytes(3, 2, values))
-        flow = data_fc2.read_flo(str(path))
+        flow = flowio.read_flo(str(path))
         assert flow.shape == (2, 3, 2)
         assert flow[1, 2].tolist() == [12.0, -12.0]
         assert flow[0, 1].tolist() == [1.0, -1.0]
@@ -409,15 +436,15 @@ class TestFlo:
     def test_read_flo_malformed_names_the_file(self, tmp_path, content, words):
         path = tmp_path / "bad_sample.flo"
         path.write_bytes(content)
-        with pytest.raises(data_fc2.DataError, match=words) as info:
-            data_fc2.read_flo(str(path))
+        with pytest.raises(errors.DataError, match=words) as info:
+            flowio.read_flo(str(path))
         assert str(path) in str(info.value) and "\n" not in str(info.value)
 
     def test_read_flo_missing_file_and_write_bad_shape_name_the_file(self, tmp_path):
-        with pytest.raises(data_fc2.DataError, match="nothere.flo"):
-            data_fc2.read_flo(str(tmp_path / "nothere.flo"))
-        with pytest.raises(data_fc2.DataError, match="out.flo"):
-            data_fc2.write_flo(str(tmp_path / "out.flo"), np.zeros((4, 4, 3), np.float32))
+        with pytest.raises(errors.DataError, match="nothere.flo"):
+            flowio.read_flo(str(tmp_path / "nothere.flo"))
+        with pytest.raises(errors.DataError, match="out.flo"):
+            flowio.write_flo(str(tmp_path / "out.flo"), np.zeros((4, 4, 3), np.float32))
 
 
 # ----------------------------------------------------------------- lists, folders, checks
@@ -458,7 +485,7 @@ class TestLayouts:
         base = _copy_tree(fc2_tree, tmp_path / "copy")
         with open(os.path.join(base, "FC2_test.txt"), "w") as f:
             f.write(index_text)
-        with pytest.raises(data_fc2.DataError, match=words) as info:
+        with pytest.raises(errors.DataError, match=words) as info:
             data_fc2.list_samples(base, "val", "lists")
         assert "FC2_test.txt" in str(info.value)
 
@@ -467,7 +494,7 @@ class TestLayouts:
         victim = data_fc2.list_samples(base, "train", "lists")[4][2]
         os.remove(victim)
         for layout in ("lists", "folders"):
-            with pytest.raises(data_fc2.DataError) as info:
+            with pytest.raises(errors.DataError) as info:
                 data_fc2.check_dataset(base, layout)
             message = str(info.value)
             assert message.startswith("1 of 8 samples in split 'train' are incomplete")
@@ -476,11 +503,11 @@ class TestLayouts:
     def test_check_dataset_rejects_an_empty_split_and_missing_base(self, fc2_tree, tmp_path):
         base = _copy_tree(fc2_tree, tmp_path / "copy")
         open(os.path.join(base, "FC2_test.txt"), "w").close()
-        with pytest.raises(data_fc2.DataError, match="split 'val' .* has no samples"):
+        with pytest.raises(errors.DataError, match="split 'val' .* has no samples"):
             data_fc2.check_dataset(base, "lists")
-        with pytest.raises(data_fc2.DataError, match="not a directory"):
+        with pytest.raises(errors.DataError, match="not a directory"):
             data_fc2.check_dataset(str(tmp_path / "absent"), "auto")
-        with pytest.raises(data_fc2.DataError, match="neither"):
+        with pytest.raises(errors.DataError, match="neither"):
             data_fc2.detect_layout(str(tmp_path))
 
 
@@ -502,7 +529,7 @@ class TestSynthetic:
     @pytest.mark.parametrize("seed", [0, 1, 2])
     def test_synthetic_flow_warps_img1_back_to_img0(self, seed):
         h, w = 96, 128
-        scene = data_fc2.render_synthetic_scene(np.random.default_rng(seed), h, w)
+        scene = synthetic.render_synthetic_scene(np.random.default_rng(seed), h, w)
         img0, img1, flow = scene["img0"], scene["img1"], scene["flow"]
         layers0, layers1 = scene["layers0"], scene["layers1"]
         assert len(np.unique(layers0)) >= 4  # background plus several visible objects
@@ -528,9 +555,9 @@ class TestSynthetic:
         assert zero_error > 3.0 and zero_error > 5 * warped_error
 
     def test_synthetic_is_seeded_and_reproducible(self):
-        a = data_fc2.make_synthetic_arrays(3, 24, 32, seed=7)
-        b = data_fc2.make_synthetic_arrays(3, 24, 32, seed=7)
-        c = data_fc2.make_synthetic_arrays(3, 24, 32, seed=8)
+        a = synthetic.make_synthetic_arrays(3, 24, 32, seed=7)
+        b = synthetic.make_synthetic_arrays(3, 24, 32, seed=7)
+        c = synthetic.make_synthetic_arrays(3, 24, 32, seed=8)
         assert a["img0"].shape == (3, 24, 32, 3) and a["img0"].dtype == np.uint8
         assert a["flow"].shape == (3, 24, 32, 2) and a["flow"].dtype == np.float32
         assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -538,14 +565,14 @@ class TestSynthetic:
         assert a["img0"].std() > 10 and np.abs(a["flow"]).max() > 0.5  # texture and motion, not constants
 
     def test_written_fc2_tree_matches_the_synthetic_arrays(self, fc2_tree):
-        arrays = data_fc2.make_synthetic_arrays(10, H, W, seed=3)
+        arrays = synthetic.make_synthetic_arrays(10, H, W, seed=3)
         samples = [s for split in data_fc2.SPLITS for s in data_fc2.list_samples(fc2_tree, split, "lists")]
         for img0, img1, flow in samples:
             i = int(os.path.basename(img0)[:7])
             assert np.array_equal(_decode_png(img0), arrays["img0"][i])
             assert np.array_equal(_decode_png(img1), arrays["img1"][i])
-            assert np.array_equal(data_fc2.read_flo(flow), arrays["flow"][i])
-        with pytest.raises(data_fc2.DataError, match="already exists"):
+            assert np.array_equal(flowio.read_flo(flow), arrays["flow"][i])
+        with pytest.raises(errors.DataError, match="already exists"):
             data_fc2.write_synthetic_fc2(fc2_tree, 4, h=H, w=W)
 
 
@@ -571,7 +598,7 @@ class TestPipeline:
         y = data_fc2.normalise(x)
         assert y.dtype == np.float32 and y[0] == -1.0 and y[-1] == 1.0 and np.all(np.diff(y) > 0)
         assert np.array_equal(data_fc2.normalise(tf.constant(x)).numpy(), y)
-        with pytest.raises(data_fc2.DataError, match="uint8"):
+        with pytest.raises(errors.DataError, match="uint8"):
             data_fc2.normalise(x.astype(np.float32))
 
     def test_eval_pipeline_is_centre_crop_unclipped_and_deterministic(self, fc2_tree):
@@ -584,7 +611,7 @@ class TestPipeline:
         assert images.shape == (5, 24, 32, 6) and flows.shape == (5, 24, 32, 2)
         assert images.min() >= -1.0 and images.max() <= 1.0
         for i, (img0, img1, flow) in enumerate(samples):
-            assert np.array_equal(flows[i], _centre(data_fc2.read_flo(flow), CROP))  # not clipped to 0.1
+            assert np.array_equal(flows[i], _centre(flowio.read_flo(flow), CROP))  # not clipped to 0.1
             expected = np.concatenate([_centre(_decode_png(p), CROP) for p in (img0, img1)], axis=-1)
             assert np.array_equal(images[i], expected.astype(np.float32) / 127.5 - 1)
         again = np.concatenate([b[1].numpy() for b in dataset])
@@ -615,7 +642,7 @@ class TestPipeline:
         assert np.abs(flows).max() == pytest.approx(max_flow)
         assert images.min() >= -1.0 and images.max() <= 1.0
         # every crop is a window of some sample (its image and clipped flow at the same corner)
-        decoded = [(_decode_png(img0), np.clip(data_fc2.read_flo(flow), -max_flow, max_flow))
+        decoded = [(_decode_png(img0), np.clip(flowio.read_flo(flow), -max_flow, max_flow))
                    for img0, _, flow in samples]
         corners = set()
         for image, flow in zip(images, flows):
@@ -627,15 +654,15 @@ class TestPipeline:
         assert len(corners) > 1  # random, not always the centre
 
     def test_pipeline_from_synthetic_arrays_and_crop_errors(self, fc2_tree):
-        arrays = data_fc2.make_synthetic_arrays(3, 24, 32, seed=1)
+        arrays = synthetic.make_synthetic_arrays(3, 24, 32, seed=1)
         dataset = data_fc2.make_dataset(arrays, 3, (24, 32), train=False, max_flow=1, seed=0)
         images, flow = next(iter(dataset))
         assert np.array_equal(flow.numpy(), arrays["flow"])
         assert np.array_equal(images.numpy()[..., 3:], data_fc2.normalise(arrays["img1"]))
-        with pytest.raises(data_fc2.DataError, match="smaller than the 25x32 crop"):
+        with pytest.raises(errors.DataError, match="smaller than the 25x32 crop"):
             data_fc2.make_dataset(arrays, 1, (25, 32), train=True, max_flow=1, seed=0)
         samples = data_fc2.list_samples(fc2_tree, "val", "lists")
-        with pytest.raises(data_fc2.DataError, match="flow_01.flo: 32x48 sample is smaller than the 24x64"):
+        with pytest.raises(errors.DataError, match="flow_01.flo: 32x48 sample is smaller than the 24x64"):
             data_fc2.make_dataset(samples, 1, (24, 64), train=False, max_flow=1, seed=0)
 
     def test_pipeline_names_a_malformed_flo_at_run_time(self, fc2_tree, tmp_path):
@@ -652,7 +679,7 @@ class TestPipeline:
         if source_kind == "files":
             source = data_fc2.list_samples(fc2_tree, "train", "lists")
         else:
-            source = data_fc2.make_synthetic_arrays(3, H, W, seed=2)
+            source = synthetic.make_synthetic_arrays(3, H, W, seed=2)
         with tf.Graph().as_default():
             dataset = data_fc2.make_dataset(source, 2, CROP, train=True, max_flow=5.0, seed=1)
             images, flow = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
@@ -686,18 +713,18 @@ class TestOpenData:
         assert real["counts"] == {"train": 8, "val": 2} and len(real["val"]) == 2
 
     def test_open_data_never_falls_back_when_base_path_is_broken(self, fc2_tree, tmp_path):
-        with pytest.raises(data_fc2.DataError, match="not a directory"):
+        with pytest.raises(errors.DataError, match="not a directory"):
             data_fc2.open_data(_cfg(base_path=str(tmp_path / "missing")))
         (tmp_path / "empty").mkdir()
-        with pytest.raises(data_fc2.DataError, match="neither"):
+        with pytest.raises(errors.DataError, match="neither"):
             data_fc2.open_data(_cfg(base_path=str(tmp_path / "empty")))
         base = _copy_tree(fc2_tree, tmp_path / "copy")
         victim = data_fc2.list_samples(base, "val", "folders")[0][0]
         os.remove(victim)
-        with pytest.raises(data_fc2.DataError, match="split 'val' are incomplete") as info:
+        with pytest.raises(errors.DataError, match="split 'val' are incomplete") as info:
             data_fc2.open_data(_cfg(base_path=base, data_layout="folders"))
         assert victim in str(info.value)
-        with pytest.raises(data_fc2.DataError, match="data_layout"):
+        with pytest.raises(errors.DataError, match="data_layout"):
             data_fc2.open_data(_cfg(base_path=fc2_tree, data_layout="csv"))
 
 
@@ -745,7 +772,7 @@ class TestTrainingStep:
             tf.compat.v1.set_random_seed(5)
             images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
             flows = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
-            step = train.build_train_step(cfg, images, flows, total_steps=10)
+            step = train_graph.build_train_step(cfg, images, flows, total_steps=10)
             trainable = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
             init = tf.compat.v1.global_variables_initializer()
         with tf.compat.v1.Session(graph=graph) as sess:
@@ -761,7 +788,7 @@ class TestTrainingStep:
             with g.as_default():
                 im = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
                 fl = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
-                loss = train.multiscale_loss(supernet.build_flows(im, arch, mode="train"), fl, cfg["loss_weights"])
+                loss = train_graph.multiscale_loss(supernet.build_flows(im, arch, mode="train"), fl, cfg["loss_weights"])
                 own = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
                 grads = dict(zip(own, tf.gradients(loss, list(own.values()))))
             with tf.compat.v1.Session(graph=g) as sess:
@@ -773,14 +800,14 @@ class TestTrainingStep:
             applied = (before[name] - after[name]) / cfg["learning_rate"]
             np.testing.assert_allclose(applied, mean_grad[name], rtol=2e-3, atol=2e-6, err_msg=name)
         # Every option of every block was used by one path, so every head option moved.
-        heads = [n for n in before if any(f"/k{k}/" in n for k in supernet.KERNEL_SIZES)]
+        heads = [n for n in before if any(f"/k{k}/" in n for k in supernet.SPACE.by_name['H1'].options)]
         assert len(heads) == 5 * 3 + 2 * 3 * 2 and all(np.abs(before[n] - after[n]).max() > 0 for n in heads)
 
     def test_learning_rate_follows_a_cosine_to_zero(self):
         graph = tf.Graph()
         with graph.as_default():
             step = tf.compat.v1.placeholder(tf.int64, [])
-            lr = train.cosine_learning_rate({"learning_rate": 1e-3}, step, 100)
+            lr = train_graph.cosine_learning_rate({"learning_rate": 1e-3}, step, 100)
         with tf.compat.v1.Session(graph=graph) as sess:
             values = [sess.run(lr, {step: s}) for s in (0, 50, 100, 150)]
         np.testing.assert_allclose(values, [1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
@@ -791,7 +818,7 @@ class TestTrainingStep:
         preds = [rng.normal(0, 3, (2, 16 // s, 24 // s, 2)).astype(np.float32) for s in (4, 2, 1)]
         graph = tf.Graph()
         with graph.as_default():
-            loss = train.multiscale_loss([tf.constant(p) for p in preds], tf.constant(gt), [0.125, 0.25, 0.5])
+            loss = train_graph.multiscale_loss([tf.constant(p) for p in preds], tf.constant(gt), [0.125, 0.25, 0.5])
         with tf.compat.v1.Session(graph=graph) as sess:
             value = sess.run(loss)
 
@@ -810,7 +837,7 @@ def _scorer_graph():
         tf.compat.v1.set_random_seed(11)
         images = tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 6])
         flows = tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 2])
-        scorer = evaluate.build_scorer(images, flows)
+        scorer = scoring.build_scorer(images, flows)
         init = tf.compat.v1.global_variables_initializer()
     return graph, scorer, init
 
@@ -835,9 +862,9 @@ class TestEvaluation:
             sess.run(init)
             single = []
             for images, flows in batches:  # each batch alone: its own batch statistics
-                evaluate.score_subnet(sess, scorer, arch, [(images, flows)], [(images, flows)])
+                scoring.score_subnet(sess, scorer, arch, [(images, flows)], [(images, flows)])
                 single.append(sess.run(stats))
-            evaluate.score_subnet(sess, scorer, arch, batches, batches[:1])
+            scoring.score_subnet(sess, scorer, arch, batches, batches[:1])
             together = sess.run(stats)
             convs = [sess.run(e0_conv, {scorer["images"]: images}) for images, _ in batches]
         # E0 against numpy: mean over batches of each batch's per-channel mean / biased variance.
@@ -860,13 +887,13 @@ class TestEvaluation:
         for order in ((a, b), (b, a)):
             with tf.compat.v1.Session(graph=graph) as sess:  # a fresh session: the same seeded initial weights
                 sess.run(init)
-                results.append({arch: evaluate.score_subnet(sess, scorer, arch, recal, val) for arch in order})
+                results.append({arch: scoring.score_subnet(sess, scorer, arch, recal, val) for arch in order})
         for arch in (a, b):
             for key, value in results[0][arch].items():
                 assert results[1][arch][key] == pytest.approx(value, rel=1e-6, abs=1e-7), (arch, key)
         with tf.compat.v1.Session(graph=graph) as sess:  # recalibration really changes the scores
             sess.run(init)
-            assert evaluate.score_subnet(sess, scorer, a, [], val)["epe"] != pytest.approx(results[0][a]["epe"], rel=1e-3)
+            assert scoring.score_subnet(sess, scorer, a, [], val)["epe"] != pytest.approx(results[0][a]["epe"], rel=1e-3)
 
     def test_metrics_of_a_hand_built_prediction(self):
         gt = np.random.default_rng(0).normal(0, 5, (2, 4, 6, 2)).astype(np.float32)
@@ -876,13 +903,13 @@ class TestEvaluation:
         offset[:, 3] = (0.0, 0.5)    # a quarter off by 0.5 px
         graph = tf.Graph()
         with graph.as_default():
-            sums = evaluate.flow_metric_sums(tf.constant(gt + offset), tf.constant(gt))
+            sums = metrics.flow_metric_sums(tf.constant(gt + offset), tf.constant(gt))
         with tf.compat.v1.Session(graph=graph) as sess:
             s = sess.run(sums)
         assert s["pixels"] == 48
         assert s["epe"] / s["pixels"] == pytest.approx((24 * 10 + 12 * 2 + 12 * 0.5) / 48, rel=1e-5)
         assert (s["px1"], s["px3"], s["px5"]) == (12, 24, 24)
-        assert evaluate.zero_flow_epe([(None, gt)]) == pytest.approx(np.sqrt((gt.astype(np.float64) ** 2).sum(-1)).mean())
+        assert metrics.zero_flow_epe([(None, gt)]) == pytest.approx(np.sqrt((gt.astype(np.float64) ** 2).sum(-1)).mean())
 
     @pytest.mark.slow
     def test_scored_epe_is_that_of_the_accumulated_flow(self):
@@ -894,12 +921,45 @@ class TestEvaluation:
         images, gt = val[0]
         with tf.compat.v1.Session(graph=graph) as sess:
             sess.run(init)
-            scored = evaluate.score_subnet(sess, scorer, arch, recal, val)
+            scored = scoring.score_subnet(sess, scorer, arch, recal, val)
             f2, f1 = sess.run(flows_eval[1:], {scorer["images"]: images})
         accumulated = np.sqrt(((f1 - gt) ** 2).sum(-1)).mean()
         residual = f1 - bilinear_resize_np(f2, 32, 48)
         assert scored["epe"] == pytest.approx(accumulated, rel=1e-5)
         assert np.sqrt(((residual - gt) ** 2).sum(-1)).mean() != pytest.approx(accumulated, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- noise, and EPE across input sizes
+
+class TestNoiseAndSizes:
+    def test_paired_se_is_the_standard_error_of_the_epe_difference(self):
+        rng = np.random.default_rng(0)
+        a, b = rng.gamma(2.0, 1.0, 50), rng.gamma(2.0, 1.0, 50)
+        pixels = np.full(50, 100.0)  # equal pixels: the std of the per-sample EPE differences over sqrt(n)
+        assert metrics.paired_se(a * 100, b * 100, pixels) == pytest.approx(np.std(a - b, ddof=1) / np.sqrt(50))
+        pixels = rng.integers(50, 150, 400).astype(float)  # masks of different sizes: a ratio's delta method ...
+        d = rng.normal(0.1, 1.0, 400) * pixels
+        mean_p, ratio = pixels.mean(), d.sum() / pixels.sum()
+        by_hand = np.sqrt(np.sum(((d - ratio * pixels) / mean_p) ** 2) / (400 * 399))
+        assert metrics.paired_se(d, np.zeros(400), pixels) == pytest.approx(by_hand)
+        jackknife = [(d.sum() - d[i]) / (pixels.sum() - pixels[i]) for i in range(400)]  # ... near the jackknife's
+        assert metrics.paired_se(d, np.zeros(400), pixels) == pytest.approx(np.sqrt(399 * np.var(jackknife)), rel=0.02)
+        assert metrics.paired_se([1.0], [2.0], [3.0]) is None
+
+    def test_a_perfect_prediction_at_another_size_scores_the_resize_floor(self):
+        rng = np.random.default_rng(1)
+        frame = (32, 48)
+        gt = bilinear_resize_np(rng.normal(0, 4, (2, 8, 12, 2)), *frame)  # a smooth true flow at the frame's size
+        for size in ((16, 24), (24, 32), frame):
+            scale = np.array([size[1] / frame[1], size[0] / frame[0]])
+            perfect = bilinear_resize_np(gt, *size) * scale  # the true flow sampled at `size`, in its pixels
+            back = bilinear_resize_np(perfect, *frame) / scale  # numpy, independent of metrics.to_frame
+            floor = np.sqrt(np.square(back - gt).sum(-1)).mean()
+            pred = tf.constant(perfect, tf.float32)
+            sums = metrics.flow_metric_sums(metrics.to_frame(pred, frame), tf.constant(gt, tf.float32))
+            epe = metrics.metrics_from_sums({k: np.asarray(v) for k, v in sums.items()})["epe"]
+            assert epe == pytest.approx(floor, rel=1e-4, abs=1e-6)
+            assert (floor > 0.05) == (size != frame)
 
 
 # ----------------------------------------------------------------------------- runs, resume, checkpoints
@@ -909,7 +969,7 @@ RUN_FLAGS = ["--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def tiny_runs(tmp_path_factory):
     """The output folder of one tiny run of 2 epochs, "whole" (resumes: see TestDependableRuns)."""
     out = tmp_path_factory.mktemp("outputs")
     assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "whole", "--num_epochs", "2"]) == 0
@@ -941,8 +1001,8 @@ with tf.compat.v1.Session(graph=graph) as sess:
 
 class TestRuns:
     @pytest.mark.slow
-    def test_a_run_writes_every_artifact(self, runs):
-        out = runs
+    def test_a_run_writes_every_artifact(self, tiny_runs):
+        out = tiny_runs
         run = out / "whole"
         for name in ("config.json", "train.log", "eval_pool_3.json", "eval_history.csv", "fairness_counts.json",
                      "train_report.json", "checkpoints/best/meta.json", "checkpoints/last/meta.json"):
@@ -960,8 +1020,8 @@ class TestRuns:
         assert "steps/s" in log and "time left" in log and "synthetic data" in log
 
     @pytest.mark.slow
-    def test_evaluate_cli_writes_the_result_json(self, runs):
-        out = runs
+    def test_evaluate_cli_writes_the_result_json(self, tiny_runs):
+        out = tiny_runs
         assert evaluate.main(["--output_dir", str(out), "--experiment_name", "whole", "--checkpoint_type", "last",
                               "--bn_recal_batches", "2", "--batch_size", "2"]) == 0
         result = json.loads((out / "whole" / "supernet_eval_result_last.json").read_text())
@@ -976,7 +1036,7 @@ class TestRuns:
     def test_trim_history_drops_only_rows_after_the_checkpoint(self, tmp_path):
         path = tmp_path / "eval_history.csv"
         path.write_text("epoch,mean_epe\n1,3.0\n2,2.5\n3,2.4\n")
-        train.trim_history(str(path), 2, ["epoch", "mean_epe"])
+        run_files.trim_history(str(path), 2, ["epoch", "mean_epe"])
         assert path.read_text().splitlines() == ["epoch,mean_epe", "1,3.0", "2,2.5"]
 
     @pytest.mark.slow
@@ -1029,18 +1089,18 @@ class TestBadInput:
         assert code != 0 and len(err) == 1 and words in err[0] and err[0].startswith("error:")
 
     @pytest.mark.slow
-    def test_flags_win_over_fast_mode_and_resume_keeps_the_run_identity(self, runs, capsys):
-        out = runs
-        args, overrides = train.parse_args(["--fast_mode", "--eval_pool_size", "6"], train.read_config_file(train.DEFAULT_CONFIG))
-        cfg, _ = train.resolve_config(args, overrides, train.read_config_file(train.DEFAULT_CONFIG))
+    def test_flags_win_over_fast_mode_and_resume_keeps_the_run_identity(self, tiny_runs, capsys):
+        out = tiny_runs
+        args, overrides = train.parse_args(["--fast_mode", "--eval_pool_size", "6"], config.read_config_file(config.DEFAULT_CONFIG))
+        cfg, _ = train.resolve_config(args, overrides, config.read_config_file(config.DEFAULT_CONFIG))
         assert cfg["eval_pool_size"] == 6 and cfg["bn_recal_batches"] == cfg["fast_mode_overrides"]["bn_recal_batches"]
         code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
                                            "--eval_pool_size", "6", "--dry_run"], capsys)
         assert code != 0 and len(err) == 1 and "eval_pool_size" in err[0]
 
     @pytest.mark.slow
-    def test_damaged_checkpoint_is_a_one_line_error(self, runs, tmp_path, capsys):
-        out = runs
+    def test_damaged_checkpoint_is_a_one_line_error(self, tiny_runs, tmp_path, capsys):
+        out = tiny_runs
         damaged = tmp_path / "damaged"
         subprocess.run(["cp", "-r", str(out / "whole"), str(damaged)], check=True)
         data_file = next((damaged / "checkpoints" / "last").glob("*.data-*"))
@@ -1050,7 +1110,7 @@ class TestBadInput:
         assert code != 0 and len(err) == 1 and "cannot restore" in err[0]
 
     def test_a_generated_run_name_carries_the_process_id(self):
-        defaults = train.read_config_file(train.DEFAULT_CONFIG)
+        defaults = config.read_config_file(config.DEFAULT_CONFIG)
         cfg, run_dir = train.resolve_config(*train.parse_args([], defaults), defaults)
         # two train.py started in one second must not meet in one folder (the second would be refused)
         assert re.fullmatch(rf"supernet_\d{{8}}_\d{{6}}_{os.getpid()}", cfg["experiment_name"])
@@ -1061,22 +1121,22 @@ class TestBadInput:
         assert code != 0 and len(err) == 1 and "nowhere" in err[0]
 
     @pytest.mark.slow
-    def test_malformed_arch_is_a_one_line_error(self, runs, capsys):
-        out = runs
+    def test_malformed_arch_is_a_one_line_error(self, tiny_runs, capsys):
+        out = tiny_runs
         code, err = _run_main(evaluate.main, ["--output_dir", str(out), "--experiment_name", "whole",
                                               "--checkpoint_type", "last", "--arch", "0,1,3,0,0,0,0,0,0"], capsys)
         assert code != 0 and len(err) == 1 and "field 2 (DB0)" in err[0]
 
     @pytest.mark.slow
-    def test_missing_checkpoint_and_wrong_input_size_are_errors(self, runs, tmp_path, capsys):
-        out = runs
+    def test_missing_checkpoint_and_wrong_input_size_are_errors(self, tiny_runs, tmp_path, capsys):
+        out = tiny_runs
         code, err = _run_main(evaluate.main, ["--output_dir", str(tmp_path), "--checkpoint_type", "best"], capsys)
         assert code != 0 and len(err) == 1 and "no experiment" in err[0]
         code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
                                            "--input_h", "64", "--dry_run"], capsys)
         assert code != 0 and len(err) == 1 and "input_h" in err[0]
         meta = ckpt.load_meta(str(out / "whole"), "last")
-        with pytest.raises(ckpt.CheckpointError, match="input_size"):
+        with pytest.raises(errors.CheckpointError, match="input_size"):
             ckpt.check_compatible(meta, 64, 48, "whole")
 
     @pytest.mark.slow
@@ -1100,12 +1160,20 @@ def _imports(module):
     return names
 
 
-class TestCodeRules:
-    @pytest.mark.parametrize("module", [m for m in LIBRARY_MODULES if (HERE / f"{m}.py").exists()])
-    def test_library_modules_import_no_entry_point(self, module):
-        assert not _imports(module) & set(ENTRY_POINTS)
+def _sessions_without_config(module):
+    """Line numbers of tf.compat.v1.Session(...) calls in `module` that pass no `config`."""
+    tree = ast.parse((HERE / f"{module}.py").read_text())
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and ast.unparse(node.func).endswith("compat.v1.Session") and not any(k.arg == "config" for k in node.keywords)]
 
-    @pytest.mark.parametrize("module", [m for m in LIBRARY_MODULES + ENTRY_POINTS if (HERE / f"{m}.py").exists()])
+
+class TestCodeRules:
+    @pytest.mark.parametrize("module", PRODUCT_MODULES)
+    def test_no_module_imports_a_command(self, module):
+        # commands share through libraries: a command importing another is the hub nobody meant to build
+        assert not (_imports(module) - {module}) & set(COMMANDS)
+
+    @pytest.mark.parametrize("module", PRODUCT_MODULES)
     def test_every_public_function_has_a_docstring(self, module):
         tree = ast.parse((HERE / f"{module}.py").read_text())
         assert ast.get_docstring(tree), f"{module} has no module docstring"
@@ -1113,6 +1181,16 @@ class TestCodeRules:
                    if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_") and not ast.get_docstring(n)
                    and n.col_offset == 0]
         assert not missing, f"{module}: no docstring on {missing}"
+
+    def test_every_command_exists_and_no_file_is_too_long(self):
+        assert set(COMMANDS) <= set(PRODUCT_MODULES)
+        long = {m: n for m in PRODUCT_MODULES if (n := len((HERE / f"{m}.py").read_text().splitlines())) > 600}
+        assert not long
+
+    def test_defaults_are_defined_once_and_every_session_has_the_session_config(self):
+        defined = [m for m in PRODUCT_MODULES if re.search(r"^DEFAULT_CONFIG\b", (HERE / f"{m}.py").read_text(), re.M)]
+        assert defined == ["config"]
+        assert {m: lines for m in PRODUCT_MODULES if (lines := _sessions_without_config(m))} == {}
 
 
 # ----------------------------------------------------------------------------- search (search.py)
@@ -1136,7 +1214,7 @@ def search_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("search_outputs")
     run_dir = out / "tiny"
     h, w = SEARCH_SIZE
-    cfg = dict(train.read_config_file(train.DEFAULT_CONFIG), experiment_name="tiny", output_dir=str(out),
+    cfg = dict(config.read_config_file(config.DEFAULT_CONFIG), experiment_name="tiny", output_dir=str(out),
                synthetic=True, synthetic_train_size=8, synthetic_val_size=6, input_h=h, input_w=w, batch_size=2,
                bn_recal_batches=2, eval_batches=0, eval_pool_size=3)
     run_dir.mkdir()
@@ -1163,53 +1241,82 @@ def _scores(path):
         return {r["arch"]: r for r in csv.DictReader(f)}
 
 
+def _tree_against_alone(archs, whole_space=False):
+    """(shared, alone): metrics of `archs` scored by the search tree and one by one with
+    scoring.score_subnet on the same random batches (a partial batch, a full frame with a validity
+    mask), in one graph with random BN; with `whole_space` the tree scores every subnet."""
+    h, w = SEARCH_SIZE
+    rng = np.random.default_rng(3)
+    recal = [(rng.uniform(-1, 1, (2, h, w, 6)).astype(np.float32), None) for _ in range(2)]
+    val = [(rng.uniform(-1, 1, (n, vh, vw, 6)).astype(np.float32), rng.normal(0, 3, (n, vh, vw, 2)).astype(np.float32))
+           for n, vh, vw in ((2, h, w), (1, h, w), (2, h + 4, w + 8))]  # a partial batch; a full frame
+    val[2] += (rng.uniform(0, 1, (2, h + 4, w + 8)) > 0.3).astype(np.float32),  # with a validity mask
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(2)
+        images = tf.compat.v1.placeholder(tf.float32, [None, h, w, 6])
+        scorer = scoring.build_scorer(images, tf.compat.v1.placeholder(tf.float32, [None, h, w, 2]),
+                                      eval_sizes=[(h + 4, w + 8)])
+        tree = search_tree.build_tree([(h, w), (h + 4, w + 8)], search_tree.has_masks(val))
+        randomise = _randomise_bn(graph)
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        sess.run(randomise)
+        scored = [supernet.index_to_arch(i) for i in range(supernet.SPACE.num_archs)] if whole_space else archs
+        shared = search_tree.score_archs(search_tree.TreeScorer(sess, tree, recal, val), scored)
+        alone = {a: scoring.score_subnet(sess, scorer, a, recal, val) for a in archs}
+    return shared, alone
+
+
+def _assert_same_metrics(shared, alone):
+    h, w = SEARCH_SIZE
+    assert len({round(m["epe"], 4) for m in alone.values()}) > 0.6 * len(alone)  # the subnets really differ
+    for arch in alone:
+        assert shared[arch]["epe"] == pytest.approx(alone[arch]["epe"], rel=1e-5), arch
+        for key in ("px1", "px3", "px5", "fl_all"):  # a pixel may sit within rounding of a threshold
+            assert shared[arch][key] == pytest.approx(alone[arch][key], abs=1.5 / (3 * h * w)), (arch, key)
+
+
 class TestSearch:
     @pytest.mark.slow
     def test_every_subnet_scores_as_evaluate_scores_it_alone(self):
-        h, w = SEARCH_SIZE
-        rng = np.random.default_rng(3)
-        recal = [(rng.uniform(-1, 1, (2, h, w, 6)).astype(np.float32), None) for _ in range(2)]
-        val = [(rng.uniform(-1, 1, (n, vh, vw, 6)).astype(np.float32), rng.normal(0, 3, (n, vh, vw, 2)).astype(np.float32))
-               for n, vh, vw in ((2, h, w), (1, h, w), (2, h + 4, w + 8))]  # a partial batch; a full frame
-        val[2] += (rng.uniform(0, 1, (2, h + 4, w + 8)) > 0.3).astype(np.float32),  # with a validity mask
-        archs = [(0,) * 9, (2,) * 9] + supernet.random_archs(30, 17)
-        graph = tf.Graph()
-        with graph.as_default():
-            tf.compat.v1.set_random_seed(2)
-            images = tf.compat.v1.placeholder(tf.float32, [None, h, w, 6])
-            scorer = evaluate.build_scorer(images, tf.compat.v1.placeholder(tf.float32, [None, h, w, 2]),
-                                           eval_sizes=[(h + 4, w + 8)])
-            tree = search.build_tree([(h, w), (h + 4, w + 8)], search.has_masks(val))
-            randomise = _randomise_bn(graph)
-            init = tf.compat.v1.global_variables_initializer()
-        with tf.compat.v1.Session(graph=graph) as sess:
-            sess.run(init)
-            sess.run(randomise)
-            shared = search.score_archs(search.TreeScorer(sess, tree, recal, val), archs)
-            alone = {a: evaluate.score_subnet(sess, scorer, a, recal, val) for a in archs}
-        assert len({round(m["epe"], 4) for m in alone.values()}) > 20  # the subnets really differ
-        for arch in archs:
-            assert shared[arch]["epe"] == pytest.approx(alone[arch]["epe"], rel=1e-5), arch
-            for key in ("px1", "px3", "px5", "fl_all"):  # a pixel may sit within rounding of a threshold
-                assert shared[arch][key] == pytest.approx(alone[arch][key], abs=1.5 / (3 * h * w)), (arch, key)
+        _assert_same_metrics(*_tree_against_alone([(0,) * 9, (2,) * 9] + supernet.random_archs(30, 17)))
+
+    @pytest.mark.slow
+    def test_a_modified_table_builds_its_own_exact_tree(self, monkeypatch):
+        # head kernels {3, 5} only and a fourth depth option for DB1: other option counts per block
+        layers = [dataclasses.replace(layer, options=(3, 5)) if layer.op in ("feature", "flow") else
+                  dataclasses.replace(layer, options=(1, 2, 3, 4)) if layer.name == "DB1" else layer
+                  for layer in supernet.LAYERS]
+        monkeypatch.setattr(supernet, "SPACE", supernet.Space(layers))
+        assert supernet.SPACE.num_archs == 3 * 3 * 3 * 4 * 2 ** 5 and search_tree.heads_per_prefix() == 32
+        assert supernet.SPACE.version != supernet.Space(supernet.LAYERS).version
+        archs = [supernet.uniform_arch(0), supernet.uniform_arch(3)] + supernet.random_archs(22, 5)
+        assert supernet.uniform_arch(3) == (2, 2, 2, 3, 1, 1, 1, 1, 1)
+        shared, alone = _tree_against_alone(archs, whole_space=True)
+        assert len(shared) == supernet.SPACE.num_archs
+        _assert_same_metrics(shared, alone)
+        with pytest.raises(errors.ArchError, match="same number of options"):
+            fair.paths_per_cycle()
 
     def test_trunk_path_depends_only_on_the_choices_before_each_node(self):
-        path = search.trunk_path((2, 0, 1, 0))
-        assert path[:5] == [("stem", ()), ("EB0/rb1", ()), ("EB0/rb2", ()), ("EB0/rb3", ()), ("Down1", (2,))]
+        path = search_tree.trunk_path((2, 0, 1, 0))
+        assert path[:6] == [("E0", ()), ("E1", ()), ("EB0/rb1", ()), ("EB0/rb2", ()), ("EB0/rb3", ()), ("Down1", (2,))]
         assert ("DB0/rb2", (2, 0)) in path and ("DB0/rb3", (2, 0)) not in path and path[-1] == ("Up2", (2, 0, 1, 0))
-        nodes = {node for p in itertools.product(range(3), repeat=4) for node in search.trunk_path(p)}
-        assert len(nodes) == 1 + 3 + 3 + 9 + 9 + 27 + 27 + 81 + 81  # each distinct (layer, path choices) once
+        nodes = {node for p in itertools.product(range(3), repeat=4) for node in search_tree.trunk_path(p)}
+        assert len(nodes) == 2 + 3 + 3 + 9 + 9 + 27 + 27 + 81 + 81  # each distinct (layer, path choices) once
 
     def test_pareto_front_matches_brute_force(self):
         rng = np.random.default_rng(0)
         rows = [{"epe": float(e), "gmacs": float(g)} for e, g in rng.integers(0, 12, (200, 2))]
-        front = search.pareto_front(rows, "gmacs")
+        front = pareto.pareto_front(rows, "gmacs")
         beaten = [r for r in rows if any(o["epe"] <= r["epe"] and o["gmacs"] <= r["gmacs"]
                                          and (o["epe"], o["gmacs"]) != (r["epe"], r["gmacs"]) for o in rows)]
         expected = {(r["epe"], r["gmacs"]) for r in rows if r not in beaten}
         assert {(r["epe"], r["gmacs"]) for r in front} == expected and len(front) == len(expected)
         assert [r["gmacs"] for r in front] == sorted(r["gmacs"] for r in front)
-        fastest = search.pareto_front([{"epe": 2.0, "fps": 10.0}, {"epe": 1.0, "fps": 5.0}, {"epe": 3.0, "fps": 4.0}],
+        fastest = pareto.pareto_front([{"epe": 2.0, "fps": 10.0}, {"epe": 1.0, "fps": 5.0}, {"epe": 3.0, "fps": 4.0}],
                                       "fps", maximise=True)
         assert [r["fps"] for r in fastest] == [10.0, 5.0]
 
@@ -1227,7 +1334,7 @@ class TestSearch:
         assert not (pathlib.Path(search_dir) / "scores.csv").exists()
         def no_data(*_):
             raise AssertionError("--merge read the data")
-        monkeypatch.setattr(evaluate, "dataset_batches", no_data)
+        monkeypatch.setattr(batches, "dataset_batches", no_data)
         assert search.main(common + ["--merge", "--max_gmacs", "0.1"]) == 0
         assert (pathlib.Path(search_dir) / "scores.csv").read_bytes() == single
         rows = _scores(pathlib.Path(search_dir) / "scores.csv")
@@ -1242,17 +1349,30 @@ class TestSearch:
         assert (pathlib.Path(search_dir) / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         printed = capsys.readouterr().out
         assert "best within the budget (gmacs <= 0.1)" in printed and printed.rstrip().endswith("pareto.png")
+        # each front member's noise: its per-sample EPEs, scored alone one sample at a time, against the best's
+        front = pareto["fronts"]["epe_gmacs"]
+        cfg = config.run_config(str(run_dir))
+        recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+        singles = [(images[i:i + 1], flows[i:i + 1]) for images, flows in val for i in range(len(images))]
+        with scoring.restored_scorer(str(run_dir), "best", *SEARCH_SIZE) as (sess, scorer, _):
+            per_sample = {r["arch"]: np.array([scoring.score_subnet(sess, scorer, supernet.parse_arch(r["arch"]), recal,
+                                                                    [s])["epe"] for s in singles]) for r in front}
+        best = min(front, key=lambda r: r["epe"])["arch"]
+        assert len(front) > 2 and len(singles) == 6
+        for r in front:
+            diff = per_sample[r["arch"]] - per_sample[best]
+            assert r["epe_se"] == pytest.approx(np.std(diff, ddof=1) / np.sqrt(len(diff)), rel=1e-4, abs=1e-9), r
 
     @pytest.mark.slow
     def test_a_killed_search_resumes_to_the_same_file(self, search_run, tmp_path):
         out, run_dir = search_run
         units = 8
-        archs = [a for p in range(units) for a in itertools.product(*[[d] for d in search.prefix_choices(p * 10)],
+        archs = [a for p in range(units) for a in itertools.product(*[[d] for d in search_tree.prefix_choices(p * 10)],
                                                                      *[range(3)] * 5)]
         (tmp_path / "archs.txt").write_text("\n".join(supernet.format_arch(a) for a in archs))
         cmd = [sys.executable, str(HERE / "search.py"), "--output_dir", str(out), "--experiment_name", "tiny",
                "--archs_file", str(tmp_path / "archs.txt")]
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        env = user_env()
         subprocess.run(cmd, check=True, capture_output=True, env=env)
         search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(cmd[2:]), ""))
         whole = (search_dir / "scores.csv").read_bytes()
@@ -1270,6 +1390,7 @@ class TestSearch:
         done = {p.name: p.read_bytes() for p in unit_dir.glob("unit_*.json")}
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr
+        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr  # none of TF's
         assert f"{len(done)} already done" in result.stdout
         assert all((unit_dir / name).read_bytes() == data for name, data in done.items())  # finished units kept
         assert (search_dir / "scores.csv").read_bytes() == whole
@@ -1277,9 +1398,10 @@ class TestSearch:
     @pytest.mark.slow
     def test_latency_table_adds_fps_its_front_and_a_budget(self, search_run, tmp_path, capsys):
         out, run_dir = search_run
-        table = {"format": export.TABLE_FORMAT, "accelerator_config": "ethos-u55-64", "system_config": "s",
+        table = {"format": edge_tables.TABLE_FORMAT, "space_version": supernet.SPACE.version,
+                 "accelerator_config": "ethos-u55-64", "system_config": "s",
                  "memory_mode": "m", "clock_hz": 1e6, "input_size": list(SEARCH_SIZE), "fixed_cycles": 1000,
-                 "block_cycles": {b: [10 * i, 10 * i + 100, 10 * i + 300] for i, b in enumerate(supernet.BLOCKS)}}
+                 "block_cycles": {b: [10 * i, 10 * i + 100, 10 * i + 300] for i, b in enumerate(supernet.SPACE.blocks)}}
         (tmp_path / "table.json").write_text(json.dumps(table))
         archs = [(0,) * 9, (2,) * 9, (0, 0, 0, 0, 2, 0, 0, 0, 0), (1, 0, 2, 0, 1, 0, 2, 0, 1)]
         common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs"] + [supernet.format_arch(a)
@@ -1379,19 +1501,19 @@ def _random_subnet_values(graph, seed):
 
 def _synthetic_images(num, h, w, seed):
     """Real-looking frame pairs (the synthetic chairs) stacked to [num, h, w, 6] in [-1, 1]."""
-    arrays = data_fc2.make_synthetic_arrays(num, h, w, seed)
+    arrays = synthetic.make_synthetic_arrays(num, h, w, seed)
     return np.concatenate([data_fc2.normalise(arrays["img0"]), data_fc2.normalise(arrays["img1"])], -1)
 
 
 def _static_models(arch, h, w, seed, calibration_images):
     """(TensorFlow's flow on `probe` images, FP32 bytes, INT8 bytes, probe) of a random-weight static subnet."""
-    graph, images, flow = export.build_static_graph(arch, h, w)
+    graph, images, flow = convert.build_static_graph(arch, h, w)
     probe = np.random.default_rng(seed).uniform(-1, 1, (3, h, w, supernet.INPUT_CHANNELS)).astype(np.float32)
     with tf.compat.v1.Session(graph=graph) as sess:
-        export.load_values(sess, graph, _random_subnet_values(graph, seed))
+        convert.load_values(sess, graph, _random_subnet_values(graph, seed))
         reference = np.concatenate([sess.run(flow, {images: p[None]}) for p in probe])
-        fp32 = export.convert(sess, images, flow)
-        int8 = export.convert(sess, images, flow, [(calibration_images,)])
+        fp32 = convert.convert(sess, images, flow)
+        int8 = convert.convert(sess, images, flow, [(calibration_images,)])
     return reference, fp32, int8, probe
 
 
@@ -1400,23 +1522,23 @@ def tiny_models(tmp_path_factory):
     """FP32 and INT8 models of EXPORT_ARCH at 32x48 with random weights, written to a temp folder."""
     folder = tmp_path_factory.mktemp("models")
     reference, fp32, int8, probe = _static_models(EXPORT_ARCH, 32, 48, 3, _synthetic_images(4, 32, 48, 5))
-    paths = {kind: export.write_bytes_atomic(str(folder / f"model_{kind}.tflite"), content)
+    paths = {kind: ckpt.write_atomic(str(folder / f"model_{kind}.tflite"), content)
              for kind, content in (("fp32", fp32), ("int8", int8))}
     return paths, reference, probe, folder
 
 
 @pytest.fixture(scope="module")
-def export_run(runs):
+def export_run(tiny_runs):
     """The runs section's trained tiny run "whole" (32x48) to export from: its output folder."""
-    return runs
+    return tiny_runs
 
 
 class TestExport:
     @pytest.mark.slow
     @pytest.mark.parametrize("arch", [(0,) * 9, EXPORT_ARCH])
     def test_static_graph_holds_exactly_the_chosen_subnet(self, arch):
-        graph, _, _ = export.build_static_graph(arch, 32, 48)
-        check = export.graph_check(graph, arch, 32, 48)
+        graph, _, _ = convert.build_static_graph(arch, 32, 48)
+        check = convert.graph_check(graph, arch, 32, 48)
         variables = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
         kernels = sorted(tuple(v.shape.as_list()) for v in variables if v.op.name.endswith("/kernel"))
         wanted = sorted((k, k, cin, cout) for _, k, cin, cout, _, _, _ in supernet.layer_table(arch, 32, 48))
@@ -1427,29 +1549,28 @@ class TestExport:
         with dynamic.as_default():
             supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [1, 32, 48, 6]),
                                  tf.compat.v1.placeholder(tf.int32, [9]), mode="eval")
-        refused = export.graph_check(dynamic, arch, 32, 48)
+        refused = convert.graph_check(dynamic, arch, 32, 48)
         assert not refused["ok"] and refused["control_flow_ops"] and refused["params"] > check["params"]
 
     @pytest.mark.slow
     def test_fp32_matches_tensorflow_and_int8_is_full_integer(self, tiny_models):
         paths, reference, probe, _ = tiny_models
-        fp32 = np.concatenate(export.predictions(export.tflite_predictor(paths["fp32"]), [(probe, None)]))
+        fp32 = np.concatenate(convert.predictions(convert.tflite_predictor(paths["fp32"]), [(probe, None)]))
         assert np.abs(fp32 - reference).max() < 1e-4 and np.abs(reference).max() > 0.1
-        interpreter = export.tflite_predictor(paths["int8"]).interpreter
+        interpreter = convert.tflite_predictor(paths["int8"]).interpreter
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         assert inp["dtype"] == np.int8 and out["dtype"] == np.int8 and list(inp["shape"]) == [1, 32, 48, 6]
-        int8 = np.concatenate(export.predictions(export.tflite_predictor(paths["int8"]), [(probe, None)]))
+        int8 = np.concatenate(convert.predictions(convert.tflite_predictor(paths["int8"]), [(probe, None)]))
         scale = out["quantization"][0]
         assert np.abs(int8 - reference).mean() < 0.1 * np.abs(reference).mean() + scale
-        assert np.array_equal(export.quantize(np.array([-1.0, 0.0, 0.26, 9.0]), 0.5, -3), np.array([-5, -3, -2, 15]))
-        assert np.allclose(export.dequantize(np.array([-128, -3, 127], np.int8), 0.5, -3), [-62.5, 0.0, 65.0])
+        assert np.array_equal(convert.quantize(np.array([-1.0, 0.0, 0.26, 9.0]), 0.5, -3), np.array([-5, -3, -2, 15]))
+        assert np.allclose(convert.dequantize(np.array([-128, -3, 127], np.int8), 0.5, -3), [-62.5, 0.0, 65.0])
 
     @pytest.mark.slow
     def test_vela_summary_is_parsed_into_the_report_fields(self, tiny_models):
         paths, _, _, folder = tiny_models
-        target = {"accelerator_config": "ethos-u55-64", "system_config": export.DEFAULT_SYSTEM_CONFIG,
-                  "memory_mode": export.DEFAULT_MEMORY_MODE}
-        summary, per_layer = export.run_vela(export.find_vela(), paths["int8"], str(folder / "vela"), target)
+        target = compiler.flag_target("ethos-u55-64", "Ethos_U55_High_End_Embedded", "Shared_Sram")
+        summary, per_layer = compiler.compile_model(paths["int8"], target, str(folder / "vela"))
         assert summary["accelerator_config"] == "Ethos_U55_64" and summary["memory_mode"] == "Shared_Sram"
         assert summary["fps"] == pytest.approx(summary["clock_hz"] / summary["cycles_total"], rel=1e-6)
         assert summary["inference_ms"] == pytest.approx(1e3 / summary["fps"], rel=1e-6)
@@ -1463,83 +1584,95 @@ class TestExport:
                   "   CPU: ResizeBilinear = supernet/resize/ResizeBilinear (outputs [1, 23, 30, 256])\n"
                   "   CPU: ResizeBilinear = supernet/resize_1/ResizeBilinear (outputs [1, 45, 60, 128])\n"
                   "NPU operators = 61 (96.8%)\n   NPU: Conv2D = supernet/E0_conv (outputs [1, 90, 120, 32])\n")
-        assert export.parse_operator_counts(stdout) == {
+        assert compiler.parse_operator_counts(stdout) == {
             "npu_operators": 61, "cpu_operators": 2,
             "cpu_operator_names": ["ResizeBilinear = supernet/resize/ResizeBilinear",
                                    "ResizeBilinear = supernet/resize_1/ResizeBilinear"]}
-        with pytest.raises(export.ExportError, match="operator counts"):
-            export.parse_operator_counts("no summary")
+        with pytest.raises(errors.CompileError, match="operator counts"):
+            compiler.parse_operator_counts("no summary")
 
     def test_shared_layers_are_charged_to_the_block_that_decides_them(self):
-        graph, _, _ = export.build_static_graph((1, 2, 0, 0, 1, 0, 2, 0, 1), 32, 48)
-        blocks = export.op_blocks(graph)
+        graph, _, _ = convert.build_static_graph((1, 2, 0, 0, 1, 0, 2, 0, 1), 32, 48)
+        blocks = edge_tables.op_blocks(graph)
         assert blocks["supernet/add"] == blocks["supernet/add_1"] == "EB0"  # EB0's two residual adds
         assert blocks["supernet/add_2"] == "EB1" and blocks["supernet/Relu_4"] == "EB0"
         assert blocks["supernet/resize/ResizeBilinear"] == "DB0"
         assert blocks["supernet/resize_3/ResizeBilinear"] == "H0Out"
-        assert blocks["flow"] == "H2Out" and blocks["supernet/Relu"] == export.FIXED
+        assert blocks["flow"] == "H2Out" and blocks["supernet/Relu"] == edge_tables.FIXED
         names = ("supernet/EB1_rb3_conv21", "supernet/H1Out_k7_conv1", "supernet/Up2_conv", "supernet/add_3")
-        assert [export.conv_block(n) for n in names] == ["EB1", "H1Out", export.FIXED, None]
+        assert [edge_tables.conv_block(n) for n in names] == ["EB1", "H1Out", edge_tables.FIXED, None]
         rows = [{"Name": "supernet/Relu_6;supernet/Down1_conv", "Op Cycles": "10"},
                 {"Name": "supernet/Relu_3;supernet/add_1", "Op Cycles": "7"},
                 {"Name": "supernet/H2_k3_conv1", "Op Cycles": "5"}, {"Name": "mystery", "Op Cycles": "2"}]
-        cycles, unattributed = export.block_cycles(rows, blocks)
-        assert (cycles[export.FIXED], cycles["EB0"], cycles["H2"], unattributed) == (12.0, 7.0, 5.0, 1)
+        cycles, unattributed = edge_tables.block_cycles(rows, blocks)
+        assert (cycles[edge_tables.FIXED], cycles["EB0"], cycles["H2"], unattributed) == (12.0, 7.0, 5.0, 1)
 
     def test_table_predicts_the_sum_of_its_blocks_and_checks_its_file(self, tmp_path):
         rng = np.random.default_rng(0)
-        measurements = [{"arch": a, "vela": {"clock_hz": 5e8}, "unattributed": 0,
-                         "cycles": {export.FIXED: 1000.0 + i, **{b: float(rng.integers(1, 10 ** 6))
-                                                                 for b in supernet.BLOCKS}}}
-                        for i, a in enumerate(export.TABLE_ARCHS)]
-        target = {"accelerator_config": "ethos-u55-64", "system_config": "S", "memory_mode": "M"}
-        table = export.make_latency_table(measurements, target, 64, 96)
+        measurements = [{"arch": a, "summary": {"clock_hz": 5e8}, "unattributed": 0,
+                         "cycles": {edge_tables.FIXED: 1000.0 + i, **{b: float(rng.integers(1, 10 ** 6))
+                                                                 for b in supernet.SPACE.blocks}}}
+                        for i, a in enumerate(edge_tables.table_archs())]
+        target = compiler.Target("t", "ethos-u55-64", "S", "M")
+        table = edge_tables.make_latency_table(measurements, target, 64, 96)
         for arch in supernet.random_archs(5, 1):
-            by_hand = 1001.0 + sum(measurements[o]["cycles"][b] for b, o in zip(supernet.BLOCKS, arch))
-            assert export.predict_fps(table, arch) == pytest.approx(5e8 / by_hand, rel=1e-12)
+            by_hand = 1001.0 + sum(measurements[o]["cycles"][b] for b, o in zip(supernet.SPACE.blocks, arch))
+            assert edge_tables.predict_fps(table, arch) == pytest.approx(5e8 / by_hand, rel=1e-12)
         path = tmp_path / "latency.json"
         path.write_text(json.dumps(table))
-        assert export.load_latency_table(str(path)) == table
+        assert edge_tables.load_latency_table(str(path)) == table
         for broken in ({**table, "format": "other"}, {**table, "input_size": [64]},
                        {**table, "block_cycles": {**table["block_cycles"], "H2": [1.0, 2.0]}}, [1, 2]):
             path.write_text(json.dumps(broken))
-            with pytest.raises(ValueError, match=str(path)):
-                export.load_latency_table(str(path))
+            with pytest.raises(errors.ExportError, match=str(path)):
+                edge_tables.load_latency_table(str(path))
+        for broken in ({**table, "fixed_cycles": 0.0, "block_cycles": {b: [0.0] * 3 for b in supernet.SPACE.blocks}},
+                       {**table, "space_version": "9blocks-other"}):
+            path.write_text(json.dumps(broken))
+            with pytest.raises(errors.ExportError, match="fixed_cycles|search space"):
+                edge_tables.load_latency_table(str(path))
         path.write_text("{not json")
-        with pytest.raises(ValueError, match="unreadable"):
-            export.load_latency_table(str(path))
+        with pytest.raises(errors.CheckpointError, match="unreadable"):
+            edge_tables.load_latency_table(str(path))
 
     @pytest.mark.slow
     def test_table_from_a_fair_cycle_predicts_full_vela_compiles(self, tmp_path):
-        target = {"accelerator_config": "ethos-u55-64", "system_config": export.DEFAULT_SYSTEM_CONFIG,
-                  "memory_mode": export.DEFAULT_MEMORY_MODE}
+        target = compiler.flag_target("ethos-u55-64", "Ethos_U55_High_End_Embedded", "Shared_Sram")
         calibration = _synthetic_images(2, 16, 24, 1)
 
         def measure(arch):
             int8 = _static_models(arch, 16, 24, 2, calibration)[2]
             name = "m" + "".join(map(str, arch))
-            path = export.write_bytes_atomic(str(tmp_path / f"{name}.tflite"), int8)
-            summary, per_layer = export.run_vela(export.find_vela(), path, str(tmp_path / name), target)
-            blocks = export.op_blocks(export.build_static_graph(arch, 16, 24)[0])
-            cycles, unattributed = export.block_cycles(per_layer, blocks)
-            return {"arch": arch, "epe": 0.0, "vela": summary, "cycles": cycles, "unattributed": unattributed}
+            path = ckpt.write_atomic(str(tmp_path / f"{name}.tflite"), int8)
+            summary, per_layer = compiler.compile_model(path, target, str(tmp_path / name))
+            blocks = edge_tables.op_blocks(convert.build_static_graph(arch, 16, 24)[0])
+            cycles, unattributed = edge_tables.block_cycles(per_layer, blocks)
+            return {"arch": arch, "epe": 0.0, "summary": summary, "cycles": cycles, "unattributed": unattributed}
 
-        table = export.make_latency_table([measure(a) for a in export.TABLE_ARCHS], target, 16, 24)
-        check = export.check_table(table, [measure(supernet.random_archs(1, 7)[0])])
+        table = edge_tables.make_latency_table([measure(a) for a in edge_tables.table_archs()], target, 16, 24)
+        check = edge_tables.check_table(table, [measure(supernet.random_archs(1, 7)[0])])
         assert table["unattributed_rows"] == 0 and check["max_abs_error_pct"] < 2.0
 
     @pytest.mark.slow
     def test_export_cli_writes_models_report_and_agreeing_flows(self, export_run):
-        assert export.main(["--output_dir", str(export_run), "--experiment_name", "whole", "--arch",
-                            supernet.format_arch(EXPORT_ARCH), "--repeats", "2", "--warmup", "1"]) == 0
+        result = subprocess.run([sys.executable, "export.py", "--output_dir", str(export_run), "--experiment_name",
+                                 "whole", "--arch", supernet.format_arch(EXPORT_ARCH), "--repeats", "2", "--warmup",
+                                 "1"], cwd=HERE, env=user_env(), capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr  # none of TF's
         folder = export_run / "whole" / "export_012012012"
         report = json.loads((folder / "export_report.json").read_text())
         agreement, vela = report["agreement"], report["vela"]
         assert report["graph_check"]["ok"] and report["input_size"] == [32, 48]
         assert report["data_source"] == "synthetic" and agreement["fp32_max_abs_diff"] < 1e-4
         assert agreement["epe_fp32"] == pytest.approx(agreement["epe_tf"], abs=1e-4)
-        # the static graph holds the statistics evaluate.py's recalibration gave: the same EPE as its scorer
-        assert agreement["epe_tf"] == pytest.approx(report["recalibration"]["epe_at_run_size"], rel=1e-4)
+        # the static graph holds the statistics evaluate.py's recalibration gives: the same EPE as its scorer
+        run = str(export_run / "whole")
+        cfg = config.run_config(run)
+        recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+        with scoring.restored_scorer(run, "best", 32, 48) as (sess, scorer, _):
+            alone = scoring.score_subnet(sess, scorer, EXPORT_ARCH, recal, val)
+        assert agreement["epe_tf"] == pytest.approx(alone["epe"], rel=1e-4)
         assert agreement["int8_epe_loss"] == pytest.approx(agreement["epe_int8"] - agreement["epe_tf"])
         assert report["sizes_bytes"]["int8"] < report["sizes_bytes"]["fp32"] / 3
         assert all(report["cpu"][f"{k}_{t}_ms"] > 0 for k in ("fp32", "int8") for t in ("1_thread", "all_threads"))
@@ -1556,7 +1689,7 @@ class TestExport:
         report = json.loads((folder / "export_report.json").read_text())
         assert report["input_size"] == [16, 24] and report["run_input_size"] == [32, 48]
         assert report["agreement"]["fp32_max_abs_diff"] < 1e-4
-        interpreter = export.tflite_predictor(str(folder / "model_int8.tflite")).interpreter
+        interpreter = convert.tflite_predictor(str(folder / "model_int8.tflite")).interpreter
         assert list(interpreter.get_input_details()[0]["shape"]) == [1, 16, 24, 6]
 
     @pytest.mark.slow
@@ -1578,8 +1711,275 @@ class TestExport:
     def test_vela_missing_from_the_environment(self, monkeypatch, tmp_path):
         monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
         monkeypatch.setenv("PATH", str(tmp_path))
-        with pytest.raises(export.ExportError, match="Vela not found"):
-            export.find_vela()
+        with pytest.raises(errors.CompileError, match="Vela not found"):
+            compiler.Vela()
+
+
+# ----------------------------------------------------------------------------- a hostile user
+
+def _fails_and_keeps(main, argv, capsys, folder, words):
+    """main(argv) exits 1 with one line holding `words`, and `folder` is byte for byte as it was."""
+    before = _folder_bytes(folder)
+    code, err = _run_main(main, argv, capsys)
+    assert code == 1 and len(err) == 1 and words in err[0], err
+    assert _folder_bytes(folder) == before
+
+
+class TestHostileInput:
+    @pytest.mark.slow
+    def test_damaged_search_parts_are_named_and_nothing_is_merged(self, search_run, capsys):
+        out, run_dir = search_run
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "0,0,0,0,0,0,0,0,0",
+                  "2,2,2,2,2,2,2,2,2"]
+        assert search.main(common) == 0
+        part = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), "")) / "part_1of1"
+        unit = sorted((part / "units").glob("unit_*.json"))[0]
+        good = json.loads(unit.read_text())
+        head = next(iter(good["rows"]))
+        for damaged, words in ((dict(good, rows=None), "field 'rows' missing"),
+                               ({k: v for k, v in good.items() if k != "rows"}, "field 'rows' missing"),
+                               (dict(good, rows={head: dict(good["rows"][head], epe="abc")}), "'epe' is 'abc'"),
+                               (dict(good, rows={head: dict(good["rows"][head], epe=float("nan"))}), "'epe' is nan"),
+                               ([good], "must hold a JSON object")):
+            unit.write_text(json.dumps(damaged))
+            _fails_and_keeps(search.main, common + ["--merge"], capsys, run_dir, f"search unit {unit}")
+        unit.write_text(json.dumps(good))
+        manifest = part / "manifest.json"
+        kept = manifest.read_text()
+        manifest.write_text(json.dumps([1, 2]))
+        _fails_and_keeps(search.main, common + ["--merge"], capsys, run_dir, f"manifest {manifest}: must hold a JSON")
+        manifest.write_text(kept)
+        for flags, words in ((["--max_gmacs", "-1"], "--max_gmacs -1.0 must be a positive number"),
+                             (["--max_gmacs", "nan"], "--max_gmacs nan must be a positive number"),
+                             (["--sample", "3", "--seed", "-1"], "--seed -1 must be >= 0")):
+            if flags[0] == "--sample":
+                _fails_and_keeps(search.main, common[:4] + flags, capsys, run_dir, words)
+            else:
+                with pytest.raises(SystemExit):
+                    search.main(common + flags)
+                assert words in capsys.readouterr().err
+
+    def test_bad_lists_and_tables_are_named(self, tmp_path, capsys):
+        (tmp_path / "latin1.txt").write_bytes("0,0,0,0,0,0,0,0,0 # caf\xe9\n".encode("latin-1"))
+        args = search.parse_args(["--archs_file", str(tmp_path / "latin1.txt")])
+        with pytest.raises(errors.SearchError, match=f"--archs_file {tmp_path / 'latin1.txt'}: not UTF-8"):
+            search_parts.select_archs(args)
+        for name, rows, words in (("latin1.csv", None, "not UTF-8"),
+                                  ("twice.csv", [("0,0,0,0,0,0,0,0,0", 1.0), ("0,0,0,0,0,0,0,0,0", 2.0)], "listed twice"),
+                                  ("flat.csv", [(supernet.format_arch(a), 1.0) for a in supernet.random_archs(4, 0)],
+                                   "the same EPE: there is no order")):
+            path = tmp_path / name
+            if rows is None:
+                path.write_bytes("arch,epe\n0,0,0,0,0,0,0,0,0,1.0 caf\xe9\n".encode("latin-1"))
+            else:
+                _write_scores(path, [(a, 1.0, e) for a, e in rows])
+            code, err = _run_main(rank.main, ["--compare", str(path), str(path)], capsys)
+            assert code == 1 and len(err) == 1 and str(path) in err[0] and words in err[0], err
+        table = {"format": edge_tables.TABLE_FORMAT, "space_version": supernet.SPACE.version, "accelerator_config": "a",
+                 "system_config": "s", "memory_mode": "m", "clock_hz": 1e6, "input_size": [32, 48], "fixed_cycles": 0,
+                 "block_cycles": {b: [0, 0, 0] for b in supernet.SPACE.blocks}}
+        (tmp_path / "zero.json").write_text(json.dumps(table))
+        with pytest.raises(errors.ExportError, match="every subnet would take 0 cycles"):
+            edge_tables.load_latency_table(str(tmp_path / "zero.json"))
+
+    @pytest.mark.slow
+    def test_runs_with_damaged_configs_and_reports_are_named(self, export_run, tmp_path, capsys):
+        broken = tmp_path / "broken"
+        shutil.copytree(export_run / "whole", broken)
+        cfg = json.loads((broken / "config.json").read_text())
+        (broken / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "input_h"}))
+        _fails_and_keeps(export.main, ["--output_dir", str(tmp_path), "--experiment_name", "broken", "--arch",
+                                       "0,0,0,0,0,0,0,0,0"], capsys, broken, f"{broken / 'config.json'}: key 'input_h'")
+        (broken / "config.json").write_text(json.dumps(dict(cfg, arch="0,1,2,0,1,2,0,1")))
+        _fails_and_keeps(evaluate.main, ["--output_dir", str(tmp_path), "--experiment_name", "broken"], capsys, broken,
+                         f"{broken / 'config.json'}: key 'arch': arch code '0,1,2,0,1,2,0,1' has 8 fields")
+        (broken / "config.json").write_text(json.dumps(cfg))
+        pool = next(broken.glob("eval_pool_*.json"))
+        pool.write_text(json.dumps({"archs": ["0,1,2,0,1,2,0,1,3"]}))
+        _fails_and_keeps(evaluate.main, ["--output_dir", str(tmp_path), "--experiment_name", "broken"], capsys, broken,
+                         f"{pool}: arch code '0,1,2,0,1,2,0,1,3': field 8 (H2Out)")
+        _fails_and_keeps(evaluate.main, ["--output_dir", str(tmp_path), "--experiment_name", "broken", "--arch",
+                                         "0,0,0,0,0,0,0,0,0", "--arch", "0,0,0,0,0,0,0,0,0"], capsys, broken,
+                         "--arch 0,0,0,0,0,0,0,0,0 is given more than once")
+        report = json.loads((broken / "train_report.json").read_text())
+        for damaged, words in (({k: v for k, v in report.items() if k != "data_source"}, "field 'data_source'"),
+                               ([report], "must hold a JSON object")):
+            (broken / "train_report.json").write_text(json.dumps(damaged))
+            _fails_and_keeps(rank.main, ["--supernet", str(export_run / "whole"), "--standalone", str(broken),
+                                         str(broken), str(broken)], capsys, broken,
+                             f"{broken / 'train_report.json'}")
+
+    @pytest.mark.slow
+    def test_an_export_is_whole_or_not_there(self, export_run, tmp_path, capsys):
+        run = export_run / "whole"
+        flags = ["--output_dir", str(export_run), "--experiment_name", "whole", "--arch", "0,0,0,0,0,0,0,0,0",
+                 "--repeats", "1", "--warmup", "0"]
+        fake = tmp_path / "vela"
+        fake.write_text("#!/bin/sh\necho 'vela 5.2.0'\n[ \"$1\" = --version ] && exit 0\necho 'Error: it broke' >&2\nexit 1\n")
+        fake.chmod(0o755)
+        stale = run / "export_000000000.tmp999999"
+        stale.mkdir()
+        for extra, words in ((["--system_config", "NoSuch"], "has no section [System_Config.NoSuch]"),
+                             (["--eval_batches", "-1"], "--eval_batches -1 is out of range"),
+                             (["--input_h", "4", "--input_w", "4"], "h=4 must be a multiple of 4 of at least 16"),
+                             (["--vela", str(fake)], "Vela failed on")):
+            code, err = _run_main(export.main, flags + extra, capsys)
+            assert code == 1 and len(err) == 1 and words in err[0], err
+            assert not (run / "export_000000000").exists()
+        assert not stale.exists()  # a killed export's temp folder: removed by the next export
+        (run / "export_000000000").write_text("in the way")
+        code, err = _run_main(export.main, flags, capsys)
+        assert code == 1 and "a file of that name is in the way" in err[0]
+        (run / "export_000000000").unlink()
+
+
+# ----------------------------------------------------------------------------- fit the board (deploy.py)
+
+class _CountingTool:
+    """A stand-in compiler: writes the files Vela would, counts its compiles, summary from the model's size."""
+    name = "vela"
+
+    def __init__(self):
+        self.compiles = 0
+
+    def version(self):
+        return "counting 1.0"
+
+    def compile(self, model_path, target, out_dir):
+        self.compiles += 1
+        os.makedirs(out_dir, exist_ok=True)
+        (pathlib.Path(out_dir) / "m_vela.tflite").write_bytes(pathlib.Path(model_path).read_bytes()[::-1])
+        size = os.path.getsize(model_path)
+        return {"sram_used_kib": size / 1024, "compiled_model": os.path.join(out_dir, "m_vela.tflite")}, [
+            {"Name": "supernet/E0_conv", "Op Cycles": str(size)}]
+
+
+class TestDeployPieces:
+    def test_targets_load_and_every_fault_is_named(self, tmp_path):
+        assert {"himax-we2", "ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256"} <= set(
+            compiler.preset_names())
+        himax = compiler.load_target("himax-we2")
+        assert himax.optimise == "Size" and himax.sram_kib == 1432 and os.path.isabs(himax.vela_ini)
+        good = {"name": "b", "accelerator_config": "ethos-u55-64", "system_config": "Ethos_U55_High_End_Embedded",
+                "memory_mode": "Shared_Sram", "optimise": "Size", "sram_kib": 500, "flash_kib": 4096}
+        (tmp_path / "ini.ini").write_text("[System_Config.Mine]\ncore_clock=1e8\n")
+        cases = [({k: v for k, v in good.items() if k != "flash_kib"}, "field 'flash_kib' is missing"),
+                 (dict(good, optimise="Fast"), "field 'optimise' must be one of Performance, Size"),
+                 (dict(good, sram_kib=-1), "field 'sram_kib' must be a positive number"),
+                 (dict(good, colour="red"), "unknown field 'colour'"),
+                 (dict(good, system_config="NoSuch"), "has no section [System_Config.NoSuch]"),
+                 (dict(good, system_config="Mine", vela_ini="ini.ini"), "ini.ini has no section [Memory_Mode.Shared_Sram]"),
+                 ([1, 2], "must hold a JSON object")]
+        for fields, words in cases:
+            (tmp_path / "t.json").write_text(json.dumps(fields))
+            with pytest.raises(errors.CompileError, match=re.escape(words)):
+                compiler.load_target(str(tmp_path / "t.json"))
+        with pytest.raises(errors.CompileError, match="no such target file or preset.*himax-we2"):
+            compiler.load_target("nosuch")
+        (tmp_path / "t.json").write_text(json.dumps(good))
+        assert compiler.load_target(str(tmp_path / "t.json")).sram_kib == 500
+
+    def test_sizes_keep_the_aspect_in_multiples_of_16_and_bad_sizes_are_named(self):
+        assert deployment.candidate_sizes((64, 96)) == [(64, 96), (48, 64), (32, 48)]
+        assert deployment.candidate_sizes((180, 240))[:3] == [(176, 224), (160, 208), (144, 192)]
+        assert all(h % 16 == 0 and w % 16 == 0 for h, w in deployment.candidate_sizes((436, 1024)))
+        assert deployment.parse_sizes("32x48, 48x64") == [(48, 64), (32, 48)]
+        for text, words in (("30x40", "h=30"), ("32by48", "not HxW"), ("32x48,32x48", "given twice"),
+                            ("8x8", "at least 16")):
+            with pytest.raises(errors.DeployError, match=words):
+                deployment.parse_sizes(text)
+
+    def test_the_compile_cache_compiles_a_model_once_and_keeps_figures_by_structure(self, tmp_path):
+        tool, target = _CountingTool(), compiler.Target("t", "ethos-u55-64", "S", "M")
+        cache = compiler.CompileCache(str(tmp_path / "cache"), tool)
+        model = tmp_path / "m.tflite"
+        model.write_bytes(b"model bytes" * 100)
+        structure = supernet.structure((0,) * 9, (32, 48))
+        assert cache.structure(structure, target) is None
+        first = cache.compile(str(model), target, str(tmp_path / "a"), structure)
+        again = cache.compile(str(model), target, str(tmp_path / "b"))
+        assert tool.compiles == 1 and first[1] == again[1] and (tmp_path / "b" / "m_vela.tflite").is_file()
+        assert again[0]["compiled_model"] == str(tmp_path / "b" / "m_vela.tflite")
+        assert cache.structure(structure, target)["per_layer"] == first[1]
+        assert cache.structure(supernet.structure((0,) * 9, (48, 64)), target) is None  # another size: not the same
+        model.write_bytes(b"other weights")  # other bytes of one structure: compiled, the figures replaced
+        cache.compile(str(model), target, str(tmp_path / "c"), structure)
+        assert tool.compiles == 2 and cache.structure(structure, target)["summary"]["sram_used_kib"] < 1
+        (entry,) = (tmp_path / "cache").glob("*.json")
+        entry.write_text(json.dumps(dict(json.loads(entry.read_text()), compiler="counting 0.9")))
+        with pytest.raises(errors.CompileError, match="made by counting 0.9, this is counting 1.0: remove it"):
+            cache.structure(structure, target)
+
+    def test_c_array_holds_the_bytes_aligned(self):
+        data = bytes(range(256)) * 3 + b"\x07"
+        source, header = firmware.c_array(data, "model_vela")
+        assert "alignas(16) const unsigned char model_vela[]" in source and f"model_vela_len = {len(data)};" in source
+        body = source[source.index("{") + 1:source.index("}")]
+        assert bytes(int(v, 16) for v in re.findall(r"0x([0-9a-f]{2})", body)) == data
+        assert "extern const unsigned char model_vela[];" in header and "extern const unsigned int model_vela_len;" in header
+
+
+
+
+def _deploy(export_run, target, *flags):
+    """deploy.py as a user types it on the exported tiny run at 32x48 (2 INT8 members, TFLM on 2 pairs)."""
+    return subprocess.run([sys.executable, str(HERE / "deploy.py"), "--output_dir", str(export_run),
+                           "--experiment_name", "whole", "--target", str(target), "--sizes", "32x48", "--int8_top", "2",
+                           "--tflm_samples", "2", *flags], capture_output=True, text=True, cwd=HERE, env=user_env())
+
+
+class TestDeploy:
+    @pytest.mark.slow
+    def test_deploy_fits_the_board_and_hands_firmware_what_it_needs(self, export_run, tmp_path):
+        board = {"name": "small", "accelerator_config": "ethos-u55-64", "system_config": "Ethos_U55_High_End_Embedded",
+                 "memory_mode": "Shared_Sram", "optimise": "Performance", "sram_kib": 140, "flash_kib": 16384}
+        (tmp_path / "none.json").write_text(json.dumps(dict(board, name="none", sram_kib=1)))
+        result = _deploy(export_run, tmp_path / "none.json")
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert re.match(r"error: nothing fits target none: the smallest SRAM among the sizes tried is [\d.]+ KiB at "
+                        r"32x48, the budget is 1 KiB", result.stderr) and not (export_run / "whole" / "deploy_none").exists()
+        (tmp_path / "small.json").write_text(json.dumps(board))
+        result = _deploy(export_run, tmp_path / "small.json")
+        assert result.returncode == 0, result.stderr
+        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr  # nothing of TF's
+        folder = export_run / "whole" / "deploy_small"
+        report = json.loads((folder / "deploy_report.json").read_text())
+        assert report["input_size"] == [32, 48] and report["cpu_ops"] == 0 and report["sram_kib"] <= 140
+        assert report["vela_version"] == "vela 5.2.0" and report["target"]["name"] == "small"
+        assert set(report["tflm"]) >= {"arena_bytes", "max_step_diff", "share_differing", "epe"}
+        assert report["tflm"]["vs_tflite_reference_kernels"]["max_step_diff"] == 0  # TFLM's arithmetic is TFLite's reference
+        assert f"--arch {report['arch']} --input_h 32 --input_w 48" in result.stdout
+        # an independent Vela run on the INT8 model written: within the budget
+        vela = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vela"), str(folder / "model_int8.tflite"),
+                               "--output-dir", str(tmp_path / "vela"), "--accelerator-config", "ethos-u55-64",
+                               "--system-config", "Ethos_U55_High_End_Embedded", "--memory-mode", "Shared_Sram",
+                               "--config", "Arm/vela.ini"], capture_output=True, text=True)
+        summary = next(csv.DictReader(open(next((tmp_path / "vela").glob("*_summary_*.csv")))))
+        assert vela.returncode == 0 and float(summary["sram_memory_used"]) <= 140
+        # TFLM run by hand on the reference input reproduces the reference output bit for bit
+        from tflite_micro import runtime
+        interpreter = runtime.Interpreter.from_file(str(folder / "model_int8.tflite"))
+        interpreter.set_input(np.load(folder / "reference_input.npy"), 0)
+        interpreter.invoke()
+        assert np.array_equal(interpreter.get_output(0), np.load(folder / "reference_output.npy"))
+        source = (folder / "model_vela.cc").read_text()
+        assert f"model_vela_len = {os.path.getsize(folder / 'vela' / 'model_int8_vela.tflite')};" in source
+        readme = (folder / "README.txt").read_text()
+        assert "Input: int8 [1, 32, 48, 6]" in readme and "Output: int8 [1, 32, 48, 2]" in readme and "flow = (q - (" in readme
+        # export.py's INT8 EPE of the choice at its size, on the same frames: the same number
+        assert export.main(["--output_dir", str(export_run), "--experiment_name", "whole", "--arch", report["arch"],
+                            "--repeats", "1", "--warmup", "0"]) == 0
+        exported = json.loads((export_run / "whole" / ("export_" + report["arch"].replace(",", ""))
+                               / "export_report.json").read_text())
+        assert exported["agreement"]["epe_int8"] == pytest.approx(report["epe_int8"], rel=1e-6)
+        # started again: the same report, and no compile repeated
+        cache = export_run / "compile_cache" / "models"
+        compiled = sorted(p.name for p in cache.iterdir())
+        assert _deploy(export_run, tmp_path / "small.json").returncode == 0
+        again = json.loads((folder / "deploy_report.json").read_text())
+        assert {k: v for k, v in again.items() if k not in ("seconds", "devices")} == {
+            k: v for k, v in report.items() if k not in ("seconds", "devices")}
+        assert sorted(p.name for p in cache.iterdir()) == compiled
 
 
 # ----------------------------------------------------------------------------- other datasets, full frames, flow pictures
@@ -1613,7 +2013,7 @@ def _write_sintel(root, scenes, size=(38, 50), seed=0):
         (root / "training" / "flow" / scene).mkdir(parents=True, exist_ok=True)
         for n in range(1, count):
             flow = rng.normal(0, 3, size + (2,)).astype(np.float32)
-            data_fc2.write_flo(str(root / "training" / "flow" / scene / f"frame_{n:04d}.flo"), flow)
+            flowio.write_flo(str(root / "training" / "flow" / scene / f"frame_{n:04d}.flo"), flow)
             written[(scene, n)] = (frames[n - 1], frames[n], flow)
     return written
 
@@ -1650,7 +2050,7 @@ def scoring_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("scoring_runs")
     run = out / "run"
     run.mkdir()
-    cfg = dict(train.read_config_file(train.DEFAULT_CONFIG), input_h=32, input_w=48, synthetic=True,
+    cfg = dict(config.read_config_file(config.DEFAULT_CONFIG), input_h=32, input_w=48, synthetic=True,
                synthetic_train_size=4, synthetic_val_size=4, batch_size=2, bn_recal_batches=1, eval_pool_size=3,
                experiment_name="run", output_dir=str(out))
     ckpt.write_json_atomic(str(run / "config.json"), cfg)
@@ -1659,7 +2059,7 @@ def scoring_run(tmp_path_factory):
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(3)
-        evaluate.build_scorer(tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 6]),
+        scoring.build_scorer(tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 6]),
                               tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 2]))
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
         init = tf.compat.v1.global_variables_initializer()
@@ -1676,14 +2076,14 @@ SCORED_ARCH = "0,1,2,0,1,2,0,1,2"
 class TestDatasetsAndPictures:
     def test_sintel_pairs_consecutive_frames_with_their_flow(self, tmp_path):
         written = _write_sintel(tmp_path, {"cave_2": 3, "alley_1": 2})
-        samples = data_fc2.list_sintel_samples(str(tmp_path), "clean")
+        samples = data_sintel_kitti.list_sintel_samples(str(tmp_path), "clean")
         scene_frames = [(pathlib.Path(s[0]).parent.name, pathlib.Path(s[0]).name, pathlib.Path(s[1]).name,
                          pathlib.Path(s[2]).relative_to(tmp_path).as_posix()) for s in samples]
         assert scene_frames == [
             ("alley_1", "frame_0001.png", "frame_0002.png", "training/flow/alley_1/frame_0001.flo"),
             ("cave_2", "frame_0001.png", "frame_0002.png", "training/flow/cave_2/frame_0001.flo"),
             ("cave_2", "frame_0002.png", "frame_0003.png", "training/flow/cave_2/frame_0002.flo")]
-        img0, img1, flow, valid = data_fc2.load_eval_sample(samples[2])
+        img0, img1, flow, valid = flowio.load_eval_sample(samples[2])
         for got, want in zip((img0, img1, flow), written[("cave_2", 2)]):
             np.testing.assert_array_equal(got, want)
         assert valid.shape == (38, 50) and valid.min() == 1
@@ -1695,7 +2095,7 @@ class TestDatasetsAndPictures:
         rgb[1, 2] = (40000, 20000, 0)                     # invalid: its flow does not count
         path = tmp_path / "000000_10.png"
         path.write_bytes(_png16_bytes(rgb))
-        flow, valid = data_fc2.read_kitti_flow(str(path))
+        flow, valid = flowio.read_kitti_flow(str(path))
         np.testing.assert_array_equal(valid, [[1, 1, 0], [0, 0, 0]])
         np.testing.assert_array_equal(flow[0, 0], [3.0, -0.5])
         np.testing.assert_array_equal(flow[0, 1], [-250.015625, 0.109375])
@@ -1703,7 +2103,7 @@ class TestDatasetsAndPictures:
 
     def test_eval_batches_group_sizes_and_read_inside_a_session(self, tmp_path):
         truth = _write_kitti(tmp_path, [(37, 50), (32, 44), (38, 49), (40, 52)])
-        batches = data_fc2.EvalBatches(data_fc2.list_kitti_samples(str(tmp_path)), batch_size=2)
+        batches = data_sintel_kitti.EvalBatches(data_sintel_kitti.list_kitti_samples(str(tmp_path)), batch_size=2)
         assert [pathlib.Path(s[0]).name[:6] for s in batches.samples] == ["000000", "000002", "000003", "000001"]
         assert batches.batch_sizes == [(40, 52), (40, 52), (32, 44)] and len(batches) == 3
         assert batches.frame_sizes == [(37, 50), (38, 49), (40, 52), (32, 44)]
@@ -1713,14 +2113,14 @@ class TestDatasetsAndPictures:
         assert images.shape == (2, 40, 52, 6) and valid.dtype == np.float32 and last[1].shape == (1, 32, 44, 2)
         np.testing.assert_array_equal(flows[1, :38, :49], truth["000002_10"][0])
         np.testing.assert_array_equal(valid[1, :38, :49], truth["000002_10"][1])
-        assert data_fc2.EvalBatches(batches.samples, batch_size=2, limit=1).samples == batches.samples[:2]
+        assert data_sintel_kitti.EvalBatches(batches.samples, batch_size=2, limit=1).samples == batches.samples[:2]
 
     def test_damaged_png_is_an_error_naming_the_file(self, tmp_path):
         path = tmp_path / "frame_0001.png"
         _write_png8(path, np.full((8, 8, 3), 7, np.uint8))
         path.write_bytes(path.read_bytes()[:40])
-        with pytest.raises(data_fc2.DataError, match="frame_0001.png: cannot decode PNG"):
-            data_fc2.read_png_rgb(str(path))
+        with pytest.raises(errors.DataError, match="frame_0001.png: cannot decode PNG"):
+            flowio.read_png_rgb(str(path))
 
     def test_masked_epe_fl_all_and_zero_flow_against_a_hand_computation(self):
         gt = np.zeros((1, 2, 2, 2), np.float32)
@@ -1732,28 +2132,28 @@ class TestDatasetsAndPictures:
         valid = np.array([[[1, 1], [1, 0]]], np.float32)
         graph = tf.Graph()
         with graph.as_default():
-            sums = evaluate.flow_metric_sums(tf.constant(pred), tf.constant(gt), tf.constant(valid))
+            sums = metrics.flow_metric_sums(tf.constant(pred), tf.constant(gt), tf.constant(valid))
         with tf.compat.v1.Session(graph=graph) as sess:
-            metrics = evaluate.metrics_from_sums({k: float(v) for k, v in sess.run(sums).items()})
-        assert metrics["epe"] == pytest.approx((4 + 4 + 1) / 3, rel=1e-6)
-        assert metrics["fl_all"] == pytest.approx(1 / 3) and metrics["px1"] == 0
-        assert metrics["px3"] == pytest.approx(1 / 3) and metrics["px5"] == 1
-        assert evaluate.zero_flow_epe([(None, gt, valid)]) == pytest.approx((10 + 100 + 0) / 3)
-        assert evaluate.zero_flow_epe([(None, gt)]) == pytest.approx((10 + 100 + 0 + 5) / 4)
+            result = metrics.metrics_from_sums(metrics.add_sums({}, sess.run(sums)))
+        assert result["epe"] == pytest.approx((4 + 4 + 1) / 3, rel=1e-6)
+        assert result["fl_all"] == pytest.approx(1 / 3) and result["px1"] == 0
+        assert result["px3"] == pytest.approx(1 / 3) and result["px5"] == 1
+        assert metrics.zero_flow_epe([(None, gt, valid)]) == pytest.approx((10 + 100 + 0) / 3)
+        assert metrics.zero_flow_epe([(None, gt)]) == pytest.approx((10 + 100 + 0 + 5) / 4)
 
     def test_padding_does_not_change_the_metrics_of_a_zero_prediction(self):
         rng = np.random.default_rng(4)
         img0, img1 = (rng.integers(0, 256, (37, 50, 3), dtype=np.uint8) for _ in range(2))
         flow = rng.normal(0, 4, (37, 50, 2)).astype(np.float32)
         valid = (rng.random((37, 50)) < 0.7).astype(np.float32)
-        images, flow_p, valid_p = data_fc2.pad_sample(img0, img1, flow, valid)
+        images, flow_p, valid_p = data_sintel_kitti.pad_sample(img0, img1, flow, valid)
         assert images.shape == (40, 52, 6) and flow_p.shape == (40, 52, 2) and valid_p.shape == (40, 52)
         assert not valid_p[37:].any() and not valid_p[:, 50:].any() and (flow_p[:37, :50] == flow).all()
         np.testing.assert_array_equal(images[39, 51, :3], img0[36, 49] / np.float32(127.5) - 1)  # edge replicated
         graph = tf.Graph()
         with graph.as_default():
-            padded = evaluate.flow_metric_sums(tf.zeros([1, 40, 52, 2]), tf.constant(flow_p[None]), tf.constant(valid_p[None]))
-            plain = evaluate.flow_metric_sums(tf.zeros([1, 37, 50, 2]), tf.constant(flow[None]), tf.constant(valid[None]))
+            padded = metrics.flow_metric_sums(tf.zeros([1, 40, 52, 2]), tf.constant(flow_p[None]), tf.constant(valid_p[None]))
+            plain = metrics.flow_metric_sums(tf.zeros([1, 37, 50, 2]), tf.constant(flow[None]), tf.constant(valid[None]))
         with tf.compat.v1.Session(graph=graph) as sess:
             padded, plain = sess.run([padded, plain])
         for key in plain:
@@ -1761,33 +2161,39 @@ class TestDatasetsAndPictures:
         assert padded["epe"] / padded["pixels"] == pytest.approx(_hand_metrics([(0 * flow, flow, valid)])["epe"], rel=1e-5)
 
     def test_colour_wheel_against_its_defining_colours(self):
-        wheel = evaluate.make_colorwheel()
+        wheel = flowviz.make_colorwheel()
         assert wheel.shape == (55, 3)  # RY 15, YG 6, GC 4, CB 11, BM 13, MR 6 (Baker et al.)
         defining = {0: (255, 0, 0), 15: (255, 255, 0), 21: (0, 255, 0), 25: (0, 255, 255), 36: (0, 0, 255),
                     49: (255, 0, 255)}
         for row, colour in defining.items():
             assert tuple(wheel[row]) == colour, row
         flows = np.array([[[1, 0], [-1, 0], [0, -1], [0, 1], [0, 0]]], np.float32)  # right, left, up, down, still
-        colours = evaluate.flow_to_color(flows, max_radius=1.0)[0].astype(int)
+        colours = flowviz.flow_to_color(flows, max_radius=1.0)[0].astype(int)
         assert tuple(colours[0]) == (255, 0, 0)                                     # right: red
         assert tuple(colours[1]) == (0, 255 - int(255 * 2 / 11), 255)                # left: row 27, cyan-blue
         np.testing.assert_allclose(colours[2], ((78 + 98) / 2, 0, 255), atol=1)     # up: rows 40/41, blue-violet
         np.testing.assert_allclose(colours[3], (255, (221 + 238) / 2, 0), atol=1)   # down: rows 13/14, yellow
         assert tuple(colours[4]) == (255, 255, 255)                                 # no motion: white
-        half = evaluate.flow_to_color(flows * 0.5, max_radius=1.0)[0].astype(int)   # half length: half saturation
+        half = flowviz.flow_to_color(flows * 0.5, max_radius=1.0)[0].astype(int)   # half length: half saturation
         np.testing.assert_allclose(half[0], (255, 127, 127), atol=1)
-        dark = evaluate.flow_to_color(flows * 2, max_radius=1.0)[0].astype(int)     # beyond the radius: 75 %
+        dark = flowviz.flow_to_color(flows * 2, max_radius=1.0)[0].astype(int)     # beyond the radius: 75 %
         np.testing.assert_allclose(dark[0], (191, 0, 0), atol=1)
 
     def test_checkpoint_input_size_is_refused_only_when_asked(self):
         meta = {"search_space": ckpt.search_space_signature(32, 48)}
         ckpt.check_compatible(meta, None, None, "x")  # scoring: any size
-        with pytest.raises(ckpt.CheckpointError, match="input_size"):
+        with pytest.raises(errors.CheckpointError, match="input_size"):
             ckpt.check_compatible(meta, 64, 48, "x")  # resuming training: the same size
-        other = {"search_space": dict(meta["search_space"], kernel_sizes=[3, 5, 9])}
+        other = {"search_space": dict(meta["search_space"], version="9blocks-0123456789ab")}
+        # made before versions: read by blocks, options and kernels
+        legacy = {"search_space": {"blocks": list(supernet.SPACE.blocks), "num_options": 3, "kernel_sizes": [3, 5, 7],
+                                   "input_size": [32, 48]}}
+        ckpt.check_compatible(legacy, 32, 48, "x")
+        legacy_other = {"search_space": dict(legacy["search_space"], kernel_sizes=[3, 5, 9])}
         for size in ((None, None), (32, 48)):
-            with pytest.raises(ckpt.CheckpointError, match="kernel_sizes"):
-                ckpt.check_compatible(other, *size, "x")
+            for theirs in (other, legacy_other):
+                with pytest.raises(errors.CheckpointError, match="search space .* this code has"):
+                    ckpt.check_compatible(theirs, *size, "x")
 
     @pytest.mark.slow
     def test_sintel_full_frames_scored_at_a_size_that_is_not_the_training_size(self, scoring_run, tmp_path):
@@ -1802,7 +2208,7 @@ class TestDatasetsAndPictures:
         assert summary["input_sizes"] == [[40, 52]] and summary["frame_sizes"] == [[38, 50]]
         assert summary["recal_input_size"] == [32, 48] and summary["recal_data_source"] == "synthetic"
         assert not summary["archs_are_eval_pool"] and "coverage_ok" not in summary
-        saved = {key: data_fc2.read_flo(str(tmp_path / "pred" / "012012012" / key[0] / f"frame_{key[1]:04d}.flo"))
+        saved = {key: flowio.read_flo(str(tmp_path / "pred" / "012012012" / key[0] / f"frame_{key[1]:04d}.flo"))
                  for key in written}
         assert all(s.shape == (38, 50, 2) for s in saved.values())  # the padding removed
         hand = _hand_metrics([(saved[k], written[k][2], np.ones((38, 50))) for k in written])
@@ -1828,7 +2234,7 @@ class TestDatasetsAndPictures:
             json.loads((run / "supernet_eval_result_best_kitti.json").read_text()))
         assert summary["input_sizes"] == [[32, 44], [40, 52]] and summary["val_samples"] == 3
         assert summary["dataset"] == "kitti" and summary["data_source"] == "kitti"
-        saved = {name: data_fc2.read_flo(str(tmp_path / "pred" / "012012012" / f"{name}.flo")) for name in truth}
+        saved = {name: flowio.read_flo(str(tmp_path / "pred" / "012012012" / f"{name}.flo")) for name in truth}
         hand = _hand_metrics([(saved[n], *truth[n]) for n in truth])
         for key, value in hand.items():
             assert rows[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
@@ -1841,8 +2247,8 @@ class TestDatasetsAndPictures:
         run = scoring_run / "run"
         cfg = json.loads((run / "config.json").read_text())
         pool = json.loads((run / "eval_pool_3.json").read_text())["archs"]
-        assert evaluate.chosen_archs(type("Args", (), {"arch": list(reversed(pool))}), str(run), cfg)[1]
-        assert not evaluate.chosen_archs(type("Args", (), {"arch": pool[:2]}), str(run), cfg)[1]
+        assert runs.chosen_archs(type("Args", (), {"arch": list(reversed(pool))}), str(run), cfg)[1]
+        assert not runs.chosen_archs(type("Args", (), {"arch": pool[:2]}), str(run), cfg)[1]
 
     @pytest.mark.slow
     @pytest.mark.parametrize("case", ["missing_flow", "kitti_8_bit", "kitti_wrong_size"])
@@ -1871,8 +2277,8 @@ class TestDatasetsAndPictures:
             evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "chairs"])
         assert exit_info.value.code == 2 and "invalid choice: 'chairs'" in capsys.readouterr().err
         args = type("Args", (), {"dataset": "chairs", "base_path": None, "sintel_pass": "final"})
-        with pytest.raises(data_fc2.DataError, match="--dataset 'chairs'"):
-            evaluate.dataset_batches({}, args)
+        with pytest.raises(errors.DataError, match="--dataset 'chairs'"):
+            batches.dataset_batches({}, args)
 
     def test_tensorboard_flow_panel_of_the_best_arch(self, tmp_path):
         rng = np.random.default_rng(2)
@@ -1880,10 +2286,10 @@ class TestDatasetsAndPictures:
         batch = (rng.uniform(-1, 1, (1, 16, 24, 6)).astype(np.float32), flows)
         result = {"archs": [{"arch": "0,0,0,0,0,0,0,0,0", "epe": 2.0}, {"arch": "1,1,1,1,1,1,1,1,1", "epe": 1.0}],
                   "first_predictions": {"0,0,0,0,0,0,0,0,0": flows[0] * 0, "1,1,1,1,1,1,1,1,1": flows[0]}}
-        png, height, width = evaluate.best_arch_panel(result, [batch])
+        png, height, width = flowviz.best_arch_panel(result, [batch])
         with tf.Graph().as_default():
             writer = tf.compat.v1.summary.FileWriter(str(tmp_path))
-            train.write_image(writer, 7, "eval/flow_best_arch", png, height, width)
+            run_files.write_image(writer, 7, "eval/flow_best_arch", png, height, width)
             writer.close()
         events = [e for f in tmp_path.iterdir() for e in tf.compat.v1.train.summary_iterator(str(f))]
         images = [(e.step, v) for e in events for v in e.summary.value if v.tag == "eval/flow_best_arch"]
@@ -1929,18 +2335,18 @@ class TestStandaloneAndRank:
         # 1 tied in x only, 1 tied in y only: tau-b = (7 - 1) / sqrt((10 - 1) (10 - 1)) = 2/3.
         # Average ranks x 1, 2.5, 2.5, 4, 5 and y 2, 1, 3.5, 3.5, 5: rho = 7.25 / 9.5.
         x, y = [1.0, 2.0, 2.0, 3.0, 5.0], [2.0, 1.0, 3.0, 3.0, 4.0]
-        tau, rho = rank.rank_correlations(x, y)
+        tau, rho = ranking.rank_correlations(x, y)
         assert tau == pytest.approx(2 / 3, abs=1e-12) and rho == pytest.approx(7.25 / 9.5, abs=1e-12)
-        assert list(rank.ranks(x)) == [1, 2.5, 2.5, 4, 5]
-        assert rank.top_k_overlap(x, y) == {1: 0.0, 3: 1.0}
+        assert list(ranking.ranks(x)) == [1, 2.5, 2.5, 4, 5]
+        assert ranking.top_k_overlap(x, y) == {1: 0.0, 3: 1.0}
 
     def test_bootstrap_is_seeded_and_contains_the_estimate(self):
         rng = np.random.default_rng(3)
         x = rng.normal(size=12)
         y = x + rng.normal(scale=0.7, size=12)
-        tau, rho = rank.rank_correlations(x, y)
-        first, again = rank.bootstrap_intervals(x, y, 300, seed=5), rank.bootstrap_intervals(x, y, 300, seed=5)
-        assert first == again and first != rank.bootstrap_intervals(x, y, 300, seed=6)
+        tau, rho = ranking.rank_correlations(x, y)
+        first, again = ranking.bootstrap_intervals(x, y, 300, seed=5), ranking.bootstrap_intervals(x, y, 300, seed=5)
+        assert first == again and first != ranking.bootstrap_intervals(x, y, 300, seed=6)
         assert first["tau_ci95"][0] <= tau <= first["tau_ci95"][1]
         assert first["rho_ci95"][0] <= rho <= first["rho_ci95"][1]
         assert first["tau_ci95"][1] - first["tau_ci95"][0] > 0.05  # 12 noisy archs: not a point
@@ -1948,13 +2354,13 @@ class TestStandaloneAndRank:
     def test_noise_floor_figures_against_numpy(self):
         per_batch = [[1.0, 1.2, 0.8, 1.0], [2.0, 2.1, 1.9, 2.0], [1.05, 1.1, 0.9, 1.3]]
         sizes = [2, 2, 2, 1]
-        assert rank.batch_weighted_epe(per_batch[0], sizes) == pytest.approx((2 + 2.4 + 1.6 + 1.0) / 7)
+        assert ranking.batch_weighted_epe(per_batch[0], sizes) == pytest.approx((2 + 2.4 + 1.6 + 1.0) / 7)
         # halves: batches 0-1 give 1.1, 2.05, 1.075 (order 2 < 0 < 1), batches 2-3 give 0.867, 1.933,
         # 1.033 (order 0 < 2 < 1): pairs (0,1) and (1,2) agree, (0,2) does not, tau = (2 - 1) / 3
-        assert rank.half_split_tau(per_batch, sizes) == pytest.approx(1 / 3)
+        assert ranking.half_split_tau(per_batch, sizes) == pytest.approx(1 / 3)
         # pairs (0,1) and (1,2) differ by about 1 px with a standard error below 0.1; pair (0,2) by
         # -0.057 (differences -0.05 0.1 -0.1 -0.3) with a standard error of 0.083: not resolved
-        assert rank.resolvable_pairs(per_batch, sizes) == pytest.approx(2 / 3)
+        assert ranking.resolvable_pairs(per_batch, sizes) == pytest.approx(2 / 3)
 
     def test_compare_two_search_results_on_their_shared_archs(self, tmp_path, capsys):
         a = _write_scores(tmp_path / "a.csv", [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,1,1,1,1,1,1,1,1", 0.2, 2.0),
@@ -1962,7 +2368,7 @@ class TestStandaloneAndRank:
                                                ("2,1,0,2,1,0,2,1,0", 0.2, 9.0)])
         b = _write_scores(tmp_path / "b.csv", [("2,2,2,2,2,2,2,2,2", 0.3, 2.5), ("0,1,2,0,1,2,0,1,2", 0.2, 2.0),
                                                ("1,1,1,1,1,1,1,1,1", 0.2, 1.0), ("0,0,0,0,0,0,0,0,0", 0.1, 3.0)])
-        result = rank.compare_scores(a, b)
+        result = ranking.compare_scores(a, b)
         # shared, in a's order 000 111 222 012: a = 3 2 2 1, b = 3 1 2.5 2. Pairs: (000,111) C, (000,222) C,
         # (000,012) C, (111,222) a tied, (111,012) D, (222,012) C: tau-b = (4 - 1) / sqrt(5 * 6)
         assert result["shared_archs"] == 4 and result["only_a"] == 1 and result["only_b"] == 0
@@ -1981,13 +2387,17 @@ class TestStandaloneAndRank:
             err = capsys.readouterr().err
             assert err.startswith("error: ") and named in err and err.count("\n") == 1
 
-    def test_chosen_archs_spread_gmacs(self):
-        archs = rank.choose_archs(9, 0, 32, 48)
-        assert archs == rank.choose_archs(9, 0, 32, 48) and len(set(archs)) == 9
-        gmacs = sorted(supernet.count_macs(a, 32, 48) for a in archs)
-        everything = [supernet.count_macs(supernet.index_to_arch(i), 32, 48) for i in range(supernet.NUM_ARCHS)]
-        even = (max(everything) - min(everything)) / 8
-        assert max(np.diff(gmacs)) < 1.5 * even and gmacs[-1] - gmacs[0] > 7 * even
+    def test_chosen_archs_spread_over_depth_and_kernels_separately(self):
+        archs = ranking.choose_archs(12, 0)
+        assert archs == ranking.choose_archs(12, 0) and len(set(archs)) == 12
+        assert (0,) * 9 in archs and (2,) * 9 in archs  # the corners
+        depth = [np.mean(a[:4]) / 2 for a in archs]  # EB0..DB1 choose ResBlocks, the other five kernels
+        kernel = [np.mean(a[4:]) / 2 for a in archs]
+        assert np.allclose(ranking.choice_scores(archs), np.stack([depth, kernel], 1))
+        for scores, levels in ((depth, 4), (kernel, 3)):  # each spans its range at its grid's levels
+            assert min(scores) == 0 and max(scores) == 1 and len(set(scores)) == levels
+        # the two are not tied to each other (as they would be along GMACs alone)
+        assert abs(np.corrcoef(depth, kernel)[0, 1]) < 0.3
 
     @pytest.mark.slow
     def test_standalone_run_inherits_resumes_and_evaluates(self, rank_study, tmp_path, capsys):
@@ -2054,22 +2464,22 @@ class TestStandaloneAndRank:
     @pytest.mark.slow
     def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
         out, report = rank_study
-        runs = [r["run"] for r in report["archs"]]
+        alone = [r["run"] for r in report["archs"]]
         other_size, other_source = tmp_path / "other_size", tmp_path / "other_source"
         for copy, name, changes in ((other_size, "config.json", {"input_h": 48}),
                                     (other_source, "train_report.json", {"data_source": "fc2"})):
-            subprocess.run(["cp", "-r", runs[0], str(copy)], check=True)
+            subprocess.run(["cp", "-r", alone[0], str(copy)], check=True)
             ckpt.write_json_atomic(str(copy / name), dict(json.loads((copy / name).read_text()), **changes))
         sup = str(out / "sup")
-        cases = [(runs[:2], "at least 3"), (runs[:2] + [sup], "not a standalone run"),
-                 (runs[:2] + [str(other_size)], "input_h 48"), (runs[:2] + [str(other_source)], "data source fc2"),
-                 (runs[:2] + [runs[0]], "one run per arch")]
+        cases = [(alone[:2], "at least 3"), (alone[:2] + [sup], "not a standalone run"),
+                 (alone[:2] + [str(other_size)], "input_h 48"), (alone[:2] + [str(other_source)], "data source fc2"),
+                 (alone[:2] + [alone[0]], "one run per arch")]
         capsys.readouterr()
         for given, named in cases:
             assert rank.main(["--supernet", sup, "--standalone"] + given) == 1
             err = capsys.readouterr().err
             assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
-        assert rank.main(["--supernet", runs[0], "--standalone"] + runs) == 1
+        assert rank.main(["--supernet", alone[0], "--standalone"] + alone) == 1
         assert "not a supernet" in capsys.readouterr().err
 
 
@@ -2088,8 +2498,8 @@ class TestOneWriter:
         assert not list(tmp_path.iterdir())
 
     @pytest.mark.slow
-    def test_a_second_writer_is_refused_naming_the_holder(self, runs, capsys):
-        out = runs
+    def test_a_second_writer_is_refused_naming_the_holder(self, tiny_runs, capsys):
+        out = tiny_runs
         run = out / "whole"
         before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
         with ckpt.writer_lock(str(run), "run"):
@@ -2105,7 +2515,7 @@ class TestOneWriter:
                                    "with ckpt.writer_lock(sys.argv[2], 'run'):\n print('held', flush=True); time.sleep(60)",
                                    str(HERE), str(tmp_path)], stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ckpt.CheckpointError, match=f"PID {holder.pid}"):
+        with pytest.raises(errors.CheckpointError, match=f"PID {holder.pid}"):
             with ckpt.writer_lock(str(tmp_path), "run"):
                 pass
         holder.kill()
@@ -2160,41 +2570,39 @@ class TestDependableRuns:
         assert _folder_bytes(run) == before
         assert not list(run.rglob("*.tmp*")) and not list(run.rglob("*tempstate*"))
 
-    def _broken_tree(self, fc2_tree, tmp_path, damage):
-        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
-        samples = data_fc2.list_samples(tree, "train", "lists")
-        for sample in samples:
-            damage(sample)
-        return tree, samples
-
     @pytest.mark.slow
-    def test_a_png_body_damaged_at_run_time_names_the_file(self, dependable, fc2_tree, tmp_path, capsys):
-        def damage(sample):  # header and IEND intact, so only decoding finds it
+    @pytest.mark.parametrize("fault", ["png body", "nan flow"])
+    def test_a_fault_met_in_training_names_the_file(self, tmp_path, fault):
+        """train.py as a user types it, on a 20-sample FC2 tree whose 6th training sample is damaged
+        where only reading it whole finds it: one line naming the file, exit 1, no run folder left."""
+        root = str(tmp_path / "fc2")
+        data_fc2.write_synthetic_fc2(root, 20, seed=5, h=H, w=W, val_fraction=0.2)
+        sample = data_fc2.list_samples(root, "train", "lists")[5]
+        if fault == "png body":  # header and IEND intact: the up-front check passes, decoding fails
             raw = bytearray(pathlib.Path(sample[1]).read_bytes())
             raw[40:-12] = bytes(len(raw) - 52)
             pathlib.Path(sample[1]).write_bytes(bytes(raw))
-        tree, samples = self._broken_tree(fc2_tree, tmp_path, damage)
-        self._resume_fails(self._copy_run(dependable, tmp_path), capsys, [os.path.join(tree, "FlyingChairs2"),
-                                                                          "-img_1.png: cannot decode PNG"],
-                           "--base_path", tree)
-
-    @pytest.mark.slow
-    def test_nan_in_a_training_flow_names_the_file(self, dependable, fc2_tree, tmp_path, capsys):
-        def damage(sample):
-            flow = data_fc2.read_flo(sample[2])
+        else:
+            flow = flowio.read_flo(sample[2])
             flow[3, 4, 0] = np.nan
-            data_fc2.write_flo(sample[2], flow)
-        tree, _ = self._broken_tree(fc2_tree, tmp_path, damage)
-        self._resume_fails(self._copy_run(dependable, tmp_path), capsys,
-                           ["-flow_01.flo: flow holds 1 non-finite values"], "--base_path", tree)
+            flowio.write_flo(sample[2], flow)
+        result = subprocess.run([sys.executable, str(HERE / "train.py"), "--base_path", root, "--output_dir",
+                                 str(tmp_path / "out"), "--experiment_name", "faulty", "--input_h", "24", "--input_w",
+                                 "32", "--batch_size", "2", "--num_epochs", "1", "--eval_pool_size", "3",
+                                 "--bn_recal_batches", "1", "--eval_batches", "1", "--seed", "4"],
+                                capture_output=True, text=True, cwd=HERE, env=user_env())
+        words = (f"{sample[1]}: cannot decode PNG" if fault == "png body" else
+                 f"{sample[2]}: flow holds 1 non-finite values")
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+        assert not (tmp_path / "out" / "faulty").exists()
 
     @pytest.mark.slow
     def test_nan_in_a_validation_flow_is_refused_before_any_metric(self, dependable, fc2_tree, tmp_path, capsys):
         tree = _copy_tree(fc2_tree, tmp_path / "fc2")
         val = data_fc2.list_samples(tree, "val", "lists")[1]
-        flow = data_fc2.read_flo(val[2])
+        flow = flowio.read_flo(val[2])
         flow[0, 0, 1] = np.inf
-        data_fc2.write_flo(val[2], flow)
+        flowio.write_flo(val[2], flow)
         self._resume_fails(self._copy_run(dependable, tmp_path), capsys, [f"{val[2]}: flow holds 1 non-finite"],
                            "--base_path", tree)
 
@@ -2262,8 +2670,8 @@ class TestDependableRuns:
     def test_a_failed_fresh_run_leaves_no_folder(self, fc2_tree, tmp_path, capsys):
         tree = _copy_tree(fc2_tree, tmp_path / "fc2")
         val = data_fc2.list_samples(tree, "val", "lists")[0]
-        flow = data_fc2.read_flo(val[2])
-        data_fc2.write_flo(val[2], np.full_like(flow, np.nan))
+        flow = flowio.read_flo(val[2])
+        flowio.write_flo(val[2], np.full_like(flow, np.nan))
         code, err = _run_main(train.main, DEPENDABLE_FLAGS + ["--base_path", tree, "--output_dir",
                                                               str(tmp_path / "out"), "--experiment_name", "r"], capsys)
         assert code == 1 and len(err) == 1 and "non-finite" in err[0]
@@ -2297,7 +2705,7 @@ class TestDependableRuns:
         tree = _copy_tree(fc2_tree, tmp_path / "fc2")
         assert "(lists layout: FC2_dirnames.txt found)" in data_fc2.open_data(_cfg(base_path=tree))["reason"]
         os.remove(os.path.join(tree, data_fc2.DIRNAMES_FILE))
-        with pytest.raises(data_fc2.DataError, match=r"FC2_dirnames.txt: missing, but FC2_train.txt is there"):
+        with pytest.raises(errors.DataError, match=r"FC2_dirnames.txt: missing, but FC2_train.txt is there"):
             data_fc2.open_data(_cfg(base_path=tree))
         assert "(folders layout: data_layout)" in data_fc2.open_data(_cfg(base_path=tree, data_layout="folders"))["reason"]
 
@@ -2306,13 +2714,13 @@ class TestDependableRuns:
         test_list = pathlib.Path(tree) / data_fc2.SPLIT_LIST_FILES["val"]
         first_train = (pathlib.Path(tree) / data_fc2.SPLIT_LIST_FILES["train"]).read_text().split()[0]
         test_list.write_text(test_list.read_text() + first_train + "\n")
-        with pytest.raises(data_fc2.DataError, match="in both the train and the val split"):
+        with pytest.raises(errors.DataError, match="in both the train and the val split"):
             data_fc2.check_dataset(tree, "lists")
         tree = _copy_tree(fc2_tree, tmp_path / "fc2b")
         img = data_fc2.list_samples(tree, "train", "lists")[2][0]
         grey = tf.io.encode_png(tf.constant(np.zeros((H, W, 1), np.uint8))).numpy()
         pathlib.Path(img).write_bytes(grey)
-        with pytest.raises(data_fc2.DataError, match=f"{img}: grayscale PNG"):
+        with pytest.raises(errors.DataError, match=f"{img}: grayscale PNG"):
             data_fc2.check_dataset(tree, "lists")
 
     def test_check_names_a_truncated_flo_and_a_png_cut_in_half(self, fc2_tree, tmp_path, capsys):
@@ -2402,10 +2810,15 @@ def fake_nvidia_smi(directory, gpus):
     return directory
 
 
+def user_env():
+    """os.environ without the settings a caller may have given (log level, GPU, make's flags): what
+    a command typed by a user sees (importing devices here set the log level for this process)."""
+    return {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV_KEYS}
+
+
 def env_with_path_first(directory, **extra):
-    """os.environ without the settings a caller may have given (log level, GPU, make's flags), with
-    `directory` first on PATH and `extra` added."""
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV_KEYS}
+    """user_env() with `directory` first on PATH and `extra` added."""
+    env = user_env()
     env["PATH"] = f"{directory}{os.pathsep}{env['PATH']}"
     env.update(extra)
     return env
@@ -2431,10 +2844,10 @@ import json, sys
 import numpy as np
 import devices
 import tensorflow as tf
-import fair, train
+import fair, train_graph
 
 cfg = json.load(open(sys.argv[1]))
-hardware = devices.report(3, log=None)
+hardware = devices.report(3, log=None, paths=fair.paths_per_cycle())
 # Graph rewrites cost most of a first run and are not what this compares (placement is the placer's).
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 rng = np.random.default_rng(0)
@@ -2448,7 +2861,7 @@ for name, placement in (("one", None), ("three", hardware["path_devices"])):
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
         flows = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
-        step = train.build_train_step(cfg, images, flows, 10, placement)
+        step = train_graph.build_train_step(cfg, images, flows, 10, placement)
         trainable = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
         init = tf.compat.v1.global_variables_initializer()
     with tf.compat.v1.Session(graph=graph) as sess:
@@ -2525,24 +2938,24 @@ class TestDevices:
         assert f"no GPU visible: {threads} CPU threads" in info["summary"] and "nvidia-smi" not in info["summary"]
         json.dumps(info)  # goes into JSON outputs as it is
         monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'one', [FAKE_GPU])}{os.pathsep}{os.environ['PATH']}")
-        with pytest.raises(devices.DeviceError, match=r"nvidia-smi lists 1 GPU \(NVIDIA H100 80GB HBM3\) but "
+        with pytest.raises(errors.DeviceError, match=r"nvidia-smi lists 1 GPU \(NVIDIA H100 80GB HBM3\) but "
                                                       r"TensorFlow sees none.*make venv GPU=1.*--allow_cpu"):
             devices.report(allow_cpu=False, log=None)
         info = devices.report(log=None)
         assert info["unusable_gpus"] and "no GPU visible" in info["summary"] and "make venv GPU=1" in info["summary"]
-        with pytest.raises(devices.DeviceError, match="between 1 and 3"):
-            devices.report(4, log=None)
+        with pytest.raises(errors.DeviceError, match="between 1 and 3"):  # one device per path at most
+            devices.report(4, log=None, paths=fair.paths_per_cycle())
 
     @pytest.mark.slow
     def test_train_says_the_device_once_quietly_and_stops_where_a_gpu_goes_unused(self, tmp_path):
         missing = str(tmp_path / "no_fc2_here")
         command = [sys.executable, "train.py", "--base_path", missing, "--output_dir", str(tmp_path)]
         # three train.py at once with generated run names: each gets its own folder (and lock)
-        runs = {"cpu": (env_with_path_first(fake_nvidia_smi(tmp_path / "none", None)), []),
+        envs = {"cpu": (env_with_path_first(fake_nvidia_smi(tmp_path / "none", None)), []),
                 "gpu unused": (env_with_path_first(fake_nvidia_smi(tmp_path / "one", [FAKE_GPU])), []),
                 "user log level": (env_with_path_first(tmp_path / "none", TF_CPP_MIN_LOG_LEVEL="0"), [])}
         procs = {name: subprocess.Popen(command + extra, cwd=HERE, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True) for name, (env, extra) in runs.items()}
+                                        stderr=subprocess.PIPE, text=True) for name, (env, extra) in envs.items()}
         out = {name: proc.communicate(timeout=300) + (proc.returncode,) for name, proc in procs.items()}
         threads = len(os.sched_getaffinity(0))
         stdout, stderr, code = out["cpu"]
@@ -2567,7 +2980,7 @@ class TestDevices:
         values = np.load(out.with_suffix(".npz"))
         names = [key.split("|", 1)[1] for key in values.files if key.startswith("start|")]
         assert meta["path_devices"] == ["/device:CPU:0", "/device:CPU:1", "/device:CPU:2"]
-        assert "3 paths of a fair step on CPU:0, CPU:1, CPU:2" in meta["summary"]
+        assert "the paths of a fair step on CPU:0, CPU:1, CPU:2" in meta["summary"]
         # Placement: on one device every convolution ran on CPU:0; on three, path p's forward
         # convolutions (counted from its arch) and their gradients ran on CPU:p.
         assert list(meta["convs"]["one"]) == ["CPU:0"]
@@ -2583,6 +2996,21 @@ class TestDevices:
             moved += np.abs(one - start).max() > 1e-6
         assert moved > len(names) // 2  # the step really moved the weights it compares
 
+    @pytest.mark.slow
+    def test_train_on_three_devices_as_a_user_types_it(self, tmp_path):
+        """The README's command on a machine without a GPU: three logical CPU devices, the run
+        finishes, and every line on stderr is the program's own."""
+        result = subprocess.run([sys.executable, "train.py", "--synthetic", "--input_h", "32", "--input_w", "48",
+                                 "--batch_size", "2", "--synthetic_train_size", "8", "--synthetic_val_size", "4",
+                                 "--num_epochs", "1", "--steps_per_epoch", "2", "--eval_pool_size", "3",
+                                 "--bn_recal_batches", "1", "--devices", "3", "--output_dir", str(tmp_path)],
+                                cwd=HERE, env=user_env(), capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr
+        assert "the paths of a fair step on CPU:0, CPU:1, CPU:2" in result.stdout
+        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr
+        (report,) = tmp_path.glob("*/train_report.json")
+        assert json.loads(report.read_text())["devices"]["path_devices"] == [f"/device:CPU:{i}" for i in range(3)]
+
     def test_devices_flag_is_checked(self, tmp_path, capsys):
         assert train.main(["--devices", "4", "--dry_run", "--output_dir", str(tmp_path)]) == 1
         assert "'devices' must be at most 3" in capsys.readouterr().err
@@ -2591,9 +3019,9 @@ class TestDevices:
 
     def test_time_left_counts_the_evaluations_to_come(self):
         cfg = {"num_epochs": 10, "eval_every": 3}  # evaluations after epochs 3, 6, 9 and 10
-        assert [train.evaluations_left(e, cfg) for e in range(1, 11)] == [4, 4, 4, 3, 3, 3, 2, 2, 2, 1]
-        assert train.evaluations_left(5, {"num_epochs": 5, "eval_every": 1}) == 1
-        assert train.time_left(100, 4, 30.0) == "time left 3m40s (steps 1m40s + 4 evaluations x 30s)"
-        assert train.time_left(100, 1, 3700.0) == "time left 1h03m (steps 1m40s + 1 evaluation x 1h01m)"
-        assert train.time_left(100, 4, None) == "time left 1m40s + 4 evaluations (not timed yet)"
-        assert train.time_left(100, 0, 30.0) == "time left 1m40s"
+        assert [training.evaluations_left(e, cfg) for e in range(1, 11)] == [4, 4, 4, 3, 3, 3, 2, 2, 2, 1]
+        assert training.evaluations_left(5, {"num_epochs": 5, "eval_every": 1}) == 1
+        assert training.time_left(100, 4, 30.0) == "time left 3m40s (steps 1m40s + 4 evaluations x 30s)"
+        assert training.time_left(100, 1, 3700.0) == "time left 1h03m (steps 1m40s + 1 evaluation x 1h01m)"
+        assert training.time_left(100, 4, None) == "time left 1m40s + 4 evaluations (not timed yet)"
+        assert training.time_left(100, 0, 30.0) == "time left 1m40s"

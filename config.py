@@ -1,0 +1,142 @@
+"""Configuration: config.json's defaults, the type and range rules every config obeys, and the one
+checked reader of a run's saved config.
+
+Order of precedence for training (train.py): config.json, then a config file, then
+`fast_mode_overrides` when fast_mode is on, then explicit flags. Every other command reads a run's
+saved `config.json` through `run_config`, which applies the same type rules.
+"""
+import json
+import math
+import os
+
+import fair
+import supernet
+import synthetic
+from errors import ArchError, ConfigError, DataError
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")
+CHOICES = {"optimizer": ("adam", "sgd"), "data_layout": ("auto", "lists", "folders")}
+POSITIVE = ("input_h", "input_w", "batch_size", "num_epochs", "eval_every", "eval_pool_size", "bn_recal_batches",
+            "early_stop_patience", "log_every", "synthetic_train_size", "synthetic_val_size",
+            "devices")
+RECAL_AT = ("run", "deploy")  # where deployment recalibrates BN: at the run's input size or at the deployment size
+# keys runs made before them lack; their defaults reproduce what those runs did
+ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene")
+NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
+                "early_stop_min_delta", "max_flow", "seed")
+
+
+def _type_error(where, key, value, default):
+    return ConfigError(f"{where}: key '{key}' must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+
+
+def checked_value(where, key, value, default):
+    """`value` if it has the type of `default` (an int is accepted for a float), else ConfigError."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        if type(value) is not type(default):
+            raise _type_error(where, key, value, default)
+    elif isinstance(default, float):
+        if not isinstance(value, (int, float)):
+            raise _type_error(where, key, value, default)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
+        return float(value)
+    elif isinstance(default, list):
+        if not isinstance(value, list) or len(value) != len(default):
+            raise ConfigError(f"{where}: key '{key}' must be a list of {len(default)} numbers, got {value!r}")
+        return [checked_value(where, f"{key}[{i}]", v, d) for i, (v, d) in enumerate(zip(value, default))]
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise _type_error(where, key, value, default)
+        return merge_config(default, value, f"{where}: {key}", allow_new=False)
+    elif not isinstance(value, type(default)):
+        raise _type_error(where, key, value, default)
+    return value
+
+
+def merge_config(base, updates, where, allow_new=False):
+    """`base` updated with `updates`, each key known to `base` (unless allow_new) and type-checked."""
+    merged = dict(base)
+    for key, value in updates.items():
+        if key not in base:
+            if not allow_new:
+                raise ConfigError(f"{where}: unknown key '{key}'")
+            merged[key] = value
+            continue
+        merged[key] = checked_value(where, key, value, base[key])
+    return merged
+
+
+def check_ranges(cfg, where="config"):
+    """Raise ConfigError, naming `where` (a file, or "config") and the key, for values of the right
+    type but outside their range."""
+    problems = [f"key '{key}' must be > 0, got {cfg[key]}" for key in POSITIVE if cfg[key] <= 0]
+    problems += [f"key '{key}' must be >= 0, got {cfg[key]}" for key in NON_NEGATIVE if cfg[key] < 0]
+    if cfg["devices"] > fair.paths_per_cycle():
+        problems.append(f"key 'devices' must be at most {fair.paths_per_cycle()} (one per path), got {cfg['devices']}")
+    problems += [f"key '{key}' must be one of {', '.join(allowed)}, got {cfg[key]!r}"
+                 for key, allowed in CHOICES.items() if cfg[key] not in allowed]
+    paths = fair.paths_per_cycle()
+    if cfg["eval_pool_size"] % paths:
+        problems.append(f"key 'eval_pool_size' must be a multiple of {paths} (whole fair cycles), "
+                        f"got {cfg['eval_pool_size']}")
+    problems += [f"key '{key}' must be in [0, 1), got {cfg[key]}" for key in ("adam_beta1", "adam_beta2")
+                 if not 0 <= cfg[key] < 1]
+    if cfg["adam_epsilon"] <= 0:
+        problems.append(f"key 'adam_epsilon' must be > 0, got {cfg['adam_epsilon']}")
+    if min(cfg["loss_weights"]) < 0 or max(cfg["loss_weights"]) <= 0:
+        problems.append(f"key 'loss_weights' must be >= 0 with one > 0, got {cfg['loss_weights']}")
+    if cfg["synthetic_seed"] < -1:
+        problems.append(f"key 'synthetic_seed' must be -1 (the run's seed) or a seed >= 0, got {cfg['synthetic_seed']}")
+    try:
+        synthetic.Scene.of(cfg["synthetic_scene"])
+    except DataError as err:
+        problems.append(str(err).replace("synthetic_scene: knob", "key 'synthetic_scene'"))
+    deploy = cfg["deploy"]
+    problems += [f"key 'deploy.{key}' must be > 0, got {deploy[key]}"
+                 for key in ("calibration_samples", "size_steps", "int8_top", "tflm_samples") if deploy[key] <= 0]
+    if deploy["recal_at"] not in RECAL_AT:
+        problems.append(f"key 'deploy.recal_at' must be one of {', '.join(RECAL_AT)}, got {deploy['recal_at']!r}")
+    if cfg["init_from"] and not cfg["arch"]:
+        problems.append("key 'init_from' needs 'arch': it initialises a standalone subnet from a supernet run")
+    for key, check in (("input_h/input_w", lambda: supernet.check_input_size(cfg["input_h"], cfg["input_w"])),
+                       ("arch", lambda: cfg["arch"] and supernet.parse_arch(cfg["arch"]))):
+        try:
+            check()
+        except ArchError as err:
+            problems.append(f"key '{key}': {err}")
+    if problems:
+        raise ConfigError(f"{where}: {problems[0]}")
+
+
+def read_config_file(path):
+    """A JSON object from `path`, or ConfigError naming the file."""
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: must hold a JSON object")
+    return cfg
+
+
+def defaults():
+    """config.json: every key with its default value and type."""
+    return read_config_file(DEFAULT_CONFIG)
+
+
+def run_config(run_dir):
+    """A run's saved config.json, every key of config.json there with its type (else ConfigError
+    naming the file and key). Keys config.json no longer has are kept, so runs made before are
+    still read; keys added since (ADDED_LATER) take their default, which reproduces what such a
+    run did."""
+    path = os.path.join(run_dir, "config.json")
+    cfg = read_config_file(path)
+    for key, default in defaults().items():
+        value = default if key in ADDED_LATER and key not in cfg else cfg.get(key)
+        cfg[key] = checked_value(path, key, value, default)
+    check_ranges(cfg, path)
+    return cfg

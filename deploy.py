@@ -1,0 +1,214 @@
+"""Find the network a board can run: the (architecture, input size) of a trained supernet that fits
+a board target's SRAM, flash and frame rate and has the lowest INT8 EPE, then export it for the
+board with what its firmware needs (see deployment.py for the steps).
+
+    python deploy.py --experiment_name demo --target himax-we2
+    python deploy.py --experiment_name demo --target board.json --sizes 144x192,128x176
+    python deploy.py --experiment_name demo --target ethos-u55-64 --check 24   # tables against full compiles
+
+Writes <run>/deploy_<target>/: deploy_report.json, deploy.png, the chosen model (model_fp32.tflite,
+model_int8.tflite, vela/, export_report.json), model_vela.cc/.h, reference_input.npy,
+reference_output.npy and README.txt; prints the command that retrains the choice at its size.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import devices  # before tensorflow: quietens its start-up (see devices.py)
+
+import ckpt
+import compiler
+import config
+import convert
+import deployment
+import errors
+import firmware
+import metrics
+import runs
+import supernet
+from errors import ConfigError, DeployError
+
+
+def parse_args(argv):
+    """Command-line flags; settings left unset come from config.json's `deploy`."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment_name", help="supernet run under output_dir (default: the newest)")
+    parser.add_argument("--output_dir", default=config.defaults()["output_dir"], help="where runs live")
+    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--target", required=True,
+                        help=f"a preset ({', '.join(compiler.preset_names())}) or a target JSON file")
+    parser.add_argument("--sizes", help="deploy at these input sizes, e.g. 144x192,128x176 (default: multiples of "
+                                        "16 at the run's aspect ratio, the largest size_steps that fit)")
+    parser.add_argument("--vela", help="Vela executable (default: beside this Python, else on PATH)")
+    parser.add_argument("--check", type=int, default=0, metavar="N",
+                        help="also compile N seeded random (arch, size) pairs in full and report the tables' errors")
+    parser.add_argument("--progress_every", type=float, default=10.0, help="seconds between progress lines")
+    for key, default in config.defaults()["deploy"].items():
+        parser.add_argument(f"--{key}", type=type(default), default=None, help=f"default {default!r} (config.json)")
+    return parser.parse_args(argv)
+
+
+def settings_of(args):
+    """config.json's deploy settings with the flags given, checked."""
+    settings = dict(config.defaults()["deploy"])
+    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
+    config.check_ranges(dict(config.defaults(), deploy=settings), "flags")
+    if args.check < 0 or args.progress_every <= 0:
+        raise ConfigError("--check must be >= 0 and --progress_every > 0")
+    return settings
+
+
+def open_deployment(args, log):
+    """The run, target, compile cache and settings, all checked before any work."""
+    settings = settings_of(args)
+    target = compiler.load_target(args.target)
+    tool = compiler.compiler_for(target, args.vela)
+    run_dir = runs.run_dir_of(args)
+    cfg = config.run_config(run_dir)
+    if runs.standalone_arch(cfg):
+        raise DeployError(f"{run_dir} is a standalone run of {cfg['arch']}: deploy searches a supernet run")
+    meta = ckpt.load_meta(run_dir, args.checkpoint_type)
+    cache = compiler.CompileCache(os.path.join(args.output_dir, settings["compile_cache"]), tool)
+    log(f"deploying {run_dir} ({args.checkpoint_type}, step {meta['global_step']}) on {target.name}: "
+        f"{target.accelerator_config} {target.system_config} {target.memory_mode}, optimise {target.optimise}, "
+        f"SRAM {target.sram_kib:g} KiB, flash {target.flash_kib:g} KiB, min_fps {target.min_fps}; {cache.version}")
+    return deployment.Deployment(run_dir, args.checkpoint_type, cfg, target, cache, settings, meta)
+
+
+def search_board(dep, args, log):
+    """Sizes, their costs, every subnet scored at each, the board's front and its INT8 scores."""
+    sizes = deployment.parse_sizes(args.sizes) if args.sizes else deployment.candidate_sizes(dep.run_size)
+    chosen, costs = deployment.deployment_sizes(dep, sizes, log)
+    scores = {}
+    for size in chosen:
+        log(f"scoring every subnet at {size[0]}x{size[1]}")
+        scores[size] = deployment.score_size(dep, size, args.progress_every)
+    rows = deployment.board_rows(dep, scores, costs)
+    front = deployment.board_front(dep, rows)
+    members = sorted(front, key=lambda m: m["epe"])[:dep.settings["int8_top"]]
+    log(f"board front: {len(front)} of {len(rows):,} (arch, size) pairs; INT8 for the best {len(members)}")
+    members = deployment.int8_scores(dep, [dict(m) for m in members], log)
+    pixels = firmware_pixels(dep, members[0]["size"])
+    choice = deployment.choose(members, pixels)
+    return {"sizes": chosen, "costs": costs, "rows": rows, "front": front, "members": members, "choice": choice}
+
+
+def firmware_pixels(dep, size):
+    """The validation samples' pixel counts (what the per-sample EPE sums are over)."""
+    return metrics.sample_pixels(dep.inputs(tuple(size))["val"])
+
+
+def export_choice(dep, found, log):
+    """Export the best member whose full compile fits (the choice, or the next by INT8 EPE) into
+    the deployment folder; returns (member, export report)."""
+    for member in sorted(found["members"], key=lambda m: m["epe_int8"]):
+        options = {"calibration_samples": dep.settings["calibration_samples"], "recal_at_size": dep.recal_at_size,
+                   "base": dep.base()}
+        report = convert.export_subnet(dep.run_dir, dep.kind, dep.cfg, supernet.parse_arch(member["arch"]),
+                                       tuple(member["size"]), dep.target, dep.folder(), dep.cache, options)
+        why = deployment.misfit(dep, report["vela"])
+        if not why:
+            return member, report
+        log(f"{member['arch']} at {member['size'][0]}x{member['size'][1]}: its full compile does not fit ({why}); "
+            "the next")
+    raise DeployError(f"no INT8-scored member of the front fits target {dep.target.name} in a full compile")
+
+
+def tflm_and_files(dep, member, log):
+    """The TFLM check of the exported INT8 model and the firmware files; a missing or failing TFLM
+    is one line, and the report says so."""
+    size = tuple(member["size"])
+    val = dep.inputs(size)["val"]
+    model = os.path.join(dep.folder(), "model_int8.tflite")
+    try:
+        tflm, reference_in, reference_out = firmware.tflm_check(model, val, dep.settings["tflm_samples"])
+        reference = (reference_in, reference_out)
+    except DeployError as err:
+        log(f"warning: {err}")
+        tflm, reference = {"error": str(err)}, None
+    return tflm, reference
+
+
+def run(args):
+    """Search the board, export the choice, check it with TFLM, write the report and the picture."""
+    start, hardware = time.time(), devices.report()
+    log = print
+    dep = open_deployment(args, log)
+    found = search_board(dep, args, log)
+    member, export = export_choice(dep, found, log)
+    tflm, reference = tflm_and_files(dep, member, log)
+    report = build_report(dep, found, member, export, tflm, time.time() - start, hardware)
+    if args.check:
+        extra = (dep.run_size[0] - 4, dep.run_size[1] - 4)  # a size that is not a multiple of 16
+        report["table_check"] = deployment.check_costs(dep, found["costs"], args.check, 0, extra)
+    firmware.write_files(dep.folder(), report, export["vela"]["compiled_model"], reference)
+    deployment.plot(os.path.join(dep.folder(), "deploy.png"), found["rows"], found["front"], found["members"],
+                    member, dep)
+    ckpt.write_json_atomic(os.path.join(dep.folder(), "deploy_report.json"), report)
+    print_summary(dep, found, member, report)
+    return report
+
+
+def build_report(dep, found, member, export, tflm, seconds, hardware):
+    """deploy_report.json's content."""
+    v = export["vela"]
+    return {"arch": member["arch"], "input_size": member["size"], "sram_kib": v["sram_used_kib"],
+            "flash_kib": v["off_chip_flash_used_kib"], "fps": v["fps"], "cpu_ops": v["cpu_operators"],
+            "epe": member["epe"], "epe_int8": member["epe_int8"], "int8_loss": member["int8_loss"],
+            "int8_flow_diff": {"mean": export["agreement"]["int8_mean_abs_diff"],
+                               "max": export["agreement"]["int8_max_abs_diff"]},
+            "fp32_worse_than_zero_flow": member["fp32_worse_than_zero_flow"],
+            "calibration_samples": dep.settings["calibration_samples"], "calibration": export["calibration"],
+            "tflm": tflm, "target": dataclasses.asdict(dep.target), "vela_version": dep.cache.version,
+            "settings": dep.settings, "run_dir": dep.run_dir, "checkpoint": dep.meta["prefix"],
+            "int8_model": os.path.join(dep.folder(), "model_int8.tflite"),
+            "sizes": [list(s) for s in found["sizes"]],
+            "size_costs": {f"{s[0]}x{s[1]}": c for s, c in found["costs"].items()},
+            "front": [deployment.public(m) for m in found["front"]],
+            "int8_members": [deployment.public(m) for m in found["members"]],
+            "neighbours": [f"{m['arch']} at {m['size'][0]}x{m['size'][1]}" for m in found["members"]
+                           if m["within_noise"]],
+            "retrain": retrain_command(dep, member), "seconds": seconds, "devices": hardware}
+
+
+def retrain_command(dep, member):
+    """The command that trains the choice alone at its deployment size (the published work's lesson)."""
+    h, w = member["size"]
+    name = f"{os.path.basename(dep.run_dir)}_{member['arch'].replace(',', '')}_{h}x{w}"
+    return (f"python train.py --config {os.path.join(dep.run_dir, 'config.json')} --arch {member['arch']} "
+            f"--input_h {h} --input_w {w} --no-fast_mode --experiment_name {name}")
+
+
+def print_summary(dep, found, member, report):
+    """The front, the choice, its neighbours within the noise, the TFLM check and the next command."""
+    scored = {(m["arch"], tuple(m["size"])): m for m in found["members"]}
+    print(f"board front ({len(found['front'])} pairs, fastest first):")
+    for m in found["front"]:
+        print(f"  {deployment.describe(scored.get((m['arch'], tuple(m['size'])), m))}")
+    print("INT8, best first:")
+    for m in sorted(found["members"], key=lambda m: m["epe_int8"]):
+        mark = "choice" if m is found["choice"] else "within the noise" if m["within_noise"] else ""
+        print(f"  {deployment.describe(m)}  {mark}")
+    tflm = report["tflm"]
+    if "error" not in tflm:
+        print(f"TFLM on {tflm['samples']} samples: EPE {tflm['epe']:.4f} "
+              f"(TFLite {tflm['tflite_epe_same_samples']:.4f}), "
+              f"max {tflm['max_step_diff']} steps from TFLite ({tflm['share_differing']:.1%} differ), "
+              f"{tflm['vs_tflite_reference_kernels']['max_step_diff']} from its reference kernels; "
+              f"arena {tflm['arena_bytes']} bytes")
+    print(f"chosen: {member['arch']} at {member['size'][0]}x{member['size'][1]}: full compile SRAM "
+          f"{report['sram_kib']:.1f} KiB, flash {report['flash_kib']:.1f} KiB, {report['fps']:.2f} FPS, "
+          f"{report['cpu_ops']} CPU operators")
+    print(f"wrote {dep.folder()}")
+    print(f"retrain it at its size: {report['retrain']}")
+
+
+def main(argv=None):
+    """Entry point: one-line error and exit 1 on bad input."""
+    return errors.exit_code(run, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

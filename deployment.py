@@ -1,0 +1,375 @@
+"""Fit the board: the best (architecture, input size) a board target can run, judged in INT8.
+
+The steps (deploy.py runs them in order; each keeps its results on disk, so a killed deployment
+started again redoes nothing it finished):
+1. sizes: given, or multiples of 16 at the run's aspect ratio from the run's input size down;
+2. what the NPU costs at each size (edge_tables.size_costs: all-0, all-1, all-2 compiled through
+   the compile cache) and the sizes that fit: SRAM within the budget, no operator left to the CPU;
+   the largest `size_steps` of them are deployed at;
+3. every subnet scored at every such size: the run's validation frames resized to it, the flow
+   predicted there brought back to the frame's size and scaled (metrics.to_frame), EPE at the
+   frame's size, so EPEs of different sizes compare (search_parts: units that resume and shard);
+4. the board's front: the (arch, size) pairs within the flash budget (and min_fps), Pareto-best in
+   EPE against NPU frames per second;
+5. INT8: the front's best `int8_top` by FP32 EPE converted (calibrated on real training crops)
+   and scored on the same frames with the same metric; the choice has the lowest INT8 EPE.
+"""
+import contextlib
+import dataclasses
+import io
+import os
+import time
+
+import numpy as np
+
+import batches
+import ckpt
+import convert
+import edge_tables
+import metrics
+import pareto
+import search_parts
+import supernet
+from errors import ArchError, DeployError
+
+SIZE_MULTIPLE = 16  # every resize of the network an exact 2x: nothing left to the CPU
+NOISE_Z = pareto.NOISE_Z
+
+
+@dataclasses.dataclass
+class Deployment:
+    """One deployment: a run's checkpoint, a board target and the settings (config.json's deploy)."""
+
+    run_dir: str
+    kind: str
+    cfg: dict
+    target: object  # compiler.Target
+    cache: object  # compiler.CompileCache
+    settings: dict  # calibration_samples, recal_at, size_steps, int8_top, tflm_samples
+    meta: dict  # the checkpoint's meta
+    sized: dict = dataclasses.field(default_factory=dict)  # size -> its batches (inputs)
+
+    @property
+    def run_size(self):
+        """The run's input size: the frames every EPE is measured at."""
+        return self.cfg["input_h"], self.cfg["input_w"]
+
+    @property
+    def recal_at_size(self):
+        """Whether BN is recalibrated at the deployment size (else at the run's)."""
+        return self.settings["recal_at"] == "deploy"
+
+    def base(self):
+        """The run's batches at its own size, read once (batches.deployment_base)."""
+        if "base" not in self.sized:
+            self.sized["base"] = batches.deployment_base(self.cfg, self.settings["calibration_samples"])
+        return self.sized["base"]
+
+    def inputs(self, size):
+        """The batches of deploying at `size` (batches.deployment_batches), resized once."""
+        if size not in self.sized:
+            self.sized[size] = batches.deployment_batches(self.base(), size, self.recal_at_size)
+        return self.sized[size]
+
+    def folder(self):
+        """<run>/deploy_<target>: the deployment's report, picture and files."""
+        return os.path.join(self.run_dir, f"deploy_{self.target.name}")
+
+    def int8_folder(self):
+        """Where INT8 conversions are kept: they depend on the checkpoint and settings, not the target."""
+        name = (f"int8_{self.kind}_step{self.meta['global_step']}_cal{self.settings['calibration_samples']}"
+                f"_recal{self.settings['recal_at']}")
+        return os.path.join(self.run_dir, "deploy_int8", name)
+
+
+# ----------------------------------------------------------------------------- sizes
+
+def candidate_sizes(run_size, lowest=32):
+    """Multiples of SIZE_MULTIPLE at the run's aspect ratio (width rounded down), from the largest
+    within the run's input size down to `lowest` in height: the frames are never enlarged."""
+    h, w = run_size
+    sizes = []
+    for height in range(h - h % SIZE_MULTIPLE, lowest - 1, -SIZE_MULTIPLE):
+        width = int(height * w / h) // SIZE_MULTIPLE * SIZE_MULTIPLE
+        if width >= SIZE_MULTIPLE:
+            sizes.append((height, width))
+    return sizes
+
+
+def parse_sizes(text):
+    """"144x192,128x176" -> [(144, 192), (128, 176)]; DeployError naming the bad size."""
+    sizes = []
+    for part in text.split(","):
+        try:
+            sizes.append(supernet.parse_size(part))
+        except ArchError as err:
+            raise DeployError(f"--sizes: {err}") from None
+    if len(set(sizes)) != len(sizes):
+        raise DeployError(f"--sizes {text}: a size is given twice")
+    return sorted(sizes, reverse=True)
+
+
+def fits(dep, costs):
+    """Why no subnet can be deployed at a size (SRAM over the budget, operators left to the CPU), or ''."""
+    if costs["sram_kib"][0] > dep.target.sram_kib:
+        return f"SRAM {costs['sram_kib'][0]:.1f} KiB > {dep.target.sram_kib:g} KiB"
+    if costs["cpu_operators"]:
+        return f"{costs['cpu_operators']} operators on the CPU ({', '.join(costs['cpu_operator_names'])})"
+    return ""
+
+
+def deployment_sizes(dep, sizes, log):
+    """(the sizes to deploy at, {size: costs} of every size looked at): the largest `size_steps`
+    of `sizes` (largest first) that fit; DeployError naming the smallest SRAM seen if none does."""
+    costs, chosen = {}, []
+    for size in sizes:
+        costs[size] = size_costs(dep, size, log)
+        why = fits(dep, costs[size])
+        sram = costs[size]["sram_kib"]
+        log(f"size {size[0]}x{size[1]}: SRAM {sram[0]:.1f} to {sram[-1]:.1f} KiB, "
+            f"{costs[size]['cpu_operators']} CPU operators" + (f": does not fit ({why})" if why else ": fits"))
+        if not why:
+            chosen.append(size)
+            if len(chosen) == dep.settings["size_steps"]:
+                break
+    if not chosen:
+        smallest = min(costs, key=lambda s: costs[s]["sram_kib"][0])
+        raise DeployError(f"nothing fits target {dep.target.name}: the smallest SRAM among the sizes tried is "
+                          f"{costs[smallest]['sram_kib'][0]:.1f} KiB at {smallest[0]}x{smallest[1]}, the budget is "
+                          f"{dep.target.sram_kib:g} KiB" + ("" if costs[smallest]["cpu_operators"] == 0 else
+                                                            f" ({fits(dep, costs[smallest])})"))
+    return chosen, costs
+
+
+# ----------------------------------------------------------------------------- INT8 models and compiles
+
+@contextlib.contextmanager
+def converter(dep):
+    """Yields int8(arch, size) -> the path of the INT8 model of `arch` at `size`: the run's weights
+    with the subnet's BN recalibrated, calibrated on the first calibration_samples training crops
+    resized to the size. Beside it (<model>.npy) the flow TensorFlow's static graph of the same
+    weights predicts for the validation frames at that size, concatenated. Conversions are kept in
+    dep.int8_folder(); a session (per recalibration size) is opened only when a model is not there
+    yet. The sessions' graphs are the default until the context closes: run eager work after it."""
+    folder = dep.int8_folder()
+    os.makedirs(folder, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        sessions = {}
+
+        def int8(arch, size):
+            path = os.path.join(folder, supernet.format_arch(arch).replace(",", "") + f"_{size[0]}x{size[1]}.tflite")
+            if os.path.exists(path) and os.path.exists(path + ".npy"):
+                return path
+            data = dep.inputs(size)
+            recal_size = size if dep.recal_at_size else dep.run_size
+            if recal_size not in sessions:
+                sessions[recal_size] = stack.enter_context(convert.recalibration_session(
+                    dep.run_dir, dep.kind, dep.cfg, data["recal"], size=recal_size))
+            _, values = sessions[recal_size](arch, convert.variable_names(convert.build_static_graph(arch, *size)[0]))
+            model = convert.static_models(values, arch, *size, data["calibration"], data["val"], with_fp32=False)
+            buffer = io.BytesIO()
+            np.save(buffer, np.concatenate(model["tf_outputs"]))
+            ckpt.write_atomic(path + ".npy", buffer.getvalue())
+            return ckpt.write_atomic(path, model["int8"])
+
+        yield int8
+
+
+def size_costs(dep, size, log=print):
+    """edge_tables.size_costs at `size`, its compiles through the cache (the figures of a structure
+    compiled before, by this run or another, are not compiled again); a line per compile."""
+    work = os.path.join(dep.cache.directory, "work")
+
+    def figures_of(arch):
+        start = time.time()
+        record = edge_tables.figures(arch, size, dep.target, dep.cache, lambda: int8(arch, size), work)
+        summary = record["summary"]
+        log(f"  {supernet.format_arch(arch)} at {size[0]}x{size[1]}: SRAM {summary['sram_used_kib']:.1f} KiB, "
+            f"{summary['fps']:.1f} FPS ({time.time() - start:.1f}s)")
+        return record
+
+    with converter(dep) as int8:
+        return edge_tables.size_costs(size, dep.target, figures_of)
+
+
+def check_costs(dep, costs, count, seed, extra_size):
+    """The size tables against `count` full compiles of seeded random (arch, size) pairs over the
+    sizes of `costs` and `extra_size` (one that is not a multiple of 16); edge_tables.check_costs."""
+    costs = dict(costs)
+    costs.setdefault(extra_size, size_costs(dep, extra_size))
+    rng = np.random.default_rng(seed)
+    sizes = sorted(costs)
+    pairs = [(arch, sizes[i % len(sizes)]) for i, arch in enumerate(supernet.random_archs(count, seed))]
+    rng.shuffle(pairs)
+    work = os.path.join(dep.cache.directory, "work")
+    with converter(dep) as int8:
+        measured = [edge_tables.figures(arch, size, dep.target, dep.cache, lambda a=arch, s=size: int8(a, s), work)
+                    for arch, size in pairs]
+    return edge_tables.check_costs(costs, measured)
+
+
+# ----------------------------------------------------------------------------- scoring at every size
+
+def search_dir(dep, size):
+    """Where the whole-space scores at `size` are kept (what `search.py --size` writes)."""
+    return search_parts.size_search_dir(dep.run_dir, dep.kind, size, dep.recal_at_size)
+
+
+def score_size(dep, size, progress_every):
+    """Score every subnet at `size` (frames resized to it, EPE at the frame's size) with the
+    search's shared computation, in units that resume; returns {arch index: metrics}."""
+    scored, info = search_parts.size_inputs(dep.cfg, dep.base(), size, dep.recal_at_size)
+    indices = list(range(supernet.SPACE.num_archs))
+    units = search_parts.make_units(indices)
+    manifest = search_parts.manifest_for(dep.cfg, dict(dep.meta, kind=dep.kind), info, scored, indices, (1, 1),
+                                         units, size)
+    directory = search_dir(dep, size)
+    search_parts.score_shard(dep.run_dir, dep.kind, directory, manifest, units, scored, progress_every)
+    return search_parts.load_parts(directory)[1]
+
+
+# ----------------------------------------------------------------------------- the board's front
+
+def board_rows(dep, scores, costs):
+    """Every (arch, size) pair scored: arch, size, FP32 EPE, NPU figures (edge_tables.predict),
+    and why it does not fit the target ('' if it does)."""
+    rows = []
+    for size, by_index in scores.items():
+        for index, m in by_index.items():
+            arch = supernet.index_to_arch(index)
+            figures = edge_tables.predict(costs[size], arch)
+            why = []
+            if figures["sram_kib"] > dep.target.sram_kib:
+                why.append(f"SRAM {figures['sram_kib']:.1f} KiB > {dep.target.sram_kib:g} KiB")
+            if figures["flash_kib"] > dep.target.flash_kib:
+                why.append(f"flash {figures['flash_kib']:.0f} KiB > {dep.target.flash_kib:g} KiB")
+            if dep.target.min_fps is not None and figures["fps"] < dep.target.min_fps:
+                why.append(f"{figures['fps']:.1f} FPS < {dep.target.min_fps:g}")
+            rows.append({"arch": supernet.format_arch(arch), "size": list(size), "epe": m["epe"],
+                         "gmacs": supernet.count_macs(arch, *size) / 1e9, **figures, "misses": "; ".join(why)})
+    return rows
+
+
+def board_front(dep, rows):
+    """The pairs that fit, Pareto-best in EPE against FPS (fastest first); DeployError when none fits."""
+    fitting = [r for r in rows if not r["misses"]]
+    if not fitting:
+        fastest = max(rows, key=lambda r: r["fps"])
+        raise DeployError(f"no subnet fits target {dep.target.name}: the fastest runs at {fastest['fps']:.1f} FPS "
+                          f"({fastest['arch']} at {fastest['size'][0]}x{fastest['size'][1]}) and misses "
+                          f"{fastest['misses']}")
+    return pareto.pareto_front(fitting, "fps", maximise=True)
+
+
+def sample_sums(dep, members):
+    """{(code, size): the FP32 per-sample EPE sums} of front members, from the units of each size's search."""
+    found = {}
+    for size in {tuple(m["size"]) for m in members}:
+        codes = [m["arch"] for m in members if tuple(m["size"]) == size]
+        values = search_parts.read_samples(search_dir(dep, size), [supernet.arch_to_index(supernet.parse_arch(c))
+                                                                   for c in codes])
+        found.update({(code, size): values[supernet.arch_to_index(supernet.parse_arch(code))] for code in codes})
+    return found
+
+
+# ----------------------------------------------------------------------------- INT8 on the front
+
+def int8_scores(dep, members, log):
+    """Each of `members` (front rows) converted to INT8 at its size and scored on the frames its FP32
+    EPE was measured on, with the same metric: epe_int8, int8_loss, int8_flow_diff (mean and max abs
+    difference of the INT8 flow from the TensorFlow graph's, px), fp32_worse_than_zero_flow, and the
+    per-sample sums (for the choice's noise)."""
+    start = time.time()
+    with converter(dep) as int8:  # its sessions' graphs are the default until it closes: score after
+        paths = [int8(supernet.parse_arch(m["arch"]), tuple(m["size"])) for m in members]
+    log(f"  {len(members)} INT8 conversions ready, {time.time() - start:.1f}s")
+    for member, path in zip(members, paths):
+        start, size = time.time(), tuple(member["size"])
+        val = dep.inputs(size)["val"]
+        outputs = convert.predictions(convert.tflite_predictor(path), val)
+        scored = convert.metrics_of(outputs, val)
+        diff = np.abs(np.concatenate(outputs) - np.load(path + ".npy"))
+        member.update(epe_int8=scored["epe"], int8_loss=scored["epe"] - member["epe"], int8_model=path,
+                      int8_flow_diff={"mean": float(diff.mean()), "max": float(diff.max())},
+                      int8_samples=scored["sample_epe"],
+                      fp32_worse_than_zero_flow=bool(member["epe"] > metrics.zero_flow_epe(val)))
+        log(f"  INT8 {member['arch']} at {size[0]}x{size[1]}: EPE FP32 {member['epe']:.4f}, INT8 "
+            f"{member['epe_int8']:.4f} ({member['int8_loss']:+.4f}; flow moved {diff.mean():.3f} px on average, "
+            f"{diff.max():.2f} at most" + ("; FP32 is worse than zero flow here: a negative loss is no gain"
+                                           if member["fp32_worse_than_zero_flow"] and member["int8_loss"] < 0
+                                           else "") +
+            f"), {time.time() - start:.1f}s")
+    return members
+
+
+def choose(members, pixels):
+    """The member with the lowest INT8 EPE, and each member's paired standard error against it
+    (`epe_int8_se`) and whether it cannot be told from it (`within_noise`)."""
+    choice = min(members, key=lambda m: m["epe_int8"])
+    for m in members:
+        m["epe_int8_se"] = metrics.paired_se(m["int8_samples"], choice["int8_samples"], pixels)
+        m["within_noise"] = bool(m is not choice and m["epe_int8_se"] is not None and (
+            m["epe_int8"] - choice["epe_int8"] <= NOISE_Z * m["epe_int8_se"]))
+    return choice
+
+
+# ----------------------------------------------------------------------------- report and picture
+
+def misfit(dep, compiled):
+    """Why a full compile (the compiler's summary) does not fit the target ('' if it does)."""
+    checks = [(compiled["sram_used_kib"] > dep.target.sram_kib,
+               f"SRAM {compiled['sram_used_kib']:.1f} KiB > {dep.target.sram_kib:g}"),
+              (compiled["off_chip_flash_used_kib"] > dep.target.flash_kib,
+               f"flash {compiled['off_chip_flash_used_kib']:.1f} KiB > {dep.target.flash_kib:g}"),
+              (compiled["cpu_operators"] > 0, f"{compiled['cpu_operators']} CPU operators"),
+              (dep.target.min_fps is not None and compiled["fps"] < dep.target.min_fps,
+               f"{compiled['fps']:.1f} FPS < {dep.target.min_fps}")]
+    return "; ".join(text for failed, text in checks if failed)
+
+
+def public(member):
+    """A front member as the report stores it (no per-sample arrays, no paths of this machine)."""
+    return {k: v for k, v in member.items() if k not in ("int8_samples", "int8_model", "samples")}
+
+
+def plot(path, rows, front, members, choice, dep):
+    """deploy.png: FP32 EPE against NPU FPS of every (arch, size) scored, one colour per size for
+    the pairs that fit (grey: those that do not), the front, its INT8 EPEs with their noise, the
+    min_fps line and the choice."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 6))
+    misses = [r for r in rows if r["misses"]]
+    ax.scatter([r["fps"] for r in misses], [r["epe"] for r in misses], s=3, alpha=0.2, lw=0, color="0.6",
+               label=f"{len(misses):,} pairs that do not fit")
+    for i, size in enumerate(sorted({tuple(r["size"]) for r in rows}, reverse=True)):
+        at = [r for r in rows if tuple(r["size"]) == size and not r["misses"]]
+        ax.scatter([r["fps"] for r in at], [r["epe"] for r in at], s=3, alpha=0.4, lw=0, color=f"C{i}",
+                   label=f"{size[0]}x{size[1]}: {len(at):,} subnets that fit (FP32)")
+    ax.plot([r["fps"] for r in front], [r["epe"] for r in front], "-", c="k", lw=1, label="board front (FP32)")
+    ax.errorbar([m["fps"] for m in members], [m["epe_int8"] for m in members],
+                yerr=[NOISE_Z * (m["epe_int8_se"] or 0) for m in members], fmt="o", mfc="none", c="tab:red",
+                ms=6, capsize=2, label=f"INT8, +-{NOISE_Z:g} paired SE vs the choice")
+    ax.plot([choice["fps"]], [choice["epe_int8"]], "*", c="tab:red", ms=16,
+            label=f"choice {choice['arch']} at {choice['size'][0]}x{choice['size'][1]}")
+    if dep.target.min_fps is not None:
+        ax.axvline(dep.target.min_fps, ls="--", c="0.4", label=f"min_fps {dep.target.min_fps:g}")
+    ax.set_xlabel("NPU inferences per second (latency table of each size)")
+    ax.set_ylabel("EPE at the frame's size (px, lower is better)")
+    ax.set_title(f"{os.path.basename(dep.run_dir)} on {dep.target.name}: SRAM <= {dep.target.sram_kib:g} KiB, "
+                 f"flash <= {dep.target.flash_kib:g} KiB", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def describe(m):
+    """One front member as a line."""
+    int8 = (f", INT8 {m['epe_int8']:.4f} ({m['int8_loss']:+.4f}"
+            + (f", paired SE {m['epe_int8_se']:.4f} vs the choice" if m.get("epe_int8_se") else "") + ")"
+            if "epe_int8" in m else "")
+    return (f"{m['arch']} at {m['size'][0]}x{m['size'][1]}: EPE FP32 {m['epe']:.4f}{int8}, {m['fps']:.1f} FPS, "
+            f"flash {m['flash_kib']:.0f} KiB, {m['gmacs']:.3f} GMAC")

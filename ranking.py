@@ -1,0 +1,429 @@
+"""How far a supernet's order of subnets can be trusted: rank statistics (Kendall tau-b, Spearman
+rho, seeded bootstrap intervals, top-k overlap), the noise floor of the evaluation behind them,
+how the standalone order settles with training, the choice of subnets to train alone, and the
+report's table and picture."""
+import csv
+import os
+
+import numpy as np
+from scipy import stats
+
+import ckpt
+import config
+import scoring
+import supernet
+from errors import ArchError, CheckpointError, ConfigError, RankError
+
+CANDIDATES_PER_TARGET = 8  # the chosen arch is drawn, seeded, among this many nearest a GMACs target
+TOP_K = (1, 3, 5)
+MIN_ARCHS = 3
+
+
+def rank_correlations(x, y):
+    """(Kendall tau-b, Spearman rho) of two equally long score lists; tau-b corrects for ties."""
+    return float(stats.kendalltau(x, y).statistic), float(stats.spearmanr(x, y).statistic)
+
+
+def bootstrap_intervals(x, y, samples, seed):
+    """Seeded bootstrap over the archs: 95% percentile intervals of tau-b and rho.
+
+    Each resample draws len(x) archs with replacement; resamples with no spread in x or y (the
+    correlations are undefined there) are skipped and counted."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    taus, rhos = [], []
+    for _ in range(samples):
+        idx = rng.integers(0, len(x), len(x))
+        if np.ptp(x[idx]) == 0 or np.ptp(y[idx]) == 0:
+            continue
+        tau, rho = rank_correlations(x[idx], y[idx])
+        taus.append(tau)
+        rhos.append(rho)
+    if not taus:
+        raise RankError("bootstrap: every resample lacked spread; too few distinct archs")
+    return {"tau_ci95": [float(v) for v in np.percentile(taus, [2.5, 97.5])],
+            "rho_ci95": [float(v) for v in np.percentile(rhos, [2.5, 97.5])],
+            "samples": samples, "used": len(taus), "seed": seed}
+
+
+def ranks(values):
+    """1-based ranks, lowest value first; ties share their average rank."""
+    return stats.rankdata(values)
+
+
+def top_k_overlap(x, y, ks=TOP_K):
+    """{k: shared members of the k lowest of x and of y, divided by k} for each k below len(x)."""
+    order_x, order_y = np.argsort(x, kind="stable"), np.argsort(y, kind="stable")
+    return {k: len(set(order_x[:k]) & set(order_y[:k])) / k for k in ks if k < len(x)}
+
+
+def read_scores_csv(path):
+    """{arch code: epe} from a search result CSV with `arch` and `epe` columns."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise RankError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise RankError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not rows or "arch" not in rows[0] or "epe" not in rows[0]:
+        raise RankError(f"{path}: needs a header with 'arch' and 'epe' columns and at least one row")
+    scores = {}
+    for line, row in enumerate(rows, 2):
+        try:
+            arch = supernet.format_arch(supernet.parse_arch(row["arch"]))
+            epe = float(row["epe"])
+        except (TypeError, ValueError, ArchError) as err:
+            raise RankError(f"{path}: line {line}: {err}") from None
+        if not np.isfinite(epe):
+            raise RankError(f"{path}: line {line}: epe {row['epe']!r} is not finite")
+        if arch in scores:
+            raise RankError(f"{path}: line {line}: arch {arch} is listed twice")
+        scores[arch] = epe
+    return scores
+
+
+def compare_scores(path_a, path_b):
+    """Kendall tau-b and Spearman rho between two search results on the archs both hold."""
+    a, b = read_scores_csv(path_a), read_scores_csv(path_b)
+    shared = sorted(set(a) & set(b))
+    if len(shared) < MIN_ARCHS:
+        raise RankError(f"{path_a} and {path_b} share {len(shared)} archs; at least {MIN_ARCHS} are needed")
+    for path, scores in ((path_a, a), (path_b, b)):
+        if len({scores[k] for k in shared}) == 1:
+            raise RankError(f"{path}: every shared arch has the same EPE: there is no order to compare")
+    tau, rho = rank_correlations([a[k] for k in shared], [b[k] for k in shared])
+    return {"shared_archs": len(shared), "only_a": len(a) - len(shared), "only_b": len(b) - len(shared),
+            "kendall_tau_b": tau, "spearman_rho": rho}
+
+
+def choice_scores(archs):
+    """[N, 2]: each arch's mean depth choice and mean kernel choice, each scaled to 0..1 (0: the
+    lightest options of every depth block, or of every head; 1: the heaviest)."""
+    space = supernet.SPACE
+    kinds = [[i for i, b in enumerate(space.blocks) if (space.by_name[b].op == "depth") == depth]
+             for depth in (True, False)]
+    top = np.array(space.num_options, float) - 1
+    scaled = np.asarray(archs, float) / top
+    return np.stack([scaled[:, k].mean(1) for k in kinds], 1)
+
+
+def choose_archs(count, seed):
+    """`count` distinct archs spread over the depth choices and the kernel choices separately (so
+    that a ranking is tested along both, not only along cost): targets on a grid of (mean depth
+    choice, mean kernel choice), corners included (all-0 and the heaviest); for each target the arch
+    is drawn (seeded) among the CANDIDATES_PER_TARGET unused archs nearest it."""
+    archs = [supernet.index_to_arch(i) for i in range(supernet.SPACE.num_archs)]
+    scores = choice_scores(archs)
+    kernel_levels = max(2, int(np.sqrt(count * 3 / 4)))
+    depth_levels = -(-count // kernel_levels)
+    targets = [(d, k) for d in np.linspace(0, 1, depth_levels) for k in np.linspace(0, 1, kernel_levels)][:count]
+    rng = np.random.default_rng(seed)
+    used, chosen = np.zeros(len(archs), bool), []
+    for target in targets:
+        distance = np.where(used, np.inf, np.hypot(*(scores - target).T))
+        order = np.argsort(distance, kind="stable")
+        exact = order[distance[order] == 0]  # a target some arch hits exactly (a corner) is taken as it is
+        pick = int(rng.choice(exact if len(exact) else order[:CANDIDATES_PER_TARGET]))
+        used[pick] = True
+        chosen.append(archs[pick])
+    return chosen
+
+
+def batch_weighted_epe(per_batch, sizes):
+    """EPE over the whole validation set from per-batch EPEs (every batch has the same pixels per sample)."""
+    return float(np.dot(per_batch, sizes) / np.sum(sizes))
+
+
+def half_split_tau(per_batch, sizes):
+    """Kendall tau-b between the archs' EPEs on the first and on the second half of the validation
+    batches: how well the evaluation data alone reproduces its own ranking."""
+    half = len(sizes) // 2
+    if half == 0:
+        return None
+    first = [batch_weighted_epe(p[:half], sizes[:half]) for p in per_batch]
+    second = [batch_weighted_epe(p[half:], sizes[half:]) for p in per_batch]
+    return rank_correlations(first, second)[0]
+
+
+def resolvable_pairs(per_batch, sizes):
+    """Fraction of arch pairs whose EPE difference exceeds twice its standard error over the
+    validation batches (paired: both archs see the same batches)."""
+    per_batch = np.asarray(per_batch, float)
+    n, hits, pairs = per_batch.shape[1], 0, 0
+    for i in range(len(per_batch)):
+        for j in range(i + 1, len(per_batch)):
+            diff = per_batch[i] - per_batch[j]
+            std_err = diff.std(ddof=1) / np.sqrt(n) if n > 1 else np.inf
+            hits += abs(batch_weighted_epe(diff, sizes)) > 2 * std_err
+            pairs += 1
+    return hits / pairs
+
+
+def noise_floor(supernet_batches, standalone_batches, sizes):
+    """The evaluation's own resolution: per-arch spread of the standalone EPE over validation
+    batches, the half-split tau of each ranking and the fraction of pairs it resolves."""
+    spread = [float(np.std(p, ddof=1)) if len(p) > 1 else None for p in standalone_batches]
+    overall = [batch_weighted_epe(p, sizes) for p in standalone_batches]
+    return {"validation_batches": len(sizes), "validation_samples": int(np.sum(sizes)),
+            "standalone_epe_range": float(np.ptp(overall)), "supernet_epe_range": float(np.ptp(
+                [batch_weighted_epe(p, sizes) for p in supernet_batches])),
+            "standalone_batch_std": spread,
+            "standalone_std_error": [s / np.sqrt(len(sizes)) if s is not None else None for s in spread],
+            "half_split_tau_standalone": half_split_tau(standalone_batches, sizes),
+            "half_split_tau_supernet": half_split_tau(supernet_batches, sizes),
+            "resolvable_pairs_standalone": resolvable_pairs(standalone_batches, sizes) if len(sizes) > 1 else None,
+            "resolvable_pairs_supernet": resolvable_pairs(supernet_batches, sizes) if len(sizes) > 1 else None}
+
+
+def read_history(run_dir, arch):
+    """{epoch: EPE} of a standalone run's evaluations during training (eval_history.csv)."""
+    column = "epe_" + supernet.format_arch(arch).replace(",", "")
+    path = os.path.join(run_dir, "eval_history.csv")
+    try:
+        with open(path, newline="") as f:
+            return {int(r["epoch"]): float(r[column]) for r in csv.DictReader(f)}
+    except (OSError, KeyError, ValueError) as err:
+        raise RankError(f"{path}: no {column} history: {err}") from None
+
+
+def training_length_figures(histories, supernet_epes):
+    """For every epoch all standalone runs evaluated: tau-b of their EPEs then against their final
+    EPEs (is the standalone order settled?) and against the supernet's (does agreement grow with
+    training?). The training evaluations use the same batches as the ranking."""
+    epochs = sorted(set.intersection(*(set(h) for h in histories)))
+    final = [h[max(h)] for h in histories]
+    rows = []
+    for epoch in epochs:
+        at_epoch = [h[epoch] for h in histories]
+        rows.append({"epoch": epoch, "tau_vs_final_standalone": rank_correlations(at_epoch, final)[0],
+                     "tau_vs_supernet": rank_correlations(at_epoch, supernet_epes)[0]})
+    return rows
+
+
+def build_report(rows, supernet_batches, standalone_batches, sizes, bootstrap, seed):
+    """rank_report's statistics from the per-arch rows (arch, gmacs, supernet_epe, standalone_epe)."""
+    sup = [r["supernet_epe"] for r in rows]
+    alone = [r["standalone_epe"] for r in rows]
+    for row, rank_sup, rank_alone in zip(rows, ranks(sup), ranks(alone)):
+        row.update(supernet_rank=float(rank_sup), standalone_rank=float(rank_alone),
+                   rank_shift=float(rank_sup - rank_alone))
+    tau, rho = rank_correlations(sup, alone)
+    shift = max(rows, key=lambda r: abs(r["rank_shift"]))
+    return {"num_archs": len(rows), "kendall_tau_b": tau, "spearman_rho": rho,
+            "bootstrap": bootstrap_intervals(sup, alone, bootstrap, seed),
+            "top_k_overlap": {str(k): v for k, v in top_k_overlap(sup, alone).items()},
+            "largest_rank_shift": {"arch": shift["arch"], "shift": abs(shift["rank_shift"])},
+            "noise_floor": noise_floor(supernet_batches, standalone_batches, sizes), "archs": rows}
+
+
+def seed_ceiling(rows, second, sizes, bootstrap, seed):
+    """How well two training seeds agree on the standalone order (what a perfect supernet could reach):
+    Kendall tau-b, with its bootstrap interval, between the first seed's EPEs (`rows`) and the
+    second's (`second`: [(run_dir, arch, per-batch EPEs)]) of the archs trained twice; None below 3."""
+    by_code = {r["arch"]: r for r in rows}
+    pairs = [(by_code[code]["standalone_epe"], batch_weighted_epe(epes, sizes), code)
+             for _, arch, epes in second if (code := supernet.format_arch(arch)) in by_code]
+    if len(pairs) < MIN_ARCHS:
+        return None
+    first, again, codes = (list(v) for v in zip(*pairs))
+    return {"archs": codes, "first_seed_epe": first, "second_seed_epe": again,
+            "kendall_tau_b": rank_correlations(first, again)[0],
+            "bootstrap": bootstrap_intervals(first, again, bootstrap, seed)}
+
+
+def search_choice(supernet_dir, kind):
+    """The whole-space search's best subnet within the median GMACs of the space (a mid-range budget):
+    {arch, gmacs, supernet_epe, budget_gmacs}; RankError if the supernet has no whole-space search."""
+    path = os.path.join(supernet_dir, f"search_{kind}", "scores.csv")
+    try:
+        with open(path, newline="") as f:
+            rows = [{"arch": r["arch"], "gmacs": float(r["gmacs"]), "epe": float(r["epe"])} for r in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError) as err:
+        raise RankError(f"--search_choice needs the supernet's whole-space search {path} "
+                        f"(python search.py --experiment_name {os.path.basename(supernet_dir)}): {err}") from None
+    budget = float(np.median([r["gmacs"] for r in rows]))
+    best = min((r for r in rows if r["gmacs"] <= budget), key=lambda r: r["epe"])
+    return {"arch": best["arch"], "gmacs": best["gmacs"], "supernet_epe": best["epe"], "budget_gmacs": budget}
+
+
+def search_versus_random(choice, rows, second, sizes, spread=0.2):
+    """The search's choice trained alone (its runs among `second`) against the study's standalone
+    subnets of similar cost (GMACs within `spread` of the choice's; the 3 nearest if fewer than 2 are):
+    their mean is what a random pick of that cost gives. The difference's standard error is over the
+    validation batches (paired); the choice's two seeds show the training noise."""
+    runs = [(run_dir, epes) for run_dir, arch, epes in second if supernet.format_arch(arch) == choice["arch"]]
+    similar = [r for r in rows if abs(r["gmacs"] - choice["gmacs"]) <= spread * choice["gmacs"]
+               and r["arch"] != choice["arch"]]
+    if len(similar) < 2:
+        similar = sorted((r for r in rows if r["arch"] != choice["arch"]),
+                         key=lambda r: abs(r["gmacs"] - choice["gmacs"]))[:3]
+    mine = np.mean([epes for _, epes in runs], axis=0)
+    random_pick = np.mean([r["standalone_batches"] for r in similar], axis=0)
+    diff = mine - random_pick
+    return dict(choice, choice_seed_epes=[batch_weighted_epe(epes, sizes) for _, epes in runs],
+                choice_epe=batch_weighted_epe(mine, sizes), random_pick_epe=batch_weighted_epe(random_pick, sizes),
+                similar=[{k: r[k] for k in ("arch", "gmacs", "standalone_epe")} for r in similar],
+                difference=batch_weighted_epe(diff, sizes),
+                difference_se=float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None)
+
+
+def training_seconds(run_dirs):
+    """The wall time the runs took to train (their train_report.json's), summed."""
+    return float(sum(read_run(d)[1].get("wall_time_s", 0.0) for d in run_dirs))
+
+
+def table_lines(report):
+    """The rank table and the headline figures, as printed."""
+    lines = [f"{'arch':<18} {'GMAC':>6} {'updates':>7} {'supernet EPE':>12} {'rank':>5} "
+             f"{'standalone EPE':>14} {'+-batch sd':>10} {'rank':>5}"]
+    noise = report["noise_floor"]
+    by_standalone = sorted(zip(report["archs"], noise["standalone_batch_std"]), key=lambda p: p[0]["standalone_epe"])
+    for row, spread in by_standalone:
+        lines.append(f"{row['arch']:<18} {row['gmacs']:>6.3f} {row['standalone_updates']:>7} "
+                     f"{row['supernet_epe']:>12.4f} "
+                     f"{row['supernet_rank']:>5.1f} {row['standalone_epe']:>14.4f} "
+                     f"{spread if spread is not None else float('nan'):>10.4f} {row['standalone_rank']:>5.1f}")
+    boot = report["bootstrap"]
+    lines += [f"Kendall tau-b {report['kendall_tau_b']:.3f} (95% bootstrap {boot['tau_ci95'][0]:.3f} .. "
+              f"{boot['tau_ci95'][1]:.3f}), Spearman rho {report['spearman_rho']:.3f} "
+              f"({boot['rho_ci95'][0]:.3f} .. {boot['rho_ci95'][1]:.3f}), {report['num_archs']} archs, "
+              f"{boot['used']}/{boot['samples']} resamples, seed {boot['seed']}",
+              "top-k overlap " + ", ".join(f"top-{k} {v:.2f}" for k, v in report["top_k_overlap"].items())
+              + "; largest rank shift {shift:g} ({arch})".format(**report["largest_rank_shift"]),
+              f"EPE range over the archs: standalone {noise['standalone_epe_range']:.4f}, supernet "
+              f"{noise['supernet_epe_range']:.4f}",
+              f"noise floor: {noise['validation_samples']} validation samples in "
+              f"{noise['validation_batches']} batches; "
+              f"half-split tau standalone {fmt(noise['half_split_tau_standalone'])}, supernet "
+              f"{fmt(noise['half_split_tau_supernet'])}; pairs resolved (|diff| > 2 s.e.) standalone "
+              f"{fmt(noise['resolvable_pairs_standalone'])}, supernet {fmt(noise['resolvable_pairs_supernet'])}"]
+    lines += [f"standalone after epoch {r['epoch']}: tau-b against its final order {r['tau_vs_final_standalone']:.3f}, "
+              f"against the supernet {r['tau_vs_supernet']:.3f}" for r in report.get("training_length", [])]
+    return lines + study_lines(report)
+
+
+def study_lines(report):
+    """The seeds' own agreement and the search's choice against a random pick of its cost, if measured."""
+    lines = []
+    ceiling = report.get("seed_ceiling")
+    if ceiling:
+        boot = ceiling["bootstrap"]
+        lines.append(f"two seeds of {len(ceiling['archs'])} archs trained alone: Kendall tau-b "
+                     f"{ceiling['kendall_tau_b']:.3f} ({boot['tau_ci95'][0]:.3f} .. {boot['tau_ci95'][1]:.3f}): "
+                     "the ceiling a supernet's tau could reach")
+    choice = report.get("search_choice")
+    if choice:
+        se = choice["difference_se"]
+        seeds = ", ".join(f"{e:.4f}" for e in choice["choice_seed_epes"])
+        lines.append(f"search's choice at <= {choice['budget_gmacs']:.3f} GMAC: {choice['arch']} "
+                     f"({choice['gmacs']:.3f}), alone EPE {choice['choice_epe']:.4f} (seeds {seeds}); a random pick "
+                     f"of that cost ({len(choice['similar'])} subnets) {choice['random_pick_epe']:.4f}; difference "
+                     f"{choice['difference']:+.4f}" + (f" (paired SE {se:.4f})" if se else ""))
+    return lines
+
+
+def fmt(value):
+    """A figure with 3 decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def plot_ranking(report, path):
+    """rank.png: supernet EPE against standalone EPE, one labelled point per arch, and the same
+    archs by rank with the identity line (perfect agreement) drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = report["archs"]
+    fig, (ax_epe, ax_rank) = plt.subplots(1, 2, figsize=(12, 5.5))
+    for ax, (xkey, ykey, what) in zip((ax_epe, ax_rank), (("standalone_epe", "supernet_epe", "EPE"),
+                                                          ("standalone_rank", "supernet_rank", "rank"))):
+        ax.scatter([r[xkey] for r in rows], [r[ykey] for r in rows], c=[r["gmacs"] for r in rows], cmap="viridis")
+        for r in rows:
+            ax.annotate(r["arch"].replace(",", ""), (r[xkey], r[ykey]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel(f"standalone {what}")
+        ax.set_ylabel(f"supernet {what}")
+    ax_rank.plot([1, len(rows)], [1, len(rows)], "k--", lw=0.8, label="identity of ranks")
+    ax_rank.legend(loc="upper left")
+    boot = report["bootstrap"]
+    fig.suptitle(f"Kendall tau-b {report['kendall_tau_b']:.3f} [{boot['tau_ci95'][0]:.2f}, {boot['tau_ci95'][1]:.2f}], "
+                 f"Spearman rho {report['spearman_rho']:.3f}, {len(rows)} subnets (colour: GMACs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def standalone_name(arch):
+    """Run folder name of a standalone subnet: standalone_<9 digits>."""
+    return "standalone_" + supernet.format_arch(arch).replace(",", "")
+
+
+def read_run(run_dir):
+    """(config, train_report) of a finished run, or RankError naming the folder."""
+    try:
+        cfg = config.run_config(run_dir)
+        path = os.path.join(run_dir, "train_report.json")
+        report = ckpt.read_json(path, "train report (is the run finished?)")
+    except (CheckpointError, ConfigError) as err:
+        raise RankError(str(err)) from None
+    if not isinstance(report, dict):
+        raise RankError(f"{path}: must hold a JSON object")
+    for field, kind in (("mode", str), ("data_source", str), ("global_step", int)):
+        if not isinstance(report.get(field), kind):
+            raise RankError(f"{path}: field '{field}' missing or not a JSON {'string' if kind is str else 'integer'}")
+    return cfg, report
+
+
+def data_seed(cfg):
+    """The seed a run's synthetic pairs are drawn from: synthetic_seed, or with -1 the run's seed."""
+    return cfg["seed"] if cfg["synthetic_seed"] == -1 else cfg["synthetic_seed"]
+
+
+def data_identity(cfg):
+    """What two runs must share to have seen the same data at the same size."""
+    identity = {k: cfg.get(k) for k in ("input_h", "input_w", "synthetic", "base_path", "data_layout")}
+    if cfg["synthetic"] or not cfg["base_path"]:  # synthetic pairs are drawn from these
+        identity.update({k: cfg[k] for k in ("synthetic_train_size", "synthetic_val_size", "synthetic_scene")},
+                        synthetic_seed=data_seed(cfg))
+    return identity
+
+
+def check_standalone_runs(supernet_cfg, supernet_report, run_dirs):
+    """[(run_dir, arch)] after checking each run is standalone, finished and saw the supernet's data
+    at its input size; RankError names the first run that does not."""
+    if len(run_dirs) < MIN_ARCHS:
+        raise RankError(f"{len(run_dirs)} standalone runs given; at least {MIN_ARCHS} are needed to rank")
+    expected, runs, seen = data_identity(supernet_cfg), [], {}
+    for run_dir in run_dirs:
+        cfg, report = read_run(run_dir)
+        if not cfg.get("arch") or report.get("mode") != "standalone":
+            raise RankError(f"{run_dir} is not a standalone run (train.py --arch CODE)")
+        if report["data_source"] != supernet_report["data_source"]:
+            raise RankError(f"{run_dir}: data source {report['data_source']} differs from the supernet's "
+                            f"{supernet_report['data_source']}")
+        theirs = data_identity(cfg)
+        differing = [f"{k} {theirs[k]!r} (supernet {v!r})" for k, v in expected.items() if theirs[k] != v]
+        if differing:
+            raise RankError(f"{run_dir}: not the supernet's data or input size: {', '.join(differing)}")
+        arch = supernet.parse_arch(cfg["arch"])
+        if arch in seen:
+            raise RankError(f"{run_dir} and {seen[arch]} both train {cfg['arch']}: one run per arch")
+        seen[arch] = run_dir
+        runs.append((run_dir, arch))
+    return runs
+
+
+def score_per_batch(sess, scorer, arch, recal_batches, val_batches):
+    """EPE of one subnet on each validation batch (its BN recalibrated on the same batches each time,
+    which gives the same statistics every time: recalibration overwrites them)."""
+    return [scoring.score_subnet(sess, scorer, arch, recal_batches, [batch])["epe"] for batch in val_batches]
+
+
+def score_archs(run_dir, archs, checkpoint_type, scored, h, w, standalone=False):
+    """{arch: per-batch EPEs} of `archs` held by one run's checkpoint: a supernet (dynamic graph)
+    or a standalone run (`standalone`: the static graph of its one subnet)."""
+    recal_batches, val_batches = scored
+    with scoring.restored_scorer(run_dir, checkpoint_type, h, w, static_arch=archs[0] if standalone else None,
+                                 input_size=(h, w)) as (sess, scorer, _):
+        return {arch: score_per_batch(sess, scorer, arch, recal_batches, val_batches) for arch in archs}

@@ -1,0 +1,92 @@
+"""A trained run as the scoring commands see it: the flags that name it, its folder, its checked
+config with the scoring flags applied, whether it is a supernet or one subnet trained alone, and
+its eval pool."""
+import os
+
+import batches
+import ckpt
+import config
+import supernet
+from errors import ArchError, CheckpointError, ConfigError
+
+
+SCORING_FLAGS = {"batch_size": 1, "bn_recal_batches": 1, "eval_batches": 0}  # flag -> smallest value
+
+
+def add_run_flags(parser, what):
+    """The flags that choose a run, its checkpoint, the scoring batches and the dataset (shared by
+    every entry point that scores a trained run); unset scoring flags keep the run's config."""
+    parser.add_argument("--experiment_name", help=f"run under output_dir to {what} (default: the newest)")
+    parser.add_argument("--output_dir", default=config.defaults()["output_dir"],
+                        help="where runs live (default: config.json's)")
+    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--batch_size", type=int, help="batch size for recalibration and scoring")
+    parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration")
+    parser.add_argument("--eval_batches", type=int, help="validation batches per subnet (0 = all)")
+    batches.add_dataset_flags(parser)
+
+
+def run_dir_of(args):
+    """The run folder the flags name: --experiment_name, or the newest run with that checkpoint."""
+    if not args.experiment_name:
+        return ckpt.newest_run(args.output_dir, args.checkpoint_type)
+    run_dir = ckpt.run_folder(args.output_dir, args.experiment_name)
+    if not os.path.isdir(run_dir):
+        raise CheckpointError(f"run folder not found: {run_dir}")
+    return run_dir
+
+
+def check_scoring_flags(args):
+    """ConfigError naming the flag unless each scoring flag given is in range."""
+    for key, smallest in SCORING_FLAGS.items():
+        value = getattr(args, key, None)
+        if value is not None and value < smallest:
+            raise ConfigError(f"--{key} {value} is out of range (at least {smallest})")
+
+
+def scoring_config(args, run_dir):
+    """The run's saved config (config.run_config: every key checked) with the scoring flags applied."""
+    check_scoring_flags(args)
+    cfg = config.run_config(run_dir)
+    cfg.update({key: getattr(args, key) for key in SCORING_FLAGS if getattr(args, key, None) is not None})
+    return cfg
+
+
+def standalone_arch(cfg):
+    """The arch of a standalone run (trained alone with train.py --arch), or None for a supernet."""
+    return supernet.parse_arch(cfg["arch"]) if cfg.get("arch") else None
+
+
+def pool_path(run_dir, cfg):
+    """The run's eval pool file."""
+    return os.path.join(run_dir, f"eval_pool_{cfg['eval_pool_size']}.json")
+
+
+def read_pool(path):
+    """The arch codes of an eval pool file, each checked; CheckpointError naming the file otherwise."""
+    pool = ckpt.read_json(path, "eval pool")
+    codes = pool.get("archs") if isinstance(pool, dict) else None
+    if not isinstance(codes, list):
+        raise CheckpointError(f"{path}: field 'archs' must be a list of arch codes")
+    try:
+        return [supernet.parse_arch(code) for code in codes]
+    except ArchError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def chosen_archs(args, run_dir, cfg):
+    """(archs to score, whether they are the run's eval pool): --arch codes, or the pool."""
+    archs = [supernet.parse_arch(code) for code in args.arch]
+    repeated = sorted({supernet.format_arch(a) for a in archs if archs.count(a) > 1})
+    if repeated:
+        raise ConfigError(f"--arch {repeated[0]} is given more than once")
+    standalone = standalone_arch(cfg)
+    if standalone:
+        if any(a != standalone for a in archs):
+            raise ConfigError(f"{run_dir} is a standalone run of {cfg['arch']}: it scores only that arch")
+        return [standalone], False
+    path = pool_path(run_dir, cfg)
+    if not archs:
+        return read_pool(path), True
+    pool = read_pool(path) if os.path.exists(path) else []
+    return archs, sorted(archs) == sorted(pool)

@@ -1,0 +1,94 @@
+"""The training graph: the multi-scale loss, the optimizer update (weight decay, global-norm clip,
+cosine learning rate), the fused fair step of three paths on one batch, one subnet's step alone,
+and the training input behind feedable placeholders."""
+import contextlib
+import math
+
+import devices  # before tensorflow: quietens its start-up (see devices.py)
+import tensorflow as tf
+
+import data_fc2
+import fair
+import supernet
+
+
+def multiscale_loss(preds, flow_gt, weights):
+    """sum over scales of weight * mean |pred - label|, the label area-resized to each scale
+    (flow values unchanged: flow is in input-pixel units at every scale)."""
+    total = 0.0
+    for pred, weight in zip(preds, weights):
+        size = pred.shape[1:3]
+        label = flow_gt if size == flow_gt.shape[1:3] else tf.image.resize(flow_gt, size, method="area")
+        total += weight * tf.reduce_mean(tf.abs(pred - label))
+    return total
+
+
+def cosine_learning_rate(cfg, global_step, total_steps):
+    """Cosine decay from learning_rate at step 0 to 0 at total_steps."""
+    progress = tf.minimum(tf.cast(global_step, tf.float32) / float(max(total_steps, 1)), 1.0)
+    return cfg["learning_rate"] * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+
+def build_update(cfg, data_loss, total_steps):
+    """One optimizer update of every trainable variable from `data_loss` plus weight decay:
+    gradient, global-norm clip, cosine learning rate, Adam (or SGD). Returns the fetchable pieces."""
+    variables = tf.compat.v1.trainable_variables()
+    loss = data_loss + cfg["weight_decay"] * tf.add_n([tf.nn.l2_loss(k) for k in supernet.kernel_variables(variables)])
+    grads = tf.gradients(loss, variables)
+    grad_norm = tf.linalg.global_norm(grads)
+    clip = cfg["grad_clip_norm"]
+    if clip > 0:
+        grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=grad_norm)
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    lr = cosine_learning_rate(cfg, global_step, total_steps)
+    if cfg["optimizer"] == "adam":
+        optimizer = tf.compat.v1.train.AdamOptimizer(lr, cfg["adam_beta1"], cfg["adam_beta2"], cfg["adam_epsilon"])
+    else:
+        optimizer = tf.compat.v1.train.GradientDescentOptimizer(lr)
+    train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
+    return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "train_op": train_op, "global_step": global_step,
+            "clipped": grad_norm > clip if clip > 0 else tf.constant(False)}
+
+
+def build_train_step(cfg, images, flows, total_steps, path_devices=None):
+    """The fused fair step: 3 paths on one batch, one gradient of their mean loss, one update.
+
+    images [B, H, W, 6], flows [B, H, W, 2]. Returns a dict of tensors and ops; feed `arch_paths`
+    ([3, 9] int32, one fair cycle) and run `train_op`. The gradient of the mean of the three path
+    losses is exactly the mean of the three per-path gradients, and it is applied once.
+    With several `path_devices` (device names), path p runs on path_devices[p % N], forward and
+    backward (tf.gradients keeps each gradient op on its forward op's device); the variables live
+    on the first. Each path normalises with its own batch statistics, so the update is the same.
+    """
+    paths = fair.paths_per_cycle()
+    arch_paths = tf.compat.v1.placeholder(tf.int32, [paths, len(supernet.SPACE.blocks)], "arch_paths")
+    spread = path_devices if path_devices and len(path_devices) > 1 else None
+    path_losses = []
+    for p in range(paths):
+        with tf.device(spread[p % len(spread)]) if spread else contextlib.nullcontext():
+            flows_p = supernet.build_flows(images, arch_paths[p], mode="train")
+            path_losses.append(multiscale_loss(flows_p, flows, cfg["loss_weights"]))
+    data_loss = tf.add_n(path_losses) / paths
+    return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths)
+
+
+def build_standalone_step(cfg, images, flows, total_steps, arch):
+    """One subnet alone: the static graph of `arch` (only its layers exist), its loss and one update
+    per step, with the supernet's variable names. `model_variables` (the subnet's weights and BN
+    statistics, no optimizer state) are what `--init_from` restores from a supernet run."""
+    loss = multiscale_loss(supernet.build_flows(images, arch, mode="train"), flows, cfg["loss_weights"])
+    model_variables = tf.compat.v1.global_variables()
+    return dict(build_update(cfg, loss, total_steps), arch=arch, model_variables=model_variables)
+
+
+def training_input(cfg, data, start_step):
+    """Batches from the training split inside the current graph, from batch `start_step` on (each a
+    pure function of the seed and its step), behind feedable placeholders (evaluation feeds its own
+    batches through the same tensors)."""
+    dataset = data_fc2.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
+                                    max_flow=cfg["max_flow"], seed=cfg["seed"], start_step=start_step)
+    next_images, next_flows = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    h, w = cfg["input_h"], cfg["input_w"]
+    images = tf.compat.v1.placeholder_with_default(next_images, [None, h, w, supernet.INPUT_CHANNELS], "images")
+    flows = tf.compat.v1.placeholder_with_default(next_flows, [None, h, w, supernet.FLOW_CHANNELS], "flows")
+    return images, flows
