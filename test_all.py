@@ -526,10 +526,12 @@ def _bilinear(image, x, y):
 
 
 class TestSynthetic:
-    @pytest.mark.parametrize("seed", [0, 1, 2])
-    def test_synthetic_flow_warps_img1_back_to_img0(self, seed):
+    @pytest.mark.parametrize("seed, knobs", [(0, {}), (1, {}), (2, {}),
+                                             (3, {"num_objects": [6, 9], "object_radius": [0.08, 0.16],
+                                                  "object_shift": [0.05, 0.2], "object_degrees": 15.0})])
+    def test_synthetic_flow_warps_img1_back_to_img0(self, seed, knobs):
         h, w = 96, 128
-        scene = synthetic.render_synthetic_scene(np.random.default_rng(seed), h, w)
+        scene = synthetic.render_synthetic_scene(np.random.default_rng(seed), h, w, synthetic.Scene.of(knobs))
         img0, img1, flow = scene["img0"], scene["img1"], scene["flow"]
         layers0, layers1 = scene["layers0"], scene["layers1"]
         assert len(np.unique(layers0)) >= 4  # background plus several visible objects
@@ -553,6 +555,20 @@ class TestSynthetic:
         # Measured: 0.30-0.37. A wrong flow (sign, axis order, frame) gives errors of several levels.
         assert warped_error < 1.0
         assert zero_error > 3.0 and zero_error > 5 * warped_error
+
+    def test_the_study_scene_is_one_exact_affine_motion(self):
+        knobs = config.read_config_file(str(HERE / "study.json"))["synthetic_scene"]
+        scene = synthetic.render_synthetic_scene(np.random.default_rng(4), 32, 48, synthetic.Scene.of(knobs))
+        assert not scene["layers0"].any()  # the background alone
+        ys, xs = np.mgrid[0:32, 0:48]
+        points = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)], 1)
+        affine, residual, *_ = np.linalg.lstsq(points, (scene["flow"].reshape(-1, 2) + points[:, :2]), rcond=None)
+        assert np.abs(points @ affine - points[:, :2] - scene["flow"].reshape(-1, 2)).max() < 1e-4
+        assert np.abs(scene["flow"]).max() > 1.0  # it moves
+        with pytest.raises(errors.DataError, match="unknown knob 'colour'"):
+            synthetic.Scene.of({"colour": 1})
+        with pytest.raises(errors.DataError, match="knob 'wavelength' must be a range"):
+            synthetic.Scene.of({"wavelength": [0.0, 4.0]})
 
     def test_synthetic_is_seeded_and_reproducible(self):
         a = synthetic.make_synthetic_arrays(3, 24, 32, seed=7)
