@@ -70,8 +70,11 @@ def _import_tensorflow():
     """tensorflow, imported with the log level set and its start-up lines held back."""
     if USER_LOG_LEVEL is None:
         os.environ[LOG_LEVEL_VARIABLE] = QUIET_LOG_LEVEL
-    with quiet(STARTUP_LINES):
-        module = importlib.import_module("tensorflow")
+    try:
+        with quiet(STARTUP_LINES):
+            module = importlib.import_module("tensorflow")
+    except ModuleNotFoundError as error:  # a command run with a Python outside the environment
+        sys.exit(f"{error.name} is not installed for {sys.executable}: `make venv`, then run .venv/bin/python")
     if USER_LOG_LEVEL is None:  # its Python warnings too (deprecation notices of the TF1 API it still ships)
         module.get_logger().setLevel("ERROR")
     return module

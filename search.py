@@ -132,7 +132,9 @@ def parse_args(argv):
 def search_dir_for(run_dir, args, suffix):
     """search_<checkpoint type><dataset suffix>[_<arch set>]: the whole space, a sample, a list and
     another dataset never share a folder."""
-    name = f"search_{args.checkpoint_type}{suffix}"
+    name = (os.path.basename(search_parts.size_search_dir(run_dir, args.checkpoint_type, args.size,
+                                                          args.recal_at == "deploy"))
+            if args.size else f"search_{args.checkpoint_type}{suffix}")
     if args.sample is not None:
         name += f"_sample{args.sample}_seed{args.seed}"
     elif args.archs or args.archs_file:
@@ -158,10 +160,9 @@ def run(args):
     cfg = runs.scoring_config(args, run_dir)
     if runs.standalone_arch(cfg):
         raise SearchError(f"{run_dir} is a standalone run of {cfg['arch']}: search needs a supernet run")
-    if args.size and (args.dataset != "fc2" or args.base_path or args.sample or args.archs or args.archs_file):
-        raise SearchError("--size scores the whole space on the run's own data: it takes no dataset or arch flags")
-    search_dir = (search_parts.size_search_dir(run_dir, args.checkpoint_type, args.size, args.recal_at == "deploy")
-                  if args.size else search_dir_for(run_dir, args, batches.result_suffix(args)))
+    if args.size and (args.dataset != "fc2" or args.base_path):
+        raise SearchError("--size scores on the run's own frames resized: it takes no --dataset or --base_path")
+    search_dir = search_dir_for(run_dir, args, batches.result_suffix(args))
     if args.latency_table:  # refused now rather than after the scoring
         load_latency_table(args.latency_table, *(args.size or (cfg["input_h"], cfg["input_w"])))
     if args.merge:  # the parts hold every score: no data is read

@@ -2962,6 +2962,12 @@ class TestDevices:
         with pytest.raises(errors.DeviceError, match="between 1 and 3"):  # one device per path at most
             devices.report(4, log=None, paths=fair.paths_per_cycle())
 
+    def test_a_python_without_tensorflow_is_told_in_one_line(self):
+        script = "import sys; sys.modules['tensorflow'] = None; sys.argv = ['export.py', '--help']; import devices"
+        result = subprocess.run([sys.executable, "-c", script], cwd=HERE, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr == f"tensorflow is not installed for {sys.executable}: `make venv`, then run .venv/bin/python\n"
+
     @pytest.mark.slow
     def test_train_says_the_device_once_quietly_and_stops_where_a_gpu_goes_unused(self, tmp_path):
         missing = str(tmp_path / "no_fc2_here")
