@@ -39,7 +39,8 @@ import synthetic
 import train_graph
 from errors import ArchError, EdgeFlowError
 
-FLOPS_FORMULA = "sum over the 3 paths of count_macs(arch, h, w) x 2 FLOP/MAC x 3 (forward + backward) x batch / seconds"
+FLOPS_FORMULA = ("sum over the 3 paths of count_macs(arch, h, w) x 2 FLOP/MAC x 3 (forward + backward) x batch "
+                 "/ seconds")
 TOTAL_STEPS = 1000  # only sets the cosine learning-rate schedule of the benchmarked steps
 STEP_TARGET = 1.05  # the fused step may cost at most this times the three static steps
 PIPELINE_TARGET = 100.0  # the pipeline should deliver this many times what the fair step consumes
@@ -415,7 +416,8 @@ def report_lines(result):
         "whatever the load)",
         f"  {f'{PIPELINE_TARGET:.0f}x needs':<40}{pipe['cores_for_target']:.2f} cores free for "
         f"decoding at {pipe['samples_per_s_per_core']:.0f} samples/s per core",
-        f"4 evaluation, recalibration + scoring     {ev['median_s']:.3f} s per subnet (median of {len(ev['subnets'])}; "
+        f"4 evaluation, recalibration + scoring     {ev['median_s']:.3f} s per subnet "
+        f"(median of {len(ev['subnets'])}; "
         f"{ev['recal_batches']} recal + {ev['val_batches']} val batches each)",
         "  s per subnet, subnets 1..n              " + " ".join(f"{s:.2f}" for s in ev["seconds_per_subnet"]),
         "  s per GMAC, subnets 1..n                " + " ".join(f"{s:.3f}" for s in ev["seconds_per_gmac"]),
@@ -441,7 +443,8 @@ def report_lines(result):
             f"  speed-up over 19,683 one by one         {se['speedup']:.1f}x (per-subnet time x 19,683 / whole-space "
             f"time; the MAC count's limit {se['mac_speedup']:.1f}x: {se['shared_tmac_per_pair']:.3f} against "
             f"{se['alone_tmac_per_pair']:.1f} TMAC per image pair)",
-            f"  the same, per GMAC                      {se['speedup_per_gmac']:.1f}x (the sample's seconds per GMAC x "
+            f"  the same, per GMAC                      {se['speedup_per_gmac']:.1f}x "
+            "(the sample's seconds per GMAC x "
             "the space's GMACs / whole-space time: takes out the sample's size)"]
     if mem["gpu_peak_mib"] is not None:
         lines.append(f"  peak GPU memory (TensorFlow allocator)  {mem['gpu_peak_mib']:.0f} MiB")

@@ -185,7 +185,8 @@ class Vela:
             with open(ini, encoding="utf-8") as f:
                 parser.read_file(f)
         except (OSError, configparser.Error) as err:
-            raise CompileError(f"{where}: vela.ini {ini} unreadable: {getattr(err, 'strerror', None) or err}") from None
+            reason = getattr(err, 'strerror', None) or err
+            raise CompileError(f"{where}: vela.ini {ini} unreadable: {reason}") from None
         for kind, name in (("System_Config", target.system_config), ("Memory_Mode", target.memory_mode)):
             if not parser.has_section(f"{kind}.{name}"):
                 raise CompileError(f"{where}: {ini} has no section [{kind}.{name}]")
@@ -205,7 +206,8 @@ class Vela:
             raise CompileError(f"cannot run Vela {self.path}: {err.strerror or err}") from None
         if proc.returncode:
             lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-            raise CompileError(f"Vela failed on {model_path}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+            reason = lines[-1] if lines else f"exit code {proc.returncode}"
+            raise CompileError(f"Vela failed on {model_path}: {reason}")
         stem = os.path.splitext(os.path.basename(model_path))[0]
         summary = parse_vela_summary(os.path.join(out_dir, f"{stem}_summary_{target.system_config}.csv"))
         summary.update(parse_operator_counts(proc.stdout))

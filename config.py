@@ -87,7 +87,8 @@ def check_ranges(cfg, where="config"):
     if min(cfg["loss_weights"]) < 0 or max(cfg["loss_weights"]) <= 0:
         problems.append(f"key 'loss_weights' must be >= 0 with one > 0, got {cfg['loss_weights']}")
     if cfg["synthetic_seed"] < -1:
-        problems.append(f"key 'synthetic_seed' must be -1 (the run's seed) or a seed >= 0, got {cfg['synthetic_seed']}")
+        problems.append(f"key 'synthetic_seed' must be -1 (the run's seed) or a seed >= 0, "
+                        f"got {cfg['synthetic_seed']}")
     try:
         synthetic.Scene.of(cfg["synthetic_scene"])
     except DataError as err:

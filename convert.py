@@ -137,8 +137,7 @@ def dequantize(q, scale, zero_point):
 
 def predictions(predict, val_batches):
     """`predict` run on every validation sample one at a time, stacked batch by batch."""
-    return [np.concatenate([predict(s[None].astype(np.float32)) for s in batches.batch_parts(b)[0]])
-            for b in val_batches]
+    return [np.concatenate([predict(s[None].astype(np.float32)) for s in b[0]]) for b in val_batches]
 
 
 def metrics_of(outputs, val_batches):

@@ -43,7 +43,8 @@ def _sintel_scene_pairs(image_dir, flow_dir):
             if not os.path.isfile(flow):
                 raise DataError(f"{flow}: flow file missing for frames {frames[number]} -> {frames[number + 1]} "
                                 f"of {image_dir}")
-            samples.append((os.path.join(image_dir, frames[number]), os.path.join(image_dir, frames[number + 1]), flow))
+            first, second = (os.path.join(image_dir, frames[n]) for n in (number, number + 1))
+            samples.append((first, second, flow))
     paired = {os.path.basename(s[2]) for s in samples}
     for name in _list_folder(flow_dir, "Sintel flow folder"):
         if name.endswith(".flo") and name not in paired:

@@ -73,7 +73,8 @@ def open_deployment(args, log):
     cache = compiler.CompileCache(os.path.join(args.output_dir, settings["compile_cache"]), tool)
     log(f"deploying {run_dir} ({args.checkpoint_type}, step {meta['global_step']}) on {target.name}: "
         f"{target.accelerator_config} {target.system_config} {target.memory_mode}, optimise {target.optimise}, "
-        f"SRAM {target.sram_kib:g} KiB, flash {target.flash_kib:g} KiB, min_fps {target.min_fps}; {cache.version}")
+        f"SRAM {target.sram_kib:g} KiB, flash {target.flash_kib:g} KiB"
+        + ("" if target.min_fps is None else f", at least {target.min_fps:g} FPS") + f"; {cache.version}")
     return deployment.Deployment(run_dir, args.checkpoint_type, cfg, target, cache, settings, meta)
 
 

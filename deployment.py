@@ -317,13 +317,13 @@ def choose(members, pixels):
 
 def misfit(dep, compiled):
     """Why a full compile (the compiler's summary) does not fit the target ('' if it does)."""
+    min_fps = dep.target.min_fps or 0.0
     checks = [(compiled["sram_used_kib"] > dep.target.sram_kib,
                f"SRAM {compiled['sram_used_kib']:.1f} KiB > {dep.target.sram_kib:g}"),
               (compiled["off_chip_flash_used_kib"] > dep.target.flash_kib,
                f"flash {compiled['off_chip_flash_used_kib']:.1f} KiB > {dep.target.flash_kib:g}"),
               (compiled["cpu_operators"] > 0, f"{compiled['cpu_operators']} CPU operators"),
-              (dep.target.min_fps is not None and compiled["fps"] < dep.target.min_fps,
-               f"{compiled['fps']:.1f} FPS < {dep.target.min_fps}")]
+              (compiled["fps"] < min_fps, f"{compiled['fps']:.1f} FPS < {min_fps:g}")]
     return "; ".join(text for failed, text in checks if failed)
 
 

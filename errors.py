@@ -4,8 +4,11 @@ Every fault a user can cause (a bad flag, file, config, checkpoint, dataset, arc
 target) raises a subclass of EdgeFlowError whose message is one line naming the file, field, flag
 or path. Entry points run their work through `exit_code`: such an error, or an OSError of the
 environment (a full disk, a folder that cannot be written), prints one `error: ...` line and exits
-1. Anything else (a bug here, in numpy or in TensorFlow) keeps its traceback.
+1. Anything else (a bug here, in numpy or in TensorFlow) keeps its traceback. What the libraries
+announce through `logging` (synthetic data in place of a dataset) is printed on stdout with the
+command's own lines, so stderr holds errors alone.
 """
+import logging
 import sys
 
 
@@ -80,9 +83,19 @@ def os_error_line(err):
     return f"cannot use {path}: {err.strerror or err}"
 
 
+class _Announcements(logging.Handler):
+    """Library log records as plain lines on the current stdout (pytest swaps sys.stdout)."""
+
+    def emit(self, record):
+        print(self.format(record), flush=True)
+
+
 def exit_code(action, *args):
     """Run an entry point's action(*args): an EdgeFlowError or an OSError becomes one `error: ...`
     line on stderr and exit code 1; success is 0."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _Announcements) for h in root.handlers):
+        root.addHandler(_Announcements())
     try:
         action(*args)
     except EdgeFlowError as err:

@@ -46,7 +46,8 @@ def score_checkpoint(args, run_dir, cfg, archs, recal_batches, val_batches, info
                                  static_arch=runs.standalone_arch(cfg)) as (sess, scorer, meta):
         sizes = ", ".join(f"{a}x{b}" for a, b in info["input_sizes"])
         print(f"scoring {len(archs)} subnets of {meta['prefix']} (epoch {meta['epoch']}, step {meta['global_step']}): "
-              f"{len(recal_batches)} recalibration batches at {h}x{w}, {info['samples']} validation samples at {sizes}")
+              f"{len(recal_batches)} recalibration batches at {h}x{w}, "
+              f"{info['samples']} validation samples at {sizes}")
         return scoring.evaluate(sess, scorer, archs, recal_batches, val_batches, h, w, log=print,
                                 on_prediction=on_prediction), meta
 

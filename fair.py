@@ -47,7 +47,8 @@ def fair_cycle(seed, step):
 
 def empty_counts():
     """Fairness counts {block: {option: 0}}; option keys are strings so JSON round-trips them."""
-    return {block: {str(o): 0 for o in range(n)} for block, n in zip(supernet.SPACE.blocks, supernet.SPACE.num_options)}
+    space = supernet.SPACE
+    return {block: {str(o): 0 for o in range(n)} for block, n in zip(space.blocks, space.num_options)}
 
 
 def add_counts(counts, archs):

@@ -220,7 +220,8 @@ def check_eval_sample(sample):
                  else _kitti_flow_size(sample[2], _png_file_header(sample[2])))
     for path, size in zip(sample[1:], sizes[1:]):
         if size != sizes[0]:
-            raise DataError(f"{path}: size {size[0]}x{size[1]} differs from {sizes[0][0]}x{sizes[0][1]} of {sample[0]}")
+            raise DataError(f"{path}: size {size[0]}x{size[1]} differs from "
+                            f"{sizes[0][0]}x{sizes[0][1]} of {sample[0]}")
     return sizes[0]
 
 

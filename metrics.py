@@ -26,13 +26,14 @@ def flow_metric_sums(pred, gt, valid=None):
     axes = [-3, -2, -1]
     if valid is None:
         pixels = tf.cast(tf.reduce_prod(tf.shape(epe)[-3:]), tf.float32)
-        epe_sum, counted = tf.reduce_sum(epe, axis=axes), epe
+        counted = epe
     else:
         mask = tf.cast(valid, tf.bool)
         pixels = tf.reduce_sum(tf.cast(mask, tf.float32))
-        epe_sum = tf.reduce_sum(tf.where(mask, epe, 0.0), axis=axes)
         counted = tf.where(mask, epe, np.inf)  # an invalid pixel is below no threshold ...
         outlier_above = tf.where(mask, outlier_above, np.inf)  # ... and above no outlier threshold
+    sample_epe = tf.reduce_sum(epe if valid is None else tf.where(mask, epe, 0.0), axis=[-2, -1])  # [..., B]
+    epe_sum = tf.reduce_sum(sample_epe, axis=-1)  # one pass over the pixels serves both
 
     def count(condition):
         return tf.reduce_sum(tf.cast(condition, tf.float32), axis=axes)
@@ -40,7 +41,7 @@ def flow_metric_sums(pred, gt, valid=None):
     sums = {"epe": epe_sum, "pixels": pixels + tf.zeros_like(epe_sum), "outliers": count(counted > outlier_above)}
     for t in PX_THRESHOLDS:
         sums[f"px{t}"] = count(counted < t)
-    sums["sample_epe"] = tf.reduce_sum(epe if valid is None else tf.where(mask, epe, 0.0), axis=[-2, -1])  # [..., B]
+    sums["sample_epe"] = sample_epe
     return sums
 
 
@@ -84,8 +85,8 @@ def to_frame(pred, frame_hw):
     if (h, w) == tuple(frame_hw):
         return pred
     frame_h, frame_w = frame_hw
-    flat = tf.reshape(pred, [-1, h, w, 2])
-    resized = tf.image.resize(flat, (frame_h, frame_w), method="bilinear") * [frame_w / w, frame_h / h]
+    flat = tf.reshape(pred, [-1, h, w, 2]) * [frame_w / w, frame_h / h]  # scaled first: the resize is linear
+    resized = tf.image.resize(flat, (frame_h, frame_w), method="bilinear")
     return tf.reshape(resized, tf.concat([tf.shape(pred)[:-3], [frame_h, frame_w, 2]], 0))
 
 

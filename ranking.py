@@ -298,7 +298,8 @@ def table_lines(report):
               f"half-split tau standalone {fmt(noise['half_split_tau_standalone'])}, supernet "
               f"{fmt(noise['half_split_tau_supernet'])}; pairs resolved (|diff| > 2 s.e.) standalone "
               f"{fmt(noise['resolvable_pairs_standalone'])}, supernet {fmt(noise['resolvable_pairs_supernet'])}"]
-    lines += [f"standalone after epoch {r['epoch']}: tau-b against its final order {r['tau_vs_final_standalone']:.3f}, "
+    lines += [f"standalone after epoch {r['epoch']}: "
+              f"tau-b against its final order {r['tau_vs_final_standalone']:.3f}, "
               f"against the supernet {r['tau_vs_supernet']:.3f}" for r in report.get("training_length", [])]
     return lines + study_lines(report)
 
@@ -347,7 +348,8 @@ def plot_ranking(report, path):
     ax_rank.plot([1, len(rows)], [1, len(rows)], "k--", lw=0.8, label="identity of ranks")
     ax_rank.legend(loc="upper left")
     boot = report["bootstrap"]
-    fig.suptitle(f"Kendall tau-b {report['kendall_tau_b']:.3f} [{boot['tau_ci95'][0]:.2f}, {boot['tau_ci95'][1]:.2f}], "
+    fig.suptitle(f"Kendall tau-b {report['kendall_tau_b']:.3f} "
+                 f"[{boot['tau_ci95'][0]:.2f}, {boot['tau_ci95'][1]:.2f}], "
                  f"Spearman rho {report['spearman_rho']:.3f}, {len(rows)} subnets (colour: GMACs)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

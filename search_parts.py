@@ -223,7 +223,9 @@ def _duration(seconds):
     if not np.isfinite(seconds):
         return "unknown"
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def score_part(scorer, units, done, directory, progress_every):

@@ -144,7 +144,9 @@ class Space:
         block, kernel sizes), or None where that description cannot express it."""
         kernels = {layer.options for layer in self.heads}
         depths = {layer.options for layer in self.layers if layer.op == "depth"}
-        if len(set(self.num_options)) != 1 or len(kernels) != 1 or depths != {tuple(range(1, self.num_options[0] + 1))}:
+        if len(set(self.num_options)) != 1 or len(kernels) != 1:
+            return None
+        if depths != {tuple(range(1, self.num_options[0] + 1))}:
             return None
         return {"blocks": list(self.blocks), "num_options": self.num_options[0], "kernel_sizes": list(kernels.pop())}
 

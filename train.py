@@ -33,7 +33,8 @@ def parse_args(argv, defaults):
                         help="continue the newest experiment (or --experiment_name) from its last checkpoint")
     parser.add_argument("--resume_experiment_name",
                         help="resume this experiment (same as --resume --experiment_name NAME)")
-    parser.add_argument("--dry_run", action="store_true", help="build the graph, check data and config, print the plan")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="build the graph, check data and config, print the plan")
     parser.add_argument("--allow_cpu", action="store_true",
                         help="train on the CPU even where nvidia-smi lists a GPU that TensorFlow cannot use")
     keys = parser.add_argument_group("config keys (default: config.json)")
