@@ -1949,6 +1949,19 @@ class TestDeployPieces:
         with pytest.raises(errors.CompileError, match="made by counting 0.9, this is counting 1.0: remove it"):
             cache.structure(structure, target)
 
+    def test_the_compile_cache_removes_what_killed_compiles_left(self, tmp_path):
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()  # a PID whose process has ended
+        models = tmp_path / "cache" / "models"
+        killed, running = models / f"abc.tmp{gone}", models / f"def.tmp{os.getpid()}"
+        for work in (killed, running):
+            work.mkdir(parents=True)
+            (work / "model_vela.tflite").write_bytes(b"half")
+        (tmp_path / "cache" / f"entry.json.tmp{gone}").write_text("{")
+        compiler.CompileCache(str(tmp_path / "cache"), _CountingTool())
+        assert not killed.exists() and running.is_dir()
+        assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["models"]
+
     def test_c_array_holds_the_bytes_aligned(self):
         data = bytes(range(256)) * 3 + b"\x07"
         source, header = firmware.c_array(data, "model_vela")
