@@ -71,7 +71,7 @@ rank: $(VENV) ## the ranking study on study.json: supernet, search, RANK_K subne
 PYTEST := $(PY) -m pytest -q
 
 test: $(VENV) ## run the whole pytest suite
-	$(PYTEST) test_all.py
+	$(PYTEST) --durations=20 test_all.py
 
 .PHONY: test-fast
 test-fast: $(VENV) ## the tests not marked slow (about a minute)
@@ -81,7 +81,7 @@ check: $(VENV) ## CI: self-checks of the search space and fairness, then the tes
 	$(PY) supernet.py --self_test
 	$(PY) fair.py --cycles 300 --seed 42 --check
 	$(PY) fair.py --pool --seed 42 --size 12 --check
-	$(PYTEST) test_all.py
+	$(PYTEST) --durations=20 test_all.py
 
 # One subnet of the newest run (best checkpoint) to TFLite FP32/INT8 and Vela; EXPORT_FLAGS adds flags.
 ARCH ?=
