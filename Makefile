@@ -74,7 +74,7 @@ test: $(VENV) ## run the whole pytest suite
 	$(PYTEST) --durations=20 test_all.py
 
 .PHONY: test-fast
-test-fast: $(VENV) ## the tests not marked slow (about a minute)
+test-fast: $(VENV) ## the tests not marked slow (about half a minute)
 	$(PYTEST) -m "not slow" test_all.py
 
 check: $(VENV) ## CI: self-checks of the search space and fairness, then the test suite
