@@ -202,8 +202,18 @@ def print_summary(dep, found, member, report):
     print(f"chosen: {member['arch']} at {member['size'][0]}x{member['size'][1]}: full compile SRAM "
           f"{report['sram_kib']:.1f} KiB, flash {report['flash_kib']:.1f} KiB, {report['fps']:.2f} FPS, "
           f"{report['cpu_ops']} CPU operators")
+    if "table_check" in report:
+        print(describe_check(report["table_check"]))
     print(f"wrote {dep.folder()}")
     print(f"retrain it at its size: {report['retrain']}")
+
+
+def describe_check(check):
+    """One line: the tables' largest errors against the full compiles of --check."""
+    sizes = sorted({tuple(r["size"]) for r in check["pairs"]}, reverse=True)
+    return (f"tables against {len(check['pairs'])} full compiles at {', '.join(f'{h}x{w}' for h, w in sizes)}: "
+            f"SRAM within {check['sram_max_error_kib']:.1f} KiB (under by at most {check['sram_under_kib']:.1f}), "
+            f"flash within {check['flash_max_error_kib']:.1f} KiB, cycles within {check['cycles_max_error_pct']:.1f}%")
 
 
 def main(argv=None):

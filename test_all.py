@@ -26,6 +26,7 @@ import config
 import convert
 import data_fc2
 import data_sintel_kitti
+import deploy
 import deployment
 import edge_tables
 import errors
@@ -1961,6 +1962,26 @@ class TestDeployPieces:
         compiler.CompileCache(str(tmp_path / "cache"), _CountingTool())
         assert not killed.exists() and running.is_dir()
         assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["models"]
+
+    def test_the_table_check_reports_each_largest_error_and_any_sram_shortfall(self):
+        blocks = supernet.SPACE.blocks
+        table = {"clock_hz": 1e6, "fixed_cycles": 1000.0, "block_cycles": {b: [10.0, 20.0, 40.0] for b in blocks}}
+        costs = {(32, 48): {"sram_kib": [100.0, 110.0, 120.0], "latency_table": table,
+                            "flash": {"intercept_kib": 50.0, "kib_per_param": 0.001}}}
+        low, high = (0,) * 9, (2,) + (0,) * 8  # predicted SRAM 100 and 120 KiB
+        flash = {a: 50.0 + 0.001 * supernet.count_params(a) for a in (low, high)}
+        cycles = {low: 1000.0 + 9 * 10, high: 1000.0 + 40 + 8 * 10}
+        measured = [{"arch": low, "size": [32, 48], "summary": {"sram_used_kib": 97.0, "off_chip_flash_used_kib":
+                                                                flash[low] + 3.0, "cycles_total": cycles[low] * 1.5}},
+                    {"arch": high, "size": [32, 48], "summary": {"sram_used_kib": 125.0, "off_chip_flash_used_kib":
+                                                                 flash[high] - 7.0, "cycles_total": cycles[high]}}]
+        check = edge_tables.check_costs(costs, measured)
+        assert check["sram_max_error_kib"] == pytest.approx(5.0) and check["sram_under_kib"] == pytest.approx(5.0)
+        assert check["flash_max_error_kib"] == pytest.approx(7.0)
+        assert check["cycles_max_error_pct"] == pytest.approx(100 * (1 - 1 / 1.5))
+        line = deploy.describe_check(check)
+        assert line == ("tables against 2 full compiles at 32x48: SRAM within 5.0 KiB (under by at most 5.0), "
+                        "flash within 7.0 KiB, cycles within 33.3%")
 
     def test_c_array_holds_the_bytes_aligned(self):
         data = bytes(range(256)) * 3 + b"\x07"
