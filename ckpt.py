@@ -222,6 +222,31 @@ def remove_temp_files(run_dir):
             remove_uncommitted(checkpoint_dir(run_dir, kind))
 
 
+
+def remove_killed_temps(pattern):
+    """Delete the files and folders matching `pattern` that are `<name>.tmp<pid>` temps (write_atomic's
+    form) of a process that is gone: what a killed writer left. A live process's temps stay."""
+    for path in glob.glob(pattern):
+        pid = path.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def _process_alive(pid):
+    """Whether a process with this PID exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != 0
+
 META_FIELDS = {"checkpoint": str, "epoch": int, "global_step": int, "search_space": dict}
 
 

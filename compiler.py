@@ -218,17 +218,6 @@ class Vela:
 COMPILERS = {"vela": Vela}
 
 
-def _process_alive(pid):
-    """Whether a process with this PID exists (one of another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class CompileCache:
     """Compiles kept under `directory` so that no model is compiled twice, across runs too.
 
@@ -246,17 +235,9 @@ class CompileCache:
         self._remove_killed_work()
 
     def _remove_killed_work(self):
-        """Delete the work folders and JSON temp files (`*.tmp<pid>`) of compiles whose process is
-        gone: a killed compile's leftovers. A live process's are its own, and stay."""
-        for path in glob.glob(os.path.join(self.directory, "*.tmp*")) + glob.glob(
-                os.path.join(self.directory, "models", "*.tmp*")):
-            pid = path.rsplit(".tmp", 1)[1]
-            if not pid.isdigit() or _process_alive(int(pid)):
-                continue
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.remove(path)
+        """Delete the work folders and JSON temp files of compiles whose process was killed."""
+        for pattern in ("*.tmp*", os.path.join("models", "*.tmp*")):
+            ckpt.remove_killed_temps(os.path.join(self.directory, pattern))
 
     def _key(self, *parts):
         return hashlib.sha256(json.dumps([self.version, *parts], sort_keys=True).encode()).hexdigest()[:24]

@@ -245,7 +245,7 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
     or None), extra (more fields for the report)."""
     h, w = size
     check_folder(out_dir)
-    remove_stale_temps(out_dir)
+    ckpt.remove_killed_temps(f"{glob.escape(out_dir)}.tmp*")  # folders of exports killed earlier
     base = options.get("base") or batches.deployment_base(cfg, options["calibration_samples"])
     data = batches.deployment_batches(base, size, options["recal_at_size"])
     values, meta = recalibrated_values(run_dir, kind, cfg, arch, size, data["recal"])
@@ -282,24 +282,6 @@ def check_folder(out_dir):
     """OutputError naming out_dir if a file is in the way of the folder (found before any work)."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise OutputError(f"cannot write the export folder {out_dir}: a file of that name is in the way")
-
-
-def remove_stale_temps(out_dir):
-    """Remove the temp folders (out_dir.tmp<pid>) that exports killed earlier left behind."""
-    for stale in glob.glob(f"{glob.escape(out_dir)}.tmp*"):
-        pid = stale.rsplit(".tmp", 1)[1]
-        if not (pid.isdigit() and _alive(int(pid))):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != 0
 
 
 @contextlib.contextmanager
