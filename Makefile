@@ -68,9 +68,11 @@ rank: $(VENV) ## the ranking study on study.json: supernet, search, RANK_K subne
 	$(PY) rank.py --supernet outputs/$(STUDY_NAME) --train $(RANK_K) --search_choice \
 		--standalone_dir outputs/$(STUDY_NAME)_rank
 
-PYTEST := $(PY) -m pytest -q
+# The suite runs on every core (pytest-xdist), a test class at a time per worker: a class's tests
+# share their module fixtures on one worker, so each expensive fixture is built at most once a worker.
+PYTEST := $(PY) -m pytest -q -n auto --dist loadscope
 
-test: $(VENV) ## run the whole pytest suite
+test: $(VENV) ## run the whole pytest suite, a worker per core
 	$(PYTEST) --durations=20 test_all.py
 
 .PHONY: test-fast

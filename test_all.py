@@ -1893,7 +1893,15 @@ class _CountingTool:
             {"Name": "supernet/E0_conv", "Op Cycles": str(size)}]
 
 
-class TestDeployPieces:
+def _deploy(export_run, target, *flags):
+    """deploy.py as a user types it on the exported tiny run at 32x48 (2 INT8 members, TFLM on 2 pairs)."""
+    return subprocess.run([sys.executable, str(HERE / "deploy.py"), "--output_dir", str(export_run),
+                           "--experiment_name", "whole", "--target", str(target), "--sizes", "32x48",
+                           "--int8_top", "2",
+                           "--tflm_samples", "2", *flags], capture_output=True, text=True, cwd=HERE, env=user_env())
+
+
+class TestDeploy:
     def test_targets_load_and_every_fault_is_named(self, tmp_path):
         assert {"himax-we2", "ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256"} <= set(
             compiler.preset_names())
@@ -1992,18 +2000,6 @@ class TestDeployPieces:
         assert "extern const unsigned char model_vela[];" in header
         assert "extern const unsigned int model_vela_len;" in header
 
-
-
-
-def _deploy(export_run, target, *flags):
-    """deploy.py as a user types it on the exported tiny run at 32x48 (2 INT8 members, TFLM on 2 pairs)."""
-    return subprocess.run([sys.executable, str(HERE / "deploy.py"), "--output_dir", str(export_run),
-                           "--experiment_name", "whole", "--target", str(target), "--sizes", "32x48",
-                           "--int8_top", "2",
-                           "--tflm_samples", "2", *flags], capture_output=True, text=True, cwd=HERE, env=user_env())
-
-
-class TestDeploy:
     @pytest.mark.slow
     def test_deploy_fits_the_board_and_hands_firmware_what_it_needs(self, export_run, tmp_path):
         board = {"name": "small", "accelerator_config": "ethos-u55-64", "system_config": "Ethos_U55_High_End_Embedded",
@@ -2829,23 +2825,13 @@ class TestDependableRuns:
         script = [sys.executable, str(HERE / "train.py")]
         env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
         env["PYTHONUNBUFFERED"] = "1"  # as make starts it: each line as it is printed
-        # "again": the fixture's run once more, and a second train.py on it while it trains
-        again = subprocess.Popen(script + flags + ["--experiment_name", "again"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True, env=env)
-        assert again.stdout.readline().startswith("devices:")  # said once the run is locked, before its graph
-        second = subprocess.run(script + flags + ["--experiment_name", "again", "--resume"], capture_output=True,
-                                text=True, env=env)
-        assert again.wait() == 0 and "done: completed after 2 epochs" in again.stdout.read()
-        err = second.stderr.strip().splitlines()
-        assert second.returncode == 1 and len(err) == 1
-        assert f"run {tmp_path / 'again'} is being written by another process (PID {again.pid})" in err[0]
-        whole, copy = _checkpoint_tensors(out / "base"), _checkpoint_tensors(tmp_path / "again")
-        assert whole.keys() == copy.keys() and all(np.array_equal(whole[k], copy[k]) for k in whole)
-        # "killed": SIGKILLed during its last evaluation, again 1-2 steps after the restore, then resumed
         rng = np.random.default_rng()
 
-        def kill_after(argv, word, count):
-            proc = subprocess.Popen(script + argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        def start(argv):
+            return subprocess.Popen(script + argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                    env=env)
+
+        def kill_after(proc, word, count):
             seen = 0
             for line in proc.stdout:
                 seen += word in line
@@ -2854,12 +2840,21 @@ class TestDependableRuns:
                     break
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        kill_after(flags + ["--experiment_name", "killed"], "evaluating", 2)
+        # "killed": the fixture's run once more; a second train.py on it while it trains is refused; it is
+        # SIGKILLed during its last evaluation, again 1-2 steps after the restore, then resumed to the end
+        killed = start(flags + ["--experiment_name", "killed"])
+        assert killed.stdout.readline().startswith("devices:")  # said once the run is locked, before its graph
+        second = subprocess.run(script + flags + ["--experiment_name", "killed", "--resume"], capture_output=True,
+                                text=True, env=env)
+        err = second.stderr.strip().splitlines()
+        assert second.returncode == 1 and len(err) == 1
+        assert f"run {tmp_path / 'killed'} is being written by another process (PID {killed.pid})" in err[0]
+        kill_after(killed, "evaluating", 2)
         first_row = "".join((tmp_path / "killed" / "eval_history.csv").read_text().splitlines(True)[:2])  # epoch 1
         resume = ["--resume", "--output_dir", str(tmp_path), "--experiment_name", "killed"]
-        kill_after(resume, " step ", int(rng.integers(1, 3)))
+        kill_after(start(resume), " step ", int(rng.integers(1, 3)))
         assert subprocess.run(script + resume, capture_output=True).returncode == 0
-        killed = _checkpoint_tensors(tmp_path / "killed")
+        whole, killed = _checkpoint_tensors(out / "base"), _checkpoint_tensors(tmp_path / "killed")
         assert whole.keys() == killed.keys() and all(np.array_equal(whole[k], killed[k]) for k in whole)
         timing = {"eval_seconds", "wall_time_s"}
         rows = [[{k: v for k, v in r.items() if k not in timing} for r in _history(run / "eval_history.csv")]
