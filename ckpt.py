@@ -222,7 +222,6 @@ def remove_temp_files(run_dir):
             remove_uncommitted(checkpoint_dir(run_dir, kind))
 
 
-
 def remove_killed_temps(pattern):
     """Delete the files and folders matching `pattern` that are `<name>.tmp<pid>` temps (write_atomic's
     form) of a process that is gone: what a killed writer left. A live process's temps stay."""
@@ -246,6 +245,7 @@ def _process_alive(pid):
     except PermissionError:
         return True
     return pid != 0
+
 
 META_FIELDS = {"checkpoint": str, "epoch": int, "global_step": int, "search_space": dict}
 

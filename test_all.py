@@ -2853,9 +2853,10 @@ class TestDependableRuns:
         first_row = "".join((tmp_path / "killed" / "eval_history.csv").read_text().splitlines(True)[:2])  # epoch 1
         resume = ["--resume", "--output_dir", str(tmp_path), "--experiment_name", "killed"]
         kill_after(start(resume), " step ", int(rng.integers(1, 3)))
-        assert subprocess.run(script + resume, capture_output=True).returncode == 0
-        whole, killed = _checkpoint_tensors(out / "base"), _checkpoint_tensors(tmp_path / "killed")
-        assert whole.keys() == killed.keys() and all(np.array_equal(whole[k], killed[k]) for k in whole)
+        last = subprocess.run(script + resume, capture_output=True, text=True, env=env)
+        assert last.returncode == 0 and "done: completed after 2 epochs" in last.stdout
+        whole, resumed = _checkpoint_tensors(out / "base"), _checkpoint_tensors(tmp_path / "killed")
+        assert whole.keys() == resumed.keys() and all(np.array_equal(whole[k], resumed[k]) for k in whole)
         timing = {"eval_seconds", "wall_time_s"}
         rows = [[{k: v for k, v in r.items() if k not in timing} for r in _history(run / "eval_history.csv")]
                 for run in (out / "base", tmp_path / "killed")]
