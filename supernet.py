@@ -11,8 +11,10 @@ table's version string is recorded with every checkpoint and result; another ver
 One graph, two forms. `arch` is either an int tensor with one element per block (dynamic: every
 choice block is a `tf.switch_case`, so only the chosen branch runs, forward and backward) or a
 tuple of ints (static: only the chosen layers are built). Both create the same variable names, so
-one checkpoint serves both. Layers are small functions taking a scope name; shapes are in the
-comments for the default 180x240 input.
+one checkpoint serves both. The fair step's paths are a third way to build it (train_graph.py):
+each block's options built once, statically, and routed to the paths that chose them, with the
+same variables again. Layers are small functions taking a scope name; shapes are in the comments
+for the default 180x240 input.
 
     python supernet.py --self_test
     python supernet.py --shape_check --h 180 --w 240 --batch 2 --samples 5

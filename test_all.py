@@ -802,6 +802,11 @@ class TestTrainingStep:
             before = sess.run(trainable)
             sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle})
             after = sess.run(trainable)
+            unfair = np.array(cycle)
+            unfair[:, 0] = [0, 0, 1]  # option 2 of EB0 given to no path: refused before any update
+            with pytest.raises(tf.errors.InvalidArgumentError, match="block EB0 must give every option"):
+                sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: unfair})
+            assert all(np.array_equal(value, after[name]) for name, value in sess.run(trainable).items())
 
         # Independently: each path alone, static form, its own gradient, then the plain mean.
         mean_grad = {name: np.zeros_like(value) for name, value in before.items()}
@@ -3075,13 +3080,18 @@ class TestDevices:
         names = [key.split("|", 1)[1] for key in values.files if key.startswith("start|")]
         assert meta["path_devices"] == ["/device:CPU:0", "/device:CPU:1", "/device:CPU:2"]
         assert "the paths of a fair step on CPU:0, CPU:1, CPU:2" in meta["summary"]
-        # Placement: on one device every convolution ran on CPU:0; on three, path p's forward
-        # convolutions (counted from its arch) and their gradients ran on CPU:p.
+        # Placement: on one device every convolution ran on CPU:0, E0 and E1 (which read the images)
+        # once for the three paths. On three, CPU:p ran path p's other fixed layers and option p of
+        # every block (the convolutions of all-p but E0 and E1), forward and gradient; E0 and E1
+        # ran beside the variables, on CPU:0.
         assert list(meta["convs"]["one"]) == ["CPU:0"]
-        assert sum(meta["convs"]["one"]["CPU:0"].values()) == 3 * sum(map(conv_count, meta["cycle"])) - 3
-        for p, arch in enumerate(meta["cycle"]):
+        once = sum(map(conv_count, meta["cycle"])) - 2 * 2
+        assert meta["convs"]["one"]["CPU:0"] == {"Conv2D": once, "Conv2DBackpropFilter": once,
+                                                 "Conv2DBackpropInput": once - 1}  # E0's input needs none
+        for p in range(3):
             ops = meta["convs"]["three"][f"CPU:{p}"]
-            assert ops.get("Conv2D") == conv_count(arch) and ops.get("Conv2DBackpropFilter") == conv_count(arch)
+            own = conv_count(supernet.uniform_arch(p)) - 2 + (2 if p == 0 else 0)
+            assert ops.get("Conv2D") == own and ops.get("Conv2DBackpropFilter") == own, (p, ops)
         moved = 0
         for name in names:
             start, one, three = (values[f"{k}|{name}"] for k in ("start", "one", "three"))

@@ -1,6 +1,6 @@
 """The training graph: the multi-scale loss, the optimizer update (weight decay, global-norm clip,
-cosine learning rate), the fused fair step of three paths on one batch, one subnet's step alone,
-and the training input behind feedable placeholders."""
+cosine learning rate), the fused fair step of three paths on one batch (the supernet's layers
+routed by the cycle), one subnet's step alone, and the training input behind feedable placeholders."""
 import contextlib
 import math
 
@@ -50,24 +50,96 @@ def build_update(cfg, data_loss, total_steps):
             "clipped": grad_norm > clip if clip > 0 else tf.constant(False)}
 
 
+@tf.custom_gradient
+def _permute(stacked, order, inverse):
+    """stacked[order] along axis 0, for `order` a permutation with inverse `inverse`. The gradient
+    is the inverse permutation of the incoming gradient (tf.gather's own gradient would scatter
+    into zeros: a third more copying per choice block)."""
+    def gradient(upstream):
+        return tf.gather(upstream, inverse), None, None
+    return tf.gather(stacked, order), gradient
+
+
+def _routing(arch_paths, column, name):
+    """The options of a block's column of `arch_paths` ([P] int32, path p's option) and their
+    inverse ([P], the path that chose option o), checked at run time to be a permutation."""
+    options = arch_paths[:, column]
+    every_option_once = tf.debugging.assert_equal(
+        tf.sort(options), tf.range(tf.shape(options)[0]),
+        message=f"arch_paths: block {name} must give every option to exactly one path")
+    with tf.control_dependencies([every_option_once]):  # both: a forward pass may read either alone
+        return tf.identity(options), tf.argsort(options)
+
+
+def fair_cycle_flows(images, arch_paths, path_devices=None):
+    """The forward passes of a fair cycle's paths, each choice block's options built once.
+
+    images: [B, H, W, 6], one batch for every path. arch_paths: [P, blocks] int32 with P the
+    options per block, each column a permutation (every option taken by exactly one path: a fair
+    cycle; anything else fails at run time). Returns one list of flows per path, as build_flows.
+
+    A choice block is no `tf.switch_case` here: option o is built once, statically, and runs on
+    the input of the path that chose it (a permutation of the stacked path inputs, routed back
+    after). A fixed layer runs once per path, or once for all when every path reads the same
+    tensor (E0 and E1 read the images). The same mathematics as P dynamic build_flows, with no
+    switch_case to differentiate (the step builds in about a third of the time) and E0/E1 computed
+    once. With `path_devices`, path p's fixed layers
+    and every block's option p run on path_devices[p % N].
+    """
+    h, w = int(images.shape[1]), int(images.shape[2])
+    paths = int(arch_paths.shape[0])
+    column = {block: i for i, block in enumerate(supernet.SPACE.blocks)}
+
+    def bn(x, scope, zero_gamma=False):
+        return supernet.batch_norm(x, scope, "train", zero_gamma=zero_gamma)
+
+    def on(p):
+        return tf.device(path_devices[p % len(path_devices)]) if path_devices else contextlib.nullcontext()
+
+    outputs, flows = {supernet.INPUT: [images] * paths}, [[] for _ in range(paths)]
+    with tf.name_scope("supernet"):
+        for layer in supernet.SPACE.layers:
+            inputs = outputs[layer.input]
+            shared = all(x is inputs[0] for x in inputs)
+            if layer.options:
+                options, chooser = _routing(arch_paths, column[layer.name], layer.name)
+                routed = inputs if shared else tf.unstack(_permute(tf.stack(inputs), chooser, options))
+                ys = []
+                for o in range(len(layer.options)):
+                    with on(o):
+                        ys.append(supernet.apply_layer(layer, routed[o], o, bn, h, w))
+                ys = tf.unstack(_permute(tf.stack(ys), options, chooser))
+            elif shared:
+                ys = [supernet.apply_layer(layer, inputs[0], None, bn, h, w)] * paths
+            else:
+                ys = []
+                for p in range(paths):
+                    with on(p):
+                        ys.append(supernet.apply_layer(layer, inputs[p], None, bn, h, w))
+            if layer.op == "flow":
+                for p in range(paths):
+                    flows[p].append(supernet.accumulate(flows[p][-1], ys[p]) if flows[p] else ys[p])
+            else:
+                outputs[layer.name] = ys
+    return flows
+
+
 def build_train_step(cfg, images, flows, total_steps, path_devices=None):
     """The fused fair step: 3 paths on one batch, one gradient of their mean loss, one update.
 
     images [B, H, W, 6], flows [B, H, W, 2]. Returns a dict of tensors and ops; feed `arch_paths`
-    ([3, 9] int32, one fair cycle) and run `train_op`. The gradient of the mean of the three path
-    losses is exactly the mean of the three per-path gradients, and it is applied once.
-    With several `path_devices` (device names), path p runs on path_devices[p % N], forward and
-    backward (tf.gradients keeps each gradient op on its forward op's device); the variables live
-    on the first. Each path normalises with its own batch statistics, so the update is the same.
+    ([3, 9] int32, one fair cycle: fair_cycle_flows) and run `train_op`. The gradient of
+    the mean of the three path losses is exactly the mean of the three per-path gradients, and it
+    is applied once. With several `path_devices` (device names), path p's fixed layers and option p
+    of every block run on path_devices[p % N], forward and backward (tf.gradients keeps each
+    gradient op on its forward op's device); the variables live on the first. Each path normalises
+    with its own batch statistics, so the update is the same.
     """
     paths = fair.paths_per_cycle()
     arch_paths = tf.compat.v1.placeholder(tf.int32, [paths, len(supernet.SPACE.blocks)], "arch_paths")
     spread = path_devices if path_devices and len(path_devices) > 1 else None
-    path_losses = []
-    for p in range(paths):
-        with tf.device(spread[p % len(spread)]) if spread else contextlib.nullcontext():
-            flows_p = supernet.build_flows(images, arch_paths[p], mode="train")
-            path_losses.append(multiscale_loss(flows_p, flows, cfg["loss_weights"]))
+    path_losses = [multiscale_loss(flows_p, flows, cfg["loss_weights"])
+                   for flows_p in fair_cycle_flows(images, arch_paths, spread)]
     data_loss = tf.add_n(path_losses) / paths
     return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths)
 
