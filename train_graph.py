@@ -50,14 +50,27 @@ def build_update(cfg, data_loss, total_steps):
             "clipped": grad_norm > clip if clip > 0 else tf.constant(False)}
 
 
-@tf.custom_gradient
-def _permute(stacked, order, inverse):
-    """stacked[order] along axis 0, for `order` a permutation with inverse `inverse`. The gradient
-    is the inverse permutation of the incoming gradient (tf.gather's own gradient would scatter
-    into zeros: a third more copying per choice block)."""
-    def gradient(upstream):
-        return tf.gather(upstream, inverse), None, None
-    return tf.gather(stacked, order), gradient
+def _select(index, tensors):
+    """tensors[index] for a scalar int tensor `index`, without a copy (a switch_case of identities)."""
+    return tf.switch_case(index, [(lambda tensor=tensor: tf.identity(tensor)) for tensor in tensors])
+
+
+def _route(tensors, order, inverse, place):
+    """[tensors[order[k]] for each k], `order` a permutation with inverse `inverse`; output k and
+    the gradient of input k are placed by `place(k)` (a context manager). The gradient is routed
+    back by the inverse with the same selection: no copies, and no switch_case gradient to build
+    (the selections' own gradients would be most of the step's graph and add zeros to it)."""
+    def select_each(index, candidates):
+        selected = []
+        for k in range(len(candidates)):
+            with place(k):
+                selected.append(_select(index[k], candidates))
+        return selected
+
+    @tf.custom_gradient
+    def route(*inputs):
+        return select_each(order, inputs), lambda *upstream: select_each(inverse, upstream)
+    return route(*tensors)
 
 
 def _routing(arch_paths, column, name):
@@ -78,13 +91,13 @@ def fair_cycle_flows(images, arch_paths, path_devices=None):
     options per block, each column a permutation (every option taken by exactly one path: a fair
     cycle; anything else fails at run time). Returns one list of flows per path, as build_flows.
 
-    A choice block is no `tf.switch_case` here: option o is built once, statically, and runs on
-    the input of the path that chose it (a permutation of the stacked path inputs, routed back
-    after). A fixed layer runs once per path, or once for all when every path reads the same
-    tensor (E0 and E1 read the images). The same mathematics as P dynamic build_flows, with no
-    switch_case to differentiate (the step builds in about a third of the time) and E0/E1 computed
-    once. With `path_devices`, path p's fixed layers
-    and every block's option p run on path_devices[p % N].
+    A choice block is built once per option, statically: option o runs on the input of the path
+    that chose it, and its output goes back to that path (_route: tensors handed on, not copied).
+    A fixed layer runs once per path, or once for all when every path reads the same tensor (E0
+    and E1 read the images). The same mathematics as P dynamic build_flows, with no switch_case
+    to differentiate (the step builds in about a third of the time) and E0/E1 computed once.
+    With `path_devices`, path p's fixed layers and every block's option p run on
+    path_devices[p % N]; E0 and E1 run beside the variables.
     """
     h, w = int(images.shape[1]), int(images.shape[2])
     paths = int(arch_paths.shape[0])
@@ -103,12 +116,12 @@ def fair_cycle_flows(images, arch_paths, path_devices=None):
             shared = all(x is inputs[0] for x in inputs)
             if layer.options:
                 options, chooser = _routing(arch_paths, column[layer.name], layer.name)
-                routed = inputs if shared else tf.unstack(_permute(tf.stack(inputs), chooser, options))
+                routed = inputs if shared else _route(inputs, chooser, options, on)
                 ys = []
                 for o in range(len(layer.options)):
                     with on(o):
                         ys.append(supernet.apply_layer(layer, routed[o], o, bn, h, w))
-                ys = tf.unstack(_permute(tf.stack(ys), options, chooser))
+                ys = _route(ys, options, chooser, on)
             elif shared:
                 ys = [supernet.apply_layer(layer, inputs[0], None, bn, h, w)] * paths
             else:
