@@ -67,9 +67,15 @@ def _route(tensors, order, inverse, place):
                 selected.append(_select(index[k], candidates))
         return selected
 
+    def gradient(*upstream):
+        # tf.gradients colocates a gradient with its forward op, here the routing's IdentityN,
+        # placed nowhere in particular: each selection goes where `place` says instead.
+        with tf.compat.v1.colocate_with(None, ignore_existing=True):
+            return select_each(inverse, upstream)
+
     @tf.custom_gradient
     def route(*inputs):
-        return select_each(order, inputs), lambda *upstream: select_each(inverse, upstream)
+        return select_each(order, inputs), gradient
     return route(*tensors)
 
 
