@@ -176,7 +176,8 @@ def executed_convs(step):
 
 
 def step_flops(cycle, batch, h, w):
-    """Analytic FLOPs of one fair step: FLOPS_FORMULA without the division."""
+    """Analytic FLOPs of one fair step: FLOPS_FORMULA without the division. It counts E0 and E1 once
+    per path, as the three static steps run them; the fused step runs them once for all three."""
     return sum(supernet.count_macs(arch, h, w) for arch in cycle) * 2 * 3 * batch
 
 

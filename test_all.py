@@ -802,11 +802,12 @@ class TestTrainingStep:
             before = sess.run(trainable)
             sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle})
             after = sess.run(trainable)
-            unfair = np.array(cycle)
-            unfair[:, 0] = [0, 0, 1]  # option 2 of EB0 given to no path: refused before any update
-            with pytest.raises(tf.errors.InvalidArgumentError, match="block EB0 must give every option"):
-                sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: unfair})
-            assert all(np.array_equal(value, after[name]) for name, value in sess.run(trainable).items())
+            for column, block in ((0, "EB0"), (-1, "H2Out")):  # a block reading the images, a routed one
+                unfair = np.array(cycle)
+                unfair[:, column] = [0, 0, 1]  # option 2 given to no path: refused before any update
+                with pytest.raises(tf.errors.InvalidArgumentError, match=f"block {block} must give every option"):
+                    sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: unfair})
+                assert all(np.array_equal(value, after[name]) for name, value in sess.run(trainable).items())
 
         # Independently: each path alone, static form, its own gradient, then the plain mean.
         mean_grad = {name: np.zeros_like(value) for name, value in before.items()}
@@ -2961,6 +2962,7 @@ for name, placement in (("one", None), ("three", hardware["path_devices"])):
         sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle}, options=trace,
                  run_metadata=metadata)
         after[name] = sess.run(trainable)
+    variable_devices = sorted({op.device for op in graph.get_operations() if op.type == "VarHandleOp"})
     convs[name] = {}
     for dev in metadata.step_stats.dev_stats:
         for node in dev.node_stats:
@@ -2972,6 +2974,7 @@ for name, placement in (("one", None), ("three", hardware["path_devices"])):
 np.savez(sys.argv[2] + ".npz", **{f"{k}|{n}": v for k, values in [("start", start), *after.items()]
                                   for n, v in values.items()})
 json.dump({"path_devices": hardware["path_devices"], "summary": hardware["summary"], "convs": convs,
+           "variable_devices": variable_devices,
            "cycle": [list(map(int, a)) for a in cycle]}, open(sys.argv[2] + ".json", "w"))
 '''
 
@@ -3092,6 +3095,7 @@ class TestDevices:
             ops = meta["convs"]["three"][f"CPU:{p}"]
             own = conv_count(supernet.uniform_arch(p)) - 2 + (2 if p == 0 else 0)
             assert ops.get("Conv2D") == own and ops.get("Conv2DBackpropFilter") == own, (p, ops)
+        assert set(meta["variable_devices"]) <= {"", "/device:CPU:0"}  # every variable on the first device
         moved = 0
         for name in names:
             start, one, three = (values[f"{k}|{name}"] for k in ("start", "one", "three"))

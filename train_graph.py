@@ -56,10 +56,12 @@ def _select(index, tensors):
 
 
 def _route(tensors, order, inverse, place):
-    """[tensors[order[k]] for each k], `order` a permutation with inverse `inverse`; output k and
-    the gradient of input k are placed by `place(k)` (a context manager). The gradient is routed
-    back by the inverse with the same selection: no copies, and no switch_case gradient to build
-    (the selections' own gradients would be most of the step's graph and add zeros to it)."""
+    """[tensors[order[k]] for each k], `order` a permutation with inverse `inverse`; the selection
+    of output k and of the gradient of input k are placed by `place(k)` (a context manager), the
+    IdentityN that tf.custom_gradient puts on the outputs by the placer (on the first device). The
+    gradient is routed back by the inverse with the same selection: no copies, and no switch_case
+    gradient to build (the selections' own gradients would be most of the step's graph and add
+    zeros to it)."""
     def select_each(index, candidates):
         selected = []
         for k in range(len(candidates)):
@@ -68,8 +70,8 @@ def _route(tensors, order, inverse, place):
         return selected
 
     def gradient(*upstream):
-        # tf.gradients colocates a gradient with its forward op, here the routing's IdentityN,
-        # placed nowhere in particular: each selection goes where `place` says instead.
+        # tf.gradients colocates a gradient with its forward op, here the routing's one IdentityN
+        # (on the first device): each selection goes where `place` says instead.
         with tf.compat.v1.colocate_with(None, ignore_existing=True):
             return select_each(inverse, upstream)
 
@@ -79,7 +81,7 @@ def _route(tensors, order, inverse, place):
     return route(*tensors)
 
 
-def _routing(arch_paths, column, name):
+def _column_permutation(arch_paths, column, name):
     """The options of a block's column of `arch_paths` ([P] int32, path p's option) and their
     inverse ([P], the path that chose option o), checked at run time to be a permutation."""
     options = arch_paths[:, column]
@@ -101,19 +103,23 @@ def fair_cycle_flows(images, arch_paths, path_devices=None):
     that chose it, and its output goes back to that path (_route: tensors handed on, not copied).
     A fixed layer runs once per path, or once for all when every path reads the same tensor (E0
     and E1 read the images). The same mathematics as P dynamic build_flows, with no switch_case
-    to differentiate (the step builds in about a third of the time) and E0/E1 computed once.
-    With `path_devices`, path p's fixed layers and every block's option p run on
-    path_devices[p % N]; E0 and E1 run beside the variables.
+    to differentiate and E0/E1 computed once. With `path_devices`, path p's fixed layers and every
+    block's option p run on path_devices[p % N]; E0, E1, the variables and the routing on the first.
     """
     h, w = int(images.shape[1]), int(images.shape[2])
+    supernet.check_input_size(h, w)
     paths = int(arch_paths.shape[0])
     column = {block: i for i, block in enumerate(supernet.SPACE.blocks)}
 
     def bn(x, scope, zero_gamma=False):
         return supernet.batch_norm(x, scope, "train", zero_gamma=zero_gamma)
 
-    def on(p):
-        return tf.device(path_devices[p % len(path_devices)]) if path_devices else contextlib.nullcontext()
+    def on_device(p):
+        """Path p's device, but a variable is created on the first (it may be first asked for by option p)."""
+        if not path_devices:
+            return contextlib.nullcontext()
+        device = path_devices[p % len(path_devices)]
+        return tf.compat.v1.device(lambda op: path_devices[0] if op.type == "VarHandleOp" else device)
 
     outputs, flows = {supernet.INPUT: [images] * paths}, [[] for _ in range(paths)]
     with tf.name_scope("supernet"):
@@ -121,19 +127,19 @@ def fair_cycle_flows(images, arch_paths, path_devices=None):
             inputs = outputs[layer.input]
             shared = all(x is inputs[0] for x in inputs)
             if layer.options:
-                options, chooser = _routing(arch_paths, column[layer.name], layer.name)
-                routed = inputs if shared else _route(inputs, chooser, options, on)
+                options, chooser = _column_permutation(arch_paths, column[layer.name], layer.name)
+                routed = inputs if shared else _route(inputs, chooser, options, on_device)
                 ys = []
                 for o in range(len(layer.options)):
-                    with on(o):
+                    with on_device(o):
                         ys.append(supernet.apply_layer(layer, routed[o], o, bn, h, w))
-                ys = _route(ys, options, chooser, on)
+                ys = _route(ys, options, chooser, on_device)
             elif shared:
                 ys = [supernet.apply_layer(layer, inputs[0], None, bn, h, w)] * paths
             else:
                 ys = []
                 for p in range(paths):
-                    with on(p):
+                    with on_device(p):
                         ys.append(supernet.apply_layer(layer, inputs[p], None, bn, h, w))
             if layer.op == "flow":
                 for p in range(paths):
