@@ -2962,7 +2962,6 @@ for name, placement in (("one", None), ("three", hardware["path_devices"])):
         sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle}, options=trace,
                  run_metadata=metadata)
         after[name] = sess.run(trainable)
-    variable_devices = sorted({op.device for op in graph.get_operations() if op.type == "VarHandleOp"})
     convs[name] = {}
     for dev in metadata.step_stats.dev_stats:
         for node in dev.node_stats:
@@ -2971,6 +2970,7 @@ for name, placement in (("one", None), ("three", hardware["path_devices"])):
                 op = op[op.index("Conv2D"):]
                 per_device = convs[name].setdefault(dev.device.split("device:")[-1], {})
                 per_device[op] = per_device.get(op, 0) + 1
+variable_devices = sorted({op.device for op in graph.get_operations() if op.type == "VarHandleOp"})  # of "three"
 np.savez(sys.argv[2] + ".npz", **{f"{k}|{n}": v for k, values in [("start", start), *after.items()]
                                   for n, v in values.items()})
 json.dump({"path_devices": hardware["path_devices"], "summary": hardware["summary"], "convs": convs,
