@@ -1899,12 +1899,16 @@ class _CountingTool:
             {"Name": "supernet/E0_conv", "Op Cycles": str(size)}]
 
 
-def _deploy(export_run, target, *flags):
-    """deploy.py as a user types it on the exported tiny run at 32x48 (2 INT8 members, TFLM on 2 pairs)."""
-    return subprocess.run([sys.executable, str(HERE / "deploy.py"), "--output_dir", str(export_run),
-                           "--experiment_name", "whole", "--target", str(target), "--sizes", "32x48",
-                           "--int8_top", "2",
-                           "--tflm_samples", "2", *flags], capture_output=True, text=True, cwd=HERE, env=user_env())
+def _deploy_flags(export_run, target):
+    """deploy.py's flags on the exported tiny run at 32x48 (2 INT8 members, TFLM on 2 pairs)."""
+    return ["--output_dir", str(export_run), "--experiment_name", "whole", "--target", str(target), "--sizes", "32x48",
+            "--int8_top", "2", "--tflm_samples", "2"]
+
+
+def _deploy(export_run, target):
+    """deploy.py as a user types it (a process of its own) on the exported tiny run."""
+    return subprocess.run([sys.executable, str(HERE / "deploy.py"), *_deploy_flags(export_run, target)],
+                          capture_output=True, text=True, cwd=HERE, env=user_env())
 
 
 class TestDeploy:
@@ -2007,14 +2011,16 @@ class TestDeploy:
         assert "extern const unsigned int model_vela_len;" in header
 
     @pytest.mark.slow
-    def test_deploy_fits_the_board_and_hands_firmware_what_it_needs(self, export_run, tmp_path):
+    def test_deploy_fits_the_board_and_hands_firmware_what_it_needs(self, export_run, tmp_path, capsys):
         board = {"name": "small", "accelerator_config": "ethos-u55-64", "system_config": "Ethos_U55_High_End_Embedded",
                  "memory_mode": "Shared_Sram", "optimise": "Performance", "sram_kib": 140, "flash_kib": 16384}
         (tmp_path / "none.json").write_text(json.dumps(dict(board, name="none", sram_kib=1)))
-        result = _deploy(export_run, tmp_path / "none.json")
-        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        capsys.readouterr()
+        assert deploy.main(_deploy_flags(export_run, tmp_path / "none.json")) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
         assert re.match(r"error: nothing fits target none: the smallest SRAM among the sizes tried is [\d.]+ KiB at "
-                        r"32x48, the budget is 1 KiB", result.stderr)
+                        r"32x48, the budget is 1 KiB", err)
         assert not (export_run / "whole" / "deploy_none").exists()
         (tmp_path / "small.json").write_text(json.dumps(board))
         result = _deploy(export_run, tmp_path / "small.json")
@@ -2056,7 +2062,7 @@ class TestDeploy:
         # started again: the same report, and no compile repeated
         cache = export_run / "compile_cache" / "models"
         compiled = sorted(p.name for p in cache.iterdir())
-        assert _deploy(export_run, tmp_path / "small.json").returncode == 0
+        assert deploy.main(_deploy_flags(export_run, tmp_path / "small.json")) == 0
         again = json.loads((folder / "deploy_report.json").read_text())
         assert {k: v for k, v in again.items() if k not in ("seconds", "devices")} == {
             k: v for k, v in report.items() if k not in ("seconds", "devices")}
