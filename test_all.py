@@ -1093,6 +1093,23 @@ class TestRuns:
                 restored = sess.run(value)
             assert (restored == meta["global_step"]).all()
 
+    def test_best_is_the_lowest_epe_and_patience_counts_improvements_of_min_delta(self):
+        cfg = {"early_stop_min_delta": 0.01, "early_stop_patience": 3}
+        state = training.RunState(seed=1)
+        seen = []
+        # 0.995 is a new best but no improvement of 0.01 over 1.0; 0.985 is both; 0.984 and 0.98 are
+        # new bests within 0.01 of 0.985, 1.2 is neither: three evaluations without improvement
+        for epoch, epe in enumerate([1.0, 0.995, 0.985, 0.984, 1.2, 0.98], 1):
+            state.record_evaluation(epe, epoch, cfg)
+            seen.append((state.best_metric, state.best_epoch, state.bad_epochs, state.stop_reason))
+        assert seen == [(1.0, 1, 0, None), (0.995, 2, 1, None), (0.985, 3, 0, None), (0.984, 4, 1, None),
+                        (0.984, 4, 2, None), (0.98, 6, 3, "early_stopping")]
+        meta = state.to_meta()
+        assert training.RunState.from_meta(meta, "m") == state and meta["patience_metric"] == 0.985
+        # a meta written before patience_metric: the patience counts from the best, as it did then
+        old = {k: v for k, v in meta.items() if k != "patience_metric"}
+        assert training.RunState.from_meta(old, "m").patience_metric == 0.98
+
 
 # ----------------------------------------------------------------------------- bad input
 

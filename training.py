@@ -56,9 +56,10 @@ class RunState:
     seed: int
     epoch: int = 0
     global_step: int = 0
-    best_metric: float = None  # pool mean EPE of the best evaluation, None before the first
+    best_metric: float = None  # the lowest pool mean EPE so far (the `best` checkpoint's), None before the first
     best_epoch: int = None
-    bad_epochs: int = 0  # evaluations since the best without an improvement of min_delta
+    bad_epochs: int = 0  # evaluations since the last improvement of more than min_delta
+    patience_metric: float = None  # the EPE of that improvement: what the next must beat by min_delta
     fairness_counts: dict = dataclasses.field(default_factory=fair.empty_counts)
     digest: str = ""  # chained digest of every path trained (fair.chain_digest)
     wall_time_s: float = 0.0
@@ -67,7 +68,8 @@ class RunState:
     def to_meta(self):
         """The meta fields of this state (the sampler's as {seed, next_step, digest})."""
         return {"epoch": self.epoch, "global_step": self.global_step, "best_metric": self.best_metric,
-                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "fairness_counts": self.fairness_counts,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "patience_metric": self.patience_metric,
+                "fairness_counts": self.fairness_counts,
                 "sampler": {"seed": self.seed, "next_step": self.global_step, "digest": self.digest},
                 "wall_time_s": self.wall_time_s, "stop_reason": self.stop_reason}
 
@@ -84,10 +86,15 @@ class RunState:
         finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
         shape = {b: set(o) for b, o in fair.empty_counts().items()}
         sampler = field("sampler", lambda v: isinstance(v, dict), "an object")
+        optional = lambda v: v is None or finite(v)  # noqa: E731
+        best = field("best_metric", optional, "a finite number or null")
+        # a meta written before patience_metric existed: best and the patience's reference were one value
+        patience = field("patience_metric", optional, "a finite number or null") if "patience_metric" in meta else best
         return cls(seed=field("seed", count, "an integer >= 0", sampler),
                    epoch=field("epoch", count, "an integer >= 0"),
                    global_step=field("global_step", count, "an integer >= 0"),
-                   best_metric=field("best_metric", lambda v: v is None or finite(v), "a finite number or null"),
+                   best_metric=best,
+                   patience_metric=patience,
                    best_epoch=field("best_epoch", lambda v: v is None or count(v), "an epoch or null"),
                    bad_epochs=field("bad_epochs", count, "an integer >= 0"),
                    fairness_counts=field("fairness_counts", lambda v: isinstance(v, dict) and all(
@@ -104,12 +111,15 @@ class RunState:
         self.digest = fair.chain_digest(self.digest, paths)
 
     def record_evaluation(self, mean_epe, epoch, cfg):
-        """A new best only on an improvement of more than min_delta; early stop after `patience`
-        evaluations without one. A non-finite EPE is an error: it must never become `best`."""
+        """A new best on any lower EPE (`best` is the lowest scored); early stop after `patience`
+        evaluations without an improvement of more than min_delta over the last such improvement. A
+        non-finite EPE is an error: it must never become `best`."""
         if not math.isfinite(mean_epe):
             raise TrainingError(f"pool mean EPE is {mean_epe} at epoch {epoch}: stopped; nothing was saved")
-        if self.best_metric is None or mean_epe < self.best_metric - cfg["early_stop_min_delta"]:
-            self.best_metric, self.best_epoch, self.bad_epochs = mean_epe, epoch, 0
+        if self.best_metric is None or mean_epe < self.best_metric:
+            self.best_metric, self.best_epoch = mean_epe, epoch
+        if self.patience_metric is None or mean_epe < self.patience_metric - cfg["early_stop_min_delta"]:
+            self.patience_metric, self.bad_epochs = mean_epe, 0
         else:
             self.bad_epochs += 1
         if self.bad_epochs >= cfg["early_stop_patience"]:
