@@ -254,8 +254,8 @@ def evaluate_epoch(sess, run, state, writer, clock, epoch, figures):
         fairness_gap=gap, eval_seconds=result["seconds"], wall_time_s=clock.wall()), result, run.val_batches)
     fairness = "" if run.standalone else f", fairness gap {gap}"  # a standalone run trains one arch: no fairness
     writer.log(f"epoch {epoch}: pool mean EPE {result['mean_epe']:.4f} (zero-flow {result['zero_flow_epe']:.4f}), "
-               f"best {state.best_metric:.4f} at epoch {state.best_epoch}, evaluations without improvement "
-               f"{state.bad_epochs}/{cfg['early_stop_patience']}{fairness}")
+               f"best {state.best_metric:.4f} at epoch {state.best_epoch}, evaluations without an improvement of "
+               f"more than {cfg['early_stop_min_delta']:g}: {state.bad_epochs}/{cfg['early_stop_patience']}{fairness}")
     if state.stop_reason == "early_stopping":
         writer.log(f"early stopping: no improvement of more than {cfg['early_stop_min_delta']} "
                    f"in {cfg['early_stop_patience']} evaluations")
