@@ -79,10 +79,12 @@ test: $(VENV) ## run the whole pytest suite, a worker per core
 test-fast: $(VENV) ## the tests not marked slow (about half a minute)
 	$(PYTEST) -m "not slow" test_all.py
 
-check: $(VENV) ## CI: self-checks of the search space and fairness, then the test suite
-	$(PY) supernet.py --self_test
-	$(PY) fair.py --cycles 300 --seed 42 --check
-	$(PY) fair.py --pool --seed 42 --size 12 --check
+# The self-checks are three processes that mostly start TensorFlow: side by side they take the time of one.
+SELF_CHECKS := "supernet.py --self_test" "fair.py --cycles 300 --seed 42 --check" "fair.py --pool --seed 42 --size 12 --check"
+
+check: $(VENV) ## CI: self-checks of the search space and fairness (side by side), then the test suite
+	@pids=; for c in $(SELF_CHECKS); do echo "$(PY) $$c"; $(PY) $$c & pids="$$pids $$!"; done; \
+	for p in $$pids; do wait $$p || exit 1; done
 	$(PYTEST) --durations=20 test_all.py
 
 # One subnet of the newest run (best checkpoint) to TFLite FP32/INT8 and Vela; EXPORT_FLAGS adds flags.

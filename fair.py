@@ -9,6 +9,7 @@ exactly the paths an uninterrupted one would.
     python fair.py --pool --seed 42 --size 12 --check
 """
 import argparse
+import functools
 import hashlib
 import itertools
 import json
@@ -100,6 +101,14 @@ def _completions(arch):
         yield (arch,) + tuple(tuple(order[p] for order in orders) for p in range(len(rest[0])))
 
 
+@functools.lru_cache(maxsize=4)
+def _every_macs(h, w):
+    """MACs of every subnet at h x w, by arch index (read-only: computed once per size and process)."""
+    macs = np.array([count_macs(index_to_arch(i), h, w) for i in range(supernet.SPACE.num_archs)], np.float64)
+    macs.flags.writeable = False
+    return macs
+
+
 def build_eval_pool(size, seed, h=180, w=240):
     """A fixed pool of `size` subnets made of whole fair cycles.
 
@@ -112,9 +121,9 @@ def build_eval_pool(size, seed, h=180, w=240):
     if size <= 0 or size % paths:
         raise ConfigError(f"eval pool size {size} must be a positive multiple of {paths} (whole fair cycles)")
     rng = np.random.default_rng([seed, POOL_STREAM])
-    every_macs = np.array([count_macs(index_to_arch(i), h, w) for i in range(supernet.SPACE.num_archs)], np.float64)
     pool = [supernet.uniform_arch(o) for o in range(paths)]
     while len(pool) < size:
+        every_macs = _every_macs(h, w)
         values = np.sort([every_macs[arch_to_index(a)] for a in pool])
         gap = int(np.argmax(np.diff(values)))
         target = (values[gap] + values[gap + 1]) / 2
