@@ -9,6 +9,7 @@ of the evaluation (spread over validation batches, rank agreement between two ha
     python rank.py --supernet outputs/demo --standalone_glob 'outputs/rank_demo/standalone_*'
     python rank.py --supernet outputs/demo --train 9 --standalone_dir outputs/rank_demo   # the whole study
     python rank.py --compare A/scores.csv B/scores.csv                                   # two search results
+    python rank.py --margin outputs/alone_000000000 outputs/alone_222222222              # two subnets alone
 """
 import argparse
 import glob
@@ -70,15 +71,20 @@ def parse_args(argv):
                         "at the median GMACs (two seeds) and compare it with the trained subnets of similar cost")
     parser.add_argument("--standalone_dir", help="where --train puts its runs (default: <supernet>/standalone)")
     parser.add_argument("--out", help="folder for rank_report.json and rank.png (default: --standalone_dir with "
-                        "--train, else <supernet>/rank)")
+                        "--train, else <supernet>/rank), or for --margin's file (default: B)")
     parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples over the archs")
     parser.add_argument("--seed", type=int, default=0, help="seeds the arch choice and the bootstrap")
     parser.add_argument("--compare", nargs=2, metavar=("A.csv", "B.csv"),
                         help="only compare two search results (scores.csv): tau-b and rho on their shared archs")
+    parser.add_argument("--margin", nargs=2, metavar=("A", "B"), help="only compare two standalone runs on A's "
+                        "batches: EPE of each, B minus A with its paired standard error, whether each had stopped "
+                        "falling; written to B/margin_vs_<A's name>.json (or --out)")
     args = parser.parse_args(argv)
-    if not args.compare and not args.supernet:
-        parser.error("--supernet is required (or --compare A.csv B.csv)")
+    if not (args.compare or args.margin) and not args.supernet:
+        parser.error("--supernet is required (or --compare A.csv B.csv, or --margin A B)")
+    if sum(bool(v) for v in (args.compare, args.margin, args.supernet)) > 1:
+        parser.error("give one of --supernet, --compare, --margin")
     if args.supernet and sum(bool(v) for v in (args.standalone, args.standalone_glob, args.train)) != 1:
         parser.error("give exactly one of --standalone, --standalone_glob, --train")
     if args.train is not None and args.train < ranking.MIN_ARCHS:
@@ -194,10 +200,28 @@ def print_comparison(path_a, path_b):
           f"Kendall tau-b {result['kendall_tau_b']:.4f}, Spearman rho {result['spearman_rho']:.4f}")
 
 
+def margin(args):
+    """--margin A B: the two standalone runs scored on A's batches; prints and writes the margin."""
+    start = time.time()
+    first_cfg, _ = ranking.read_run(args.margin[0])
+    out = args.out or args.margin[1]
+    path = os.path.join(out, f"margin_vs_{os.path.basename(os.path.normpath(args.margin[0]))}.json")
+    os.makedirs(out, exist_ok=True)  # before the work
+    scored = batches.scoring_batches(first_cfg, data_fc2.open_data(first_cfg))
+    result = ranking.standalone_margin(args.margin, args.checkpoint_type, scored)
+    print("\n".join(ranking.margin_lines(result)))
+    result["seconds"] = time.time() - start
+    ckpt.write_json_atomic(path, result)
+    print(f"wrote {path}")
+    return result
+
+
 def main(argv=None):
     """Entry point: one-line error and exit 1 on bad input."""
     args = parse_args(argv)
-    return errors.exit_code(print_comparison, *args.compare) if args.compare else errors.exit_code(rank, args)
+    if args.compare:
+        return errors.exit_code(print_comparison, *args.compare)
+    return errors.exit_code(margin if args.margin else rank, args)
 
 
 if __name__ == "__main__":

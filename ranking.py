@@ -1,7 +1,8 @@
 """How far a supernet's order of subnets can be trusted: rank statistics (Kendall tau-b, Spearman
 rho, seeded bootstrap intervals, top-k overlap), the noise floor of the evaluation behind them,
-how the standalone order settles with training, the choice of subnets to train alone, and the
-report's table and picture."""
+how the standalone order settles with training, the choice of subnets to train alone, the
+margin between two subnets trained alone (does capacity matter on a task?), and the report's table
+and picture."""
 import csv
 import os
 
@@ -10,6 +11,7 @@ from scipy import stats
 
 import ckpt
 import config
+import metrics
 import scoring
 import supernet
 from errors import ArchError, CheckpointError, ConfigError, RankError
@@ -17,6 +19,9 @@ from errors import ArchError, CheckpointError, ConfigError, RankError
 CANDIDATES_PER_TARGET = 8  # the chosen arch is drawn, seeded, among this many nearest a GMACs target
 TOP_K = (1, 3, 5)
 MIN_ARCHS = 3
+# A run's EPE has stopped falling when its best EPE improved by less than these percentages of the
+# zero-flow EPE over its last two evaluations and at its last (the capacity study's criterion).
+STOPPED_LAST_TWO_PCT, STOPPED_LAST_PCT = 2.0, 0.5
 
 
 def rank_correlations(x, y):
@@ -271,6 +276,70 @@ def search_versus_random(choice, rows, second, sizes, spread=0.2):
 def training_seconds(run_dirs):
     """The wall time the runs took to train (their train_report.json's), summed."""
     return float(sum(read_run(d)[1].get("wall_time_s", 0.0) for d in run_dirs))
+
+
+def stopping_figures(history, zero_flow):
+    """How much a run's best EPE improved over its last two evaluations and at its last, in % of the
+    zero-flow EPE, and whether both are below the stopping criterion (STOPPED_*); the figures are
+    None with fewer than 3 evaluations. history: {epoch: EPE} (read_history)."""
+    best = np.minimum.accumulate([history[e] for e in sorted(history)])
+    if len(best) < 3:
+        return {"evaluations": len(best), "last_two_pct": None, "last_pct": None, "stopped": None}
+    last_two, last = (100.0 * (best[-k] - best[-1]) / zero_flow for k in (3, 2))
+    return {"evaluations": len(best), "last_two_pct": float(last_two), "last_pct": float(last),
+            "stopped": bool(last_two < STOPPED_LAST_TWO_PCT and last < STOPPED_LAST_PCT)}
+
+
+def standalone_margin(run_dirs, checkpoint_type, scored):
+    """Two standalone runs' subnets on the same batches (`scored`: recalibration and validation
+    batches, batches.scoring_batches of the first run's data): each one's EPE and stopping figures,
+    and the second's EPE minus the first's with its paired standard error over the validation
+    samples (metrics.paired_se). RankError if a run is not a finished standalone run, both are one
+    run, or they did not see the same data at the same size."""
+    if os.path.realpath(run_dirs[0]) == os.path.realpath(run_dirs[1]):
+        raise RankError(f"--margin: {run_dirs[0]} given twice")
+    configs = [read_run(d)[0] for d in run_dirs]
+    for run_dir, cfg in zip(run_dirs, configs):
+        if not cfg.get("arch"):
+            raise RankError(f"{run_dir} is a supernet run: --margin compares two standalone runs")
+    first, second = (data_identity(cfg) for cfg in configs)
+    differing = [f"{k} {second[k]!r} (first run {v!r})" for k, v in first.items() if second[k] != v]
+    if differing:
+        raise RankError(f"{run_dirs[1]}: not the first run's data or input size: {', '.join(differing)}")
+    recal_batches, val_batches = scored
+    h, w, zero_flow = configs[0]["input_h"], configs[0]["input_w"], metrics.zero_flow_epe(val_batches)
+    runs = []
+    for run_dir, cfg in zip(run_dirs, configs):
+        arch = supernet.parse_arch(cfg["arch"])
+        with scoring.restored_scorer(run_dir, checkpoint_type, h, w, static_arch=arch, input_size=(h, w)) as (
+                sess, scorer, meta):
+            scored_run = scoring.score_subnet(sess, scorer, arch, recal_batches, val_batches)
+        runs.append({"run": run_dir, "arch": cfg["arch"], "seed": cfg["seed"], "global_step": meta["global_step"],
+                     "epe": scored_run["epe"], "sample_epe": scored_run["sample_epe"],
+                     "stopping": stopping_figures(read_history(run_dir, arch), zero_flow)})
+    se = metrics.paired_se(runs[1].pop("sample_epe"), runs[0].pop("sample_epe"), metrics.sample_pixels(val_batches))
+    margin = runs[1]["epe"] - runs[0]["epe"]
+    return {"runs": runs, "margin": margin, "paired_se": se, "margin_in_se": None if not se else margin / se,
+            "validation_samples": int(sum(len(b[1]) for b in val_batches)), "zero_flow_epe": zero_flow,
+            "checkpoint_type": checkpoint_type, "stopping_criterion_pct": {
+                "last_two": STOPPED_LAST_TWO_PCT, "last": STOPPED_LAST_PCT}}
+
+
+def margin_lines(result):
+    """The two runs, their stopping figures and the margin, as printed."""
+    lines = []
+    for name, run in zip("AB", result["runs"]):
+        stop = run["stopping"]
+        tail = ("fewer than 3 evaluations: no stopping figures" if stop["stopped"] is None else
+                f"best improved {stop['last_two_pct']:.2f}% / {stop['last_pct']:.2f}% of zero flow over its last "
+                f"two evaluations / its last: {'stopped' if stop['stopped'] else 'still falling'}")
+        lines.append(f"{name} {run['arch']} seed {run['seed']} ({run['run']}, step {run['global_step']}): "
+                     f"EPE {run['epe']:.4f}; {tail}")
+    se = result["paired_se"]
+    lines.append(f"B - A: {result['margin']:+.4f} EPE" + ("" if not se else
+                 f", paired SE {se:.4f} over {result['validation_samples']} validation samples: "
+                 f"{abs(result['margin_in_se']):.1f} SE") + f" (zero flow {result['zero_flow_epe']:.4f})")
+    return lines
 
 
 def table_lines(report):

@@ -2590,6 +2590,50 @@ class TestStandaloneAndRank:
             assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
         assert rank.main(["--supernet", alone[0], "--standalone"] + alone) == 1
         assert "not a supernet" in capsys.readouterr().err
+        for given, named in (([alone[0], alone[0]], "given twice"), ([sup, alone[0]], f"{sup} is a supernet run"),
+                             ([alone[0], str(other_size)], "not the first run's data or input size: input_h 48")):
+            assert rank.main(["--margin"] + given) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
+
+    def test_stopping_figures_against_a_hand_computation(self):
+        # best EPE 3.0, 2.0, 2.0, 1.95 against a zero flow of 4: improved 0.05 over the last two
+        # evaluations and at the last, 1.25% each: below 2% but not below 0.5%
+        figures = ranking.stopping_figures({2: 3.0, 4: 2.0, 6: 2.5, 8: 1.95}, 4.0)
+        assert figures["last_two_pct"] == pytest.approx(1.25) and figures["last_pct"] == pytest.approx(1.25)
+        assert figures["stopped"] is False and figures["evaluations"] == 4
+        # best 2.1, 2.05, 2.04: 1.5% and 0.25%: stopped
+        figures = ranking.stopping_figures({1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04}, 4.0)
+        assert figures["last_two_pct"] == pytest.approx(1.5) and figures["last_pct"] == pytest.approx(0.25)
+        assert figures["stopped"] is True
+        assert ranking.stopping_figures({1: 3.0, 2: 2.0}, 4.0)["stopped"] is None
+
+    @pytest.mark.slow
+    def test_margin_of_two_runs_alone_is_their_paired_difference(self, rank_study, tmp_path, capsys):
+        _, report = rank_study
+        first, second = (r["run"] for r in report["archs"][:2])
+        assert rank.main(["--margin", first, second, "--out", str(tmp_path)]) == 0
+        result = json.loads((tmp_path / f"margin_vs_{os.path.basename(first)}.json").read_text())
+        # independently: each subnet predicts the first run's validation frames after BN recalibration on
+        # the first run's batches; per-sample EPE in numpy (equal pixels: the margin is a plain mean)
+        cfg = config.run_config(first)
+        recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+        per_sample = []
+        for run in (first, second):
+            arch = supernet.parse_arch(config.run_config(run)["arch"])
+            preds = []
+            with scoring.restored_scorer(run, "best", 32, 48, static_arch=arch) as (sess, scorer, _):
+                scoring.score_subnet(sess, scorer, arch, recal, val, lambda i, batch, pred: preds.append(pred))
+            epes = [np.sqrt(((p - b[1]) ** 2).sum(-1)).reshape(len(p), -1).mean(1) for p, b in zip(preds, val)]
+            per_sample.append(np.concatenate(epes))
+        d = per_sample[1] - per_sample[0]
+        assert len(d) == result["validation_samples"] == 4
+        assert result["margin"] == pytest.approx(d.mean(), rel=1e-5)
+        assert result["paired_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-5)
+        assert [r["run"] for r in result["runs"]] == [first, second]
+        assert all(r["stopping"]["stopped"] is None for r in result["runs"])  # one evaluation each
+        out = capsys.readouterr().out
+        assert f"B - A: {d.mean():+.4f} EPE" in out and "fewer than 3 evaluations" in out
 
 
 # ----------------------------------------------------------------------------- one writer per run, run names
