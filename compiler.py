@@ -226,7 +226,8 @@ class CompileCache:
     By structure: <key>.json holds the figures of a model structure (search space version, arch,
     input size) for a target, whatever its weights: SRAM, cycles and the operators the NPU takes
     depend on the structure alone, flash on the weights only through their compression. Entries
-    are written atomically (a temp folder renamed, a JSON replaced); a killed compile leaves none.
+    are written atomically (a temp folder renamed, a JSON replaced); a killed compile leaves none,
+    and of two processes compiling one model at once the second to finish uses the first's entry.
     """
 
     def __init__(self, directory, tool):
@@ -267,7 +268,12 @@ class CompileCache:
             summary, per_layer = self.tool.compile(model_path, target, work)
             ckpt.write_json_atomic(os.path.join(work, "figures.json"), {"summary": summary, "per_layer": per_layer,
                                                              "model": os.path.basename(model_path)})
-            os.rename(work, cached)
+            try:
+                os.rename(work, cached)
+            except OSError:
+                if not os.path.isdir(cached):
+                    raise
+                shutil.rmtree(work)  # another process put the same compile in place first: use that one
         with open(os.path.join(cached, "figures.json")) as f:
             figures = json.load(f)
         shutil.copytree(cached, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("figures.json"))

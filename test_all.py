@@ -1985,6 +1985,27 @@ class TestDeploy:
         with pytest.raises(errors.CompileError, match="made by counting 0.9, this is counting 1.0: remove it"):
             cache.structure(structure, target)
 
+    def test_a_compile_finishing_second_uses_the_entry_another_process_put_first(self, tmp_path):
+        class RacingTool(_CountingTool):
+            def compile(self, model_path, target, out_dir):
+                found = super().compile(model_path, target, out_dir)
+                # meanwhile another process compiled the same model and renamed its work into place
+                other = out_dir.rsplit(".tmp", 1)[0]
+                super().compile(model_path, target, other)
+                ckpt.write_json_atomic(os.path.join(other, "figures.json"), {"summary": dict(
+                    found[0], compiled_model=os.path.join(other, "m_vela.tflite")), "per_layer": found[1]})
+                return found
+
+        cache = compiler.CompileCache(str(tmp_path / "cache"), RacingTool())
+        model = tmp_path / "m.tflite"
+        model.write_bytes(b"model bytes" * 100)
+        summary, per_layer = cache.compile(str(model), compiler.Target("t", "ethos-u55-64", "S", "M"),
+                                           str(tmp_path / "out"))
+        assert summary["compiled_model"] == str(tmp_path / "out" / "m_vela.tflite")
+        assert (tmp_path / "out" / "m_vela.tflite").read_bytes() == model.read_bytes()[::-1]
+        assert per_layer == [{"Name": "supernet/E0_conv", "Op Cycles": "1100"}]
+        assert len(list((tmp_path / "cache" / "models").iterdir())) == 1  # the first entry, no work left
+
     def test_the_compile_cache_removes_what_killed_compiles_left(self, tmp_path):
         gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout.strip()  # a PID whose process has ended
