@@ -6,7 +6,8 @@ export PYTHONUNBUFFERED := 1
 # where nvidia-smi lists a GPU the environment asks for that (same version range as requirements.txt).
 # GPU=1 / GPU=0 decide instead; `make venv GPU=1` adds the CUDA libraries to an existing environment.
 ifeq ($(origin GPU), undefined)
-GPU := $(shell gpus=$$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null) && [ -n "$$gpus" ] && echo 1 || echo 0)
+GPU := $(shell gpus=$$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null) && [ -n "$$gpus" ] \
+	&& echo 1 || echo 0)
 endif
 TF_REQUIREMENT := $(shell grep -E '^tensorflow([^a-z0-9_.[-]|$$)' requirements.txt)
 ifeq ($(GPU),1)
@@ -41,7 +42,8 @@ eval: $(VENV) ## score the newest experiment's best checkpoint on its eval pool
 # A CPU-sized supernet: 64x96 inputs, batch 8, 600 fair steps (see README, Demo).
 DEMO_NAME ?= demo_$(shell date +%Y%m%d_%H%M%S)
 DEMO_FLAGS ?= --synthetic --input_h 64 --input_w 96 --batch_size 8 --num_epochs 10 --steps_per_epoch 60 \
-	--learning_rate 0.001 --synthetic_train_size 1024 --synthetic_val_size 64 --eval_every 2 --bn_recal_batches 4 --log_every 30
+	--learning_rate 0.001 --synthetic_train_size 1024 --synthetic_val_size 64 --eval_every 2 --bn_recal_batches 4 \
+	--log_every 30
 
 demo: $(VENV) ## ~10 min CPU run on synthetic data, then its evaluation
 	$(PY) train.py --config config.json --experiment_name $(DEMO_NAME) $(DEMO_FLAGS)
@@ -80,7 +82,8 @@ test-fast: $(VENV) ## the tests not marked slow (about half a minute)
 	$(PYTEST) -m "not slow" test_all.py
 
 # The self-checks are three processes that mostly start TensorFlow: side by side they take the time of one.
-SELF_CHECKS := "supernet.py --self_test" "fair.py --cycles 300 --seed 42 --check" "fair.py --pool --seed 42 --size 12 --check"
+SELF_CHECKS := "supernet.py --self_test" "fair.py --cycles 300 --seed 42 --check" \
+	"fair.py --pool --seed 42 --size 12 --check"
 
 check: $(VENV) ## CI: self-checks of the search space and fairness (side by side), then the test suite
 	@pids=; for c in $(SELF_CHECKS); do echo "$(PY) $$c"; $(PY) $$c & pids="$$pids $$!"; done; \
