@@ -203,12 +203,13 @@ def print_comparison(path_a, path_b):
 def margin(args):
     """--margin A B: the two standalone runs scored on A's batches; prints and writes the margin."""
     start = time.time()
-    first_cfg, _ = ranking.read_run(args.margin[0])
+    runs = ranking.check_margin_runs(args.margin)  # before any folder or work
     out = args.out or args.margin[1]
     path = os.path.join(out, f"margin_vs_{os.path.basename(os.path.normpath(args.margin[0]))}.json")
-    os.makedirs(out, exist_ok=True)  # before the work
+    os.makedirs(out, exist_ok=True)
+    first_cfg = runs[0][1]
     scored = batches.scoring_batches(first_cfg, data_fc2.open_data(first_cfg))
-    result = ranking.standalone_margin(args.margin, args.checkpoint_type, scored)
+    result = ranking.standalone_margin(runs, args.checkpoint_type, scored)
     print("\n".join(ranking.margin_lines(result)))
     result["seconds"] = time.time() - start
     ckpt.write_json_atomic(path, result)

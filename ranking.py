@@ -290,36 +290,26 @@ def stopping_figures(history, zero_flow):
             "stopped": bool(last_two < STOPPED_LAST_TWO_PCT and last < STOPPED_LAST_PCT)}
 
 
-def standalone_margin(run_dirs, checkpoint_type, scored):
-    """Two standalone runs' subnets on the same batches (`scored`: recalibration and validation
-    batches, batches.scoring_batches of the first run's data): each one's EPE and stopping figures,
-    and the second's EPE minus the first's with its paired standard error over the validation
-    samples (metrics.paired_se). RankError if a run is not a finished standalone run, both are one
-    run, or they did not see the same data at the same size."""
-    if os.path.realpath(run_dirs[0]) == os.path.realpath(run_dirs[1]):
-        raise RankError(f"--margin: {run_dirs[0]} given twice")
-    configs = [read_run(d)[0] for d in run_dirs]
-    for run_dir, cfg in zip(run_dirs, configs):
-        if not cfg.get("arch"):
-            raise RankError(f"{run_dir} is a supernet run: --margin compares two standalone runs")
-    first, second = (data_identity(cfg) for cfg in configs)
-    differing = [f"{k} {second[k]!r} (first run {v!r})" for k, v in first.items() if second[k] != v]
-    if differing:
-        raise RankError(f"{run_dirs[1]}: not the first run's data or input size: {', '.join(differing)}")
+def standalone_margin(runs, checkpoint_type, scored):
+    """Two standalone runs' subnets (check_margin_runs) on the same batches (`scored`: recalibration
+    and validation batches, batches.scoring_batches of the first run's data): each one's EPE and
+    stopping figures, and the second's EPE minus the first's with its paired standard error over
+    the validation samples (metrics.paired_se)."""
     recal_batches, val_batches = scored
-    h, w, zero_flow = configs[0]["input_h"], configs[0]["input_w"], metrics.zero_flow_epe(val_batches)
-    runs = []
-    for run_dir, cfg in zip(run_dirs, configs):
-        arch = supernet.parse_arch(cfg["arch"])
+    h, w, zero_flow = runs[0][1]["input_h"], runs[0][1]["input_w"], metrics.zero_flow_epe(val_batches)
+    scored_runs = []
+    for run_dir, cfg, arch in runs:
         with scoring.restored_scorer(run_dir, checkpoint_type, h, w, static_arch=arch, input_size=(h, w)) as (
                 sess, scorer, meta):
             scored_run = scoring.score_subnet(sess, scorer, arch, recal_batches, val_batches)
-        runs.append({"run": run_dir, "arch": cfg["arch"], "seed": cfg["seed"], "global_step": meta["global_step"],
-                     "epe": scored_run["epe"], "sample_epe": scored_run["sample_epe"],
-                     "stopping": stopping_figures(read_history(run_dir, arch), zero_flow)})
-    se = metrics.paired_se(runs[1].pop("sample_epe"), runs[0].pop("sample_epe"), metrics.sample_pixels(val_batches))
-    margin = runs[1]["epe"] - runs[0]["epe"]
-    return {"runs": runs, "margin": margin, "paired_se": se, "margin_in_se": None if not se else margin / se,
+        scored_runs.append({"run": run_dir, "arch": cfg["arch"], "seed": cfg["seed"],
+                            "global_step": meta["global_step"], "epe": scored_run["epe"],
+                            "sample_epe": scored_run["sample_epe"],
+                            "stopping": stopping_figures(read_history(run_dir, arch), zero_flow)})
+    first, second = scored_runs
+    se = metrics.paired_se(second.pop("sample_epe"), first.pop("sample_epe"), metrics.sample_pixels(val_batches))
+    margin = second["epe"] - first["epe"]
+    return {"runs": scored_runs, "margin": margin, "paired_se": se, "margin_in_se": None if not se else margin / se,
             "validation_samples": int(sum(len(b[1]) for b in val_batches)), "zero_flow_epe": zero_flow,
             "checkpoint_type": checkpoint_type, "stopping_criterion_pct": {
                 "last_two": STOPPED_LAST_TWO_PCT, "last": STOPPED_LAST_PCT}}
@@ -460,29 +450,45 @@ def data_identity(cfg):
     return identity
 
 
+def check_standalone_run(run_dir, reference_cfg, reference_report, reference):
+    """(config, arch) of a finished standalone run that saw the data of the run `reference` (its
+    config and train report; the name errors give it) at that run's input size; RankError naming
+    the run otherwise."""
+    cfg, report = read_run(run_dir)
+    if not cfg.get("arch") or report.get("mode") != "standalone":
+        raise RankError(f"{run_dir} is a supernet run, not a standalone run (train.py --arch CODE)")
+    if report["data_source"] != reference_report["data_source"]:
+        raise RankError(f"{run_dir}: data source {report['data_source']} differs from the {reference}'s "
+                        f"{reference_report['data_source']}")
+    expected, theirs = data_identity(reference_cfg), data_identity(cfg)
+    differing = [f"{k} {theirs[k]!r} ({reference} {v!r})" for k, v in expected.items() if theirs[k] != v]
+    if differing:
+        raise RankError(f"{run_dir}: not the {reference}'s data or input size: {', '.join(differing)}")
+    return cfg, supernet.parse_arch(cfg["arch"])
+
+
 def check_standalone_runs(supernet_cfg, supernet_report, run_dirs):
     """[(run_dir, arch)] after checking each run is standalone, finished and saw the supernet's data
-    at its input size; RankError names the first run that does not."""
+    at its input size (check_standalone_run), one run per arch; RankError names the first that does not."""
     if len(run_dirs) < MIN_ARCHS:
         raise RankError(f"{len(run_dirs)} standalone runs given; at least {MIN_ARCHS} are needed to rank")
-    expected, runs, seen = data_identity(supernet_cfg), [], {}
+    runs, seen = [], {}
     for run_dir in run_dirs:
-        cfg, report = read_run(run_dir)
-        if not cfg.get("arch") or report.get("mode") != "standalone":
-            raise RankError(f"{run_dir} is not a standalone run (train.py --arch CODE)")
-        if report["data_source"] != supernet_report["data_source"]:
-            raise RankError(f"{run_dir}: data source {report['data_source']} differs from the supernet's "
-                            f"{supernet_report['data_source']}")
-        theirs = data_identity(cfg)
-        differing = [f"{k} {theirs[k]!r} (supernet {v!r})" for k, v in expected.items() if theirs[k] != v]
-        if differing:
-            raise RankError(f"{run_dir}: not the supernet's data or input size: {', '.join(differing)}")
-        arch = supernet.parse_arch(cfg["arch"])
+        cfg, arch = check_standalone_run(run_dir, supernet_cfg, supernet_report, "supernet")
         if arch in seen:
             raise RankError(f"{run_dir} and {seen[arch]} both train {cfg['arch']}: one run per arch")
         seen[arch] = run_dir
         runs.append((run_dir, arch))
     return runs
+
+
+def check_margin_runs(run_dirs):
+    """[(run_dir, config, arch)] of --margin's two runs: two different finished standalone runs, the
+    second on the first's data at its input size; RankError naming the run at fault."""
+    if os.path.realpath(run_dirs[0]) == os.path.realpath(run_dirs[1]):
+        raise RankError(f"--margin: {run_dirs[0]} given twice")
+    first_cfg, first_report = read_run(run_dirs[0])
+    return [(run_dir, *check_standalone_run(run_dir, first_cfg, first_report, "first run")) for run_dir in run_dirs]
 
 
 def score_per_batch(sess, scorer, arch, recal_batches, val_batches):
