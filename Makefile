@@ -58,6 +58,7 @@ search: $(VENV) ## score all 19,683 subnets of the newest run's best checkpoint,
 # search's choice at the median GMACs trained alone twice, then rank.py. Every step resumes where it
 # stopped: run it again after any interruption.
 RANK_K ?= 12
+RANK_JOBS ?= 1
 STUDY_NAME ?= study_supernet
 
 .PHONY: rank
@@ -67,7 +68,7 @@ rank: $(VENV) ## the ranking study on study.json: supernet, search, RANK_K subne
 			$(PY) train.py --resume --experiment_name $(STUDY_NAME) || exit 1; \
 		else $(PY) train.py --config study.json --experiment_name $(STUDY_NAME) || exit 1; fi; fi
 	$(PY) search.py --experiment_name $(STUDY_NAME)
-	$(PY) rank.py --supernet outputs/$(STUDY_NAME) --train $(RANK_K) --search_choice \
+	$(PY) rank.py --supernet outputs/$(STUDY_NAME) --train $(RANK_K) --search_choice --jobs $(RANK_JOBS) \
 		--standalone_dir outputs/$(STUDY_NAME)_rank
 
 # The suite runs on every core (pytest-xdist), a test class at a time per worker: a class's tests

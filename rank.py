@@ -14,7 +14,6 @@ of the evaluation (spread over validation batches, rank agreement between two ha
 import argparse
 import glob
 import os
-import subprocess
 import sys
 import time
 
@@ -26,6 +25,7 @@ import ckpt
 import data_fc2
 import errors
 import metrics
+import parallel
 import ranking
 import supernet
 from errors import RankError
@@ -33,14 +33,15 @@ from errors import RankError
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def train_standalone(supernet_dir, supernet_cfg, arch, standalone_dir, seed=None):
-    """Train `arch` alone with the supernet run's config (data, input size, batch, schedule, number
-    of updates), unless already done; a run interrupted earlier is resumed. With `seed`, another
-    training seed on the same data (its synthetic pairs keep the supernet's data seed). Returns its folder."""
+def standalone_child(supernet_dir, supernet_cfg, arch, standalone_dir, seed=None):
+    """(run folder, train.py argv or None if it is finished) for training `arch` alone with the
+    supernet run's config (data, input size, batch, schedule, number of updates); a run interrupted
+    earlier is resumed. With `seed`, another training seed on the same data (its synthetic pairs
+    keep the supernet's data seed)."""
     name = ranking.standalone_name(arch) + ("" if seed is None else f"_seed{seed}")
     run_dir = os.path.join(standalone_dir, name)
     if os.path.exists(os.path.join(run_dir, "train_report.json")):
-        return run_dir
+        return run_dir, None
     # the supernet's saved config is already resolved: fast_mode must not apply its overrides again
     flags = ["--output_dir", standalone_dir, "--experiment_name", name, "--no-fast_mode"]
     if os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
@@ -49,10 +50,21 @@ def train_standalone(supernet_dir, supernet_cfg, arch, standalone_dir, seed=None
         argv = ["--config", os.path.join(supernet_dir, "config.json"), "--arch", supernet.format_arch(arch)] + flags
         if seed is not None:
             argv += ["--seed", str(seed), "--synthetic_seed", str(ranking.data_seed(supernet_cfg))]
-    print(f"training {supernet.format_arch(arch)} alone: python train.py {' '.join(argv)}", flush=True)
-    if subprocess.run([sys.executable, os.path.join(HERE, "train.py")] + argv).returncode != 0:
-        raise RankError(f"standalone training of {supernet.format_arch(arch)} failed (see {run_dir}/train.log)")
-    return run_dir
+    return run_dir, [sys.executable, os.path.join(HERE, "train.py")] + argv
+
+
+def train_standalone(args, supernet_cfg, plan):
+    """Train every (arch, seed) of `plan` alone that is not finished, --jobs at a time (each on its
+    share of the cores; with more than one, a run's output goes to <its folder>.out). Returns the
+    run folders in the plan's order."""
+    os.makedirs(args.standalone_dir, exist_ok=True)
+    children = [standalone_child(args.supernet, supernet_cfg, arch, args.standalone_dir, seed) for arch, seed in plan]
+    todo = [(os.path.basename(run_dir), argv, run_dir + ".out" if args.jobs > 1 else None)
+            for run_dir, argv in children if argv]
+    print(f"{len(plan) - len(todo)} of {len(plan)} standalone runs finished already; training {len(todo)}, "
+          f"{args.jobs} at a time")
+    parallel.run_all(todo, args.jobs)
+    return [run_dir for run_dir, _ in children]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -69,6 +81,9 @@ def parse_args(argv):
                         "another seed, for the seeds' own agreement (default: a third of K; 0: none)")
     parser.add_argument("--search_choice", action="store_true", help="also train the whole-space search's choice "
                         "at the median GMACs (two seeds) and compare it with the trained subnets of similar cost")
+    parser.add_argument("--jobs", type=int, default=1, help="with --train: train this many subnets at once, each "
+                        "pinned to its share of the CPU cores (on a CPU, two runs on one core each finish sooner "
+                        "than one after the other on both; with a GPU keep 1)")
     parser.add_argument("--standalone_dir", help="where --train puts its runs (default: <supernet>/standalone)")
     parser.add_argument("--out", help="folder for rank_report.json and rank.png (default: --standalone_dir with "
                         "--train, else <supernet>/rank), or for --margin's file (default: B)")
@@ -89,8 +104,8 @@ def parse_args(argv):
         parser.error("give exactly one of --standalone, --standalone_glob, --train")
     if args.train is not None and args.train < ranking.MIN_ARCHS:
         parser.error(f"--train needs at least {ranking.MIN_ARCHS} archs")
-    if (args.second_seed is not None or args.search_choice) and not args.train:
-        parser.error("--second_seed and --search_choice go with --train")
+    if (args.second_seed is not None or args.search_choice or args.jobs != 1) and not args.train:
+        parser.error("--second_seed, --search_choice and --jobs go with --train")
     if args.second_seed is not None and not 0 <= args.second_seed <= args.train:
         parser.error(f"--second_seed must be within 0..{args.train}")
     if args.bootstrap < 1:
@@ -98,19 +113,32 @@ def parse_args(argv):
     return args
 
 
-def standalone_runs(args, supernet_cfg):
-    """The standalone run folders to rank: given, globbed, or chosen and trained (--train)."""
+def standalone_runs(args, supernet_cfg, supernet_report, choice):
+    """([(run_dir, arch)] to rank, [(run_dir, arch)] trained with a second seed): given, globbed, or
+    chosen and trained (--train), then checked (finished, standalone, the supernet's data and size)
+    and ordered by arch code, so the seeded bootstrap does not depend on the order they came in."""
     if args.train:
-        archs = ranking.choose_archs(args.train, args.seed)
+        archs = sorted(ranking.choose_archs(args.train, args.seed))
         print("standalone subnets, spread over depth and kernel choices: "
               + " ".join(supernet.format_arch(a) for a in archs))
-        return [train_standalone(args.supernet, supernet_cfg, arch, args.standalone_dir) for arch in archs]
-    if args.standalone_glob:
-        found = sorted(p for p in glob.glob(args.standalone_glob) if os.path.isdir(p))
+        plan = [(arch, None) for arch in archs] + second_seed_plan(args, supernet_cfg, archs, choice)
+        found = train_standalone(args, supernet_cfg, plan)
+        seconds = [(run_dir, arch) for run_dir, (arch, _) in zip(found[len(archs):], plan[len(archs):])]
+        found = found[:len(archs)]
+    elif args.standalone_glob:
+        found, seconds = sorted(p for p in glob.glob(args.standalone_glob) if os.path.isdir(p)), []
         if not found:
             raise RankError(f"--standalone_glob {args.standalone_glob!r} matches no folder")
-        return found
-    return args.standalone
+    else:
+        found, seconds = args.standalone, []
+    return sorted(ranking.check_standalone_runs(supernet_cfg, supernet_report, found), key=lambda r: r[1]), seconds
+
+
+def check_jobs(jobs, hardware):
+    """--jobs fits this machine: at most one run per core, and one at a time on a GPU; RankError otherwise."""
+    if jobs > 1 and hardware["gpus"]:
+        raise RankError(f"--jobs {jobs}: the runs would share this machine's GPU; train one at a time (--jobs 1)")
+    parallel.slot_cores(jobs)
 
 
 def output_folder(args):
@@ -131,11 +159,9 @@ def rank(args):
         raise RankError(f"--supernet {args.supernet} is a standalone run of {supernet_cfg['arch']}, not a supernet")
     args.standalone_dir = args.standalone_dir or os.path.join(args.supernet, "standalone")
     out = output_folder(args)  # checked before the work
+    check_jobs(args.jobs, hardware)
     choice = ranking.search_choice(args.supernet, args.checkpoint_type) if args.search_choice else None
-    # ordered by arch code, so the seeded bootstrap does not depend on the order the runs were given in
-    runs = sorted(ranking.check_standalone_runs(supernet_cfg, supernet_report, standalone_runs(args, supernet_cfg)),
-                  key=lambda run: run[1])
-    seconds = second_seed_runs(args, supernet_cfg, [arch for _, arch in runs], choice)
+    runs, seconds = standalone_runs(args, supernet_cfg, supernet_report, choice)
     h, w = supernet_cfg["input_h"], supernet_cfg["input_w"]
     scored = batches.scoring_batches(supernet_cfg, data_fc2.open_data(supernet_cfg))
     sizes = [len(flows) for _, flows in scored[1]]
@@ -158,20 +184,17 @@ def rank(args):
     return report
 
 
-def second_seed_runs(args, supernet_cfg, archs, choice):
-    """[(run_dir, arch)] of the runs trained with a second seed: --second_seed of `archs` (evenly
-    spaced in their order), and the search's choice with both seeds."""
-    if not args.train:
-        return []
+def second_seed_plan(args, supernet_cfg, archs, choice):
+    """[(arch, seed)] to train with a second seed: --second_seed of `archs` (evenly spaced in their
+    order), and the search's choice with both seeds."""
     count = -(-len(archs) // 3) if args.second_seed is None else args.second_seed
     picked = [archs[i] for i in np.linspace(0, len(archs) - 1, count).round().astype(int)] if count else []
     seed = supernet_cfg["seed"] + 1
-    runs = [(train_standalone(args.supernet, supernet_cfg, arch, args.standalone_dir, seed), arch) for arch in picked]
+    plan = [(arch, seed) for arch in picked]
     if choice is not None:
         arch = supernet.parse_arch(choice["arch"])
-        runs += [(train_standalone(args.supernet, supernet_cfg, arch, args.standalone_dir, s), arch)
-                 for s in (None, seed) if not (s is None and arch in archs) and arch not in picked]
-    return runs
+        plan += [(arch, s) for s in (None, seed) if not (s is None and arch in archs) and arch not in picked]
+    return plan
 
 
 def ranking_report(args, runs, scored, size, sizes):

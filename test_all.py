@@ -37,6 +37,7 @@ import firmware
 import flowio
 import flowviz
 import metrics
+import parallel
 import pareto
 import rank
 import ranking
@@ -2454,8 +2455,60 @@ def rank_study(tmp_path_factory):
     assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "sup", "--num_epochs", "1",
                                    "--steps_per_epoch", "1", "--eval_batches", "0"]) == 0
     report_dir = out / "sup" / "standalone"
-    assert rank.main(["--supernet", str(out / "sup"), "--train", "3", "--bootstrap", "50"]) == 0
+    jobs = min(2, len(parallel.usable_cores()))  # the four runs (three and one second seed) two at a time
+    assert rank.main(["--supernet", str(out / "sup"), "--train", "3", "--bootstrap", "50", "--jobs", str(jobs)]) == 0
     return out, json.loads((report_dir / "rank_report.json").read_text())
+
+
+_CHILD = """import json, os, sys, time
+start = time.time()
+time.sleep(0.4)
+if sys.argv[2] == "fail":
+    print("error: a stand-in failure")
+    sys.exit(3)
+with open(sys.argv[1], "w") as f:
+    json.dump({"start": start, "end": time.time(), "cores": sorted(os.sched_getaffinity(0))}, f)
+"""
+
+
+class TestParallel:
+    def test_cores_are_dealt_out_to_slots_in_turn(self):
+        assert parallel.slot_cores(2, [0, 1, 2]) == [[0, 2], [1]]
+        assert parallel.slot_cores(1, [4, 5]) == [[4, 5]]
+        for jobs in (0, 3):
+            with pytest.raises(errors.RankError, match=f"--jobs {jobs}: must be within 1..2"):
+                parallel.slot_cores(jobs, [0, 1])
+
+    def test_time_left_is_the_mean_time_of_the_rest_less_what_runs_shared_over_slots(self):
+        # 2 of 5 done in 60 and 120 s (mean 90): 3 left, 270 s of work less the 30 s one has run, over 2 slots
+        line = parallel.progress_line(2, 5, "b", [60.0, 120.0], [30.0], 2)
+        assert line == "[2/5] b finished in 2m00s; 1 running, 2 waiting, about 2m00s left"
+        assert parallel.progress_line(5, 5, "e", [60.0] * 5, [], 2).endswith("0 running, 0 waiting")
+
+    @pytest.mark.skipif(len(parallel.usable_cores()) < 2, reason="needs two cores")
+    def test_children_run_two_at_a_time_each_on_its_own_cores(self, tmp_path):
+        lines, slots = [], parallel.slot_cores(2)
+        children = [(f"c{i}", [sys.executable, "-c", _CHILD, str(tmp_path / f"c{i}.json"), "ok"],
+                     str(tmp_path / f"c{i}.out")) for i in range(5)]
+        parallel.run_all(children, 2, log=lines.append)
+        runs = [json.loads((tmp_path / f"c{i}.json").read_text()) for i in range(5)]
+        assert all(r["cores"] in slots for r in runs)
+        for t in sorted(r["start"] for r in runs):  # at most two at once, and those two on other cores
+            live = [r for r in runs if r["start"] <= t < r["end"]]
+            assert len(live) <= 2 and len({tuple(r["cores"]) for r in live}) == len(live)
+        assert sum(line.startswith("started ") for line in lines) == 5 and lines[-1].startswith("[5/5] ")
+
+    def test_a_failure_starts_no_new_child_and_names_the_failed_one(self, tmp_path):
+        lines = []
+        children = [(name, [sys.executable, "-c", _CHILD, str(tmp_path / f"{name}.json"), kind],
+                     str(tmp_path / f"{name}.out")) for name, kind in (("first", "ok"), ("broken", "fail"),
+                                                                        ("third", "ok"))]
+        with pytest.raises(errors.RankError) as err:
+            parallel.run_all(children, 1, log=lines.append)
+        out = str(tmp_path / "broken.out")
+        assert str(err.value) == f"broken failed (exit 3): error: a stand-in failure (see {out})"
+        assert (tmp_path / "first.json").exists() and not (tmp_path / "third.json").exists()
+        assert not (tmp_path / "third.out").exists()
 
 
 class TestStandaloneAndRank:
