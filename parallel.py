@@ -25,13 +25,6 @@ def slot_cores(jobs, cores=None):
     return [cores[slot::jobs] for slot in range(jobs)]
 
 
-def _pinned(cores):
-    """A preexec_fn that pins the child to `cores` (nothing where affinity cannot be set)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    return lambda: os.sched_setaffinity(0, cores)
-
-
 def _last_line(path):
     """The last non-empty line of a child's log (its one-line error), or ''."""
     try:
@@ -50,58 +43,80 @@ def _clock(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def progress_line(done, total, name, durations, running_for, jobs):
+def progress_line(name, durations, running_for, waiting, jobs):
     """What finished, how far the whole is, and the time left: the children still to finish at the
     mean time of the finished ones, less what the running ones have done, shared over the slots."""
-    left = total - done
-    work = left * sum(durations) / len(durations) - sum(running_for)
+    done, left = len(durations), len(running_for) + waiting
+    work = left * sum(durations) / done - sum(running_for)
     estimate = f", about {_clock(max(work, 0) / min(jobs, left))} left" if left else ""
-    return (f"[{done}/{total}] {name} finished in {_clock(durations[-1])}; {len(running_for)} running, "
-            f"{left - len(running_for)} waiting{estimate}")
+    return (f"[{done}/{done + left}] {name} finished in {_clock(durations[-1])}; {len(running_for)} running, "
+            f"{waiting} waiting{estimate}")
 
 
-def _start(argv, log_path, cores):
-    """Popen of argv pinned to `cores`, its output appended to log_path (None: this process's)."""
-    if log_path is None:
-        return subprocess.Popen(argv, preexec_fn=_pinned(cores))
-    with open(log_path, "a") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_pinned(cores))
+def _say(line):
+    print(line, flush=True)  # before the children's own output, also through a pipe
 
 
-def run_all(children, jobs, log=print, cores=None, heartbeat=300.0):
+class _Child:
+    """One started child: its name, log, process, start time."""
+
+    def __init__(self, name, argv, log_path, cores):
+        self.name, self.log_path, self.start = name, log_path, time.monotonic()
+        if log_path is None:
+            self.proc = subprocess.Popen(argv)
+        else:
+            with open(log_path, "a") as out:
+                self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        if hasattr(os, "sched_setaffinity"):  # at once, before it starts threads: they inherit it
+            os.sched_setaffinity(self.proc.pid, cores)
+
+    def failure(self):
+        """The one line that says how it failed."""
+        where = f": {_last_line(self.log_path)} (see {self.log_path})" if self.log_path else " (its output is above)"
+        return f"{self.name} failed (exit {self.proc.returncode}){where}"
+
+
+def _stop(running):
+    """Terminate and reap the children still running (this process was interrupted or failed);
+    each resumes from its last saved state when started again."""
+    for child in running.values():
+        if child.proc.poll() is None:
+            child.proc.terminate()
+    for child in running.values():
+        child.proc.wait()
+
+
+def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0):
     """Run `children`, [(name, argv, log_path)], at most `jobs` at once, each pinned to its slot's
     cores, its output appended to log_path (None: this process's output). Every `heartbeat` seconds
-    the last line of each running child's log is repeated. After a failure no new child starts; the
-    running ones finish (their work is kept), then RankError names the failed child and its log's
-    last line."""
+    the last line of each running child's log is repeated. After a failure no new child starts and
+    the running ones finish (their work is kept), then RankError names the failed child and how it
+    failed. Interrupted, it stops the running children before it returns."""
     slots, waiting, running, failed, durations = slot_cores(jobs, cores), list(children), {}, [], []
-    last_beat = time.time()
-    while waiting or running:
-        free = [s for s in range(jobs) if s not in running]
-        while free and waiting and not failed:
-            slot, (name, argv, log_path) = free.pop(0), waiting.pop(0)
-            log(f"started {name} on cores {','.join(map(str, slots[slot]))}: {os.path.basename(argv[0])} "
-                f"{' '.join(argv[1:])}" + (f" (output: {log_path})" if log_path else ""))
-            running[slot] = (name, log_path, _start(argv, log_path, slots[slot]), time.time())
-        if not running:
-            break
-        time.sleep(0.2)
-        if time.time() - last_beat >= heartbeat:
-            last_beat = time.time()
-            for name, log_path, _, _ in running.values():
-                if log_path:
-                    log(f"  {name}: {_last_line(log_path)}")
-        for slot, (name, log_path, proc, t0) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[slot]
-            if proc.returncode != 0:
-                failed.append(f"{name} failed (exit {proc.returncode})" +
-                              (f": {_last_line(log_path)} (see {log_path})" if log_path else ""))
-                log(failed[-1] + (f"; waiting for the {len(running)} running" if running else ""))
-                continue
-            durations.append(time.time() - t0)
-            log(progress_line(len(durations), len(children), name, durations,
-                              [time.time() - r[3] for r in running.values()], jobs))
-    if failed:
-        raise RankError(failed[0])
+    last_beat = time.monotonic()
+    try:
+        while waiting or running:
+            free = [s for s in range(jobs) if s not in running]
+            while free and waiting and not failed:
+                slot, (name, argv, log_path) = free.pop(0), waiting.pop(0)
+                log(f"started {name} on cores {','.join(map(str, slots[slot]))}: {os.path.basename(argv[0])} "
+                    f"{' '.join(argv[1:])}" + (f" (output: {log_path})" if log_path else ""))
+                running[slot] = _Child(name, argv, log_path, slots[slot])
+            time.sleep(0.2)
+            if time.monotonic() - last_beat >= heartbeat:
+                last_beat = time.monotonic()
+                for child in (c for c in running.values() if c.log_path):
+                    log(f"  {child.name}: {_last_line(child.log_path)}")
+            for slot, child in [(s, c) for s, c in running.items() if c.proc.poll() is not None]:
+                del running[slot]
+                if child.proc.returncode:
+                    failed.append(child.failure())
+                    log(failed[-1] + (f"; waiting for the {len(running)} running" if running else ""))
+                    continue
+                durations.append(time.monotonic() - child.start)
+                log(progress_line(child.name, durations, [time.monotonic() - c.start for c in running.values()],
+                                  0 if failed else len(waiting), jobs))
+            if failed and not running:
+                raise RankError(failed[0])
+    finally:
+        _stop(running)

@@ -59,10 +59,10 @@ def train_standalone(args, supernet_cfg, plan):
     run folders in the plan's order."""
     os.makedirs(args.standalone_dir, exist_ok=True)
     children = [standalone_child(args.supernet, supernet_cfg, arch, args.standalone_dir, seed) for arch, seed in plan]
-    todo = [(os.path.basename(run_dir), argv, run_dir + ".out" if args.jobs > 1 else None)
+    todo = [(run_dir, argv, run_dir + ".out" if args.jobs > 1 else None)
             for run_dir, argv in children if argv]
     print(f"{len(plan) - len(todo)} of {len(plan)} standalone runs finished already; training {len(todo)}, "
-          f"{args.jobs} at a time")
+          f"{args.jobs} at a time", flush=True)
     parallel.run_all(todo, args.jobs)
     return [run_dir for run_dir, _ in children]
 
@@ -108,8 +108,8 @@ def parse_args(argv):
         parser.error("--second_seed, --search_choice and --jobs go with --train")
     if args.second_seed is not None and not 0 <= args.second_seed <= args.train:
         parser.error(f"--second_seed must be within 0..{args.train}")
-    if args.bootstrap < 1:
-        parser.error("--bootstrap must be >= 1")
+    if args.bootstrap < 1 or args.jobs < 1:
+        parser.error("--bootstrap and --jobs must be >= 1")
     return args
 
 
@@ -158,8 +158,8 @@ def rank(args):
     if supernet_cfg.get("arch"):
         raise RankError(f"--supernet {args.supernet} is a standalone run of {supernet_cfg['arch']}, not a supernet")
     args.standalone_dir = args.standalone_dir or os.path.join(args.supernet, "standalone")
-    out = output_folder(args)  # checked before the work
     check_jobs(args.jobs, hardware)
+    out = output_folder(args)  # checked before the work
     choice = ranking.search_choice(args.supernet, args.checkpoint_type) if args.search_choice else None
     runs, seconds = standalone_runs(args, supernet_cfg, supernet_report, choice)
     h, w = supernet_cfg["input_h"], supernet_cfg["input_w"]

@@ -2481,9 +2481,9 @@ class TestParallel:
 
     def test_time_left_is_the_mean_time_of_the_rest_less_what_runs_shared_over_slots(self):
         # 2 of 5 done in 60 and 120 s (mean 90): 3 left, 270 s of work less the 30 s one has run, over 2 slots
-        line = parallel.progress_line(2, 5, "b", [60.0, 120.0], [30.0], 2)
+        line = parallel.progress_line("b", [60.0, 120.0], [30.0], 2, 2)
         assert line == "[2/5] b finished in 2m00s; 1 running, 2 waiting, about 2m00s left"
-        assert parallel.progress_line(5, 5, "e", [60.0] * 5, [], 2).endswith("0 running, 0 waiting")
+        assert parallel.progress_line("e", [60.0] * 5, [], 0, 2) == "[5/5] e finished in 1m00s; 0 running, 0 waiting"
 
     @pytest.mark.skipif(len(parallel.usable_cores()) < 2, reason="needs two cores")
     def test_children_run_two_at_a_time_each_on_its_own_cores(self, tmp_path):
@@ -2509,6 +2509,23 @@ class TestParallel:
         assert str(err.value) == f"broken failed (exit 3): error: a stand-in failure (see {out})"
         assert (tmp_path / "first.json").exists() and not (tmp_path / "third.json").exists()
         assert not (tmp_path / "third.out").exists()
+
+
+    def test_an_interrupt_stops_and_reaps_the_running_children(self, tmp_path):
+        script = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+        log = tmp_path / "sleeper.out"
+
+        def interrupt_at_heartbeat(line):
+            if line.startswith("  sleeper: ") and line.split(": ")[1]:  # the heartbeat repeats the child's pid
+                raise KeyboardInterrupt
+
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            parallel.run_all([("sleeper", [sys.executable, "-c", script], str(log))], 1,
+                             log=interrupt_at_heartbeat, heartbeat=0.5)
+        assert time.monotonic() - start < 30
+        with pytest.raises(ProcessLookupError):  # terminated and reaped, not left running
+            os.kill(int(log.read_text().split()[0]), 0)
 
 
 class TestStandaloneAndRank:
