@@ -7,6 +7,7 @@ a convolution by its name, a residual add, resize or flow accumulation by the ch
 latest convolution upstream of it, layers every subnet has into `fixed_cycles`. A subnet's
 predicted cycles are `fixed_cycles` plus its option's cycles in every block.
 """
+import functools
 import os
 import re
 import tempfile
@@ -53,6 +54,14 @@ def op_blocks(graph):
             if upstream:
                 latest[op.name] = max(upstream)
     return {name: conv_block(conv) for name, (_, conv) in latest.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def arch_op_blocks(arch):
+    """op_blocks of `arch`'s static graph. Its op names do not depend on the input size, so one
+    graph at a small size serves every size (building one takes seconds; a deployment asks for the
+    same archs at several sizes, and again when the compiles come from the cache)."""
+    return op_blocks(convert.build_static_graph(arch, 16, 16)[0])
 
 
 def block_cycles(per_layer, blocks_of_ops):
@@ -159,7 +168,7 @@ def figures(arch, size, target, cache, int8_model, work_dir):
                                            supernet.structure(arch, size))
     else:
         summary, per_layer = entry["summary"], entry["per_layer"]
-    cycles, unattributed = block_cycles(per_layer, op_blocks(convert.build_static_graph(arch, *size)[0]))
+    cycles, unattributed = block_cycles(per_layer, arch_op_blocks(tuple(arch)))
     return {"arch": arch, "size": list(size), "summary": summary, "cycles": cycles, "unattributed": unattributed}
 
 

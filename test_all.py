@@ -1658,6 +1658,7 @@ class TestExport:
         assert blocks["supernet/resize/ResizeBilinear"] == "DB0"
         assert blocks["supernet/resize_3/ResizeBilinear"] == "H0Out"
         assert blocks["flow"] == "H2Out" and blocks["supernet/Relu"] == edge_tables.FIXED
+        assert edge_tables.arch_op_blocks((1, 2, 0, 0, 1, 0, 2, 0, 1)) == blocks  # built at 16x16: the same names
         names = ("supernet/EB1_rb3_conv21", "supernet/H1Out_k7_conv1", "supernet/Up2_conv", "supernet/add_3")
         assert [edge_tables.conv_block(n) for n in names] == ["EB1", "H1Out", edge_tables.FIXED, None]
         rows = [{"Name": "supernet/Relu_6;supernet/Down1_conv", "Op Cycles": "10"},
@@ -1704,8 +1705,7 @@ class TestExport:
             name = "m" + "".join(map(str, arch))
             path = ckpt.write_atomic(str(tmp_path / f"{name}.tflite"), int8)
             summary, per_layer = compiler.compile_model(path, target, str(tmp_path / name))
-            blocks = edge_tables.op_blocks(convert.build_static_graph(arch, 16, 24)[0])
-            cycles, unattributed = edge_tables.block_cycles(per_layer, blocks)
+            cycles, unattributed = edge_tables.block_cycles(per_layer, edge_tables.arch_op_blocks(arch))
             return {"arch": arch, "epe": 0.0, "summary": summary, "cycles": cycles, "unattributed": unattributed}
 
         table = edge_tables.make_latency_table([measure(a) for a in edge_tables.table_archs()], target, 16, 24)
