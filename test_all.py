@@ -564,10 +564,12 @@ class TestSynthetic:
         assert zero_error > 3.0 and zero_error > 5 * warped_error
 
     def test_the_study_scene_is_one_exact_affine_motion(self):
-        knobs = config.read_config_file(str(HERE / "study.json"))["synthetic_scene"]
-        scene = synthetic.render_synthetic_scene(np.random.default_rng(4), 32, 48, synthetic.Scene.of(knobs))
+        study = config.read_config_file(str(HERE / "study.json"))
+        h, w = study["input_h"], study["input_w"]
+        scene = synthetic.render_synthetic_scene(np.random.default_rng(4), h, w,
+                                                 synthetic.Scene.of(study["synthetic_scene"]))
         assert not scene["layers0"].any()  # the background alone
-        ys, xs = np.mgrid[0:32, 0:48]
+        ys, xs = np.mgrid[0:h, 0:w]
         points = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)], 1)
         affine, residual, *_ = np.linalg.lstsq(points, (scene["flow"].reshape(-1, 2) + points[:, :2]), rcond=None)
         assert np.abs(points @ affine - points[:, :2] - scene["flow"].reshape(-1, 2)).max() < 1e-4
