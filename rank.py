@@ -123,7 +123,8 @@ def standalone_runs(args, supernet_cfg, supernet_report, choice):
               + " ".join(supernet.format_arch(a) for a in archs))
         plan = [(arch, None) for arch in archs] + second_seed_plan(args, supernet_cfg, archs, choice)
         found = train_standalone(args, supernet_cfg, plan)
-        seconds = [(run_dir, arch) for run_dir, (arch, _) in zip(found[len(archs):], plan[len(archs):])]
+        seconds = [(run_dir, ranking.check_standalone_run(run_dir, supernet_cfg, supernet_report, "supernet")[1])
+                   for run_dir in found[len(archs):]]  # a folder left from another study is refused, not reused
         found = found[:len(archs)]
     elif args.standalone_glob:
         found, seconds = sorted(p for p in glob.glob(args.standalone_glob) if os.path.isdir(p)), []

@@ -2683,6 +2683,15 @@ class TestStandaloneAndRank:
             assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
         assert rank.main(["--supernet", alone[0], "--standalone"] + alone) == 1
         assert "not a supernet" in capsys.readouterr().err
+        # --train reuses finished runs of its folder: a second-seed run of other data is refused, not reused
+        stale = tmp_path / "stale"
+        subprocess.run(["cp", "-r", str(out / "sup" / "standalone"), str(stale)], check=True)
+        second = next(p for p in stale.iterdir() if p.is_dir() and "_seed" in p.name)
+        ckpt.write_json_atomic(str(second / "config.json"),
+                               dict(json.loads((second / "config.json").read_text()), input_h=48))
+        assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
+        err = capsys.readouterr().err
+        assert f"{second}: not the supernet's data or input size: input_h 48" in err and err.count("\n") == 1, err
         for given, named in (([alone[0], alone[0]], "given twice"), ([sup, alone[0]], f"{sup} is a supernet run"),
                              ([alone[0], str(other_size)], "not the first run's data or input size: input_h 48")):
             assert rank.main(["--margin"] + given) == 1
