@@ -174,9 +174,11 @@ def rank(args):
     report["seed_ceiling"] = ranking.seed_ceiling(report["archs"], alone, sizes, args.bootstrap, args.seed)
     if choice is not None:
         report["search_choice"] = ranking.search_versus_random(choice, report["archs"], alone, sizes)
+    zero_flow = metrics.zero_flow_epe(scored[1])
+    report["stopping"] = ranking.stopping_summary({d: ranking.read_history(d, a) for d, a in runs + seconds}, zero_flow)
     report.update(supernet=args.supernet, supernet_updates_per_option=supernet_report["global_step"],
                   checkpoint_type=args.checkpoint_type, data_source=supernet_report["data_source"],
-                  input_size=[h, w], zero_flow_epe=metrics.zero_flow_epe(scored[1]), seconds=time.time() - start,
+                  input_size=[h, w], zero_flow_epe=zero_flow, seconds=time.time() - start,
                   training_seconds=ranking.training_seconds([d for d, _ in runs + seconds]), devices=hardware)
     ckpt.write_json_atomic(os.path.join(out, "rank_report.json"), report)
     ranking.plot_ranking(report, os.path.join(out, "rank.png"))

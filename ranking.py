@@ -290,6 +290,31 @@ def stopping_figures(history, zero_flow):
             "stopped": bool(last_two < STOPPED_LAST_TWO_PCT and last < STOPPED_LAST_PCT)}
 
 
+def stopping_summary(histories, zero_flow):
+    """Which standalone runs had stopped falling by the criterion (stopping_figures), for the report:
+    histories {run_dir: {epoch: EPE}}; a run with fewer than 3 evaluations counts in neither list."""
+    figures = {run: stopping_figures(history, zero_flow) for run, history in histories.items()}
+    return {"criterion_pct": {"last_two": STOPPED_LAST_TWO_PCT, "last": STOPPED_LAST_PCT}, "runs": figures,
+            "stopped": sorted(run for run, f in figures.items() if f["stopped"] is True),
+            "still_falling": sorted(run for run, f in figures.items() if f["stopped"] is False)}
+
+
+def stopping_lines(summary):
+    """How many standalone runs met the stopping criterion, naming those still falling."""
+    if summary is None:
+        return []
+    runs, falling = summary["runs"], summary["still_falling"]
+    line = (f"stopping criterion (best EPE improved < {summary['criterion_pct']['last_two']:g}% / "
+            f"{summary['criterion_pct']['last']:g}% of zero flow over the last two evaluations / the last): "
+            f"{len(summary['stopped'])} of {len(runs)} standalone runs stopped")
+    if falling:
+        line += "; still falling: " + ", ".join(
+            f"{os.path.basename(run)} ({runs[run]['last_two_pct']:.2f}% / {runs[run]['last_pct']:.2f}%)"
+            for run in falling)
+    too_few = len(runs) - len(summary["stopped"]) - len(falling)
+    return [line + (f"; {too_few} with fewer than 3 evaluations" if too_few else "")]
+
+
 def standalone_margin(runs, checkpoint_type, scored):
     """Two standalone runs' subnets (check_margin_runs) on the same batches (`scored`: recalibration
     and validation batches, batches.scoring_batches of the first run's data): each one's EPE and
@@ -360,7 +385,7 @@ def table_lines(report):
     lines += [f"standalone after epoch {r['epoch']}: "
               f"tau-b against its final order {r['tau_vs_final_standalone']:.3f}, "
               f"against the supernet {r['tau_vs_supernet']:.3f}" for r in report.get("training_length", [])]
-    return lines + study_lines(report)
+    return lines + study_lines(report) + stopping_lines(report.get("stopping"))
 
 
 def study_lines(report):

@@ -2662,6 +2662,11 @@ class TestStandaloneAndRank:
         assert noise["validation_batches"] == 2 and len(noise["standalone_batch_std"]) == 3
         assert [r["epoch"] for r in report["training_length"]] == [1]
         assert report["training_length"][0]["tau_vs_final_standalone"] == pytest.approx(1.0)
+        # every run trained alone, the second seeds' too, has its stopping figures (one evaluation: none)
+        seconds = [p for p in (out / "sup" / "standalone").iterdir() if p.is_dir() and "_seed" in p.name]
+        assert sorted(report["stopping"]["runs"]) == sorted([r["run"] for r in report["archs"]]
+                                                             + [str(p) for p in seconds]) and seconds
+        assert not report["stopping"]["stopped"] and not report["stopping"]["still_falling"]
 
     @pytest.mark.slow
     def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
@@ -2709,6 +2714,17 @@ class TestStandaloneAndRank:
         assert figures["last_two_pct"] == pytest.approx(1.5) and figures["last_pct"] == pytest.approx(0.25)
         assert figures["stopped"] is True
         assert ranking.stopping_figures({1: 3.0, 2: 2.0}, 4.0)["stopped"] is None
+
+    def test_stopping_summary_names_the_runs_still_falling(self):
+        # zero flow 4: run a's best 2.1 2.05 2.04 stopped (1.5% / 0.25%); b's 3.0 2.0 1.95 falling
+        # (1.25% / 1.25%); c has two evaluations
+        summary = ranking.stopping_summary({"x/a": {1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04},
+                                            "x/b": {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.95}, "x/c": {1: 3.0, 2: 2.0}}, 4.0)
+        assert summary["stopped"] == ["x/a"] and summary["still_falling"] == ["x/b"]
+        assert summary["runs"]["x/c"]["evaluations"] == 2
+        assert ranking.stopping_lines(summary) == [
+            "stopping criterion (best EPE improved < 2% / 0.5% of zero flow over the last two evaluations / the "
+            "last): 1 of 3 standalone runs stopped; still falling: b (1.25% / 1.25%); 1 with fewer than 3 evaluations"]
 
     @pytest.mark.slow
     def test_margin_of_two_runs_alone_is_their_paired_difference(self, rank_study, tmp_path, capsys):
