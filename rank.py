@@ -53,12 +53,14 @@ def standalone_child(supernet_dir, supernet_cfg, arch, standalone_dir, seed=None
     return run_dir, [sys.executable, os.path.join(HERE, "train.py")] + argv
 
 
-def train_standalone(args, supernet_cfg, plan):
+def train_standalone(args, supernet_cfg, supernet_report, plan):
     """Train every (arch, seed) of `plan` alone that is not finished, --jobs at a time (each on its
-    share of the cores; with more than one, a run's output goes to <its folder>.out). Returns the
-    run folders in the plan's order."""
+    share of the cores; with more than one, a run's output goes to <its folder>.out), after checking
+    the runs left in the folder. Returns the run folders in the plan's order."""
     os.makedirs(args.standalone_dir, exist_ok=True)
     children = [standalone_child(args.supernet, supernet_cfg, arch, args.standalone_dir, seed) for arch, seed in plan]
+    for run_dir, _ in children:
+        ranking.check_left_run(run_dir, supernet_cfg, supernet_report, "supernet")
     todo = [(run_dir, argv, run_dir + ".out" if args.jobs > 1 else None)
             for run_dir, argv in children if argv]
     print(f"{len(plan) - len(todo)} of {len(plan)} standalone runs finished already; training {len(todo)}, "
@@ -122,9 +124,9 @@ def standalone_runs(args, supernet_cfg, supernet_report, choice):
         print("standalone subnets, spread over depth and kernel choices: "
               + " ".join(supernet.format_arch(a) for a in archs))
         plan = [(arch, None) for arch in archs] + second_seed_plan(args, supernet_cfg, archs, choice)
-        found = train_standalone(args, supernet_cfg, plan)
+        found = train_standalone(args, supernet_cfg, supernet_report, plan)
         seconds = [(run_dir, ranking.check_standalone_run(run_dir, supernet_cfg, supernet_report, "supernet")[1])
-                   for run_dir in found[len(archs):]]  # a folder left from another study is refused, not reused
+                   for run_dir in found[len(archs):]]
         found = found[:len(archs)]
     elif args.standalone_glob:
         found, seconds = sorted(p for p in glob.glob(args.standalone_glob) if os.path.isdir(p)), []

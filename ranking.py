@@ -485,11 +485,31 @@ def check_standalone_run(run_dir, reference_cfg, reference_report, reference):
     if report["data_source"] != reference_report["data_source"]:
         raise RankError(f"{run_dir}: data source {report['data_source']} differs from the {reference}'s "
                         f"{reference_report['data_source']}")
+    check_same_data(run_dir, cfg, reference_cfg, reference)
+    return cfg, supernet.parse_arch(cfg["arch"])
+
+
+def check_same_data(run_dir, cfg, reference_cfg, reference):
+    """RankError naming the run if its config (`cfg`, finished or not) draws other data or another
+    input size than the run `reference`'s."""
     expected, theirs = data_identity(reference_cfg), data_identity(cfg)
     differing = [f"{k} {theirs[k]!r} ({reference} {v!r})" for k, v in expected.items() if theirs[k] != v]
     if differing:
         raise RankError(f"{run_dir}: not the {reference}'s data or input size: {', '.join(differing)}")
-    return cfg, supernet.parse_arch(cfg["arch"])
+
+
+def check_left_run(run_dir, reference_cfg, reference_report, reference):
+    """A run found in a study's folder before training: a finished one is checked as for ranking
+    (check_standalone_run), an interrupted one for its data and size, so that neither is reused or
+    resumed on another study's data and refused only hours later."""
+    if os.path.exists(os.path.join(run_dir, "train_report.json")):
+        check_standalone_run(run_dir, reference_cfg, reference_report, reference)
+    elif os.path.exists(os.path.join(run_dir, "config.json")):
+        try:
+            cfg = config.run_config(run_dir)
+        except ConfigError as err:
+            raise RankError(str(err)) from None
+        check_same_data(run_dir, cfg, reference_cfg, reference)
 
 
 def check_standalone_runs(supernet_cfg, supernet_report, run_dirs):

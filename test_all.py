@@ -2697,6 +2697,12 @@ class TestStandaloneAndRank:
         assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
         err = capsys.readouterr().err
         assert f"{second}: not the supernet's data or input size: input_h 48" in err and err.count("\n") == 1, err
+        # an interrupted run of other data is refused before it is resumed
+        (second / "train_report.json").unlink()
+        assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
+        err = capsys.readouterr().err
+        assert f"{second}: not the supernet's data or input size: input_h 48" in err and err.count("\n") == 1, err
+        assert not (second / "train_report.json").exists()
         for given, named in (([alone[0], alone[0]], "given twice"), ([sup, alone[0]], f"{sup} is a supernet run"),
                              ([alone[0], str(other_size)], "not the first run's data or input size: input_h 48")):
             assert rank.main(["--margin"] + given) == 1
