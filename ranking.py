@@ -253,11 +253,13 @@ def search_choice(supernet_dir, kind):
 
 
 def search_versus_random(choice, rows, second, sizes, spread=0.2):
-    """The search's choice trained alone (its runs among `second`) against the study's standalone
-    subnets of similar cost (GMACs within `spread` of the choice's; the 3 nearest if fewer than 2 are):
-    their mean is what a random pick of that cost gives. The difference's standard error is over the
-    validation batches (paired); the choice's two seeds show the training noise."""
-    runs = [(run_dir, epes) for run_dir, arch, epes in second if supernet.format_arch(arch) == choice["arch"]]
+    """The search's choice trained alone (its runs among `second`, and its row of `rows` if the study
+    drew it too) against the study's standalone subnets of similar cost (GMACs within `spread` of the
+    choice's; the 3 nearest if fewer than 2 are): their mean is what a random pick of that cost gives.
+    The difference's standard error is over the validation batches (paired); the choice's two seeds
+    show the training noise."""
+    runs = [(r["run"], r["standalone_batches"]) for r in rows if r["arch"] == choice["arch"]]
+    runs += [(run_dir, epes) for run_dir, arch, epes in second if supernet.format_arch(arch) == choice["arch"]]
     similar = [r for r in rows if abs(r["gmacs"] - choice["gmacs"]) <= spread * choice["gmacs"]
                and r["arch"] != choice["arch"]]
     if len(similar) < 2:

@@ -1,5 +1,6 @@
 """EdgeFlowNAS test suite. Small inputs wherever the shape does not matter; every test compares
 against an independent computation (numpy, a brute-force path, bytes written by hand)."""
+import argparse
 import ast
 import csv
 import dataclasses
@@ -2587,6 +2588,57 @@ class TestStandaloneAndRank:
             assert rank.main(["--compare"] + args) == 1
             err = capsys.readouterr().err
             assert err.startswith("error: ") and named in err and err.count("\n") == 1
+
+    def test_search_choice_is_the_best_subnet_within_the_median_cost(self, tmp_path):
+        (tmp_path / "search_best").mkdir()
+        _write_scores(tmp_path / "search_best" / "scores.csv",
+                      [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,0,0,0,0,0,0,0,0", 0.2, 2.5),
+                       ("2,0,0,0,0,0,0,0,0", 0.3, 2.6), ("2,2,0,0,0,0,0,0,0", 0.4, 1.0),
+                       ("2,2,2,2,2,2,2,2,2", 0.5, 0.5)])
+        # median cost 0.3; within it the lowest EPE is 2.5 at 0.2
+        assert ranking.search_choice(str(tmp_path), "best") == {
+            "arch": "1,0,0,0,0,0,0,0,0", "gmacs": 0.2, "supernet_epe": 2.5, "budget_gmacs": 0.3}
+        with pytest.raises(errors.RankError, match="search_last/scores.csv"):
+            ranking.search_choice(str(tmp_path), "last")
+
+    def test_search_choice_against_a_random_pick_of_its_cost_by_hand(self):
+        choice = {"arch": "1,1,1,1,1,1,1,1,1", "gmacs": 0.5, "supernet_epe": 2.0, "budget_gmacs": 0.5}
+        def row(arch, gmacs, batches):
+            return {"arch": arch, "run": "runs/" + arch, "gmacs": gmacs, "standalone_batches": batches,
+                    "standalone_epe": ranking.batch_weighted_epe(batches, sizes)}
+        sizes = [8, 8, 4]
+        rows = [row("0,0,0,0,0,0,0,0,0", 0.2, [9.0, 9.0, 9.0]), row("1,0,0,0,0,0,0,0,0", 0.45, [1.5, 2.5, 3.0]),
+                row("1,2,0,0,0,0,0,0,0", 0.55, [1.5, 2.7, 3.4]), row("2,2,2,2,2,2,2,2,2", 0.7, [0.1, 0.1, 0.1])]
+        arch = supernet.parse_arch(choice["arch"])
+        second = [("a", arch, [1.0, 2.0, 3.0]), ("b", arch, [1.2, 2.2, 3.2]), ("c", (2,) * 9, [5.0, 5.0, 5.0])]
+        result = ranking.search_versus_random(choice, rows, second, sizes)
+        # similar cost (0.4 .. 0.6): the 0.45 and 0.55 subnets; per batch the choice's seeds average
+        # 1.1 2.1 3.1, the random pick 1.5 2.6 3.2: differences -0.4 -0.5 -0.1, weighted by 8 8 4: -0.38;
+        # their standard error: sd 0.20817 / sqrt 3
+        assert [r["arch"] for r in result["similar"]] == ["1,0,0,0,0,0,0,0,0", "1,2,0,0,0,0,0,0,0"]
+        assert result["choice_seed_epes"] == pytest.approx([1.8, 2.0])
+        assert result["random_pick_epe"] == pytest.approx((1.5 * 8 + 2.6 * 8 + 3.2 * 4) / 20)
+        assert result["difference"] == pytest.approx(-0.38)
+        assert result["difference_se"] == pytest.approx(0.2081666 / np.sqrt(3), rel=1e-6)
+        # the study drew the choice too: its row is the first seed, and not among the random picks
+        rows.append(row(choice["arch"], 0.5, [1.0, 2.0, 3.0]))
+        again = ranking.search_versus_random(choice, rows, second[1:], sizes)
+        assert again["choice_seed_epes"] == pytest.approx([1.8, 2.0]) and again["difference"] == pytest.approx(-0.38)
+        # fewer than two within 20%: the three nearest in cost
+        lone = ranking.search_versus_random(dict(choice, gmacs=0.3), rows[:4], second, sizes)
+        assert [r["gmacs"] for r in lone["similar"]] == [0.2, 0.45, 0.55]
+
+    def test_second_seeds_go_to_a_third_spread_over_the_order_and_the_choice(self):
+        archs = [(i // 3, i % 3) + (0,) * 7 for i in range(9)]
+        args, cfg = argparse.Namespace(second_seed=None), {"seed": 4}
+        # a third of 9: positions 0, 4 and 8 of the order, with seed 5
+        assert rank.second_seed_plan(args, cfg, archs, None) == [(archs[i], 5) for i in (0, 4, 8)]
+        outside, drawn, picked = (2,) * 9, archs[1], archs[4]
+        extra = {a: rank.second_seed_plan(args, cfg, archs, {"arch": supernet.format_arch(a)})[3:]
+                 for a in (outside, drawn, picked)}
+        # a choice the study did not draw is trained with both seeds; one it drew, with the second only
+        assert extra == {outside: [(outside, None), (outside, 5)], drawn: [(drawn, 5)], picked: []}
+        assert rank.second_seed_plan(argparse.Namespace(second_seed=0), cfg, archs, None) == []
 
     def test_chosen_archs_spread_over_depth_and_kernels_separately(self):
         archs = ranking.choose_archs(12, 0)
