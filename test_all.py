@@ -2620,6 +2620,9 @@ class TestStandaloneAndRank:
         assert result["random_pick_epe"] == pytest.approx((1.5 * 8 + 2.6 * 8 + 3.2 * 4) / 20)
         assert result["difference"] == pytest.approx(-0.38)
         assert result["difference_se"] == pytest.approx(0.2081666 / np.sqrt(3), rel=1e-6)
+        assert ranking.study_lines({"search_choice": result}) == [
+            "search's choice at <= 0.500 GMAC: 1,1,1,1,1,1,1,1,1 (0.500), alone EPE 1.9000 (seeds 1.8000, 2.0000); "
+            "a random pick of that cost (2 subnets) 2.2800; difference -0.3800 (paired SE 0.1202)"]
         # the study drew the choice too: its row is the first seed, and not among the random picks
         rows.append(row(choice["arch"], 0.5, [1.0, 2.0, 3.0]))
         again = ranking.search_versus_random(choice, rows, second[1:], sizes)
