@@ -416,13 +416,14 @@ def fmt(value):
 
 
 def plot_ranking(report, path):
-    """rank.png: supernet EPE against standalone EPE, one labelled point per arch, and the same
-    archs by rank with the identity line (perfect agreement) drawn."""
+    """rank.png: supernet EPE against standalone EPE, one labelled point per arch; the same archs by
+    rank with the identity line (perfect agreement) drawn; and the standalone EPEs against cost."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = report["archs"]
-    fig, (ax_epe, ax_rank) = plt.subplots(1, 2, figsize=(12, 5.5))
+    fig, (ax_epe, ax_rank, ax_cost) = plt.subplots(1, 3, figsize=(18, 5.5))
+    plot_cost_panel(ax_cost, report)
     for ax, (xkey, ykey, what) in zip((ax_epe, ax_rank), (("standalone_epe", "supernet_epe", "EPE"),
                                                           ("standalone_rank", "supernet_rank", "rank"))):
         ax.scatter([r[xkey] for r in rows], [r[ykey] for r in rows], c=[r["gmacs"] for r in rows], cmap="viridis")
@@ -440,6 +441,29 @@ def plot_ranking(report, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_cost_panel(ax, report):
+    """Standalone EPE against GMACs: the study's subnets (a second seed joined to its first), and the
+    search's choice (both seeds) with the cost window of the random pick it is compared with shaded."""
+    rows = report["archs"]
+    ax.scatter([r["gmacs"] for r in rows], [r["standalone_epe"] for r in rows], c="tab:blue", label="study subnets")
+    by_code = {r["arch"]: r for r in rows}
+    ceiling = report.get("seed_ceiling") or {"archs": [], "second_seed_epe": []}
+    for code, again in zip(ceiling["archs"], ceiling["second_seed_epe"]):
+        row = by_code[code]
+        ax.plot([row["gmacs"]] * 2, [row["standalone_epe"], again], "-", c="tab:blue", lw=0.8)
+        ax.plot(row["gmacs"], again, "o", mfc="none", c="tab:blue")
+    choice = report.get("search_choice")
+    if choice:
+        ax.plot([choice["gmacs"]] * len(choice["choice_seed_epes"]), choice["choice_seed_epes"], "*", c="tab:red",
+                ms=12, label=f"search's choice {choice['arch'].replace(',', '')} (seeds)")
+        costs = [r["gmacs"] for r in choice["similar"]] + [choice["gmacs"]]
+        ax.axvspan(min(costs), max(costs), color="tab:red", alpha=0.1, label="random pick's cost window")
+        ax.axhline(choice["random_pick_epe"], c="tab:red", ls=":", lw=0.8, label="random pick's mean EPE")
+    ax.set_xlabel("GMACs")
+    ax.set_ylabel("standalone EPE (open: second seed)")
+    ax.legend(loc="upper right", fontsize=8)
 
 
 def standalone_name(arch):

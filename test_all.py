@@ -2623,6 +2623,13 @@ class TestStandaloneAndRank:
         assert ranking.study_lines({"search_choice": result}) == [
             "search's choice at <= 0.500 GMAC: 1,1,1,1,1,1,1,1,1 (0.500), alone EPE 1.9000 (seeds 1.8000, 2.0000); "
             "a random pick of that cost (2 subnets) 2.2800; difference -0.3800 (paired SE 0.1202)"]
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots()
+        ranking.plot_cost_panel(ax, {"archs": rows, "search_choice": result})
+        star = next(line for line in ax.lines if line.get_marker() == "*")  # the choice's two seeds
+        assert list(star.get_xdata()) == [0.5, 0.5] and list(star.get_ydata()) == pytest.approx([1.8, 2.0])
+        assert ax.patches[0].get_x() == pytest.approx(0.45) and ax.patches[0].get_width() == pytest.approx(0.1)
+        plt.close(fig)
         # the study drew the choice too: its row is the first seed, and not among the random picks
         rows.append(row(choice["arch"], 0.5, [1.0, 2.0, 3.0]))
         again = ranking.search_versus_random(choice, rows, second[1:], sizes)
