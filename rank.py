@@ -173,6 +173,7 @@ def rank(args):
     report = ranking_report(args, runs, scored, (h, w), sizes)
     alone = [(run_dir, arch, ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, h, w,
                                                  standalone=True)[arch]) for run_dir, arch in seconds]
+    report["second_seed_runs"] = ranking.second_seed_rows(alone, sizes)
     report["seed_ceiling"] = ranking.seed_ceiling(report["archs"], alone, sizes, args.bootstrap, args.seed)
     if choice is not None:
         report["search_choice"] = ranking.search_versus_random(choice, report["archs"], alone, sizes)

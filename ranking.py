@@ -222,6 +222,12 @@ def build_report(rows, supernet_batches, standalone_batches, sizes, bootstrap, s
             "noise_floor": noise_floor(supernet_batches, standalone_batches, sizes), "archs": rows}
 
 
+def second_seed_rows(second, sizes):
+    """The runs trained with a second seed ([(run_dir, arch, per-batch EPEs)]) as report rows."""
+    return [{"arch": supernet.format_arch(arch), "run": run_dir, "standalone_epe": batch_weighted_epe(epes, sizes)}
+            for run_dir, arch, epes in second]
+
+
 def seed_ceiling(rows, second, sizes, bootstrap, seed):
     """How well two training seeds agree on the standalone order (what a perfect supernet could reach):
     Kendall tau-b, with its bootstrap interval, between the first seed's EPEs (`rows`) and the
@@ -303,8 +309,6 @@ def stopping_summary(histories, zero_flow):
 
 def stopping_lines(summary):
     """How many standalone runs met the stopping criterion, naming those still falling."""
-    if summary is None:
-        return []
     runs, falling = summary["runs"], summary["still_falling"]
     line = (f"stopping criterion (best EPE improved < {summary['criterion_pct']['last_two']:g}% / "
             f"{summary['criterion_pct']['last']:g}% of zero flow over the last two evaluations / the last): "
@@ -387,7 +391,7 @@ def table_lines(report):
     lines += [f"standalone after epoch {r['epoch']}: "
               f"tau-b against its final order {r['tau_vs_final_standalone']:.3f}, "
               f"against the supernet {r['tau_vs_supernet']:.3f}" for r in report.get("training_length", [])]
-    return lines + study_lines(report) + stopping_lines(report.get("stopping"))
+    return lines + study_lines(report) + stopping_lines(report["stopping"])
 
 
 def study_lines(report):
@@ -446,15 +450,14 @@ def plot_ranking(report, path):
 def plot_cost_panel(ax, report):
     """Standalone EPE against GMACs: the study's subnets (a second seed joined to its first), and the
     search's choice (both seeds) with the cost window of the random pick it is compared with shaded."""
-    rows = report["archs"]
+    rows, choice = report["archs"], report.get("search_choice")
     ax.scatter([r["gmacs"] for r in rows], [r["standalone_epe"] for r in rows], c="tab:blue", label="study subnets")
     by_code = {r["arch"]: r for r in rows}
-    ceiling = report.get("seed_ceiling") or {"archs": [], "second_seed_epe": []}
-    for code, again in zip(ceiling["archs"], ceiling["second_seed_epe"]):
-        row = by_code[code]
-        ax.plot([row["gmacs"]] * 2, [row["standalone_epe"], again], "-", c="tab:blue", lw=0.8)
-        ax.plot(row["gmacs"], again, "o", mfc="none", c="tab:blue")
-    choice = report.get("search_choice")
+    for run in report.get("second_seed_runs", []):
+        if run["arch"] in by_code and not (choice and run["arch"] == choice["arch"]):  # the choice is starred
+            row = by_code[run["arch"]]
+            ax.plot([row["gmacs"]] * 2, [row["standalone_epe"], run["standalone_epe"]], "-", c="tab:blue", lw=0.8)
+            ax.plot(row["gmacs"], run["standalone_epe"], "o", mfc="none", c="tab:blue")
     if choice:
         ax.plot([choice["gmacs"]] * len(choice["choice_seed_epes"]), choice["choice_seed_epes"], "*", c="tab:red",
                 ms=12, label=f"search's choice {choice['arch'].replace(',', '')} (seeds)")
@@ -526,11 +529,12 @@ def check_same_data(run_dir, cfg, reference_cfg, reference):
 
 def check_left_run(run_dir, reference_cfg, reference_report, reference):
     """A run found in a study's folder before training: a finished one is checked as for ranking
-    (check_standalone_run), an interrupted one for its data and size, so that neither is reused or
-    resumed on another study's data and refused only hours later."""
+    (check_standalone_run), one with a checkpoint to resume from for its data and size, so that
+    neither is reused or resumed on another study's data and refused only hours later. (Without a
+    checkpoint the run starts afresh with the supernet's config.)"""
     if os.path.exists(os.path.join(run_dir, "train_report.json")):
         check_standalone_run(run_dir, reference_cfg, reference_report, reference)
-    elif os.path.exists(os.path.join(run_dir, "config.json")):
+    elif os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
         try:
             cfg = config.run_config(run_dir)
         except ConfigError as err:

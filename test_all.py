@@ -2625,10 +2625,14 @@ class TestStandaloneAndRank:
             "a random pick of that cost (2 subnets) 2.2800; difference -0.3800 (paired SE 0.1202)"]
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots()
-        ranking.plot_cost_panel(ax, {"archs": rows, "search_choice": result})
+        again_run = {"arch": "1,0,0,0,0,0,0,0,0", "run": "x", "standalone_epe": 2.5}
+        ranking.plot_cost_panel(ax, {"archs": rows[:4], "search_choice": result, "second_seed_runs": [again_run]})
         star = next(line for line in ax.lines if line.get_marker() == "*")  # the choice's two seeds
         assert list(star.get_xdata()) == [0.5, 0.5] and list(star.get_ydata()) == pytest.approx([1.8, 2.0])
-        assert ax.patches[0].get_x() == pytest.approx(0.45) and ax.patches[0].get_width() == pytest.approx(0.1)
+        circle = next(line for line in ax.lines if line.get_marker() == "o")  # a second seed, over its first
+        assert list(circle.get_xdata()) == [0.45] and list(circle.get_ydata()) == [2.5]
+        window = ax.patches[0].get_patch_transform().transform(ax.patches[0].get_path().vertices)[:, 0]
+        assert (window.min(), window.max()) == pytest.approx((0.45, 0.55))  # the cost window, in data units
         plt.close(fig)
         # the study drew the choice too: its row is the first seed, and not among the random picks
         rows.append(row(choice["arch"], 0.5, [1.0, 2.0, 3.0]))
@@ -2729,6 +2733,7 @@ class TestStandaloneAndRank:
         assert sorted(report["stopping"]["runs"]) == sorted([r["run"] for r in report["archs"]]
                                                              + [str(p) for p in seconds]) and seconds
         assert not report["stopping"]["stopped"] and not report["stopping"]["still_falling"]
+        assert [r["run"] for r in report["second_seed_runs"]] == [str(p) for p in seconds]
 
     @pytest.mark.slow
     def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
