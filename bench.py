@@ -379,18 +379,28 @@ def verdict(ok):
 
 
 def report_lines(result):
-    """The readable table of the five figures."""
-    dev, steps, pipe, ev, mem = (result[k] for k in ("devices", "steps", "pipeline", "eval", "memory"))
-    opts = result["settings"]
+    """The readable table of the five figures (six with the search)."""
+    dev, opts = result["devices"], result["settings"]
+    lines = [f"EdgeFlowNAS benchmark, {dev['summary']}",
+             f"batch {opts['batch_size']} at {opts['h']}x{opts['w']}; steps: medians of {opts['repeats']} interleaved "
+             f"rounds after {opts['warmup']} warm-up; fair cycle {' | '.join(result['steps']['cycle'])}",
+             f"1-minute load average {result['load_average_start']} at the start, {result['load_average_end']} at "
+             f"the end ({dev['cpu_threads']} CPU threads; above that, wall-clock figures are contended: see the "
+             "CPU-time ratio)", ""]
+    lines += step_lines(result["steps"], dev) + pipeline_lines(result["pipeline"], opts)
+    lines += eval_lines(result["eval"]) + memory_lines(result["memory"], result["steps"])
+    if "search" in result:
+        lines += search_lines(result["search"], opts)
+    if result["memory"]["gpu_peak_mib"] is not None:
+        lines.append(f"  peak GPU memory (TensorFlow allocator)  {result['memory']['gpu_peak_mib']:.0f} MiB")
+    return lines
+
+
+def step_lines(steps, dev):
+    """Figures 1 and 2: the fused fair step against three static steps, and its GFLOP/s."""
     med = steps["median_s"]
     statics = " + ".join(f"{med[n]:.3f}" for n in med if n.startswith("static"))
-    lines = [
-        f"EdgeFlowNAS benchmark, {dev['summary']}",
-        f"batch {opts['batch_size']} at {opts['h']}x{opts['w']}; steps: medians of {opts['repeats']} interleaved "
-        f"rounds after {opts['warmup']} warm-up; fair cycle {' | '.join(steps['cycle'])}",
-        f"1-minute load average {result['load_average_start']} at the start, {result['load_average_end']} at the end "
-        f"({dev['cpu_threads']} CPU threads; above that, wall-clock figures are contended: see the CPU-time ratio)",
-        "",
+    return [
         f"1 fair step, fused (3 paths, 1 update)   {med['fused']:.3f} s",
         f"  3 static single-subnet steps            {statics} = {steps['static_sum_s']:.3f} s",
         f"  ratio fused / sum of static             {steps['ratio_fused_over_static_sum']:.3f} (median of per-round "
@@ -406,7 +416,12 @@ def report_lines(result):
             for name, t in steps["times"].items()),
         f"2 achieved GFLOP/s, fused fair step       {steps['fused_gflops_per_s']:.1f} "
         f"({steps['step_gflop']:.1f} GFLOP per step; the static steps {steps['static_gflops_per_s']:.1f})",
-        f"  FLOPs = {FLOPS_FORMULA}",
+        f"  FLOPs = {FLOPS_FORMULA}"]
+
+
+def pipeline_lines(pipe, opts):
+    """Figure 3: the FC2 data pipeline against what the fair step consumes."""
+    return [
         f"3 data pipeline, FC2 tree on disk         {pipe['samples_per_s']:.1f} samples/s "
         f"(2 PNG + .flo decode at {FC2_SIZE[0]}x{FC2_SIZE[1]}, crop, batch)",
         f"  the fair step consumes                  {pipe['fair_step_consumes_samples_per_s']:.2f} samples/s",
@@ -416,7 +431,12 @@ def report_lines(result):
         f"{pipe['cpu_ms_per_sample']:.1f} ms = {pipe['cpu_cost_ratio']:.1f}x (the ratio on equal cores, "
         "whatever the load)",
         f"  {f'{PIPELINE_TARGET:.0f}x needs':<40}{pipe['cores_for_target']:.2f} cores free for "
-        f"decoding at {pipe['samples_per_s_per_core']:.0f} samples/s per core",
+        f"decoding at {pipe['samples_per_s_per_core']:.0f} samples/s per core"]
+
+
+def eval_lines(ev):
+    """Figure 4: seconds per subnet evaluated, and that the scorer graph is built once."""
+    return [
         f"4 evaluation, recalibration + scoring     {ev['median_s']:.3f} s per subnet "
         f"(median of {len(ev['subnets'])}; "
         f"{ev['recal_batches']} recal + {ev['val_batches']} val batches each)",
@@ -427,29 +447,31 @@ def report_lines(result):
         f"{ev['cpu_first_over_median_rest_per_gmac']:.2f} CPU (flat: about 1)",
         f"  graph built once                        {ev['graph_ops_before']} ops before the 1st subnet, "
         f"{ev['graph_ops_after']} after the last (finalised); the session's first run "
-        f"{ev['session_first_run_s']:.1f} s, once",
+        f"{ev['session_first_run_s']:.1f} s, once"]
+
+
+def memory_lines(mem, steps):
+    """Figure 5: the process's peak memory, with its running totals."""
+    return [
         f"5 peak memory of the process (RSS)        {mem['peak_rss_mib']:.0f} MiB (running totals: the fused step "
         f"alone {steps['rss_after_fused_first_run_mib']:.0f}, + the 3 static steps {mem['rss_after_steps_mib']:.0f}, "
-        f"+ the pipeline {mem['rss_after_pipeline_mib']:.0f}, + the evaluation {mem['rss_after_eval_mib']:.0f})",
-    ]
-    if "search" in result:
-        se = result["search"]
-        lines += [
-            f"6 search, all {supernet.SPACE.num_archs:,} subnets shared         {se['whole_space_s']:.1f} s "
-            f"(CPU {se['whole_space_cpu_s']:.1f} s; batch {se['batch']} at {se['size'][0]}x{se['size'][1]}, "
-            f"{opts['recal_batches']} recal + {opts['val_batches']} val batches)",
-            f"  one by one with evaluate                {se['mean_s_per_subnet']:.3f} s per subnet (mean of "
-            f"{len(se['sample'])} seeded subnets, {se['sample_gmacs_mean']:.3f} GMAC on average; the space's "
-            f"{se['space_gmacs_mean']:.3f})",
-            f"  speed-up over 19,683 one by one         {se['speedup']:.1f}x (per-subnet time x 19,683 / whole-space "
-            f"time; the MAC count's limit {se['mac_speedup']:.1f}x: {se['shared_tmac_per_pair']:.3f} against "
-            f"{se['alone_tmac_per_pair']:.1f} TMAC per image pair)",
-            f"  the same, per GMAC                      {se['speedup_per_gmac']:.1f}x "
-            "(the sample's seconds per GMAC x "
-            "the space's GMACs / whole-space time: takes out the sample's size)"]
-    if mem["gpu_peak_mib"] is not None:
-        lines.append(f"  peak GPU memory (TensorFlow allocator)  {mem['gpu_peak_mib']:.0f} MiB")
-    return lines
+        f"+ the pipeline {mem['rss_after_pipeline_mib']:.0f}, + the evaluation {mem['rss_after_eval_mib']:.0f})"]
+
+
+def search_lines(se, opts):
+    """Figure 6: the whole space scored with shared computation against one by one."""
+    return [
+        f"6 search, all {supernet.SPACE.num_archs:,} subnets shared         {se['whole_space_s']:.1f} s "
+        f"(CPU {se['whole_space_cpu_s']:.1f} s; batch {se['batch']} at {se['size'][0]}x{se['size'][1]}, "
+        f"{opts['recal_batches']} recal + {opts['val_batches']} val batches)",
+        f"  one by one with evaluate                {se['mean_s_per_subnet']:.3f} s per subnet (mean of "
+        f"{len(se['sample'])} seeded subnets, {se['sample_gmacs_mean']:.3f} GMAC on average; the space's "
+        f"{se['space_gmacs_mean']:.3f})",
+        f"  speed-up over 19,683 one by one         {se['speedup']:.1f}x (per-subnet time x 19,683 / whole-space "
+        f"time; the MAC count's limit {se['mac_speedup']:.1f}x: {se['shared_tmac_per_pair']:.3f} against "
+        f"{se['alone_tmac_per_pair']:.1f} TMAC per image pair)",
+        f"  the same, per GMAC                      {se['speedup_per_gmac']:.1f}x "
+        "(the sample's seconds per GMAC x the space's GMACs / whole-space time: takes out the sample's size)"]
 
 
 def devices_step_lines(steps, dev):
