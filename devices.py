@@ -66,6 +66,15 @@ def quiet(kept=None, replay=True):
                 sys.stderr.write(text)
 
 
+def child_environment():
+    """This process's environment for a child entry point: without the log level this module set
+    (inherited, the child would take it for the user's and let TensorFlow's start-up noise through)."""
+    env = dict(os.environ)
+    if USER_LOG_LEVEL is None:
+        env.pop(LOG_LEVEL_VARIABLE, None)
+    return env
+
+
 def _import_tensorflow():
     """tensorflow, imported with the log level set and its start-up lines held back."""
     if USER_LOG_LEVEL is None:

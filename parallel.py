@@ -60,13 +60,13 @@ def _say(line):
 class _Child:
     """One started child: its name, log, process, start time."""
 
-    def __init__(self, name, argv, log_path, cores):
+    def __init__(self, name, argv, log_path, cores, env):
         self.name, self.log_path, self.start = name, log_path, time.monotonic()
         if log_path is None:
-            self.proc = subprocess.Popen(argv)
+            self.proc = subprocess.Popen(argv, env=env)
         else:
             with open(log_path, "a") as out:
-                self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+                self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         if hasattr(os, "sched_setaffinity"):  # at once, before it starts threads: they inherit it
             os.sched_setaffinity(self.proc.pid, cores)
 
@@ -86,9 +86,10 @@ def _stop(running):
         child.proc.wait()
 
 
-def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0):
+def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None):
     """Run `children`, [(name, argv, log_path)], at most `jobs` at once, each pinned to its slot's
-    cores, its output appended to log_path (None: this process's output). Every `heartbeat` seconds
+    cores, its output appended to log_path (None: this process's output), in the environment `env`
+    (None: this process's). Every `heartbeat` seconds
     the last line of each running child's log is repeated. After a failure no new child starts and
     the running ones finish (their work is kept), then RankError names the failed child and how it
     failed. Interrupted, it stops the running children before it returns."""
@@ -101,7 +102,7 @@ def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0):
                 slot, (name, argv, log_path) = free.pop(0), waiting.pop(0)
                 log(f"started {name} on cores {','.join(map(str, slots[slot]))}: {os.path.basename(argv[0])} "
                     f"{' '.join(argv[1:])}" + (f" (output: {log_path})" if log_path else ""))
-                running[slot] = _Child(name, argv, log_path, slots[slot])
+                running[slot] = _Child(name, argv, log_path, slots[slot], env)
             time.sleep(0.2)
             if time.monotonic() - last_beat >= heartbeat:
                 last_beat = time.monotonic()

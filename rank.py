@@ -65,7 +65,7 @@ def train_standalone(args, supernet_cfg, supernet_report, plan):
             for run_dir, argv in children if argv]
     print(f"{len(plan) - len(todo)} of {len(plan)} standalone runs finished already; training {len(todo)}, "
           f"{args.jobs} at a time", flush=True)
-    parallel.run_all(todo, args.jobs)
+    parallel.run_all(todo, args.jobs, env=devices.child_environment())
     return [run_dir for run_dir, _ in children]
 
 

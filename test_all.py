@@ -29,6 +29,7 @@ import data_fc2
 import data_sintel_kitti
 import deploy
 import deployment
+import devices
 import edge_tables
 import errors
 import evaluate
@@ -2501,6 +2502,16 @@ class TestParallel:
             assert len(live) <= 2 and len({tuple(r["cores"]) for r in live}) == len(live)
         assert sum(line.startswith("started ") for line in lines) == 5 and lines[-1].startswith("[5/5] ")
 
+    def test_children_quieten_tensorflow_themselves_unless_the_user_set_its_log_level(self, tmp_path, monkeypatch):
+        script = "import json, os, sys; json.dump(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), open(sys.argv[1], 'w'))"
+        for user_level, seen in ((None, None), ("1", "1")):
+            monkeypatch.setattr(devices, "USER_LOG_LEVEL", user_level)
+            monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level or devices.QUIET_LOG_LEVEL)
+            path = tmp_path / f"level_{user_level}.json"
+            parallel.run_all([("c", [sys.executable, "-c", script, str(path)], None)], 1, log=lambda line: None,
+                             env=devices.child_environment())
+            assert json.loads(path.read_text()) == seen
+
     def test_a_failure_starts_no_new_child_and_names_the_failed_one(self, tmp_path):
         lines = []
         children = [(name, [sys.executable, "-c", _CHILD, str(tmp_path / f"{name}.json"), kind],
@@ -2734,6 +2745,9 @@ class TestStandaloneAndRank:
                                                              + [str(p) for p in seconds]) and seconds
         assert not report["stopping"]["stopped"] and not report["stopping"]["still_falling"]
         assert [r["run"] for r in report["second_seed_runs"]] == [str(p) for p in seconds]
+        if devices.USER_LOG_LEVEL is None:  # each child held TensorFlow's start-up lines back itself
+            logs = [p.read_text() for p in (out / "sup" / "standalone").glob("*.out")]
+            assert logs and not any("absl::InitializeLog" in text or "oneDNN" in text for text in logs)
 
     @pytest.mark.slow
     def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
