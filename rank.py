@@ -178,7 +178,8 @@ def rank(args):
     if choice is not None:
         report["search_choice"] = ranking.search_versus_random(choice, report["archs"], alone, sizes)
     zero_flow = metrics.zero_flow_epe(scored[1])
-    report["stopping"] = ranking.stopping_summary({d: ranking.read_history(d, a) for d, a in runs + seconds}, zero_flow)
+    histories = {run_dir: ranking.read_history(run_dir, arch) for run_dir, arch in runs + seconds}
+    report["stopping"] = ranking.stopping_summary(histories, zero_flow)
     report.update(supernet=args.supernet, supernet_updates_per_option=supernet_report["global_step"],
                   checkpoint_type=args.checkpoint_type, data_source=supernet_report["data_source"],
                   input_size=[h, w], zero_flow_epe=zero_flow, seconds=time.time() - start,
