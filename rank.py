@@ -33,18 +33,23 @@ from errors import RankError
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def standalone_child(supernet_dir, supernet_cfg, arch, standalone_dir, seed=None):
+def standalone_child(supernet_dir, supernet_cfg, supernet_report, arch, standalone_dir, seed=None):
     """(run folder, train.py argv or None if it is finished) for training `arch` alone with the
     supernet run's config (data, input size, batch, schedule, number of updates); a run interrupted
-    earlier is resumed. With `seed`, another training seed on the same data (its synthetic pairs
-    keep the supernet's data seed)."""
+    earlier is resumed. A run found finished or resumable is checked first (ranking.check_left_run):
+    one of another study's data is refused now, not hours later. With `seed`, another training seed
+    on the same data (its synthetic pairs keep the supernet's data seed)."""
     name = ranking.standalone_name(arch) + ("" if seed is None else f"_seed{seed}")
     run_dir = os.path.join(standalone_dir, name)
-    if os.path.exists(os.path.join(run_dir, "train_report.json")):
+    finished = os.path.exists(os.path.join(run_dir, "train_report.json"))
+    resumable = os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME))
+    if finished or resumable:
+        ranking.check_left_run(run_dir, finished, supernet_cfg, supernet_report, "supernet")
+    if finished:
         return run_dir, None
     # the supernet's saved config is already resolved: fast_mode must not apply its overrides again
     flags = ["--output_dir", standalone_dir, "--experiment_name", name, "--no-fast_mode"]
-    if os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
+    if resumable:
         argv = ["--resume"] + flags
     else:
         argv = ["--config", os.path.join(supernet_dir, "config.json"), "--arch", supernet.format_arch(arch)] + flags
@@ -58,9 +63,8 @@ def train_standalone(args, supernet_cfg, supernet_report, plan):
     share of the cores; with more than one, a run's output goes to <its folder>.out), after checking
     the runs left in the folder. Returns the run folders in the plan's order."""
     os.makedirs(args.standalone_dir, exist_ok=True)
-    children = [standalone_child(args.supernet, supernet_cfg, arch, args.standalone_dir, seed) for arch, seed in plan]
-    for run_dir, _ in children:
-        ranking.check_left_run(run_dir, supernet_cfg, supernet_report, "supernet")
+    children = [standalone_child(args.supernet, supernet_cfg, supernet_report, arch, args.standalone_dir, seed)
+                for arch, seed in plan]
     todo = [(run_dir, argv, run_dir + ".out" if args.jobs > 1 else None)
             for run_dir, argv in children if argv]
     print(f"{len(plan) - len(todo)} of {len(plan)} standalone runs finished already; training {len(todo)}, "
@@ -170,7 +174,8 @@ def rank(args):
     sizes = [len(flows) for _, flows in scored[1]]
     print(f"scoring {len(runs)} subnets with the supernet and alone: {len(scored[0])} recalibration batches, "
           f"{sum(sizes)} validation samples in {len(sizes)} batches")
-    report = ranking_report(args, runs, scored, (h, w), sizes)
+    histories = {run_dir: ranking.read_history(run_dir, arch) for run_dir, arch in runs + seconds}
+    report = ranking_report(args, runs, scored, (h, w), sizes, histories)
     alone = [(run_dir, arch, ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, h, w,
                                                  standalone=True)[arch]) for run_dir, arch in seconds]
     report["second_seed_runs"] = ranking.second_seed_rows(alone, sizes)
@@ -178,7 +183,6 @@ def rank(args):
     if choice is not None:
         report["search_choice"] = ranking.search_versus_random(choice, report["archs"], alone, sizes)
     zero_flow = metrics.zero_flow_epe(scored[1])
-    histories = {run_dir: ranking.read_history(run_dir, arch) for run_dir, arch in runs + seconds}
     report["stopping"] = ranking.stopping_summary(histories, zero_flow)
     report.update(supernet=args.supernet, supernet_updates_per_option=supernet_report["global_step"],
                   checkpoint_type=args.checkpoint_type, data_source=supernet_report["data_source"],
@@ -204,9 +208,9 @@ def second_seed_plan(args, supernet_cfg, archs, choice):
     return plan
 
 
-def ranking_report(args, runs, scored, size, sizes):
+def ranking_report(args, runs, scored, size, sizes, histories):
     """The supernet's order against the standalone runs' (ranking.build_report), with how it settles
-    over training (each run's evaluations)."""
+    over training (each run's evaluations: histories {run_dir: {epoch: EPE}})."""
     archs = [arch for _, arch in runs]
     by_supernet = ranking.score_archs(args.supernet, archs, args.checkpoint_type, scored, *size)
     alone = [ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, *size, standalone=True)[arch]
@@ -218,7 +222,7 @@ def ranking_report(args, runs, scored, size, sizes):
              "standalone_epe": ranking.batch_weighted_epe(epes, sizes), "standalone_batches": epes}
             for (run_dir, arch), epes in zip(runs, alone)]
     report = ranking.build_report(rows, [by_supernet[a] for a in archs], alone, sizes, args.bootstrap, args.seed)
-    report["training_length"] = ranking.training_length_figures([ranking.read_history(d, a) for d, a in runs],
+    report["training_length"] = ranking.training_length_figures([histories[d] for d, _ in runs],
                                                                 [r["supernet_epe"] for r in rows])
     return report
 

@@ -527,19 +527,18 @@ def check_same_data(run_dir, cfg, reference_cfg, reference):
         raise RankError(f"{run_dir}: not the {reference}'s data or input size: {', '.join(differing)}")
 
 
-def check_left_run(run_dir, reference_cfg, reference_report, reference):
+def check_left_run(run_dir, finished, reference_cfg, reference_report, reference):
     """A run found in a study's folder before training: a finished one is checked as for ranking
-    (check_standalone_run), one with a checkpoint to resume from for its data and size, so that
-    neither is reused or resumed on another study's data and refused only hours later. (Without a
-    checkpoint the run starts afresh with the supernet's config.)"""
-    if os.path.exists(os.path.join(run_dir, "train_report.json")):
+    (check_standalone_run), one to be resumed for its data and size, so that neither is reused or
+    resumed on another study's data and refused only hours later."""
+    if finished:
         check_standalone_run(run_dir, reference_cfg, reference_report, reference)
-    elif os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
-        try:
-            cfg = config.run_config(run_dir)
-        except ConfigError as err:
-            raise RankError(str(err)) from None
-        check_same_data(run_dir, cfg, reference_cfg, reference)
+        return
+    try:
+        cfg = config.run_config(run_dir)
+    except ConfigError as err:
+        raise RankError(str(err)) from None
+    check_same_data(run_dir, cfg, reference_cfg, reference)
 
 
 def check_standalone_runs(supernet_cfg, supernet_report, run_dirs):
