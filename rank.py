@@ -176,23 +176,32 @@ def rank(args):
           f"{sum(sizes)} validation samples in {len(sizes)} batches")
     histories = {run_dir: ranking.read_history(run_dir, arch) for run_dir, arch in runs + seconds}
     report = ranking_report(args, runs, scored, (h, w), sizes, histories)
-    alone = [(run_dir, arch, ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, h, w,
-                                                 standalone=True)[arch]) for run_dir, arch in seconds]
-    report["second_seed_runs"] = ranking.second_seed_rows(alone, sizes)
-    report["seed_ceiling"] = ranking.seed_ceiling(report["archs"], alone, sizes, args.bootstrap, args.seed)
-    if choice is not None:
-        report["search_choice"] = ranking.search_versus_random(choice, report["archs"], alone, sizes)
+    add_second_seeds(args, report, seconds, choice, scored, (h, w), sizes)
     zero_flow = metrics.zero_flow_epe(scored[1])
     report["stopping"] = ranking.stopping_summary(histories, zero_flow)
     report.update(supernet=args.supernet, supernet_updates_per_option=supernet_report["global_step"],
                   checkpoint_type=args.checkpoint_type, data_source=supernet_report["data_source"],
                   input_size=[h, w], zero_flow_epe=zero_flow, seconds=time.time() - start,
                   training_seconds=ranking.training_seconds([d for d, _ in runs + seconds]), devices=hardware)
+    report["study_seconds"] = {"supernet": supernet_report.get("wall_time_s"), "search": ranking.search_seconds(
+        args.supernet, args.checkpoint_type) if args.search_choice else None,
+        "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
     ckpt.write_json_atomic(os.path.join(out, "rank_report.json"), report)
     ranking.plot_ranking(report, os.path.join(out, "rank.png"))
     print("\n".join(ranking.table_lines(report)))
     print(f"wrote {os.path.join(out, 'rank_report.json')} and rank.png")
     return report
+
+
+def add_second_seeds(args, report, seconds, choice, scored, size, sizes):
+    """The second-seed runs ([(run_dir, arch)]) scored alone, into `report`: their rows, the two seeds'
+    agreement (the ceiling) and, with the search's choice, the choice against a random pick of its cost."""
+    alone = [(run_dir, arch, ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, *size,
+                                                 standalone=True)[arch]) for run_dir, arch in seconds]
+    report["second_seed_runs"] = ranking.second_seed_rows(alone, sizes)
+    report["seed_ceiling"] = ranking.seed_ceiling(report["archs"], alone, sizes, args.bootstrap, args.seed)
+    if choice is not None:
+        report["search_choice"] = ranking.search_versus_random(choice, report["archs"], alone, sizes)
 
 
 def second_seed_plan(args, supernet_cfg, archs, choice):

@@ -286,6 +286,22 @@ def training_seconds(run_dirs):
     return float(sum(read_run(d)[1].get("wall_time_s", 0.0) for d in run_dirs))
 
 
+def search_seconds(supernet_dir, kind):
+    """The seconds of unit work the supernet's whole-space search took (its pareto.json), or None."""
+    path = os.path.join(supernet_dir, f"search_{kind}", "pareto.json")
+    try:
+        seconds = ckpt.read_json(path, "search result")["provenance"]["unit_seconds"]
+    except (CheckpointError, KeyError, TypeError):
+        return None
+    return float(seconds) if isinstance(seconds, (int, float)) else None
+
+
+def time_taken_line(study_seconds):
+    """The study's time by part (None: not measured), as printed."""
+    parts = [f"{name} {'n/a' if s is None else f'{s / 60:.1f} min'}" for name, s in study_seconds.items()]
+    return "time taken: " + ", ".join(parts) + " (standalone runs added up: with --jobs above 1, more than elapsed)"
+
+
 def stopping_figures(history, zero_flow):
     """How much a run's best EPE improved over its last two evaluations and at its last, in % of the
     zero-flow EPE, and whether both are below the stopping criterion (STOPPED_*); the figures are
@@ -391,7 +407,8 @@ def table_lines(report):
     lines += [f"standalone after epoch {r['epoch']}: "
               f"tau-b against its final order {r['tau_vs_final_standalone']:.3f}, "
               f"against the supernet {r['tau_vs_supernet']:.3f}" for r in report.get("training_length", [])]
-    return lines + study_lines(report) + stopping_lines(report["stopping"])
+    lines += study_lines(report) + stopping_lines(report["stopping"])
+    return lines + ([time_taken_line(report["study_seconds"])] if "study_seconds" in report else [])
 
 
 def study_lines(report):
