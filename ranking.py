@@ -583,9 +583,13 @@ def check_margin_runs(run_dirs):
 
 
 def score_per_batch(sess, scorer, arch, recal_batches, val_batches):
-    """EPE of one subnet on each validation batch (its BN recalibrated on the same batches each time,
-    which gives the same statistics every time: recalibration overwrites them)."""
-    return [scoring.score_subnet(sess, scorer, arch, recal_batches, [batch])["epe"] for batch in val_batches]
+    """EPE of one subnet on each validation batch (its EPE sum over the batch's valid pixels), from one
+    recalibration and one pass: recalibrating before every batch would set the same statistics each
+    time and cost a recalibration per batch."""
+    sums = scoring.score_subnet(sess, scorer, arch, recal_batches, val_batches)["sample_epe"]
+    pixels = metrics.sample_pixels(val_batches)
+    ends = np.cumsum([len(batch[0]) for batch in val_batches])
+    return [float(sums[a:b].sum() / pixels[a:b].sum()) for a, b in zip(np.r_[0, ends[:-1]], ends)]
 
 
 def score_archs(run_dir, archs, checkpoint_type, scored, h, w, standalone=False):
