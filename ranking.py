@@ -583,9 +583,8 @@ def check_margin_runs(run_dirs):
 
 
 def score_per_batch(sess, scorer, arch, recal_batches, val_batches):
-    """EPE of one subnet on each validation batch (its EPE sum over the batch's valid pixels), from one
-    recalibration and one pass: recalibrating before every batch would set the same statistics each
-    time and cost a recalibration per batch."""
+    """EPE of one subnet on each validation batch, from one recalibration and one pass (recalibrating
+    before every batch would set the same statistics each time, at a recalibration per batch)."""
     sums = scoring.score_subnet(sess, scorer, arch, recal_batches, val_batches)["sample_epe"]
     pixels = metrics.sample_pixels(val_batches)
     ends = np.cumsum([len(batch[0]) for batch in val_batches])
