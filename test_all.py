@@ -2765,6 +2765,17 @@ class TestStandaloneAndRank:
             assert not any("absl::InitializeLog" in text or "oneDNN" in text for text in logs)
 
     @pytest.mark.slow
+    def test_per_batch_epes_match_each_batch_scored_alone(self, rank_study):
+        out, report = rank_study
+        cfg, _ = ranking.read_run(str(out / "sup"))
+        recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+        arch, (h, w) = supernet.parse_arch(report["archs"][0]["arch"]), (cfg["input_h"], cfg["input_w"])
+        with scoring.restored_scorer(str(out / "sup"), "best", h, w, input_size=(h, w)) as (sess, scorer, _):
+            once = ranking.score_per_batch(sess, scorer, arch, recal, val)
+            alone = [scoring.score_subnet(sess, scorer, arch, recal, [batch])["epe"] for batch in val]
+        assert len(once) == len(val) > 1 and once == pytest.approx(alone, rel=1e-6)
+
+    @pytest.mark.slow
     def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
         out, report = rank_study
         alone = [r["run"] for r in report["archs"]]
