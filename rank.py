@@ -94,6 +94,9 @@ def parse_args(argv):
     parser.add_argument("--out", help="folder for rank_report.json and rank.png (default: --standalone_dir with "
                         "--train, else <supernet>/rank), or for --margin's file (default: B)")
     parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration when scoring "
+                        "(default: the supernet's, or A's with --margin): which few batches recalibrate a subnet "
+                        "moves its EPE, more steady it")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples over the archs")
     parser.add_argument("--seed", type=int, default=0, help="seeds the arch choice and the bootstrap")
     parser.add_argument("--compare", nargs=2, metavar=("A.csv", "B.csv"),
@@ -114,8 +117,8 @@ def parse_args(argv):
         parser.error("--second_seed, --search_choice and --jobs go with --train")
     if args.second_seed is not None and not 0 <= args.second_seed <= args.train:
         parser.error(f"--second_seed must be within 0..{args.train}")
-    if args.bootstrap < 1 or args.jobs < 1:
-        parser.error("--bootstrap and --jobs must be >= 1")
+    if args.bootstrap < 1 or args.jobs < 1 or (args.bn_recal_batches is not None and args.bn_recal_batches < 1):
+        parser.error("--bootstrap, --jobs and --bn_recal_batches must be >= 1")
     return args
 
 
@@ -170,7 +173,7 @@ def rank(args):
     choice = ranking.search_choice(args.supernet, args.checkpoint_type) if args.search_choice else None
     runs, seconds = standalone_runs(args, supernet_cfg, supernet_report, choice)
     h, w = supernet_cfg["input_h"], supernet_cfg["input_w"]
-    scored = batches.scoring_batches(supernet_cfg, data_fc2.open_data(supernet_cfg))
+    scored = scoring_batches(args, supernet_cfg)
     sizes = [len(flows) for _, flows in scored[1]]
     print(f"scoring {len(runs)} subnets with the supernet and alone: {len(scored[0])} recalibration batches, "
           f"{sum(sizes)} validation samples in {len(sizes)} batches")
@@ -181,8 +184,9 @@ def rank(args):
     report["stopping"] = ranking.stopping_summary(histories, zero_flow)
     report.update(supernet=args.supernet, supernet_updates_per_option=supernet_report["global_step"],
                   checkpoint_type=args.checkpoint_type, data_source=supernet_report["data_source"],
-                  input_size=[h, w], zero_flow_epe=zero_flow, seconds=time.time() - start,
-                  training_seconds=ranking.training_seconds([d for d, _ in runs + seconds]), devices=hardware)
+                  input_size=[h, w], zero_flow_epe=zero_flow, bn_recal_batches=len(scored[0]),
+                  seconds=time.time() - start, devices=hardware,
+                  training_seconds=ranking.training_seconds([d for d, _ in runs + seconds]))
     report["study_seconds"] = {"supernet": supernet_report.get("wall_time_s"), "search": ranking.search_seconds(
         args.supernet, args.checkpoint_type) if args.search_choice else None,
         "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
@@ -243,6 +247,13 @@ def print_comparison(path_a, path_b):
           f"Kendall tau-b {result['kendall_tau_b']:.4f}, Spearman rho {result['spearman_rho']:.4f}")
 
 
+def scoring_batches(args, cfg):
+    """(recal_batches, val_batches) every subnet is scored on: the run's, recalibrating with
+    --bn_recal_batches batches if given."""
+    cfg = dict(cfg, bn_recal_batches=args.bn_recal_batches or cfg["bn_recal_batches"])
+    return batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+
+
 def margin(args):
     """--margin A B: the two standalone runs scored on A's batches; prints and writes the margin."""
     start = time.time()
@@ -251,8 +262,8 @@ def margin(args):
     path = os.path.join(out, f"margin_vs_{os.path.basename(os.path.normpath(args.margin[0]))}.json")
     os.makedirs(out, exist_ok=True)
     first_cfg = runs[0][1]
-    scored = batches.scoring_batches(first_cfg, data_fc2.open_data(first_cfg))
-    result = ranking.standalone_margin(runs, args.checkpoint_type, scored)
+    scored = scoring_batches(args, first_cfg)
+    result = dict(ranking.standalone_margin(runs, args.checkpoint_type, scored), bn_recal_batches=len(scored[0]))
     print("\n".join(ranking.margin_lines(result)))
     result["seconds"] = time.time() - start
     ckpt.write_json_atomic(path, result)

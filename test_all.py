@@ -2816,6 +2816,13 @@ class TestStandaloneAndRank:
             err = capsys.readouterr().err
             assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
 
+    def test_rank_scoring_flags_out_of_range_are_refused_by_name(self, capsys):
+        for flag in ("--bn_recal_batches", "--jobs", "--bootstrap"):
+            with pytest.raises(SystemExit) as exit_info:
+                rank.parse_args(["--supernet", "sup", "--train", "12", flag, "0"])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and flag in err and "must be >= 1" in err, err
+
     def test_stopping_figures_against_a_hand_computation(self):
         # best EPE 3.0, 2.0, 2.0, 1.95 against a zero flow of 4: improved 0.05 over the last two
         # evaluations and at the last, 1.25% each: below 2% but not below 0.5%
@@ -2843,12 +2850,14 @@ class TestStandaloneAndRank:
     def test_margin_of_two_runs_alone_is_their_paired_difference(self, rank_study, tmp_path, capsys):
         _, report = rank_study
         first, second = (r["run"] for r in report["archs"][:2])
-        assert rank.main(["--margin", first, second, "--out", str(tmp_path)]) == 0
+        assert rank.main(["--margin", first, second, "--out", str(tmp_path), "--bn_recal_batches", "3"]) == 0
         result = json.loads((tmp_path / f"margin_vs_{os.path.basename(first)}.json").read_text())
         # independently: each subnet predicts the first run's validation frames after BN recalibration on
-        # the first run's batches; per-sample EPE in numpy (equal pixels: the margin is a plain mean)
+        # the first run's first 3 training batches (the runs' own config says 1); per-sample EPE in numpy
+        # (equal pixels: the margin is a plain mean)
         cfg = config.run_config(first)
-        recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+        assert cfg["bn_recal_batches"] == 1 and result["bn_recal_batches"] == 3
+        recal, val = batches.scoring_batches(dict(cfg, bn_recal_batches=3), data_fc2.open_data(cfg))
         per_sample = []
         for run in (first, second):
             arch = supernet.parse_arch(config.run_config(run)["arch"])
