@@ -26,6 +26,7 @@ import data_fc2
 import errors
 import metrics
 import parallel
+import rank_plot
 import ranking
 import supernet
 from errors import RankError
@@ -178,8 +179,9 @@ def rank(args):
     print(f"scoring {len(runs)} subnets with the supernet and alone: {len(scored[0])} recalibration batches, "
           f"{sum(sizes)} validation samples in {len(sizes)} batches")
     histories = {run_dir: ranking.read_history(run_dir, arch) for run_dir, arch in runs + seconds}
-    report = ranking_report(args, runs, scored, (h, w), sizes, histories)
-    add_second_seeds(args, report, seconds, choice, scored, (h, w), sizes)
+    progress = scoring_progress(2 * len(runs) + len(seconds))
+    report = ranking_report(args, runs, scored, (h, w), sizes, histories, progress)
+    add_second_seeds(args, report, seconds, choice, scored, (h, w), sizes, progress)
     zero_flow = metrics.zero_flow_epe(scored[1])
     report["stopping"] = ranking.stopping_summary(histories, zero_flow)
     report.update(supernet=args.supernet, supernet_updates_per_option=supernet_report["global_step"],
@@ -191,17 +193,18 @@ def rank(args):
         args.supernet, args.checkpoint_type) if args.search_choice else None,
         "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
     ckpt.write_json_atomic(os.path.join(out, "rank_report.json"), report)
-    ranking.plot_ranking(report, os.path.join(out, "rank.png"))
+    rank_plot.plot_ranking(report, os.path.join(out, "rank.png"))
     print("\n".join(ranking.table_lines(report)))
     print(f"wrote {os.path.join(out, 'rank_report.json')} and rank.png")
     return report
 
 
-def add_second_seeds(args, report, seconds, choice, scored, size, sizes):
+def add_second_seeds(args, report, seconds, choice, scored, size, sizes, on_scored):
     """The second-seed runs ([(run_dir, arch)]) scored alone, into `report`: their rows, the two seeds'
     agreement (the ceiling) and, with the search's choice, the choice against a random pick of its cost."""
     alone = [(run_dir, arch, ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, *size,
-                                                 standalone=True)[arch]) for run_dir, arch in seconds]
+                                                 standalone=True, on_scored=on_scored)[arch])
+             for run_dir, arch in seconds]
     report["second_seed_runs"] = ranking.second_seed_rows(alone, sizes)
     report["seed_ceiling"] = ranking.seed_ceiling(report["archs"], alone, sizes, args.bootstrap, args.seed)
     if choice is not None:
@@ -221,13 +224,13 @@ def second_seed_plan(args, supernet_cfg, archs, choice):
     return plan
 
 
-def ranking_report(args, runs, scored, size, sizes, histories):
+def ranking_report(args, runs, scored, size, sizes, histories, on_scored):
     """The supernet's order against the standalone runs' (ranking.build_report), with how it settles
     over training (each run's evaluations: histories {run_dir: {epoch: EPE}})."""
     archs = [arch for _, arch in runs]
-    by_supernet = ranking.score_archs(args.supernet, archs, args.checkpoint_type, scored, *size)
-    alone = [ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, *size, standalone=True)[arch]
-             for run_dir, arch in runs]
+    by_supernet = ranking.score_archs(args.supernet, archs, args.checkpoint_type, scored, *size, on_scored=on_scored)
+    alone = [ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, *size, standalone=True,
+                                 on_scored=on_scored)[arch] for run_dir, arch in runs]
     rows = [{"arch": supernet.format_arch(arch), "run": run_dir, "gmacs": supernet.count_macs(arch, *size) / 1e9,
              "params": supernet.count_params(arch, *size),
              "standalone_updates": ranking.read_run(run_dir)[1]["global_step"],
@@ -238,6 +241,19 @@ def ranking_report(args, runs, scored, size, sizes, histories):
     report["training_length"] = ranking.training_length_figures([histories[d] for d, _ in runs],
                                                                 [r["supernet_epe"] for r in rows])
     return report
+
+
+def scoring_progress(total):
+    """on_scored for ranking.score_archs: a line per subnet scored, with how many of `total`, the
+    time each took on average and the time left."""
+    start, done = time.time(), [0]
+
+    def on_scored(run_dir, arch):
+        done[0] += 1
+        each = (time.time() - start) / done[0]
+        print(f"scored {done[0]}/{total}: {supernet.format_arch(arch)} in {os.path.basename(run_dir)}, "
+              f"{each:.0f} s each, time left {(total - done[0]) * each / 60:.1f} min", flush=True)
+    return on_scored
 
 
 def print_comparison(path_a, path_b):

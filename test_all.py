@@ -42,6 +42,7 @@ import metrics
 import parallel
 import pareto
 import rank
+import rank_plot
 import ranking
 import run_files
 import runs
@@ -2648,7 +2649,7 @@ class TestStandaloneAndRank:
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots()
         again_run = {"arch": "1,0,0,0,0,0,0,0,0", "run": "x", "standalone_epe": 2.5}
-        ranking.plot_cost_panel(ax, {"archs": rows[:4], "search_choice": result, "second_seed_runs": [again_run]})
+        rank_plot.plot_cost_panel(ax, {"archs": rows[:4], "search_choice": result, "second_seed_runs": [again_run]})
         star = next(line for line in ax.lines if line.get_marker() == "*")  # the choice's two seeds
         assert list(star.get_xdata()) == [0.5, 0.5] and list(star.get_ydata()) == pytest.approx([1.8, 2.0])
         circle = next(line for line in ax.lines if line.get_marker() == "o")  # a second seed, over its first
@@ -2750,6 +2751,7 @@ class TestStandaloneAndRank:
         assert noise["validation_batches"] == 2 and len(noise["standalone_batch_std"]) == 3
         assert [r["epoch"] for r in report["training_length"]] == [1]
         assert report["training_length"][0]["tau_vs_final_standalone"] == pytest.approx(1.0)
+        assert report["bn_recal_batches"] == config.run_config(str(out / "sup"))["bn_recal_batches"]
         # every run trained alone, the second seeds' too, has its stopping figures (one evaluation: none)
         seconds = [p for p in (out / "sup" / "standalone").iterdir() if p.is_dir() and "_seed" in p.name]
         assert sorted(report["stopping"]["runs"]) == sorted([r["run"] for r in report["archs"]]
@@ -2815,6 +2817,15 @@ class TestStandaloneAndRank:
             assert rank.main(["--margin"] + given) == 1
             err = capsys.readouterr().err
             assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
+
+    def test_scoring_progress_counts_the_subnets_and_the_time_left(self, capsys):
+        on_scored = rank.scoring_progress(3)
+        for run in ("sup", "standalone_000000000", "standalone_222222222"):
+            on_scored(f"out/{run}", (0,) * 9 if "0000" in run else (2,) * 9)
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split(",")[0].split(": ")[0] for line in lines] == ["scored 1/3", "scored 2/3", "scored 3/3"]
+        assert "0,0,0,0,0,0,0,0,0 in standalone_000000000" in lines[1] and "in sup," in lines[0]
+        assert all(" s each, time left " in line for line in lines) and lines[2].endswith("time left 0.0 min")
 
     def test_rank_scoring_flags_out_of_range_are_refused_by_name(self, capsys):
         for flag in ("--bn_recal_batches", "--jobs", "--bootstrap"):
