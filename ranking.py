@@ -231,16 +231,23 @@ def second_seed_rows(second, sizes):
 def seed_ceiling(rows, second, sizes, bootstrap, seed):
     """How well two training seeds agree on the standalone order (what a perfect supernet could reach):
     Kendall tau-b, with its bootstrap interval, between the first seed's EPEs (`rows`) and the
-    second's (`second`: [(run_dir, arch, per-batch EPEs)]) of the archs trained twice; None below 3."""
+    second's (`second`: [(run_dir, arch, per-batch EPEs)]) of the archs trained twice; None below 3.
+    On the same archs, the supernet's tau-b against each seed's order, and its tau-b and rho against
+    the two seeds' mean EPE (a standalone order with less training noise)."""
     by_code = {r["arch"]: r for r in rows}
     pairs = [(by_code[code]["standalone_epe"], batch_weighted_epe(epes, sizes), code)
              for _, arch, epes in second if (code := supernet.format_arch(arch)) in by_code]
     if len(pairs) < MIN_ARCHS:
         return None
     first, again, codes = (list(v) for v in zip(*pairs))
+    by_supernet, mean = [by_code[c]["supernet_epe"] for c in codes], [(a + b) / 2 for a, b in zip(first, again)]
+    tau_mean, rho_mean = rank_correlations(by_supernet, mean)
     return {"archs": codes, "first_seed_epe": first, "second_seed_epe": again,
             "kendall_tau_b": rank_correlations(first, again)[0],
-            "bootstrap": bootstrap_intervals(first, again, bootstrap, seed)}
+            "bootstrap": bootstrap_intervals(first, again, bootstrap, seed),
+            "supernet_tau_b_vs_seed": [rank_correlations(by_supernet, e)[0] for e in (first, again)],
+            "supernet_vs_seed_mean": {"kendall_tau_b": tau_mean, "spearman_rho": rho_mean,
+                                      "bootstrap": bootstrap_intervals(by_supernet, mean, bootstrap, seed)}}
 
 
 def search_choice(supernet_dir, kind):
@@ -420,6 +427,11 @@ def study_lines(report):
         lines.append(f"two seeds of {len(ceiling['archs'])} archs trained alone: Kendall tau-b "
                      f"{ceiling['kendall_tau_b']:.3f} ({boot['tau_ci95'][0]:.3f} .. {boot['tau_ci95'][1]:.3f}): "
                      "the ceiling a supernet's tau could reach")
+        mean, taus = ceiling["supernet_vs_seed_mean"], ceiling["supernet_tau_b_vs_seed"]
+        lines.append(f"supernet on those archs: Kendall tau-b {taus[0]:.3f} against the first seed, {taus[1]:.3f} "
+                     f"against the second, {mean['kendall_tau_b']:.3f} ({mean['bootstrap']['tau_ci95'][0]:.3f} .. "
+                     f"{mean['bootstrap']['tau_ci95'][1]:.3f}) against their mean EPE (Spearman rho "
+                     f"{mean['spearman_rho']:.3f})")
     choice = report.get("search_choice")
     if choice:
         se = choice["difference_se"]

@@ -2818,6 +2818,24 @@ class TestStandaloneAndRank:
             err = capsys.readouterr().err
             assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
 
+    def test_seed_ceiling_and_the_supernet_against_each_seed_by_hand(self):
+        # first seed's order a b c d; second seed's b a c d (one pair of six swapped: tau 2/3); the
+        # supernet's b a d c: against the first 2/3 of pairs agree (tau 1/3), the second 5/6 (2/3);
+        # the seeds' mean 1.25 1.6 3.25 3.9 orders a b c d: tau 1/3, rho 1 - 6 * 4 / (4 * 15) = 0.6
+        codes = [(0,) * 9, (1,) * 9, (2,) * 9, (0,) * 8 + (1,)]
+        rows = [{"arch": supernet.format_arch(a), "standalone_epe": first, "supernet_epe": by_supernet}
+                for a, first, by_supernet in zip(codes, (1.0, 2.0, 3.0, 4.0), (2.0, 1.0, 4.0, 3.0))]
+        second = [(f"run{i}", a, [e, e]) for i, (a, e) in enumerate(zip(codes, (1.5, 1.2, 3.5, 3.8)))]
+        ceiling = ranking.seed_ceiling(rows, second, [2, 2], 50, 0)
+        assert ceiling["second_seed_epe"] == pytest.approx([1.5, 1.2, 3.5, 3.8])
+        assert ceiling["kendall_tau_b"] == pytest.approx(2 / 3)
+        assert ceiling["supernet_tau_b_vs_seed"] == pytest.approx([1 / 3, 2 / 3])
+        mean = ceiling["supernet_vs_seed_mean"]
+        assert mean["kendall_tau_b"] == pytest.approx(1 / 3) and mean["spearman_rho"] == pytest.approx(0.6)
+        assert ranking.seed_ceiling(rows, second[:2], [2, 2], 50, 0) is None  # fewer than 3 archs twice
+        lines = ranking.study_lines({"seed_ceiling": ceiling})
+        assert "0.333 against the first seed, 0.667 against the second, 0.333 (" in lines[1]
+
     def test_scoring_progress_counts_the_subnets_and_the_time_left(self, capsys):
         on_scored = rank.scoring_progress(3)
         for run in ("sup", "standalone_000000000", "standalone_222222222"):
