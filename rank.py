@@ -96,8 +96,8 @@ def parse_args(argv):
                         "--train, else <supernet>/rank), or for --margin's file (default: B)")
     parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
     parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration when scoring "
-                        "(default: the supernet's, or A's with --margin): which few batches recalibrate a subnet "
-                        "moves its EPE, more steady it")
+                        "(default: the supernet's, or A's with --margin); with few, which batches they are "
+                        "moves a subnet's EPE: more give steadier figures")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples over the archs")
     parser.add_argument("--seed", type=int, default=0, help="seeds the arch choice and the bootstrap")
     parser.add_argument("--compare", nargs=2, metavar=("A.csv", "B.csv"),
