@@ -269,21 +269,25 @@ def search_versus_random(choice, rows, second, sizes, spread=0.2):
     """The search's choice trained alone (its runs among `second`, and its row of `rows` if the study
     drew it too) against the study's standalone subnets of similar cost (GMACs within `spread` of the
     choice's; the 3 nearest if fewer than 2 are): their mean is what a random pick of that cost gives.
-    The difference's standard error is over the validation batches (paired); the choice's two seeds
-    show the training noise."""
-    runs = [(r["run"], r["standalone_batches"]) for r in rows if r["arch"] == choice["arch"]]
-    runs += [(run_dir, epes) for run_dir, arch, epes in second if supernet.format_arch(arch) == choice["arch"]]
+    Every subnet counts with the mean of all its seeds (its row and its second-seed runs), so the
+    choice's two seeds meet the others' two where they have them. The difference's standard error is
+    over the validation batches (paired); the seeds' spread shows the training noise."""
+    def seed_runs(arch):  # per-batch EPEs of each run of `arch`, its row (the first seed) first
+        return ([r["standalone_batches"] for r in rows if r["arch"] == arch]
+                + [epes for _, a, epes in second if supernet.format_arch(a) == arch])
     similar = [r for r in rows if abs(r["gmacs"] - choice["gmacs"]) <= spread * choice["gmacs"]
                and r["arch"] != choice["arch"]]
     if len(similar) < 2:
         similar = sorted((r for r in rows if r["arch"] != choice["arch"]),
                          key=lambda r: abs(r["gmacs"] - choice["gmacs"]))[:3]
-    mine = np.mean([epes for _, epes in runs], axis=0)
-    random_pick = np.mean([r["standalone_batches"] for r in similar], axis=0)
+    runs = seed_runs(choice["arch"])
+    mine = np.mean(runs, axis=0)
+    random_pick = np.mean([np.mean(seed_runs(r["arch"]), axis=0) for r in similar], axis=0)
     diff = mine - random_pick
-    return dict(choice, choice_seed_epes=[batch_weighted_epe(epes, sizes) for _, epes in runs],
+    return dict(choice, choice_seed_epes=[batch_weighted_epe(epes, sizes) for epes in runs],
                 choice_epe=batch_weighted_epe(mine, sizes), random_pick_epe=batch_weighted_epe(random_pick, sizes),
-                similar=[{k: r[k] for k in ("arch", "gmacs", "standalone_epe")} for r in similar],
+                similar=[{"arch": r["arch"], "gmacs": r["gmacs"], "standalone_epe": r["standalone_epe"],
+                          "seed_epes": [batch_weighted_epe(e, sizes) for e in seed_runs(r["arch"])]} for r in similar],
                 difference=batch_weighted_epe(diff, sizes),
                 difference_se=float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None)
 

@@ -2661,6 +2661,15 @@ class TestStandaloneAndRank:
         rows.append(row(choice["arch"], 0.5, [1.0, 2.0, 3.0]))
         again = ranking.search_versus_random(choice, rows, second[1:], sizes)
         assert again["choice_seed_epes"] == pytest.approx([1.8, 2.0]) and again["difference"] == pytest.approx(-0.38)
+        # a similar subnet with a second seed counts with its two seeds' mean: 1,0,... averages 2.0 2.5 4.0
+        # per batch, the random pick 1.75 2.6 3.7; differences -0.65 -0.5 -0.6, weighted by 8 8 4: -0.58
+        similar_again = ("d", supernet.parse_arch("1,0,0,0,0,0,0,0,0"), [2.5, 2.5, 5.0])
+        both = ranking.search_versus_random(choice, rows, second[1:] + [similar_again], sizes)
+        assert both["similar"][0]["seed_epes"] == pytest.approx([2.2, 3.0])
+        assert both["similar"][1]["seed_epes"] == pytest.approx([2.36])
+        assert both["random_pick_epe"] == pytest.approx((1.75 * 8 + 2.6 * 8 + 3.7 * 4) / 20)
+        assert both["difference"] == pytest.approx(-0.58)
+        assert both["difference_se"] == pytest.approx(np.std([-0.65, -0.5, -0.6], ddof=1) / np.sqrt(3))
         # fewer than two within 20%: the three nearest in cost
         lone = ranking.search_versus_random(dict(choice, gmacs=0.3), rows[:4], second, sizes)
         assert [r["gmacs"] for r in lone["similar"]] == [0.2, 0.45, 0.55]
