@@ -61,7 +61,7 @@ search: $(VENV) ## score all 19,683 subnets of the newest run's best checkpoint,
 RANK_K ?= 12
 RANK_JOBS ?= 1
 RANK_RECAL ?= 256
-STUDY_NAME ?= study_supernet
+STUDY_NAME ?= study
 
 .PHONY: rank
 rank: $(VENV) ## the ranking study on study.json: supernet, search, RANK_K subnets alone, rank.py (hours; resumes)
