@@ -130,11 +130,16 @@ def parse_args(argv):
 
 
 def search_dir_for(run_dir, args, suffix):
-    """search_<checkpoint type><dataset suffix>[_<arch set>]: the whole space, a sample, a list and
-    another dataset never share a folder."""
+    """search_<checkpoint type><dataset suffix>[_<scoring flag><value>][_<arch set>]: the whole space, a
+    sample, a list, another dataset and scoring flags that differ from the run's (another recalibration)
+    never share a folder."""
     name = (os.path.basename(search_parts.size_search_dir(run_dir, args.checkpoint_type, args.size,
                                                           args.recal_at == "deploy"))
             if args.size else f"search_{args.checkpoint_type}{suffix}")
+    flags = {flag: getattr(args, flag) for flag in runs.SCORING_FLAGS if getattr(args, flag, None) is not None}
+    if flags:
+        saved = config.run_config(run_dir)
+        name += "".join(f"_{flag}{value}" for flag, value in flags.items() if value != saved[flag])
     if args.sample is not None:
         name += f"_sample{args.sample}_seed{args.seed}"
     elif args.archs or args.archs_file:

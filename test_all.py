@@ -1381,6 +1381,21 @@ class TestSearch:
                                       "fps", maximise=True)
         assert [r["fps"] for r in fastest] == [10.0, 5.0]
 
+    def test_another_recalibration_scores_into_its_own_folder(self, search_run, capsys):
+        out, run_dir = search_run  # the run recalibrates on 2 batches
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "0,0,0,0,0,0,0,0,0"]
+        plain = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
+        same = search.search_dir_for(str(run_dir), search.parse_args(common + ["--bn_recal_batches", "2"]), "")
+        other = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common + ["--bn_recal_batches",
+                                                                                             "3"]), ""))
+        assert same == str(plain) and other.name == "search_best_bn_recal_batches3" + plain.name[len("search_best"):]
+        assert search.main(common) == 0 and search.main(common + ["--bn_recal_batches", "3"]) == 0
+        manifests = [json.loads(next(d.glob("part_*/manifest.json")).read_text()) for d in (plain, other)]
+        assert [m["recal_batches"] for m in manifests] == [2, 3]
+        firsts = [next(csv.DictReader((d / "scores.csv").read_text().splitlines())) for d in (plain, other)]
+        epes = [float(row["epe"]) for row in firsts]
+        assert epes[0] != epes[1]  # random BN: another recalibration gives another score
+
     @pytest.mark.slow
     def test_shards_merge_into_the_single_process_result(self, search_run, capsys, monkeypatch):
         out, run_dir = search_run
