@@ -257,6 +257,12 @@ def load_parts(search_dir):
                       if k not in ("shard", "units") and first.get(k) != manifest.get(k))
         if diff:
             raise SearchError(f"part {d} was made with another {', '.join(diff)} than {dirs[0]}")
+    splits = sorted({m["shard"][1] for m in manifests.values()})
+    if len(splits) > 1:
+        named = "; ".join(f"in {k}: " + ", ".join(os.path.basename(d) for d, m in manifests.items()
+                                                    if m["shard"][1] == k) for k in splits)
+        raise SearchError(f"{search_dir} holds parts of {len(splits)} splits ({named}): remove the folders of "
+                          "every split but one")
     n = first["shard"][1]
     missing = sorted(set(range(1, n + 1)) - {m["shard"][0] for m in manifests.values() if m["shard"][1] == n})
     if missing or len(dirs) != n:

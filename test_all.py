@@ -1529,6 +1529,15 @@ class TestSearch:
         for k in (1, 2):
             assert search.main(common + ["--shard", f"{k}/2"]) == 0
         search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
+        shutil.copytree(search_dir / "part_1of2", search_dir / "part_1of1")  # an abandoned unsplit search
+        whole = search_dir / "part_1of1" / "manifest.json"
+        whole.write_text(json.dumps(dict(json.loads(whole.read_text()), shard=[1, 1])))
+        capsys.readouterr()
+        assert search.main(common + ["--merge"]) == 1
+        assert capsys.readouterr().err.strip().endswith(
+            "holds parts of 2 splits (in 1: part_1of1; in 2: part_1of2, part_2of2): remove the folders of "
+            "every split but one")
+        shutil.rmtree(search_dir / "part_1of1")
         manifest = search_dir / "part_2of2" / "manifest.json"
         manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), checkpoint="model-9-1")))
         capsys.readouterr()
