@@ -56,11 +56,12 @@ search: $(VENV) ## score all 19,683 subnets of the newest run's best checkpoint,
 # The ranking study (README, Ranking): a supernet trained on the study setting (study.json), its
 # whole-space search, RANK_K subnets trained alone (a third of them twice, with a second seed), the
 # search's choice at the median GMACs trained alone twice, then rank.py, recalibrating BN with
-# RANK_RECAL batches (8 move a subnet's EPE by up to 0.12 on the study setting, 256 by 0.004). Every
-# step resumes where it stopped: run it again after any interruption.
+# RANK_RECAL batches (512 of study.json's 4 pairs: 2,048 pairs; 64 pairs move a subnet's EPE by up to
+# 0.12 on the study's scene, 2,048 by 0.004). Every step resumes where it stopped: run it again after
+# any interruption.
 RANK_K ?= 12
 RANK_JOBS ?= 1
-RANK_RECAL ?= 256
+RANK_RECAL ?= 512
 STUDY_NAME ?= study
 
 .PHONY: rank
