@@ -179,6 +179,9 @@ def run(args):
     units = search_parts.shard_units(search_parts.make_units(indices), k, n)
     meta = dict(ckpt.load_meta(run_dir, args.checkpoint_type), kind=args.checkpoint_type)
     manifest = search_parts.manifest_for(cfg, meta, info, scored, indices, (k, n), units, args.size)
+    if search_parts.done_in_another_split(search_dir, manifest):
+        print(f"{search_dir} holds this search already scored, split another way: merging it")
+        return finish(search_dir, run_dir, args, hardware)
     search_parts.score_shard(run_dir, args.checkpoint_type, search_dir, manifest, units, scored, args.progress_every)
     if n == 1:
         return finish(search_dir, run_dir, args, hardware)

@@ -122,6 +122,30 @@ def open_part(directory, manifest):
     return read_units(directory)
 
 
+def done_in_another_split(search_dir, manifest):
+    """True when the search folder holds this search (same inputs) split another way and finished,
+    so it is merged rather than scored again; SearchError when such parts are unfinished or were made
+    from other inputs; False when there are none."""
+    n = manifest["shard"][1]
+    parts = {d: read_manifest(os.path.join(d, "manifest.json"))
+             for d in sorted(glob.glob(os.path.join(search_dir, "part_*of*")))}
+    others = {d: m for d, m in parts.items() if m["shard"][1] != n}
+    for d, theirs in others.items():
+        diff = sorted(k for k in set(theirs) | set(manifest)
+                      if k not in ("shard", "units") and theirs.get(k) != manifest.get(k))
+        if diff:
+            raise SearchError(f"{d} was made with another {', '.join(diff)}: move it away to start over")
+    if not others:
+        return False
+    try:
+        load_parts(search_dir)
+    except SearchError as error:
+        m = next(iter(others.values()))["shard"][1]
+        raise SearchError(f"{search_dir} holds this search split in {m} and not finished ({error}): "
+                          f"finish it with --shard K/{m}, or move those folders away") from None
+    return True
+
+
 def read_units(directory):
     """The finished units of a part: {prefix index: {"rows": {head: metrics}, "seconds"}}, each
     checked (SearchError naming the file and field)."""

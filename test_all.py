@@ -1440,6 +1440,16 @@ class TestSearch:
             for r in front:
                 diff = per_sample[r["arch"]] - per_sample[best]
                 assert r["epe_se"] == pytest.approx(np.std(diff, ddof=1) / np.sqrt(len(diff)), rel=1e-4, abs=1e-9), r
+        # asked again unsplit (make rank after a sharded search), the finished parts are merged, not rescored
+        monkeypatch.undo()
+        assert search.main(common) == 0 and (pathlib.Path(search_dir) / "scores.csv").read_bytes() == single
+        assert "holds this search already scored, split another way: merging it" in capsys.readouterr().out
+        assert sorted(p.name for p in pathlib.Path(search_dir).glob("part_*")) == ["part_1of2", "part_2of2"]
+        next((pathlib.Path(search_dir) / "part_2of2" / "units").glob("unit_*.json")).unlink()
+        assert search.main(common) == 1
+        err = capsys.readouterr().err.strip()
+        assert "holds this search split in 2 and not finished (part " in err and "is unfinished: 1 of" in err, err
+        assert err.endswith("finish it with --shard K/2, or move those folders away") and len(err.splitlines()) == 1
 
     @pytest.mark.slow
     def test_a_killed_search_resumes_to_the_same_file(self, search_run, tmp_path):
