@@ -127,9 +127,10 @@ def done_in_another_split(search_dir, manifest):
     so it is merged rather than scored again; SearchError when such parts are unfinished or were made
     from other inputs; False when there are none."""
     n = manifest["shard"][1]
-    parts = {d: read_manifest(os.path.join(d, "manifest.json"))
-             for d in sorted(glob.glob(os.path.join(search_dir, "part_*of*")))}
-    others = {d: m for d, m in parts.items() if m["shard"][1] != n}
+    # told apart by folder name: a part of this split may be held, manifest not yet written, by its writer
+    others = {d: read_manifest(os.path.join(d, "manifest.json"))
+              for d in sorted(glob.glob(os.path.join(search_dir, "part_*of*")))
+              if not d.endswith(f"of{n}")}
     for d, theirs in others.items():
         diff = sorted(k for k in set(theirs) | set(manifest)
                       if k not in ("shard", "units") and theirs.get(k) != manifest.get(k))
