@@ -86,8 +86,9 @@ def parse_args(argv):
                         "and train each alone (train.py --arch) with the supernet's config, unless already trained")
     parser.add_argument("--second_seed", type=int, metavar="M", help="with --train: train M of them again with "
                         "another seed, for the seeds' own agreement (default: a third of K; 0: none)")
-    parser.add_argument("--search_choice", action="store_true", help="also train the whole-space search's choice "
-                        "at the median GMACs (two seeds) and compare it with the trained subnets of similar cost")
+    parser.add_argument("--search_choice", action="store_true", help="compare the whole-space search's choice at "
+                        "the median GMACs with the subnets of similar cost: with --train it is trained too (two "
+                        "seeds), else its runs must be among those given")
     parser.add_argument("--jobs", type=int, default=1, help="with --train: train this many subnets at once, each "
                         "pinned to its share of the CPU cores (on a CPU, two runs on one core each finish sooner "
                         "than one after the other on both; with a GPU keep 1)")
@@ -114,8 +115,8 @@ def parse_args(argv):
         parser.error("give exactly one of --standalone, --standalone_glob, --train")
     if args.train is not None and args.train < ranking.MIN_ARCHS:
         parser.error(f"--train needs at least {ranking.MIN_ARCHS} archs")
-    if (args.second_seed is not None or args.search_choice or args.jobs != 1) and not args.train:
-        parser.error("--second_seed, --search_choice and --jobs go with --train")
+    if (args.second_seed is not None or args.jobs != 1) and not args.train:
+        parser.error("--second_seed and --jobs go with --train")
     if args.second_seed is not None and not 0 <= args.second_seed <= args.train:
         parser.error(f"--second_seed must be within 0..{args.train}")
     if args.bootstrap < 1 or args.jobs < 1 or (args.bn_recal_batches is not None and args.bn_recal_batches < 1):
@@ -135,14 +136,17 @@ def standalone_runs(args, supernet_cfg, supernet_report, choice):
         found = train_standalone(args, supernet_cfg, supernet_report, plan)
         seconds = [(run_dir, ranking.check_standalone_run(run_dir, supernet_cfg, supernet_report, "supernet")[1])
                    for run_dir in found[len(archs):]]
-        found = found[:len(archs)]
-    elif args.standalone_glob:
-        found, seconds = sorted(p for p in glob.glob(args.standalone_glob) if os.path.isdir(p)), []
-        if not found:
-            raise RankError(f"--standalone_glob {args.standalone_glob!r} matches no folder")
-    else:
-        found, seconds = args.standalone, []
-    return sorted(ranking.check_standalone_runs(supernet_cfg, supernet_report, found), key=lambda r: r[1]), seconds
+        runs = ranking.check_standalone_runs(supernet_cfg, supernet_report, found[:len(archs)])[0]
+        return sorted(runs, key=lambda r: r[1]), seconds
+    found = sorted(p for p in glob.glob(args.standalone_glob) if os.path.isdir(p)) if args.standalone_glob \
+        else args.standalone
+    if not found:
+        raise RankError(f"--standalone_glob {args.standalone_glob!r} matches no folder")
+    runs, seconds = ranking.check_standalone_runs(supernet_cfg, supernet_report, found)
+    if choice is not None and not any(supernet.format_arch(arch) == choice["arch"] for _, arch in runs):
+        raise RankError(f"--search_choice: none of the runs given trains the search's choice {choice['arch']}: "
+                        "give its runs (train.py --arch CODE with the supernet's config.json), or use --train")
+    return sorted(runs, key=lambda r: r[1]), sorted(seconds, key=lambda r: r[1])
 
 
 def check_jobs(jobs, hardware):

@@ -525,18 +525,25 @@ def check_left_run(run_dir, finished, reference_cfg, reference_report, reference
 
 
 def check_standalone_runs(supernet_cfg, supernet_report, run_dirs):
-    """[(run_dir, arch)] after checking each run is standalone, finished and saw the supernet's data
-    at its input size (check_standalone_run), one run per arch; RankError names the first that does not."""
-    if len(run_dirs) < MIN_ARCHS:
-        raise RankError(f"{len(run_dirs)} standalone runs given; at least {MIN_ARCHS} are needed to rank")
-    runs, seen = [], {}
+    """([(run_dir, arch)] to rank, one per arch; [(run_dir, arch)] second seeds) after checking each run
+    is standalone, finished and saw the supernet's data at its input size (check_standalone_run). Of
+    two runs of one arch with different training seeds the lower seed's is ranked and the other is its
+    second seed; RankError names the first run at fault."""
+    by_arch = {}
     for run_dir in run_dirs:
         cfg, arch = check_standalone_run(run_dir, supernet_cfg, supernet_report, "supernet")
-        if arch in seen:
-            raise RankError(f"{run_dir} and {seen[arch]} both train {cfg['arch']}: one run per arch")
-        seen[arch] = run_dir
-        runs.append((run_dir, arch))
-    return runs
+        by_arch.setdefault(arch, []).append((cfg["seed"], run_dir))
+    runs, seconds = [], []
+    for arch, seeded in by_arch.items():
+        seeded.sort()
+        if len(seeded) > 2 or (len(seeded) == 2 and seeded[0][0] == seeded[1][0]):
+            raise RankError(f"{seeded[-1][1]} and {seeded[0][1]} both train {supernet.format_arch(arch)}: "
+                            "one run per arch, or two with different seeds")
+        runs.append((seeded[0][1], arch))
+        seconds += [(run_dir, arch) for _, run_dir in seeded[1:]]
+    if len(runs) < MIN_ARCHS:
+        raise RankError(f"{len(runs)} archs trained alone given; at least {MIN_ARCHS} are needed to rank")
+    return runs, seconds
 
 
 def check_margin_runs(run_dirs):

@@ -2810,6 +2810,34 @@ class TestStandaloneAndRank:
             assert not any("absl::InitializeLog" in text or "oneDNN" in text for text in logs)
 
     @pytest.mark.slow
+    def test_given_runs_pair_their_seeds_and_hold_the_search_choice(self, rank_study, tmp_path, capsys):
+        out, report = rank_study
+        sup = tmp_path / "sup"
+        shutil.copytree(out / "sup", sup, ignore=shutil.ignore_patterns("standalone"))
+        twice, gmacs = report["second_seed_runs"][0]["arch"], {r["arch"]: r["gmacs"] for r in report["archs"]}
+        (sup / "search_best").mkdir()
+        g = gmacs[twice]  # median cost g + 1: the arch trained twice is the best within it
+        _write_scores(sup / "search_best" / "scores.csv",
+                      [(twice, g, 0.5), ("2,2,2,2,2,2,2,2,1", g + 1, 0.9), ("2,2,2,2,2,2,2,2,2", g + 2, 0.1)])
+        runs = str(out / "sup" / "standalone" / "standalone_*")
+        flags = ["--supernet", str(sup), "--standalone_glob", runs, "--bootstrap", "50", "--out", str(tmp_path / "r")]
+        assert rank.main(flags + ["--search_choice"]) == 0
+        again = json.loads((tmp_path / "r" / "rank_report.json").read_text())
+        # the globbed folder holds both seeds of one arch: the lower seed's run is ranked, the other is its second
+        assert [(r["arch"], r["run"]) for r in again["archs"]] == [(r["arch"], r["run"]) for r in report["archs"]]
+        assert [r["run"] for r in again["second_seed_runs"]] == [r["run"] for r in report["second_seed_runs"]]
+        first = next(r["standalone_epe"] for r in report["archs"] if r["arch"] == twice)
+        choice = again["search_choice"]
+        assert choice["arch"] == twice and choice["choice_seed_epes"] == pytest.approx(
+            [first, report["second_seed_runs"][0]["standalone_epe"]], rel=1e-6)
+        assert twice not in [r["arch"] for r in choice["similar"]]
+        _write_scores(sup / "search_best" / "scores.csv", [("2,2,2,2,2,2,2,2,1", 1.0, 0.5)])
+        capsys.readouterr()
+        assert rank.main(flags + ["--search_choice"]) == 1
+        err = capsys.readouterr().err
+        assert "none of the runs given trains the search's choice 2,2,2,2,2,2,2,2,1" in err and err.count("\n") == 1
+
+    @pytest.mark.slow
     def test_per_batch_epes_match_each_batch_scored_alone(self, rank_study):
         out, report = rank_study
         cfg, _ = ranking.read_run(str(out / "sup"))
