@@ -128,9 +128,13 @@ def done_in_another_split(search_dir, manifest):
     from other inputs; False when there are none."""
     n = manifest["shard"][1]
     # told apart by folder name: a part of this split may be held, manifest not yet written, by its writer
-    others = {d: read_manifest(os.path.join(d, "manifest.json"))
-              for d in sorted(glob.glob(os.path.join(search_dir, "part_*of*")))
-              if not d.endswith(f"of{n}")}
+    folders = [d for d in sorted(glob.glob(os.path.join(search_dir, "part_*of*"))) if not d.endswith(f"of{n}")]
+    for d in folders:  # a part its writer holds (or was killed in) before writing its manifest
+        if not os.path.exists(os.path.join(d, "manifest.json")):
+            m = d.rsplit("of", 1)[1]
+            raise SearchError(f"{search_dir} holds this search split in {m} and not finished ({d} has no manifest "
+                              f"yet): finish it with --shard K/{m}, or move those folders away")
+    others = {d: read_manifest(os.path.join(d, "manifest.json")) for d in folders}
     for d, theirs in others.items():
         diff = sorted(k for k in set(theirs) | set(manifest)
                       if k not in ("shard", "units") and theirs.get(k) != manifest.get(k))

@@ -1450,6 +1450,11 @@ class TestSearch:
         err = capsys.readouterr().err.strip()
         assert "holds this search split in 2 and not finished (part " in err and "is unfinished: 1 of" in err, err
         assert err.endswith("finish it with --shard K/2, or move those folders away") and len(err.splitlines()) == 1
+        (pathlib.Path(search_dir) / "part_2of2" / "manifest.json").unlink()  # as its writer holds it, not yet written
+        assert search.main(common) == 1
+        err = capsys.readouterr().err.strip()
+        assert "holds this search split in 2 and not finished (" in err and "part_2of2 has no manifest yet" in err, err
+        assert err.endswith("finish it with --shard K/2, or move those folders away") and len(err.splitlines()) == 1
 
     @pytest.mark.slow
     def test_a_killed_search_resumes_to_the_same_file(self, search_run, tmp_path):
