@@ -28,6 +28,7 @@ import metrics
 import parallel
 import rank_plot
 import ranking
+import stopping
 import supernet
 from errors import RankError
 
@@ -187,7 +188,9 @@ def rank(args):
     report = ranking_report(args, runs, scored, (h, w), sizes, histories, progress)
     add_second_seeds(args, report, seconds, choice, scored, (h, w), sizes, progress)
     zero_flow = metrics.zero_flow_epe(scored[1])
-    report["stopping"] = ranking.stopping_summary(histories, zero_flow)
+    report["stopping"] = stopping.summary(histories, zero_flow)
+    report["stopping"]["tau_if_improved"] = stopping.tau_range_if_improved(report["archs"],
+                                                                           report["stopping"]["still_falling"])
     report.update(supernet=args.supernet, supernet_updates_per_option=supernet_report["global_step"],
                   checkpoint_type=args.checkpoint_type, data_source=supernet_report["data_source"],
                   input_size=[h, w], zero_flow_epe=zero_flow, bn_recal_batches=len(scored[0]),

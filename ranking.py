@@ -13,15 +13,13 @@ import ckpt
 import config
 import metrics
 import scoring
+import stopping
 import supernet
 from errors import ArchError, CheckpointError, ConfigError, RankError
 
 CANDIDATES_PER_TARGET = 8  # the chosen arch is drawn, seeded, among this many nearest a GMACs target
 TOP_K = (1, 3, 5)
 MIN_ARCHS = 3
-# A run's EPE has stopped falling when its best EPE improved by less than these percentages of the
-# zero-flow EPE over its last two evaluations and at its last (the capacity study's criterion).
-STOPPED_LAST_TWO_PCT, STOPPED_LAST_PCT = 2.0, 0.5
 
 
 def rank_correlations(x, y):
@@ -313,41 +311,6 @@ def time_taken_line(study_seconds):
     return "time taken: " + ", ".join(parts) + " (standalone runs added up: with --jobs above 1, more than elapsed)"
 
 
-def stopping_figures(history, zero_flow):
-    """How much a run's best EPE improved over its last two evaluations and at its last, in % of the
-    zero-flow EPE, and whether both are below the stopping criterion (STOPPED_*); the figures are
-    None with fewer than 3 evaluations. history: {epoch: EPE} (read_history)."""
-    best = np.minimum.accumulate([history[e] for e in sorted(history)])
-    if len(best) < 3:
-        return {"evaluations": len(best), "last_two_pct": None, "last_pct": None, "stopped": None}
-    last_two, last = (100.0 * (best[-k] - best[-1]) / zero_flow for k in (3, 2))
-    return {"evaluations": len(best), "last_two_pct": float(last_two), "last_pct": float(last),
-            "stopped": bool(last_two < STOPPED_LAST_TWO_PCT and last < STOPPED_LAST_PCT)}
-
-
-def stopping_summary(histories, zero_flow):
-    """Which standalone runs had stopped falling by the criterion (stopping_figures), for the report:
-    histories {run_dir: {epoch: EPE}}; a run with fewer than 3 evaluations counts in neither list."""
-    figures = {run: stopping_figures(history, zero_flow) for run, history in histories.items()}
-    return {"criterion_pct": {"last_two": STOPPED_LAST_TWO_PCT, "last": STOPPED_LAST_PCT}, "runs": figures,
-            "stopped": sorted(run for run, f in figures.items() if f["stopped"] is True),
-            "still_falling": sorted(run for run, f in figures.items() if f["stopped"] is False)}
-
-
-def stopping_lines(summary):
-    """How many standalone runs met the stopping criterion, naming those still falling."""
-    runs, falling = summary["runs"], summary["still_falling"]
-    line = (f"stopping criterion (best EPE improved < {summary['criterion_pct']['last_two']:g}% / "
-            f"{summary['criterion_pct']['last']:g}% of zero flow over the last two evaluations / the last): "
-            f"{len(summary['stopped'])} of {len(runs)} standalone runs stopped")
-    if falling:
-        line += "; still falling: " + ", ".join(
-            f"{os.path.basename(run)} ({runs[run]['last_two_pct']:.2f}% / {runs[run]['last_pct']:.2f}%)"
-            for run in falling)
-    too_few = len(runs) - len(summary["stopped"]) - len(falling)
-    return [line + (f"; {too_few} with fewer than 3 evaluations" if too_few else "")]
-
-
 def standalone_margin(runs, checkpoint_type, scored):
     """Two standalone runs' subnets (check_margin_runs) on the same batches (`scored`: recalibration
     and validation batches, batches.scoring_batches of the first run's data): each one's EPE and
@@ -363,14 +326,14 @@ def standalone_margin(runs, checkpoint_type, scored):
         scored_runs.append({"run": run_dir, "arch": cfg["arch"], "seed": cfg["seed"],
                             "global_step": meta["global_step"], "epe": scored_run["epe"],
                             "sample_epe": scored_run["sample_epe"],
-                            "stopping": stopping_figures(read_history(run_dir, arch), zero_flow)})
+                            "stopping": stopping.figures(read_history(run_dir, arch), zero_flow)})
     first, second = scored_runs
     se = metrics.paired_se(second.pop("sample_epe"), first.pop("sample_epe"), metrics.sample_pixels(val_batches))
     margin = second["epe"] - first["epe"]
     return {"runs": scored_runs, "margin": margin, "paired_se": se, "margin_in_se": None if not se else margin / se,
             "validation_samples": int(sum(len(b[1]) for b in val_batches)), "zero_flow_epe": zero_flow,
             "checkpoint_type": checkpoint_type, "stopping_criterion_pct": {
-                "last_two": STOPPED_LAST_TWO_PCT, "last": STOPPED_LAST_PCT}}
+                "last_two": stopping.LAST_TWO_PCT, "last": stopping.LAST_PCT}}
 
 
 def margin_lines(result):
@@ -418,7 +381,7 @@ def table_lines(report):
     lines += [f"standalone after epoch {r['epoch']}: "
               f"tau-b against its final order {r['tau_vs_final_standalone']:.3f}, "
               f"against the supernet {r['tau_vs_supernet']:.3f}" for r in report.get("training_length", [])]
-    lines += study_lines(report) + stopping_lines(report["stopping"])
+    lines += study_lines(report) + stopping.lines(report["stopping"])
     return lines + ([time_taken_line(report["study_seconds"])] if "study_seconds" in report else [])
 
 

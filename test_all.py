@@ -50,6 +50,7 @@ import scoring
 import search
 import search_parts
 import search_tree
+import stopping
 import supernet
 import synthetic
 import train
@@ -2805,6 +2806,7 @@ class TestStandaloneAndRank:
         assert sorted(report["stopping"]["runs"]) == sorted([r["run"] for r in report["archs"]]
                                                              + [str(p) for p in seconds]) and seconds
         assert not report["stopping"]["stopped"] and not report["stopping"]["still_falling"]
+        assert report["stopping"]["tau_if_improved"] is None  # nothing falling: nothing to bound
         assert [r["run"] for r in report["second_seed_runs"]] == [str(p) for p in seconds]
         supernet_wall = json.loads((out / "sup" / "train_report.json").read_text())["wall_time_s"]
         assert report["study_seconds"] == {"supernet": supernet_wall, "search": None,
@@ -2931,25 +2933,52 @@ class TestStandaloneAndRank:
     def test_stopping_figures_against_a_hand_computation(self):
         # best EPE 3.0, 2.0, 2.0, 1.95 against a zero flow of 4: improved 0.05 over the last two
         # evaluations and at the last, 1.25% each: below 2% but not below 0.5%
-        figures = ranking.stopping_figures({2: 3.0, 4: 2.0, 6: 2.5, 8: 1.95}, 4.0)
+        figures = stopping.figures({2: 3.0, 4: 2.0, 6: 2.5, 8: 1.95}, 4.0)
         assert figures["last_two_pct"] == pytest.approx(1.25) and figures["last_pct"] == pytest.approx(1.25)
         assert figures["stopped"] is False and figures["evaluations"] == 4
         # best 2.1, 2.05, 2.04: 1.5% and 0.25%: stopped
-        figures = ranking.stopping_figures({1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04}, 4.0)
+        figures = stopping.figures({1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04}, 4.0)
         assert figures["last_two_pct"] == pytest.approx(1.5) and figures["last_pct"] == pytest.approx(0.25)
         assert figures["stopped"] is True
-        assert ranking.stopping_figures({1: 3.0, 2: 2.0}, 4.0)["stopped"] is None
+        assert stopping.figures({1: 3.0, 2: 2.0}, 4.0)["stopped"] is None
 
     def test_stopping_summary_names_the_runs_still_falling(self):
         # zero flow 4: run a's best 2.1 2.05 2.04 stopped (1.5% / 0.25%); b's 3.0 2.0 1.95 falling
         # (1.25% / 1.25%); c has two evaluations
-        summary = ranking.stopping_summary({"x/a": {1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04},
+        summary = stopping.summary({"x/a": {1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04},
                                             "x/b": {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.95}, "x/c": {1: 3.0, 2: 2.0}}, 4.0)
         assert summary["stopped"] == ["x/a"] and summary["still_falling"] == ["x/b"]
         assert summary["runs"]["x/c"]["evaluations"] == 2
-        assert ranking.stopping_lines(summary) == [
+        assert stopping.lines(summary) == [
             "stopping criterion (best EPE improved < 2% / 0.5% of zero flow over the last two evaluations / the "
             "last): 1 of 3 standalone runs stopped; still falling: b (1.25% / 1.25%); 1 with fewer than 3 evaluations"]
+
+    def test_tau_range_if_the_runs_still_falling_improve_against_every_order(self):
+        # brute force: every order of 7 standalone runs in which the runs that do not fall keep their order
+        # and each falling run has no more of them ahead of it than it had; tau-b of each against the supernet
+        rng = np.random.default_rng(3)
+        for falling in ([6], [2, 5], [0, 3, 6], [0]):
+            sup, alone = rng.permutation(7) + 1.0, np.arange(7) + 1.0
+            rows = [{"arch": f"a{i}", "run": f"r{i}", "supernet_epe": sup[i], "standalone_epe": alone[i]}
+                    for i in range(7)]
+            steady = [i for i in range(7) if i not in falling]
+            taus = []
+            for order in itertools.permutations(range(7)):  # order[k]: the run at place k
+                ahead = {i: sum(j in steady for j in order[:order.index(i)]) for i in falling}
+                if [i for i in order if i in steady] == steady and all(ahead[i] <= i - sum(
+                        f < i for f in falling) for i in falling):
+                    position = np.argsort(order)  # no ties: tau-b is (concordant - discordant) / pairs
+                    signs = [np.sign(sup[a] - sup[b]) * np.sign(position[a] - position[b])
+                             for a, b in itertools.combinations(range(7), 2)]
+                    taus.append(sum(signs) / len(signs))
+            bound = stopping.tau_range_if_improved(rows, {f"r{i}" for i in falling} | {"a second seed's run"})
+            assert bound["archs"] == [f"a{i}" for i in falling]
+            assert bound["kendall_tau_b"] == pytest.approx([min(taus), max(taus)], abs=1e-12), falling
+        assert stopping.tau_range_if_improved(rows, {"r9"}) is None
+        assert stopping.tau_range_if_improved(rows, {f"r{i}" for i in range(4)}) is None  # more than 3: not bounded
+        result = dict(stopping.summary({}, 4.0), tau_if_improved={"archs": ["a2", "a5"], "kendall_tau_b": [0.1, 0.35]})
+        assert stopping.lines(result)[1] == ("had a2, a5 (still falling) ended anywhere better: "
+                                             "Kendall tau-b 0.100 .. 0.350")
 
     @pytest.mark.slow
     def test_margin_of_two_runs_alone_is_their_paired_difference(self, rank_study, tmp_path, capsys):
