@@ -24,6 +24,10 @@ RECAL_AT = ("run", "deploy")  # where deployment recalibrates BN: at the run's i
 ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene")
 NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
                 "early_stop_min_delta", "max_flow", "seed")
+MAX_SEED = 2**31 - 1  # every seeded generator here (numpy, TensorFlow, the sampler) takes it
+# what a resumed run keeps: its path sequence, eval pool, history and training pairs depend on these
+RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch", "synthetic", "synthetic_train_size",
+                "synthetic_val_size", "synthetic_seed", "synthetic_scene")
 
 
 def _type_error(where, key, value, default):
@@ -86,6 +90,8 @@ def check_ranges(cfg, where="config"):
         problems.append(f"key 'adam_epsilon' must be > 0, got {cfg['adam_epsilon']}")
     if min(cfg["loss_weights"]) < 0 or max(cfg["loss_weights"]) <= 0:
         problems.append(f"key 'loss_weights' must be >= 0 with one > 0, got {cfg['loss_weights']}")
+    problems += [f"key '{key}' must be at most {MAX_SEED}, got {cfg[key]}" for key in ("seed", "synthetic_seed")
+                 if cfg[key] > MAX_SEED]
     if cfg["synthetic_seed"] < -1:
         problems.append(f"key 'synthetic_seed' must be -1 (the run's seed) or a seed >= 0, "
                         f"got {cfg['synthetic_seed']}")
@@ -122,6 +128,18 @@ def read_config_file(path):
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: must hold a JSON object")
     return cfg
+
+
+def check_resumed(cfg, saved, where):
+    """ConfigError naming the key unless `cfg` keeps the RUN_IDENTITY of a run's checkpointed config
+    `saved` (`where`: its file); keys the checkpoint predates are not compared."""
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{where}: field 'config' must be a JSON object")
+    for key in RUN_IDENTITY:
+        if key in saved and saved[key] != cfg[key]:
+            raise ConfigError(f"{where}: key '{key}' was {saved[key]!r} when the run started and is now "
+                              f"{cfg[key]!r}: the sampler, eval pool, history and data depend on it; "
+                              "start a new experiment")
 
 
 def defaults():

@@ -215,14 +215,15 @@ def uniform_arch(option):
 
 
 MIN_INPUT_SIDE = 16  # the coarsest level is 1/16 of the input
+MAX_INPUT_SIDE = 4096  # above every frame of FC2, Sintel and KITTI; beyond it a typo, not a network to build
 
 
 def check_input_size(h, w):
-    """Raise ArchError unless the input size is a multiple of 4 of at least MIN_INPUT_SIDE a side."""
+    """Raise ArchError unless the input size is a multiple of 4 from MIN_INPUT_SIDE to MAX_INPUT_SIDE a side."""
     for name, value in (("h", h), ("w", w)):
-        if not isinstance(value, int) or value < MIN_INPUT_SIDE or value % 4:
-            raise ArchError(f"input size {name}={value!r} must be a multiple of 4 of at least {MIN_INPUT_SIDE} "
-                            "(the network's coarsest level is 1/16 of it)")
+        if not isinstance(value, int) or not MIN_INPUT_SIDE <= value <= MAX_INPUT_SIDE or value % 4:
+            raise ArchError(f"input size {name}={value!r} must be a multiple of 4 from {MIN_INPUT_SIDE} to "
+                            f"{MAX_INPUT_SIDE} (the network's coarsest level is 1/16 of it)")
 
 
 def structure(arch, size):

@@ -1145,7 +1145,7 @@ class TestBadInput:
         assert code != 0 and len(err) == 1 and words in err[0] and err[0].startswith("error:")
 
     @pytest.mark.slow
-    def test_flags_win_over_fast_mode_and_resume_keeps_the_run_identity(self, tiny_runs, capsys):
+    def test_flags_win_over_fast_mode_and_resume_keeps_the_run_identity(self, tiny_runs, tmp_path, capsys):
         out = tiny_runs
         args, overrides = train.parse_args(["--fast_mode", "--eval_pool_size", "6"],
                                            config.read_config_file(config.DEFAULT_CONFIG))
@@ -1154,6 +1154,19 @@ class TestBadInput:
         code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
                                            "--eval_pool_size", "6", "--dry_run"], capsys)
         assert code != 0 and len(err) == 1 and "eval_pool_size" in err[0]
+        # the run's config.json edited by hand: the checkpoint's own config tells
+        shutil.copytree(out / "whole", tmp_path / "edited")
+        saved = json.loads((tmp_path / "edited" / "config.json").read_text())
+        meta = tmp_path / "edited" / "checkpoints" / "last" / "meta.json"
+        for key, value in (("seed", saved["seed"] + 1), ("synthetic_train_size", saved["synthetic_train_size"] + 8)):
+            (tmp_path / "edited" / "config.json").write_text(json.dumps(dict(saved, **{key: value})))
+            code, err = _run_main(train.main, ["--resume", "--output_dir", str(tmp_path), "--experiment_name", "edited",
+                                               "--dry_run"], capsys)
+            assert code == 1 and err == [f"error: {meta}: key '{key}' was {saved[key]} when the run started and is now "
+                                         f"{value}: the sampler, eval pool, history and data depend on it; start a new "
+                                         "experiment"], err
+        code, err = _run_main(train.main, ["--seed", str(2**31), "--dry_run"], capsys)
+        assert code == 1 and err == [f"error: config: key 'seed' must be at most {2**31 - 1}, got {2**31}"], err
 
     @pytest.mark.slow
     def test_damaged_checkpoint_is_a_one_line_error(self, tiny_runs, tmp_path, capsys):
@@ -1929,7 +1942,8 @@ class TestHostileInput:
         stale.mkdir()
         for extra, words in ((["--system_config", "NoSuch"], "has no section [System_Config.NoSuch]"),
                              (["--eval_batches", "-1"], "--eval_batches -1 is out of range"),
-                             (["--input_h", "4", "--input_w", "4"], "h=4 must be a multiple of 4 of at least 16"),
+                             (["--input_h", "4", "--input_w", "4"], "h=4 must be a multiple of 4 from 16 to 4096"),
+                             (["--input_w", "100000"], "w=100000 must be a multiple of 4 from 16 to 4096"),
                              (["--vela", str(fake)], "Vela failed on")):
             code, err = _run_main(export.main, flags + extra, capsys)
             assert code == 1 and len(err) == 1 and words in err[0], err

@@ -55,9 +55,6 @@ def parse_args(argv, defaults):
     return args, overrides
 
 
-RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch")  # a resumed run must keep these
-
-
 def resumed_run(overrides, defaults):
     """The run folder --resume continues: --experiment_name's, else the newest under output_dir."""
     output_dir = overrides.get("output_dir", defaults["output_dir"])
@@ -78,7 +75,7 @@ def resolve_config(args, overrides, defaults):
         run_dir = resumed_run(overrides, defaults)
         saved_path = os.path.join(run_dir, "config.json")
         cfg = config.merge_config(defaults, config.read_config_file(saved_path), saved_path)
-        for key in RUN_IDENTITY:
+        for key in config.RUN_IDENTITY:
             if key in overrides and overrides[key] != cfg[key]:
                 raise ConfigError(f"--{key} {overrides[key]} differs from the resumed run's {cfg[key]}: "
                                   f"the sampler, eval pool and history depend on it; start a new experiment")

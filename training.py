@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import batches
 import ckpt
+import config
 import data_fc2
 import fair
 import run_files
@@ -283,6 +284,7 @@ def prepare(args, cfg, run_dir, hardware):
     meta_path = os.path.join(ckpt.checkpoint_dir(run_dir, "last"), ckpt.META_NAME)
     run.state = RunState.from_meta(run.meta, meta_path) if run.meta else RunState(seed=cfg["seed"])
     if run.meta:
+        config.check_resumed(cfg, run.meta.get("config", {}), meta_path)
         ckpt.check_compatible(run.meta, h, w, run.meta["prefix"])
     run.columns = run_files.history_columns(run.pool)
     run_files.read_history(os.path.join(run_dir, "eval_history.csv"), run.columns)
