@@ -185,9 +185,12 @@ def read_history(run_dir, arch):
     path = os.path.join(run_dir, "eval_history.csv")
     try:
         with open(path, newline="") as f:
-            return {int(r["epoch"]): float(r[column]) for r in csv.DictReader(f)}
-    except (OSError, KeyError, ValueError) as err:
+            history = {int(r["epoch"]): float(r[column]) for r in csv.DictReader(f)}
+    except (OSError, KeyError, ValueError, TypeError, csv.Error) as err:  # TypeError: a short row
         raise RankError(f"{path}: no {column} history: {err}") from None
+    if not history or not all(np.isfinite(list(history.values()))):
+        raise RankError(f"{path}: column {column} must hold a finite EPE for at least one evaluation")
+    return history
 
 
 def training_length_figures(histories, supernet_epes):

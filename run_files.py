@@ -36,19 +36,30 @@ def history_columns(pool):
 
 
 def read_history(path, columns):
-    """The rows of eval_history.csv (none if it does not exist), each checked: its columns, and an
-    integer epoch; a CheckpointError naming the file and line otherwise."""
+    """The rows of eval_history.csv (none if it does not exist), each checked: its columns, an
+    integer epoch and numbers (or nothing) elsewhere; a CheckpointError naming the file and line otherwise."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        if rows and reader.fieldnames != columns:
-            raise CheckpointError(f"{path}: columns {reader.fieldnames} are not this run's {columns}")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (OSError, ValueError, csv.Error) as err:  # ValueError: not UTF-8
+        raise CheckpointError(f"{path}: cannot be read as a history: {err}") from None
+    if rows and reader.fieldnames != columns:
+        raise CheckpointError(f"{path}: columns {reader.fieldnames} are not this run's {columns}")
     for line, row in enumerate(rows, 2):
-        if not (row["epoch"] or "").isdigit() or None in row.values():
+        if not (row["epoch"] or "").isdigit() or None in row.values() or not all(
+                _number_or_empty(v) for k, v in row.items() if k != "epoch"):
             raise CheckpointError(f"{path}:{line}: not an evaluation row of this run: {row['epoch']!r}...")
     return rows
+
+
+def _number_or_empty(text):
+    try:
+        return text == "" or bool(float(text) == float(text))  # not NaN
+    except ValueError:
+        return False
 
 
 def trim_history(path, last_epoch, columns):
@@ -108,8 +119,11 @@ class RunWriter:
         self.write_counts(state)
         for line in lines:
             self.log(line)
+        tb = os.path.join(self.run_dir, "tb")
+        if os.path.exists(tb) and not os.path.isdir(tb):
+            raise CheckpointError(f"{tb}: must be the run's TensorBoard folder, and is a file")
         with tf.Graph().as_default():
-            self.tb = tf.compat.v1.summary.FileWriter(os.path.join(self.run_dir, "tb"))
+            self.tb = tf.compat.v1.summary.FileWriter(tb)
 
     def write_counts(self, state):
         """fairness_counts.json: the counts of `state`, i.e. of the last checkpoint."""

@@ -2967,6 +2967,20 @@ class TestStandaloneAndRank:
             "stopping criterion (best EPE improved < 2% / 0.5% of zero flow over the last two evaluations / the "
             "last): 1 of 3 standalone runs stopped; still falling: b (1.25% / 1.25%); 1 with fewer than 3 evaluations"]
 
+    def test_a_standalone_history_without_finite_epes_is_refused(self, tmp_path):
+        arch = (0,) * 9
+        path = tmp_path / "eval_history.csv"
+        path.write_text("epoch,epe_000000000\n1,3.5\n2,2.5\n")
+        assert ranking.read_history(str(tmp_path), arch) == {1: 3.5, 2: 2.5}
+        for text in ("epoch,epe_000000000\n", "", "epoch,epe_000000000\n1,3.5\n2\n", "epoch,epe_000000000\n1,-inf\n",
+                     "epoch,epe_000000000\n1,nan\n", "epoch,epe_000000000\n1,x\n", "epoch,epe_111111111\n1,3\n"):
+            path.write_text(text)
+            with pytest.raises(errors.RankError, match=re.escape(str(path))):
+                ranking.read_history(str(tmp_path), arch)
+        path.write_bytes(b"epoch,epe_000000000\n1,\xff\n")
+        with pytest.raises(errors.RankError, match=re.escape(str(path))):
+            ranking.read_history(str(tmp_path), arch)
+
     def test_tau_range_if_the_runs_still_falling_improve_against_every_order(self):
         # brute force: every order of 7 standalone runs in which the runs that do not fall keep their order
         # and each falling run has no more of them ahead of it than it had; tau-b of each against the supernet
@@ -3171,6 +3185,16 @@ class TestDependableRuns:
         lines = (dependable[0] / "base" / "eval_history.csv").read_text().splitlines()
         (run / "eval_history.csv").write_text("\n".join(lines + ["one,two"]) + "\n")
         self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:{len(lines) + 1}: not an evaluation row"])
+        header, first = lines[0].split(","), lines[1].split(",")
+        first[header.index("mean_epe")] = "abc"  # a number that is not one
+        (run / "eval_history.csv").write_text("\n".join(lines[:1] + [",".join(first)] + lines[2:]) + "\n")
+        self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:2: not an evaluation row"])
+        (run / "eval_history.csv").write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
+        self._resume_fails(run, capsys, [str(run / "eval_history.csv"), "cannot be read as a history"])
+        (run / "eval_history.csv").write_text("\n".join(lines) + "\n")
+        shutil.rmtree(run / "tb")
+        (run / "tb").write_text("not a folder")
+        self._resume_fails(run, capsys, [str(run / "tb"), "must be the run's TensorBoard folder"])
 
     @pytest.mark.slow
     def test_a_checkpoint_variable_of_another_shape_is_refused(self, dependable, tmp_path, capsys):
