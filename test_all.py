@@ -1160,11 +1160,11 @@ class TestBadInput:
         meta = tmp_path / "edited" / "checkpoints" / "last" / "meta.json"
         for key, value in (("seed", saved["seed"] + 1), ("synthetic_train_size", saved["synthetic_train_size"] + 8)):
             (tmp_path / "edited" / "config.json").write_text(json.dumps(dict(saved, **{key: value})))
-            code, err = _run_main(train.main, ["--resume", "--output_dir", str(tmp_path), "--experiment_name", "edited",
-                                               "--dry_run"], capsys)
-            assert code == 1 and err == [f"error: {meta}: key '{key}' was {saved[key]} when the run started and is now "
-                                         f"{value}: the sampler, eval pool, history and data depend on it; start a new "
-                                         "experiment"], err
+            code, err = _run_main(train.main, ["--resume", "--output_dir", str(tmp_path),
+                                               "--experiment_name", "edited", "--dry_run"], capsys)
+            assert code == 1 and err == [
+                f"error: {meta}: key '{key}' was {saved[key]} when the run started and is now {value}: the "
+                "sampler, eval pool, history and data depend on it; start a new experiment"], err
         code, err = _run_main(train.main, ["--seed", str(2**31), "--dry_run"], capsys)
         assert code == 1 and err == [f"error: config: key 'seed' must be at most {2**31 - 1}, got {2**31}"], err
 
