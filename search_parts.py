@@ -169,7 +169,8 @@ def _checked_unit(unit, path):
         if not isinstance(unit.get(field), kind) or isinstance(unit.get(field), bool):
             raise SearchError(f"search unit {path}: field '{field}' missing or not a JSON {kind_name(kind)}")
     for head, row in unit["rows"].items():
-        if not head.isdigit() or int(head) >= search_tree.heads_per_prefix() or not isinstance(row, dict):
+        if (not (head.isascii() and head.isdigit()) or int(head) >= search_tree.heads_per_prefix()
+                or not isinstance(row, dict)):  # isdigit alone takes '²', which int() refuses
             raise SearchError(f"search unit {path}: row {head!r} is not a subnet's metrics")
         for key in metrics.NAMES:
             value = row.get(key)
@@ -221,12 +222,23 @@ def read_samples(search_dir, indices):
     for prefix in sorted({i // per_prefix for i in indices}):
         paths = glob.glob(os.path.join(search_dir, "part_*of*", "units", f"unit_{prefix:02d}.npy"))
         unit = ckpt.read_json(paths[0][:-4] + ".json", "search unit") if paths else None
-        table = np.load(paths[0]) if paths else None
+        table = _unit_table(paths[0], len(unit["rows"])) if paths else None
         heads = sorted(int(h) for h in unit["rows"]) if unit else []
         for index in indices:
             if index // per_prefix == prefix:
                 found[index] = table[heads.index(index % per_prefix)] if unit else None
     return found
+
+
+def _unit_table(path, rows):
+    """A unit's per-sample EPE sums ([rows, samples] floats), or SearchError naming the file."""
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise SearchError(f"search unit {path}: not a saved array: {err}") from None
+    if table.ndim != 2 or table.shape[0] != rows or not np.issubdtype(table.dtype, np.floating):
+        raise SearchError(f"search unit {path}: must hold {rows} rows of per-sample EPEs, has shape {table.shape}")
+    return table
 
 
 class Progress:
