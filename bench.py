@@ -522,6 +522,8 @@ def parse_args(argv):
         supernet.check_input_size(args.search_h, args.search_w)
     except ArchError as err:
         parser.error(f"--search_h/--search_w: {err}")
+    if args.json and (os.path.isdir(args.json) or not os.path.isdir(os.path.dirname(args.json) or ".")):
+        parser.error(f"--json {args.json}: must be a file in an existing folder")  # checked before the work
     return parser, args
 
 

@@ -112,7 +112,7 @@ def parse_args(argv):
         parser.error("--supernet is required (or --compare A.csv B.csv, or --margin A B)")
     if sum(bool(v) for v in (args.compare, args.margin, args.supernet)) > 1:
         parser.error("give one of --supernet, --compare, --margin")
-    if args.supernet and sum(bool(v) for v in (args.standalone, args.standalone_glob, args.train)) != 1:
+    if args.supernet and sum(bool(v) for v in (args.standalone, args.standalone_glob, args.train is not None)) != 1:
         parser.error("give exactly one of --standalone, --standalone_glob, --train")
     if args.train is not None and args.train < ranking.MIN_ARCHS:
         parser.error(f"--train needs at least {ranking.MIN_ARCHS} archs")
@@ -122,6 +122,8 @@ def parse_args(argv):
         parser.error(f"--second_seed must be within 0..{args.train}")
     if args.bootstrap < 1 or args.jobs < 1 or (args.bn_recal_batches is not None and args.bn_recal_batches < 1):
         parser.error("--bootstrap, --jobs and --bn_recal_batches must be >= 1")
+    if args.seed < 0:
+        parser.error(f"--seed {args.seed} must be >= 0")
     return args
 
 

@@ -258,9 +258,11 @@ def search_choice(supernet_dir, kind):
     try:
         with open(path, newline="") as f:
             rows = [{"arch": r["arch"], "gmacs": float(r["gmacs"]), "epe": float(r["epe"])} for r in csv.DictReader(f)]
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, TypeError, csv.Error) as err:  # TypeError: a short row
         raise RankError(f"--search_choice needs the supernet's whole-space search {path} "
                         f"(python search.py --experiment_name {os.path.basename(supernet_dir)}): {err}") from None
+    if not rows or not np.isfinite([(r["gmacs"], r["epe"]) for r in rows]).all():
+        raise RankError(f"{path}: must hold a finite gmacs and epe for every subnet, and at least one subnet")
     budget = float(np.median([r["gmacs"] for r in rows]))
     best = min((r for r in rows if r["gmacs"] <= budget), key=lambda r: r["epe"])
     return {"arch": best["arch"], "gmacs": best["gmacs"], "supernet_epe": best["epe"], "budget_gmacs": budget}
@@ -436,6 +438,9 @@ def read_run(run_dir):
     for field, kind in (("mode", str), ("data_source", str), ("global_step", int)):
         if not isinstance(report.get(field), kind):
             raise RankError(f"{path}: field '{field}' missing or not a JSON {'string' if kind is str else 'integer'}")
+    wall = report.get("wall_time_s", 0.0)  # the study's time is added up from it
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not np.isfinite(wall):
+        raise RankError(f"{path}: field 'wall_time_s' must be a number of seconds")
     return cfg, report
 
 

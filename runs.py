@@ -66,8 +66,8 @@ def read_pool(path):
     """The arch codes of an eval pool file, each checked; CheckpointError naming the file otherwise."""
     pool = ckpt.read_json(path, "eval pool")
     codes = pool.get("archs") if isinstance(pool, dict) else None
-    if not isinstance(codes, list):
-        raise CheckpointError(f"{path}: field 'archs' must be a list of arch codes")
+    if not isinstance(codes, list) or not codes:
+        raise CheckpointError(f"{path}: field 'archs' must be a non-empty list of arch codes")
     try:
         return [supernet.parse_arch(code) for code in codes]
     except ArchError as err:

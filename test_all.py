@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 import batches
+import bench
 import ckpt
 import compiler
 import config
@@ -1179,6 +1180,14 @@ class TestBadInput:
                                               "--checkpoint_type", "last"], capsys)
         assert code != 0 and len(err) == 1 and "cannot restore" in err[0]
 
+    def test_bench_json_is_checked_before_the_benchmark(self, tmp_path, capsys):
+        for path in (tmp_path, tmp_path / "missing" / "x.json"):
+            with pytest.raises(SystemExit) as exit_info:
+                bench.parse_args(["--json", str(path)])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and f"--json {path}: must be a file in an existing folder" in err, err
+        assert bench.parse_args(["--json", str(tmp_path / "b.json")])[1].json == str(tmp_path / "b.json")
+
     def test_a_generated_run_name_carries_the_process_id(self):
         defaults = config.read_config_file(config.DEFAULT_CONFIG)
         cfg, run_dir = train.resolve_config(*train.parse_args([], defaults), defaults)
@@ -1374,6 +1383,24 @@ class TestSearch:
         _assert_same_metrics(shared, alone)
         with pytest.raises(errors.ArchError, match="same number of options"):
             fair.paths_per_cycle()
+
+    def test_a_damaged_unit_table_is_a_search_error_naming_it(self, tmp_path):
+        units = tmp_path / "part_1of1" / "units"
+        units.mkdir(parents=True)
+        (units / "unit_00.json").write_text(json.dumps({"prefix": 0, "rows": {"0": {}, "1": {}}, "seconds": 1.0}))
+        np.save(units / "unit_00.npy", np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+        found = search_parts.read_samples(str(tmp_path), [1])
+        assert list(found) == [1] and found[1].tolist() == [3.0, 4.0]
+        for damage in (b"garbage", b"", np.array([[1.0, 2.0]], np.float32), np.array(["a", "b"])):
+            if isinstance(damage, bytes):
+                (units / "unit_00.npy").write_bytes(damage)
+            else:
+                np.save(units / "unit_00.npy", damage)
+            with pytest.raises(errors.SearchError, match=re.escape(str(units / "unit_00.npy"))):
+                search_parts.read_samples(str(tmp_path), [1])
+        (units / "unit_00.json").write_text(json.dumps({"prefix": 0, "rows": {"\u00b2": {}}, "seconds": 1.0}))
+        with pytest.raises(errors.SearchError, match="row '\u00b2' is not a subnet's metrics"):
+            search_parts.read_units(str(tmp_path / "part_1of1"))
 
     def test_trunk_path_depends_only_on_the_choices_before_each_node(self):
         path = search_tree.trunk_path((2, 0, 1, 0))
@@ -2666,6 +2693,15 @@ class TestStandaloneAndRank:
             "arch": "1,0,0,0,0,0,0,0,0", "gmacs": 0.2, "supernet_epe": 2.5, "budget_gmacs": 0.3}
         with pytest.raises(errors.RankError, match="search_last/scores.csv"):
             ranking.search_choice(str(tmp_path), "last")
+        path = tmp_path / "search_best" / "scores.csv"
+        header = path.read_text().splitlines()[0]
+        for rows in ([], [("0,0,0,0,0,0,0,0,0", 0.1, float("nan"))], [("0,0,0,0,0,0,0,0,0", float("inf"), 1.0)]):
+            _write_scores(path, rows)
+            with pytest.raises(errors.RankError, match=re.escape(str(path))):
+                ranking.search_choice(str(tmp_path), "best")
+        path.write_text(header + '\n"0,0,0,0,0,0,0,0,0"\n')  # a short row
+        with pytest.raises(errors.RankError, match=re.escape(str(path))):
+            ranking.search_choice(str(tmp_path), "best")
 
     def test_the_study_says_its_time_by_part(self, tmp_path):
         search_dir = tmp_path / "search_best"
@@ -2943,6 +2979,12 @@ class TestStandaloneAndRank:
                 rank.parse_args(["--supernet", "sup", "--train", "12", flag, "0"])
             err = capsys.readouterr().err
             assert exit_info.value.code == 2 and flag in err and "must be >= 1" in err, err
+        with pytest.raises(SystemExit) as exit_info:
+            rank.parse_args(["--supernet", "sup", "--train", "12", "--seed", "-1"])
+        assert exit_info.value.code == 2 and "--seed -1 must be >= 0" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exit_info:
+            rank.parse_args(["--supernet", "sup", "--train", "0"])
+        assert exit_info.value.code == 2 and "--train needs at least 3 archs" in capsys.readouterr().err
 
     def test_stopping_figures_against_a_hand_computation(self):
         # best EPE 3.0, 2.0, 2.0, 1.95 against a zero flow of 4: improved 0.05 over the last two
@@ -2966,6 +3008,19 @@ class TestStandaloneAndRank:
         assert stopping.lines(summary) == [
             "stopping criterion (best EPE improved < 2% / 0.5% of zero flow over the last two evaluations / the "
             "last): 1 of 3 standalone runs stopped; still falling: b (1.25% / 1.25%); 1 with fewer than 3 evaluations"]
+
+    def test_a_run_report_and_pool_are_checked_field_by_field(self, tmp_path):
+        (tmp_path / "config.json").write_text(json.dumps(config.defaults()))
+        report = {"mode": "supernet", "data_source": "synthetic", "global_step": 4, "wall_time_s": 12.5}
+        (tmp_path / "train_report.json").write_text(json.dumps(report))
+        assert ranking.read_run(str(tmp_path))[1] == report
+        for wall in ("12", None, True):
+            (tmp_path / "train_report.json").write_text(json.dumps(dict(report, wall_time_s=wall)))
+            with pytest.raises(errors.RankError, match="train_report.json: field 'wall_time_s' must be a number"):
+                ranking.read_run(str(tmp_path))
+        (tmp_path / "pool.json").write_text(json.dumps({"archs": []}))
+        with pytest.raises(errors.CheckpointError, match="pool.json: field 'archs' must be a non-empty list"):
+            runs.read_pool(str(tmp_path / "pool.json"))
 
     def test_a_standalone_history_without_finite_epes_is_refused(self, tmp_path):
         arch = (0,) * 9
