@@ -246,10 +246,9 @@ class CompileCache:
     def structure(self, structure, target):
         """The cached figures {"summary", "per_layer"} of a structure for `target`, or None."""
         path = os.path.join(self.directory, self._key(structure, target.compile_key()) + ".json")
-        if not os.path.exists(path):
+        entry = _cache_entry(path, ("compiler", "per_layer"))
+        if entry is None:  # none yet, or damaged: the model is compiled (or taken by content) and it is rewritten
             return None
-        with open(path) as f:
-            entry = json.load(f)
         if entry.get("compiler") != self.version:
             raise CompileError(f"compile cache entry {path} was made by {entry.get('compiler')}, this is "
                                f"{self.version}: remove it")
@@ -262,20 +261,11 @@ class CompileCache:
         with open(model_path, "rb") as f:
             content = self._key(hashlib.sha256(f.read()).hexdigest(), target.compile_key())
         cached = os.path.join(self.directory, "models", content)
-        if not os.path.isdir(cached):
-            work = f"{cached}.tmp{os.getpid()}"
-            shutil.rmtree(work, ignore_errors=True)
-            summary, per_layer = self.tool.compile(model_path, target, work)
-            ckpt.write_json_atomic(os.path.join(work, "figures.json"), {"summary": summary, "per_layer": per_layer,
-                                                             "model": os.path.basename(model_path)})
-            try:
-                os.rename(work, cached)
-            except OSError:
-                if not os.path.isdir(cached):
-                    raise
-                shutil.rmtree(work)  # another process put the same compile in place first: use that one
-        with open(os.path.join(cached, "figures.json")) as f:
-            figures = json.load(f)
+        figures = _cache_entry(os.path.join(cached, "figures.json"), ("per_layer",))
+        if figures is None:
+            shutil.rmtree(cached, ignore_errors=True)  # none yet, or damaged: compiled (again)
+            self._compile_into(cached, model_path, target)
+            figures = _cache_entry(os.path.join(cached, "figures.json"), ("per_layer",))
         shutil.copytree(cached, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("figures.json"))
         summary = dict(figures["summary"], compiled_model=os.path.join(out_dir, os.path.basename(
             figures["summary"]["compiled_model"])))
@@ -284,6 +274,33 @@ class CompileCache:
                         {"compiler": self.version, "structure": structure, "model_key": content,
                          "summary": summary, "per_layer": figures["per_layer"]})
         return summary, figures["per_layer"]
+
+    def _compile_into(self, cached, model_path, target):
+        """Compile into a work folder renamed to `cached` when done, with figures.json beside the output."""
+        work = f"{cached}.tmp{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        summary, per_layer = self.tool.compile(model_path, target, work)
+        ckpt.write_json_atomic(os.path.join(work, "figures.json"), {"summary": summary, "per_layer": per_layer,
+                                                                    "model": os.path.basename(model_path)})
+        try:
+            os.rename(work, cached)
+        except OSError:
+            if not os.path.isdir(cached):
+                raise
+            shutil.rmtree(work)  # another process put the same compile in place first: use that one
+
+
+def _cache_entry(path, fields):
+    """A compile cache entry: a JSON object with `fields`, "summary" (naming the compiled model) among
+    them; None when it is missing or damaged (a cache is compiled again, not trusted)."""
+    try:
+        with open(path) as f:
+            entry = json.load(f)
+    except (OSError, ValueError):
+        return None
+    whole = (isinstance(entry, dict) and all(k in entry for k in fields) and isinstance(entry.get("summary"), dict)
+             and isinstance(entry["summary"].get("compiled_model"), str))
+    return entry if whole else None
 
 
 def read_csv_rows(path, what):

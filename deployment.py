@@ -16,6 +16,7 @@ started again redoes nothing it finished):
 """
 import contextlib
 import dataclasses
+import hashlib
 import io
 import os
 import time
@@ -158,7 +159,7 @@ def converter(dep):
 
         def int8(arch, size):
             path = os.path.join(folder, supernet.format_arch(arch).replace(",", "") + f"_{size[0]}x{size[1]}.tflite")
-            if os.path.exists(path) and os.path.exists(path + ".npy"):
+            if _kept_whole(path):
                 return path
             data = dep.inputs(size)
             recal_size = size if dep.recal_at_size else dep.run_size
@@ -170,9 +171,30 @@ def converter(dep):
             buffer = io.BytesIO()
             np.save(buffer, np.concatenate(model["tf_outputs"]))
             ckpt.write_atomic(path + ".npy", buffer.getvalue())
-            return ckpt.write_atomic(path, model["int8"])
+            ckpt.write_atomic(path, model["int8"])
+            ckpt.write_atomic(path + ".sha256", _digest(path))  # last: commits the pair
+            return path
 
         yield int8
+
+
+def _digest(path):
+    """sha256 of an INT8 model's bytes and its flow's (.npy)."""
+    digest = hashlib.sha256()
+    for name in (path, path + ".npy"):
+        with open(name, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _kept_whole(path):
+    """True when a kept INT8 model and its flow are as written (their digest, written after both,
+    matches): a damaged or half-kept pair is converted again, never handed to the interpreter."""
+    try:
+        with open(path + ".sha256") as f:
+            return f.read() == _digest(path)
+    except OSError:
+        return False
 
 
 def size_costs(dep, size, log=print):
