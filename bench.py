@@ -518,6 +518,8 @@ def parse_args(argv):
     for key, low in minimum.items():
         if getattr(args, key) < low:
             parser.error(f"--{key} {getattr(args, key)} must be >= {low}")
+    if args.eval_subnets > fair.MAX_POOL_SIZE:
+        parser.error(f"--eval_subnets {args.eval_subnets} must be at most {fair.MAX_POOL_SIZE} (an eval pool's size)")
     try:
         supernet.check_input_size(args.search_h, args.search_w)
     except ArchError as err:

@@ -81,6 +81,9 @@ def check_ranges(cfg, where="config"):
     problems += [f"key '{key}' must be one of {', '.join(allowed)}, got {cfg[key]!r}"
                  for key, allowed in CHOICES.items() if cfg[key] not in allowed]
     paths = fair.paths_per_cycle()
+    if cfg["eval_pool_size"] > fair.MAX_POOL_SIZE:
+        problems.append(f"key 'eval_pool_size' must be at most {fair.MAX_POOL_SIZE} (each member is scored at "
+                        f"every evaluation; search.py scores more), got {cfg['eval_pool_size']}")
     if cfg["eval_pool_size"] % paths:
         problems.append(f"key 'eval_pool_size' must be a multiple of {paths} (whole fair cycles), "
                         f"got {cfg['eval_pool_size']}")

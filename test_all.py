@@ -1135,6 +1135,9 @@ class TestBadInput:
         ({"loss_weights": [1, 2]}, "key 'loss_weights' must be a list of 3"),
         ({"input_h": 30}, "h=30"),
         ({"eval_pool_size": 10}, "multiple of 3"),
+        ({"eval_pool_size": 303}, "key 'eval_pool_size' must be at most 300"),
+        ({"seed": 2**31}, "key 'seed' must be at most 2147483647"),
+        ({"synthetic_seed": 2**40}, "key 'synthetic_seed' must be at most 2147483647"),
         ({"early_stop_min_delta": float("nan")}, "finite"),
         ({"adam_beta1": 5.0}, "adam_beta1"),
         ({"loss_weights": [-1, 0, 1]}, "loss_weights"),
@@ -1180,13 +1183,16 @@ class TestBadInput:
                                               "--checkpoint_type", "last"], capsys)
         assert code != 0 and len(err) == 1 and "cannot restore" in err[0]
 
-    def test_bench_json_is_checked_before_the_benchmark(self, tmp_path, capsys):
+    def test_bench_flags_are_checked_before_the_benchmark(self, tmp_path, capsys):
         for path in (tmp_path, tmp_path / "missing" / "x.json"):
             with pytest.raises(SystemExit) as exit_info:
                 bench.parse_args(["--json", str(path)])
             err = capsys.readouterr().err
             assert exit_info.value.code == 2 and f"--json {path}: must be a file in an existing folder" in err, err
         assert bench.parse_args(["--json", str(tmp_path / "b.json")])[1].json == str(tmp_path / "b.json")
+        with pytest.raises(SystemExit) as exit_info:
+            bench.parse_args(["--eval_subnets", "100000"])
+        assert exit_info.value.code == 2 and "--eval_subnets 100000 must be at most 300" in capsys.readouterr().err
 
     def test_a_generated_run_name_carries_the_process_id(self):
         defaults = config.read_config_file(config.DEFAULT_CONFIG)
@@ -2068,6 +2074,17 @@ class TestDeploy:
         cache.compile(str(model), target, str(tmp_path / "c"), structure)
         assert tool.compiles == 2 and cache.structure(structure, target)["summary"]["sram_used_kib"] < 1
         (entry,) = (tmp_path / "cache").glob("*.json")
+        figures = tmp_path / "cache" / "models" / json.loads(entry.read_text())["model_key"] / "figures.json"
+        first = cache.compile(str(model), target, str(tmp_path / "c"))
+        for damage in ("{", "[]", json.dumps({"per_layer": []})):  # damaged entries are compiled again
+            entry.write_text(damage)
+            assert cache.structure(structure, target) is None
+            figures.write_text(damage)
+            compiles = tool.compiles
+            assert cache.compile(str(model), target, str(tmp_path / "d"), structure)[1] == first[1]
+            assert tool.compiles == compiles + 1 and cache.structure(structure, target)["per_layer"] == first[1]
+        figures.unlink()
+        assert cache.compile(str(model), target, str(tmp_path / "e"))[1] == first[1] and figures.is_file()
         entry.write_text(json.dumps(dict(json.loads(entry.read_text()), compiler="counting 0.9")))
         with pytest.raises(errors.CompileError, match="made by counting 0.9, this is counting 1.0: remove it"):
             cache.structure(structure, target)
@@ -2184,14 +2201,20 @@ class TestDeploy:
         exported = json.loads((export_run / "whole" / ("export_" + report["arch"].replace(",", ""))
                                / "export_report.json").read_text())
         assert exported["agreement"]["epe_int8"] == pytest.approx(report["epe_int8"], rel=1e-6)
-        # started again: the same report, and no compile repeated
+        # started again: the same report, and no compile repeated; a kept INT8 model damaged (truncated, its
+        # flow garbage) is converted again, never handed to the interpreter
         cache = export_run / "compile_cache" / "models"
         compiled = sorted(p.name for p in cache.iterdir())
+        kept = [next((export_run / "whole" / "deploy_int8").glob(
+            f"*/{m['arch'].replace(',', '')}_{m['size'][0]}x{m['size'][1]}.tflite")) for m in report["int8_members"]]
+        kept[0].write_bytes(kept[0].read_bytes()[:100])
+        pathlib.Path(f"{kept[-1]}.npy").write_bytes(b"garbage")
         assert deploy.main(_deploy_flags(export_run, tmp_path / "small.json")) == 0
         again = json.loads((folder / "deploy_report.json").read_text())
         assert {k: v for k, v in again.items() if k not in ("seconds", "devices")} == {
             k: v for k, v in report.items() if k not in ("seconds", "devices")}
         assert sorted(p.name for p in cache.iterdir()) == compiled
+        assert kept[0].stat().st_size > 100 and pathlib.Path(f"{kept[-1]}.npy").read_bytes() != b"garbage"
 
 
 # ------------------------------------------------------------------------ other datasets, full frames, flow pictures
