@@ -105,6 +105,8 @@ def check_ranges(cfg, where="config"):
     deploy = cfg["deploy"]
     problems += [f"key 'deploy.{key}' must be > 0, got {deploy[key]}"
                  for key in ("calibration_samples", "size_steps", "int8_top", "tflm_samples") if deploy[key] <= 0]
+    if not deploy["compile_cache"].strip():
+        problems.append("key 'deploy.compile_cache' must name a folder (under output_dir), got an empty name")
     if deploy["recal_at"] not in RECAL_AT:
         problems.append(f"key 'deploy.recal_at' must be one of {', '.join(RECAL_AT)}, got {deploy['recal_at']!r}")
     if cfg["init_from"] and not cfg["arch"]:

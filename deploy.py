@@ -12,6 +12,7 @@ reference_output.npy and README.txt; prints the command that retrains the choice
 """
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -55,8 +56,8 @@ def settings_of(args):
     settings = dict(config.defaults()["deploy"])
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
     config.check_ranges(dict(config.defaults(), deploy=settings), "flags")
-    if args.check < 0 or args.progress_every <= 0:
-        raise ConfigError("--check must be >= 0 and --progress_every > 0")
+    if not (args.check >= 0 and args.progress_every > 0 and math.isfinite(args.progress_every)):  # NaN fails too
+        raise ConfigError("--check must be >= 0 and --progress_every a number > 0")
     return settings
 
 

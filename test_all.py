@@ -2047,6 +2047,15 @@ class TestDeploy:
         (tmp_path / "t.json").write_text(json.dumps(good))
         assert compiler.load_target(str(tmp_path / "t.json")).sram_kib == 500
 
+    def test_deploy_settings_out_of_range_are_named(self):
+        for flags, words in ((["--progress_every", "nan"], "--progress_every a number > 0"),
+                             (["--check", "-1"], "--check must be >= 0"),
+                             (["--compile_cache", " "], "key 'deploy.compile_cache' must name a folder"),
+                             (["--int8_top", "0"], "key 'deploy.int8_top' must be > 0")):
+            with pytest.raises(errors.ConfigError, match=re.escape(words)):
+                deploy.settings_of(deploy.parse_args(["--target", "himax-we2", *flags]))
+        assert deploy.settings_of(deploy.parse_args(["--target", "himax-we2"])) == config.defaults()["deploy"]
+
     def test_sizes_keep_the_aspect_in_multiples_of_16_and_bad_sizes_are_named(self):
         assert deployment.candidate_sizes((64, 96)) == [(64, 96), (48, 64), (32, 48)]
         assert deployment.candidate_sizes((180, 240))[:3] == [(176, 224), (160, 208), (144, 192)]
