@@ -2826,6 +2826,12 @@ class TestStandaloneAndRank:
         arch = supernet.parse_arch(STANDALONE_ARCH)
         common = RUN_FLAGS + ["--output_dir", str(tmp_path), "--experiment_name", "alone", "--learning_rate", "0"]
         inherit = ["--arch", STANDALONE_ARCH, "--init_from", str(out / "sup"), "--num_epochs", "1"]
+        # a source that cannot be inherited is refused by a dry run already
+        other = next(p for p in (out / "sup" / "standalone").iterdir()
+                     if p.name.startswith("standalone_") and p.name != ranking.standalone_name(arch))
+        for source in (tmp_path / "nowhere", other):  # no run; a subnet without this one's layers
+            code, err = _run_main(train.main, common + inherit[:3] + [str(source), "--dry_run"], capsys)
+            assert code == 1 and len(err) == 1 and str(source) in err[0], err
         assert train.main(common + inherit) == 0
         run = tmp_path / "alone"
         inherited, source = _checkpoint_values(run, "last"), _checkpoint_values(out / "sup", "best")

@@ -158,13 +158,19 @@ def train_step(sess, run, state):
     return out
 
 
-def init_from_run(sess, variables, run_dir):
-    """Set a standalone subnet's `variables` from the `best` checkpoint of the supernet run at
-    `run_dir` (inherited weights); returns a line for the log. The network is fully convolutional,
-    so any input size fits."""
+def init_source(run_dir, variables):
+    """The meta of the `best` checkpoint of the supernet run at `run_dir` that a standalone subnet's
+    `variables` inherit, every one of them checked to be there with its shape. The network is fully
+    convolutional, so any input size fits."""
     meta = ckpt.load_meta(run_dir, "best")
     ckpt.check_compatible(meta, *meta.get("search_space", {}).get("input_size", (None, None)), meta["prefix"])
     ckpt.check_variables(meta["prefix"], variables)
+    return meta
+
+
+def init_from_run(sess, variables, meta):
+    """Set a standalone subnet's `variables` from a supernet's checkpoint (init_source); returns a
+    line for the log."""
     try:
         tf.compat.v1.train.Saver(variables).restore(sess, meta["prefix"])
     except tf.errors.OpError as err:
@@ -265,7 +271,7 @@ def evaluate_epoch(sess, run, state, writer, clock, epoch, figures):
 class Run(types.SimpleNamespace):
     """What one invocation trains: cfg, data, pool, coverage, steps_per_epoch, standalone, meta
     (of the checkpoint resumed, or None), history columns, the graph and its ops, scorer, saver,
-    init, plan."""
+    init, init_source (the meta of the checkpoint --init_from inherits, or None), plan."""
 
 
 def prepare(args, cfg, run_dir, hardware):
@@ -300,6 +306,9 @@ def prepare(args, cfg, run_dir, hardware):
         run.scorer = scoring.build_scorer(images, flows, static_arch=run.pool[0] if run.standalone else None)
         run.saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables(), max_to_keep=None)
         run.init = tf.compat.v1.global_variables_initializer()
+    # the checkpoint a fresh standalone run inherits: checked before any work, a dry run's too
+    fresh_inherit = cfg["init_from"] and not run.meta  # a resumed run has its own weights
+    run.init_source = init_source(cfg["init_from"], run.ops["model_variables"]) if fresh_inherit else None
     params = supernet.graph_param_count(run.graph)
     run.plan = (standalone_plan_lines(cfg, data, run.steps_per_epoch, params) if run.standalone
                 else plan_lines(cfg, data, run.steps_per_epoch, run.pool, run.coverage, params))
@@ -313,8 +322,8 @@ def start_session(sess, run, args, run_dir):
     if run.meta:
         ckpt.restore(sess, run.saver, run_dir, "last", run.cfg["input_h"], run.cfg["input_w"])
         return [f"restored epoch {run.state.epoch}, step {run.state.global_step} from {run.meta['prefix']}"]
-    if run.cfg["init_from"]:
-        return [init_from_run(sess, run.ops["model_variables"], run.cfg["init_from"])]
+    if run.init_source:
+        return [init_from_run(sess, run.ops["model_variables"], run.init_source)]
     return []
 
 
