@@ -281,14 +281,15 @@ def scoring_batches(args, cfg):
 
 def margin(args):
     """--margin A B: the two standalone runs scored on A's batches; prints and writes the margin."""
-    start = time.time()
+    start, hardware = time.time(), devices.report()  # before any session: quietens TensorFlow's device probing
     runs = ranking.check_margin_runs(args.margin)  # before any folder or work
     out = args.out or args.margin[1]
     path = os.path.join(out, f"margin_vs_{os.path.basename(os.path.normpath(args.margin[0]))}.json")
     os.makedirs(out, exist_ok=True)
     first_cfg = runs[0][1]
     scored = scoring_batches(args, first_cfg)
-    result = dict(ranking.standalone_margin(runs, args.checkpoint_type, scored), bn_recal_batches=len(scored[0]))
+    result = dict(ranking.standalone_margin(runs, args.checkpoint_type, scored), bn_recal_batches=len(scored[0]),
+                  devices=hardware)
     print("\n".join(ranking.margin_lines(result)))
     result["seconds"] = time.time() - start
     ckpt.write_json_atomic(path, result)

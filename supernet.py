@@ -174,7 +174,8 @@ def parse_arch(text):
     """Parse "0,1,2,0,1,2,0,1,2" into a validated tuple; ArchError names the bad field."""
     blocks = SPACE.blocks
     if not isinstance(text, str) or not text.strip():
-        raise ArchError(f"arch code is empty, expected {len(blocks)} comma-separated options, one per block "
+        what = "empty" if isinstance(text, str) else f"{text!r}, not a string"
+        raise ArchError(f"arch code is {what}, expected {len(blocks)} comma-separated options, one per block "
                         f"{','.join(blocks)}")
     fields = [f.strip() for f in text.split(",")]
     if len(fields) != len(blocks):

@@ -111,6 +111,7 @@ class TestArchCodec:
     @pytest.mark.parametrize("code, words", [
         ("0,1", "2 fields"), ("0,1,3,0,0,0,0,0,0", "field 2 (DB0)"), ("a,b,c", "3 fields"),
         ("", "empty"), ("0,1,2,0,1,2,0,1,x", "field 8 (H2Out)"), ("0,1,2,0,1,2,0,1,-1", "field 8"),
+        (1, "arch code is 1, not a string"),
     ])
     def test_malformed_codes_are_rejected_naming_the_problem(self, code, words):
         with pytest.raises(errors.ArchError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -2062,7 +2063,7 @@ class TestDeploy:
         assert all(h % 16 == 0 and w % 16 == 0 for h, w in deployment.candidate_sizes((436, 1024)))
         assert deployment.parse_sizes("32x48, 48x64") == [(48, 64), (32, 48)]
         for text, words in (("30x40", "h=30"), ("32by48", "not HxW"), ("32x48,32x48", "given twice"),
-                            ("8x8", "at least 16")):
+                            ("8x8", "from 16 to 4096"), ("32x8192", "w=8192")):
             with pytest.raises(errors.DeployError, match=words):
                 deployment.parse_sizes(text)
 
@@ -3112,6 +3113,8 @@ class TestStandaloneAndRank:
         # (equal pixels: the margin is a plain mean)
         cfg = config.run_config(first)
         assert cfg["bn_recal_batches"] == 1 and result["bn_recal_batches"] == 3
+        out = capsys.readouterr().out
+        assert out.startswith(result["devices"]["summary"])  # said first, as by every command
         recal, val = batches.scoring_batches(dict(cfg, bn_recal_batches=3), data_fc2.open_data(cfg))
         per_sample = []
         for run in (first, second):
@@ -3127,7 +3130,6 @@ class TestStandaloneAndRank:
         assert result["paired_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-5)
         assert [r["run"] for r in result["runs"]] == [first, second]
         assert all(r["stopping"]["stopped"] is None for r in result["runs"])  # one evaluation each
-        out = capsys.readouterr().out
         assert f"B - A: {d.mean():+.4f} EPE" in out and "fewer than 3 evaluations" in out
 
 
