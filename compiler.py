@@ -263,9 +263,12 @@ class CompileCache:
         cached = os.path.join(self.directory, "models", content)
         figures = _cache_entry(os.path.join(cached, "figures.json"), ("per_layer",))
         if figures is None:
-            shutil.rmtree(cached, ignore_errors=True)  # none yet, or damaged: compiled (again)
+            if os.path.isdir(cached):  # damaged: compiled again
+                shutil.rmtree(cached, ignore_errors=True)
             self._compile_into(cached, model_path, target)
             figures = _cache_entry(os.path.join(cached, "figures.json"), ("per_layer",))
+            if figures is None:
+                raise CompileError(f"compile cache entry {cached} was replaced while in use: compile again")
         shutil.copytree(cached, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("figures.json"))
         summary = dict(figures["summary"], compiled_model=os.path.join(out_dir, os.path.basename(
             figures["summary"]["compiled_model"])))

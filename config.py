@@ -24,7 +24,7 @@ RECAL_AT = ("run", "deploy")  # where deployment recalibrates BN: at the run's i
 ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene")
 NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
                 "early_stop_min_delta", "max_flow", "seed")
-MAX_SEED = 2**31 - 1  # every seeded generator here (numpy, TensorFlow, the sampler) takes it
+MAX_SEED = 2**63 - 1  # TensorFlow's seeds are int64: above it nothing here can run
 # what a resumed run keeps: its path sequence, eval pool, history and training pairs depend on these
 RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch", "synthetic", "synthetic_train_size",
                 "synthetic_val_size", "synthetic_seed", "synthetic_scene")
@@ -81,9 +81,6 @@ def check_ranges(cfg, where="config"):
     problems += [f"key '{key}' must be one of {', '.join(allowed)}, got {cfg[key]!r}"
                  for key, allowed in CHOICES.items() if cfg[key] not in allowed]
     paths = fair.paths_per_cycle()
-    if cfg["eval_pool_size"] > fair.MAX_POOL_SIZE:
-        problems.append(f"key 'eval_pool_size' must be at most {fair.MAX_POOL_SIZE} (each member is scored at "
-                        f"every evaluation; search.py scores more), got {cfg['eval_pool_size']}")
     if cfg["eval_pool_size"] % paths:
         problems.append(f"key 'eval_pool_size' must be a multiple of {paths} (whole fair cycles), "
                         f"got {cfg['eval_pool_size']}")
@@ -133,6 +130,13 @@ def read_config_file(path):
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: must hold a JSON object")
     return cfg
+
+
+def check_new_run(cfg, where="config"):
+    """ConfigError for what a run may no longer start with, though runs made before are still read."""
+    if cfg["eval_pool_size"] > fair.MAX_POOL_SIZE:
+        raise ConfigError(f"{where}: key 'eval_pool_size' must be at most {fair.MAX_POOL_SIZE} (each member is "
+                          f"scored at every evaluation; search.py scores more), got {cfg['eval_pool_size']}")
 
 
 def check_resumed(cfg, saved, where):

@@ -49,7 +49,7 @@ def read_history(path, columns):
     if rows and reader.fieldnames != columns:
         raise CheckpointError(f"{path}: columns {reader.fieldnames} are not this run's {columns}")
     for line, row in enumerate(rows, 2):
-        if not (row["epoch"] or "").isdigit() or None in row.values() or not all(
+        if not (row["epoch"] or "").isdigit() or None in row.values() or None in row or not all(
                 _number_or_empty(v) for k, v in row.items() if k != "epoch"):
             raise CheckpointError(f"{path}:{line}: not an evaluation row of this run: {row['epoch']!r}...")
     return rows

@@ -1137,8 +1137,8 @@ class TestBadInput:
         ({"input_h": 30}, "h=30"),
         ({"eval_pool_size": 10}, "multiple of 3"),
         ({"eval_pool_size": 303}, "key 'eval_pool_size' must be at most 300"),
-        ({"seed": 2**31}, "key 'seed' must be at most 2147483647"),
-        ({"synthetic_seed": 2**40}, "key 'synthetic_seed' must be at most 2147483647"),
+        ({"seed": 2**63}, f"key 'seed' must be at most {2**63 - 1}"),
+        ({"synthetic_seed": 2**70}, f"key 'synthetic_seed' must be at most {2**63 - 1}"),
         ({"early_stop_min_delta": float("nan")}, "finite"),
         ({"adam_beta1": 5.0}, "adam_beta1"),
         ({"loss_weights": [-1, 0, 1]}, "loss_weights"),
@@ -1170,8 +1170,13 @@ class TestBadInput:
             assert code == 1 and err == [
                 f"error: {meta}: key '{key}' was {saved[key]} when the run started and is now {value}: the "
                 "sampler, eval pool, history and data depend on it; start a new experiment"], err
-        code, err = _run_main(train.main, ["--seed", str(2**31), "--dry_run"], capsys)
-        assert code == 1 and err == [f"error: config: key 'seed' must be at most {2**31 - 1}, got {2**31}"], err
+        code, err = _run_main(train.main, ["--seed", str(2**63), "--dry_run"], capsys)
+        assert code == 1 and err == [f"error: config: key 'seed' must be at most {2**63 - 1}, got {2**63}"], err
+        # a pool above the cap: refused for a new run, read for a run made before it
+        big = dict(config.defaults(), eval_pool_size=600)
+        config.check_ranges(big)
+        with pytest.raises(errors.ConfigError, match="key 'eval_pool_size' must be at most 300"):
+            config.check_new_run(big)
 
     @pytest.mark.slow
     def test_damaged_checkpoint_is_a_one_line_error(self, tiny_runs, tmp_path, capsys):
@@ -3097,7 +3102,8 @@ class TestStandaloneAndRank:
             assert bound["archs"] == [f"a{i}" for i in falling]
             assert bound["kendall_tau_b"] == pytest.approx([min(taus), max(taus)], abs=1e-12), falling
         assert stopping.tau_range_if_improved(rows, {"r9"}) is None
-        assert stopping.tau_range_if_improved(rows, {f"r{i}" for i in range(4)}) is None  # more than 3: not bounded
+        big = [dict(r, run=f"r{i}") for i, r in enumerate(rows * 4)]  # 28 runs, 3 falling: 29^3 x 3! orders
+        assert stopping.tau_range_if_improved(big, {"r0", "r1", "r2"}) is None
         result = dict(stopping.summary({}, 4.0), tau_if_improved={"archs": ["a2", "a5"], "kendall_tau_b": [0.1, 0.35]})
         assert stopping.lines(result)[1] == ("had a2, a5 (still falling) ended anywhere better: "
                                              "Kendall tau-b 0.100 .. 0.350")
@@ -3280,6 +3286,8 @@ class TestDependableRuns:
         lines = (dependable[0] / "base" / "eval_history.csv").read_text().splitlines()
         (run / "eval_history.csv").write_text("\n".join(lines + ["one,two"]) + "\n")
         self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:{len(lines) + 1}: not an evaluation row"])
+        (run / "eval_history.csv").write_text("\n".join(lines[:2] + [lines[1] + ",extra"]) + "\n")
+        self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:3: not an evaluation row"])
         header, first = lines[0].split(","), lines[1].split(",")
         first[header.index("mean_epe")] = "abc"  # a number that is not one
         (run / "eval_history.csv").write_text("\n".join(lines[:1] + [",".join(first)] + lines[2:]) + "\n")

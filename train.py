@@ -85,6 +85,8 @@ def resolve_config(args, overrides, defaults):
         cfg = config.merge_config(cfg, cfg["fast_mode_overrides"], "fast_mode_overrides")
     cfg = config.merge_config(cfg, overrides, "flags")
     config.check_ranges(cfg)
+    if not args.resume:
+        config.check_new_run(cfg)
     if not cfg["experiment_name"]:  # the PID keeps runs started in the same second apart
         cfg["experiment_name"] = time.strftime("supernet_%Y%m%d_%H%M%S") + f"_{os.getpid()}"
     run_dir = ckpt.run_folder(cfg["output_dir"], cfg["experiment_name"])
