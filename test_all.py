@@ -1159,6 +1159,15 @@ class TestBadInput:
         code, err = _run_main(train.main, ["--resume", "--output_dir", str(out), "--experiment_name", "whole",
                                            "--eval_pool_size", "6", "--dry_run"], capsys)
         assert code != 0 and len(err) == 1 and "eval_pool_size" in err[0]
+        # a fast_mode run whose flags overrode fast_mode_overrides resumes with its own resolved config
+        (tmp_path / "fast").mkdir()
+        saved = dict(config.defaults(), fast_mode=True, eval_pool_size=6, output_dir=str(tmp_path),
+                     experiment_name="fast")
+        (tmp_path / "fast" / "config.json").write_text(json.dumps(saved))
+        args, overrides = train.parse_args(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "fast",
+                                            "--num_epochs", "3"], config.defaults())
+        cfg, _ = train.resolve_config(args, overrides, config.defaults())
+        assert cfg["eval_pool_size"] == 6 and cfg["num_epochs"] == 3 and cfg["fast_mode"]
         # the run's config.json edited by hand: the checkpoint's own config tells
         shutil.copytree(out / "whole", tmp_path / "edited")
         saved = json.loads((tmp_path / "edited" / "config.json").read_text())

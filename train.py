@@ -81,7 +81,8 @@ def resolve_config(args, overrides, defaults):
                                   f"the sampler, eval pool and history depend on it; start a new experiment")
     else:
         cfg = config.merge_config(defaults, config.read_config_file(args.config), args.config)
-    if overrides.get("fast_mode", cfg["fast_mode"]):
+    # a resumed run's saved config is resolved already: its fast_mode overrides apply again only if asked
+    if overrides.get("fast_mode", not args.resume and cfg["fast_mode"]):
         cfg = config.merge_config(cfg, cfg["fast_mode_overrides"], "fast_mode_overrides")
     cfg = config.merge_config(cfg, overrides, "flags")
     config.check_ranges(cfg)
