@@ -172,27 +172,23 @@ def converter(dep):
             np.save(buffer, np.concatenate(model["tf_outputs"]))
             ckpt.write_atomic(path + ".npy", buffer.getvalue())
             ckpt.write_atomic(path, model["int8"])
-            ckpt.write_atomic(path + ".sha256", _digest(path))  # last: commits the pair
+            ckpt.write_atomic(path + ".sha256", _digest(model["int8"], buffer.getvalue()))  # last: commits the pair
             return path
 
         yield int8
 
 
-def _digest(path):
-    """sha256 of an INT8 model's bytes and its flow's (.npy)."""
-    digest = hashlib.sha256()
-    for name in (path, path + ".npy"):
-        with open(name, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()
+def _digest(model, flow):
+    """sha256 of an INT8 model's bytes and its flow's (.npy bytes)."""
+    return hashlib.sha256(model + flow).hexdigest()
 
 
 def _kept_whole(path):
     """True when a kept INT8 model and its flow are as written (their digest, written after both,
     matches): a damaged or half-kept pair is converted again, never handed to the interpreter."""
     try:
-        with open(path + ".sha256") as f:
-            return f.read() == _digest(path)
+        with open(path, "rb") as model, open(path + ".npy", "rb") as flow, open(path + ".sha256") as digest:
+            return digest.read() == _digest(model.read(), flow.read())
     except OSError:
         return False
 

@@ -3,6 +3,7 @@ events, eval_history.csv (appended and fsynced, kept across resume), config.json
 the checkpoints' metas, fairness_counts.json and train_report.json."""
 import csv
 import io
+import math
 import os
 import time
 
@@ -56,8 +57,9 @@ def read_history(path, columns):
 
 
 def _number_or_empty(text):
+    """True for an empty field or a number that is not NaN (what a history row holds)."""
     try:
-        return text == "" or bool(float(text) == float(text))  # not NaN
+        return text == "" or not math.isnan(float(text))
     except ValueError:
         return False
 
