@@ -86,10 +86,10 @@ def _stop(running):
         child.proc.wait()
 
 
-def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None):
+def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, on_finished=None):
     """Run `children`, [(name, argv, log_path)], at most `jobs` at once, each pinned to its slot's
     cores, its output appended to log_path (None: this process's output), in the environment `env`
-    (None: this process's). Every `heartbeat` seconds
+    (None: this process's); on_finished(name), if given, as each child succeeds. Every `heartbeat` seconds
     the last line of each running child's log is repeated. After a failure no new child starts and
     the running ones finish (their work is kept), then RankError names the failed child and how it
     failed. Interrupted, it stops the running children before it returns."""
@@ -115,6 +115,8 @@ def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None):
                     log(failed[-1] + (f"; waiting for the {len(running)} running" if running else ""))
                     continue
                 durations.append(time.monotonic() - child.start)
+                if on_finished:
+                    on_finished(child.name)
                 log(progress_line(child.name, durations, [time.monotonic() - c.start for c in running.values()],
                                   0 if failed else len(waiting), jobs))
             if failed and not running:

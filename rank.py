@@ -10,6 +10,8 @@ of the evaluation (spread over validation batches, rank agreement between two ha
     python rank.py --supernet outputs/demo --train 9 --standalone_dir outputs/rank_demo   # the whole study
     python rank.py --compare A/scores.csv B/scores.csv                                   # two search results
     python rank.py --margin outputs/alone_000000000 outputs/alone_222222222              # two subnets alone
+    python rank.py --bench rankbench --train_rows 12 --jobs 2        # the benchmark's next 12 rows (resumes)
+    python rank.py --bench rankbench --supernet outputs/bench_supernet  # a supernet against the rows
 """
 import argparse
 import glob
@@ -26,6 +28,7 @@ import data_fc2
 import errors
 import metrics
 import parallel
+import rank_bench
 import rank_plot
 import ranking
 import stopping
@@ -107,17 +110,28 @@ def parse_args(argv):
     parser.add_argument("--margin", nargs=2, metavar=("A", "B"), help="only compare two standalone runs on A's "
                         "batches: EPE of each, B minus A with its paired standard error, whether each had stopped "
                         "falling; written to B/margin_vs_<A's name>.json (or --out)")
+    parser.add_argument("--bench", metavar="DIR", help="the ranking benchmark's folder (plan.json, setting.json, "
+                        "rows/): alone, how many rows are written; with --train_rows, train the next rows; with "
+                        "--supernet, score that supernet against the rows")
+    parser.add_argument("--train_rows", type=int, metavar="N", help="with --bench: train the next N rows it lacks "
+                        "(--jobs at once), each scored into its row as it finishes; resumes after any kill")
+    parser.add_argument("--runs_dir", default=os.path.join("outputs", "rankbench"),
+                        help="with --train_rows: where the bench's runs train (their checkpoints are dropped once "
+                        "their row is written)")
     args = parser.parse_args(argv)
-    if not (args.compare or args.margin) and not args.supernet:
-        parser.error("--supernet is required (or --compare A.csv B.csv, or --margin A B)")
-    if sum(bool(v) for v in (args.compare, args.margin, args.supernet)) > 1:
+    check_bench_flags(parser, args)
+    if not (args.compare or args.margin or args.bench) and not args.supernet:
+        parser.error("--supernet is required (or --compare A.csv B.csv, --margin A B, or --bench DIR)")
+    if sum(bool(v) for v in (args.compare, args.margin, args.supernet or args.bench)) > 1:
         parser.error("give one of --supernet, --compare, --margin")
-    if args.supernet and sum(bool(v) for v in (args.standalone, args.standalone_glob, args.train is not None)) != 1:
+    if args.supernet and not args.bench and sum(bool(v) for v in (args.standalone, args.standalone_glob, args.train is not None)) != 1:
         parser.error("give exactly one of --standalone, --standalone_glob, --train")
     if args.train is not None and args.train < ranking.MIN_ARCHS:
         parser.error(f"--train needs at least {ranking.MIN_ARCHS} archs")
-    if (args.second_seed is not None or args.jobs != 1) and not args.train:
-        parser.error("--second_seed and --jobs go with --train")
+    if args.second_seed is not None and not args.train:
+        parser.error("--second_seed goes with --train")
+    if args.jobs != 1 and not (args.train or args.train_rows):
+        parser.error("--jobs goes with --train or --train_rows")
     if args.second_seed is not None and not 0 <= args.second_seed <= args.train:
         parser.error(f"--second_seed must be within 0..{args.train}")
     if args.bootstrap < 1 or args.jobs < 1 or (args.bn_recal_batches is not None and args.bn_recal_batches < 1):
@@ -125,6 +139,67 @@ def parse_args(argv):
     if args.seed < 0:
         parser.error(f"--seed {args.seed} must be >= 0")
     return args
+
+
+def check_bench_flags(parser, args):
+    """--bench's flags: alone, with --train_rows N (N >= 1), or with --supernet; nothing else."""
+    if args.train_rows is not None and not args.bench:
+        parser.error("--train_rows goes with --bench")
+    if not args.bench:
+        return
+    if args.standalone or args.standalone_glob or args.train is not None or args.compare or args.margin:
+        parser.error("--bench takes --train_rows or --supernet, not --standalone, --train, --compare or --margin")
+    if args.train_rows is not None and (args.train_rows < 1 or args.supernet):
+        parser.error("--train_rows must be >= 1 and does not go with --supernet")
+
+
+def bench_status(args):
+    """--bench alone: the rows written and the rows to train, with their core-hours."""
+    plan = rank_bench.read_plan(args.bench)
+    rows = rank_bench.read_rows(args.bench, plan)
+    left = rank_bench.missing_rows(plan, rows)
+    falling = sorted(name for name, row in rows.items() if row["stopping"]["stopped"] is False)
+    print(f"{args.bench}: {len(rows)} of {len(plan['rows'])} rows written"
+          + (f" ({len(falling)} still falling: {' '.join(falling)})" if falling else "")
+          + f"; {len(left)} to train, about {sum(map(rank_bench.row_core_minutes, left)) / 60:.1f} core-hours"
+          + (f"; next: {' '.join(r['name'] for r in left[:4])}" if left else ""))
+
+
+def bench_ranking(args):
+    """--bench DIR --supernet RUN: the supernet scores the bench's archs on the rows' own batches;
+    its order against the rows, into rank_report.json and rank.png (default <supernet>/rank_bench)."""
+    start, hardware = time.time(), devices.report()
+    plan = rank_bench.read_plan(args.bench)
+    rows = rank_bench.read_rows(args.bench, plan)
+    supernet_cfg, _ = ranking.read_run(args.supernet)
+    rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
+    out = output_folder(args, os.path.join(args.supernet, "rank_bench"))
+    scored = rank_bench.scoring_data(args.bench, plan)
+    archs = sorted({supernet.parse_arch(r["arch"]) for r in rows.values()})
+    sizes = [len(flows) for _, flows in scored[1]]
+    h, w = supernet_cfg["input_h"], supernet_cfg["input_w"]
+    print(f"scoring the bench's {len(archs)} archs with {args.supernet} ({args.checkpoint_type}): "
+          f"{len(scored[0])} recalibration batches, {sum(sizes)} validation pairs")
+    per_batch = ranking.score_archs(args.supernet, archs, args.checkpoint_type, scored, h, w,
+                                    on_scored=scoring_progress(len(archs)))
+    epes = {supernet.format_arch(a): ranking.batch_weighted_epe(e, sizes) for a, e in per_batch.items()}
+    report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
+    report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
+                  scoring=plan["scoring"], seconds=time.time() - start, devices=hardware)
+    ckpt.write_json_atomic(os.path.join(out, "rank_report.json"), report)
+    rank_plot.plot_ranking(report, os.path.join(out, "rank.png"))
+    print("\n".join(rank_bench.report_lines(report)))
+    print(f"wrote {os.path.join(out, 'rank_report.json')} and rank.png")
+    return report
+
+
+def bench(args):
+    """--bench: its status, its next rows trained, or a supernet scored against it."""
+    if args.train_rows:
+        devices.report()  # before any session: quietens TensorFlow's device probing
+        return rank_bench.train_chunk(args.bench, args.runs_dir, args.train_rows, args.jobs,
+                                      os.path.join(HERE, "train.py"))
+    return bench_ranking(args) if args.supernet else bench_status(args)
 
 
 def standalone_runs(args, supernet_cfg, supernet_report, choice):
@@ -159,9 +234,10 @@ def check_jobs(jobs, hardware):
     parallel.slot_cores(jobs)
 
 
-def output_folder(args):
-    """--out, or the standalone folder with --train, else <supernet>/rank: created, or RankError naming it."""
-    out = args.out or (args.standalone_dir if args.train else os.path.join(args.supernet, "rank"))
+def output_folder(args, default=None):
+    """--out, or `default`, or the standalone folder with --train, else <supernet>/rank: created, or
+    RankError naming it."""
+    out = args.out or default or (args.standalone_dir if args.train else os.path.join(args.supernet, "rank"))
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as err:
@@ -302,6 +378,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.compare:
         return errors.exit_code(print_comparison, *args.compare)
+    if args.bench:
+        return errors.exit_code(bench, args)
     return errors.exit_code(margin if args.margin else rank, args)
 
 

@@ -6,18 +6,32 @@ trained it), written atomically as each run ends, and which rows are still to tr
 Rows are only comparable while training, data and the space are unchanged: the fingerprint (the
 mean loss of the first steps of one arch, to 1e-6) says when they go stale.
 """
+import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
+import types
 
 import numpy as np
 
+import batches
 import ckpt
 import config
+import data_fc2
+import devices
+import metrics
+import parallel
 import ranking
+import scoring
+import stopping
 import supernet
-from errors import RankError
+import training
+import tensorflow as tf
+from errors import EdgeFlowError, RankError, one_line
 
 PLAN_NAME, SETTING_NAME, ROWS_DIR = "plan.json", "setting.json", "rows"
 GRID = 6  # the added archs' targets: a GRID x GRID grid of (mean depth choice, mean kernel choice)
@@ -188,3 +202,316 @@ def git_commit(where):
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+# ----------------------------------------------------------------------------- rows from finished runs
+
+def scoring_data(bench_dir, plan):
+    """(recal_batches, val_batches) of the plan's scoring protocol: the setting's data, recalibrated on
+    the first `bn_recal_batches` of its seeded training batches, scored on its validation pairs."""
+    cfg = dict(setting_config(bench_dir), bn_recal_batches=plan["scoring"]["bn_recal_batches"])
+    scored = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+    pairs = sum(len(b[0]) for b in scored[1])
+    if pairs != plan["scoring"]["val_pairs"]:
+        raise RankError(f"{setting_path(bench_dir)}: gives {pairs} validation pairs, the plan scores "
+                        f"{plan['scoring']['val_pairs']}")
+    return scored
+
+
+def pair_epes(run_dir, arch, checkpoint_type, scored, standalone=True):
+    """Each validation pair's EPE of `arch` held by a run's checkpoint, recalibrated on the recal
+    batches: a standalone run (its static graph) or a supernet (the dynamic graph)."""
+    recal_batches, val_batches = scored
+    h, w = val_batches[0][0].shape[1:3]
+    with scoring.restored_scorer(run_dir, checkpoint_type, h, w, static_arch=arch if standalone else None,
+                                 input_size=(h, w)) as (sess, scorer, _):
+        sums = scoring.score_subnet(sess, scorer, arch, recal_batches, val_batches)["sample_epe"]
+    return np.asarray(sums, np.float64) / metrics.sample_pixels(val_batches)
+
+
+def run_row(bench_dir, plan, planned, run_dir, scored):
+    """The row of a finished standalone run: its best checkpoint scored by the plan's protocol, its
+    stopping figures, steps, wall time and the commit and command that trained it."""
+    arch = supernet.parse_arch(planned["arch"])
+    cfg, report = ranking.read_run(run_dir)
+    if cfg.get("arch") != planned["arch"] or cfg.get("seed") != planned["seed"]:
+        raise RankError(f"{run_dir}: trains {cfg.get('arch')} seed {cfg.get('seed')}, not the plan's "
+                        f"{planned['arch']} seed {planned['seed']}")
+    pairs = pair_epes(run_dir, arch, plan["scoring"]["checkpoint"], scored)
+    zero_flow = metrics.zero_flow_epe(scored[1])
+    with open(run_dir + ".commit", encoding="utf-8") as f:
+        commit = f.read().strip()
+    runs_dir = os.path.dirname(os.path.normpath(run_dir))
+    return {"name": planned["name"], "arch": planned["arch"], "seed": planned["seed"], "gmacs": planned["gmacs"],
+            "epe": float(pairs.mean()), "zero_flow_epe": zero_flow,
+            "stopping": stopping.figures(ranking.read_history(run_dir, arch), zero_flow),
+            "steps": report["global_step"], "best_epoch": report["best_epoch"],
+            "stop_reason": report["stop_reason"], "wall_time_s": report["wall_time_s"],
+            "commit": commit, "command": " ".join(["taskset -c 0 python train.py"] + train_argv(bench_dir, planned, runs_dir)),
+            "scoring": plan["scoring"], "tensorflow": tf.__version__,
+            "pair_epe": [round(float(v), 6) for v in pairs]}
+
+
+def commit_row(bench_dir, plan, planned, run_dir, scored):
+    """Score a finished run, write its row, then drop its checkpoints (the row is what is kept)."""
+    row = run_row(bench_dir, plan, planned, run_dir, scored)
+    write_row(bench_dir, row)
+    shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+    return row
+
+
+def start_commit_file(run_dir, where):
+    """Record the commit a row's training starts from (once: a resumed run keeps its first)."""
+    path = run_dir + ".commit"
+    if not os.path.exists(path):
+        ckpt.write_atomic(path, (git_commit(where) or "unknown") + "\n")
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+def training_fingerprint(bench_dir, arch, seed, steps):
+    """The losses of the first `steps` training steps of `arch` alone in the bench's setting, from a
+    fresh initialisation, on a training set of just the pairs they read (drawing the setting's 8,192
+    would take minutes): any change to training, data or the space moves them."""
+    cfg = setting_config(bench_dir)
+    cfg.update(arch=arch, seed=seed, experiment_name="fingerprint", synthetic_val_size=cfg["batch_size"],
+               synthetic_train_size=steps * cfg["batch_size"])
+    hardware = devices.report(1, allow_cpu=True, log=lambda line: None)
+    with tempfile.TemporaryDirectory() as nowhere:  # prepare reads a run folder's history: none here
+        run = training.prepare(types.SimpleNamespace(resume=False, dry_run=True), cfg, nowhere, hardware)
+    state, losses = run.state, []
+    with tf.compat.v1.Session(graph=run.graph, config=devices.session_config()) as sess:
+        sess.run(run.init)
+        for _ in range(steps):
+            losses.append(float(training.train_step(sess, run, state)["loss"]))
+    return losses
+
+
+def pinned_fingerprint(bench_dir, arch, seed, steps):
+    """training_fingerprint in a child process on one core, as the rows train: TensorFlow shares a
+    step's sums among as many threads as the process has cores, and another count changes the last
+    bits from the second step on (measured: 6e-6 at step 2, 0.04 by step 20)."""
+    core = parallel.usable_cores()[0]
+    argv = [sys.executable, os.path.abspath(__file__), "--fingerprint", bench_dir, "--arch", arch,
+            "--seed", str(seed), "--steps", str(steps)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=devices.child_environment(),
+                          preexec_fn=lambda: os.sched_setaffinity(0, [core]))
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        raise RankError(f"training fingerprint failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(lines[-1])
+
+
+def check_fingerprint(bench_dir, plan, tolerance=1e-6):
+    """RankError unless this code's first training losses equal the plan's to `tolerance`: the rows
+    were trained by another training step, data or space, and new rows would not be comparable."""
+    recorded = plan["fingerprint"]
+    now = pinned_fingerprint(bench_dir, recorded["arch"], recorded["seed"], len(recorded["losses"]))
+    worst = max(abs(a - b) for a, b in zip(now, recorded["losses"]))
+    if worst > tolerance:
+        raise RankError(f"{os.path.join(bench_dir, PLAN_NAME)}: training has changed since its rows were trained "
+                        f"(first losses differ by up to {worst:.2e}, more than {tolerance:g}): version the bench "
+                        "(a new folder and plan) or train its rows again")
+    return now
+
+
+# ----------------------------------------------------------------------------- building rows in chunks
+
+def run_finished(run_dir):
+    return os.path.exists(os.path.join(run_dir, "train_report.json"))
+
+
+def row_child(bench_dir, planned, runs_dir, train_py):
+    """(name, argv, log path) that trains one row: from scratch, or resumed from its last checkpoint."""
+    run_dir = os.path.join(runs_dir, planned["name"])
+    if os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)):
+        flags = ["--resume", "--output_dir", runs_dir, "--experiment_name", planned["name"]]
+    else:
+        flags = train_argv(bench_dir, planned, runs_dir)
+    return planned["name"], [sys.executable, train_py] + flags, run_dir + ".out"
+
+
+class RowScorer:
+    """Scores finished runs into rows as they land, the scoring batches drawn once, at the first; a
+    row that fails to score is reported and left for the next chunk (its run is kept)."""
+
+    def __init__(self, bench_dir, plan, runs_dir, log):
+        self.bench_dir, self.plan, self.runs_dir, self.log = bench_dir, plan, runs_dir, log
+        self.by_name, self.scored, self.failed = {r["name"]: r for r in plan["rows"]}, None, []
+
+    def __call__(self, name):
+        if self.scored is None:
+            self.scored = scoring_data(self.bench_dir, self.plan)
+        try:
+            row = commit_row(self.bench_dir, self.plan, self.by_name[name], os.path.join(self.runs_dir, name),
+                             self.scored)
+        except (RankError, EdgeFlowError, OSError) as err:
+            self.failed.append(name)
+            self.log(f"row {name} not written: {one_line(err)}")
+            return
+        stop = row["stopping"]
+        self.log(f"row {name} written: EPE {row['epe']:.4f}, stopped {stop['stopped']} "
+                 f"({stop['last_two_pct']:.2f}% / {stop['last_pct']:.2f}%), {row['wall_time_s'] / 60:.1f} min")
+
+
+def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=print):
+    """Train the next `count` rows the bench lacks, `jobs` at once, each on one core (as the
+    fingerprint and every row was: a core count changes the numerics), each scored into
+    its row as it finishes; runs already finished are scored first. One chunk at a time per runs
+    folder (a lock); the fingerprint is checked before anything trains. Returns the rows missing after."""
+    plan = read_plan(bench_dir)
+    with ckpt.writer_lock(runs_dir, "ranking benchmark runs"):
+        missing = missing_rows(plan, read_rows(bench_dir, plan))
+        log(f"{len(plan['rows']) - len(missing)} of {len(plan['rows'])} rows written; checking the training "
+            "fingerprint")
+        check_fingerprint(bench_dir, plan)
+        score = RowScorer(bench_dir, plan, runs_dir, log)
+        for planned in [r for r in missing if run_finished(os.path.join(runs_dir, r["name"]))]:
+            score(planned["name"])
+        todo = [r for r in missing if not run_finished(os.path.join(runs_dir, r["name"]))][:count]
+        log(f"training {len(todo)} rows, {jobs} at a time: " + " ".join(r["name"] for r in todo)
+            + f" (about {sum(row_core_minutes(r) for r in todo) / 60:.1f} core-hours)")
+        for planned in todo:
+            start_commit_file(os.path.join(runs_dir, planned["name"]), os.path.dirname(os.path.abspath(train_py)))
+        parallel.run_all([row_child(bench_dir, r, runs_dir, train_py) for r in todo], jobs,
+                         cores=parallel.usable_cores()[:jobs],
+                         env=devices.child_environment(), on_finished=score, log=log)
+        left = missing_rows(plan, read_rows(bench_dir, plan))
+    log(f"{len(plan['rows']) - len(left)} of {len(plan['rows'])} rows written, {len(left)} to train "
+        f"(about {sum(row_core_minutes(r) for r in left) / 60:.1f} core-hours)"
+        + (f"; not scored: {' '.join(score.failed)}" if score.failed else ""))
+    return left
+
+
+def row_core_minutes(planned):
+    """A row's training time on one core of a 2-core CPU, from its GMACs (measured at batch 8: all-0,
+    0.278 GMAC, 13.6 min; all-2, 0.770 GMAC, 33.9 min; linear between)."""
+    return 13.6 + (planned["gmacs"] - 0.278) * (33.9 - 13.6) / (0.770 - 0.278)
+
+
+# ----------------------------------------------------------------------------- a supernet against the rows
+
+REGRET_BAND = 0.10  # a cost band: the rows within +-10% of one row's GMACs
+
+
+def ranked_and_second(plan, rows):
+    """(rows ranked: one per arch, the first training seed's, by arch code; {arch: the second seed's
+    row} for the archs trained twice)."""
+    first, second = plan["rule"]["training_seeds"]
+    ranked = sorted((r for r in rows.values() if r["seed"] == first), key=lambda r: r["arch"])
+    return ranked, {r["arch"]: r for r in rows.values() if r["seed"] == second}
+
+
+def paired_se(row_a, row_b):
+    """Standard error of EPE(a) - EPE(b) over the validation pairs both rows were scored on."""
+    return metrics.paired_se(row_a["pair_epe"], row_b["pair_epe"], np.ones(len(row_a["pair_epe"])))
+
+
+def band_regrets(ranked, supernet_epe, band=REGRET_BAND):
+    """For each distinct cost band (the rows within +-band of a row's GMACs, two or more): the
+    standalone EPE of the supernet's pick (its lowest supernet EPE) minus the band's best standalone
+    EPE, in EPE and in paired SEs between the two rows."""
+    bands, seen = [], set()
+    for centre in ranked:
+        members = tuple(i for i, r in enumerate(ranked) if abs(r["gmacs"] - centre["gmacs"]) <= band * centre["gmacs"])
+        if len(members) < 2 or members in seen:
+            continue
+        seen.add(members)
+        pick = min(members, key=lambda i: supernet_epe[ranked[i]["arch"]])
+        best = min(members, key=lambda i: ranked[i]["epe"])
+        regret = ranked[pick]["epe"] - ranked[best]["epe"]
+        bands.append({"centre": centre["arch"], "gmacs": centre["gmacs"], "members": len(members),
+                      "pick": ranked[pick]["arch"], "best": ranked[best]["arch"], "regret": regret,
+                      "regret_se": regret / paired_se(ranked[pick], ranked[best]) if pick != best else 0.0})
+    regrets = [b["regret"] for b in bands]
+    return {"band": band, "bands": bands, "mean": float(np.mean(regrets)) if bands else None,
+            "max": float(np.max(regrets)) if bands else None,
+            "mean_se": float(np.mean([b["regret_se"] for b in bands])) if bands else None,
+            "pick_is_best": sum(b["pick"] == b["best"] for b in bands)}
+
+
+def seed_ceiling(ranked, second, supernet_epe, bootstrap, seed):
+    """Over the archs trained twice: tau-b between the two seeds' orders (what a perfect supernet
+    could reach) with its interval, and the supernet's tau-b against the second seed; None below 3."""
+    pairs = [(r, second[r["arch"]]) for r in ranked if r["arch"] in second]
+    if len(pairs) < ranking.MIN_ARCHS:
+        return None
+    a, b = [p[0]["epe"] for p in pairs], [p[1]["epe"] for p in pairs]
+    tau, rho = ranking.rank_correlations(a, b)
+    return {"archs": len(pairs), "kendall_tau_b": tau, "spearman_rho": rho,
+            "bootstrap": ranking.bootstrap_intervals(a, b, bootstrap, seed),
+            "supernet_vs_second_seed": ranking.rank_correlations([supernet_epe[p[0]["arch"]] for p in pairs], b)[0],
+            "seed_moves": {p[0]["arch"]: p[1]["epe"] - p[0]["epe"] for p in pairs}}
+
+
+def check_supernet(bench_dir, supernet_dir, cfg):
+    """RankError unless the run is a supernet trained on the bench's data at its input size."""
+    if cfg.get("arch"):
+        raise RankError(f"--supernet {supernet_dir} is a standalone run of {cfg['arch']}, not a supernet")
+    mine, its = ranking.data_identity(setting_config(bench_dir)), ranking.data_identity(cfg)
+    differ = sorted(k for k in mine if mine[k] != its.get(k))
+    if differ:
+        raise RankError(f"--supernet {supernet_dir}: trained on other data than the bench's {setting_path(bench_dir)} "
+                        f"({', '.join(differ)} differ)")
+
+
+def bench_report(plan, rows, supernet_epe, bootstrap, seed):
+    """The supernet's order (supernet_epe {arch code: EPE}) against the bench's rows: tau-b and rho
+    with bootstrap intervals, top-1/3/5 overlap, the seed ceiling, regret in cost bands, and what
+    the rows still falling could change."""
+    ranked, second = ranked_and_second(plan, rows)
+    if len(ranked) < ranking.MIN_ARCHS:
+        raise RankError(f"the bench has {len(ranked)} ranked rows; at least {ranking.MIN_ARCHS} are needed")
+    sup, alone = [supernet_epe[r["arch"]] for r in ranked], [r["epe"] for r in ranked]
+    tau, rho = ranking.rank_correlations(sup, alone)
+    table = [{"arch": r["arch"], "run": r["name"], "gmacs": r["gmacs"], "supernet_epe": s, "standalone_epe": a,
+              "supernet_rank": float(rs), "standalone_rank": float(ra), "stopped": r["stopping"]["stopped"]}
+             for r, s, a, rs, ra in zip(ranked, sup, alone, ranking.ranks(sup), ranking.ranks(alone))]
+    falling = sorted(r["name"] for r in rows.values() if r["stopping"]["stopped"] is False)
+    return {"rows": len(rows), "num_archs": len(ranked), "kendall_tau_b": tau, "spearman_rho": rho,
+            "bootstrap": ranking.bootstrap_intervals(sup, alone, bootstrap, seed),
+            "top_k_overlap": {str(k): v for k, v in ranking.top_k_overlap(sup, alone).items()},
+            "seed_ceiling": seed_ceiling(ranked, second, supernet_epe, bootstrap, seed),
+            "regret": band_regrets(ranked, supernet_epe), "still_falling": falling,
+            "tau_if_improved": stopping.tau_range_if_improved(table, falling), "archs": table,
+            "second_seed_runs": [{"arch": r["arch"], "standalone_epe": r["epe"]} for r in second.values()]}
+
+
+def report_lines(report):
+    """The bench report as printed."""
+    boot, regret, ceiling = report["bootstrap"], report["regret"], report["seed_ceiling"]
+    lines = [f"{report['num_archs']} archs ranked ({report['rows']} rows): Kendall tau-b {report['kendall_tau_b']:.3f} "
+             f"[{boot['tau_ci95'][0]:.3f}, {boot['tau_ci95'][1]:.3f}], Spearman rho {report['spearman_rho']:.3f} "
+             f"[{boot['rho_ci95'][0]:.3f}, {boot['rho_ci95'][1]:.3f}]",
+             "top-k overlap: " + ", ".join(f"top-{k} {v:.2f}" for k, v in report["top_k_overlap"].items())]
+    if ceiling:
+        lines.append(f"seed ceiling over {ceiling['archs']} archs trained twice: tau-b {ceiling['kendall_tau_b']:.3f} "
+                     f"[{ceiling['bootstrap']['tau_ci95'][0]:.3f}, {ceiling['bootstrap']['tau_ci95'][1]:.3f}]; "
+                     f"supernet against the second seed {ceiling['supernet_vs_second_seed']:.3f}")
+    else:
+        lines.append("seed ceiling: fewer than 3 archs trained twice")
+    if regret["bands"]:
+        lines.append(f"regret in {len(regret['bands'])} cost bands (+-{regret['band']:.0%} GMACs): mean "
+                     f"{regret['mean']:.4f} EPE ({regret['mean_se']:.1f} paired SE), max {regret['max']:.4f}; "
+                     f"the supernet's pick is the band's best in {regret['pick_is_best']}")
+    if report["still_falling"]:
+        bound = report["tau_if_improved"]
+        lines.append(f"{len(report['still_falling'])} rows still falling: " + " ".join(report["still_falling"])
+                     + (f"; had they ended better, tau-b {bound['kendall_tau_b'][0]:.3f} .. "
+                        f"{bound['kendall_tau_b'][1]:.3f}" if bound else ""))
+    return lines
+
+
+def main(argv=None):
+    """--fingerprint DIR: print the first training losses of an arch in the bench's setting (JSON)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--fingerprint", required=True, metavar="DIR", help="the bench folder")
+    parser.add_argument("--arch", required=True, help="the arch code trained")
+    parser.add_argument("--seed", type=int, required=True, help="its training seed")
+    parser.add_argument("--steps", type=int, required=True, help="how many steps")
+    args = parser.parse_args(argv)
+    print(json.dumps(training_fingerprint(args.fingerprint, args.arch, args.seed, args.steps)))
+
+
+if __name__ == "__main__":
+    main()
