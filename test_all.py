@@ -43,6 +43,7 @@ import metrics
 import parallel
 import pareto
 import rank
+import rank_bench
 import rank_plot
 import ranking
 import run_files
@@ -3724,3 +3725,164 @@ class TestDevices:
         assert training.time_left(100, 1, 3700.0) == "time left 1h03m (steps 1m40s + 1 evaluation x 1h01m)"
         assert training.time_left(100, 4, None) == "time left 1m40s + 4 evaluations (not timed yet)"
         assert training.time_left(100, 0, 30.0) == "time left 1m40s"
+
+
+# ----------------------------------------------------------------------------- the ranking benchmark
+
+BENCH = HERE / "rankbench"
+
+
+def _hand_row(name, arch, seed, pair_epe, gmacs, stopped=True):
+    """A bench row written by hand: its EPE is the mean of its per-pair errors."""
+    return {"name": name, "arch": arch, "seed": seed, "gmacs": gmacs, "epe": float(np.mean(pair_epe)),
+            "pair_epe": list(pair_epe), "stopping": {"stopped": stopped}, "steps": 1, "wall_time_s": 1.0,
+            "commit": "x", "command": "x"}
+
+
+def _kendall_by_pairs(x, y):
+    """Kendall tau (no ties) counted pair by pair."""
+    signs = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in itertools.combinations(range(len(x)), 2)]
+    return sum(signs) / len(signs)
+
+
+def _tiny_bench(folder, archs, seconds):
+    """A bench folder at the suite's size: setting, plan with rows for `archs` (seed 42) and `seconds`
+    (seed 43), and the fingerprint of its first 2 steps."""
+    folder.mkdir()
+    setting = {"synthetic": True, "synthetic_train_size": 8, "synthetic_val_size": 4, "synthetic_seed": 1,
+               "input_h": 32, "input_w": 48, "batch_size": 2, "num_epochs": 3, "steps_per_epoch": 2,
+               "eval_every": 1, "bn_recal_batches": 1, "log_every": 1, "eval_pool_size": 3}
+    (folder / "setting.json").write_text(json.dumps(setting))
+    rows = [{"name": rank_bench.row_name(supernet.parse_arch(a), s), "arch": a, "seed": s,
+             "gmacs": supernet.count_macs(supernet.parse_arch(a), 32, 48) / 1e9}
+            for a, s in [(a, 42) for a in archs] + [(a, 43) for a in seconds]]
+    plan = {"setting": {"file": "setting.json", "sha256": rank_bench.setting_digest(str(folder))},
+            "space_version": supernet.SPACE.version, "rows": rows, "rule": {"training_seeds": [42, 43]},
+            "scoring": {"checkpoint": "best", "graph": "static", "bn_recal_batches": 2, "val_pairs": 4}}
+    losses = rank_bench.pinned_fingerprint(str(folder), archs[0], 42, 2)
+    plan["fingerprint"] = {"arch": archs[0], "seed": 42, "losses": losses}
+    (folder / "plan.json").write_text(json.dumps(plan))
+    return plan
+
+
+class TestRankBench:
+    def test_the_plan_is_what_its_stated_rule_gives(self):
+        plan = rank_bench.read_plan(str(BENCH))
+        setting = json.loads((BENCH / "setting.json").read_text())
+        assert rank_bench.make_plan(setting, plan["rule"]) == plan["rows"]
+        first = {r["arch"] for r in plan["rows"] if r["seed"] == 42}
+        seconds = {r["arch"] for r in plan["rows"] if r["seed"] == 43}
+        study = {supernet.format_arch(a) for a in ranking.choose_archs(12, 0)}
+        assert len(first) == 48 and study <= first and len(seconds) == 8 and seconds <= study
+        archs = [supernet.parse_arch(a) for a in sorted(first)]
+        depth, kernel = ranking.choice_scores(archs).T
+        for scores in (depth, kernel):  # every sixth of each axis holds archs
+            assert np.all(np.histogram(scores, bins=6, range=(0, 1))[0] >= 3)
+        bands = rank_bench.gmacs_bands(archs, 64, 96)
+        assert np.bincount(bands, minlength=12).min() >= 3  # every twelfth of the space's costs too
+
+    def test_a_setting_changed_after_the_plan_is_refused(self, tmp_path):
+        shutil.copytree(BENCH, tmp_path / "b", ignore=shutil.ignore_patterns("rows"))
+        (tmp_path / "b" / "setting.json").write_text((BENCH / "setting.json").read_text().replace("8192", "8191"))
+        with pytest.raises(errors.RankError, match="changed since the plan was fixed"):
+            rank_bench.read_plan(str(tmp_path / "b"))
+
+    @pytest.mark.slow
+    def test_training_matches_the_plans_fingerprint(self):
+        """The rows stay comparable only while this passes: if it fails, training, data or the space
+        changed, and the bench must be versioned (a new folder and plan) or its rows trained again."""
+        plan = rank_bench.read_plan(str(BENCH))
+        assert rank_bench.check_fingerprint(str(BENCH), plan) == pytest.approx(plan["fingerprint"]["losses"],
+                                                                                abs=1e-6)
+
+    def test_a_moved_fingerprint_is_refused(self, monkeypatch):
+        plan = rank_bench.read_plan(str(BENCH))
+        moved = list(plan["fingerprint"]["losses"])
+        moved[-1] += 2e-6
+        monkeypatch.setattr(rank_bench, "pinned_fingerprint", lambda *args: moved)
+        with pytest.raises(errors.RankError, match="training has changed"):
+            rank_bench.check_fingerprint(str(BENCH), plan)
+
+    def test_report_against_a_hand_computation(self):
+        rng = np.random.default_rng(3)
+        gmacs = [0.30, 0.31, 0.32, 0.50, 0.52, 0.70]
+        truth = [1.10, 1.00, 1.20, 0.90, 0.95, 0.80]
+        archs = [supernet.format_arch(supernet.index_to_arch(i)) for i in (5, 77, 300, 4000, 9000, 19000)]
+        rows = {}
+        for i, (a, g, t) in enumerate(zip(archs, gmacs, truth)):
+            rows[f"r{i}"] = _hand_row(f"r{i}", a, 42, t + rng.normal(0, 0.05, 40), g)
+        for i in (0, 2, 4):
+            rows[f"s{i}"] = _hand_row(f"s{i}", archs[i], 43, truth[i] + 0.01 * (i - 2) + rng.normal(0, 0.05, 40),
+                                      gmacs[i])
+        supernet_epe = dict(zip(archs, [1.5, 1.6, 1.4, 1.3, 1.2, 1.1]))
+        plan = {"rule": {"training_seeds": [42, 43]}}
+        report = rank_bench.bench_report(plan, rows, supernet_epe, 50, 0)
+        order = sorted(range(6), key=lambda i: archs[i])  # the report ranks by arch code
+        sup = [supernet_epe[archs[i]] for i in order]
+        alone = [rows[f"r{i}"]["epe"] for i in order]
+        assert report["kendall_tau_b"] == pytest.approx(_kendall_by_pairs(sup, alone))
+        lowest = lambda v, k: set(np.argsort(v)[:k])  # noqa: E731
+        for k in (1, 3, 5):
+            assert report["top_k_overlap"][str(k)] == len(lowest(sup, k) & lowest(alone, k)) / k
+        # regret by hand: bands around 0.30-0.32 (all three within 10% of 0.31) and 0.50-0.52
+        bands = {(b["members"], b["pick"], b["best"]): b for b in report["regret"]["bands"]}
+        low = [0, 1, 2]
+        pick = min(low, key=lambda i: supernet_epe[archs[i]])
+        best = min(low, key=lambda i: rows[f"r{i}"]["epe"])
+        band = bands[(3, archs[pick], archs[best])]
+        d = np.array(rows[f"r{pick}"]["pair_epe"]) - np.array(rows[f"r{best}"]["pair_epe"])
+        assert band["regret"] == pytest.approx(d.mean())
+        assert band["regret_se"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(len(d))))
+        ceiling = report["seed_ceiling"]
+        first, second = [rows[f"r{i}"]["epe"] for i in (0, 2, 4)], [rows[f"s{i}"]["epe"] for i in (0, 2, 4)]
+        by_arch = sorted(range(3), key=lambda j: archs[(0, 2, 4)[j]])
+        assert ceiling["archs"] == 3 and ceiling["kendall_tau_b"] == pytest.approx(
+            _kendall_by_pairs([first[j] for j in by_arch], [second[j] for j in by_arch]))
+
+    def test_rows_that_do_not_fit_the_plan_are_refused(self, tmp_path):
+        folder = tmp_path / "b"
+        shutil.copytree(BENCH, folder, ignore=shutil.ignore_patterns("rows"))
+        plan = rank_bench.read_plan(str(folder))
+        planned = plan["rows"][0]
+        row = _hand_row(planned["name"], planned["arch"], 43, [1.0] * 1024, planned["gmacs"])
+        rank_bench.write_row(str(folder), row)
+        with pytest.raises(errors.RankError, match="seed 43"):
+            rank_bench.read_rows(str(folder), plan)
+        rank_bench.write_row(str(folder), dict(row, seed=42, pair_epe=[1.0] * 10))
+        with pytest.raises(errors.RankError, match="1024 finite errors"):
+            rank_bench.read_rows(str(folder), plan)
+        os.remove(rank_bench.row_path(str(folder), planned["name"]))
+        (folder / "rows" / "nosuch_s42.json").write_text("{}")
+        with pytest.raises(errors.RankError, match="not a row of the plan"):
+            rank_bench.read_rows(str(folder), plan)
+
+    @pytest.mark.slow
+    def test_chunks_train_each_row_once_and_a_supernet_is_scored_against_them(self, tmp_path, capsys):
+        archs = ["0,0,0,0,0,0,0,0,0", "1,1,1,1,1,1,1,1,1", "2,2,2,2,2,2,2,2,2"]
+        plan = _tiny_bench(tmp_path / "bench", archs, archs[:1])
+        bench, runs = str(tmp_path / "bench"), str(tmp_path / "runs")
+        jobs = str(min(2, len(parallel.usable_cores())))
+        assert rank.main(["--bench", bench, "--train_rows", "2", "--runs_dir", runs, "--jobs", jobs]) == 0
+        rows = rank_bench.read_rows(bench, plan)
+        assert sorted(rows) == sorted(r["name"] for r in plan["rows"][:2])
+        for name, row in rows.items():
+            assert not os.path.exists(os.path.join(runs, name, "checkpoints"))  # the row is what is kept
+            assert row["steps"] == 6 and row["command"].endswith(f"--experiment_name {name}")
+            assert row["epe"] == pytest.approx(np.mean(row["pair_epe"]), abs=1e-6)
+            history = ranking.read_history(os.path.join(runs, name), supernet.parse_arch(row["arch"]))
+            assert row["stopping"] == stopping.figures(history, row["zero_flow_epe"])
+        written = {n: os.path.getmtime(rank_bench.row_path(bench, n)) for n in rows}
+        assert rank.main(["--bench", bench, "--train_rows", "5", "--runs_dir", runs, "--jobs", jobs]) == 0
+        rows = rank_bench.read_rows(bench, plan)
+        assert len(rows) == 4 and all(os.path.getmtime(rank_bench.row_path(bench, n)) == t
+                                      for n, t in written.items())  # never a row twice
+        sup = tmp_path / "sup"
+        assert train.main(["--config", str(tmp_path / "bench" / "setting.json"), "--output_dir", str(sup),
+                           "--experiment_name", "s", "--num_epochs", "1"]) == 0
+        capsys.readouterr()
+        assert rank.main(["--bench", bench, "--supernet", str(sup / "s"), "--bootstrap", "50"]) == 0
+        out = capsys.readouterr().out
+        report = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
+        assert report["num_archs"] == 3 and report["rows"] == 4 and (sup / "s" / "rank_bench" / "rank.png").exists()
+        assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
+        assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
