@@ -354,7 +354,11 @@ class RowScorer:
                  f"({stop['last_two_pct']:.2f}% / {stop['last_pct']:.2f}%), {row['wall_time_s'] / 60:.1f} min")
 
 
-def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=print):
+def say(line):
+    print(line, flush=True)  # a chunk's log is usually a file: each line as it happens
+
+
+def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=say):
     """Train the next `count` rows the bench lacks, `jobs` at once, each on one core (as the
     fingerprint and every row was: a core count changes the numerics), each scored into
     its row as it finishes; runs already finished are scored first. One chunk at a time per runs
