@@ -74,6 +74,17 @@ rank: $(VENV) ## the ranking study on study.json: supernet, search, RANK_K subne
 	$(PY) rank.py --supernet outputs/$(STUDY_NAME) --train $(RANK_K) --search_choice --jobs $(RANK_JOBS) \
 		--bn_recal_batches $(RANK_RECAL) --standalone_dir outputs/$(STUDY_NAME)_rank
 
+# The ranking benchmark (rankbench/README.md): its next BENCH_ROWS rows, one per core, each written to
+# rankbench/rows/ as it lands (commit them); run it again after any stop. BENCH_SUPERNET=<run> scores a
+# supernet trained on rankbench/setting.json against the rows written.
+BENCH_ROWS ?= 12
+BENCH_JOBS ?= $(shell nproc 2>/dev/null | awk '{print ($$1 > 1) ? 2 : 1}')
+
+.PHONY: rankbench
+rankbench: $(VENV) ## train the ranking benchmark's next BENCH_ROWS rows (hours; resumes), or score BENCH_SUPERNET
+	$(if $(BENCH_SUPERNET),$(PY) rank.py --bench rankbench --supernet $(BENCH_SUPERNET),\
+		$(PY) rank.py --bench rankbench --train_rows $(BENCH_ROWS) --jobs $(BENCH_JOBS))
+
 # The suite runs on every core (pytest-xdist), a test class at a time per worker: a class's tests
 # share their module fixtures on one worker, so each expensive fixture is built at most once a worker.
 PYTEST := $(PY) -m pytest -q -n auto --dist loadscope
