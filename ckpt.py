@@ -1,5 +1,5 @@
 """Checkpoints and run folders: TF1 Saver files for `best` and `last`, the JSON meta beside them,
-atomic writes, one writer per folder, a failed command's files put back, and finding the run to
+one writer per folder, a failed command's files put back, and finding the run to
 resume or score.
 
 A checkpoint is committed by its meta: the Saver first writes a fresh prefix, then `meta.json`
@@ -18,48 +18,12 @@ import time
 import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
+import atomic_files
 import supernet
 from errors import ArchError, CheckpointError, OutputError, one_line
 
 CHECKPOINT_KINDS = ("best", "last")
 META_NAME = "meta.json"
-
-
-def write_atomic(path, content):
-    """Write bytes or text to `path` via a temp file, fsync and rename: never a half-written file.
-    A failed write (a full disk, a folder that is not there) removes its temp file and raises
-    OutputError naming `path`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb" if isinstance(content, bytes) else "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def write_json_atomic(path, obj):
-    """Write `obj` as strict JSON to `path` atomically (see write_atomic): never NaN or Infinity
-    (an OutputError naming the file)."""
-    try:
-        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    except ValueError as err:
-        raise OutputError(f"{path}: not written: {err}") from None
-    return write_atomic(path, text)
 
 
 def read_json(path, what):
@@ -184,7 +148,7 @@ def save(sess, saver, run_dir, kind, meta):
     meta = dict(meta, checkpoint=os.path.basename(prefix))
     try:
         saver.save(sess, prefix, write_meta_graph=False, write_state=False)
-        write_json_atomic(os.path.join(directory, META_NAME), meta)
+        atomic_files.write_json_atomic(os.path.join(directory, META_NAME), meta)
     except (tf.errors.OpError, OSError, OutputError) as err:
         remove_uncommitted(directory)
         raise CheckpointError(f"cannot save checkpoint {prefix}: {one_line(err)}") from None
@@ -220,31 +184,6 @@ def remove_temp_files(run_dir):
     for kind in CHECKPOINT_KINDS:
         if os.path.isdir(checkpoint_dir(run_dir, kind)):
             remove_uncommitted(checkpoint_dir(run_dir, kind))
-
-
-def remove_killed_temps(pattern):
-    """Delete the files and folders matching `pattern` that are `<name>.tmp<pid>` temps (write_atomic's
-    form) of a process that is gone: what a killed writer left. A live process's temps stay."""
-    for path in glob.glob(pattern):
-        pid = path.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and _process_alive(int(pid)):
-            continue
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-
-
-def _process_alive(pid):
-    """Whether a process with this PID exists (one of another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != 0
 
 
 META_FIELDS = {"checkpoint": str, "epoch": int, "global_step": int, "search_space": dict}

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 
-import ckpt
+import atomic_files
 from errors import CompileError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -238,7 +238,7 @@ class CompileCache:
     def _remove_killed_work(self):
         """Delete the work folders and JSON temp files of compiles whose process was killed."""
         for pattern in ("*.tmp*", os.path.join("models", "*.tmp*")):
-            ckpt.remove_killed_temps(os.path.join(self.directory, pattern))
+            atomic_files.remove_killed_temps(os.path.join(self.directory, pattern))
 
     def _key(self, *parts):
         return hashlib.sha256(json.dumps([self.version, *parts], sort_keys=True).encode()).hexdigest()[:24]
@@ -273,7 +273,7 @@ class CompileCache:
         summary = dict(figures["summary"], compiled_model=os.path.join(out_dir, os.path.basename(
             figures["summary"]["compiled_model"])))
         if structure is not None:
-            ckpt.write_json_atomic(os.path.join(self.directory, self._key(structure, target.compile_key()) + ".json"),
+            atomic_files.write_json_atomic(os.path.join(self.directory, self._key(structure, target.compile_key()) + ".json"),
                         {"compiler": self.version, "structure": structure, "model_key": content,
                          "summary": summary, "per_layer": figures["per_layer"]})
         return summary, figures["per_layer"]
@@ -283,7 +283,7 @@ class CompileCache:
         work = f"{cached}.tmp{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         summary, per_layer = self.tool.compile(model_path, target, work)
-        ckpt.write_json_atomic(os.path.join(work, "figures.json"), {"summary": summary, "per_layer": per_layer,
+        atomic_files.write_json_atomic(os.path.join(work, "figures.json"), {"summary": summary, "per_layer": per_layer,
                                                                     "model": os.path.basename(model_path)})
         try:
             os.rename(work, cached)

@@ -15,7 +15,7 @@ import devices  # before tensorflow: quietens its start-up (see devices.py)
 import tensorflow as tf
 
 import batches
-import ckpt
+import atomic_files
 import metrics
 import runs
 import scoring
@@ -245,7 +245,7 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
     or None), extra (more fields for the report)."""
     h, w = size
     check_folder(out_dir)
-    ckpt.remove_killed_temps(f"{glob.escape(out_dir)}.tmp*")  # folders of exports killed earlier
+    atomic_files.remove_killed_temps(f"{glob.escape(out_dir)}.tmp*")  # folders of exports killed earlier
     base = options.get("base") or batches.deployment_base(cfg, options["calibration_samples"])
     data = batches.deployment_batches(base, size, options["recal_at_size"])
     values, meta = recalibrated_values(run_dir, kind, cfg, arch, size, data["recal"])
@@ -255,7 +255,7 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
         raise ExportError(f"the static graph of {supernet.format_arch(arch)} is not that subnet alone: "
                           f"{models['check']}")
     with building(out_dir) as work:
-        paths = {k: ckpt.write_atomic(os.path.join(work, f"model_{k}.tflite"), models[k]) for k in ("fp32", "int8")}
+        paths = {k: atomic_files.write_atomic(os.path.join(work, f"model_{k}.tflite"), models[k]) for k in ("fp32", "int8")}
         name = cache.tool.name
         summary, _ = cache.compile(paths["int8"], target, os.path.join(work, name), supernet.structure(arch, size))
         report = {"arch": supernet.format_arch(arch), "run_dir": run_dir, "checkpoint": meta["prefix"],
@@ -274,7 +274,7 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
             sample = batches.batch_parts(val_export[0])[0][:1].astype(np.float32)
             report["cpu"] = cpu_timings(paths, sample, *options["timing"])
         report.update(options.get("extra") or {})
-        ckpt.write_json_atomic(os.path.join(work, "export_report.json"), report)
+        atomic_files.write_json_atomic(os.path.join(work, "export_report.json"), report)
     return report
 
 

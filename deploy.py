@@ -19,6 +19,7 @@ import time
 
 import devices  # before tensorflow: quietens its start-up (see devices.py)
 
+import atomic_files
 import ckpt
 import compiler
 import config
@@ -148,7 +149,7 @@ def run(args):
     firmware.write_files(dep.folder(), report, export["vela"]["compiled_model"], reference)
     deployment.plot(os.path.join(dep.folder(), "deploy.png"), found["rows"], found["front"], found["members"],
                     member, dep)
-    ckpt.write_json_atomic(os.path.join(dep.folder(), "deploy_report.json"), report)
+    atomic_files.write_json_atomic(os.path.join(dep.folder(), "deploy_report.json"), report)
     print_summary(dep, found, member, report)
     return report
 

@@ -15,7 +15,7 @@ import sys
 import devices  # before tensorflow: quietens its start-up (see devices.py)
 
 import batches
-import ckpt
+import atomic_files
 import errors
 import fair
 import flowviz
@@ -86,7 +86,7 @@ def run(args):
     summary = dict(result_summary(args, run_dir, cfg, meta, result, info, archs, is_pool), devices=hardware)
     output = {"summary": summary, "archs": sorted(result["archs"], key=lambda r: r["rank"])}
     path = os.path.join(run_dir, f"supernet_eval_result_{args.checkpoint_type}{info['suffix']}.json")
-    ckpt.write_json_atomic(path, output)
+    atomic_files.write_json_atomic(path, output)
     print(f"mean EPE {summary['mean_epe']:.4f} (std {summary['std_epe']:.4f}) over {len(archs)} subnets; "
           f"zero-flow EPE {summary['zero_flow_epe']:.4f}; wrote {path}")
     if writer.written:

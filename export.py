@@ -17,6 +17,7 @@ import sys
 
 import devices  # before tensorflow: quietens its start-up (see devices.py)
 
+import atomic_files
 import ckpt
 import compiler
 import config
@@ -125,7 +126,7 @@ def run(args):
         table = edge_tables.build_latency_table(run_dir, args.checkpoint_type, cfg, size, target, cache,
                                                 (args.latency_check, args.latency_seed), args.calibration_samples)
         path = os.path.join(run_dir, f"latency_{target.accelerator_config}_{size[0]}x{size[1]}.json")
-        ckpt.write_json_atomic(path, dict(table, devices=hardware))
+        atomic_files.write_json_atomic(path, dict(table, devices=hardware))
         check = table["check"]
         print(f"predicted vs compiled FPS: median abs error {check['median_abs_error_pct']:.4f}%, "
               f"max {check['max_abs_error_pct']:.4f}%; wrote {path}")

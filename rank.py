@@ -20,6 +20,7 @@ import time
 import numpy as np
 import devices  # before tensorflow: quietens its start-up (see devices.py)
 
+import atomic_files
 import batches
 import ckpt
 import data_fc2
@@ -201,7 +202,7 @@ def rank(args):
     report["study_seconds"] = {"supernet": supernet_report.get("wall_time_s"), "search": ranking.search_seconds(
         args.supernet, args.checkpoint_type) if args.search_choice else None,
         "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
-    ckpt.write_json_atomic(os.path.join(out, "rank_report.json"), report)
+    atomic_files.write_json_atomic(os.path.join(out, "rank_report.json"), report)
     rank_plot.plot_ranking(report, os.path.join(out, "rank.png"))
     print("\n".join(ranking.table_lines(report)))
     print(f"wrote {os.path.join(out, 'rank_report.json')} and rank.png")
@@ -292,7 +293,7 @@ def margin(args):
                   devices=hardware)
     print("\n".join(ranking.margin_lines(result)))
     result["seconds"] = time.time() - start
-    ckpt.write_json_atomic(path, result)
+    atomic_files.write_json_atomic(path, result)
     print(f"wrote {path}")
     return result
 

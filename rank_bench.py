@@ -13,7 +13,7 @@ import subprocess
 
 import numpy as np
 
-import ckpt
+import atomic_files
 import config
 import ranking
 import supernet
@@ -175,7 +175,7 @@ def missing_rows(plan, rows):
 def write_row(bench_dir, row):
     """One row, atomically (the rows folder made if needed)."""
     os.makedirs(os.path.join(bench_dir, ROWS_DIR), exist_ok=True)
-    ckpt.write_atomic(row_path(bench_dir, row["name"]), json.dumps(row, indent=1) + "\n")
+    atomic_files.write_atomic(row_path(bench_dir, row["name"]), json.dumps(row, indent=1) + "\n")
 
 
 def git_commit(where):

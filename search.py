@@ -23,6 +23,7 @@ import sys
 import numpy as np
 import devices  # before tensorflow: quietens its start-up (see devices.py)
 
+import atomic_files
 import batches
 import ckpt
 import config
@@ -51,7 +52,7 @@ def finish(search_dir, run_dir, args, hardware):
     provenance = {k: manifest[k] for k in manifest if k not in ("shard", "units")}
     provenance.update(run_dir=run_dir, unit_seconds=seconds, latency_table=args.latency_table,
                       parts=manifest["shard"][1], devices=hardware)
-    ckpt.write_json_atomic(os.path.join(search_dir, "pareto.json"),
+    atomic_files.write_json_atomic(os.path.join(search_dir, "pareto.json"),
                            {"provenance": provenance, "fronts": fronts, "best": rows[0]})
     png = os.path.join(search_dir, "pareto.png")
     pareto.plot_front(png, rows, fronts, pareto.marked_subnets(rows, run_dir, manifest["config"]),

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import atomic_files
 import batches
 import bench
 import ckpt
@@ -1687,7 +1688,7 @@ def tiny_models(tmp_path_factory):
     """FP32 and INT8 models of EXPORT_ARCH at 32x48 with random weights, written to a temp folder."""
     folder = tmp_path_factory.mktemp("models")
     reference, fp32, int8, probe = _static_models(EXPORT_ARCH, 32, 48, 3, _synthetic_images(4, 32, 48, 5))
-    paths = {kind: ckpt.write_atomic(str(folder / f"model_{kind}.tflite"), content)
+    paths = {kind: atomic_files.write_atomic(str(folder / f"model_{kind}.tflite"), content)
              for kind, content in (("fp32", fp32), ("int8", int8))}
     return paths, reference, probe, folder
 
@@ -1809,7 +1810,7 @@ class TestExport:
         def measure(arch):
             int8 = _static_models(arch, 16, 24, 2, calibration)[2]
             name = "m" + "".join(map(str, arch))
-            path = ckpt.write_atomic(str(tmp_path / f"{name}.tflite"), int8)
+            path = atomic_files.write_atomic(str(tmp_path / f"{name}.tflite"), int8)
             summary, per_layer = compiler.compile_model(path, target, str(tmp_path / name))
             cycles, unattributed = edge_tables.block_cycles(per_layer, edge_tables.arch_op_blocks(arch))
             return {"arch": arch, "epe": 0.0, "summary": summary, "cycles": cycles, "unattributed": unattributed}
@@ -2120,7 +2121,7 @@ class TestDeploy:
                 # meanwhile another process compiled the same model and renamed its work into place
                 other = out_dir.rsplit(".tmp", 1)[0]
                 super().compile(model_path, target, other)
-                ckpt.write_json_atomic(os.path.join(other, "figures.json"), {"summary": dict(
+                atomic_files.write_json_atomic(os.path.join(other, "figures.json"), {"summary": dict(
                     found[0], compiled_model=os.path.join(other, "m_vela.tflite")), "per_layer": found[1]})
                 return found
 
@@ -2312,9 +2313,9 @@ def scoring_run(tmp_path_factory):
     cfg = dict(config.read_config_file(config.DEFAULT_CONFIG), input_h=32, input_w=48, synthetic=True,
                synthetic_train_size=4, synthetic_val_size=4, batch_size=2, bn_recal_batches=1, eval_pool_size=3,
                experiment_name="run", output_dir=str(out))
-    ckpt.write_json_atomic(str(run / "config.json"), cfg)
+    atomic_files.write_json_atomic(str(run / "config.json"), cfg)
     pool = [supernet.format_arch(a) for a in fair.build_eval_pool(3, cfg["seed"], 32, 48)]
-    ckpt.write_json_atomic(str(run / "eval_pool_3.json"), {"archs": pool})
+    atomic_files.write_json_atomic(str(run / "eval_pool_3.json"), {"archs": pool})
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(3)
@@ -2966,7 +2967,7 @@ class TestStandaloneAndRank:
         for copy, name, changes in ((other_size, "config.json", {"input_h": 48}),
                                     (other_source, "train_report.json", {"data_source": "fc2"})):
             subprocess.run(["cp", "-r", alone[0], str(copy)], check=True)
-            ckpt.write_json_atomic(str(copy / name), dict(json.loads((copy / name).read_text()), **changes))
+            atomic_files.write_json_atomic(str(copy / name), dict(json.loads((copy / name).read_text()), **changes))
         sup = str(out / "sup")
         cases = [(alone[:2], "at least 3"), (alone[:2] + [sup], "not a standalone run"),
                  (alone[:2] + [str(other_size)], "input_h 48"), (alone[:2] + [str(other_source)], "data source fc2"),
@@ -2982,7 +2983,7 @@ class TestStandaloneAndRank:
         stale = tmp_path / "stale"
         subprocess.run(["cp", "-r", str(out / "sup" / "standalone"), str(stale)], check=True)
         second = next(p for p in stale.iterdir() if p.is_dir() and "_seed" in p.name)
-        ckpt.write_json_atomic(str(second / "config.json"),
+        atomic_files.write_json_atomic(str(second / "config.json"),
                                dict(json.loads((second / "config.json").read_text()), input_h=48))
         assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
         err = capsys.readouterr().err
