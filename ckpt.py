@@ -15,8 +15,8 @@ import os
 import shutil
 import time
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+import tensorflow_quiet
+from tensorflow_quiet import tf
 
 import atomic_files
 import supernet
@@ -289,6 +289,6 @@ def restored_session(run_dir, kind, build, input_size=None):
         built = build()
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
     graph.finalize()
-    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
+    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
         meta = restore(sess, saver, run_dir, kind, *(input_size or (None, None)))
         yield sess, built, meta

@@ -15,8 +15,7 @@ import re
 import sys
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
 import flowio
 import synthetic
@@ -414,8 +413,7 @@ def _training_positions(num_samples, batch_size, seed, start_step):
     return tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(step_elements).unbatch()
 
 
-def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=0,
-                 num_parallel_calls=tf.data.AUTOTUNE):
+def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=0):
     """Batches (images float32 [B, h, w, 6] in [-1, 1], flow float32 [B, h, w, 2]).
 
     source: a list of (img0, img1, flow) path tuples (FC2 on disk) or a dict from
@@ -444,7 +442,7 @@ def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=
     elements = (_training_positions(n, int(batch_size), int(seed), int(start_step)) if train
                 else tf.data.Dataset.range(n).enumerate())
     dataset = elements.map(_make_sample_fn(crop_hw, train, max_flow, seed, load),
-                           num_parallel_calls=num_parallel_calls, deterministic=True)
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size, drop_remainder=train).prefetch(tf.data.AUTOTUNE)
 
 
@@ -575,7 +573,6 @@ def _check_both_layouts(base_path):
 def main(argv=None):
     """CLI entry point; returns the process exit status."""
     args = _parse_args(argv)
-    devices.report(log=None)  # TensorFlow's device search (and its CUDA notes) held back before any PNG is written
     try:
         if args.check:
             print("\n".join(_check_both_layouts(args.base_path)))

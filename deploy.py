@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
 
 import atomic_files
 import ckpt

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
 
 import batches
 import atomic_files

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
 
 import atomic_files
 import ckpt

@@ -18,7 +18,8 @@ import sys
 import time
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
+import tensorflow_quiet
 
 import atomic_files
 import batches
@@ -72,7 +73,7 @@ def train_standalone(args, supernet_cfg, supernet_report, plan):
             for run_dir, argv in children if argv]
     print(f"{len(plan) - len(todo)} of {len(plan)} standalone runs finished already; training {len(todo)}, "
           f"{args.jobs} at a time", flush=True)
-    parallel.run_all(todo, args.jobs, env=devices.child_environment())
+    parallel.run_all(todo, args.jobs, env=tensorflow_quiet.child_environment())
     return [run_dir for run_dir, _ in children]
 
 

@@ -7,8 +7,7 @@ import math
 import os
 import time
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
 import atomic_files
 import ckpt

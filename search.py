@@ -21,7 +21,7 @@ import os
 import sys
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
 
 import atomic_files
 import batches

@@ -28,8 +28,8 @@ import math
 import sys
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+import tensorflow_quiet
+from tensorflow_quiet import tf
 
 from errors import ArchError
 
@@ -531,7 +531,7 @@ def shape_check(h, w, batch, samples, seed=0):
     expected = [level_sizes(h, w)[SPACE.by_name[name].level] for name in SPACE.flow_heads]
     rng = np.random.default_rng(seed)
     ok = True
-    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
+    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
         sess.run(init)
         for a in random_archs(samples, seed):
             out = sess.run(flows, {images: rng.uniform(-1, 1, images.shape.as_list()), arch: a})
@@ -576,7 +576,6 @@ def main(argv=None):
         arch = parse_arch(args.arch)
     except ArchError as err:
         parser.error(str(err))
-    devices.report(log=None)  # TensorFlow's device search (and its CUDA notes) held back before any session
     status = 0
     if args.self_test:
         status |= self_test()

@@ -55,6 +55,7 @@ import search_tree
 import stopping
 import supernet
 import synthetic
+import tensorflow_quiet
 import train
 import train_graph
 import training
@@ -2635,11 +2636,11 @@ class TestParallel:
     def test_children_quieten_tensorflow_themselves_unless_the_user_set_its_log_level(self, tmp_path, monkeypatch):
         script = "import json, os, sys; json.dump(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), open(sys.argv[1], 'w'))"
         for user_level, seen in ((None, None), ("1", "1")):
-            monkeypatch.setattr(devices, "USER_LOG_LEVEL", user_level)
-            monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level or devices.QUIET_LOG_LEVEL)
+            monkeypatch.setattr(tensorflow_quiet, "USER_LOG_LEVEL", user_level)
+            monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level or tensorflow_quiet.QUIET_LOG_LEVEL)
             path = tmp_path / f"level_{user_level}.json"
             parallel.run_all([("c", [sys.executable, "-c", script, str(path)], None)], 1, log=lambda line: None,
-                             env=devices.child_environment())
+                             env=tensorflow_quiet.child_environment())
             assert json.loads(path.read_text()) == seen
 
     def test_a_failure_starts_no_new_child_and_names_the_failed_one(self, tmp_path):
@@ -2915,7 +2916,7 @@ class TestStandaloneAndRank:
         supernet_wall = json.loads((out / "sup" / "train_report.json").read_text())["wall_time_s"]
         assert report["study_seconds"] == {"supernet": supernet_wall, "search": None,
                                            "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
-        if devices.USER_LOG_LEVEL is None:  # each child held TensorFlow's start-up lines back itself
+        if tensorflow_quiet.USER_LOG_LEVEL is None:  # each child held TensorFlow's start-up lines back itself
             logs = [p.read_text() for p in (out / "sup" / "standalone").glob("*.out")]
             assert logs or len(parallel.usable_cores()) < 2  # one core: one run at a time, to the terminal
             assert not any("absl::InitializeLog" in text or "oneDNN" in text for text in logs)
@@ -3633,7 +3634,7 @@ class TestDevices:
             devices.report(4, log=None, paths=fair.paths_per_cycle())
 
     def test_a_python_without_tensorflow_is_told_in_one_line(self):
-        script = "import sys; sys.modules['tensorflow'] = None; sys.argv = ['export.py', '--help']; import devices"
+        script = "import sys; sys.modules['tensorflow'] = None; from tensorflow_quiet import tf; tf.Graph"
         result = subprocess.run([sys.executable, "-c", script], cwd=HERE, capture_output=True, text=True, timeout=60)
         assert result.returncode == 1 and result.stdout == ""
         assert result.stderr == (f"tensorflow is not installed for {sys.executable}: `make venv`, "

@@ -14,7 +14,6 @@ import os
 import sys
 import time
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
 
 import ckpt
 import config
