@@ -38,7 +38,7 @@ import search_tree
 import supernet
 import synthetic
 import train_graph
-from errors import ArchError, EdgeFlowError
+from errors import ArchError, ArgumentParser, EdgeFlowError
 
 FLOPS_FORMULA = ("sum over the 3 paths of count_macs(arch, h, w) x 2 FLOP/MAC x 3 (forward + backward) x batch "
                  "/ seconds")
@@ -489,7 +489,7 @@ def devices_step_lines(steps, dev):
 
 def parse_args(argv):
     """Command-line flags, range-checked."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=32, help="batch size of every step, pipeline and scoring")
     parser.add_argument("--h", type=int, default=180, help="input height (multiple of 4)")

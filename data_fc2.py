@@ -7,7 +7,6 @@ configured at all (`open_data`); a configured but broken dataset is an error, ne
     python data_fc2.py --make_synthetic_fc2 DIR --num N [--seed S] [--h H --w W]
     python data_fc2.py --check --base_path DIR
 """
-import argparse
 import functools
 import logging
 import os
@@ -19,7 +18,7 @@ from tensorflow_quiet import tf
 
 import flowio
 import synthetic
-from errors import DataError
+from errors import ArgumentParser, DataError
 
 SPLITS = ("train", "val")
 DIRNAMES_FILE = "FC2_dirnames.txt"
@@ -536,7 +535,7 @@ def open_data(cfg):
 # -------------------------------------------------------------------------------------- CLI
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="FlyingChairs2 data: write a synthetic FC2 tree or check a dataset.")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--make_synthetic_fc2", metavar="DIR",

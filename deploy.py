@@ -10,7 +10,6 @@ Writes <run>/deploy_<target>/: deploy_report.json, deploy.png, the chosen model 
 model_int8.tflite, vela/, export_report.json), model_vela.cc/.h, reference_input.npy,
 reference_output.npy and README.txt; prints the command that retrains the choice at its size.
 """
-import argparse
 import dataclasses
 import math
 import os
@@ -35,7 +34,7 @@ from errors import ConfigError, DeployError
 
 def parse_args(argv):
     """Command-line flags; settings left unset come from config.json's `deploy`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment_name", help="supernet run under output_dir (default: the newest)")
     parser.add_argument("--output_dir", default=config.defaults()["output_dir"], help="where runs live")
     parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)

@@ -9,7 +9,6 @@ stores that dict under "devices" in every JSON it writes:
     python devices.py                 # the line every entry point prints
     python devices.py --devices 3     # the three paths of a fair step on three devices
 """
-import argparse
 import json
 import os
 import platform
@@ -18,7 +17,7 @@ import subprocess
 import sys
 
 import fair
-from errors import DeviceError
+from errors import ArgumentParser, DeviceError
 import tensorflow_quiet
 from tensorflow_quiet import tf
 
@@ -173,7 +172,7 @@ def report(count=1, allow_cpu=True, log=print, paths=1):
 
 def main(argv=None):
     """Print the device line (and with --json the whole report); exit 1 with a one-line error."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1, help="devices to spread a fair step's paths over")
     parser.add_argument("--json", action="store_true", help="also print the whole report as JSON")
     args = parser.parse_args(argv)

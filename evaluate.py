@@ -8,7 +8,6 @@ the Middlebury-coloured flow pictures.
     python evaluate.py --experiment_name demo --arch 0,1,2,0,1,2,0,1,2 --arch 2,2,2,2,2,2,2,2,2
     python evaluate.py --experiment_name demo --dataset sintel --base_path /data/Sintel --visualize 2
 """
-import argparse
 import os
 import sys
 
@@ -25,7 +24,7 @@ import scoring
 
 def parse_args(argv):
     """Command-line flags; unset ones fall back to the run's saved config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     runs.add_run_flags(parser, "score")
     parser.add_argument("--arch", action="append", default=[],
                         help="arch code to score (repeatable; default: the run's eval pool)")

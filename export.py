@@ -11,7 +11,6 @@ Writes `<run>/export_<code without commas>/`: model_fp32.tflite, model_int8.tfli
 model and Vela's summary and per-layer CSVs) and export_report.json. `--latency_table` writes
 `<run>/latency_<accelerator>_<h>x<w>.json` (see edge_tables.load_latency_table and predict_fps).
 """
-import argparse
 import os
 import sys
 
@@ -70,7 +69,7 @@ def print_report(report, path):
 
 def parse_args(argv):
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment_name", help="run under output_dir (default: the newest with the checkpoint)")
     parser.add_argument("--output_dir", default=config.defaults()["output_dir"],
                         help="where runs live (default: config.json's)")

@@ -11,7 +11,6 @@ of the evaluation (spread over validation batches, rank agreement between two ha
     python rank.py --compare A/scores.csv B/scores.csv                                   # two search results
     python rank.py --margin outputs/alone_000000000 outputs/alone_222222222              # two subnets alone
 """
-import argparse
 import glob
 import os
 import sys
@@ -81,7 +80,7 @@ def train_standalone(args, supernet_cfg, supernet_report, plan):
 
 def parse_args(argv):
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--supernet", help="the supernet run folder")
     parser.add_argument("--standalone", nargs="+", default=[], metavar="RUN", help="standalone run folders")
     parser.add_argument("--standalone_glob", help="a glob of standalone run folders (quote it)")

@@ -102,7 +102,7 @@ def size_flag(text):
 
 def parse_args(argv):
     """Command-line flags; scoring flags left unset fall back to the run's saved config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     runs.add_run_flags(parser, "search")
     parser.add_argument("--space", default="all", choices=("all",), help="score the whole space (the default)")
     parser.add_argument("--archs", nargs="+", metavar="CODE", help="score these arch codes instead")

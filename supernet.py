@@ -20,7 +20,6 @@ for the default 180x240 input.
     python supernet.py --shape_check --h 180 --w 240 --batch 2 --samples 5
     python supernet.py --info --arch 0,0,0,0,0,0,0,0,0
 """
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -31,7 +30,7 @@ import numpy as np
 import tensorflow_quiet
 from tensorflow_quiet import tf
 
-from errors import ArchError
+from errors import ArchError, ArgumentParser
 
 FLOW_CHANNELS = 2
 INPUT_CHANNELS = 6  # two RGB frames stacked
@@ -559,7 +558,7 @@ def info(arch, h, w):
 
 def main(argv=None):
     """CLI: --self_test, --shape_check, --info."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--self_test", action="store_true", help="round-trip all codes, reject malformed ones")
     parser.add_argument("--shape_check", action="store_true", help="run sampled archs through the dynamic graph")
     parser.add_argument("--info", action="store_true", help="params and GMACs of --arch")
