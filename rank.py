@@ -117,6 +117,8 @@ def parse_args(argv):
         parser.error("give exactly one of --standalone, --standalone_glob, --train")
     if args.train is not None and args.train < ranking.MIN_ARCHS:
         parser.error(f"--train needs at least {ranking.MIN_ARCHS} archs")
+    if args.train is not None and args.train > supernet.SPACE.num_archs:
+        parser.error(f"--train {args.train} is more than the search space's {supernet.SPACE.num_archs} archs")
     if (args.second_seed is not None or args.jobs != 1) and not args.train:
         parser.error("--second_seed and --jobs go with --train")
     if args.second_seed is not None and not 0 <= args.second_seed <= args.train:
@@ -161,13 +163,35 @@ def check_jobs(jobs, hardware):
 
 
 def output_folder(args):
-    """--out, or the standalone folder with --train, else <supernet>/rank: created, or RankError naming it."""
+    """--out, or the standalone folder with --train, else <supernet>/rank: checked, not created (a
+    refusal later leaves no empty folder); RankError naming it if it cannot be one."""
     out = args.out or (args.standalone_dir if args.train else os.path.join(args.supernet, "rank"))
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as err:
-        raise RankError(f"--out {out}: cannot be a folder ({err.strerror})") from None
+    return check_can_be_folder(out)
+
+
+def check_can_be_folder(out):
+    """`out`, if it is a folder or its nearest existing parent is one this process can write in;
+    RankError naming it otherwise."""
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise RankError(f"--out {out}: cannot be a folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RankError(f"--out {out}: cannot be a folder ({existing} cannot be written)")
     return out
+
+
+def scoring_data(args, cfg):
+    """The run's data, opened before any work, with --bn_recal_batches at most its training batches
+    (recalibration takes distinct batches of one pass: more would only read the data again and fill
+    memory); RankError otherwise."""
+    data = data_fc2.open_data(cfg)
+    available = data["counts"]["train"] // cfg["batch_size"]
+    if args.bn_recal_batches and args.bn_recal_batches > available:
+        raise RankError(f"--bn_recal_batches {args.bn_recal_batches}: the run's data has {available} training "
+                        f"batches of {cfg['batch_size']}")
+    return data
 
 
 def rank(args):
@@ -178,11 +202,12 @@ def rank(args):
         raise RankError(f"--supernet {args.supernet} is a standalone run of {supernet_cfg['arch']}, not a supernet")
     args.standalone_dir = args.standalone_dir or os.path.join(args.supernet, "standalone")
     check_jobs(args.jobs, hardware)
+    data = scoring_data(args, supernet_cfg)
     out = output_folder(args)  # checked before the work
     choice = ranking.search_choice(args.supernet, args.checkpoint_type) if args.search_choice else None
     runs, seconds = standalone_runs(args, supernet_cfg, supernet_report, choice)
     h, w = supernet_cfg["input_h"], supernet_cfg["input_w"]
-    scored = scoring_batches(args, supernet_cfg)
+    scored = scoring_batches(args, supernet_cfg, data)
     sizes = [len(flows) for _, flows in scored[1]]
     print(f"scoring {len(runs)} subnets with the supernet and alone: {len(scored[0])} recalibration batches, "
           f"{sum(sizes)} validation samples in {len(sizes)} batches")
@@ -202,6 +227,7 @@ def rank(args):
     report["study_seconds"] = {"supernet": supernet_report.get("wall_time_s"), "search": ranking.search_seconds(
         args.supernet, args.checkpoint_type) if args.search_choice else None,
         "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
+    os.makedirs(out, exist_ok=True)
     atomic_files.write_json_atomic(os.path.join(out, "rank_report.json"), report)
     rank_plot.plot_ranking(report, os.path.join(out, "rank.png"))
     print("\n".join(ranking.table_lines(report)))
@@ -273,11 +299,11 @@ def print_comparison(path_a, path_b):
           f"Kendall tau-b {result['kendall_tau_b']:.4f}, Spearman rho {result['spearman_rho']:.4f}")
 
 
-def scoring_batches(args, cfg):
-    """(recal_batches, val_batches) every subnet is scored on: the run's, recalibrating with
+def scoring_batches(args, cfg, data):
+    """(recal_batches, val_batches) every subnet is scored on: the run's `data`, recalibrating with
     --bn_recal_batches batches if given."""
     cfg = dict(cfg, bn_recal_batches=args.bn_recal_batches or cfg["bn_recal_batches"])
-    return batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+    return batches.scoring_batches(cfg, data)
 
 
 def margin(args):
@@ -286,13 +312,14 @@ def margin(args):
     runs = ranking.check_margin_runs(args.margin)  # before any folder or work
     out = args.out or args.margin[1]
     path = os.path.join(out, f"margin_vs_{os.path.basename(os.path.normpath(args.margin[0]))}.json")
-    os.makedirs(out, exist_ok=True)
+    check_can_be_folder(out)
     first_cfg = runs[0][1]
-    scored = scoring_batches(args, first_cfg)
+    scored = scoring_batches(args, first_cfg, scoring_data(args, first_cfg))
     result = dict(ranking.standalone_margin(runs, args.checkpoint_type, scored), bn_recal_batches=len(scored[0]),
                   devices=hardware)
     print("\n".join(ranking.margin_lines(result)))
     result["seconds"] = time.time() - start
+    os.makedirs(out, exist_ok=True)
     atomic_files.write_json_atomic(path, result)
     print(f"wrote {path}")
     return result
