@@ -185,7 +185,7 @@ class Vela:
             with open(ini, encoding="utf-8") as f:
                 parser.read_file(f)
         except (OSError, configparser.Error) as err:
-            reason = getattr(err, 'strerror', None) or err
+            reason = getattr(err, 'strerror', None) or ini_error_line(err)
             raise CompileError(f"{where}: vela.ini {ini} unreadable: {reason}") from None
         for kind, name in (("System_Config", target.system_config), ("Memory_Mode", target.memory_mode)):
             if not parser.has_section(f"{kind}.{name}"):
@@ -213,6 +213,12 @@ class Vela:
         summary.update(parse_operator_counts(proc.stdout))
         summary["compiled_model"] = os.path.join(out_dir, f"{stem}_vela.tflite")
         return summary, read_csv_rows(os.path.join(out_dir, f"{stem}_per-layer.csv"), "Vela per-layer report")
+
+
+def ini_error_line(err):
+    """A configparser error on one line: its lines joined, the quoted source line without the newline
+    its repr keeps (`'garbage\\n'`)."""
+    return "; ".join(line.strip().rstrip(".").replace("\\n'", "'") for line in str(err).splitlines() if line.strip())
 
 
 COMPILERS = {"vela": Vela}
