@@ -13,7 +13,6 @@ import prints them, and devices.report() quotes the relevant one when nvidia-smi
 TensorFlow cannot use.
 """
 import contextlib
-import importlib
 import os
 import sys
 import tempfile
@@ -74,7 +73,7 @@ def _import_tensorflow():
         os.environ[LOG_LEVEL_VARIABLE] = QUIET_LOG_LEVEL
     try:
         with quiet(STARTUP_LINES):
-            module = importlib.import_module("tensorflow")
+            import tensorflow as module  # the one import of TensorFlow
             module.config.list_physical_devices()
     except ModuleNotFoundError as error:  # a command run with a Python outside the environment
         sys.exit(f"{error.name} is not installed for {sys.executable}: `make venv`, then run .venv/bin/python")
