@@ -2,6 +2,7 @@
 against an independent computation (numpy, a brute-force path, bytes written by hand)."""
 import argparse
 import ast
+import configparser
 import csv
 import dataclasses
 import itertools
@@ -3726,3 +3727,134 @@ class TestDevices:
         assert training.time_left(100, 1, 3700.0) == "time left 1h03m (steps 1m40s + 1 evaluation x 1h01m)"
         assert training.time_left(100, 4, None) == "time left 1m40s + 4 evaluations (not timed yet)"
         assert training.time_left(100, 0, 30.0) == "time left 1m40s"
+
+
+# ----------------------------------------------------------------------------- command line: flags, imports, quiet
+
+_FLAGS_BEFORE_TENSORFLOW = r'''
+import contextlib, io, json, sys
+import bench, deploy, evaluate, export, rank, search, train
+said = {}
+for command in (bench, deploy, evaluate, export, rank, search, train):
+    for argv in (["--help"], ["--no_such_flag"]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            command.main(argv)
+        said[f"{command.__name__} {argv[0]}"] = [out.getvalue(), err.getvalue()]
+json.dump({"tensorflow": "tensorflow" in sys.modules, "said": said}, sys.stdout)
+'''
+
+
+def _import_graph():
+    """{module: the project modules it imports anywhere in its source}, from the source with ast."""
+    return {m: (_imports(m) & set(PRODUCT_MODULES)) - {m} for m in PRODUCT_MODULES}
+
+
+class TestCommandLine:
+    def test_help_and_refused_flags_come_before_tensorflow_loads_and_on_one_line(self):
+        result = subprocess.run([sys.executable, "-c", _FLAGS_BEFORE_TENSORFLOW], cwd=HERE, capture_output=True,
+                                text=True, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        said = json.loads(result.stdout)
+        assert said["tensorflow"] is False
+        for command in COMMANDS:
+            help_out, help_err = said["said"][f"{command} --help"]
+            assert help_out.startswith("usage: ") and "--help" in help_out and help_err == "", command
+            out, err = said["said"][f"{command} --no_such_flag"]  # a required flag may be named first
+            assert out == "" and err.startswith("error: ") and err.count("\n") == 1 and "usage" not in err, command
+
+    @pytest.mark.parametrize("command, argv, says", [
+        (rank, ["--supernet", "sup", "--train", "0"], "--train needs at least 3 archs"),
+        (search, ["--max_gmacs", "-1"], "--max_gmacs -1.0 must be a positive number"),
+        (search, ["--max_gmacs", "nan"], "--max_gmacs nan must be a positive number"),
+        (train, ["--num_epochs", "x"], "argument --num_epochs: invalid"),
+    ])
+    def test_a_refused_flag_is_one_line_without_the_usage_block(self, command, argv, says, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            command.main(argv)
+        out, err = capsys.readouterr()
+        assert exit_info.value.code == 2 and out == "" and err.startswith(f"error: {says}") and err.count("\n") == 1
+
+    def test_tensorflow_start_up_lines_are_held_back_at_levels_2_and_3_and_shown_at_0(self, tmp_path):
+        use = "from tensorflow_quiet import tf; tf.constant(1)"
+        runs = {level: subprocess.Popen([sys.executable, "-c", use], cwd=HERE, stderr=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)) for level in "023"}
+        deploy_command = [sys.executable, "deploy.py", "--experiment_name", "nosuchrun", "--target", "himax-we2",
+                          "--output_dir", str(tmp_path)]
+        deploying = subprocess.run(deploy_command, cwd=HERE, capture_output=True, text=True, timeout=300,
+                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        said = {level: proc.communicate(timeout=300)[1] for level, proc in runs.items()}
+        assert said["2"] == "" and said["3"] == ""
+        assert any(word in said["0"] for word in _TF_STARTUP_LINE)  # the user asked for every line
+        assert deploying.returncode == 1 and deploying.stderr.count("\n") == 1
+        assert deploying.stderr.startswith("error: run folder not found: ") and "nosuchrun" in deploying.stderr
+
+    def test_a_configparser_error_is_one_clean_line(self):
+        bad = "garbage\n[System_Config.x]\n"
+        try:
+            configparser.ConfigParser().read_string(bad, source="v.ini")
+        except configparser.Error as err:
+            line = compiler.ini_error_line(err)
+        assert line == "File contains no section headers; file: 'v.ini', line: 1; 'garbage'"
+
+
+class TestImportRules:
+    def test_no_import_cycle_among_the_modules(self):
+        import graphlib
+        try:
+            graphlib.TopologicalSorter(_import_graph()).prepare()
+        except graphlib.CycleError as err:
+            pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+
+    def test_commands_never_import_commands_and_tensorflow_has_one_door(self):
+        graph = _import_graph()
+        assert {m: graph[m] & set(COMMANDS) for m in PRODUCT_MODULES if graph[m] & set(COMMANDS)} == {}
+        assert [m for m in PRODUCT_MODULES if "tensorflow" in _imports(m)] == ["tensorflow_quiet"]
+
+    def test_atomic_writes_and_errors_reach_no_tensorflow(self):
+        graph, seen, todo = _import_graph(), set(), ["atomic_files", "errors"]
+        while todo:
+            module = todo.pop()
+            seen.add(module)
+            todo.extend(graph[module] - seen)
+        assert "tensorflow_quiet" not in seen and not {"tensorflow", "ckpt"} & set().union(*map(_imports, seen))
+
+
+class TestRankBounds:
+    @staticmethod
+    def _supernet_run(tmp_path):
+        """A finished supernet run as rank reads it: config (synthetic data, 8 training pairs in 4 batches
+        of 2) and train report; no checkpoint is needed to be refused."""
+        run = tmp_path / "sup"
+        run.mkdir()
+        cfg = tiny_config(synthetic=True, synthetic_train_size=8, synthetic_val_size=4, experiment_name="sup",
+                          output_dir=str(tmp_path))
+        (run / "config.json").write_text(json.dumps(cfg))
+        (run / "train_report.json").write_text(json.dumps({"mode": "supernet", "data_source": "synthetic",
+                                                           "global_step": 1}))
+        return str(run)
+
+    def test_train_above_the_space_is_refused_before_any_folder(self, tmp_path, capsys):
+        out = tmp_path / "out"
+        with pytest.raises(SystemExit) as exit_info:
+            rank.main(["--supernet", str(tmp_path / "sup"), "--train", "99999", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err == "error: --train 99999 is more than the search space's 19683 archs\n"
+        assert supernet.SPACE.num_archs == 3 ** 9 and not out.exists()
+
+    def test_recal_batches_beyond_the_data_are_refused_before_work_and_folders(self, tmp_path, capsys):
+        sup, out = self._supernet_run(tmp_path), tmp_path / "out"
+        standalone = tmp_path / "alone"
+        assert rank.main(["--supernet", sup, "--standalone", str(standalone), "--bn_recal_batches", "5",
+                          "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err == "error: --bn_recal_batches 5: the run's data has 4 training batches of 2\n"
+        assert not out.exists() and not (tmp_path / "sup" / "standalone").exists()
+
+    def test_a_refusal_after_the_checks_leaves_no_empty_out_folder(self, tmp_path, capsys):
+        sup, out = self._supernet_run(tmp_path), tmp_path / "out" / "deeper"
+        assert rank.main(["--supernet", sup, "--standalone", str(tmp_path / "no_such_run"), "--out", str(out)]) == 1
+        assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
+        (tmp_path / "file").write_text("")
+        assert rank.main(["--supernet", sup, "--standalone", str(tmp_path / "no_such_run"),
+                          "--out", str(tmp_path / "file" / "out")]) == 1
+        assert "cannot be a folder" in capsys.readouterr().err
