@@ -320,6 +320,9 @@ def load_parts(search_dir):
             rows.update({prefix * search_tree.heads_per_prefix() + int(h): m for h, m in unit["rows"].items()})
     if len(rows) != first["num_archs"]:
         raise SearchError(f"{search_dir}: parts hold {len(rows)} subnets, the search has {first['num_archs']}")
+    if fingerprint([np.array(sorted(rows), np.int64)]) != first.get("archs_sha256"):  # a row relabelled
+        raise SearchError(f"{search_dir}: the parts' {len(rows)} subnets are not the search's arch set (their "
+                          "archs_sha256 differs from the manifests'): a unit's rows were changed")
     return first, rows, seconds
 
 
