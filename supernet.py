@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import sys
 
 import numpy as np
@@ -234,10 +235,10 @@ def structure(arch, size):
 
 def parse_size(text):
     """"HxW" -> (h, w), both positive multiples of 4; ArchError naming the text otherwise."""
-    try:
-        h, w = (int(v) for v in text.strip().lower().split("x"))
-    except ValueError:
-        raise ArchError(f"input size {text!r} is not HxW (e.g. 144x192)") from None
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text.lower(), re.ASCII)  # int() alone takes 3_2 and +32
+    if not match:
+        raise ArchError(f"input size {text!r} is not HxW (e.g. 144x192)")
+    h, w = int(match[1]), int(match[2])
     check_input_size(h, w)
     return h, w
 
