@@ -17,7 +17,6 @@ import dataclasses
 import glob
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -67,6 +66,8 @@ def _file_text(path):
 
 REQUIRED = ("name", "accelerator_config", "system_config", "memory_mode", "optimise", "sram_kib", "flash_kib")
 OPTIONAL = ("min_fps", "vela_ini", "compiler")
+# 4 GiB: the 32-bit address space of the Cortex-M beside the NPU; a million frames a second is far beyond any NPU
+TARGET_MAXIMA = {"sram_kib": 4 * 1024 * 1024, "flash_kib": 4 * 1024 * 1024, "min_fps": 1_000_000}
 
 
 def preset_names():
@@ -113,12 +114,13 @@ def _check_target(target, path):
     if target.optimise not in OPTIMISE:
         raise CompileError(f"target {path}: field 'optimise' must be one of {', '.join(OPTIMISE)}, "
                            f"got {target.optimise!r}")
-    for key in ("sram_kib", "flash_kib", "min_fps"):
+    for key, most in TARGET_MAXIMA.items():
         value = getattr(target, key)
         if value is None and key == "min_fps":
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise CompileError(f"target {path}: field '{key}' must be a positive number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= most:
+            raise CompileError(f"target {path}: field '{key}' must be a positive number at most {most:,}, "
+                               f"got {value!r}")
     if target.vela_ini is not None and not isinstance(target.vela_ini, str):
         raise CompileError(f"target {path}: field 'vela_ini' must be a file name")
     if target.compiler not in COMPILERS:
