@@ -3858,3 +3858,43 @@ class TestRankBounds:
         assert rank.main(["--supernet", sup, "--standalone", str(tmp_path / "no_such_run"),
                           "--out", str(tmp_path / "file" / "out")]) == 1
         assert "cannot be a folder" in capsys.readouterr().err
+
+
+class TestSearchAndTargetInput:
+    def test_merge_refuses_a_row_relabelled_to_an_arch_never_scored(self, tmp_path):
+        indices = [0, 1, 2]  # three heads of the first trunk prefix: one unit
+        part = search_parts.part_dir(str(tmp_path), 1, 1)
+        os.makedirs(os.path.join(part, "units"))
+        manifest = {"shard": [1, 1], "units": [0], "num_archs": len(indices), "space_version": supernet.SPACE.version,
+                    "archs_sha256": search_parts.fingerprint([np.array(indices, np.int64)])}
+        (pathlib.Path(part) / "manifest.json").write_text(json.dumps(manifest))
+        rows = {h: dict({name: 1.0 + h for name in metrics.NAMES}, sample_epe=np.ones(2)) for h in indices}
+        search_parts.write_unit(part, 0, rows, 1.0)
+        assert sorted(search_parts.load_parts(str(tmp_path))[1]) == indices
+        unit = pathlib.Path(part) / "units" / "unit_00.json"
+        saved = json.loads(unit.read_text())
+        saved["rows"]["5"] = saved["rows"].pop("2")  # the same count, another arch
+        unit.write_text(json.dumps(saved))
+        assert 5 < search_tree.heads_per_prefix()
+        with pytest.raises(errors.SearchError, match=r"3 subnets are not the search's arch set"):
+            search_parts.load_parts(str(tmp_path))
+
+    @pytest.mark.parametrize("text", ["3_2x4_8", "+32x48", "32x48x4", "\uff13\uff12x48", "32x"])
+    def test_sizes_are_parsed_strictly(self, text):
+        with pytest.raises(errors.ArchError, match="is not HxW"):
+            supernet.parse_size(text)
+        with pytest.raises(errors.DeployError, match="--sizes"):
+            deployment.parse_sizes(f"64x96,{text}")
+        with pytest.raises(SystemExit):
+            search.parse_args(["--size", text])
+        assert supernet.parse_size(" 32 X 48 ") == (32, 48) and deployment.parse_sizes("32x48,64x96") == [(64, 96),
+                                                                                                          (32, 48)]
+
+    @pytest.mark.parametrize("field, value", [("sram_kib", 1e30), ("flash_kib", 1e30), ("min_fps", 1e30),
+                                              ("sram_kib", float("inf")), ("flash_kib", 4 * 1024 ** 2 + 1)])
+    def test_every_numeric_target_field_has_an_upper_bound(self, tmp_path, field, value):
+        fields = {"name": "b", "accelerator_config": "ethos-u55-64", "system_config": "Ethos_U55_High_End_Embedded",
+                  "memory_mode": "Shared_Sram", "optimise": "Size", "sram_kib": 500, "flash_kib": 4096, field: value}
+        (tmp_path / "t.json").write_text(json.dumps(fields))
+        with pytest.raises(errors.CompileError, match=re.escape(f"field '{field}' must be a positive number at most")):
+            compiler.load_target(str(tmp_path / "t.json"))
