@@ -49,7 +49,8 @@ def run_folder(output_dir, experiment_name):
 def writer_lock(directory, what):
     """One writer at a time: an exclusive OS lock on <directory>/.lock while the block runs. The
     kernel releases it when the process ends, however it ends, so a killed writer leaves no stale
-    lock. A second writer gets CheckpointError naming `what` and the holder's PID."""
+    lock. A second writer gets CheckpointError naming `what` and the holder's PID (the kernel's
+    word for it; the PID written in .lock only where the kernel's list cannot be read)."""
     try:
         os.makedirs(directory, exist_ok=True)
         fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -59,13 +60,30 @@ def writer_lock(directory, what):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = _lock_holder(fd) or os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise CheckpointError(f"{what} {directory} is being written by another process (PID {holder})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _lock_holder(fd):
+    """The PID of the process holding the flock on `fd`'s file, as /proc/locks lists it; None where
+    that list cannot be read. The PID a writer stored in .lock may be another's: a file copied or
+    written over by hand, or a PID the kernel has since given to another process."""
+    st = os.fstat(fd)
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            listed = [line.split() for line in f]
+    except OSError:
+        return None
+    for fields in listed:  # "1: FLOCK  ADVISORY  WRITE 29682 fe:00:2147287 0 EOF"; waiters have "->" second
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file_id and fields[4].isdigit():
+            return fields[4]
+    return None
 
 
 def _run_files(run_dir, owned):
