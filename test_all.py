@@ -3898,3 +3898,24 @@ class TestSearchAndTargetInput:
         (tmp_path / "t.json").write_text(json.dumps(fields))
         with pytest.raises(errors.CompileError, match=re.escape(f"field '{field}' must be a positive number at most")):
             compiler.load_target(str(tmp_path / "t.json"))
+
+
+class TestLockHolder:
+    def test_the_refusal_names_the_process_holding_the_lock_not_the_pid_in_the_file(self, tmp_path):
+        script = ("import fcntl, os, sys, time\n"
+                  "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                  "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                  "os.write(fd, b'1')\n"  # a PID that is not the holder's: written over by hand, or reused
+                  "print('held', flush=True)\n"
+                  "time.sleep(60)")
+        holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / ".lock")], stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held" and (tmp_path / ".lock").read_text() == "1"
+            with pytest.raises(errors.CheckpointError) as refused:
+                with ckpt.writer_lock(str(tmp_path), "run"):
+                    pass
+            assert str(refused.value) == f"run {tmp_path} is being written by another process (PID {holder.pid})"
+        finally:
+            holder.kill()
+            holder.wait()
