@@ -23,6 +23,7 @@ import supernet
 from errors import ArchError, CheckpointError, OutputError, one_line
 
 CHECKPOINT_KINDS = ("best", "last")
+CHECKPOINT_KIND_HELP = "which of the run's checkpoints: best (its lowest eval-pool EPE) or last (its newest)"
 META_NAME = "meta.json"
 
 

@@ -543,10 +543,10 @@ def _parse_args(argv):
     action.add_argument("--check", action="store_true",
                         help="check every sample (files, .flo and PNG headers, sizes, splits) and count them")
     parser.add_argument("--num", type=int, help="number of synthetic samples (with --make_synthetic_fc2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs")
     parser.add_argument("--h", type=int, default=384, help="synthetic image height")
     parser.add_argument("--w", type=int, default=512, help="synthetic image width")
-    parser.add_argument("--val_fraction", type=float, default=0.2)
+    parser.add_argument("--val_fraction", type=float, default=0.2, help="the share of pairs in the val split")
     parser.add_argument("--base_path", help="dataset root (with --check)")
     args = parser.parse_args(argv)
     if args.make_synthetic_fc2 is not None and args.num is None:

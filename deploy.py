@@ -37,7 +37,8 @@ def parse_args(argv):
     parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment_name", help="supernet run under output_dir (default: the newest)")
     parser.add_argument("--output_dir", default=config.defaults()["output_dir"], help="where runs live")
-    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS,
+                        help=ckpt.CHECKPOINT_KIND_HELP)
     parser.add_argument("--target", required=True,
                         help=f"a preset ({', '.join(compiler.preset_names())}) or a target JSON file")
     parser.add_argument("--sizes", help="deploy at these input sizes, e.g. 144x192,128x176 (default: multiples of "

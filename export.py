@@ -73,7 +73,8 @@ def parse_args(argv):
     parser.add_argument("--experiment_name", help="run under output_dir (default: the newest with the checkpoint)")
     parser.add_argument("--output_dir", default=config.defaults()["output_dir"],
                         help="where runs live (default: config.json's)")
-    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS,
+                        help=ckpt.CHECKPOINT_KIND_HELP)
     task = parser.add_mutually_exclusive_group(required=True)
     task.add_argument("--arch", help="arch code of the subnet to export, e.g. 0,1,2,0,1,2,0,1,2")
     task.add_argument("--latency_table", action="store_true", help="build the per-layer Ethos-U latency table")

@@ -97,7 +97,8 @@ def parse_args(argv):
     parser.add_argument("--standalone_dir", help="where --train puts its runs (default: <supernet>/standalone)")
     parser.add_argument("--out", help="folder for rank_report.json and rank.png (default: --standalone_dir with "
                         "--train, else <supernet>/rank), or for --margin's file (default: B)")
-    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS,
+                        help=ckpt.CHECKPOINT_KIND_HELP)
     parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration when scoring "
                         "(default: the supernet's, or A's with --margin); with few, which batches they are "
                         "moves a subnet's EPE: more give steadier figures")

@@ -2986,7 +2986,7 @@ class TestStandaloneAndRank:
         subprocess.run(["cp", "-r", str(out / "sup" / "standalone"), str(stale)], check=True)
         second = next(p for p in stale.iterdir() if p.is_dir() and "_seed" in p.name)
         atomic_files.write_json_atomic(str(second / "config.json"),
-                               dict(json.loads((second / "config.json").read_text()), input_h=48))
+                                       dict(json.loads((second / "config.json").read_text()), input_h=48))
         assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
         err = capsys.readouterr().err
         assert f"{second}: not the supernet's data or input size: input_h 48" in err and err.count("\n") == 1, err
@@ -3838,7 +3838,8 @@ class TestRankBounds:
         with pytest.raises(SystemExit) as exit_info:
             rank.main(["--supernet", str(tmp_path / "sup"), "--train", "99999", "--out", str(out)])
         err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and err == "error: --train 99999 is more than the search space's 19683 archs\n"
+        assert exit_info.value.code == 2 and err == ("error: --train 99999 is more than the search space's "
+                                                      "19683 archs\n")
         assert supernet.SPACE.num_archs == 3 ** 9 and not out.exists()
 
     def test_recal_batches_beyond_the_data_are_refused_before_work_and_folders(self, tmp_path, capsys):
@@ -3919,3 +3920,30 @@ class TestLockHolder:
         finally:
             holder.kill()
             holder.wait()
+
+
+class _ParserCaught(Exception):
+    """Raised in place of parsing: the parser a main() built is what a test reads."""
+
+
+class TestFlagHelp:
+    @pytest.mark.parametrize("module", [*COMMANDS, "devices", "fair", "supernet", "data_fc2"])
+    def test_every_flag_says_what_it_does(self, module, monkeypatch):
+        built = []
+
+        def catch(parser, args=None, namespace=None):
+            built.append(parser)
+            raise _ParserCaught
+
+        monkeypatch.setattr(errors.ArgumentParser, "parse_args", catch)
+        with pytest.raises(_ParserCaught):
+            sys.modules[module].main([])
+        actions = [a for a in built[0]._actions if not isinstance(a, argparse._HelpAction)]
+        mute = [a.option_strings or a.dest for a in actions
+                if not (a.help or "").strip() or re.fullmatch(r"[\[\]'\"\d.eE+, -]*|True|False", a.help)]
+        assert actions and not mute, f"{module}: flags without a word of help: {mute}"
+        if module == "train":  # each config key's flag says what the key does, then its default
+            helps = {a.dest: a.help for a in actions}
+            flags = [k for k, v in config.defaults().items() if not isinstance(v, dict)]
+            assert sorted(config.KEY_HELP) == sorted(flags)
+            assert all(helps[k].startswith(config.KEY_HELP[k]) for k in flags)

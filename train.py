@@ -40,12 +40,14 @@ def parse_args(argv, defaults):
     for key, default in defaults.items():
         if isinstance(default, dict):
             continue
+        helped = f"{config.KEY_HELP[key]} (config.json: {default!r})"
         if isinstance(default, bool):
-            keys.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            keys.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                              help=helped)
         elif isinstance(default, list):
-            keys.add_argument(f"--{key}", type=float, nargs=len(default), default=argparse.SUPPRESS, help=f"{default}")
+            keys.add_argument(f"--{key}", type=float, nargs=len(default), default=argparse.SUPPRESS, help=helped)
         else:
-            keys.add_argument(f"--{key}", type=type(default), default=argparse.SUPPRESS, help=f"{default!r}")
+            keys.add_argument(f"--{key}", type=type(default), default=argparse.SUPPRESS, help=helped)
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in defaults if hasattr(args, k)}
     if args.resume_experiment_name:
