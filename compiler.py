@@ -281,9 +281,10 @@ class CompileCache:
         summary = dict(figures["summary"], compiled_model=os.path.join(out_dir, os.path.basename(
             figures["summary"]["compiled_model"])))
         if structure is not None:
-            atomic_files.write_json_atomic(os.path.join(self.directory, self._key(structure, target.compile_key()) + ".json"),
-                        {"compiler": self.version, "structure": structure, "model_key": content,
-                         "summary": summary, "per_layer": figures["per_layer"]})
+            key = self._key(structure, target.compile_key())
+            atomic_files.write_json_atomic(os.path.join(self.directory, key + ".json"),
+                                           {"compiler": self.version, "structure": structure, "model_key": content,
+                                            "summary": summary, "per_layer": figures["per_layer"]})
         return summary, figures["per_layer"]
 
     def _compile_into(self, cached, model_path, target):
@@ -291,8 +292,9 @@ class CompileCache:
         work = f"{cached}.tmp{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         summary, per_layer = self.tool.compile(model_path, target, work)
-        atomic_files.write_json_atomic(os.path.join(work, "figures.json"), {"summary": summary, "per_layer": per_layer,
-                                                                    "model": os.path.basename(model_path)})
+        atomic_files.write_json_atomic(os.path.join(work, "figures.json"),
+                                       {"summary": summary, "per_layer": per_layer,
+                                        "model": os.path.basename(model_path)})
         try:
             os.rename(work, cached)
         except OSError:

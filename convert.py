@@ -255,7 +255,8 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
         raise ExportError(f"the static graph of {supernet.format_arch(arch)} is not that subnet alone: "
                           f"{models['check']}")
     with building(out_dir) as work:
-        paths = {k: atomic_files.write_atomic(os.path.join(work, f"model_{k}.tflite"), models[k]) for k in ("fp32", "int8")}
+        paths = {k: atomic_files.write_atomic(os.path.join(work, f"model_{k}.tflite"), models[k])
+                 for k in ("fp32", "int8")}
         name = cache.tool.name
         summary, _ = cache.compile(paths["int8"], target, os.path.join(work, name), supernet.structure(arch, size))
         report = {"arch": supernet.format_arch(arch), "run_dir": run_dir, "checkpoint": meta["prefix"],

@@ -172,7 +172,8 @@ def converter(dep):
             np.save(buffer, np.concatenate(model["tf_outputs"]))
             atomic_files.write_atomic(path + ".npy", buffer.getvalue())
             atomic_files.write_atomic(path, model["int8"])
-            atomic_files.write_atomic(path + ".sha256", _digest(model["int8"], buffer.getvalue()))  # last: commits the pair
+            atomic_files.write_atomic(path + ".sha256",
+                                      _digest(model["int8"], buffer.getvalue()))  # last: commits the pair
             return path
 
         yield int8

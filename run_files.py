@@ -114,9 +114,9 @@ class RunWriter:
         """Start (or resume) writing: config, eval pool, the history cut back to `state`, the plan."""
         atomic_files.write_json_atomic(os.path.join(self.run_dir, "config.json"), cfg)
         atomic_files.write_json_atomic(os.path.join(self.run_dir, f"eval_pool_{len(pool)}.json"),
-                               {"mode": "standalone" if cfg["arch"] else "supernet", "seed": cfg["seed"],
-                                "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
-                                "coverage": coverage})
+                                       {"mode": "standalone" if cfg["arch"] else "supernet", "seed": cfg["seed"],
+                                        "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
+                                        "coverage": coverage})
         trim_history(self.history, state.epoch, self.columns)
         self.write_counts(state)
         for line in lines:
@@ -130,8 +130,8 @@ class RunWriter:
     def write_counts(self, state):
         """fairness_counts.json: the counts of `state`, i.e. of the last checkpoint."""
         atomic_files.write_json_atomic(os.path.join(self.run_dir, "fairness_counts.json"),
-                               {"global_step": state.global_step, "counts": state.fairness_counts,
-                                "fairness_gap": fair.fairness_gap(state.fairness_counts)})
+                                       {"global_step": state.global_step, "counts": state.fairness_counts,
+                                        "fairness_gap": fair.fairness_gap(state.fairness_counts)})
 
     def training(self, step, out, clip_rate):
         """TensorBoard scalars of a progress line."""

@@ -53,7 +53,7 @@ def finish(search_dir, run_dir, args, hardware):
     provenance.update(run_dir=run_dir, unit_seconds=seconds, latency_table=args.latency_table,
                       parts=manifest["shard"][1], devices=hardware)
     atomic_files.write_json_atomic(os.path.join(search_dir, "pareto.json"),
-                           {"provenance": provenance, "fronts": fronts, "best": rows[0]})
+                                   {"provenance": provenance, "fronts": fronts, "best": rows[0]})
     png = os.path.join(search_dir, "pareto.png")
     pareto.plot_front(png, rows, fronts, pareto.marked_subnets(rows, run_dir, manifest["config"]),
                       f"{os.path.basename(run_dir)} {manifest['checkpoint_type']} checkpoint "
