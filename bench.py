@@ -490,7 +490,7 @@ def devices_step_lines(steps, dev):
 def parse_args(argv):
     """Command-line flags, range-checked."""
     parser = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=32, help="batch size of every step, pipeline and scoring")
     parser.add_argument("--h", type=int, default=180, help="input height (multiple of 4)")
     parser.add_argument("--w", type=int, default=240, help="input width (multiple of 4)")

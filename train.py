@@ -26,7 +26,7 @@ from errors import CheckpointError, ConfigError, EdgeFlowError
 def parse_args(argv, defaults):
     """Flags: --config, --resume (and its long forms), --dry_run, and one flag per config key."""
     parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=config.DEFAULT_CONFIG, help="JSON config (keys of config.json only)")
     parser.add_argument("--resume", "--load_checkpoint", dest="resume", action="store_true",
                         help="continue the newest experiment (or --experiment_name) from its last checkpoint")
