@@ -77,8 +77,8 @@ def _import_tensorflow():
             module.config.list_physical_devices()
     except ModuleNotFoundError as error:  # a command run with a Python outside the environment
         sys.exit(f"{error.name} is not installed for {sys.executable}: `make venv`, then run .venv/bin/python")
-    if USER_LOG_LEVEL is None:  # its Python warnings too (deprecation notices of the TF1 API it still ships)
-        module.get_logger().setLevel("ERROR")
+    if (USER_LOG_LEVEL or QUIET_LOG_LEVEL).strip() in ("2", "3"):  # errors only: its Python warnings too
+        module.get_logger().setLevel("ERROR")  # (deprecation notices of the TF1 API it still ships)
     return module
 
 

@@ -3775,15 +3775,18 @@ class TestCommandLine:
         assert exit_info.value.code == 2 and out == "" and err.startswith(f"error: {says}") and err.count("\n") == 1
 
     def test_tensorflow_start_up_lines_are_held_back_at_levels_2_and_3_and_shown_at_0(self, tmp_path):
-        use = "from tensorflow_quiet import tf; tf.constant(1)"
-        runs = {level: subprocess.Popen([sys.executable, "-c", use], cwd=HERE, stderr=subprocess.PIPE, text=True,
+        use = "from tensorflow_quiet import tf; tf.constant(1); print(tf.get_logger().level)"
+        runs = {level: subprocess.Popen([sys.executable, "-c", use], cwd=HERE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True,
                                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)) for level in "023"}
         deploy_command = [sys.executable, "deploy.py", "--experiment_name", "nosuchrun", "--target", "himax-we2",
                           "--output_dir", str(tmp_path)]
         deploying = subprocess.run(deploy_command, cwd=HERE, capture_output=True, text=True, timeout=300,
                                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-        said = {level: proc.communicate(timeout=300)[1] for level, proc in runs.items()}
+        outcome = {level: proc.communicate(timeout=300) for level, proc in runs.items()}
+        said = {level: err for level, (_, err) in outcome.items()}
         assert said["2"] == "" and said["3"] == ""
+        assert outcome["2"][0] == outcome["3"][0] == "40\n" != outcome["0"][0]  # its Python logger: errors only
         assert any(word in said["0"] for word in _TF_STARTUP_LINE)  # the user asked for every line
         assert deploying.returncode == 1 and deploying.stderr.count("\n") == 1
         assert deploying.stderr.startswith("error: run folder not found: ") and "nosuchrun" in deploying.stderr
