@@ -5,8 +5,7 @@ of every evaluation sees the same pixels."""
 import os
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
 import data_fc2
 import data_sintel_kitti

@@ -26,8 +26,9 @@ import tempfile
 import time
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+import devices
+import tensorflow_quiet
+from tensorflow_quiet import tf
 
 import config
 import data_fc2
@@ -37,7 +38,7 @@ import search_tree
 import supernet
 import synthetic
 import train_graph
-from errors import ArchError, EdgeFlowError
+from errors import ArchError, ArgumentParser, EdgeFlowError
 
 FLOPS_FORMULA = ("sum over the 3 paths of count_macs(arch, h, w) x 2 FLOP/MAC x 3 (forward + backward) x batch "
                  "/ seconds")
@@ -109,7 +110,7 @@ def step_session(graph, train_op, feed):
         init = tf.compat.v1.global_variables_initializer()
         feed = {graph.get_tensor_by_name(name): value for name, value in feed.items()}
     graph.finalize()
-    sess = tf.compat.v1.Session(graph=graph, config=devices.session_config())
+    sess = tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config())
     sess.run(init)
     return {"sess": sess, "fetch": train_op, "feed": feed}
 
@@ -316,7 +317,7 @@ def measure_eval(cfg, args, images_np, flows_np, log):
     val_batches = [(images_np, flows_np)] * args.val_batches
     log(f"scoring {len(pool)} subnets ({args.recal_batches} recalibration + {args.val_batches} validation "
         f"batches of {args.batch_size} each) on one finalised graph of {ops_before} ops")
-    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
+    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
         sess.run(init)
         (first_s,), _ = time_scoring(sess, scorer, pool[:1], recal_batches, val_batches)
         wall, cpu = time_scoring(sess, scorer, pool, recal_batches, val_batches)
@@ -352,7 +353,7 @@ def measure_search(args, log):
     graph.finalize()
     log(f"search: {len(sample)} sampled subnets one by one, then all {supernet.SPACE.num_archs:,} with sharing "
         f"(batch {batch} at {h}x{w}, {args.recal_batches} recal + {args.val_batches} val batches)")
-    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
+    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
         sess.run(init)
         time_scoring(sess, scorer, sample[:1], recal, val)  # the session's one-time first run
         alone, _ = time_scoring(sess, scorer, sample, recal, val)
@@ -488,8 +489,8 @@ def devices_step_lines(steps, dev):
 
 def parse_args(argv):
     """Command-line flags, range-checked."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=32, help="batch size of every step, pipeline and scoring")
     parser.add_argument("--h", type=int, default=180, help="input height (multiple of 4)")
     parser.add_argument("--w", type=int, default=240, help="input width (multiple of 4)")

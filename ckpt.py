@@ -1,5 +1,5 @@
 """Checkpoints and run folders: TF1 Saver files for `best` and `last`, the JSON meta beside them,
-atomic writes, one writer per folder, a failed command's files put back, and finding the run to
+one writer per folder, a failed command's files put back, and finding the run to
 resume or score.
 
 A checkpoint is committed by its meta: the Saver first writes a fresh prefix, then `meta.json`
@@ -15,51 +15,16 @@ import os
 import shutil
 import time
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+import tensorflow_quiet
+from tensorflow_quiet import tf
 
+import atomic_files
 import supernet
 from errors import ArchError, CheckpointError, OutputError, one_line
 
 CHECKPOINT_KINDS = ("best", "last")
+CHECKPOINT_KIND_HELP = "which of the run's checkpoints: best (its lowest eval-pool EPE) or last (its newest)"
 META_NAME = "meta.json"
-
-
-def write_atomic(path, content):
-    """Write bytes or text to `path` via a temp file, fsync and rename: never a half-written file.
-    A failed write (a full disk, a folder that is not there) removes its temp file and raises
-    OutputError naming `path`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb" if isinstance(content, bytes) else "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def write_json_atomic(path, obj):
-    """Write `obj` as strict JSON to `path` atomically (see write_atomic): never NaN or Infinity
-    (an OutputError naming the file)."""
-    try:
-        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    except ValueError as err:
-        raise OutputError(f"{path}: not written: {err}") from None
-    return write_atomic(path, text)
 
 
 def read_json(path, what):
@@ -85,7 +50,8 @@ def run_folder(output_dir, experiment_name):
 def writer_lock(directory, what):
     """One writer at a time: an exclusive OS lock on <directory>/.lock while the block runs. The
     kernel releases it when the process ends, however it ends, so a killed writer leaves no stale
-    lock. A second writer gets CheckpointError naming `what` and the holder's PID."""
+    lock. A second writer gets CheckpointError naming `what` and the holder's PID (the kernel's
+    word for it; the PID written in .lock only where the kernel's list cannot be read)."""
     try:
         os.makedirs(directory, exist_ok=True)
         fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -95,13 +61,30 @@ def writer_lock(directory, what):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = _lock_holder(fd) or os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise CheckpointError(f"{what} {directory} is being written by another process (PID {holder})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _lock_holder(fd):
+    """The PID of the process holding the flock on `fd`'s file, as /proc/locks lists it; None where
+    that list cannot be read. The PID a writer stored in .lock may be another's: a file copied or
+    written over by hand, or a PID the kernel has since given to another process."""
+    st = os.fstat(fd)
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            listed = [line.split() for line in f]
+    except OSError:
+        return None
+    for fields in listed:  # "1: FLOCK  ADVISORY  WRITE 29682 fe:00:2147287 0 EOF"; waiters have "->" second
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file_id and fields[4].isdigit():
+            return fields[4]
+    return None
 
 
 def _run_files(run_dir, owned):
@@ -184,7 +167,7 @@ def save(sess, saver, run_dir, kind, meta):
     meta = dict(meta, checkpoint=os.path.basename(prefix))
     try:
         saver.save(sess, prefix, write_meta_graph=False, write_state=False)
-        write_json_atomic(os.path.join(directory, META_NAME), meta)
+        atomic_files.write_json_atomic(os.path.join(directory, META_NAME), meta)
     except (tf.errors.OpError, OSError, OutputError) as err:
         remove_uncommitted(directory)
         raise CheckpointError(f"cannot save checkpoint {prefix}: {one_line(err)}") from None
@@ -220,31 +203,6 @@ def remove_temp_files(run_dir):
     for kind in CHECKPOINT_KINDS:
         if os.path.isdir(checkpoint_dir(run_dir, kind)):
             remove_uncommitted(checkpoint_dir(run_dir, kind))
-
-
-def remove_killed_temps(pattern):
-    """Delete the files and folders matching `pattern` that are `<name>.tmp<pid>` temps (write_atomic's
-    form) of a process that is gone: what a killed writer left. A live process's temps stay."""
-    for path in glob.glob(pattern):
-        pid = path.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and _process_alive(int(pid)):
-            continue
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-
-
-def _process_alive(pid):
-    """Whether a process with this PID exists (one of another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != 0
 
 
 META_FIELDS = {"checkpoint": str, "epoch": int, "global_step": int, "search_space": dict}
@@ -350,6 +308,6 @@ def restored_session(run_dir, kind, build, input_size=None):
         built = build()
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
     graph.finalize()
-    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
+    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
         meta = restore(sess, saver, run_dir, kind, *(input_size or (None, None)))
         yield sess, built, meta

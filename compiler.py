@@ -17,14 +17,13 @@ import dataclasses
 import glob
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 
-import ckpt
+import atomic_files
 from errors import CompileError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,6 +66,8 @@ def _file_text(path):
 
 REQUIRED = ("name", "accelerator_config", "system_config", "memory_mode", "optimise", "sram_kib", "flash_kib")
 OPTIONAL = ("min_fps", "vela_ini", "compiler")
+# 4 GiB: the 32-bit address space of the Cortex-M beside the NPU; a million frames a second is far beyond any NPU
+TARGET_MAXIMA = {"sram_kib": 4 * 1024 * 1024, "flash_kib": 4 * 1024 * 1024, "min_fps": 1_000_000}
 
 
 def preset_names():
@@ -113,12 +114,13 @@ def _check_target(target, path):
     if target.optimise not in OPTIMISE:
         raise CompileError(f"target {path}: field 'optimise' must be one of {', '.join(OPTIMISE)}, "
                            f"got {target.optimise!r}")
-    for key in ("sram_kib", "flash_kib", "min_fps"):
+    for key, most in TARGET_MAXIMA.items():
         value = getattr(target, key)
         if value is None and key == "min_fps":
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise CompileError(f"target {path}: field '{key}' must be a positive number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= most:
+            raise CompileError(f"target {path}: field '{key}' must be a positive number at most {most:,}, "
+                               f"got {value!r}")
     if target.vela_ini is not None and not isinstance(target.vela_ini, str):
         raise CompileError(f"target {path}: field 'vela_ini' must be a file name")
     if target.compiler not in COMPILERS:
@@ -185,7 +187,7 @@ class Vela:
             with open(ini, encoding="utf-8") as f:
                 parser.read_file(f)
         except (OSError, configparser.Error) as err:
-            reason = getattr(err, 'strerror', None) or err
+            reason = getattr(err, 'strerror', None) or ini_error_line(err)
             raise CompileError(f"{where}: vela.ini {ini} unreadable: {reason}") from None
         for kind, name in (("System_Config", target.system_config), ("Memory_Mode", target.memory_mode)):
             if not parser.has_section(f"{kind}.{name}"):
@@ -215,6 +217,12 @@ class Vela:
         return summary, read_csv_rows(os.path.join(out_dir, f"{stem}_per-layer.csv"), "Vela per-layer report")
 
 
+def ini_error_line(err):
+    """A configparser error on one line: its lines joined, the quoted source line without the newline
+    its repr keeps (`'garbage\\n'`)."""
+    return "; ".join(line.strip().rstrip(".").replace("\\n'", "'") for line in str(err).splitlines() if line.strip())
+
+
 COMPILERS = {"vela": Vela}
 
 
@@ -238,7 +246,7 @@ class CompileCache:
     def _remove_killed_work(self):
         """Delete the work folders and JSON temp files of compiles whose process was killed."""
         for pattern in ("*.tmp*", os.path.join("models", "*.tmp*")):
-            ckpt.remove_killed_temps(os.path.join(self.directory, pattern))
+            atomic_files.remove_killed_temps(os.path.join(self.directory, pattern))
 
     def _key(self, *parts):
         return hashlib.sha256(json.dumps([self.version, *parts], sort_keys=True).encode()).hexdigest()[:24]
@@ -273,9 +281,10 @@ class CompileCache:
         summary = dict(figures["summary"], compiled_model=os.path.join(out_dir, os.path.basename(
             figures["summary"]["compiled_model"])))
         if structure is not None:
-            ckpt.write_json_atomic(os.path.join(self.directory, self._key(structure, target.compile_key()) + ".json"),
-                        {"compiler": self.version, "structure": structure, "model_key": content,
-                         "summary": summary, "per_layer": figures["per_layer"]})
+            key = self._key(structure, target.compile_key())
+            atomic_files.write_json_atomic(os.path.join(self.directory, key + ".json"),
+                                           {"compiler": self.version, "structure": structure, "model_key": content,
+                                            "summary": summary, "per_layer": figures["per_layer"]})
         return summary, figures["per_layer"]
 
     def _compile_into(self, cached, model_path, target):
@@ -283,8 +292,9 @@ class CompileCache:
         work = f"{cached}.tmp{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         summary, per_layer = self.tool.compile(model_path, target, work)
-        ckpt.write_json_atomic(os.path.join(work, "figures.json"), {"summary": summary, "per_layer": per_layer,
-                                                                    "model": os.path.basename(model_path)})
+        atomic_files.write_json_atomic(os.path.join(work, "figures.json"),
+                                       {"summary": summary, "per_layer": per_layer,
+                                        "model": os.path.basename(model_path)})
         try:
             os.rename(work, cached)
         except OSError:

@@ -26,6 +26,45 @@ NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_deca
                 "early_stop_min_delta", "max_flow", "seed")
 MAX_SEED = 2**63 - 1  # TensorFlow's seeds are int64: above it nothing here can run
 # what a resumed run keeps: its path sequence, eval pool, history and training pairs depend on these
+# train.py's help for each config key it takes as a flag (the dicts, synthetic_scene, fast_mode_overrides
+# and deploy, are set in a config file)
+KEY_HELP = {
+    "experiment_name": "run folder under output_dir (empty: supernet_<date>_<time>_<pid>)",
+    "arch": "an arch code: train that subnet alone, a standalone run (empty: the supernet)",
+    "init_from": "with --arch: start from this supernet run's best weights instead of from scratch",
+    "output_dir": "the folder the run folders live in",
+    "base_path": "the FlyingChairs2 root (empty: synthetic data)",
+    "data_layout": "how base_path is laid out: auto, lists or folders",
+    "synthetic": "train on generated pairs even where base_path is set",
+    "synthetic_train_size": "synthetic training pairs, generated at the input size",
+    "synthetic_val_size": "synthetic validation pairs, generated at the input size",
+    "synthetic_seed": "the seed synthetic pairs are drawn from (-1: --seed, so another seed draws other pairs)",
+    "input_h": "input height: training crops and scoring (a multiple of 4, 16 to 4096)",
+    "input_w": "input width: training crops and scoring (a multiple of 4, 16 to 4096)",
+    "max_flow": "training labels are clipped to +/- this many pixels",
+    "batch_size": "pairs per training, recalibration and scoring batch",
+    "num_epochs": "epochs to train (the cosine learning-rate schedule spans them)",
+    "steps_per_epoch": "fair steps per epoch (0: training pairs // batch_size)",
+    "optimizer": "adam, or sgd (plain gradient descent)",
+    "learning_rate": "the starting learning rate, decayed to 0 along a cosine",
+    "adam_beta1": "Adam's first-moment decay",
+    "adam_beta2": "Adam's second-moment decay",
+    "adam_epsilon": "Adam's epsilon",
+    "weight_decay": "the weight of the L2 penalty on the conv kernels (times the sum of their l2_loss)",
+    "grad_clip_norm": "gradients clipped to this global norm (0: no clipping)",
+    "loss_weights": "the loss weights of the flow at 1/4, 1/2 and full scale",
+    "eval_every": "epochs between evaluations on the eval pool",
+    "eval_pool_size": "subnets scored at every evaluation (a multiple of 3; at most 300 for a new run)",
+    "eval_batches": "validation batches each subnet is scored on (0: the whole split)",
+    "bn_recal_batches": "training batches each BN recalibration before scoring uses",
+    "early_stop_patience": "stop after this many evaluations without an improvement of more than "
+                           "early_stop_min_delta",
+    "early_stop_min_delta": "the EPE improvement that counts for early stopping",
+    "seed": "seeds the path sampler, eval pool, crops and initialisation (0 to 2^63 - 1)",
+    "log_every": "fair steps between progress lines",
+    "devices": "devices the three paths of a fair step are spread over (1 to 3)",
+    "fast_mode": "apply fast_mode_overrides (a tiny evaluation) for smoke runs",
+}
 RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch", "synthetic", "synthetic_train_size",
                 "synthetic_val_size", "synthetic_seed", "synthetic_scene")
 

@@ -11,11 +11,11 @@ import time
 import warnings
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+import tensorflow_quiet
+from tensorflow_quiet import tf
 
+import atomic_files
 import batches
-import ckpt
 import metrics
 import runs
 import scoring
@@ -71,7 +71,7 @@ def convert(sess, images, flow, calibration=None):
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     try:
-        with devices.quiet(replay=False):  # the converter's C++ notes (grappler, "fully_quantize: ...")
+        with tensorflow_quiet.quiet(replay=False):  # the converter's C++ notes (grappler, "fully_quantize: ...")
             return converter.convert()
     except Exception as err:  # the converter raises many types; its first line says what failed
         raise ExportError(f"TFLite conversion failed: {str(err).strip().splitlines()[0]}") from None
@@ -84,7 +84,7 @@ def static_models(values, arch, h, w, calibration, val_batches, with_fp32=True):
     `val_batches`, batch by batch), and with `with_fp32` the FP32 model)."""
     graph, images, flow = build_static_graph(arch, h, w)
     result = {"check": graph_check(graph, arch, h, w)}
-    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
+    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
         load_values(sess, graph, values)
         result["tf_outputs"] = [np.concatenate([sess.run(flow, {images: s[None]})
                                                 for s in batches.batch_parts(b)[0]]) for b in val_batches]
@@ -98,7 +98,7 @@ def tflite_interpreter(model_path, num_threads=None, reference=False):
     """TensorFlow's TFLite interpreter of a model, tensors allocated, quietly (its deprecation
     notice and the XNNPACK line); with `reference` its reference kernels (OpResolverType.BUILTIN_REF)."""
     kind = tf.lite.experimental.OpResolverType
-    with warnings.catch_warnings(), devices.quiet():  # the notice points at ai-edge-litert, same interpreter
+    with warnings.catch_warnings(), tensorflow_quiet.quiet():  # the notice points at ai-edge-litert, same interpreter
         warnings.simplefilter("ignore")
         interpreter = tf.lite.Interpreter(model_path=model_path, num_threads=num_threads,
                                           experimental_op_resolver_type=kind.BUILTIN_REF if reference else kind.AUTO)
@@ -245,7 +245,7 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
     or None), extra (more fields for the report)."""
     h, w = size
     check_folder(out_dir)
-    ckpt.remove_killed_temps(f"{glob.escape(out_dir)}.tmp*")  # folders of exports killed earlier
+    atomic_files.remove_killed_temps(f"{glob.escape(out_dir)}.tmp*")  # folders of exports killed earlier
     base = options.get("base") or batches.deployment_base(cfg, options["calibration_samples"])
     data = batches.deployment_batches(base, size, options["recal_at_size"])
     values, meta = recalibrated_values(run_dir, kind, cfg, arch, size, data["recal"])
@@ -255,7 +255,8 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
         raise ExportError(f"the static graph of {supernet.format_arch(arch)} is not that subnet alone: "
                           f"{models['check']}")
     with building(out_dir) as work:
-        paths = {k: ckpt.write_atomic(os.path.join(work, f"model_{k}.tflite"), models[k]) for k in ("fp32", "int8")}
+        paths = {k: atomic_files.write_atomic(os.path.join(work, f"model_{k}.tflite"), models[k])
+                 for k in ("fp32", "int8")}
         name = cache.tool.name
         summary, _ = cache.compile(paths["int8"], target, os.path.join(work, name), supernet.structure(arch, size))
         report = {"arch": supernet.format_arch(arch), "run_dir": run_dir, "checkpoint": meta["prefix"],
@@ -274,7 +275,7 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
             sample = batches.batch_parts(val_export[0])[0][:1].astype(np.float32)
             report["cpu"] = cpu_timings(paths, sample, *options["timing"])
         report.update(options.get("extra") or {})
-        ckpt.write_json_atomic(os.path.join(work, "export_report.json"), report)
+        atomic_files.write_json_atomic(os.path.join(work, "export_report.json"), report)
     return report
 
 

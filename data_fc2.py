@@ -7,7 +7,6 @@ configured at all (`open_data`); a configured but broken dataset is an error, ne
     python data_fc2.py --make_synthetic_fc2 DIR --num N [--seed S] [--h H --w W]
     python data_fc2.py --check --base_path DIR
 """
-import argparse
 import functools
 import logging
 import os
@@ -15,12 +14,11 @@ import re
 import sys
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
 import flowio
 import synthetic
-from errors import DataError
+from errors import ArgumentParser, DataError
 
 SPLITS = ("train", "val")
 DIRNAMES_FILE = "FC2_dirnames.txt"
@@ -414,8 +412,7 @@ def _training_positions(num_samples, batch_size, seed, start_step):
     return tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(step_elements).unbatch()
 
 
-def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=0,
-                 num_parallel_calls=tf.data.AUTOTUNE):
+def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=0):
     """Batches (images float32 [B, h, w, 6] in [-1, 1], flow float32 [B, h, w, 2]).
 
     source: a list of (img0, img1, flow) path tuples (FC2 on disk) or a dict from
@@ -444,7 +441,7 @@ def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=
     elements = (_training_positions(n, int(batch_size), int(seed), int(start_step)) if train
                 else tf.data.Dataset.range(n).enumerate())
     dataset = elements.map(_make_sample_fn(crop_hw, train, max_flow, seed, load),
-                           num_parallel_calls=num_parallel_calls, deterministic=True)
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size, drop_remainder=train).prefetch(tf.data.AUTOTUNE)
 
 
@@ -538,7 +535,7 @@ def open_data(cfg):
 # -------------------------------------------------------------------------------------- CLI
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="FlyingChairs2 data: write a synthetic FC2 tree or check a dataset.")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--make_synthetic_fc2", metavar="DIR",
@@ -546,10 +543,10 @@ def _parse_args(argv):
     action.add_argument("--check", action="store_true",
                         help="check every sample (files, .flo and PNG headers, sizes, splits) and count them")
     parser.add_argument("--num", type=int, help="number of synthetic samples (with --make_synthetic_fc2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs")
     parser.add_argument("--h", type=int, default=384, help="synthetic image height")
     parser.add_argument("--w", type=int, default=512, help="synthetic image width")
-    parser.add_argument("--val_fraction", type=float, default=0.2)
+    parser.add_argument("--val_fraction", type=float, default=0.2, help="the share of pairs in the val split")
     parser.add_argument("--base_path", help="dataset root (with --check)")
     args = parser.parse_args(argv)
     if args.make_synthetic_fc2 is not None and args.num is None:
@@ -575,7 +572,6 @@ def _check_both_layouts(base_path):
 def main(argv=None):
     """CLI entry point; returns the process exit status."""
     args = _parse_args(argv)
-    devices.report(log=None)  # TensorFlow's device search (and its CUDA notes) held back before any PNG is written
     try:
         if args.check:
             print("\n".join(_check_both_layouts(args.base_path)))

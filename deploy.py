@@ -10,15 +10,15 @@ Writes <run>/deploy_<target>/: deploy_report.json, deploy.png, the chosen model 
 model_int8.tflite, vela/, export_report.json), model_vela.cc/.h, reference_input.npy,
 reference_output.npy and README.txt; prints the command that retrains the choice at its size.
 """
-import argparse
 import dataclasses
 import math
 import os
 import sys
 import time
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
 
+import atomic_files
 import ckpt
 import compiler
 import config
@@ -34,10 +34,11 @@ from errors import ConfigError, DeployError
 
 def parse_args(argv):
     """Command-line flags; settings left unset come from config.json's `deploy`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment_name", help="supernet run under output_dir (default: the newest)")
     parser.add_argument("--output_dir", default=config.defaults()["output_dir"], help="where runs live")
-    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS,
+                        help=ckpt.CHECKPOINT_KIND_HELP)
     parser.add_argument("--target", required=True,
                         help=f"a preset ({', '.join(compiler.preset_names())}) or a target JSON file")
     parser.add_argument("--sizes", help="deploy at these input sizes, e.g. 144x192,128x176 (default: multiples of "
@@ -148,7 +149,7 @@ def run(args):
     firmware.write_files(dep.folder(), report, export["vela"]["compiled_model"], reference)
     deployment.plot(os.path.join(dep.folder(), "deploy.png"), found["rows"], found["front"], found["members"],
                     member, dep)
-    ckpt.write_json_atomic(os.path.join(dep.folder(), "deploy_report.json"), report)
+    atomic_files.write_json_atomic(os.path.join(dep.folder(), "deploy_report.json"), report)
     print_summary(dep, found, member, report)
     return report
 

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import batches
-import ckpt
+import atomic_files
 import convert
 import edge_tables
 import metrics
@@ -170,9 +170,10 @@ def converter(dep):
             model = convert.static_models(values, arch, *size, data["calibration"], data["val"], with_fp32=False)
             buffer = io.BytesIO()
             np.save(buffer, np.concatenate(model["tf_outputs"]))
-            ckpt.write_atomic(path + ".npy", buffer.getvalue())
-            ckpt.write_atomic(path, model["int8"])
-            ckpt.write_atomic(path + ".sha256", _digest(model["int8"], buffer.getvalue()))  # last: commits the pair
+            atomic_files.write_atomic(path + ".npy", buffer.getvalue())
+            atomic_files.write_atomic(path, model["int8"])
+            atomic_files.write_atomic(path + ".sha256",
+                                      _digest(model["int8"], buffer.getvalue()))  # last: commits the pair
             return path
 
         yield int8

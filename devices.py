@@ -1,14 +1,7 @@
-"""The devices TensorFlow computes on, said once at the start of every entry point, and
-TensorFlow's start-up noise held back.
+"""The devices TensorFlow computes on, said once at the start of every entry point.
 
-Importing this module is what quietens TensorFlow, so every entry point imports it before
-tensorflow (and before any module that imports tensorflow). Unless the user has set
-TF_CPP_MIN_LOG_LEVEL, it sets it to 2 (no info or warning lines) and holds back what the C++ side
-writes to stderr while TensorFlow loads and while it looks for devices: absl's "All log messages
-before absl::InitializeLog()", oneDNN and CPU-feature notes, "Could not find cuda drivers", "failed
-call to cuInit". Those lines come before the log level is read or bypass it, so only holding them
-back removes them. They are kept, not lost: a failed import prints them, and `report()` quotes the
-relevant one when nvidia-smi lists a GPU that TensorFlow cannot use.
+TensorFlow's start-up lines are held back by tensorflow_quiet, the door it comes in by; `report()`
+quotes the relevant one when nvidia-smi lists a GPU that TensorFlow cannot use.
 
 An entry point calls `report()` once at the start (it prints one line and returns a dict) and
 stores that dict under "devices" in every JSON it writes:
@@ -16,80 +9,20 @@ stores that dict under "devices" in every JSON it writes:
     python devices.py                 # the line every entry point prints
     python devices.py --devices 3     # the three paths of a fair step on three devices
 """
-import argparse
-import contextlib
-import importlib
 import json
 import os
 import platform
 import re
 import subprocess
 import sys
-import tempfile
 
-from errors import DeviceError
+import fair
+from errors import ArgumentParser, DeviceError
+import tensorflow_quiet
+from tensorflow_quiet import tf
 
-LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
-QUIET_LOG_LEVEL = "2"  # errors only; the start-up errors of a machine without CUDA are held back
-USER_LOG_LEVEL = os.environ.get(LOG_LEVEL_VARIABLE)  # set by the user: TensorFlow speaks as they asked
-STARTUP_LINES = []  # what TensorFlow wrote to stderr while it was held back
 _ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
 _GPU_WORDS = re.compile(r"cuda|gpu|cudnn|dlopen", re.IGNORECASE)
-
-
-@contextlib.contextmanager
-def quiet(kept=None, replay=True):
-    """Inside: what this process writes to file descriptor 2 (TensorFlow's C++ side, absl, the
-    TFLite converter) goes to a temp file, whose lines join `kept` (a list, if given); if the block
-    raises they are written out after all, unless `replay` is off (the caller reports the failure
-    on one line). A no-op when the user set TF_CPP_MIN_LOG_LEVEL."""
-    if USER_LOG_LEVEL is not None:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    failed = True
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-            failed = False
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            text = held.read().decode(errors="replace")
-            if kept is not None:
-                kept.extend(text.splitlines())
-            if failed and replay:
-                sys.stderr.write(text)
-
-
-def child_environment():
-    """This process's environment for a child entry point: without the log level this module set
-    (inherited, the child would take it for the user's and let TensorFlow's start-up noise through)."""
-    env = dict(os.environ)
-    if USER_LOG_LEVEL is None:
-        env.pop(LOG_LEVEL_VARIABLE, None)
-    return env
-
-
-def _import_tensorflow():
-    """tensorflow, imported with the log level set and its start-up lines held back."""
-    if USER_LOG_LEVEL is None:
-        os.environ[LOG_LEVEL_VARIABLE] = QUIET_LOG_LEVEL
-    try:
-        with quiet(STARTUP_LINES):
-            module = importlib.import_module("tensorflow")
-    except ModuleNotFoundError as error:  # a command run with a Python outside the environment
-        sys.exit(f"{error.name} is not installed for {sys.executable}: `make venv`, then run .venv/bin/python")
-    if USER_LOG_LEVEL is None:  # its Python warnings too (deprecation notices of the TF1 API it still ships)
-        module.get_logger().setLevel("ERROR")
-    return module
-
-
-tf = _import_tensorflow()
 
 
 # ----------------------------------------------------------------------------- what is there
@@ -114,7 +47,7 @@ def nvidia_smi_gpus():
 def tensorflow_gpus(listed):
     """The GPUs TensorFlow sees, [{"name", "compute_capability", "memory_mib"}], in its order;
     the memory comes from the `listed` (nvidia-smi) GPU of the same name, None if there is none."""
-    with quiet(STARTUP_LINES):
+    with tensorflow_quiet.quiet(tensorflow_quiet.STARTUP_LINES):
         physical = tf.config.list_physical_devices("GPU")
         details = [tf.config.experimental.get_device_details(gpu) for gpu in physical]
     unmatched = list(listed)
@@ -152,7 +85,7 @@ def cpu_threads():
 
 def tensorflow_said():
     """The last held-back start-up line about CUDA or GPUs, without its log prefix; '' if none."""
-    lines = [_ABSL_PREFIX.sub("", line).strip() for line in STARTUP_LINES if _GPU_WORDS.search(line)]
+    lines = [_ABSL_PREFIX.sub("", line).strip() for line in tensorflow_quiet.STARTUP_LINES if _GPU_WORDS.search(line)]
     return lines[-1] if lines else ""
 
 
@@ -175,19 +108,6 @@ def path_devices(count, gpus, paths):
             raise DeviceError(f"--devices {count}: TensorFlow's devices are already initialised in this process; "
                               "devices.report() must run before the first session") from None
     return [f"/device:CPU:{i}" for i in range(count)]
-
-
-def session_config():
-    """The ConfigProto of every training and scoring session: Grappler's graph rewrites off. With
-    them on, two runs of one seed differ in the last bits of the weights shared by the three
-    paths from the first step on (the rewritten graph is not the same from one session to the
-    next); with them off every run of a seed is identical, and a fair step is no slower here."""
-    config = tf.compat.v1.ConfigProto()
-    config.graph_options.rewrite_options.disable_meta_optimizer = True
-    logical = tf.config.get_logical_device_configuration(tf.config.list_physical_devices("CPU")[0])
-    if logical and len(logical) > 1:  # the logical CPU devices path_devices made: a session has them only if asked
-        config.device_count["CPU"] = len(logical)
-    return config
 
 
 def _gpu_text(gpus):
@@ -240,7 +160,7 @@ def report(count=1, allow_cpu=True, log=print, paths=1):
             "tensorflow_cuda": build.get("cuda_version") if build.get("is_cuda_build") else None,
             "gpus": gpus, "nvidia_smi_gpus": listed, "unusable_gpus": bool(listed and not gpus),
             "cpu": cpu_name(), "cpu_threads": cpu_threads(), "tensorflow_said": tensorflow_said(),
-            "log_level_set_by_user": USER_LOG_LEVEL}
+            "log_level_set_by_user": tensorflow_quiet.USER_LOG_LEVEL}
     if info["unusable_gpus"] and not allow_cpu:
         raise DeviceError(f"{unusable_text(info)}; --allow_cpu runs on the CPU anyway")
     info["path_devices"] = path_devices(count, gpus, paths)
@@ -252,11 +172,10 @@ def report(count=1, allow_cpu=True, log=print, paths=1):
 
 def main(argv=None):
     """Print the device line (and with --json the whole report); exit 1 with a one-line error."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1, help="devices to spread a fair step's paths over")
     parser.add_argument("--json", action="store_true", help="also print the whole report as JSON")
     args = parser.parse_args(argv)
-    import fair  # the paths of a fair step; a module-level import would be circular (fair -> supernet -> devices)
     try:
         info = report(args.devices, paths=fair.paths_per_cycle())
     except DeviceError as err:

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+import atomic_files
 import batches
 import ckpt
 import convert
@@ -230,8 +231,8 @@ def build_latency_table(run_dir, kind, cfg, size, target, cache, check, calibrat
         def int8_model(arch):
             _, values = recalibrate(arch, convert.variable_names(convert.build_static_graph(arch, *size)[0]))
             int8 = convert.static_models(values, arch, *size, data["calibration"], [], with_fp32=False)["int8"]
-            return ckpt.write_atomic(os.path.join(work, "m" + supernet.format_arch(arch).replace(",", "") + ".tflite"),
-                                     int8)
+            name = "m" + supernet.format_arch(arch).replace(",", "") + ".tflite"
+            return atomic_files.write_atomic(os.path.join(work, name), int8)
 
         def measure(arch):
             start = time.time()

@@ -8,6 +8,7 @@ environment (a full disk, a folder that cannot be written), prints one `error: .
 announce through `logging` (synthetic data in place of a dataset) is printed on stdout with the
 command's own lines, so stderr holds errors alone.
 """
+import argparse
 import logging
 import sys
 
@@ -65,6 +66,15 @@ class RankError(EdgeFlowError):
 
 class DeployError(EdgeFlowError):
     """Nothing fits the board as asked, or a deployment input is bad."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose refusals are one `error: ...` line (exit code 2, as argparse's),
+    not the usage block before it: every command and library CLI parses its flags with it."""
+
+    def error(self, message):
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        sys.exit(2)
 
 
 _TF_NOISE = ("Graph execution error", "Detected at node", "File ", "Node:", "[[", "Hint:", "defined at")

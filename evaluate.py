@@ -8,14 +8,13 @@ the Middlebury-coloured flow pictures.
     python evaluate.py --experiment_name demo --arch 0,1,2,0,1,2,0,1,2 --arch 2,2,2,2,2,2,2,2,2
     python evaluate.py --experiment_name demo --dataset sintel --base_path /data/Sintel --visualize 2
 """
-import argparse
 import os
 import sys
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
 
 import batches
-import ckpt
+import atomic_files
 import errors
 import fair
 import flowviz
@@ -25,7 +24,7 @@ import scoring
 
 def parse_args(argv):
     """Command-line flags; unset ones fall back to the run's saved config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     runs.add_run_flags(parser, "score")
     parser.add_argument("--arch", action="append", default=[],
                         help="arch code to score (repeatable; default: the run's eval pool)")
@@ -86,7 +85,7 @@ def run(args):
     summary = dict(result_summary(args, run_dir, cfg, meta, result, info, archs, is_pool), devices=hardware)
     output = {"summary": summary, "archs": sorted(result["archs"], key=lambda r: r["rank"])}
     path = os.path.join(run_dir, f"supernet_eval_result_{args.checkpoint_type}{info['suffix']}.json")
-    ckpt.write_json_atomic(path, output)
+    atomic_files.write_json_atomic(path, output)
     print(f"mean EPE {summary['mean_epe']:.4f} (std {summary['std_epe']:.4f}) over {len(archs)} subnets; "
           f"zero-flow EPE {summary['zero_flow_epe']:.4f}; wrote {path}")
     if writer.written:

@@ -11,12 +11,12 @@ Writes `<run>/export_<code without commas>/`: model_fp32.tflite, model_int8.tfli
 model and Vela's summary and per-layer CSVs) and export_report.json. `--latency_table` writes
 `<run>/latency_<accelerator>_<h>x<w>.json` (see edge_tables.load_latency_table and predict_fps).
 """
-import argparse
 import os
 import sys
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
 
+import atomic_files
 import ckpt
 import compiler
 import config
@@ -69,11 +69,12 @@ def print_report(report, path):
 
 def parse_args(argv):
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment_name", help="run under output_dir (default: the newest with the checkpoint)")
     parser.add_argument("--output_dir", default=config.defaults()["output_dir"],
                         help="where runs live (default: config.json's)")
-    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS,
+                        help=ckpt.CHECKPOINT_KIND_HELP)
     task = parser.add_mutually_exclusive_group(required=True)
     task.add_argument("--arch", help="arch code of the subnet to export, e.g. 0,1,2,0,1,2,0,1,2")
     task.add_argument("--latency_table", action="store_true", help="build the per-layer Ethos-U latency table")
@@ -125,7 +126,7 @@ def run(args):
         table = edge_tables.build_latency_table(run_dir, args.checkpoint_type, cfg, size, target, cache,
                                                 (args.latency_check, args.latency_seed), args.calibration_samples)
         path = os.path.join(run_dir, f"latency_{target.accelerator_config}_{size[0]}x{size[1]}.json")
-        ckpt.write_json_atomic(path, dict(table, devices=hardware))
+        atomic_files.write_json_atomic(path, dict(table, devices=hardware))
         check = table["check"]
         print(f"predicted vs compiled FPS: median abs error {check['median_abs_error_pct']:.4f}%, "
               f"max {check['max_abs_error_pct']:.4f}%; wrote {path}")

@@ -8,7 +8,6 @@ exactly the paths an uninterrupted one would.
     python fair.py --cycles 300 --seed 42 --check
     python fair.py --pool --seed 42 --size 12 --check
 """
-import argparse
 import functools
 import hashlib
 import itertools
@@ -18,7 +17,7 @@ import sys
 import numpy as np
 
 import supernet
-from errors import ArchError, ConfigError
+from errors import ArchError, ArgumentParser, ConfigError
 from supernet import arch_to_index, count_macs, format_arch, index_to_arch
 
 POOL_ANCHORS = 8  # the pool builder tries this many subnets, seeded, among the 4x as many nearest its target
@@ -190,7 +189,7 @@ def print_counts(counts):
 
 def main(argv=None):
     """CLI: sample fair cycles (--cycles) or build the eval pool (--pool), and check them."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=0, help="number of fair cycles to sample")
     parser.add_argument("--pool", action="store_true", help="build the eval pool")
     parser.add_argument("--size", type=int, default=12, help="eval pool size (multiple of 3)")

@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-import ckpt
+import atomic_files
 import convert
 from errors import DeployError
 
@@ -163,12 +163,12 @@ def write_files(folder, report, compiled_model, reference):
     reference input/output pair (int8 .npy, when the TFLM check ran) and README.txt."""
     with open(compiled_model, "rb") as f:
         source, header = c_array(f.read(), "model_vela")
-    ckpt.write_atomic(os.path.join(folder, "model_vela.cc"), source)
-    ckpt.write_atomic(os.path.join(folder, "model_vela.h"), header)
+    atomic_files.write_atomic(os.path.join(folder, "model_vela.cc"), source)
+    atomic_files.write_atomic(os.path.join(folder, "model_vela.h"), header)
     if reference is not None:
         for name, array in zip(("reference_input", "reference_output"), reference):
             buffer = tempfile.SpooledTemporaryFile()
             np.save(buffer, array)
             buffer.seek(0)
-            ckpt.write_atomic(os.path.join(folder, f"{name}.npy"), buffer.read())
-    ckpt.write_atomic(os.path.join(folder, "README.txt"), readme_text(report, int8_io(report["int8_model"])))
+            atomic_files.write_atomic(os.path.join(folder, f"{name}.npy"), buffer.read())
+    atomic_files.write_atomic(os.path.join(folder, "README.txt"), readme_text(report, int8_io(report["int8_model"])))

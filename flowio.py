@@ -10,8 +10,7 @@ import os
 import struct
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
 from errors import DataError
 

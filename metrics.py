@@ -3,8 +3,7 @@ the true flow over the valid pixels, as TensorFlow ops (summed per batch, so bat
 add up), each sample's EPE sum (for the paired standard error of a difference between subnets),
 the zero-flow baseline, and a flow predicted at another input size brought to the frame's."""
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
 import batches
 

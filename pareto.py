@@ -4,7 +4,7 @@ import csv
 import io
 import os
 
-import ckpt
+import atomic_files
 import edge_tables
 import metrics
 import runs
@@ -43,7 +43,7 @@ def write_scores_csv(path, rows):
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    ckpt.write_atomic(path, text.getvalue())
+    atomic_files.write_atomic(path, text.getvalue())
 
 
 NOISE_Z = 2.0  # subnets closer than this many paired standard errors cannot be told apart

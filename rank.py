@@ -13,15 +13,16 @@ of the evaluation (spread over validation batches, rank agreement between two ha
     python rank.py --bench rankbench --train_rows 12 --jobs 2        # the benchmark's next 12 rows (resumes)
     python rank.py --bench rankbench --supernet outputs/bench_supernet  # a supernet against the rows
 """
-import argparse
 import glob
 import os
 import sys
 import time
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
+import tensorflow_quiet
 
+import atomic_files
 import batches
 import ckpt
 import data_fc2
@@ -74,7 +75,7 @@ def train_standalone(args, supernet_cfg, supernet_report, plan):
             for run_dir, argv in children if argv]
     print(f"{len(plan) - len(todo)} of {len(plan)} standalone runs finished already; training {len(todo)}, "
           f"{args.jobs} at a time", flush=True)
-    parallel.run_all(todo, args.jobs, env=devices.child_environment())
+    parallel.run_all(todo, args.jobs, env=tensorflow_quiet.child_environment())
     return [run_dir for run_dir, _ in children]
 
 
@@ -82,7 +83,7 @@ def train_standalone(args, supernet_cfg, supernet_report, plan):
 
 def parse_args(argv):
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--supernet", help="the supernet run folder")
     parser.add_argument("--standalone", nargs="+", default=[], metavar="RUN", help="standalone run folders")
     parser.add_argument("--standalone_glob", help="a glob of standalone run folders (quote it)")
@@ -99,7 +100,8 @@ def parse_args(argv):
     parser.add_argument("--standalone_dir", help="where --train puts its runs (default: <supernet>/standalone)")
     parser.add_argument("--out", help="folder for rank_report.json and rank.png (default: --standalone_dir with "
                         "--train, else <supernet>/rank), or for --margin's file (default: B)")
-    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS,
+                        help=ckpt.CHECKPOINT_KIND_HELP)
     parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration when scoring "
                         "(default: the supernet's, or A's with --margin); with few, which batches they are "
                         "moves a subnet's EPE: more give steadier figures")
@@ -124,10 +126,13 @@ def parse_args(argv):
         parser.error("--supernet is required (or --compare A.csv B.csv, --margin A B, or --bench DIR)")
     if sum(bool(v) for v in (args.compare, args.margin, args.supernet or args.bench)) > 1:
         parser.error("give one of --supernet, --compare, --margin")
-    if args.supernet and not args.bench and sum(bool(v) for v in (args.standalone, args.standalone_glob, args.train is not None)) != 1:
+    given = sum(bool(v) for v in (args.standalone, args.standalone_glob, args.train is not None))
+    if args.supernet and not args.bench and given != 1:
         parser.error("give exactly one of --standalone, --standalone_glob, --train")
     if args.train is not None and args.train < ranking.MIN_ARCHS:
         parser.error(f"--train needs at least {ranking.MIN_ARCHS} archs")
+    if args.train is not None and args.train > supernet.SPACE.num_archs:
+        parser.error(f"--train {args.train} is more than the search space's {supernet.SPACE.num_archs} archs")
     if args.second_seed is not None and not args.train:
         parser.error("--second_seed goes with --train")
     if args.jobs != 1 and not (args.train or args.train_rows):
@@ -186,7 +191,8 @@ def bench_ranking(args):
     report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
                   scoring=plan["scoring"], seconds=time.time() - start, devices=hardware)
-    ckpt.write_json_atomic(os.path.join(out, "rank_report.json"), report)
+    os.makedirs(out, exist_ok=True)
+    atomic_files.write_json_atomic(os.path.join(out, "rank_report.json"), report)
     rank_plot.plot_ranking(report, os.path.join(out, "rank.png"))
     print("\n".join(rank_bench.report_lines(report)))
     print(f"wrote {os.path.join(out, 'rank_report.json')} and rank.png")
@@ -235,14 +241,35 @@ def check_jobs(jobs, hardware):
 
 
 def output_folder(args, default=None):
-    """--out, or `default`, or the standalone folder with --train, else <supernet>/rank: created, or
-    RankError naming it."""
+    """--out, or `default`, or the standalone folder with --train, else <supernet>/rank: checked, not
+    created (a refusal later leaves no empty folder); RankError naming it if it cannot be one."""
     out = args.out or default or (args.standalone_dir if args.train else os.path.join(args.supernet, "rank"))
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as err:
-        raise RankError(f"--out {out}: cannot be a folder ({err.strerror})") from None
+    return check_can_be_folder(out)
+
+
+def check_can_be_folder(out):
+    """`out`, if it is a folder or its nearest existing parent is one this process can write in;
+    RankError naming it otherwise."""
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise RankError(f"--out {out}: cannot be a folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RankError(f"--out {out}: cannot be a folder ({existing} cannot be written)")
     return out
+
+
+def scoring_data(args, cfg):
+    """The run's data, opened before any work, with --bn_recal_batches at most its training batches
+    (recalibration takes distinct batches of one pass: more would only read the data again and fill
+    memory); RankError otherwise."""
+    data = data_fc2.open_data(cfg)
+    available = data["counts"]["train"] // cfg["batch_size"]
+    if args.bn_recal_batches and args.bn_recal_batches > available:
+        raise RankError(f"--bn_recal_batches {args.bn_recal_batches}: the run's data has {available} training "
+                        f"batches of {cfg['batch_size']}")
+    return data
 
 
 def rank(args):
@@ -253,11 +280,12 @@ def rank(args):
         raise RankError(f"--supernet {args.supernet} is a standalone run of {supernet_cfg['arch']}, not a supernet")
     args.standalone_dir = args.standalone_dir or os.path.join(args.supernet, "standalone")
     check_jobs(args.jobs, hardware)
+    data = scoring_data(args, supernet_cfg)
     out = output_folder(args)  # checked before the work
     choice = ranking.search_choice(args.supernet, args.checkpoint_type) if args.search_choice else None
     runs, seconds = standalone_runs(args, supernet_cfg, supernet_report, choice)
     h, w = supernet_cfg["input_h"], supernet_cfg["input_w"]
-    scored = scoring_batches(args, supernet_cfg)
+    scored = scoring_batches(args, supernet_cfg, data)
     sizes = [len(flows) for _, flows in scored[1]]
     print(f"scoring {len(runs)} subnets with the supernet and alone: {len(scored[0])} recalibration batches, "
           f"{sum(sizes)} validation samples in {len(sizes)} batches")
@@ -277,7 +305,8 @@ def rank(args):
     report["study_seconds"] = {"supernet": supernet_report.get("wall_time_s"), "search": ranking.search_seconds(
         args.supernet, args.checkpoint_type) if args.search_choice else None,
         "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
-    ckpt.write_json_atomic(os.path.join(out, "rank_report.json"), report)
+    os.makedirs(out, exist_ok=True)
+    atomic_files.write_json_atomic(os.path.join(out, "rank_report.json"), report)
     rank_plot.plot_ranking(report, os.path.join(out, "rank.png"))
     print("\n".join(ranking.table_lines(report)))
     print(f"wrote {os.path.join(out, 'rank_report.json')} and rank.png")
@@ -348,11 +377,11 @@ def print_comparison(path_a, path_b):
           f"Kendall tau-b {result['kendall_tau_b']:.4f}, Spearman rho {result['spearman_rho']:.4f}")
 
 
-def scoring_batches(args, cfg):
-    """(recal_batches, val_batches) every subnet is scored on: the run's, recalibrating with
+def scoring_batches(args, cfg, data):
+    """(recal_batches, val_batches) every subnet is scored on: the run's `data`, recalibrating with
     --bn_recal_batches batches if given."""
     cfg = dict(cfg, bn_recal_batches=args.bn_recal_batches or cfg["bn_recal_batches"])
-    return batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+    return batches.scoring_batches(cfg, data)
 
 
 def margin(args):
@@ -361,14 +390,15 @@ def margin(args):
     runs = ranking.check_margin_runs(args.margin)  # before any folder or work
     out = args.out or args.margin[1]
     path = os.path.join(out, f"margin_vs_{os.path.basename(os.path.normpath(args.margin[0]))}.json")
-    os.makedirs(out, exist_ok=True)
+    check_can_be_folder(out)
     first_cfg = runs[0][1]
-    scored = scoring_batches(args, first_cfg)
+    scored = scoring_batches(args, first_cfg, scoring_data(args, first_cfg))
     result = dict(ranking.standalone_margin(runs, args.checkpoint_type, scored), bn_recal_batches=len(scored[0]),
                   devices=hardware)
     print("\n".join(ranking.margin_lines(result)))
     result["seconds"] = time.time() - start
-    ckpt.write_json_atomic(path, result)
+    os.makedirs(out, exist_ok=True)
+    atomic_files.write_json_atomic(path, result)
     print(f"wrote {path}")
     return result
 

@@ -6,7 +6,6 @@ trained it), written atomically as each run ends, and which rows are still to tr
 Rows are only comparable while training, data and the space are unchanged: the fingerprint (the
 mean loss of the first steps of one arch, to 1e-6) says when they go stale.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -18,19 +17,22 @@ import types
 
 import numpy as np
 
+import atomic_files
 import batches
 import ckpt
 import config
 import data_fc2
 import devices
+import errors
 import metrics
 import parallel
 import ranking
 import scoring
 import stopping
 import supernet
+import tensorflow_quiet
 import training
-import tensorflow as tf
+from tensorflow_quiet import tf
 from errors import EdgeFlowError, RankError, one_line
 
 PLAN_NAME, SETTING_NAME, ROWS_DIR = "plan.json", "setting.json", "rows"
@@ -122,6 +124,7 @@ def read_plan(bench_dir):
 
 
 def setting_path(bench_dir):
+    """The bench's setting file (a config overlay)."""
     return os.path.join(bench_dir, SETTING_NAME)
 
 
@@ -147,6 +150,7 @@ def train_argv(bench_dir, row, runs_dir):
 
 
 def row_path(bench_dir, name):
+    """Where row `name` is written."""
     return os.path.join(bench_dir, ROWS_DIR, f"{name}.json")
 
 
@@ -189,7 +193,7 @@ def missing_rows(plan, rows):
 def write_row(bench_dir, row):
     """One row, atomically (the rows folder made if needed)."""
     os.makedirs(os.path.join(bench_dir, ROWS_DIR), exist_ok=True)
-    ckpt.write_atomic(row_path(bench_dir, row["name"]), json.dumps(row, indent=1) + "\n")
+    atomic_files.write_atomic(row_path(bench_dir, row["name"]), json.dumps(row, indent=1) + "\n")
 
 
 def git_commit(where):
@@ -247,7 +251,8 @@ def run_row(bench_dir, plan, planned, run_dir, scored):
             "stopping": stopping.figures(ranking.read_history(run_dir, arch), zero_flow),
             "steps": report["global_step"], "best_epoch": report["best_epoch"],
             "stop_reason": report["stop_reason"], "wall_time_s": report["wall_time_s"],
-            "commit": commit, "command": " ".join(["taskset -c 0 python train.py"] + train_argv(bench_dir, planned, runs_dir)),
+            "commit": commit,
+            "command": " ".join(["taskset -c 0 python train.py"] + train_argv(bench_dir, planned, runs_dir)),
             "scoring": plan["scoring"], "tensorflow": tf.__version__,
             "pair_epe": [round(float(v), 6) for v in pairs]}
 
@@ -264,7 +269,7 @@ def start_commit_file(run_dir, where):
     """Record the commit a row's training starts from (once: a resumed run keeps its first)."""
     path = run_dir + ".commit"
     if not os.path.exists(path):
-        ckpt.write_atomic(path, (git_commit(where) or "unknown") + "\n")
+        atomic_files.write_atomic(path, (git_commit(where) or "unknown") + "\n")
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -280,7 +285,7 @@ def training_fingerprint(bench_dir, arch, seed, steps):
     with tempfile.TemporaryDirectory() as nowhere:  # prepare reads a run folder's history: none here
         run = training.prepare(types.SimpleNamespace(resume=False, dry_run=True), cfg, nowhere, hardware)
     state, losses = run.state, []
-    with tf.compat.v1.Session(graph=run.graph, config=devices.session_config()) as sess:
+    with tf.compat.v1.Session(graph=run.graph, config=tensorflow_quiet.session_config()) as sess:
         sess.run(run.init)
         for _ in range(steps):
             losses.append(float(training.train_step(sess, run, state)["loss"]))
@@ -294,7 +299,7 @@ def pinned_fingerprint(bench_dir, arch, seed, steps):
     core = parallel.usable_cores()[0]
     argv = [sys.executable, os.path.abspath(__file__), "--fingerprint", bench_dir, "--arch", arch,
             "--seed", str(seed), "--steps", str(steps)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=devices.child_environment(),
+    done = subprocess.run(argv, capture_output=True, text=True, env=tensorflow_quiet.child_environment(),
                           preexec_fn=lambda: os.sched_setaffinity(0, [core]))
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
@@ -318,6 +323,7 @@ def check_fingerprint(bench_dir, plan, tolerance=1e-6):
 # ----------------------------------------------------------------------------- building rows in chunks
 
 def run_finished(run_dir):
+    """Whether a run has trained to its end (its report is written last)."""
     return os.path.exists(os.path.join(run_dir, "train_report.json"))
 
 
@@ -355,7 +361,8 @@ class RowScorer:
 
 
 def say(line):
-    print(line, flush=True)  # a chunk's log is usually a file: each line as it happens
+    """Print one line at once: a chunk's log is usually a file, read while it runs."""
+    print(line, flush=True)
 
 
 def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=say):
@@ -379,7 +386,7 @@ def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=say):
             start_commit_file(os.path.join(runs_dir, planned["name"]), os.path.dirname(os.path.abspath(train_py)))
         parallel.run_all([row_child(bench_dir, r, runs_dir, train_py) for r in todo], jobs,
                          cores=parallel.usable_cores()[:jobs],
-                         env=devices.child_environment(), on_finished=score, log=log)
+                         env=tensorflow_quiet.child_environment(), on_finished=score, log=log)
         left = missing_rows(plan, read_rows(bench_dir, plan))
     log(f"{len(plan['rows']) - len(left)} of {len(plan['rows'])} rows written, {len(left)} to train "
         f"(about {sum(row_core_minutes(r) for r in left) / 60:.1f} core-hours)"
@@ -484,7 +491,8 @@ def bench_report(plan, rows, supernet_epe, bootstrap, seed):
 def report_lines(report):
     """The bench report as printed."""
     boot, regret, ceiling = report["bootstrap"], report["regret"], report["seed_ceiling"]
-    lines = [f"{report['num_archs']} archs ranked ({report['rows']} rows): Kendall tau-b {report['kendall_tau_b']:.3f} "
+    lines = [f"{report['num_archs']} archs ranked ({report['rows']} rows): "
+             f"Kendall tau-b {report['kendall_tau_b']:.3f} "
              f"[{boot['tau_ci95'][0]:.3f}, {boot['tau_ci95'][1]:.3f}], Spearman rho {report['spearman_rho']:.3f} "
              f"[{boot['rho_ci95'][0]:.3f}, {boot['rho_ci95'][1]:.3f}]",
              "top-k overlap: " + ", ".join(f"top-{k} {v:.2f}" for k, v in report["top_k_overlap"].items())]
@@ -508,7 +516,7 @@ def report_lines(report):
 
 def main(argv=None):
     """--fingerprint DIR: print the first training losses of an arch in the bench's setting (JSON)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = errors.ArgumentParser(description=main.__doc__)
     parser.add_argument("--fingerprint", required=True, metavar="DIR", help="the bench folder")
     parser.add_argument("--arch", required=True, help="the arch code trained")
     parser.add_argument("--seed", type=int, required=True, help="its training seed")

@@ -7,9 +7,9 @@ import math
 import os
 import time
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
+import atomic_files
 import ckpt
 import fair
 import flowviz
@@ -112,11 +112,11 @@ class RunWriter:
 
     def start(self, cfg, pool, coverage, state, lines):
         """Start (or resume) writing: config, eval pool, the history cut back to `state`, the plan."""
-        ckpt.write_json_atomic(os.path.join(self.run_dir, "config.json"), cfg)
-        ckpt.write_json_atomic(os.path.join(self.run_dir, f"eval_pool_{len(pool)}.json"),
-                               {"mode": "standalone" if cfg["arch"] else "supernet", "seed": cfg["seed"],
-                                "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
-                                "coverage": coverage})
+        atomic_files.write_json_atomic(os.path.join(self.run_dir, "config.json"), cfg)
+        atomic_files.write_json_atomic(os.path.join(self.run_dir, f"eval_pool_{len(pool)}.json"),
+                                       {"mode": "standalone" if cfg["arch"] else "supernet", "seed": cfg["seed"],
+                                        "size": len(pool), "archs": [supernet.format_arch(a) for a in pool],
+                                        "coverage": coverage})
         trim_history(self.history, state.epoch, self.columns)
         self.write_counts(state)
         for line in lines:
@@ -129,9 +129,9 @@ class RunWriter:
 
     def write_counts(self, state):
         """fairness_counts.json: the counts of `state`, i.e. of the last checkpoint."""
-        ckpt.write_json_atomic(os.path.join(self.run_dir, "fairness_counts.json"),
-                               {"global_step": state.global_step, "counts": state.fairness_counts,
-                                "fairness_gap": fair.fairness_gap(state.fairness_counts)})
+        atomic_files.write_json_atomic(os.path.join(self.run_dir, "fairness_counts.json"),
+                                       {"global_step": state.global_step, "counts": state.fairness_counts,
+                                        "fairness_gap": fair.fairness_gap(state.fairness_counts)})
 
     def training(self, step, out, clip_rate):
         """TensorBoard scalars of a progress line."""
@@ -165,6 +165,6 @@ class RunWriter:
         """train_report.json and the closing log line."""
         self.tb.close()
         path = os.path.join(self.run_dir, "train_report.json")
-        ckpt.write_json_atomic(path, report)
+        atomic_files.write_json_atomic(path, report)
         self.log(f"done: {report['stop_reason']} after {report['epochs_finished']} epochs, best pool EPE "
                  f"{report['best_metric']} at epoch {report['best_epoch']}; report {path}")

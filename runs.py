@@ -19,7 +19,8 @@ def add_run_flags(parser, what):
     parser.add_argument("--experiment_name", help=f"run under output_dir to {what} (default: the newest)")
     parser.add_argument("--output_dir", default=config.defaults()["output_dir"],
                         help="where runs live (default: config.json's)")
-    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS)
+    parser.add_argument("--checkpoint_type", default="best", choices=ckpt.CHECKPOINT_KINDS,
+                        help=ckpt.CHECKPOINT_KIND_HELP)
     parser.add_argument("--batch_size", type=int, help="batch size for recalibration and scoring")
     parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration")
     parser.add_argument("--eval_batches", type=int, help="validation batches per subnet (0 = all)")

@@ -4,8 +4,7 @@ training calls at every evaluation; `restored_scorer` opens a run's checkpoint r
 import time
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
 import batches
 import ckpt

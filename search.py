@@ -21,8 +21,9 @@ import os
 import sys
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
+import devices
 
+import atomic_files
 import batches
 import ckpt
 import config
@@ -51,8 +52,8 @@ def finish(search_dir, run_dir, args, hardware):
     provenance = {k: manifest[k] for k in manifest if k not in ("shard", "units")}
     provenance.update(run_dir=run_dir, unit_seconds=seconds, latency_table=args.latency_table,
                       parts=manifest["shard"][1], devices=hardware)
-    ckpt.write_json_atomic(os.path.join(search_dir, "pareto.json"),
-                           {"provenance": provenance, "fronts": fronts, "best": rows[0]})
+    atomic_files.write_json_atomic(os.path.join(search_dir, "pareto.json"),
+                                   {"provenance": provenance, "fronts": fronts, "best": rows[0]})
     png = os.path.join(search_dir, "pareto.png")
     pareto.plot_front(png, rows, fronts, pareto.marked_subnets(rows, run_dir, manifest["config"]),
                       f"{os.path.basename(run_dir)} {manifest['checkpoint_type']} checkpoint "
@@ -101,7 +102,7 @@ def size_flag(text):
 
 def parse_args(argv):
     """Command-line flags; scoring flags left unset fall back to the run's saved config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     runs.add_run_flags(parser, "search")
     parser.add_argument("--space", default="all", choices=("all",), help="score the whole space (the default)")
     parser.add_argument("--archs", nargs="+", metavar="CODE", help="score these arch codes instead")

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+import atomic_files
 import batches
 import ckpt
 import metrics
@@ -116,7 +117,7 @@ def open_part(directory, manifest):
         if diff:
             raise SearchError(f"{directory} was started with another {', '.join(diff)}: move it away to start over")
     else:
-        ckpt.write_json_atomic(path, manifest)
+        atomic_files.write_json_atomic(path, manifest)
     for stale in glob.glob(os.path.join(directory, "units", "*.tmp*")):  # left by a killed process
         os.remove(stale)
     return read_units(directory)
@@ -210,9 +211,9 @@ def write_unit(directory, prefix, rows, seconds):
     heads = sorted(rows)
     buffer = io.BytesIO()
     np.save(buffer, np.stack([rows[h]["sample_epe"] for h in heads]).astype(np.float32))
-    ckpt.write_atomic(path + ".npy", buffer.getvalue())
+    atomic_files.write_atomic(path + ".npy", buffer.getvalue())
     metrics_only = {str(h): {k: v for k, v in rows[h].items() if k != "sample_epe"} for h in heads}
-    ckpt.write_json_atomic(path + ".json", {"prefix": prefix, "rows": metrics_only, "seconds": seconds})
+    atomic_files.write_json_atomic(path + ".json", {"prefix": prefix, "rows": metrics_only, "seconds": seconds})
 
 
 def read_samples(search_dir, indices):
@@ -319,6 +320,9 @@ def load_parts(search_dir):
             rows.update({prefix * search_tree.heads_per_prefix() + int(h): m for h, m in unit["rows"].items()})
     if len(rows) != first["num_archs"]:
         raise SearchError(f"{search_dir}: parts hold {len(rows)} subnets, the search has {first['num_archs']}")
+    if fingerprint([np.array(sorted(rows), np.int64)]) != first.get("archs_sha256"):  # a row relabelled
+        raise SearchError(f"{search_dir}: the parts' {len(rows)} subnets are not the search's arch set (their "
+                          "archs_sha256 differs from the manifests'): a unit's rows were changed")
     return first, rows, seconds
 
 

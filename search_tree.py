@@ -16,8 +16,7 @@ import itertools
 import math
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
 import batches
 import metrics

@@ -20,18 +20,18 @@ for the default 180x240 input.
     python supernet.py --shape_check --h 180 --w 240 --batch 2 --samples 5
     python supernet.py --info --arch 0,0,0,0,0,0,0,0,0
 """
-import argparse
 import dataclasses
 import hashlib
 import json
 import math
+import re
 import sys
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+import tensorflow_quiet
+from tensorflow_quiet import tf
 
-from errors import ArchError
+from errors import ArchError, ArgumentParser
 
 FLOW_CHANNELS = 2
 INPUT_CHANNELS = 6  # two RGB frames stacked
@@ -235,10 +235,10 @@ def structure(arch, size):
 
 def parse_size(text):
     """"HxW" -> (h, w), both positive multiples of 4; ArchError naming the text otherwise."""
-    try:
-        h, w = (int(v) for v in text.strip().lower().split("x"))
-    except ValueError:
-        raise ArchError(f"input size {text!r} is not HxW (e.g. 144x192)") from None
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text.lower(), re.ASCII)  # int() alone takes 3_2 and +32
+    if not match:
+        raise ArchError(f"input size {text!r} is not HxW (e.g. 144x192)")
+    h, w = int(match[1]), int(match[2])
     check_input_size(h, w)
     return h, w
 
@@ -531,7 +531,7 @@ def shape_check(h, w, batch, samples, seed=0):
     expected = [level_sizes(h, w)[SPACE.by_name[name].level] for name in SPACE.flow_heads]
     rng = np.random.default_rng(seed)
     ok = True
-    with tf.compat.v1.Session(graph=graph, config=devices.session_config()) as sess:
+    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
         sess.run(init)
         for a in random_archs(samples, seed):
             out = sess.run(flows, {images: rng.uniform(-1, 1, images.shape.as_list()), arch: a})
@@ -559,7 +559,7 @@ def info(arch, h, w):
 
 def main(argv=None):
     """CLI: --self_test, --shape_check, --info."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--self_test", action="store_true", help="round-trip all codes, reject malformed ones")
     parser.add_argument("--shape_check", action="store_true", help="run sampled archs through the dynamic graph")
     parser.add_argument("--info", action="store_true", help="params and GMACs of --arch")
@@ -576,7 +576,6 @@ def main(argv=None):
         arch = parse_arch(args.arch)
     except ArchError as err:
         parser.error(str(err))
-    devices.report(log=None)  # TensorFlow's device search (and its CUDA notes) held back before any session
     status = 0
     if args.self_test:
         status |= self_test()

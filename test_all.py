@@ -2,6 +2,7 @@
 against an independent computation (numpy, a brute-force path, bytes written by hand)."""
 import argparse
 import ast
+import configparser
 import csv
 import dataclasses
 import itertools
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import atomic_files
 import batches
 import bench
 import ckpt
@@ -55,6 +57,7 @@ import search_tree
 import stopping
 import supernet
 import synthetic
+import tensorflow_quiet
 import train
 import train_graph
 import training
@@ -1688,7 +1691,7 @@ def tiny_models(tmp_path_factory):
     """FP32 and INT8 models of EXPORT_ARCH at 32x48 with random weights, written to a temp folder."""
     folder = tmp_path_factory.mktemp("models")
     reference, fp32, int8, probe = _static_models(EXPORT_ARCH, 32, 48, 3, _synthetic_images(4, 32, 48, 5))
-    paths = {kind: ckpt.write_atomic(str(folder / f"model_{kind}.tflite"), content)
+    paths = {kind: atomic_files.write_atomic(str(folder / f"model_{kind}.tflite"), content)
              for kind, content in (("fp32", fp32), ("int8", int8))}
     return paths, reference, probe, folder
 
@@ -1810,7 +1813,7 @@ class TestExport:
         def measure(arch):
             int8 = _static_models(arch, 16, 24, 2, calibration)[2]
             name = "m" + "".join(map(str, arch))
-            path = ckpt.write_atomic(str(tmp_path / f"{name}.tflite"), int8)
+            path = atomic_files.write_atomic(str(tmp_path / f"{name}.tflite"), int8)
             summary, per_layer = compiler.compile_model(path, target, str(tmp_path / name))
             cycles, unattributed = edge_tables.block_cycles(per_layer, edge_tables.arch_op_blocks(arch))
             return {"arch": arch, "epe": 0.0, "summary": summary, "cycles": cycles, "unattributed": unattributed}
@@ -2121,7 +2124,7 @@ class TestDeploy:
                 # meanwhile another process compiled the same model and renamed its work into place
                 other = out_dir.rsplit(".tmp", 1)[0]
                 super().compile(model_path, target, other)
-                ckpt.write_json_atomic(os.path.join(other, "figures.json"), {"summary": dict(
+                atomic_files.write_json_atomic(os.path.join(other, "figures.json"), {"summary": dict(
                     found[0], compiled_model=os.path.join(other, "m_vela.tflite")), "per_layer": found[1]})
                 return found
 
@@ -2313,9 +2316,9 @@ def scoring_run(tmp_path_factory):
     cfg = dict(config.read_config_file(config.DEFAULT_CONFIG), input_h=32, input_w=48, synthetic=True,
                synthetic_train_size=4, synthetic_val_size=4, batch_size=2, bn_recal_batches=1, eval_pool_size=3,
                experiment_name="run", output_dir=str(out))
-    ckpt.write_json_atomic(str(run / "config.json"), cfg)
+    atomic_files.write_json_atomic(str(run / "config.json"), cfg)
     pool = [supernet.format_arch(a) for a in fair.build_eval_pool(3, cfg["seed"], 32, 48)]
-    ckpt.write_json_atomic(str(run / "eval_pool_3.json"), {"archs": pool})
+    atomic_files.write_json_atomic(str(run / "eval_pool_3.json"), {"archs": pool})
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(3)
@@ -2635,11 +2638,11 @@ class TestParallel:
     def test_children_quieten_tensorflow_themselves_unless_the_user_set_its_log_level(self, tmp_path, monkeypatch):
         script = "import json, os, sys; json.dump(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), open(sys.argv[1], 'w'))"
         for user_level, seen in ((None, None), ("1", "1")):
-            monkeypatch.setattr(devices, "USER_LOG_LEVEL", user_level)
-            monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level or devices.QUIET_LOG_LEVEL)
+            monkeypatch.setattr(tensorflow_quiet, "USER_LOG_LEVEL", user_level)
+            monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level or tensorflow_quiet.QUIET_LOG_LEVEL)
             path = tmp_path / f"level_{user_level}.json"
             parallel.run_all([("c", [sys.executable, "-c", script, str(path)], None)], 1, log=lambda line: None,
-                             env=devices.child_environment())
+                             env=tensorflow_quiet.child_environment())
             assert json.loads(path.read_text()) == seen
 
     def test_a_failure_starts_no_new_child_and_names_the_failed_one(self, tmp_path):
@@ -2915,7 +2918,7 @@ class TestStandaloneAndRank:
         supernet_wall = json.loads((out / "sup" / "train_report.json").read_text())["wall_time_s"]
         assert report["study_seconds"] == {"supernet": supernet_wall, "search": None,
                                            "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
-        if devices.USER_LOG_LEVEL is None:  # each child held TensorFlow's start-up lines back itself
+        if tensorflow_quiet.USER_LOG_LEVEL is None:  # each child held TensorFlow's start-up lines back itself
             logs = [p.read_text() for p in (out / "sup" / "standalone").glob("*.out")]
             assert logs or len(parallel.usable_cores()) < 2  # one core: one run at a time, to the terminal
             assert not any("absl::InitializeLog" in text or "oneDNN" in text for text in logs)
@@ -2967,7 +2970,7 @@ class TestStandaloneAndRank:
         for copy, name, changes in ((other_size, "config.json", {"input_h": 48}),
                                     (other_source, "train_report.json", {"data_source": "fc2"})):
             subprocess.run(["cp", "-r", alone[0], str(copy)], check=True)
-            ckpt.write_json_atomic(str(copy / name), dict(json.loads((copy / name).read_text()), **changes))
+            atomic_files.write_json_atomic(str(copy / name), dict(json.loads((copy / name).read_text()), **changes))
         sup = str(out / "sup")
         cases = [(alone[:2], "at least 3"), (alone[:2] + [sup], "not a standalone run"),
                  (alone[:2] + [str(other_size)], "input_h 48"), (alone[:2] + [str(other_source)], "data source fc2"),
@@ -2983,8 +2986,8 @@ class TestStandaloneAndRank:
         stale = tmp_path / "stale"
         subprocess.run(["cp", "-r", str(out / "sup" / "standalone"), str(stale)], check=True)
         second = next(p for p in stale.iterdir() if p.is_dir() and "_seed" in p.name)
-        ckpt.write_json_atomic(str(second / "config.json"),
-                               dict(json.loads((second / "config.json").read_text()), input_h=48))
+        atomic_files.write_json_atomic(str(second / "config.json"),
+                                       dict(json.loads((second / "config.json").read_text()), input_h=48))
         assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
         err = capsys.readouterr().err
         assert f"{second}: not the supernet's data or input size: input_h 48" in err and err.count("\n") == 1, err
@@ -3633,7 +3636,7 @@ class TestDevices:
             devices.report(4, log=None, paths=fair.paths_per_cycle())
 
     def test_a_python_without_tensorflow_is_told_in_one_line(self):
-        script = "import sys; sys.modules['tensorflow'] = None; sys.argv = ['export.py', '--help']; import devices"
+        script = "import sys; sys.modules['tensorflow'] = None; from tensorflow_quiet import tf; tf.Graph"
         result = subprocess.run([sys.executable, "-c", script], cwd=HERE, capture_output=True, text=True, timeout=60)
         assert result.returncode == 1 and result.stdout == ""
         assert result.stderr == (f"tensorflow is not installed for {sys.executable}: `make venv`, "
@@ -3886,3 +3889,225 @@ class TestRankBench:
         assert report["num_archs"] == 3 and report["rows"] == 4 and (sup / "s" / "rank_bench" / "rank.png").exists()
         assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
+
+# ----------------------------------------------------------------------------- command line: flags, imports, quiet
+
+_FLAGS_BEFORE_TENSORFLOW = r'''
+import contextlib, io, json, sys
+import bench, deploy, evaluate, export, rank, search, train
+said = {}
+for command in (bench, deploy, evaluate, export, rank, search, train):
+    for argv in (["--help"], ["--no_such_flag"]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            command.main(argv)
+        said[f"{command.__name__} {argv[0]}"] = [out.getvalue(), err.getvalue()]
+json.dump({"tensorflow": "tensorflow" in sys.modules, "said": said}, sys.stdout)
+'''
+
+
+def _import_graph():
+    """{module: the project modules it imports anywhere in its source}, from the source with ast."""
+    return {m: (_imports(m) & set(PRODUCT_MODULES)) - {m} for m in PRODUCT_MODULES}
+
+
+class TestCommandLine:
+    def test_help_and_refused_flags_come_before_tensorflow_loads_and_on_one_line(self):
+        result = subprocess.run([sys.executable, "-c", _FLAGS_BEFORE_TENSORFLOW], cwd=HERE, capture_output=True,
+                                text=True, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        said = json.loads(result.stdout)
+        assert said["tensorflow"] is False
+        for command in COMMANDS:
+            help_out, help_err = said["said"][f"{command} --help"]
+            assert help_out.startswith("usage: ") and "--help" in help_out and help_err == "", command
+            out, err = said["said"][f"{command} --no_such_flag"]  # a required flag may be named first
+            assert out == "" and err.startswith("error: ") and err.count("\n") == 1 and "usage" not in err, command
+
+    @pytest.mark.parametrize("command, argv, says", [
+        (rank, ["--supernet", "sup", "--train", "0"], "--train needs at least 3 archs"),
+        (search, ["--max_gmacs", "-1"], "--max_gmacs -1.0 must be a positive number"),
+        (search, ["--max_gmacs", "nan"], "--max_gmacs nan must be a positive number"),
+        (train, ["--num_epochs", "x"], "argument --num_epochs: invalid"),
+    ])
+    def test_a_refused_flag_is_one_line_without_the_usage_block(self, command, argv, says, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            command.main(argv)
+        out, err = capsys.readouterr()
+        assert exit_info.value.code == 2 and out == "" and err.startswith(f"error: {says}") and err.count("\n") == 1
+
+    def test_tensorflow_start_up_lines_are_held_back_at_levels_2_and_3_and_shown_at_0(self, tmp_path):
+        use = "from tensorflow_quiet import tf; tf.constant(1); print(tf.get_logger().level)"
+        runs = {level: subprocess.Popen([sys.executable, "-c", use], cwd=HERE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)) for level in "023"}
+        deploy_command = [sys.executable, "deploy.py", "--experiment_name", "nosuchrun", "--target", "himax-we2",
+                          "--output_dir", str(tmp_path)]
+        deploying = subprocess.run(deploy_command, cwd=HERE, capture_output=True, text=True, timeout=300,
+                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        outcome = {level: proc.communicate(timeout=300) for level, proc in runs.items()}
+        said = {level: err for level, (_, err) in outcome.items()}
+        assert said["2"] == "" and said["3"] == ""
+        assert outcome["2"][0] == outcome["3"][0] == "40\n" != outcome["0"][0]  # its Python logger: errors only
+        assert any(word in said["0"] for word in _TF_STARTUP_LINE)  # the user asked for every line
+        assert deploying.returncode == 1 and deploying.stderr.count("\n") == 1
+        assert deploying.stderr.startswith("error: run folder not found: ") and "nosuchrun" in deploying.stderr
+
+    def test_a_configparser_error_is_one_clean_line(self):
+        bad = "garbage\n[System_Config.x]\n"
+        try:
+            configparser.ConfigParser().read_string(bad, source="v.ini")
+        except configparser.Error as err:
+            line = compiler.ini_error_line(err)
+        assert line == "File contains no section headers; file: 'v.ini', line: 1; 'garbage'"
+
+
+class TestImportRules:
+    def test_no_import_cycle_among_the_modules(self):
+        import graphlib
+        try:
+            graphlib.TopologicalSorter(_import_graph()).prepare()
+        except graphlib.CycleError as err:
+            pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+
+    def test_commands_never_import_commands_and_tensorflow_has_one_door(self):
+        graph = _import_graph()
+        assert {m: graph[m] & set(COMMANDS) for m in PRODUCT_MODULES if graph[m] & set(COMMANDS)} == {}
+        assert [m for m in PRODUCT_MODULES if "tensorflow" in _imports(m)] == ["tensorflow_quiet"]
+
+    def test_atomic_writes_and_errors_reach_no_tensorflow(self):
+        graph, seen, todo = _import_graph(), set(), ["atomic_files", "errors"]
+        while todo:
+            module = todo.pop()
+            seen.add(module)
+            todo.extend(graph[module] - seen)
+        assert "tensorflow_quiet" not in seen and not {"tensorflow", "ckpt"} & set().union(*map(_imports, seen))
+
+
+class TestRankBounds:
+    @staticmethod
+    def _supernet_run(tmp_path):
+        """A finished supernet run as rank reads it: config (synthetic data, 8 training pairs in 4 batches
+        of 2) and train report; no checkpoint is needed to be refused."""
+        run = tmp_path / "sup"
+        run.mkdir()
+        cfg = tiny_config(synthetic=True, synthetic_train_size=8, synthetic_val_size=4, experiment_name="sup",
+                          output_dir=str(tmp_path))
+        (run / "config.json").write_text(json.dumps(cfg))
+        (run / "train_report.json").write_text(json.dumps({"mode": "supernet", "data_source": "synthetic",
+                                                           "global_step": 1}))
+        return str(run)
+
+    def test_train_above_the_space_is_refused_before_any_folder(self, tmp_path, capsys):
+        out = tmp_path / "out"
+        with pytest.raises(SystemExit) as exit_info:
+            rank.main(["--supernet", str(tmp_path / "sup"), "--train", "99999", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err == ("error: --train 99999 is more than the search space's "
+                                                      "19683 archs\n")
+        assert supernet.SPACE.num_archs == 3 ** 9 and not out.exists()
+
+    def test_recal_batches_beyond_the_data_are_refused_before_work_and_folders(self, tmp_path, capsys):
+        sup, out = self._supernet_run(tmp_path), tmp_path / "out"
+        standalone = tmp_path / "alone"
+        assert rank.main(["--supernet", sup, "--standalone", str(standalone), "--bn_recal_batches", "5",
+                          "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err == "error: --bn_recal_batches 5: the run's data has 4 training batches of 2\n"
+        assert not out.exists() and not (tmp_path / "sup" / "standalone").exists()
+
+    def test_a_refusal_after_the_checks_leaves_no_empty_out_folder(self, tmp_path, capsys):
+        sup, out = self._supernet_run(tmp_path), tmp_path / "out" / "deeper"
+        assert rank.main(["--supernet", sup, "--standalone", str(tmp_path / "no_such_run"), "--out", str(out)]) == 1
+        assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
+        (tmp_path / "file").write_text("")
+        assert rank.main(["--supernet", sup, "--standalone", str(tmp_path / "no_such_run"),
+                          "--out", str(tmp_path / "file" / "out")]) == 1
+        assert "cannot be a folder" in capsys.readouterr().err
+
+
+class TestSearchAndTargetInput:
+    def test_merge_refuses_a_row_relabelled_to_an_arch_never_scored(self, tmp_path):
+        indices = [0, 1, 2]  # three heads of the first trunk prefix: one unit
+        part = search_parts.part_dir(str(tmp_path), 1, 1)
+        os.makedirs(os.path.join(part, "units"))
+        manifest = {"shard": [1, 1], "units": [0], "num_archs": len(indices), "space_version": supernet.SPACE.version,
+                    "archs_sha256": search_parts.fingerprint([np.array(indices, np.int64)])}
+        (pathlib.Path(part) / "manifest.json").write_text(json.dumps(manifest))
+        rows = {h: dict({name: 1.0 + h for name in metrics.NAMES}, sample_epe=np.ones(2)) for h in indices}
+        search_parts.write_unit(part, 0, rows, 1.0)
+        assert sorted(search_parts.load_parts(str(tmp_path))[1]) == indices
+        unit = pathlib.Path(part) / "units" / "unit_00.json"
+        saved = json.loads(unit.read_text())
+        saved["rows"]["5"] = saved["rows"].pop("2")  # the same count, another arch
+        unit.write_text(json.dumps(saved))
+        assert 5 < search_tree.heads_per_prefix()
+        with pytest.raises(errors.SearchError, match=r"3 subnets are not the search's arch set"):
+            search_parts.load_parts(str(tmp_path))
+
+    @pytest.mark.parametrize("text", ["3_2x4_8", "+32x48", "32x48x4", "\uff13\uff12x48", "32x"])
+    def test_sizes_are_parsed_strictly(self, text):
+        with pytest.raises(errors.ArchError, match="is not HxW"):
+            supernet.parse_size(text)
+        with pytest.raises(errors.DeployError, match="--sizes"):
+            deployment.parse_sizes(f"64x96,{text}")
+        with pytest.raises(SystemExit):
+            search.parse_args(["--size", text])
+        assert supernet.parse_size(" 32 X 48 ") == (32, 48) and deployment.parse_sizes("32x48,64x96") == [(64, 96),
+                                                                                                          (32, 48)]
+
+    @pytest.mark.parametrize("field, value", [("sram_kib", 1e30), ("flash_kib", 1e30), ("min_fps", 1e30),
+                                              ("sram_kib", float("inf")), ("flash_kib", 4 * 1024 ** 2 + 1)])
+    def test_every_numeric_target_field_has_an_upper_bound(self, tmp_path, field, value):
+        fields = {"name": "b", "accelerator_config": "ethos-u55-64", "system_config": "Ethos_U55_High_End_Embedded",
+                  "memory_mode": "Shared_Sram", "optimise": "Size", "sram_kib": 500, "flash_kib": 4096, field: value}
+        (tmp_path / "t.json").write_text(json.dumps(fields))
+        with pytest.raises(errors.CompileError, match=re.escape(f"field '{field}' must be a positive number at most")):
+            compiler.load_target(str(tmp_path / "t.json"))
+
+
+class TestLockHolder:
+    def test_the_refusal_names_the_process_holding_the_lock_not_the_pid_in_the_file(self, tmp_path):
+        script = ("import fcntl, os, sys, time\n"
+                  "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                  "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                  "os.write(fd, b'1')\n"  # a PID that is not the holder's: written over by hand, or reused
+                  "print('held', flush=True)\n"
+                  "time.sleep(60)")
+        holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / ".lock")], stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held" and (tmp_path / ".lock").read_text() == "1"
+            with pytest.raises(errors.CheckpointError) as refused:
+                with ckpt.writer_lock(str(tmp_path), "run"):
+                    pass
+            assert str(refused.value) == f"run {tmp_path} is being written by another process (PID {holder.pid})"
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+class _ParserCaught(Exception):
+    """Raised in place of parsing: the parser a main() built is what a test reads."""
+
+
+class TestFlagHelp:
+    @pytest.mark.parametrize("module", [*COMMANDS, "devices", "fair", "supernet", "data_fc2"])
+    def test_every_flag_says_what_it_does(self, module, monkeypatch):
+        built = []
+
+        def catch(parser, args=None, namespace=None):
+            built.append(parser)
+            raise _ParserCaught
+
+        monkeypatch.setattr(errors.ArgumentParser, "parse_args", catch)
+        with pytest.raises(_ParserCaught):
+            sys.modules[module].main([])
+        actions = [a for a in built[0]._actions if not isinstance(a, argparse._HelpAction)]
+        mute = [a.option_strings or a.dest for a in actions
+                if not (a.help or "").strip() or re.fullmatch(r"[\[\]'\"\d.eE+, -]*|True|False", a.help)]
+        assert actions and not mute, f"{module}: flags without a word of help: {mute}"
+        if module == "train":  # each config key's flag says what the key does, then its default
+            helps = {a.dest: a.help for a in actions}
+            flags = [k for k, v in config.defaults().items() if not isinstance(v, dict)]
+            assert sorted(config.KEY_HELP) == sorted(flags)
+            assert all(helps[k].startswith(config.KEY_HELP[k]) for k in flags)

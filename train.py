@@ -14,7 +14,6 @@ import os
 import sys
 import time
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
 
 import ckpt
 import config
@@ -26,8 +25,8 @@ from errors import CheckpointError, ConfigError, EdgeFlowError
 
 def parse_args(argv, defaults):
     """Flags: --config, --resume (and its long forms), --dry_run, and one flag per config key."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=config.DEFAULT_CONFIG, help="JSON config (keys of config.json only)")
     parser.add_argument("--resume", "--load_checkpoint", dest="resume", action="store_true",
                         help="continue the newest experiment (or --experiment_name) from its last checkpoint")
@@ -41,12 +40,14 @@ def parse_args(argv, defaults):
     for key, default in defaults.items():
         if isinstance(default, dict):
             continue
+        helped = f"{config.KEY_HELP[key]} (config.json: {default!r})"
         if isinstance(default, bool):
-            keys.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            keys.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                              help=helped)
         elif isinstance(default, list):
-            keys.add_argument(f"--{key}", type=float, nargs=len(default), default=argparse.SUPPRESS, help=f"{default}")
+            keys.add_argument(f"--{key}", type=float, nargs=len(default), default=argparse.SUPPRESS, help=helped)
         else:
-            keys.add_argument(f"--{key}", type=type(default), default=argparse.SUPPRESS, help=f"{default!r}")
+            keys.add_argument(f"--{key}", type=type(default), default=argparse.SUPPRESS, help=helped)
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in defaults if hasattr(args, k)}
     if args.resume_experiment_name:

@@ -4,8 +4,7 @@ routed by the cycle), one subnet's step alone, and the training input behind fee
 import contextlib
 import math
 
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+from tensorflow_quiet import tf
 
 import data_fc2
 import fair

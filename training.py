@@ -10,8 +10,9 @@ import time
 import types
 
 import numpy as np
-import devices  # before tensorflow: quietens its start-up (see devices.py)
-import tensorflow as tf
+import devices
+import tensorflow_quiet
+from tensorflow_quiet import tf
 
 import batches
 import ckpt
@@ -337,7 +338,7 @@ def train(args, cfg, run_dir):
         print("\n".join(run.plan))
         return None
     state, writer, meta_fields = run.state, run_files.RunWriter(run_dir, run.columns), run_meta_fields(run)
-    with tf.compat.v1.Session(graph=run.graph, config=devices.session_config()) as sess:
+    with tf.compat.v1.Session(graph=run.graph, config=tensorflow_quiet.session_config()) as sess:
         restored = start_session(sess, run, args, run_dir)
         ckpt.remove_temp_files(run_dir)  # only once the checkpoint restored: a refused resume removes nothing
         writer.start(cfg, run.pool, run.coverage, state, [("resuming " if run.meta else "starting ") + run_dir]

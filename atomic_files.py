@@ -1,0 +1,75 @@
+"""Atomic file writes, without TensorFlow: a file is written whole via a temp file and a rename,
+or not at all, and the temps of a killed writer are found and removed.
+
+A temp file is `<path>.tmp<pid>`, so a writer that was killed is told from one still writing by
+its process id.
+"""
+import contextlib
+import glob
+import json
+import os
+import shutil
+
+from errors import OutputError
+
+
+def write_atomic(path, content):
+    """Write bytes or text to `path` via a temp file, fsync and rename: never a half-written file.
+    A failed write (a full disk, a folder that is not there) removes its temp file and raises
+    OutputError naming `path`."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path, obj):
+    """Write `obj` as strict JSON to `path` atomically (see write_atomic): never NaN or Infinity
+    (an OutputError naming the file)."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise OutputError(f"{path}: not written: {err}") from None
+    return write_atomic(path, text)
+
+
+def remove_killed_temps(pattern):
+    """Delete the files and folders matching `pattern` that are `<name>.tmp<pid>` temps (write_atomic's
+    form) of a process that is gone: what a killed writer left. A live process's temps stay."""
+    for path in glob.glob(pattern):
+        pid = path.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def _process_alive(pid):
+    """Whether a process with this PID exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != 0
