@@ -185,7 +185,8 @@ class Vela:
             with open(ini, encoding="utf-8") as f:
                 parser.read_file(f)
         except UnicodeDecodeError as err:
-            raise CompileError(f"{where}: vela.ini {ini} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+            raise CompileError(f"{where}: vela.ini {ini} is not UTF-8 text ({err.reason} at byte {err.start})") \
+                from None
         except (OSError, configparser.Error) as err:
             reason = getattr(err, 'strerror', None) or err
             raise CompileError(f"{where}: vela.ini {ini} unreadable: {reason}") from None
