@@ -6,9 +6,10 @@ board with what its firmware needs (see deployment.py for the steps).
     python deploy.py --experiment_name demo --target board.json --sizes 144x192,128x176
     python deploy.py --experiment_name demo --target ethos-u55-64 --check 24   # tables against full compiles
 
-Writes <run>/deploy_<target>/: deploy_report.json, deploy.png, the chosen model (model_fp32.tflite,
-model_int8.tflite, vela/, export_report.json), model_vela.cc/.h, reference_input.npy,
-reference_output.npy and README.txt; prints the command that retrains the choice at its size.
+Writes <run>/deploy_<target>/ (built aside, then put in place of the last deployment whole):
+deploy_report.json, deploy.png, the chosen model (model_fp32.tflite, model_int8.tflite, vela/,
+export_report.json), model_vela.cc/.h, reference_input.npy, reference_output.npy and README.txt;
+prints the command that retrains the choice at its size. One deployment of a run at a time.
 """
 import argparse
 import dataclasses
