@@ -5,6 +5,8 @@ A temp file is `<path>.tmp<pid>`, so a writer that was killed is told from one s
 its process id.
 """
 import contextlib
+import ctypes
+import errno
 import glob
 import json
 import os
@@ -73,3 +75,38 @@ def _process_alive(pid):
     except PermissionError:
         return True
     return pid != 0
+
+
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # renameat2(2): paths relative to the working folder; swap the two names
+
+
+def _exchange(first, second):
+    """Swap two existing paths in one step (Linux's renameat2 with RENAME_EXCHANGE): True if done,
+    False where the C library or the file system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+def replace_folder(work, folder):
+    """Put the finished folder `work` in place of `folder` (a folder or nothing) and remove the old
+    one. Where the kernel can swap the two names in one step, a process killed at any instant
+    leaves `folder` whole, the old or the new; elsewhere the old is first renamed aside (to
+    `<work>.tmp<pid>`, what remove_killed_temps of `<folder>.tmp*` removes), and a process killed
+    between the two renames leaves no `folder`."""
+    if not os.path.isdir(folder):
+        os.rename(work, folder)
+        return
+    if _exchange(work, folder):
+        shutil.rmtree(work)
+        return
+    aside = f"{work}.tmp{os.getpid()}"
+    os.rename(folder, aside)
+    os.rename(work, folder)
+    shutil.rmtree(aside)

@@ -58,7 +58,7 @@ class Target:
 def _file_text(path):
     if path is None:
         return None
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:  # load_target checked that it reads
         return f.read()
 
 
@@ -186,6 +186,9 @@ class Vela:
         try:
             with open(ini, encoding="utf-8") as f:
                 parser.read_file(f)
+        except UnicodeDecodeError as err:
+            raise CompileError(f"{where}: vela.ini {ini} is not UTF-8 text ({err.reason} at byte {err.start})") \
+                from None
         except (OSError, configparser.Error) as err:
             reason = getattr(err, 'strerror', None) or ini_error_line(err)
             raise CompileError(f"{where}: vela.ini {ini} unreadable: {reason}") from None
@@ -291,10 +294,14 @@ class CompileCache:
         """Compile into a work folder renamed to `cached` when done, with figures.json beside the output."""
         work = f"{cached}.tmp{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
-        summary, per_layer = self.tool.compile(model_path, target, work)
-        atomic_files.write_json_atomic(os.path.join(work, "figures.json"),
-                                       {"summary": summary, "per_layer": per_layer,
-                                        "model": os.path.basename(model_path)})
+        try:
+            summary, per_layer = self.tool.compile(model_path, target, work)
+            atomic_files.write_json_atomic(os.path.join(work, "figures.json"),
+                                           {"summary": summary, "per_layer": per_layer,
+                                            "model": os.path.basename(model_path)})
+        except BaseException:  # a failed compile leaves no work folder behind
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         try:
             os.rename(work, cached)
         except OSError:

@@ -242,10 +242,10 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
     its cache (compiler.CompileCache); options: calibration_samples, base (the run's batches, if
     read already: batches.deployment_base), recal_at_size (recalibrate BN on batches
     resized to `size` instead of at the run's size), timing ((warmup, repeats) of the CPU timings,
-    or None), extra (more fields for the report)."""
+    or None), extra (more fields for the report), folder (where out_dir will be when its caller
+    builds it aside: the paths the report names; default out_dir)."""
     h, w = size
     check_folder(out_dir)
-    atomic_files.remove_killed_temps(f"{glob.escape(out_dir)}.tmp*")  # folders of exports killed earlier
     base = options.get("base") or batches.deployment_base(cfg, options["calibration_samples"])
     data = batches.deployment_batches(base, size, options["recal_at_size"])
     values, meta = recalibrated_values(run_dir, kind, cfg, arch, size, data["recal"])
@@ -270,7 +270,8 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
                                   "source": f"the first {data_source} training crops of the run's seeded stream at "
                                             f"{cfg['input_h']}x{cfg['input_w']}, resized to {h}x{w}"},
                   name: dict(summary, version=cache.version, target=dataclasses.asdict(target),
-                             compiled_model=os.path.join(out_dir, name, os.path.basename(summary["compiled_model"])))}
+                             compiled_model=os.path.join(options.get("folder", out_dir), name,
+                                                         os.path.basename(summary["compiled_model"])))}
         if options.get("timing"):
             sample = batches.batch_parts(val_export[0])[0][:1].astype(np.float32)
             report["cpu"] = cpu_timings(paths, sample, *options["timing"])
@@ -287,21 +288,17 @@ def check_folder(out_dir):
 
 @contextlib.contextmanager
 def building(out_dir):
-    """Yield a fresh temp folder beside out_dir; when the block succeeds it replaces out_dir (the
-    old one, if any, removed), when it fails it is removed: out_dir is whole or untouched."""
+    """Yield a fresh temp folder beside out_dir; when the block succeeds it replaces out_dir
+    (atomic_files.replace_folder), when it fails it is removed: out_dir is whole or untouched. Temp
+    folders of processes killed while building out_dir are removed first."""
     check_folder(out_dir)
+    atomic_files.remove_killed_temps(f"{glob.escape(out_dir)}.tmp*")
     work = f"{out_dir}.tmp{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
         os.makedirs(work)
         yield work
-        if os.path.isdir(out_dir):
-            old = f"{out_dir}.tmp{os.getpid()}old"
-            os.rename(out_dir, old)
-            os.rename(work, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(work, out_dir)
+        atomic_files.replace_folder(work, out_dir)
     except OSError as err:
         shutil.rmtree(work, ignore_errors=True)
         raise OutputError(f"cannot write {err.filename or out_dir}: {err.strerror or err}") from None

@@ -6,9 +6,10 @@ board with what its firmware needs (see deployment.py for the steps).
     python deploy.py --experiment_name demo --target board.json --sizes 144x192,128x176
     python deploy.py --experiment_name demo --target ethos-u55-64 --check 24   # tables against full compiles
 
-Writes <run>/deploy_<target>/: deploy_report.json, deploy.png, the chosen model (model_fp32.tflite,
-model_int8.tflite, vela/, export_report.json), model_vela.cc/.h, reference_input.npy,
-reference_output.npy and README.txt; prints the command that retrains the choice at its size.
+Writes <run>/deploy_<target>/ (built aside, then put in place of the last deployment whole):
+deploy_report.json, deploy.png, the chosen model (model_fp32.tflite, model_int8.tflite, vela/,
+export_report.json), model_vela.cc/.h, reference_input.npy, reference_output.npy and README.txt;
+prints the command that retrains the choice at its size. One deployment of a run at a time.
 """
 import dataclasses
 import math
@@ -62,7 +63,7 @@ def settings_of(args):
     return settings
 
 
-def open_deployment(args, log):
+def open_deployment(args):
     """The run, target, compile cache and settings, all checked before any work."""
     settings = settings_of(args)
     target = compiler.load_target(args.target)
@@ -73,11 +74,16 @@ def open_deployment(args, log):
         raise DeployError(f"{run_dir} is a standalone run of {cfg['arch']}: deploy searches a supernet run")
     meta = ckpt.load_meta(run_dir, args.checkpoint_type)
     cache = compiler.CompileCache(os.path.join(args.output_dir, settings["compile_cache"]), tool)
-    log(f"deploying {run_dir} ({args.checkpoint_type}, step {meta['global_step']}) on {target.name}: "
-        f"{target.accelerator_config} {target.system_config} {target.memory_mode}, optimise {target.optimise}, "
-        f"SRAM {target.sram_kib:g} KiB, flash {target.flash_kib:g} KiB"
-        + ("" if target.min_fps is None else f", at least {target.min_fps:g} FPS") + f"; {cache.version}")
     return deployment.Deployment(run_dir, args.checkpoint_type, cfg, target, cache, settings, meta)
+
+
+def describe_deployment(dep):
+    """One line: the run, checkpoint, board and compiler a deployment is of."""
+    target = dep.target
+    return (f"deploying {dep.run_dir} ({dep.kind}, step {dep.meta['global_step']}) on {target.name}: "
+            f"{target.accelerator_config} {target.system_config} {target.memory_mode}, optimise {target.optimise}, "
+            f"SRAM {target.sram_kib:g} KiB, flash {target.flash_kib:g} KiB"
+            + ("" if target.min_fps is None else f", at least {target.min_fps:g} FPS") + f"; {dep.cache.version}")
 
 
 def search_board(dep, args, log):
@@ -103,14 +109,14 @@ def firmware_pixels(dep, size):
     return metrics.sample_pixels(dep.inputs(tuple(size))["val"])
 
 
-def export_choice(dep, found, log):
+def export_choice(dep, found, work, log):
     """Export the best member whose full compile fits (the choice, or the next by INT8 EPE) into
-    the deployment folder; returns (member, export report)."""
+    `work`, the deployment folder being built; returns (member, export report)."""
     for member in sorted(found["members"], key=lambda m: m["epe_int8"]):
         options = {"calibration_samples": dep.settings["calibration_samples"], "recal_at_size": dep.recal_at_size,
-                   "base": dep.base()}
+                   "base": dep.base(), "folder": dep.folder()}
         report = convert.export_subnet(dep.run_dir, dep.kind, dep.cfg, supernet.parse_arch(member["arch"]),
-                                       tuple(member["size"]), dep.target, dep.folder(), dep.cache, options)
+                                       tuple(member["size"]), dep.target, work, dep.cache, options)
         why = deployment.misfit(dep, report["vela"])
         if not why:
             return member, report
@@ -119,12 +125,12 @@ def export_choice(dep, found, log):
     raise DeployError(f"no INT8-scored member of the front fits target {dep.target.name} in a full compile")
 
 
-def tflm_and_files(dep, member, log):
-    """The TFLM check of the exported INT8 model and the firmware files; a missing or failing TFLM
-    is one line, and the report says so."""
+def tflm_and_files(dep, member, work, log):
+    """The TFLM check of the INT8 model exported into `work` and the firmware files; a missing or
+    failing TFLM is one line, and the report says so."""
     size = tuple(member["size"])
     val = dep.inputs(size)["val"]
-    model = os.path.join(dep.folder(), "model_int8.tflite")
+    model = os.path.join(work, "model_int8.tflite")
     try:
         tflm, reference_in, reference_out = firmware.tflm_check(model, val, dep.settings["tflm_samples"])
         reference = (reference_in, reference_out)
@@ -135,23 +141,34 @@ def tflm_and_files(dep, member, log):
 
 
 def run(args):
-    """Search the board, export the choice, check it with TFLM, write the report and the picture."""
+    """Search the board, then build the deployment folder aside and put it in place whole: the last
+    deployment stays as it was until this one is complete. One deployment of a run at a time:
+    they share its INT8 conversions and searches."""
     start, hardware = time.time(), devices.report()
-    log = print
-    dep = open_deployment(args, log)
-    found = search_board(dep, args, log)
-    member, export = export_choice(dep, found, log)
-    tflm, reference = tflm_and_files(dep, member, log)
-    report = build_report(dep, found, member, export, tflm, time.time() - start, hardware)
+    dep = open_deployment(args)
+    with ckpt.writer_lock(os.path.dirname(dep.int8_folder()), "deployment of the run (INT8 folder)"):
+        print(describe_deployment(dep))
+        found = search_board(dep, args, print)
+        with convert.building(dep.folder()) as work:
+            member, report = write_deployment(dep, found, args, work, (start, hardware))
+    print_summary(dep, found, member, report)
+    return report
+
+
+def write_deployment(dep, found, args, work, started):
+    """Export the choice into `work`, check it with TFLM, write the firmware files, the report and
+    the picture there; returns (member, report). `started`: (start time, devices.report())."""
+    member, export = export_choice(dep, found, work, print)
+    tflm, reference = tflm_and_files(dep, member, work, print)
+    report = build_report(dep, found, member, export, tflm, time.time() - started[0], started[1])
     if args.check:
         extra = (dep.run_size[0] - 4, dep.run_size[1] - 4)  # a size that is not a multiple of 16
         report["table_check"] = deployment.check_costs(dep, found["costs"], args.check, 0, extra)
-    firmware.write_files(dep.folder(), report, export["vela"]["compiled_model"], reference)
-    deployment.plot(os.path.join(dep.folder(), "deploy.png"), found["rows"], found["front"], found["members"],
-                    member, dep)
-    atomic_files.write_json_atomic(os.path.join(dep.folder(), "deploy_report.json"), report)
-    print_summary(dep, found, member, report)
-    return report
+    compiled = os.path.join(work, os.path.relpath(export["vela"]["compiled_model"], dep.folder()))
+    firmware.write_files(work, report, compiled, reference)
+    deployment.plot(os.path.join(work, "deploy.png"), found["rows"], found["front"], found["members"], member, dep)
+    atomic_files.write_json_atomic(os.path.join(work, "deploy_report.json"), report)
+    return member, report
 
 
 def build_report(dep, found, member, export, tflm, seconds, hardware):
@@ -162,7 +179,8 @@ def build_report(dep, found, member, export, tflm, seconds, hardware):
             "epe": member["epe"], "epe_int8": member["epe_int8"], "int8_loss": member["int8_loss"],
             "int8_flow_diff": {"mean": export["agreement"]["int8_mean_abs_diff"],
                                "max": export["agreement"]["int8_max_abs_diff"]},
-            "fp32_worse_than_zero_flow": member["fp32_worse_than_zero_flow"],
+            "fp32_worse_than_zero_flow": member["fp32_worse_than_zero_flow"], "zero_flow_epe": member["zero_flow_epe"],
+            "int8_worse_than_zero_flow": bool(member["epe_int8"] > member["zero_flow_epe"]),
             "calibration_samples": dep.settings["calibration_samples"], "calibration": export["calibration"],
             "tflm": tflm, "target": dataclasses.asdict(dep.target), "vela_version": dep.cache.version,
             "settings": dep.settings, "run_dir": dep.run_dir, "checkpoint": dep.meta["prefix"],
@@ -185,19 +203,22 @@ def retrain_command(dep, member):
 
 
 def print_summary(dep, found, member, report):
-    """The front, the choice, its neighbours within the noise, the TFLM check and the next command."""
+    """The front, the choice, its neighbours within the noise, the TFLM check, a warning when the
+    choice is worse than no motion, and the next command."""
     scored = {(m["arch"], tuple(m["size"])): m for m in found["members"]}
-    print(f"board front ({len(found['front'])} pairs, fastest first):")
+    print(f"board front ({len(found['front'])} pairs, fastest first; flash predicted by the size's table, which "
+          f"can fall short of a full compile by up to {deployment.FLASH_MISS_PCT:g}%):")
     for m in found["front"]:
         print(f"  {deployment.describe(scored.get((m['arch'], tuple(m['size'])), m))}")
-    print("INT8, best first:")
+    pairs = len(member["int8_samples"])
+    print(f"INT8 on all {pairs} validation pairs, best first:")
     for m in sorted(found["members"], key=lambda m: m["epe_int8"]):
         mark = "choice" if m is found["choice"] else "within the noise" if m["within_noise"] else ""
         print(f"  {deployment.describe(m)}  {mark}")
     tflm = report["tflm"]
     if "error" not in tflm:
-        print(f"TFLM on {tflm['samples']} samples: EPE {tflm['epe']:.4f} "
-              f"(TFLite {tflm['tflite_epe_same_samples']:.4f}), "
+        print(f"TFLM on the first {tflm['samples']} of those {pairs} pairs: EPE {tflm['epe']:.4f} "
+              f"(TFLite on the same {tflm['samples']}: {tflm['tflite_epe_same_samples']:.4f}), "
               f"max {tflm['max_step_diff']} steps from TFLite ({tflm['share_differing']:.1%} differ), "
               f"{tflm['vs_tflite_reference_kernels']['max_step_diff']} from its reference kernels; "
               f"arena {tflm['arena_bytes']} bytes")
@@ -206,16 +227,33 @@ def print_summary(dep, found, member, report):
           f"{report['cpu_ops']} CPU operators")
     if "table_check" in report:
         print(describe_check(report["table_check"]))
+    warning = zero_flow_warning(found, member)
+    if warning:
+        print(warning)
     print(f"wrote {dep.folder()}")
     print(f"retrain it at its size: {report['retrain']}")
+
+
+def zero_flow_warning(found, member):
+    """A warning when the exported member scores worse than predicting no motion on the validation
+    frames (in INT8 or FP32), with how many of the INT8 members do too; '' otherwise."""
+    zero = member["zero_flow_epe"]
+    if member["epe_int8"] <= zero and not member["fp32_worse_than_zero_flow"]:
+        return ""
+    worse = sum(m["epe_int8"] > m["zero_flow_epe"] for m in found["members"])
+    return (f"warning: the choice scores worse than zero flow (predicting no motion: EPE {zero:.4f}): INT8 "
+            f"{member['epe_int8']:.4f}, FP32 {member['epe']:.4f}; {worse} of the {len(found['members'])} INT8 "
+            "members do too. The supernet has not learnt these frames' flow: train longer or on more data")
 
 
 def describe_check(check):
     """One line: the tables' largest errors against the full compiles of --check."""
     sizes = sorted({tuple(r["size"]) for r in check["pairs"]}, reverse=True)
+    flash_under = max(max(r["flash_kib"] - r["predicted_flash_kib"], 0.0) for r in check["pairs"])
     return (f"tables against {len(check['pairs'])} full compiles at {', '.join(f'{h}x{w}' for h, w in sizes)}: "
             f"SRAM within {check['sram_max_error_kib']:.1f} KiB (under by at most {check['sram_under_kib']:.1f}), "
-            f"flash within {check['flash_max_error_kib']:.1f} KiB, cycles within {check['cycles_max_error_pct']:.1f}%")
+            f"flash within {check['flash_max_error_kib']:.1f} KiB (under by at most {flash_under:.1f}), "
+            f"cycles within {check['cycles_max_error_pct']:.1f}%")
 
 
 def main(argv=None):

@@ -35,6 +35,10 @@ from errors import ArchError, DeployError
 
 SIZE_MULTIPLE = 16  # every resize of the network an exact 2x: nothing left to the CPU
 NOISE_Z = pareto.NOISE_Z
+# How far the flash a size's table predicts (edge_tables.predict: a line in the parameter count) may fall
+# short of a full compile, in % of the compile, as a deployment states it. `deploy.py --check 16` on a 32x48
+# run measured shortfalls of at most 0.12% (4.7 KiB of 3,906); --check measures it for any run.
+FLASH_MISS_PCT = 1.0
 
 
 @dataclasses.dataclass
@@ -170,13 +174,24 @@ def converter(dep):
             model = convert.static_models(values, arch, *size, data["calibration"], data["val"], with_fp32=False)
             buffer = io.BytesIO()
             np.save(buffer, np.concatenate(model["tf_outputs"]))
-            atomic_files.write_atomic(path + ".npy", buffer.getvalue())
-            atomic_files.write_atomic(path, model["int8"])
-            atomic_files.write_atomic(path + ".sha256",
-                                      _digest(model["int8"], buffer.getvalue()))  # last: commits the pair
+            _commit_pair(path, model["int8"], buffer.getvalue())
             return path
 
         yield int8
+
+
+def _commit_pair(path, model, flow):
+    """Write an INT8 model, its flow (<model>.npy) and last their digest (<model>.sha256), which
+    commits the pair; a write that fails (a full disk) removes the pair's files: none is left uncommitted."""
+    try:
+        atomic_files.write_atomic(path + ".npy", flow)
+        atomic_files.write_atomic(path, model)
+        atomic_files.write_atomic(path + ".sha256", _digest(model, flow))
+    except BaseException:
+        for written in (path + ".sha256", path, path + ".npy"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(written)
+        raise
 
 
 def _digest(model, flow):
@@ -229,21 +244,28 @@ def check_costs(dep, costs, count, seed, extra_size):
 
 # ----------------------------------------------------------------------------- scoring at every size
 
-def search_dir(dep, size):
-    """Where the whole-space scores at `size` are kept (what `search.py --size` writes)."""
+def search_dir(dep, size, manifest):
+    """Where the whole-space scores at `size` are kept: at the run's own size the run's own search
+    (`search.py`'s), unless that folder holds a search made from other inputs than `manifest`;
+    else what `search.py --size` writes."""
+    own = search_parts.run_search_dir(dep.run_dir, dep.kind)
+    if size == dep.run_size and not search_parts.holds_another_search(own, manifest):
+        return own
     return search_parts.size_search_dir(dep.run_dir, dep.kind, size, dep.recal_at_size)
 
 
 def score_size(dep, size, progress_every):
     """Score every subnet at `size` (frames resized to it, EPE at the frame's size) with the
-    search's shared computation, in units that resume; returns {arch index: metrics}."""
+    search's shared computation, in units that resume, or take a search of them already done (in
+    any split); returns {arch index: metrics}."""
     scored, info = search_parts.size_inputs(dep.cfg, dep.base(), size, dep.recal_at_size)
     indices = list(range(supernet.SPACE.num_archs))
     units = search_parts.make_units(indices)
     manifest = search_parts.manifest_for(dep.cfg, dict(dep.meta, kind=dep.kind), info, scored, indices, (1, 1),
                                          units, size)
-    directory = search_dir(dep, size)
-    search_parts.score_shard(dep.run_dir, dep.kind, directory, manifest, units, scored, progress_every)
+    directory = search_dir(dep, size, manifest)
+    if not search_parts.done_in_another_split(directory, manifest):
+        search_parts.score_shard(dep.run_dir, dep.kind, directory, manifest, units, scored, progress_every)
     return search_parts.load_parts(directory)[1]
 
 
@@ -280,24 +302,13 @@ def board_front(dep, rows):
     return pareto.pareto_front(fitting, "fps", maximise=True)
 
 
-def sample_sums(dep, members):
-    """{(code, size): the FP32 per-sample EPE sums} of front members, from the units of each size's search."""
-    found = {}
-    for size in {tuple(m["size"]) for m in members}:
-        codes = [m["arch"] for m in members if tuple(m["size"]) == size]
-        values = search_parts.read_samples(search_dir(dep, size), [supernet.arch_to_index(supernet.parse_arch(c))
-                                                                   for c in codes])
-        found.update({(code, size): values[supernet.arch_to_index(supernet.parse_arch(code))] for code in codes})
-    return found
-
-
 # ----------------------------------------------------------------------------- INT8 on the front
 
 def int8_scores(dep, members, log):
     """Each of `members` (front rows) converted to INT8 at its size and scored on the frames its FP32
     EPE was measured on, with the same metric: epe_int8, int8_loss, int8_flow_diff (mean and max abs
-    difference of the INT8 flow from the TensorFlow graph's, px), fp32_worse_than_zero_flow, and the
-    per-sample sums (for the choice's noise)."""
+    difference of the INT8 flow from the TensorFlow graph's, px), zero_flow_epe (predicting no motion,
+    on the same frames), fp32_worse_than_zero_flow, and the per-sample sums (for the choice's noise)."""
     start = time.time()
     with converter(dep) as int8:  # its sessions' graphs are the default until it closes: score after
         paths = [int8(supernet.parse_arch(m["arch"]), tuple(m["size"])) for m in members]
@@ -311,7 +322,8 @@ def int8_scores(dep, members, log):
         member.update(epe_int8=scored["epe"], int8_loss=scored["epe"] - member["epe"], int8_model=path,
                       int8_flow_diff={"mean": float(diff.mean()), "max": float(diff.max())},
                       int8_samples=scored["sample_epe"],
-                      fp32_worse_than_zero_flow=bool(member["epe"] > metrics.zero_flow_epe(val)))
+                      zero_flow_epe=float(metrics.zero_flow_epe(val)))
+        member["fp32_worse_than_zero_flow"] = bool(member["epe"] > member["zero_flow_epe"])
         log(f"  INT8 {member['arch']} at {size[0]}x{size[1]}: EPE FP32 {member['epe']:.4f}, INT8 "
             f"{member['epe_int8']:.4f} ({member['int8_loss']:+.4f}; flow moved {diff.mean():.3f} px on average, "
             f"{diff.max():.2f} at most" + ("; FP32 is worse than zero flow here: a negative loss is no gain"

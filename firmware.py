@@ -159,8 +159,9 @@ Vela's estimate: {report['fps']:.2f} inferences/s on the NPU, {report['cpu_ops']
 
 
 def write_files(folder, report, compiled_model, reference):
-    """The firmware files of a deployment folder: model_vela.cc/.h from the compiled model, the
-    reference input/output pair (int8 .npy, when the TFLM check ran) and README.txt."""
+    """The firmware files of a deployment folder (holding model_int8.tflite): model_vela.cc/.h from
+    the compiled model, the reference input/output pair (int8 .npy, when the TFLM check ran) and
+    README.txt."""
     with open(compiled_model, "rb") as f:
         source, header = c_array(f.read(), "model_vela")
     atomic_files.write_atomic(os.path.join(folder, "model_vela.cc"), source)
@@ -171,4 +172,5 @@ def write_files(folder, report, compiled_model, reference):
             np.save(buffer, array)
             buffer.seek(0)
             atomic_files.write_atomic(os.path.join(folder, f"{name}.npy"), buffer.read())
-    atomic_files.write_atomic(os.path.join(folder, "README.txt"), readme_text(report, int8_io(report["int8_model"])))
+    quant = int8_io(os.path.join(folder, "model_int8.tflite"))
+    atomic_files.write_atomic(os.path.join(folder, "README.txt"), readme_text(report, quant))

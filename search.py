@@ -134,9 +134,11 @@ def search_dir_for(run_dir, args, suffix):
     """search_<checkpoint type><dataset suffix>[_<scoring flag><value>][_<arch set>]: the whole space, a
     sample, a list, another dataset and scoring flags that differ from the run's (another recalibration)
     never share a folder."""
-    name = (os.path.basename(search_parts.size_search_dir(run_dir, args.checkpoint_type, args.size,
-                                                          args.recal_at == "deploy"))
-            if args.size else f"search_{args.checkpoint_type}{suffix}")
+    if args.size:
+        name = os.path.basename(search_parts.size_search_dir(run_dir, args.checkpoint_type, args.size,
+                                                             args.recal_at == "deploy"))
+    else:
+        name = os.path.basename(search_parts.run_search_dir(run_dir, args.checkpoint_type)) + suffix
     flags = {flag: getattr(args, flag) for flag in runs.SCORING_FLAGS if getattr(args, flag, None) is not None}
     if flags:
         saved = config.run_config(run_dir)
@@ -168,6 +170,8 @@ def run(args):
         raise SearchError(f"{run_dir} is a standalone run of {cfg['arch']}: search needs a supernet run")
     if args.size and (args.dataset != "fc2" or args.base_path):
         raise SearchError("--size scores on the run's own frames resized: it takes no --dataset or --base_path")
+    if args.size == (cfg["input_h"], cfg["input_w"]):  # not resized: the run's own search, kept in one folder
+        args.size = None
     search_dir = search_dir_for(run_dir, args, batches.result_suffix(args))
     if args.latency_table:  # refused now rather than after the scoring
         load_latency_table(args.latency_table, *(args.size or (cfg["input_h"], cfg["input_w"])))

@@ -123,6 +123,18 @@ def open_part(directory, manifest):
     return read_units(directory)
 
 
+def other_inputs(theirs, ours):
+    """The fields of two part manifests that say they are not one search (all but shard and units)."""
+    return sorted(k for k in set(theirs) | set(ours) if k not in ("shard", "units") and theirs.get(k) != ours.get(k))
+
+
+def holds_another_search(search_dir, manifest):
+    """True when a part in the search folder was made from other inputs than `manifest` (another
+    checkpoint, config, batches, arch set or size): that folder does not hold this search."""
+    return any(other_inputs(read_manifest(path), manifest)
+               for path in glob.glob(os.path.join(search_dir, "part_*of*", "manifest.json")))
+
+
 def done_in_another_split(search_dir, manifest):
     """True when the search folder holds this search (same inputs) split another way and finished,
     so it is merged rather than scored again; SearchError when such parts are unfinished or were made
@@ -137,8 +149,7 @@ def done_in_another_split(search_dir, manifest):
                               f"yet): finish it with --shard K/{m}, or move those folders away")
     others = {d: read_manifest(os.path.join(d, "manifest.json")) for d in folders}
     for d, theirs in others.items():
-        diff = sorted(k for k in set(theirs) | set(manifest)
-                      if k not in ("shard", "units") and theirs.get(k) != manifest.get(k))
+        diff = other_inputs(theirs, manifest)
         if diff:
             raise SearchError(f"{d} was made with another {', '.join(diff)}: move it away to start over")
     if not others:
@@ -295,8 +306,7 @@ def load_parts(search_dir):
     manifests = {d: read_manifest(os.path.join(d, "manifest.json")) for d in dirs}
     first = manifests[dirs[0]]
     for d, manifest in manifests.items():
-        diff = sorted(k for k in set(first) | set(manifest)
-                      if k not in ("shard", "units") and first.get(k) != manifest.get(k))
+        diff = other_inputs(first, manifest)
         if diff:
             raise SearchError(f"part {d} was made with another {', '.join(diff)} than {dirs[0]}")
     splits = sorted({m["shard"][1] for m in manifests.values()})
@@ -330,7 +340,10 @@ def load_parts(search_dir):
 
 def manifest_for(cfg, meta, info, scored, indices, shard, units, size=None):
     """What a part is made from; parts (and a resumed part) must agree on all but shard and units.
-    `size`: the input size the validation frames were resized to (None: the run's own)."""
+    `size`: the input size the validation frames were resized to (None, or the run's own: not
+    resized, the run's own search whichever command asks)."""
+    if size is not None and tuple(size) == (cfg["input_h"], cfg["input_w"]):
+        size = None
     recal, val = scored
     dataset = {k: info[k] for k in ("dataset", "pass", "data_source", "recal_data_source", "input_sizes", "samples")}
     return {"checkpoint": os.path.basename(meta["prefix"]), "checkpoint_type": meta["kind"],
@@ -344,6 +357,11 @@ def manifest_for(cfg, meta, info, scored, indices, shard, units, size=None):
             "space_version": supernet.SPACE.version, "shard": list(shard), "units": [prefix for prefix, _ in units]}
 
 
+def run_search_dir(run_dir, kind):
+    """search_<kind>: the whole space scored on the run's own data at its own size (search.py's default)."""
+    return os.path.join(run_dir, f"search_{kind}")
+
+
 def size_search_dir(run_dir, kind, size, recal_at_size):
     """search_<kind>_at<h>x<w>[_recal_at_size]: the whole space scored with the run's validation
     frames resized to `size` (see size_inputs)."""
@@ -352,7 +370,9 @@ def size_search_dir(run_dir, kind, size, recal_at_size):
 
 def size_inputs(cfg, base, size, recal_at_size):
     """(recal batches, validation batches) and the dataset info of a search at `size`: the run's
-    frames (batches.deployment_base) resized to it, their true flow kept at the frame's size."""
+    frames (batches.deployment_base) resized to it, their true flow kept at the frame's size. At
+    the run's own size BN is recalibrated there whatever `recal_at_size` says: the same batches."""
+    recal_at_size = recal_at_size and tuple(size) != (cfg["input_h"], cfg["input_w"])
     data = batches.deployment_batches(base, size, recal_at_size)
     info = {"dataset": "fc2", "pass": None, "data_source": data["data_source"], "recal_data_source":
             data["data_source"], "input_sizes": [list(size)], "samples": sum(len(b[1]) for b in data["val"]),
