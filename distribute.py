@@ -110,6 +110,17 @@ def writes_run_files():
     return not text or read_tf_config(text)[1] == 0
 
 
+def free_ports(count, host="127.0.0.1"):
+    """`count` ports nobody listens on at `host`: bound to port 0 (the kernel picks), read, released."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind((host, 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def _check_port_free(address):
     """ConfigError unless this worker's port can be listened on (tf.distribute.Server would abort)."""
     port = int(address.rpartition(":")[2])

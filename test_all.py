@@ -33,6 +33,7 @@ import data_sintel_kitti
 import deploy
 import deployment
 import devices
+import distribute
 import edge_tables
 import errors
 import evaluate
@@ -3735,17 +3736,6 @@ DIST_FLAGS = ["--synthetic", "--input_h", "32", "--input_w", "48", "--synthetic_
               "--log_every", "1", "--seed", "9", "--optimizer", "sgd", "--learning_rate", "0.05"]
 
 
-def free_ports(count):
-    """`count` ports nobody listens on: bound to port 0 (the kernel picks), read, released."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def tf_config(ports, index):
     return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                        "task": {"type": "worker", "index": index}})
@@ -3844,10 +3834,10 @@ class TestDataParallel:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            monkeypatch.setenv("TF_CONFIG", tf_config([port, free_ports(1)[0]], 0))
+            monkeypatch.setenv("TF_CONFIG", tf_config([port, distribute.free_ports(1)[0]], 0))
             assert train.main(flags) == 1
         assert f"127.0.0.1:{port}: port {port} cannot be listened on" in capsys.readouterr().err
-        monkeypatch.setenv("TF_CONFIG", tf_config(free_ports(2), 1))
+        monkeypatch.setenv("TF_CONFIG", tf_config(distribute.free_ports(2), 1))
         assert train.main(flags + ["--batch_size", "3"]) == 1
         assert "--batch_size 3 (the global batch) does not divide over 2 replicas" in capsys.readouterr().err
         assert train.main(flags[:2] + ["--dry_run", "--output_dir", str(tmp_path)]) == 1
@@ -3869,13 +3859,13 @@ class TestDataParallel:
 
     @pytest.mark.slow
     def test_two_workers_hold_identical_weights_the_mean_gradient_update_and_resume(self, tmp_path):
-        ports = free_ports(2)
+        ports = distribute.free_ports(2)
         first = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "1"], ports))
         assert [code for *_, code in first] == [0, 0], first
         run = tmp_path / "dp"
         start = json.loads((run / "checkpoints/last/meta.json").read_text())
         shutil.copytree(run / "checkpoints/last", tmp_path / "start")
-        second = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "2", "--resume"], free_ports(2)))
+        second = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "2", "--resume"], distribute.free_ports(2)))
         assert [code for *_, code in second] == [0, 0], second
         meta = json.loads((run / "checkpoints/last/meta.json").read_text())
         assert start["global_step"] == 2 and meta["global_step"] == 4
@@ -3903,7 +3893,7 @@ class TestDataParallel:
 
     @pytest.mark.slow
     def test_a_killed_worker_stops_the_other_in_one_line_and_the_run_resumes_alone(self, tmp_path):
-        procs = start_workers(tmp_path, "kill", ["--num_epochs", "3", "--worker_timeout_s", "20"], free_ports(2))
+        procs = start_workers(tmp_path, "kill", ["--num_epochs", "3", "--worker_timeout_s", "20"], distribute.free_ports(2))
         log = tmp_path / "kill" / "train.log"
         deadline = time.time() + 600
         while "step 2: variables digest" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
