@@ -404,25 +404,20 @@ def _epoch_order(seed, epoch, num_samples):
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
-def _training_positions(num_samples, batch_size, seed, start_step, shard=None):
-    """Endless (position, index) elements from training batch `start_step` on (see batch_samples);
-    with `shard` (index, count), the slice [index * b, (index + 1) * b) of each batch, b = batch_size
-    / count. Positions key the crops, so the shards together are exactly the batch unsharded."""
+def _training_positions(num_samples, batch_size, seed, start_step, shard):
+    """Endless (position, index) elements from training batch `start_step` on (see batch_samples),
+    of each batch the slice of `shard` (index, count) (positions key the crops: shards are exact)."""
     def step_elements(step):
-        positions, indices = tf.numpy_function(lambda s: batch_samples(seed, int(s), batch_size, num_samples),
-                                               [step], (tf.int64, tf.int64), stateful=False)
-        return tf.ensure_shape(positions, [batch_size]), tf.ensure_shape(indices, [batch_size])
+        size, first = batch_size // shard[1], shard[0] * (batch_size // shard[1])
+        share = lambda s: [a[first:first + size] for a in batch_samples(seed, int(s), batch_size, num_samples)]  # noqa
+        positions, indices = tf.numpy_function(share, [step], (tf.int64, tf.int64), stateful=False)
+        return tf.ensure_shape(positions, [size]), tf.ensure_shape(indices, [size])
 
-    def share_elements(step):
-        share = batch_size // shard[1]
-        return tuple(t[shard[0] * share:(shard[0] + 1) * share] for t in step_elements(step))
-
-    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-    return steps.map(share_elements if shard else step_elements).unbatch()
+    return tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(step_elements).unbatch()
 
 
 def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=0,
-                 num_parallel_calls=tf.data.AUTOTUNE, shard=None):
+                 num_parallel_calls=tf.data.AUTOTUNE, shard=(0, 1)):
     """Batches (images float32 [B, h, w, 6] in [-1, 1], flow float32 [B, h, w, 2]).
 
     source: a list of (img0, img1, flow) path tuples (FC2 on disk) or a dict from
@@ -430,9 +425,8 @@ def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=
     a pure function of (seed, step) (see batch_samples): its samples, and a random crop keyed by
     (seed, stream position); flow clipped to +/- max_flow, full batches only. train=False: fixed
     order, one pass, centre crop, unclipped flow, last partial batch kept. Works eagerly and
-    inside a tf.compat.v1 Graph (e.g. via tf.compat.v1.data.make_one_shot_iterator). With `shard`
-    (index, count), count dividing batch_size, training batches are replica `index`'s share of
-    each batch (data-parallel training: distribute.py).
+    inside a tf.compat.v1 Graph (e.g. via tf.compat.v1.data.make_one_shot_iterator). `shard` (index,
+    count): replica `index`'s share of each training batch (distribute.py; count divides batch_size).
     """
     crop_hw = tuple(int(v) for v in crop_hw)
     if len(crop_hw) != 2 or min(crop_hw) < 1:
@@ -450,14 +444,11 @@ def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=
     else:
         raise DataError("make_dataset: source must be a non-empty list of (img0, img1, flow) "
                         "path tuples or a dict from make_synthetic_arrays")
-    if shard and (not train or batch_size % shard[1]):
-        raise DataError(f"make_dataset: shard {shard!r} needs training batches that divide by its count")
     elements = (_training_positions(n, int(batch_size), int(seed), int(start_step), shard) if train
                 else tf.data.Dataset.range(n).enumerate())
-    batch_size = batch_size // shard[1] if shard else batch_size
     dataset = elements.map(_make_sample_fn(crop_hw, train, max_flow, seed, load),
                            num_parallel_calls=num_parallel_calls, deterministic=True)
-    return dataset.batch(batch_size, drop_remainder=train).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size // shard[1], drop_remainder=train).prefetch(tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------------- naming a faulty sample

@@ -270,6 +270,13 @@ def run_options(cluster):
     return {"options": tf.compat.v1.RunOptions(timeout_in_ms=int(cluster.timeout_s * 1000))}
 
 
+def held_back(cluster):
+    """Around a sess.run that waits on other workers: what TensorFlow's collectives write to stderr
+    when a peer is gone (gRPC and ring-reduce errors) is held back, as at start-up (devices.quiet):
+    the run says it in one line (lost_peer)."""
+    return devices.quiet(replay=False) if cluster and cluster.workers else contextlib.nullcontext()
+
+
 def lost_peer(cluster, err, step):
     """The TrainingError that names the worker gone when `err` (a failed sess.run) is a collective
     left waiting or broken by a peer; None for any other failure."""

@@ -3854,8 +3854,6 @@ class TestDataParallel:
                                                      shard=(i, count)))) for i in range(count)]
             for k in range(2):
                 np.testing.assert_array_equal(np.concatenate([p[k].numpy() for p in parts]), whole[k].numpy())
-        with pytest.raises(errors.DataError, match="divide"):
-            data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, shard=(0, 3))
 
     @pytest.mark.slow
     def test_two_workers_hold_identical_weights_the_mean_gradient_update_and_resume(self, tmp_path):

@@ -137,7 +137,8 @@ def checked_step(sess, fetches, feed, run, step):
         samples = data_fc2.training_batch_samples(run.data["train"], cfg["seed"], [step], cfg["batch_size"])
         return data_fc2.find_fault(samples, (cfg["input_h"], cfg["input_w"]))
     try:
-        out = sess.run(fetches, feed, **distribute.run_options(run.cluster))
+        with distribute.held_back(run.cluster):
+            out = sess.run(fetches, feed, **distribute.run_options(run.cluster))
     except tf.errors.OpError as err:
         raise distribute.lost_peer(run.cluster, err, step) or fault() or DataError(f"training batch {step}: {one_line(err)}") from None
     if not np.isfinite(out["loss"]):
@@ -324,7 +325,8 @@ def prepare(args, cfg, run_dir, hardware, cluster=None):
 def start_session(sess, run, args, run_dir):
     """Initialise the variables, then restore the checkpoint resumed (every variable's shape
     checked) or inherit a supernet's weights (--init_from); returns lines for the log."""
-    sess.run(run.init, **distribute.run_options(run.cluster))  # mirrored variables wait for every worker
+    with distribute.held_back(run.cluster):  # mirrored variables wait for every worker
+        sess.run(run.init, **distribute.run_options(run.cluster))
     if run.meta:
         ckpt.restore(sess, run.saver, run_dir, "last", run.cfg["input_h"], run.cfg["input_w"])
         return [f"restored epoch {run.state.epoch}, step {run.state.global_step} from {run.meta['prefix']}"]
