@@ -93,8 +93,8 @@ def read_tf_config(text):
     index = task.get("index") if isinstance(task, dict) else None
     if (not isinstance(task, dict) or task.get("type") != "worker" or not isinstance(index, int)
             or isinstance(index, bool) or not 0 <= index < len(workers)):
-        raise ConfigError(f"{TF_CONFIG}: field 'task' must be {{\"type\": \"worker\", \"index\": 0..{len(workers) - 1}}}"
-                          f", got {task!r}")
+        raise ConfigError(f"{TF_CONFIG}: field 'task' must be {{\"type\": \"worker\", "
+                          f"\"index\": 0..{len(workers) - 1}}}, got {task!r}")
     return tuple(workers), index
 
 

@@ -2634,6 +2634,21 @@ class TestParallel:
             assert len(live) <= 2 and len({tuple(r["cores"]) for r in live}) == len(live)
         assert sum(line.startswith("started ") for line in lines) == 5 and lines[-1].startswith("[5/5] ")
 
+    def test_with_gpus_each_child_sees_its_slots_gpu_alone(self, tmp_path):
+        script = "import json, os, sys; json.dump(os.environ['CUDA_VISIBLE_DEVICES'], open(sys.argv[1], 'w'))"
+        lines = []
+        children = [(f"g{i}", [sys.executable, "-c", script, str(tmp_path / f"g{i}.json")], None) for i in range(4)]
+        parallel.run_all(children, 2, log=lines.append, gpus=2)
+        seen = [json.loads((tmp_path / f"g{i}.json").read_text()) for i in range(4)]
+        assert seen[:2] == ["0", "1"] and set(seen) == {"0", "1"}  # one child per GPU at a time
+        assert [line.split(":")[0] for line in lines if line.startswith("started")][:2] == [
+            "started g0 on GPU 0", "started g1 on GPU 1"]
+        with pytest.raises(errors.RankError, match=r"--jobs 3: must be within 1..2 \(one run per GPU\)"):
+            parallel.run_all(children, 3, log=lines.append, gpus=2)
+        with pytest.raises(errors.RankError, match="more runs than this machine's 2 GPUs"):
+            rank.check_jobs(3, {"gpus": [{}, {}]})
+        rank.check_jobs(2, {"gpus": [{}, {}]})
+
     def test_children_quieten_tensorflow_themselves_unless_the_user_set_its_log_level(self, tmp_path, monkeypatch):
         script = "import json, os, sys; json.dump(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), open(sys.argv[1], 'w'))"
         for user_level, seen in ((None, None), ("1", "1")):
@@ -3863,7 +3878,8 @@ class TestDataParallel:
         run = tmp_path / "dp"
         start = json.loads((run / "checkpoints/last/meta.json").read_text())
         shutil.copytree(run / "checkpoints/last", tmp_path / "start")
-        second = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "2", "--resume"], distribute.free_ports(2)))
+        second = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "2", "--resume"],
+                                              distribute.free_ports(2)))
         assert [code for *_, code in second] == [0, 0], second
         meta = json.loads((run / "checkpoints/last/meta.json").read_text())
         assert start["global_step"] == 2 and meta["global_step"] == 4
@@ -3885,13 +3901,15 @@ class TestDataParallel:
             np.testing.assert_allclose(update, want, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
             moved += scale > 1e-6
         assert moved > len(expected) // 2
-        assert meta["fairness_counts"] == fair.counts_for_steps(9, 0, 4) and fair.fairness_gap(meta["fairness_counts"]) == 0
+        assert meta["fairness_counts"] == fair.counts_for_steps(9, 0, 4)
+        assert fair.fairness_gap(meta["fairness_counts"]) == 0
         report = json.loads((run / "train_report.json").read_text())
         assert report["data_parallel"]["replicas"] == 2 and report["global_step"] == 4
 
     @pytest.mark.slow
     def test_a_killed_worker_stops_the_other_in_one_line_and_the_run_resumes_alone(self, tmp_path):
-        procs = start_workers(tmp_path, "kill", ["--num_epochs", "3", "--worker_timeout_s", "20"], distribute.free_ports(2))
+        procs = start_workers(tmp_path, "kill", ["--num_epochs", "3", "--worker_timeout_s", "20"],
+                              distribute.free_ports(2))
         log = tmp_path / "kill" / "train.log"
         deadline = time.time() + 600
         while "step 2: variables digest" not in (log.read_text() if log.exists() else "") and time.time() < deadline:

@@ -140,7 +140,8 @@ def checked_step(sess, fetches, feed, run, step):
         with distribute.held_back(run.cluster):
             out = sess.run(fetches, feed, **distribute.run_options(run.cluster))
     except tf.errors.OpError as err:
-        raise distribute.lost_peer(run.cluster, err, step) or fault() or DataError(f"training batch {step}: {one_line(err)}") from None
+        raise (distribute.lost_peer(run.cluster, err, step) or fault()
+               or DataError(f"training batch {step}: {one_line(err)}")) from None
     if not np.isfinite(out["loss"]):
         raise fault() or TrainingError(f"loss is {out['loss']} at step {step}: stopped; resume from the last "
                                           f"checkpoint")
