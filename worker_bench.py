@@ -69,11 +69,13 @@ def measure(cfg, workers, repeats, warmup, log):
             if count > 1:
                 env[distribute.TF_CONFIG] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                                                         "task": {"type": "worker", "index": index}})
-            procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
-        outputs = [proc.communicate()[0] for proc in procs]
-        if any(proc.returncode for proc in procs):
-            raise RuntimeError(f"a benchmark worker of {count} failed (exit codes {[p.returncode for p in procs]})")
-        step_s[count] = json.loads(outputs[0].strip().splitlines()[-1])["step_s"]
+            procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outputs = [proc.communicate() for proc in procs]  # stderr: gRPC's retries while the others start
+        for index, (proc, (_, err)) in enumerate(zip(procs, outputs)):
+            if proc.returncode:
+                last = (err.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"benchmark worker {index} of {count} failed (exit {proc.returncode}): {last}")
+        step_s[count] = json.loads(outputs[0][0].strip().splitlines()[-1])["step_s"]
         log(f"data parallel: {count} worker{'s' if count > 1 else ''}, global batch {cfg['batch_size']}: "
             f"{step_s[count]:.3f} s per step")
     return {"workers": workers, "step_s": step_s, "ratio": step_s[workers] / step_s[1],
