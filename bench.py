@@ -9,7 +9,9 @@ One run measures six figures:
   4. evaluation: seconds per subnet (BN recalibration + scoring), the scorer graph built once;
   5. the peak memory of the process (and of the GPU, if one is visible);
   6. search: all 19,683 subnets scored with shared computation against a seeded sample scored one
-     by one with evaluate, and the speed-up over scoring the whole space one by one.
+     by one with evaluate, and the speed-up over scoring the whole space one by one;
+  7. with --workers N: the training step of the global batch by 1 process and by N data-parallel
+     worker processes on loopback ports (worker_bench.py), and their ratio.
 Step timings are medians of interleaved repetitions (fused, static 1, static 2, static 3, fused, ...)
 after untimed warm-up runs, so machine noise hits every candidate alike.
 
@@ -38,6 +40,7 @@ import search_tree
 import supernet
 import synthetic
 import train_graph
+import worker_bench
 from errors import ArchError, ArgumentParser, EdgeFlowError
 
 FLOPS_FORMULA = ("sum over the 3 paths of count_macs(arch, h, w) x 2 FLOP/MAC x 3 (forward + backward) x batch "
@@ -394,6 +397,8 @@ def report_lines(result):
         lines += search_lines(result["search"], opts)
     if result["memory"]["gpu_peak_mib"] is not None:
         lines.append(f"  peak GPU memory (TensorFlow allocator)  {result['memory']['gpu_peak_mib']:.0f} MiB")
+    if "data_parallel" in result:
+        lines += worker_bench.report_lines(result["data_parallel"], dev)
     return lines
 
 
@@ -512,8 +517,12 @@ def parse_args(argv):
     parser.add_argument("--devices", type=int, default=1, choices=range(1, fair.paths_per_cycle() + 1),
                         help="also time the fair step with its 3 paths spread over this many devices (GPUs, or "
                              "logical CPU devices without one)")
+    parser.add_argument("--workers", type=int, default=0, help="also time the step by this many data-parallel "
+                        "worker processes on this machine against one (figure 7; 0: not measured)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure and timing to FILE")
     args = parser.parse_args(argv)
+    if args.workers and (args.workers < 2 or args.batch_size % args.workers):
+        parser.error(f"--workers {args.workers} must be 0, or 2 or more dividing --batch_size {args.batch_size}")
     minimum = {"batch_size": 1, "repeats": 1, "warmup": 0, "seed": 0, "eval_subnets": 1, "recal_batches": 1,
                "val_batches": 1, "data_samples": 5, "pipeline_samples": 1, "search_subnets": 1, "search_batch": 1}
     for key, low in minimum.items():
@@ -547,6 +556,8 @@ def run(cfg, args, log):
     memory["rss_after_eval_mib"] = peak_rss_mib()
     if not args.no_search:
         result["search"] = measure_search(args, log)
+    if args.workers:
+        result["data_parallel"] = worker_bench.measure(cfg, args.workers, args.repeats, args.warmup, log)
     result["memory"] = dict(memory, peak_rss_mib=peak_rss_mib(), gpu_peak_mib=gpu_peak_mib())
     result["load_average_end"] = load_average()
     return result

@@ -15,15 +15,16 @@ import synthetic
 from errors import ArchError, ConfigError, DataError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")
-CHOICES = {"optimizer": ("adam", "sgd"), "data_layout": ("auto", "lists", "folders")}
+CHOICES = {"optimizer": ("adam", "sgd"), "data_layout": ("auto", "lists", "folders"),
+           "distribute": ("none", "mirrored", "multi_worker")}
 POSITIVE = ("input_h", "input_w", "batch_size", "num_epochs", "eval_every", "eval_pool_size", "bn_recal_batches",
             "early_stop_patience", "log_every", "synthetic_train_size", "synthetic_val_size",
-            "devices")
+            "devices", "worker_timeout_s")
 RECAL_AT = ("run", "deploy")  # where deployment recalibrates BN: at the run's input size or at the deployment size
 # keys runs made before them lack; their defaults reproduce what those runs did
-ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene")
+ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene", "distribute", "replicas", "worker_timeout_s")
 NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
-                "early_stop_min_delta", "max_flow", "seed")
+                "early_stop_min_delta", "max_flow", "seed", "replicas")
 MAX_SEED = 2**63 - 1  # TensorFlow's seeds are int64: above it nothing here can run
 # what a resumed run keeps: its path sequence, eval pool, history and training pairs depend on these
 # train.py's help for each config key it takes as a flag (the dicts, synthetic_scene, fast_mode_overrides
@@ -145,6 +146,8 @@ def check_ranges(cfg, where="config"):
         problems.append("key 'deploy.compile_cache' must name a folder (under output_dir), got an empty name")
     if deploy["recal_at"] not in RECAL_AT:
         problems.append(f"key 'deploy.recal_at' must be one of {', '.join(RECAL_AT)}, got {deploy['recal_at']!r}")
+    if cfg["distribute"] == "multi_worker" and not cfg["experiment_name"]:
+        problems.append("key 'distribute' multi_worker needs 'experiment_name': every worker names the same run")
     if cfg["init_from"] and not cfg["arch"]:
         problems.append("key 'init_from' needs 'arch': it initialises a standalone subnet from a supernet run")
     for key, check in (("input_h/input_w", lambda: supernet.check_input_size(cfg["input_h"], cfg["input_w"])),

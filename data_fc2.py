@@ -402,17 +402,19 @@ def _epoch_order(seed, epoch, num_samples):
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
-def _training_positions(num_samples, batch_size, seed, start_step):
-    """Endless (position, index) elements from training batch `start_step` on (see batch_samples)."""
+def _training_positions(num_samples, batch_size, seed, start_step, shard):
+    """Endless (position, index) elements from training batch `start_step` on (see batch_samples),
+    of each batch the slice of `shard` (index, count) (positions key the crops: shards are exact)."""
     def step_elements(step):
-        positions, indices = tf.numpy_function(lambda s: batch_samples(seed, int(s), batch_size, num_samples),
-                                               [step], (tf.int64, tf.int64), stateful=False)
-        return tf.ensure_shape(positions, [batch_size]), tf.ensure_shape(indices, [batch_size])
+        size, first = batch_size // shard[1], shard[0] * (batch_size // shard[1])
+        share = lambda s: [a[first:first + size] for a in batch_samples(seed, int(s), batch_size, num_samples)]  # noqa
+        positions, indices = tf.numpy_function(share, [step], (tf.int64, tf.int64), stateful=False)
+        return tf.ensure_shape(positions, [size]), tf.ensure_shape(indices, [size])
 
     return tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(step_elements).unbatch()
 
 
-def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=0):
+def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=0, shard=(0, 1)):
     """Batches (images float32 [B, h, w, 6] in [-1, 1], flow float32 [B, h, w, 2]).
 
     source: a list of (img0, img1, flow) path tuples (FC2 on disk) or a dict from
@@ -420,7 +422,8 @@ def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=
     a pure function of (seed, step) (see batch_samples): its samples, and a random crop keyed by
     (seed, stream position); flow clipped to +/- max_flow, full batches only. train=False: fixed
     order, one pass, centre crop, unclipped flow, last partial batch kept. Works eagerly and
-    inside a tf.compat.v1 Graph (e.g. via tf.compat.v1.data.make_one_shot_iterator).
+    inside a tf.compat.v1 Graph (e.g. via tf.compat.v1.data.make_one_shot_iterator). `shard` (index,
+    count): replica `index`'s share of each training batch (distribute.py; count divides batch_size).
     """
     crop_hw = tuple(int(v) for v in crop_hw)
     if len(crop_hw) != 2 or min(crop_hw) < 1:
@@ -438,11 +441,11 @@ def make_dataset(source, batch_size, crop_hw, train, max_flow, seed, start_step=
     else:
         raise DataError("make_dataset: source must be a non-empty list of (img0, img1, flow) "
                         "path tuples or a dict from make_synthetic_arrays")
-    elements = (_training_positions(n, int(batch_size), int(seed), int(start_step)) if train
+    elements = (_training_positions(n, int(batch_size), int(seed), int(start_step), shard) if train
                 else tf.data.Dataset.range(n).enumerate())
     dataset = elements.map(_make_sample_fn(crop_hw, train, max_flow, seed, load),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size, drop_remainder=train).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size // shard[1], drop_remainder=train).prefetch(tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------------- naming a faulty sample

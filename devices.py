@@ -100,12 +100,18 @@ def path_devices(count, gpus, paths):
         if count > len(gpus):
             raise DeviceError(f"--devices {count} needs {count} GPUs, TensorFlow sees {len(gpus)}")
         return [f"/device:GPU:{i}" for i in range(count)]
+    return logical_cpus(count, "--devices")
+
+
+def logical_cpus(count, flag):
+    """`count` logical CPU devices sharing the CPU's threads (configured here, so before
+    TensorFlow's first session; `flag` is named if it is too late)."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     if count > 1 and len(tf.config.get_logical_device_configuration(cpu) or [None]) != count:
         try:
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
         except RuntimeError:
-            raise DeviceError(f"--devices {count}: TensorFlow's devices are already initialised in this process; "
+            raise DeviceError(f"{flag} {count}: TensorFlow's devices are already initialised in this process; "
                               "devices.report() must run before the first session") from None
     return [f"/device:CPU:{i}" for i in range(count)]
 

@@ -1,8 +1,10 @@
-"""Child processes a few at a time, each on its own share of the CPU cores.
+"""Child processes a few at a time, each on its own share of the CPU cores, or on its own GPU.
 
 A study trains many small subnets alone; on a CPU one TensorFlow process does not keep every core
 busy on a small graph, so two processes on one core each finish sooner than two one after the other.
 Each slot owns a fixed set of cores (cores[slot::jobs]) and a child started in it is pinned to them.
+Where GPUs are given, slot k owns GPU k instead (CUDA_VISIBLE_DEVICES=k in the child's environment:
+TensorFlow there sees that one GPU) and the children share the cores.
 """
 import os
 import subprocess
@@ -60,14 +62,16 @@ def _say(line):
 class _Child:
     """One started child: its name, log, process, start time."""
 
-    def __init__(self, name, argv, log_path, cores, env):
+    def __init__(self, name, argv, log_path, cores, env, gpu=None):
         self.name, self.log_path, self.start = name, log_path, time.monotonic()
+        if gpu is not None:
+            env = dict(os.environ if env is None else env, CUDA_VISIBLE_DEVICES=str(gpu))
         if log_path is None:
             self.proc = subprocess.Popen(argv, env=env)
         else:
             with open(log_path, "a") as out:
                 self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        if hasattr(os, "sched_setaffinity"):  # at once, before it starts threads: they inherit it
+        if gpu is None and hasattr(os, "sched_setaffinity"):  # at once, before it starts threads: they inherit it
             os.sched_setaffinity(self.proc.pid, cores)
 
     def failure(self):
@@ -86,23 +90,28 @@ def _stop(running):
         child.proc.wait()
 
 
-def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, on_finished=None):
+def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, gpus=0, on_finished=None):
     """Run `children`, [(name, argv, log_path)], at most `jobs` at once, each pinned to its slot's
-    cores, its output appended to log_path (None: this process's output), in the environment `env`
-    (None: this process's); on_finished(name), if given, as each child succeeds. Every `heartbeat` seconds
+    cores (with `gpus` > 0: on its slot's GPU, jobs <= gpus), its output appended to log_path
+    (None: this process's output), in the environment `env` (None: this process's); on_finished(name),
+    if given, as each child succeeds. Every `heartbeat` seconds
     the last line of each running child's log is repeated. After a failure no new child starts and
     the running ones finish (their work is kept), then RankError names the failed child and how it
     failed. Interrupted, it stops the running children before it returns."""
-    slots, waiting, running, failed, durations = slot_cores(jobs, cores), list(children), {}, [], []
+    if gpus and not 1 <= jobs <= gpus:
+        raise RankError(f"--jobs {jobs}: must be within 1..{gpus} (one run per GPU)")
+    slots = [[f"GPU {slot}"] for slot in range(jobs)] if gpus else slot_cores(jobs, cores)
+    waiting, running, failed, durations = list(children), {}, [], []
     last_beat = time.monotonic()
     try:
         while waiting or running:
             free = [s for s in range(jobs) if s not in running]
             while free and waiting and not failed:
                 slot, (name, argv, log_path) = free.pop(0), waiting.pop(0)
-                log(f"started {name} on cores {','.join(map(str, slots[slot]))}: {os.path.basename(argv[0])} "
+                place = slots[slot][0] if gpus else "cores " + ",".join(map(str, slots[slot]))
+                log(f"started {name} on {place}: {os.path.basename(argv[0])} "
                     f"{' '.join(argv[1:])}" + (f" (output: {log_path})" if log_path else ""))
-                running[slot] = _Child(name, argv, log_path, slots[slot], env)
+                running[slot] = _Child(name, argv, log_path, slots[slot], env, slot if gpus else None)
             time.sleep(0.2)
             if time.monotonic() - last_beat >= heartbeat:
                 last_beat = time.monotonic()

@@ -75,7 +75,7 @@ def train_standalone(args, supernet_cfg, supernet_report, plan):
             for run_dir, argv in children if argv]
     print(f"{len(plan) - len(todo)} of {len(plan)} standalone runs finished already; training {len(todo)}, "
           f"{args.jobs} at a time", flush=True)
-    parallel.run_all(todo, args.jobs, env=tensorflow_quiet.child_environment())
+    parallel.run_all(todo, args.jobs, env=tensorflow_quiet.child_environment(), gpus=args.gpus)
     return [run_dir for run_dir, _ in children]
 
 
@@ -96,7 +96,8 @@ def parse_args(argv):
                         "seeds), else its runs must be among those given")
     parser.add_argument("--jobs", type=int, default=1, help="with --train: train this many subnets at once, each "
                         "pinned to its share of the CPU cores (on a CPU, two runs on one core each finish sooner "
-                        "than one after the other on both; with a GPU keep 1)")
+                        "than one after the other on both), or where there are GPUs each on its own GPU (at most "
+                        "one per GPU)")
     parser.add_argument("--standalone_dir", help="where --train puts its runs (default: <supernet>/standalone)")
     parser.add_argument("--out", help="folder for rank_report.json and rank.png (default: --standalone_dir with "
                         "--train, else <supernet>/rank), or for --margin's file (default: B)")
@@ -234,10 +235,12 @@ def standalone_runs(args, supernet_cfg, supernet_report, choice):
 
 
 def check_jobs(jobs, hardware):
-    """--jobs fits this machine: at most one run per core, and one at a time on a GPU; RankError otherwise."""
-    if jobs > 1 and hardware["gpus"]:
-        raise RankError(f"--jobs {jobs}: the runs would share this machine's GPU; train one at a time (--jobs 1)")
-    parallel.slot_cores(jobs)
+    """--jobs fits this machine: at most one run per core, or per GPU where there are GPUs; RankError otherwise."""
+    gpus = len(hardware["gpus"])
+    if gpus and jobs > gpus:
+        raise RankError(f"--jobs {jobs}: more runs than this machine's {gpus} GPUs (one run per GPU)")
+    if not gpus:
+        parallel.slot_cores(jobs)
 
 
 def output_folder(args, default=None):
@@ -280,6 +283,7 @@ def rank(args):
         raise RankError(f"--supernet {args.supernet} is a standalone run of {supernet_cfg['arch']}, not a supernet")
     args.standalone_dir = args.standalone_dir or os.path.join(args.supernet, "standalone")
     check_jobs(args.jobs, hardware)
+    args.gpus = len(hardware["gpus"])  # standalone runs one per GPU where there are GPUs (parallel.run_all)
     data = scoring_data(args, supernet_cfg)
     out = output_folder(args)  # checked before the work
     choice = ranking.search_choice(args.supernet, args.checkpoint_type) if args.search_choice else None

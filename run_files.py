@@ -103,6 +103,7 @@ class RunWriter:
     """Everything a run writes besides the Saver's files, in one place: train.log, TensorBoard,
     eval_history.csv, config.json, the eval pool, the checkpoints' metas, fairness_counts.json and
     train_report.json (RUN_FILES)."""
+    writes_files = True  # unlike distribute.WorkerLog
 
     def __init__(self, run_dir, columns):
         self.run_dir, self.columns = run_dir, columns  # eval_history.csv's (history_columns)

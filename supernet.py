@@ -482,8 +482,9 @@ def build_flows(images, arch, mode="train", recal_index=None):
 
 
 def kernel_variables(variables):
-    """The conv kernels among `variables` (what weight decay applies to)."""
-    return [v for v in variables if v.op.name.endswith("/kernel")]
+    """The conv kernels among `variables` (what weight decay applies to). By `name`, which a
+    mirrored variable (distribute.py) keeps in every replica, where its `op` is the replica's copy."""
+    return [v for v in variables if v.name.rpartition(":")[0].endswith("/kernel")]
 
 
 def graph_param_count(graph):

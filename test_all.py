@@ -14,6 +14,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import data_sintel_kitti
 import deploy
 import deployment
 import devices
+import distribute
 import edge_tables
 import errors
 import evaluate
@@ -2638,6 +2640,21 @@ class TestParallel:
             assert len(live) <= 2 and len({tuple(r["cores"]) for r in live}) == len(live)
         assert sum(line.startswith("started ") for line in lines) == 5 and lines[-1].startswith("[5/5] ")
 
+    def test_with_gpus_each_child_sees_its_slots_gpu_alone(self, tmp_path):
+        script = "import json, os, sys; json.dump(os.environ['CUDA_VISIBLE_DEVICES'], open(sys.argv[1], 'w'))"
+        lines = []
+        children = [(f"g{i}", [sys.executable, "-c", script, str(tmp_path / f"g{i}.json")], None) for i in range(4)]
+        parallel.run_all(children, 2, log=lines.append, gpus=2)
+        seen = [json.loads((tmp_path / f"g{i}.json").read_text()) for i in range(4)]
+        assert seen[:2] == ["0", "1"] and set(seen) == {"0", "1"}  # one child per GPU at a time
+        assert [line.split(":")[0] for line in lines if line.startswith("started")][:2] == [
+            "started g0 on GPU 0", "started g1 on GPU 1"]
+        with pytest.raises(errors.RankError, match=r"--jobs 3: must be within 1..2 \(one run per GPU\)"):
+            parallel.run_all(children, 3, log=lines.append, gpus=2)
+        with pytest.raises(errors.RankError, match="more runs than this machine's 2 GPUs"):
+            rank.check_jobs(3, {"gpus": [{}, {}]})
+        rank.check_jobs(2, {"gpus": [{}, {}]})
+
     def test_children_quieten_tensorflow_themselves_unless_the_user_set_its_log_level(self, tmp_path, monkeypatch):
         script = "import json, os, sys; json.dump(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), open(sys.argv[1], 'w'))"
         for user_level, seen in ((None, None), ("1", "1")):
@@ -4310,3 +4327,189 @@ class TestOneSearchPerSize:
         with pytest.raises(AssertionError, match="scored again"):
             deployment.score_size(dep, (32, 48), 10.0)
         assert (out / "whole" / "search_best_at32x48").is_dir()
+
+# ----------------------------------------------------------------------------- data-parallel training
+
+DIST_FLAGS = ["--synthetic", "--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8",
+              "--synthetic_val_size", "4", "--batch_size", "4", "--steps_per_epoch", "2", "--fast_mode",
+              "--log_every", "1", "--seed", "9", "--optimizer", "sgd", "--learning_rate", "0.05"]
+
+
+def tf_config(ports, index):
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def start_workers(out, name, flags, ports):
+    """train.py once per worker of a loopback cluster on `ports`; [Popen] by worker index."""
+    command = [sys.executable, "train.py", *DIST_FLAGS, "--distribute", "multi_worker", "--output_dir", str(out),
+               "--experiment_name", name, *flags]
+    return [subprocess.Popen(command, cwd=HERE, env=dict(user_env(), TF_CONFIG=tf_config(ports, i)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(len(ports))]
+
+
+def finish_workers(procs, timeout=900):
+    """[(stdout, stderr, exit code)] of the workers, each killed if still running after `timeout`."""
+    results = []
+    for proc in procs:
+        try:
+            results.append(proc.communicate(timeout=timeout) + (proc.returncode,))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            results.append(proc.communicate() + ("timeout",))
+    return results
+
+
+def digests(text):
+    """{step: variables digest} of a worker's log lines."""
+    return {int(m[1]): m[2] for m in re.finditer(r"step (\d+): variables digest ([0-9a-f]{16})", text)}
+
+
+def checkpoint_digest(prefix):
+    """distribute.variables_digest's formula over a checkpoint's variables."""
+    reader = tf.train.load_checkpoint(prefix)
+    digest = hashlib.sha256()
+    for name in sorted(reader.get_variable_to_shape_map()):
+        digest.update(name.encode() + np.ascontiguousarray(reader.get_tensor(name)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def mean_gradient_steps(cfg, start_prefix, steps, replicas):
+    """The trainable variables after `steps` from checkpoint `start_prefix`, each step computed by
+    one process as the data-parallel step should: every share's gradient alone, their mean, the
+    global-norm clip, one SGD update at the cosine rate. {name: value}."""
+    data = data_fc2.open_data(cfg)
+    graph = tf.Graph()
+    with graph.as_default():
+        h, w = cfg["input_h"], cfg["input_w"]
+        images = tf.compat.v1.placeholder(tf.float32, [None, h, w, 6])
+        flows = tf.compat.v1.placeholder(tf.float32, [None, h, w, 2])
+        arch_paths = train_graph.arch_paths_placeholder()
+        data_loss = train_graph.fair_step_loss(cfg, images, flows, arch_paths)
+        variables = tf.compat.v1.trainable_variables()
+        kernels = [v for v in variables if v.op.name.endswith("/kernel")]
+        loss = data_loss + cfg["weight_decay"] * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+        grads = tf.gradients(loss, variables)
+        step = tf.compat.v1.train.get_or_create_global_step()
+        lr = train_graph.cosine_learning_rate(cfg, step, cfg["steps_per_epoch"] * cfg["num_epochs"])
+        fed = [tf.compat.v1.placeholder(tf.float32, v.shape) for v in variables]
+        apply = tf.compat.v1.train.GradientDescentOptimizer(lr).apply_gradients(zip(fed, variables), step)
+        batch = tf.compat.v1.data.make_one_shot_iterator(data_fc2.make_dataset(
+            data["train"], cfg["batch_size"], (h, w), True, cfg["max_flow"], cfg["seed"], steps[0])).get_next()
+        saver = tf.compat.v1.train.Saver([v for v in tf.compat.v1.global_variables()])
+    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
+        saver.restore(sess, start_prefix)
+        for s in steps:
+            whole_images, whole_flows = sess.run(batch)
+            shares = np.split(np.arange(len(whole_images)), replicas)
+            parts = [sess.run(grads, {images: whole_images[i], flows: whole_flows[i],
+                                      arch_paths: fair.fair_cycle(cfg["seed"], s)}) for i in shares]
+            mean = [np.mean(g, axis=0) for g in zip(*parts)]
+            norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in mean))
+            scale = min(1.0, cfg["grad_clip_norm"] / norm) if cfg["grad_clip_norm"] > 0 else 1.0
+            sess.run(apply, dict(zip(fed, [g * np.float32(scale) for g in mean])))
+        return {v.op.name: value for v, value in zip(variables, sess.run(variables))}
+
+
+class TestDataParallel:
+    """--distribute: the TF_CONFIG checks, the shards of a batch, two workers on loopback ports."""
+
+    @pytest.mark.parametrize("text, field", [
+        ("{not json", "not valid JSON"), ('{"cluster": {"chief": ["a:1"]}, "task": {}}', "field 'cluster'"),
+        ('{"cluster": {"worker": ["a:1", "a:1"]}, "task": {"type": "worker", "index": 0}}', "an address twice"),
+        ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "field 'cluster.worker'"),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "field 'task'")])
+    def test_a_bad_tf_config_is_one_line_naming_the_field(self, tmp_path, capsys, monkeypatch, text, field):
+        monkeypatch.setenv("TF_CONFIG", text)
+        flags = ["--distribute", "multi_worker", "--experiment_name", "x", "--dry_run", "--output_dir", str(tmp_path)]
+        assert train.main(flags) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: TF_CONFIG") and field in err and err.count("\n") == 1
+
+    def test_a_port_in_use_a_batch_that_does_not_divide_and_a_nameless_run_are_refused_first(
+            self, tmp_path, capsys, monkeypatch):
+        flags = ["--distribute", "multi_worker", "--experiment_name", "x", "--dry_run", "--output_dir", str(tmp_path)]
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            monkeypatch.setenv("TF_CONFIG", tf_config([port, distribute.free_ports(1)[0]], 0))
+            assert train.main(flags) == 1
+        assert f"127.0.0.1:{port}: port {port} cannot be listened on" in capsys.readouterr().err
+        monkeypatch.setenv("TF_CONFIG", tf_config(distribute.free_ports(2), 1))
+        assert train.main(flags + ["--batch_size", "3"]) == 1
+        assert "--batch_size 3 (the global batch) does not divide over 2 replicas" in capsys.readouterr().err
+        assert train.main(flags[:2] + ["--dry_run", "--output_dir", str(tmp_path)]) == 1
+        assert "needs 'experiment_name'" in capsys.readouterr().err
+        assert train.main(["--dry_run", "--output_dir", str(tmp_path)]) == 1  # worker 1 alone would write
+        assert "set --distribute multi_worker, or unset TF_CONFIG" in capsys.readouterr().err
+        assert not list(tmp_path.iterdir())
+
+    def test_the_shards_of_a_training_batch_are_the_batch(self):
+        arrays = synthetic.make_synthetic_arrays(6, 32, 48, 3)
+        whole = next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2)))
+        for count in (2, 4):
+            parts = [next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2,
+                                                     shard=(i, count)))) for i in range(count)]
+            for k in range(2):
+                np.testing.assert_array_equal(np.concatenate([p[k].numpy() for p in parts]), whole[k].numpy())
+
+    @pytest.mark.slow
+    def test_two_workers_hold_identical_weights_the_mean_gradient_update_and_resume(self, tmp_path):
+        ports = distribute.free_ports(2)
+        first = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "1"], ports))
+        assert [code for *_, code in first] == [0, 0], first
+        run = tmp_path / "dp"
+        start = json.loads((run / "checkpoints/last/meta.json").read_text())
+        shutil.copytree(run / "checkpoints/last", tmp_path / "start")
+        second = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "2", "--resume"],
+                                              distribute.free_ports(2)))
+        assert [code for *_, code in second] == [0, 0], second
+        meta = json.loads((run / "checkpoints/last/meta.json").read_text())
+        assert start["global_step"] == 2 and meta["global_step"] == 4
+        # every worker logs its digest at each commit: the same bytes, and those the chief saved
+        chief, other = digests((run / "train.log").read_text()), digests(first[1][0] + second[1][0])
+        assert set(chief) == {2, 4} and chief == other
+        prefix = str(run / "checkpoints/last" / meta["checkpoint"])
+        assert chief[4] == checkpoint_digest(prefix)
+        assert not list(tmp_path.glob("*/worker*")) and "worker 1:" not in (run / "train.log").read_text()
+        # the same two steps by one process from the chief's first checkpoint: mean of the shares' gradients
+        cfg = dict(json.loads((run / "config.json").read_text()), num_epochs=2)
+        expected = mean_gradient_steps(cfg, str(tmp_path / "start" / start["checkpoint"]), [2, 3], 2)
+        reader = tf.train.load_checkpoint(prefix)
+        begin = tf.train.load_checkpoint(str(tmp_path / "start" / start["checkpoint"]))
+        moved = 0
+        for name, value in expected.items():
+            update, want = reader.get_tensor(name) - begin.get_tensor(name), value - begin.get_tensor(name)
+            scale = max(np.abs(want).max(), 1e-12)
+            np.testing.assert_allclose(update, want, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+            moved += scale > 1e-6
+        assert moved > len(expected) // 2
+        assert meta["fairness_counts"] == fair.counts_for_steps(9, 0, 4)
+        assert fair.fairness_gap(meta["fairness_counts"]) == 0
+        report = json.loads((run / "train_report.json").read_text())
+        assert report["data_parallel"]["replicas"] == 2 and report["global_step"] == 4
+
+    @pytest.mark.slow
+    def test_a_killed_worker_stops_the_other_in_one_line_and_the_run_resumes_alone(self, tmp_path):
+        procs = start_workers(tmp_path, "kill", ["--num_epochs", "3", "--worker_timeout_s", "20"],
+                              distribute.free_ports(2))
+        log = tmp_path / "kill" / "train.log"
+        deadline = time.time() + 600
+        while "step 2: variables digest" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+            time.sleep(0.5)
+        procs[1].kill()
+        killed = time.time()
+        (stdout, stderr, code), _ = finish_workers(procs, timeout=120)
+        assert code == 1 and time.time() - killed < 20 + 60, stderr
+        assert stderr.count("\n") == 1 and stderr.startswith("error: worker 0: worker 1 (127.0.0.1:"), stderr
+        assert "is gone at step" in stderr and "rerun them all with --resume" in stderr
+        assert json.loads((tmp_path / "kill/checkpoints/last/meta.json").read_text())["global_step"] == 2
+        # resumed by one process (another number of workers): from step 2 to the end
+        alone = subprocess.run([sys.executable, "train.py", *DIST_FLAGS, "--output_dir", str(tmp_path),
+                                "--resume_experiment_name", "kill", "--distribute", "none", "--num_epochs", "3"],
+                               cwd=HERE, env=user_env(), capture_output=True, text=True, timeout=600)
+        assert alone.returncode == 0, alone.stderr
+        meta = json.loads((tmp_path / "kill/checkpoints/last/meta.json").read_text())
+        assert meta["global_step"] == 6 and meta["fairness_counts"] == fair.counts_for_steps(9, 0, 6)
+        assert "restored epoch 1, step 2" in alone.stdout

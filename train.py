@@ -17,6 +17,7 @@ import time
 
 import ckpt
 import config
+import distribute
 import run_files
 import training
 import errors
@@ -101,7 +102,7 @@ def resolve_config(args, overrides, defaults):
 def run(args, overrides, defaults):
     """Dry-run plan, or train under the run's writer lock; a failed run leaves its folder as it was
     (ckpt.unchanged_on_failure)."""
-    if args.dry_run:
+    if args.dry_run or not distribute.writes_run_files():  # a worker but the chief reads the run, writes nothing
         training.train(args, *resolve_config(args, overrides, defaults))
         return
     # a resumed run is locked before its saved config is read: a writer holding it may rewrite it

@@ -28,12 +28,19 @@ def cosine_learning_rate(cfg, global_step, total_steps):
     return cfg["learning_rate"] * 0.5 * (1.0 + tf.cos(math.pi * progress))
 
 
-def build_update(cfg, data_loss, total_steps):
+def build_update(cfg, data_loss, total_steps, mean_over_replicas=None):
     """One optimizer update of every trainable variable from `data_loss` plus weight decay:
-    gradient, global-norm clip, cosine learning rate, Adam (or SGD). Returns the fetchable pieces."""
+    gradient, global-norm clip, cosine learning rate, Adam (or SGD). Returns the fetchable pieces.
+
+    In a replica of a tf.distribute strategy (distribute.py), `mean_over_replicas` (a list of
+    tensors -> their means over the replicas, one all-reduce) turns the replica's gradient and
+    loss into the means over all replicas before the clip, so the clip sees the global gradient's
+    norm and the optimizer applies the mean as it is (no second aggregation)."""
     variables = tf.compat.v1.trainable_variables()
     loss = data_loss + cfg["weight_decay"] * tf.add_n([tf.nn.l2_loss(k) for k in supernet.kernel_variables(variables)])
     grads = tf.gradients(loss, variables)
+    if mean_over_replicas:
+        *grads, loss = mean_over_replicas(grads + [loss])
     grad_norm = tf.linalg.global_norm(grads)
     clip = cfg["grad_clip_norm"]
     if clip > 0:
@@ -44,7 +51,8 @@ def build_update(cfg, data_loss, total_steps):
         optimizer = tf.compat.v1.train.AdamOptimizer(lr, cfg["adam_beta1"], cfg["adam_beta2"], cfg["adam_epsilon"])
     else:
         optimizer = tf.compat.v1.train.GradientDescentOptimizer(lr)
-    train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
+    train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step,
+                                         skip_gradients_aggregation=bool(mean_over_replicas))
     return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "train_op": train_op, "global_step": global_step,
             "clipped": grad_norm > clip if clip > 0 else tf.constant(False)}
 
@@ -159,20 +167,34 @@ def build_train_step(cfg, images, flows, total_steps, path_devices=None):
     gradient op on its forward op's device); the variables live on the first. Each path normalises
     with its own batch statistics, so the update is the same.
     """
-    paths = fair.paths_per_cycle()
-    arch_paths = tf.compat.v1.placeholder(tf.int32, [paths, len(supernet.SPACE.blocks)], "arch_paths")
+    arch_paths = arch_paths_placeholder()
+    data_loss = fair_step_loss(cfg, images, flows, arch_paths, path_devices)
+    return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths)
+
+
+def arch_paths_placeholder():
+    """The [paths, blocks] int32 placeholder a fair step's cycle is fed through."""
+    return tf.compat.v1.placeholder(tf.int32, [fair.paths_per_cycle(), len(supernet.SPACE.blocks)], "arch_paths")
+
+
+def fair_step_loss(cfg, images, flows, arch_paths, path_devices=None):
+    """The mean of the fair cycle's path losses on one batch (see build_train_step)."""
     spread = path_devices if path_devices and len(path_devices) > 1 else None
     path_losses = [multiscale_loss(flows_p, flows, cfg["loss_weights"])
                    for flows_p in fair_cycle_flows(images, arch_paths, spread)]
-    data_loss = tf.add_n(path_losses) / paths
-    return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths)
+    return tf.add_n(path_losses) / fair.paths_per_cycle()
+
+
+def standalone_loss(cfg, images, flows, arch):
+    """The loss of subnet `arch` alone: the static graph of its layers only."""
+    return multiscale_loss(supernet.build_flows(images, arch, mode="train"), flows, cfg["loss_weights"])
 
 
 def build_standalone_step(cfg, images, flows, total_steps, arch):
     """One subnet alone: the static graph of `arch` (only its layers exist), its loss and one update
     per step, with the supernet's variable names. `model_variables` (the subnet's weights and BN
     statistics, no optimizer state) are what `--init_from` restores from a supernet run."""
-    loss = multiscale_loss(supernet.build_flows(images, arch, mode="train"), flows, cfg["loss_weights"])
+    loss = standalone_loss(cfg, images, flows, arch)
     model_variables = tf.compat.v1.global_variables()
     return dict(build_update(cfg, loss, total_steps), arch=arch, model_variables=model_variables)
 

@@ -18,6 +18,7 @@ import batches
 import ckpt
 import config
 import data_fc2
+import distribute
 import fair
 import run_files
 import scoring
@@ -137,9 +138,11 @@ def checked_step(sess, fetches, feed, run, step):
         samples = data_fc2.training_batch_samples(run.data["train"], cfg["seed"], [step], cfg["batch_size"])
         return data_fc2.find_fault(samples, (cfg["input_h"], cfg["input_w"]))
     try:
-        out = sess.run(fetches, feed)
+        with distribute.held_back(run.cluster):
+            out = sess.run(fetches, feed, **distribute.run_options(run.cluster))
     except tf.errors.OpError as err:
-        raise fault() or DataError(f"training batch {step}: {one_line(err)}") from None
+        raise (distribute.lost_peer(run.cluster, err, step) or fault()
+               or DataError(f"training batch {step}: {one_line(err)}")) from None
     if not np.isfinite(out["loss"]):
         raise fault() or TrainingError(f"loss is {out['loss']} at step {step}: stopped; resume from the last "
                                           f"checkpoint")
@@ -275,13 +278,13 @@ class Run(types.SimpleNamespace):
     init, init_source (the meta of the checkpoint --init_from inherits, or None), plan."""
 
 
-def prepare(args, cfg, run_dir, hardware):
+def prepare(args, cfg, run_dir, hardware, cluster=None):
     """Everything checked, read and built before anything is written (cheapest first): data (every
     file's header), eval pool, the checkpoint to resume (meta checked), history, the scoring
-    batches, the graph."""
+    batches, the graph (its step replicated over the `cluster`'s replicas if there is one)."""
     h, w = cfg["input_h"], cfg["input_w"]
     data = data_fc2.open_data(cfg)
-    run = Run(cfg=cfg, data=data, standalone=bool(cfg["arch"]),
+    run = Run(cfg=cfg, data=data, standalone=bool(cfg["arch"]), cluster=cluster,
               steps_per_epoch=cfg["steps_per_epoch"] or max(1, data["counts"]["train"] // cfg["batch_size"]))
     run.pool = ([supernet.parse_arch(cfg["arch"])] if run.standalone
                 else fair.build_eval_pool(cfg["eval_pool_size"], cfg["seed"], h, w))
@@ -299,11 +302,16 @@ def prepare(args, cfg, run_dir, hardware):
         run.recal_batches, run.val_batches = batches.scoring_batches(cfg, data)
     total_steps = run.steps_per_epoch * cfg["num_epochs"]
     run.graph = tf.Graph()
-    with run.graph.as_default():
+    with run.graph.as_default(), distribute.scope(cluster):
         tf.compat.v1.set_random_seed(cfg["seed"])
-        images, flows = train_graph.training_input(cfg, data, run.state.global_step)
-        run.ops = (train_graph.build_standalone_step(cfg, images, flows, total_steps, run.pool[0]) if run.standalone
-                   else train_graph.build_train_step(cfg, images, flows, total_steps, hardware["path_devices"]))
+        if cluster:
+            run.ops, images, flows = distribute.build_step(cluster, cfg, data, run.state.global_step, total_steps,
+                                                           run.pool[0] if run.standalone else None)
+        else:
+            images, flows = train_graph.training_input(cfg, data, run.state.global_step)
+            run.ops = (train_graph.build_standalone_step(cfg, images, flows, total_steps, run.pool[0])
+                       if run.standalone
+                       else train_graph.build_train_step(cfg, images, flows, total_steps, hardware["path_devices"]))
         run.scorer = scoring.build_scorer(images, flows, static_arch=run.pool[0] if run.standalone else None)
         run.saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables(), max_to_keep=None)
         run.init = tf.compat.v1.global_variables_initializer()
@@ -319,7 +327,8 @@ def prepare(args, cfg, run_dir, hardware):
 def start_session(sess, run, args, run_dir):
     """Initialise the variables, then restore the checkpoint resumed (every variable's shape
     checked) or inherit a supernet's weights (--init_from); returns lines for the log."""
-    sess.run(run.init)
+    with distribute.held_back(run.cluster):  # mirrored variables wait for every worker
+        sess.run(run.init, **distribute.run_options(run.cluster))
     if run.meta:
         ckpt.restore(sess, run.saver, run_dir, "last", run.cfg["input_h"], run.cfg["input_w"])
         return [f"restored epoch {run.state.epoch}, step {run.state.global_step} from {run.meta['prefix']}"]
@@ -332,35 +341,47 @@ def train(args, cfg, run_dir):
     """Dry-run plan, or train (fresh or resumed) to the end or early stop; returns train_report."""
     wall_start = time.time()
     hardware = devices.report(cfg["devices"], allow_cpu=args.allow_cpu, paths=fair.paths_per_cycle())
-    run = prepare(args, cfg, run_dir, hardware)
+    cluster = distribute.plan(cfg, hardware)
+    run = prepare(args, cfg, run_dir, hardware, cluster)
+    if cluster:
+        run.plan.append(cluster.describe(cfg["batch_size"] // cluster.replicas))
     if args.dry_run:
         print("dry run: nothing will be trained or written")
         print("\n".join(run.plan))
         return None
-    state, writer, meta_fields = run.state, run_files.RunWriter(run_dir, run.columns), run_meta_fields(run)
-    with tf.compat.v1.Session(graph=run.graph, config=tensorflow_quiet.session_config()) as sess:
+    state, meta_fields = run.state, run_meta_fields(run)
+    writer = distribute.run_writer(cluster, run_dir, run.columns)
+    with distribute.session(cluster, run.graph) as sess:
         restored = start_session(sess, run, args, run_dir)
-        ckpt.remove_temp_files(run_dir)  # only once the checkpoint restored: a refused resume removes nothing
+        if writer.writes_files:  # only once the checkpoint restored: a refused resume removes nothing
+            ckpt.remove_temp_files(run_dir)
         writer.start(cfg, run.pool, run.coverage, state, [("resuming " if run.meta else "starting ") + run_dir]
                      + run.plan + restored)
         writer.log(hardware["summary"], echo=False)
         if state.stop_reason == "early_stopping":
             writer.log(f"this run stopped early at epoch {state.epoch}: nothing more to train")
-        clock = Clock(state)
-        for epoch in range(state.epoch + 1, cfg["num_epochs"] + 1):
-            if state.stop_reason == "early_stopping":
-                break
-            # train one epoch, then evaluate the pool every eval_every epochs and after the last
-            figures = train_epoch(sess, run, state, writer, clock, epoch)
-            state.epoch = epoch
-            if epoch % cfg["eval_every"] == 0 or epoch == cfg["num_epochs"]:
-                evaluate_epoch(sess, run, state, writer, clock, epoch, figures)
-            # commit the epoch: best (if it improved), last, and the counts of last
-            state.wall_time_s = clock.wall()
-            writer.checkpoint(sess, run.saver, state, meta_fields, best=state.best_epoch == epoch)
+        train_epochs(sess, run, writer, meta_fields)
     report = train_report(run, run_dir, hardware, time.time() - wall_start)
     writer.finish(report)
     return report
+
+
+def train_epochs(sess, run, writer, meta_fields):
+    """The epochs left: train one, evaluate the pool every eval_every epochs and after the last,
+    commit it (best if it improved, last, and the counts of last); stop early when told."""
+    cfg, state = run.cfg, run.state
+    clock = Clock(state)
+    for epoch in range(state.epoch + 1, cfg["num_epochs"] + 1):
+        if state.stop_reason == "early_stopping":
+            break
+        figures = train_epoch(sess, run, state, writer, clock, epoch)
+        state.epoch = epoch
+        if epoch % cfg["eval_every"] == 0 or epoch == cfg["num_epochs"]:
+            evaluate_epoch(sess, run, state, writer, clock, epoch, figures)
+        state.wall_time_s = clock.wall()
+        writer.checkpoint(sess, run.saver, state, meta_fields, best=state.best_epoch == epoch)
+        if run.cluster:  # equal digests on every worker: the replicas hold the same weights
+            writer.log(f"step {state.global_step}: variables digest {distribute.variables_digest(sess)}")
 
 
 def run_meta_fields(run):
@@ -381,6 +402,7 @@ def train_report(run, run_dir, hardware, invocation_s):
             "best_epoch": state.best_epoch, "final_fairness_gap": fair.fairness_gap(state.fairness_counts),
             "fairness_counts": state.fairness_counts, "path_sequence_digest": state.digest,
             "eval_pool_coverage_ok": run.coverage["ok"], "data_source": run.data["data_source"],
+            "data_parallel": distribute.summary(run.cluster),
             "data_reason": run.data["reason"], "devices": hardware,
             "checkpoints": {k: os.path.join(run_dir, "checkpoints", k) for k in ckpt.CHECKPOINT_KINDS},
             "wall_time_s": state.wall_time_s, "this_invocation_s": invocation_s}
