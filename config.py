@@ -64,6 +64,11 @@ KEY_HELP = {
     "seed": "seeds the path sampler, eval pool, crops and initialisation (0 to 2^63 - 1)",
     "log_every": "fair steps between progress lines",
     "devices": "devices the three paths of a fair step are spread over (1 to 3)",
+    "distribute": "data-parallel replicas of the fair step: none, mirrored (this machine's GPUs or CPUs), "
+                  "multi_worker (machines named by TF_CONFIG)",
+    "replicas": "with distribute mirrored: how many replicas (0: one per GPU; without a GPU, N logical CPUs)",
+    "worker_timeout_s": "with distribute multi_worker: seconds a step waits for a silent peer before every "
+                        "worker stops",
     "fast_mode": "apply fast_mode_overrides (a tiny evaluation) for smoke runs",
 }
 RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch", "synthetic", "synthetic_train_size",
