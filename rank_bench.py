@@ -506,6 +506,8 @@ def report_lines(report):
         lines.append(f"regret in {len(regret['bands'])} cost bands (+-{regret['band']:.0%} GMACs): mean "
                      f"{regret['mean']:.4f} EPE ({regret['mean_se']:.1f} paired SE), max {regret['max']:.4f}; "
                      f"the supernet's pick is the band's best in {regret['pick_is_best']}")
+    else:
+        lines.append(f"regret: no cost band (+-{regret['band']:.0%} GMACs around a row) holds two rows")
     if report["still_falling"]:
         bound = report["tau_if_improved"]
         lines.append(f"{len(report['still_falling'])} rows still falling: " + " ".join(report["still_falling"])
