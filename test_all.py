@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -3776,3 +3777,34 @@ class TestNeighbourCycles:
             additive = uniform[0][edge_tables.FIXED] + sum(uniform[o][b] for b, o in zip(supernet.SPACE.blocks, arch))
             if arch[-2:] == (2, 0):  # H2's 7x7 before H2Out's 3x3: the additive table reads it beside a 7x7
                 assert additive > 1.5 * compiled
+
+    def test_a_cached_compile_replaces_the_table_and_the_members_are_compiled(self, tmp_path):
+        class SummaryTool(_CountingTool):  # a compile's figures from the model's bytes: 1 FPS per byte
+            def compile(self, model_path, target, out_dir):
+                summary, rows = super().compile(model_path, target, out_dir)
+                size = os.path.getsize(model_path)
+                return dict(summary, off_chip_flash_used_kib=1.0, cycles_total=1e6 / size, fps=float(size)), rows
+
+        target = compiler.Target("t", "ethos-u55-64", "S", "M", sram_kib=500, flash_kib=4096, min_fps=50)
+        dep = types.SimpleNamespace(cache=compiler.CompileCache(str(tmp_path / "cache"), SummaryTool()),
+                                    target=target)
+        costs = {"sram_kib": [100.0] * 3, "flash": {"intercept_kib": 10.0, "kib_per_param": 0.0},
+                 "latency_table": {"clock_hz": 1e6, "fixed_cycles": 1e4, "context_blocks": edge_tables.context_blocks(),
+                                   "block_cycles": {b: [[0.0] * 3] * 3 for b in supernet.SPACE.blocks}}}
+        compiled, table_only = (0,) * 9, (1,) * 9
+        models = {}
+        for arch, length in ((compiled, 40), (table_only, 30)):
+            models[arch] = tmp_path / f"{length}.tflite"
+            models[arch].write_bytes(b"x" * length)
+        dep.cache.compile(str(models[compiled]), target, str(tmp_path / "out"), supernet.structure(compiled, (32, 48)))
+        rows = deployment.board_rows(dep, {(32, 48): {supernet.arch_to_index(a): {"epe": 1.0}
+                                                       for a in (compiled, table_only)}}, {(32, 48): costs})
+        by_arch = {r["arch"]: r for r in rows}
+        first, second = by_arch[supernet.format_arch(compiled)], by_arch[supernet.format_arch(table_only)]
+        assert (first["npu_figures"], first["fps"], first["misses"]) == ("compile", 40.0, "40.0 FPS < 50")
+        assert (second["npu_figures"], second["fps"], second["misses"]) == ("table", 100.0, "")
+        member = dict(second, int8_model=str(models[table_only]))
+        deployment.compile_members(dep, [member], rows, lambda line: None)
+        for row in (member, second):
+            assert (row["npu_figures"], row["fps"], row["cycles"], row["misses"]) == (
+                "compile", 30.0, pytest.approx(1e6 / 30), "30.0 FPS < 50")
