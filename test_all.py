@@ -3808,3 +3808,14 @@ class TestNeighbourCycles:
         for row in (member, second):
             assert (row["npu_figures"], row["fps"], row["cycles"], row["misses"]) == (
                 "compile", 30.0, pytest.approx(1e6 / 30), "30.0 FPS < 50")
+
+    def test_a_cache_hit_names_the_output_after_the_model_compiled(self, tmp_path):
+        cache = compiler.CompileCache(str(tmp_path / "cache"), _CountingTool())
+        target = compiler.Target("t", "ethos-u55-64", "S", "M")
+        for name in ("first", "model_int8"):  # the same bytes under two names: one compile
+            (tmp_path / f"{name}.tflite").write_bytes(b"int8 model" * 10)
+        cache.compile(str(tmp_path / "first.tflite"), target, str(tmp_path / "a"))
+        summary, _ = cache.compile(str(tmp_path / "model_int8.tflite"), target, str(tmp_path / "b"))
+        assert cache.tool.compiles == 1 and summary["compiled_model"] == str(tmp_path / "b" / "model_int8_vela.tflite")
+        assert sorted(os.listdir(tmp_path / "b")) == ["model_int8_vela.tflite"]
+        assert (tmp_path / "b" / "model_int8_vela.tflite").read_bytes() == (b"int8 model" * 10)[::-1]
