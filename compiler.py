@@ -32,6 +32,7 @@ ACCELERATORS = tuple(f"ethos-u55-{n}" for n in (32, 64, 128, 256)) + ("ethos-u65
     f"ethos-u85-{n}" for n in (128, 256, 512, 1024, 2048))  # Vela's --accelerator-config choices
 OPTIMISE = ("Performance", "Size")
 VELA_INI = "Arm/vela.ini"  # Vela's own system configs and memory modes, inside the ethos-u-vela package
+VELA_SUFFIX = "_vela.tflite"  # Vela names the compiled model <model's stem>_vela.tflite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +217,7 @@ class Vela:
         stem = os.path.splitext(os.path.basename(model_path))[0]
         summary = parse_vela_summary(os.path.join(out_dir, f"{stem}_summary_{target.system_config}.csv"))
         summary.update(parse_operator_counts(proc.stdout))
-        summary["compiled_model"] = os.path.join(out_dir, f"{stem}_vela.tflite")
+        summary["compiled_model"] = os.path.join(out_dir, stem + VELA_SUFFIX)
         return summary, read_csv_rows(os.path.join(out_dir, f"{stem}_per-layer.csv"), "Vela per-layer report")
 
 
@@ -280,9 +281,9 @@ class CompileCache:
             figures = _cache_entry(os.path.join(cached, "figures.json"), ("per_layer",))
             if figures is None:
                 raise CompileError(f"compile cache entry {cached} was replaced while in use: compile again")
-        shutil.copytree(cached, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("figures.json"))
-        summary = dict(figures["summary"], compiled_model=os.path.join(out_dir, os.path.basename(
-            figures["summary"]["compiled_model"])))
+        compiled = _copy_renamed(cached, out_dir, os.path.basename(figures["summary"]["compiled_model"]),
+                                 os.path.splitext(os.path.basename(model_path))[0])
+        summary = dict(figures["summary"], compiled_model=compiled)
         if structure is not None:
             key = self._key(structure, target.compile_key())
             atomic_files.write_json_atomic(os.path.join(self.directory, key + ".json"),
@@ -308,6 +309,19 @@ class CompileCache:
             if not os.path.isdir(cached):
                 raise
             shutil.rmtree(work)  # another process put the same compile in place first: use that one
+
+
+def _copy_renamed(cached, out_dir, compiled_name, stem):
+    """Copy a cache entry's compiler output into out_dir named as a compile of the model `stem`
+    would name it (the entry keeps the names of the model first compiled with these bytes); returns
+    the compiled model's path there."""
+    first_stem = compiled_name[:-len(VELA_SUFFIX)] if compiled_name.endswith(VELA_SUFFIX) else None
+    os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(cached):
+        if name != "figures.json":
+            renamed = stem + name[len(first_stem):] if first_stem and name.startswith(first_stem) else name
+            shutil.copy2(os.path.join(cached, name), os.path.join(out_dir, renamed))
+    return os.path.join(out_dir, stem + VELA_SUFFIX if first_stem else compiled_name)
 
 
 def _cache_entry(path, fields):

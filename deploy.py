@@ -33,6 +33,11 @@ import supernet
 from errors import ConfigError, DeployError
 
 
+NPU_FIGURES = ("fps, cycles, sram_kib and flash_kib of each front and INT8 member: its full compile's where its "
+               "npu_figures is 'compile', else the latency table's of its size (table_check, when run, measures "
+               "those against full compiles); the INT8 members are all compiled")
+
+
 def parse_args(argv):
     """Command-line flags; settings left unset come from config.json's `deploy`."""
     parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -99,6 +104,9 @@ def search_board(dep, args, log):
     members = sorted(front, key=lambda m: m["epe"])[:dep.settings["int8_top"]]
     log(f"board front: {len(front)} of {len(rows):,} (arch, size) pairs; INT8 for the best {len(members)}")
     members = deployment.int8_scores(dep, [dict(m) for m in members], log)
+    log("the INT8 members compiled in full (the front is drawn again with their compiles):")
+    members = deployment.compile_members(dep, members, rows, log)
+    front = deployment.board_front(dep, rows)
     pixels = firmware_pixels(dep, members[0]["size"])
     choice = deployment.choose(members, pixels)
     return {"sizes": chosen, "costs": costs, "rows": rows, "front": front, "members": members, "choice": choice}
@@ -187,7 +195,7 @@ def build_report(dep, found, member, export, tflm, seconds, hardware):
             "int8_model": os.path.join(dep.folder(), "model_int8.tflite"),
             "sizes": [list(s) for s in found["sizes"]],
             "size_costs": {f"{s[0]}x{s[1]}": c for s, c in found["costs"].items()},
-            "front": [deployment.public(m) for m in found["front"]],
+            "npu_figures": NPU_FIGURES, "front": [deployment.public(m) for m in found["front"]],
             "int8_members": [deployment.public(m) for m in found["members"]],
             "neighbours": [f"{m['arch']} at {m['size'][0]}x{m['size'][1]}" for m in found["members"]
                            if m["within_noise"]],

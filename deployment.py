@@ -3,16 +3,18 @@
 The steps (deploy.py runs them in order; each keeps its results on disk, so a killed deployment
 started again redoes nothing it finished):
 1. sizes: given, or multiples of 16 at the run's aspect ratio from the run's input size down;
-2. what the NPU costs at each size (edge_tables.size_costs: all-0, all-1, all-2 compiled through
+2. what the NPU costs at each size (edge_tables.size_costs: the table's 9 subnets compiled through
    the compile cache) and the sizes that fit: SRAM within the budget, no operator left to the CPU;
    the largest `size_steps` of them are deployed at;
 3. every subnet scored at every such size: the run's validation frames resized to it, the flow
    predicted there brought back to the frame's size and scaled (metrics.to_frame), EPE at the
    frame's size, so EPEs of different sizes compare (search_parts: units that resume and shard);
 4. the board's front: the (arch, size) pairs within the flash budget (and min_fps), Pareto-best in
-   EPE against NPU frames per second;
-5. INT8: the front's best `int8_top` by FP32 EPE converted (calibrated on real training crops)
-   and scored on the same frames with the same metric; the choice has the lowest INT8 EPE.
+   EPE against NPU frames per second (a pair's full compile where the compile cache holds one, else
+   the size's tables);
+5. INT8: the front's best `int8_top` by FP32 EPE converted (calibrated on real training crops),
+   scored on the same frames with the same metric and compiled in full; the front is drawn again
+   with their compiles' figures; the choice has the lowest INT8 EPE.
 """
 import contextlib
 import dataclasses
@@ -272,23 +274,53 @@ def score_size(dep, size, progress_every):
 # ----------------------------------------------------------------------------- the board's front
 
 def board_rows(dep, scores, costs):
-    """Every (arch, size) pair scored: arch, size, FP32 EPE, NPU figures (edge_tables.predict),
-    and why it does not fit the target ('' if it does)."""
+    """Every (arch, size) pair scored: arch, size, FP32 EPE, NPU figures (npu_figures) and why it does
+    not fit the target ('' if it does)."""
     rows = []
     for size, by_index in scores.items():
         for index, m in by_index.items():
             arch = supernet.index_to_arch(index)
-            figures = edge_tables.predict(costs[size], arch)
-            why = []
-            if figures["sram_kib"] > dep.target.sram_kib:
-                why.append(f"SRAM {figures['sram_kib']:.1f} KiB > {dep.target.sram_kib:g} KiB")
-            if figures["flash_kib"] > dep.target.flash_kib:
-                why.append(f"flash {figures['flash_kib']:.0f} KiB > {dep.target.flash_kib:g} KiB")
-            if dep.target.min_fps is not None and figures["fps"] < dep.target.min_fps:
-                why.append(f"{figures['fps']:.1f} FPS < {dep.target.min_fps:g}")
+            figures = npu_figures(dep, arch, size, costs[size])
             rows.append({"arch": supernet.format_arch(arch), "size": list(size), "epe": m["epe"],
-                         "gmacs": supernet.count_macs(arch, *size) / 1e9, **figures, "misses": "; ".join(why)})
+                         "gmacs": supernet.count_macs(arch, *size) / 1e9, **figures, "misses": misses(dep, figures)})
     return rows
+
+
+def npu_figures(dep, arch, size, costs):
+    """The NPU figures of `arch` at `size`: its full compile's when the compile cache holds one for its
+    structure (edge_tables.compiled), else the size's tables' (edge_tables.predict)."""
+    entry = dep.cache.structure(supernet.structure(arch, size), dep.target)
+    return edge_tables.compiled(entry["summary"]) if entry else edge_tables.predict(costs, arch)
+
+
+def misses(dep, figures):
+    """Why NPU figures do not fit the target: SRAM, flash, min_fps ('' if they do)."""
+    why = []
+    if figures["sram_kib"] > dep.target.sram_kib:
+        why.append(f"SRAM {figures['sram_kib']:.1f} KiB > {dep.target.sram_kib:g} KiB")
+    if figures["flash_kib"] > dep.target.flash_kib:
+        why.append(f"flash {figures['flash_kib']:.0f} KiB > {dep.target.flash_kib:g} KiB")
+    if dep.target.min_fps is not None and figures["fps"] < dep.target.min_fps:
+        why.append(f"{figures['fps']:.1f} FPS < {dep.target.min_fps:g}")
+    return "; ".join(why)
+
+
+def compile_members(dep, members, rows, log):
+    """Each INT8-scored member (its int8_model) compiled in full through the cache: its NPU figures,
+    and those of its row among `rows`, become the compile's; a line per member with the table's FPS."""
+    work = os.path.join(dep.cache.directory, "work")
+    by_pair = {(r["arch"], tuple(r["size"])): r for r in rows}
+    for member in members:
+        start, arch, size = time.time(), supernet.parse_arch(member["arch"]), tuple(member["size"])
+        record = edge_tables.figures(arch, size, dep.target, dep.cache, lambda path=member["int8_model"]: path, work)
+        figures = edge_tables.compiled(record["summary"])
+        error = 100 * (member["fps"] / figures["fps"] - 1)
+        before = f"the {member['npu_figures']}'s {member['fps']:.2f} ({error:+.2f}%)"
+        for row in (member, by_pair[(member["arch"], size)]):
+            row.update(figures, misses=misses(dep, figures))
+        log(f"  compiled {member['arch']} at {size[0]}x{size[1]}: {figures['fps']:.2f} FPS, {before}, "
+            f"{time.time() - start:.1f}s")
+    return members
 
 
 def board_front(dep, rows):
@@ -386,7 +418,8 @@ def plot(path, rows, front, members, choice, dep):
             label=f"choice {choice['arch']} at {choice['size'][0]}x{choice['size'][1]}")
     if dep.target.min_fps is not None:
         ax.axvline(dep.target.min_fps, ls="--", c="0.4", label=f"min_fps {dep.target.min_fps:g}")
-    ax.set_xlabel("NPU inferences per second (latency table of each size)")
+    ax.set_xlabel("NPU inferences per second (a full compile where there is one: the INT8 members; "
+                  "else the latency table of the size)")
     ax.set_ylabel("EPE at the frame's size (px, lower is better)")
     ax.set_title(f"{os.path.basename(dep.run_dir)} on {dep.target.name}: SRAM <= {dep.target.sram_kib:g} KiB, "
                  f"flash <= {dep.target.flash_kib:g} KiB", fontsize=10)
@@ -402,5 +435,5 @@ def describe(m):
     int8 = (f", INT8 {m['epe_int8']:.4f} ({m['int8_loss']:+.4f}"
             + (f", paired SE {m['epe_int8_se']:.4f} vs the choice" if m.get("epe_int8_se") else "") + ")"
             if "epe_int8" in m else "")
-    return (f"{m['arch']} at {m['size'][0]}x{m['size'][1]}: EPE FP32 {m['epe']:.4f}{int8}, {m['fps']:.1f} FPS, "
-            f"flash {m['flash_kib']:.0f} KiB, {m['gmacs']:.3f} GMAC")
+    return (f"{m['arch']} at {m['size'][0]}x{m['size'][1]}: EPE FP32 {m['epe']:.4f}{int8}, {m['fps']:.1f} FPS "
+            f"({m['npu_figures']}), flash {m['flash_kib']:.0f} KiB, {m['gmacs']:.3f} GMAC")

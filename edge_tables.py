@@ -1,11 +1,14 @@
 """What the NPU costs for every subnet without compiling 19,683 models: the per-layer latency table
-(NPU cycles per block option, from compiles of a few subnets through compiler.py, checked against
-full compiles of others), read and applied to any arch.
+(NPU cycles of each block option beside each option of its context block, from compiles of a few
+subnets through compiler.py, checked against full compiles of others), read and applied to any arch.
 
 Vela's per-layer cycles (`--verbose-performance`) are summed by the block that decides each layer:
 a convolution by its name, a residual add, resize or flow accumulation by the choice block of the
 latest convolution upstream of it, layers every subnet has into `fixed_cycles`. A subnet's
-predicted cycles are `fixed_cycles` plus its option's cycles in every block.
+predicted cycles are `fixed_cycles` plus, in every block, the cycles of its option beside the option
+its context block takes: Vela's schedule of a layer depends on the layer after it (with `--optimise
+Size`, H2's 7x7 kernel costs 22.2 M cycles before H2Out's 7x7 and 2.4 M before the others at
+64x96), so a block's context is the next block, and the last block's the one before it.
 """
 import functools
 import os
@@ -22,13 +25,23 @@ import convert
 import supernet
 from errors import ExportError
 
-TABLE_FORMAT = "edgeflownas-ethos-u-latency-table/1"
+TABLE_FORMAT = "edgeflownas-ethos-u-latency-table/2"
 FIXED = "fixed"  # the table key of the layers every subnet has
 
 
 def table_archs():
-    """The subnets a table is built from: all-0, all-1, ... (together they use every option once)."""
-    return [supernet.uniform_arch(o) for o in range(max(supernet.SPACE.num_options))]
+    """The subnets a table is built from: every pair (p, q) of options, p in the even blocks and q in
+    the odd ones (all-0, all-1, ... first). Every block then meets every option of its context block
+    with every option of its own, the smallest design that does (9 subnets for 3 options)."""
+    count = max(supernet.SPACE.num_options)
+    pairs = [(p, p) for p in range(count)] + [(p, q) for p in range(count) for q in range(count) if p != q]
+    return [tuple(min(q if i % 2 else p, n - 1) for i, n in enumerate(supernet.SPACE.num_options)) for p, q in pairs]
+
+
+def context_blocks():
+    """{block: its context block}: the next choice block, the last block's the one before it."""
+    blocks = supernet.SPACE.blocks
+    return {b: blocks[i + 1] if i + 1 < len(blocks) else blocks[i - 1] for i, b in enumerate(blocks)}
 
 
 def conv_block(name):
@@ -81,19 +94,25 @@ def block_cycles(per_layer, blocks_of_ops):
 
 
 def make_latency_table(measurements, target, h, w):
-    """The table from compiled subnets that together use every option of every block (a fair cycle):
-    fixed cycles averaged over them, each (block, option) the mean over the subnets that chose it."""
+    """The table from compiled subnets in which every block meets every option of its context block
+    with each of its own (table_archs): fixed cycles averaged over them, each (block, option, context
+    option) the mean over the subnets that chose that pair."""
     table = {"format": TABLE_FORMAT, "space_version": supernet.SPACE.version,
              **{k: getattr(target, k) for k in ("accelerator_config", "system_config", "memory_mode", "optimise")},
              "clock_hz": measurements[0]["summary"]["clock_hz"], "input_size": [h, w],
              "source_archs": [supernet.format_arch(m["arch"]) for m in measurements],
-             "fixed_cycles": float(np.mean([m["cycles"][FIXED] for m in measurements])), "block_cycles": {},
+             "fixed_cycles": float(np.mean([m["cycles"][FIXED] for m in measurements])),
+             "context_blocks": context_blocks(), "block_cycles": {},
              "unattributed_rows": int(sum(m["unattributed"] for m in measurements))}
-    for i, (block, count) in enumerate(zip(supernet.SPACE.blocks, supernet.SPACE.num_options)):
-        per_option = [[m["cycles"][block] for m in measurements if m["arch"][i] == o] for o in range(count)]
-        if not all(per_option):
-            raise ExportError(f"the table's subnets never choose every option of {block}")
-        table["block_cycles"][block] = [float(np.mean(c)) for c in per_option]
+    index = {b: i for i, b in enumerate(supernet.SPACE.blocks)}
+    for block, context in table["context_blocks"].items():
+        i, j = index[block], index[context]
+        cells = [[[m["cycles"][block] for m in measurements if (m["arch"][i], m["arch"][j]) == (o, c)]
+                  for c in range(supernet.SPACE.num_options[j])] for o in range(supernet.SPACE.num_options[i])]
+        if not all(all(row) for row in cells):
+            raise ExportError(f"the table's subnets never choose every option of {block} beside every one of "
+                              f"{context}")
+        table["block_cycles"][block] = [[float(np.mean(c)) for c in row] for row in cells]
     return table
 
 
@@ -102,12 +121,14 @@ def load_latency_table(path):
     file and field, or the search space version it was made for if it is not this code's.
 
     JSON: format, space_version, accelerator_config, system_config, memory_mode, clock_hz,
-    input_size [h, w], fixed_cycles, block_cycles {block: [cycles of each option]}, and the check
-    against full compiles.
+    input_size [h, w], fixed_cycles, context_blocks {block: its context block}, block_cycles {block:
+    [[cycles of each option beside each option of its context block]]}, and the check against full
+    compiles.
     """
     table = ckpt.read_json(path, "latency table")
     if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
-        raise ExportError(f"latency table {path} is not a {TABLE_FORMAT} file")
+        raise ExportError(f"latency table {path} is not a {TABLE_FORMAT} file "
+                          "(an older table: build it again with export.py --latency_table)")
     if table.get("space_version") != supernet.SPACE.version:
         raise ExportError(f"latency table {path} was made for search space {table.get('space_version')}, "
                           f"this code has {supernet.SPACE.version}")
@@ -118,11 +139,14 @@ def load_latency_table(path):
     size = table.get("input_size")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
         problems.append("input_size")
-    cycles = table.get("block_cycles")
-    for block, count in zip(supernet.SPACE.blocks, supernet.SPACE.num_options):
-        row = cycles.get(block) if isinstance(cycles, dict) else None
-        valid = isinstance(row, list) and len(row) == count
-        if not (valid and all(is_number(c) and c >= 0 for c in row)):
+    if table.get("context_blocks") != context_blocks():
+        problems.append("context_blocks")
+    cycles, counts = table.get("block_cycles"), dict(zip(supernet.SPACE.blocks, supernet.SPACE.num_options))
+    for block, context in context_blocks().items():
+        rows = cycles.get(block) if isinstance(cycles, dict) else None
+        valid = isinstance(rows, list) and len(rows) == counts[block] and all(
+            isinstance(row, list) and len(row) == counts[context] for row in rows)
+        if not (valid and all(is_number(c) and c >= 0 for row in rows for c in row)):
             problems.append(f"block_cycles.{block}")
     if not problems and predict_cycles(table, supernet.uniform_arch(0)) <= 0:
         problems.append("fixed_cycles (every subnet would take 0 cycles)")
@@ -138,8 +162,9 @@ def is_number(value):
 
 def predict_cycles(table, arch):
     """Predicted NPU cycles of one inference of `arch` from a latency table."""
-    arch = supernet.validate_arch(arch)
-    return table["fixed_cycles"] + sum(table["block_cycles"][b][o] for b, o in zip(supernet.SPACE.blocks, arch))
+    option = dict(zip(supernet.SPACE.blocks, supernet.validate_arch(arch)))
+    return table["fixed_cycles"] + sum(table["block_cycles"][b][option[b]][option[c]]
+                                       for b, c in table["context_blocks"].items())
 
 
 def predict_fps(table, arch):
@@ -174,30 +199,38 @@ def figures(arch, size, target, cache, int8_model, work_dir):
 
 
 def size_costs(size, target, figures_of):
-    """What the NPU costs at `size` for every subnet, from the figures of all-0, all-1, ...
-    (figures_of(arch)): the latency table; `sram_kib`, the SRAM of all-k for k = 0, 1, ... made
-    non-decreasing (the SRAM a subnet needs is set by the input size, and with optimise Performance
+    """What the NPU costs at `size` for every subnet, from the figures of the table's subnets
+    (table_archs, figures_of(arch)): the latency table; `sram_kib`, the SRAM of all-k for k = 0, 1,
+    ... made non-decreasing (the SRAM a subnet needs is set by the input size, and with optimise Performance
     a little by its full-resolution head kernels: all-k, which takes option k or more in every
     block, bounds every subnet whose largest option is k; check_costs measures how safely); the
     flash model (an intercept plus a cost per parameter: weights are nearly all of it, compressed
     alike); and the operators the NPU leaves to the CPU (resizes that are not an exact 2x)."""
     records = [figures_of(arch) for arch in table_archs()]
+    by_arch = {tuple(r["arch"]): r for r in records}
+    uniform = [by_arch[supernet.uniform_arch(k)] for k in range(max(supernet.SPACE.num_options))]
     params = [supernet.count_params(r["arch"]) for r in records]
     flash = [r["summary"]["off_chip_flash_used_kib"] for r in records]
     per_param, intercept = np.polyfit(params, flash, 1)
     worst = max(records, key=lambda r: r["summary"]["cpu_operators"])["summary"]
     return {"size": list(size), "latency_table": make_latency_table(records, target, *size),
-            "sram_kib": [float(v) for v in np.maximum.accumulate([r["summary"]["sram_used_kib"] for r in records])],
+            "sram_kib": [float(v) for v in np.maximum.accumulate([r["summary"]["sram_used_kib"] for r in uniform])],
             "flash": {"intercept_kib": float(intercept), "kib_per_param": float(per_param)},
             "cpu_operators": worst["cpu_operators"], "cpu_operator_names": worst["cpu_operator_names"]}
 
 
 def predict(costs, arch):
-    """{sram_kib, flash_kib, fps, cycles} of `arch` at the size of `costs` (size_costs)."""
+    """{sram_kib, flash_kib, fps, cycles, npu_figures: "table"} of `arch` at the size of `costs` (size_costs)."""
     flash = costs["flash"]["intercept_kib"] + costs["flash"]["kib_per_param"] * supernet.count_params(arch)
     cycles = predict_cycles(costs["latency_table"], arch)
     return {"sram_kib": costs["sram_kib"][max(arch)], "flash_kib": float(flash), "cycles": float(cycles),
-            "fps": costs["latency_table"]["clock_hz"] / cycles}
+            "fps": costs["latency_table"]["clock_hz"] / cycles, "npu_figures": "table"}
+
+
+def compiled(summary):
+    """The figures `predict` gives, from a full compile's summary instead: {..., npu_figures: "compile"}."""
+    return {"sram_kib": summary["sram_used_kib"], "flash_kib": summary["off_chip_flash_used_kib"],
+            "cycles": summary["cycles_total"], "fps": summary["fps"], "npu_figures": "compile"}
 
 
 def check_costs(costs_by_size, measured):

@@ -1565,7 +1565,8 @@ class TestSearch:
         table = {"format": edge_tables.TABLE_FORMAT, "space_version": supernet.SPACE.version,
                  "accelerator_config": "ethos-u55-64", "system_config": "s",
                  "memory_mode": "m", "clock_hz": 1e6, "input_size": list(SEARCH_SIZE), "fixed_cycles": 1000,
-                 "block_cycles": {b: [10 * i, 10 * i + 100, 10 * i + 300]
+                 "context_blocks": edge_tables.context_blocks(),
+                 "block_cycles": {b: [[c] * 3 for c in (10 * i, 10 * i + 100, 10 * i + 300)]
                                   for i, b in enumerate(supernet.SPACE.blocks)}}
         (tmp_path / "table.json").write_text(json.dumps(table))
         archs = [(0,) * 9, (2,) * 9, (0, 0, 0, 0, 2, 0, 0, 0, 0), (1, 0, 2, 0, 1, 0, 2, 0, 1)]
@@ -1782,26 +1783,37 @@ class TestExport:
         cycles, unattributed = edge_tables.block_cycles(rows, blocks)
         assert (cycles[edge_tables.FIXED], cycles["EB0"], cycles["H2"], unattributed) == (12.0, 7.0, 5.0, 1)
 
-    def test_table_predicts_the_sum_of_its_blocks_and_checks_its_file(self, tmp_path):
+    def test_table_predicts_each_block_beside_its_context_and_checks_its_file(self, tmp_path):
         rng = np.random.default_rng(0)
+        blocks, context = supernet.SPACE.blocks, edge_tables.context_blocks()
+        assert context["H2"] == "H2Out" and context["H2Out"] == "H2" and context["EB0"] == "EB1"
+        cost = {(b, o, c): float(rng.integers(1, 10 ** 6)) for b in blocks for o in range(3) for c in range(3)}
+
+        def cycles_of(arch):  # each block's cycles depend on its own option and its context block's
+            option = dict(zip(blocks, arch))
+            return {b: cost[(b, option[b], option[context[b]])] for b in blocks}
+
+        archs = edge_tables.table_archs()
+        assert len(set(archs)) == 9 and archs[:3] == [supernet.uniform_arch(k) for k in range(3)]
         measurements = [{"arch": a, "summary": {"clock_hz": 5e8}, "unattributed": 0,
-                         "cycles": {edge_tables.FIXED: 1000.0 + i, **{b: float(rng.integers(1, 10 ** 6))
-                                                                 for b in supernet.SPACE.blocks}}}
-                        for i, a in enumerate(edge_tables.table_archs())]
+                         "cycles": {edge_tables.FIXED: 1000.0 + i, **cycles_of(a)}} for i, a in enumerate(archs)]
         target = compiler.Target("t", "ethos-u55-64", "S", "M")
         table = edge_tables.make_latency_table(measurements, target, 64, 96)
-        for arch in supernet.random_archs(5, 1):
-            by_hand = 1001.0 + sum(measurements[o]["cycles"][b] for b, o in zip(supernet.SPACE.blocks, arch))
+        for arch in supernet.random_archs(20, 1):
+            by_hand = 1004.0 + sum(cycles_of(arch).values())
             assert edge_tables.predict_fps(table, arch) == pytest.approx(5e8 / by_hand, rel=1e-12)
+        with pytest.raises(errors.ExportError, match="never choose every option of EB0 beside every one of EB1"):
+            edge_tables.make_latency_table(measurements[:3], target, 64, 96)
         path = tmp_path / "latency.json"
         path.write_text(json.dumps(table))
         assert edge_tables.load_latency_table(str(path)) == table
         for broken in ({**table, "format": "other"}, {**table, "input_size": [64]},
-                       {**table, "block_cycles": {**table["block_cycles"], "H2": [1.0, 2.0]}}, [1, 2]):
+                       {**table, "block_cycles": {**table["block_cycles"], "H2": [1.0, 2.0, 3.0]}},
+                       {**table, "context_blocks": {**table["context_blocks"], "H2": "H1"}}, [1, 2]):
             path.write_text(json.dumps(broken))
             with pytest.raises(errors.ExportError, match=str(path)):
                 edge_tables.load_latency_table(str(path))
-        for broken in ({**table, "fixed_cycles": 0.0, "block_cycles": {b: [0.0] * 3 for b in supernet.SPACE.blocks}},
+        for broken in ({**table, "fixed_cycles": 0.0, "block_cycles": {b: [[0.0] * 3] * 3 for b in blocks}},
                        {**table, "space_version": "9blocks-other"}):
             path.write_text(json.dumps(broken))
             with pytest.raises(errors.ExportError, match="fixed_cycles|search space"):
@@ -1953,7 +1965,8 @@ class TestHostileInput:
         table = {"format": edge_tables.TABLE_FORMAT, "space_version": supernet.SPACE.version,
                  "accelerator_config": "a",
                  "system_config": "s", "memory_mode": "m", "clock_hz": 1e6, "input_size": [32, 48], "fixed_cycles": 0,
-                 "block_cycles": {b: [0, 0, 0] for b in supernet.SPACE.blocks}}
+                 "context_blocks": edge_tables.context_blocks(),
+                 "block_cycles": {b: [[0] * 3] * 3 for b in supernet.SPACE.blocks}}
         (tmp_path / "zero.json").write_text(json.dumps(table))
         with pytest.raises(errors.ExportError, match="every subnet would take 0 cycles"):
             edge_tables.load_latency_table(str(tmp_path / "zero.json"))
@@ -2158,7 +2171,8 @@ class TestDeploy:
 
     def test_the_table_check_reports_each_largest_error_and_any_sram_shortfall(self):
         blocks = supernet.SPACE.blocks
-        table = {"clock_hz": 1e6, "fixed_cycles": 1000.0, "block_cycles": {b: [10.0, 20.0, 40.0] for b in blocks}}
+        table = {"clock_hz": 1e6, "fixed_cycles": 1000.0, "context_blocks": edge_tables.context_blocks(),
+                 "block_cycles": {b: [[c] * 3 for c in (10.0, 20.0, 40.0)] for b in blocks}}
         costs = {(32, 48): {"sram_kib": [100.0, 110.0, 120.0], "latency_table": table,
                             "flash": {"intercept_kib": 50.0, "kib_per_param": 0.001}}}
         low, high = (0,) * 9, (2,) + (0,) * 8  # predicted SRAM 100 and 120 KiB
@@ -4513,3 +4527,83 @@ class TestDataParallel:
         meta = json.loads((tmp_path / "kill/checkpoints/last/meta.json").read_text())
         assert meta["global_step"] == 6 and meta["fairness_counts"] == fair.counts_for_steps(9, 0, 6)
         assert "restored epoch 1, step 2" in alone.stdout
+
+# ----------------------------------------------------------------------------- neighbouring options (latency table)
+
+# Vela 5.2.0's figures of subnets at 64x96 on the himax-we2 target (optimise Size), from its compile
+# cache: cycles_total of the full compile, then the per-layer cycles summed by block (fixed, EB0 ...
+# H2Out). H2's option 2 costs 22.2 M cycles beside H2Out's option 2 and 2.4 M beside the others.
+HIMAX_64X96_COMPILES = {
+    "000000000": (14524081, [4262461, 521530, 1243918, 4870112, 1416258, 62370, 1327254, 190892, 443848, 185438]),
+    "111111111": (24216667, [4262461, 1043060, 2466188, 9628256, 2638528, 113680, 2127209, 290330, 1230699, 416256]),
+    "222222222": (54704134, [4262461, 1564590, 3688458, 14386400, 3860798, 188138, 3404991, 438254, 22232320,
+                             677724]),
+    "010101010": (18555557, [4262461, 521530, 2466188, 4870112, 2638528, 62370, 2127209, 190892, 1230824, 185443]),
+    "020202020": (23458866, [4262461, 521530, 3688458, 4870112, 3860798, 62370, 3404991, 190892, 2411922, 185332]),
+    "101010101": (20195100, [4262461, 1043060, 1243918, 9628256, 1416258, 113680, 1327254, 290330, 443899, 425984]),
+    "121212121": (29087503, [4262461, 1043060, 3688458, 9628256, 3860798, 113680, 3404991, 293038, 2410509, 382252]),
+    "202020202": (26266479, [4262461, 1564590, 1243918, 14386400, 1416258, 188138, 1327254, 438254, 443878, 995328]),
+    "212121212": (30224252, [4262461, 1564590, 2466188, 14386400, 2638528, 188138, 2127209, 438254, 1230884, 921600]),
+}
+HIMAX_64X96_HELD_OUT = {"020002220": 21261688, "022012221": 31036269, "100100121": 18533502, "111111222": 45627680}
+
+
+class TestNeighbourCycles:
+    def test_h2_beside_h2out_is_predicted_as_vela_compiles_the_whole_model(self):
+        def record(code):
+            arch = tuple(int(c) for c in code)
+            cycles = dict(zip((edge_tables.FIXED, *supernet.SPACE.blocks), HIMAX_64X96_COMPILES[code][1]))
+            return {"arch": arch, "summary": {"clock_hz": 4e8}, "unattributed": 0, "cycles": cycles}
+
+        measurements = [record("".join(map(str, a))) for a in edge_tables.table_archs()]
+        table = edge_tables.make_latency_table(measurements, compiler.load_target("himax-we2"), 64, 96)
+        uniform = {k: measurements[k]["cycles"] for k in range(3)}  # all-0, all-1, all-2: the additive table
+        for code, compiled in HIMAX_64X96_HELD_OUT.items():
+            arch = tuple(int(c) for c in code)
+            assert edge_tables.predict_cycles(table, arch) == pytest.approx(compiled, rel=0.001), code
+            additive = uniform[0][edge_tables.FIXED] + sum(uniform[o][b] for b, o in zip(supernet.SPACE.blocks, arch))
+            if arch[-2:] == (2, 0):  # H2's 7x7 before H2Out's 3x3: the additive table reads it beside a 7x7
+                assert additive > 1.5 * compiled
+
+    def test_a_cached_compile_replaces_the_table_and_the_members_are_compiled(self, tmp_path):
+        class SummaryTool(_CountingTool):  # a compile's figures from the model's bytes: 1 FPS per byte
+            def compile(self, model_path, target, out_dir):
+                summary, rows = super().compile(model_path, target, out_dir)
+                size = os.path.getsize(model_path)
+                return dict(summary, off_chip_flash_used_kib=1.0, cycles_total=1e6 / size, fps=float(size)), rows
+
+        target = compiler.Target("t", "ethos-u55-64", "S", "M", sram_kib=500, flash_kib=4096, min_fps=50)
+        dep = types.SimpleNamespace(cache=compiler.CompileCache(str(tmp_path / "cache"), SummaryTool()),
+                                    target=target)
+        costs = {"sram_kib": [100.0] * 3, "flash": {"intercept_kib": 10.0, "kib_per_param": 0.0},
+                 "latency_table": {"clock_hz": 1e6, "fixed_cycles": 1e4,
+                                   "context_blocks": edge_tables.context_blocks(),
+                                   "block_cycles": {b: [[0.0] * 3] * 3 for b in supernet.SPACE.blocks}}}
+        compiled, table_only = (0,) * 9, (1,) * 9
+        models = {}
+        for arch, length in ((compiled, 40), (table_only, 30)):
+            models[arch] = tmp_path / f"{length}.tflite"
+            models[arch].write_bytes(b"x" * length)
+        dep.cache.compile(str(models[compiled]), target, str(tmp_path / "out"), supernet.structure(compiled, (32, 48)))
+        rows = deployment.board_rows(dep, {(32, 48): {supernet.arch_to_index(a): {"epe": 1.0}
+                                                       for a in (compiled, table_only)}}, {(32, 48): costs})
+        by_arch = {r["arch"]: r for r in rows}
+        first, second = by_arch[supernet.format_arch(compiled)], by_arch[supernet.format_arch(table_only)]
+        assert (first["npu_figures"], first["fps"], first["misses"]) == ("compile", 40.0, "40.0 FPS < 50")
+        assert (second["npu_figures"], second["fps"], second["misses"]) == ("table", 100.0, "")
+        member = dict(second, int8_model=str(models[table_only]))
+        deployment.compile_members(dep, [member], rows, lambda line: None)
+        for row in (member, second):
+            assert (row["npu_figures"], row["fps"], row["cycles"], row["misses"]) == (
+                "compile", 30.0, pytest.approx(1e6 / 30), "30.0 FPS < 50")
+
+    def test_a_cache_hit_names_the_output_after_the_model_compiled(self, tmp_path):
+        cache = compiler.CompileCache(str(tmp_path / "cache"), _CountingTool())
+        target = compiler.Target("t", "ethos-u55-64", "S", "M")
+        for name in ("first", "model_int8"):  # the same bytes under two names: one compile
+            (tmp_path / f"{name}.tflite").write_bytes(b"int8 model" * 10)
+        cache.compile(str(tmp_path / "first.tflite"), target, str(tmp_path / "a"))
+        summary, _ = cache.compile(str(tmp_path / "model_int8.tflite"), target, str(tmp_path / "b"))
+        assert cache.tool.compiles == 1 and summary["compiled_model"] == str(tmp_path / "b" / "model_int8_vela.tflite")
+        assert sorted(os.listdir(tmp_path / "b")) == ["model_int8_vela.tflite"]
+        assert (tmp_path / "b" / "model_int8_vela.tflite").read_bytes() == (b"int8 model" * 10)[::-1]
