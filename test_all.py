@@ -14,6 +14,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -94,6 +95,18 @@ def set_variable(sess, variable, value):
 
 # Every line an entry point writes to stderr is its own: one of these (never TensorFlow's, absl's, TFLite's).
 PROGRAM_LINES = re.compile(r"^(synthetic data: |search: |error: )")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_files_in_pytest_folder(tmp_path_factory):
+    """Every temporary file of the session, its child processes' included, in pytest's own temporary folder
+    (which pytest prunes): TensorFlow's autograph writes a module per converted function to the temp folder and
+    removes it only at a normal exit, so each command a test kills would leave its modules in the system's."""
+    folder = str(tmp_path_factory.mktemp("tmp"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", folder)
+        patch.setattr(tempfile, "tempdir", folder)  # this process has read TMPDIR already
+        yield folder
 
 
 # ----------------------------------------------------------------------------- arch codec
