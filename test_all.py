@@ -60,7 +60,7 @@ import train_graph
 import training
 
 HERE = pathlib.Path(__file__).parent
-COMMANDS = ("train", "evaluate", "search", "export", "rank", "deploy", "bench")  # the entry points (DESIGN.md)
+COMMANDS = ("train", "evaluate", "search", "export", "rank", "deploy", "bench")  # the entry points (docs/design.md)
 PRODUCT_MODULES = sorted(p.stem for p in HERE.glob("*.py") if p.stem != "test_all")
 
 
@@ -141,7 +141,7 @@ class TestArchCodec:
 
 class TestAnalyticCost:
     def test_reference_sizes_match_a_hand_count(self):
-        # By hand from DESIGN.md, all-0 at 180x240 (k*k*cin*cout kernels + 2*cout BN per conv):
+        # By hand from docs/design.md, all-0 at 180x240 (k*k*cin*cout kernels + 2*cout BN per conv):
         # E0 9408+64, E1 51200+128, EB0 2*(36864+128), Down1 73728+256, EB1 2*(147456+256),
         # Down2 294912+512, DB0 2*(589824+512), Up1 294912+256, DB1 2*(147456+256), Up2 73728+128,
         # H0Out 1152, H1 18432+64, H1Out 576, H2 4608+32, H2Out 288.
@@ -3527,7 +3527,7 @@ def requirements_tensorflow_line():
 
 
 def conv_count(arch):
-    """Convolutions of one subnet, counted from the layer table of DESIGN.md: E0, E1, Down1, Down2,
+    """Convolutions of one subnet, counted from the layer table of docs/design.md: E0, E1, Down1, Down2,
     Up1, Up2, five head convs, and two per ResBlock of the four depth blocks (option + 1 blocks)."""
     return 6 + 5 + sum(2 * (option + 1) for option in arch[:4])
 
@@ -3710,7 +3710,7 @@ class TestDevices:
 
     @pytest.mark.slow
     def test_train_on_three_devices_as_a_user_types_it(self, tmp_path):
-        """The README's command on a machine without a GPU: three logical CPU devices, the run
+        """The --devices command of docs/training.md on a machine without a GPU: three logical CPU devices, the run
         finishes, and every line on stderr is the program's own."""
         result = subprocess.run([sys.executable, "train.py", "--synthetic", "--input_h", "32", "--input_w", "48",
                                  "--batch_size", "2", "--synthetic_train_size", "8", "--synthetic_val_size", "4",
