@@ -39,7 +39,7 @@ train: $(VENV) ## train the supernet with config.json (synthetic data, announced
 eval: $(VENV) ## score the newest experiment's best checkpoint on its eval pool
 	$(PY) evaluate.py --checkpoint_type best
 
-# A CPU-sized supernet: 64x96 inputs, batch 8, 600 fair steps (see README, Demo).
+# A CPU-sized supernet: 64x96 inputs, batch 8, 600 fair steps (docs/training.md, The demo).
 DEMO_NAME ?= demo_$(shell date +%Y%m%d_%H%M%S)
 DEMO_FLAGS ?= --synthetic --input_h 64 --input_w 96 --batch_size 8 --num_epochs 10 --steps_per_epoch 60 \
 	--learning_rate 0.001 --synthetic_train_size 1024 --synthetic_val_size 64 --eval_every 2 --bn_recal_batches 4 \
@@ -53,7 +53,7 @@ demo: $(VENV) ## ~10 min CPU run on synthetic data, then its evaluation
 search: $(VENV) ## score all 19,683 subnets of the newest run's best checkpoint, then print pareto.png's path
 	$(PY) search.py --checkpoint_type best $(SEARCH_FLAGS)
 
-# The ranking study (README, Ranking): a supernet trained on the study setting (study.json), its
+# The ranking study (docs/ranking.md): a supernet trained on the study setting (study.json), its
 # whole-space search, RANK_K subnets trained alone (a third of them twice, with a second seed), the
 # search's choice at the median GMACs trained alone twice, then rank.py, recalibrating BN with
 # RANK_RECAL batches (512 of study.json's 4 pairs: 2,048 pairs; 64 pairs move a subnet's EPE by up to
@@ -115,10 +115,10 @@ export: $(VENV) ## export subnet ARCH=0,1,2,... of the newest run to TFLite FP32
 # Fit the board: TARGET is a preset of targets/ or a target JSON file; DEPLOY_FLAGS adds flags (e.g. --sizes).
 TARGET ?= himax-we2
 .PHONY: deploy
-deploy: $(VENV) ## choose the newest run's best (arch, input size) for board TARGET, INT8, and export it (see README)
+deploy: $(VENV) ## the newest run's best (arch, input size) for board TARGET, INT8, exported (docs/deployment.md)
 	$(PY) deploy.py --target $(TARGET) --checkpoint_type best $(DEPLOY_FLAGS)
 
-bench: $(VENV) ## speed and memory benchmark (see README, Performance; BENCH_FLAGS to change it)
+bench: $(VENV) ## speed and memory benchmark (docs/performance.md; BENCH_FLAGS to change it)
 	$(PY) bench.py $(BENCH_FLAGS)
 
 .PHONY: sintel

@@ -43,7 +43,7 @@ def export_dir(run_dir, arch, size, run_size):
 
 
 def print_report(report, path):
-    """The export's figures, then one Markdown row for the README's table."""
+    """The export's figures, then one Markdown row for the table of docs/export.md."""
     a, c, v, s = report["agreement"], report["cpu"], report["vela"], report["sizes_bytes"]
     h, w = report["input_size"]
     print(f"arch {report['arch']} at {h}x{w}: {report['params']:,} params, "

@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -68,7 +69,7 @@ import train_graph
 import training
 
 HERE = pathlib.Path(__file__).parent
-COMMANDS = ("train", "evaluate", "search", "export", "rank", "deploy", "bench")  # the entry points (DESIGN.md)
+COMMANDS = ("train", "evaluate", "search", "export", "rank", "deploy", "bench")  # the entry points (docs/design.md)
 PRODUCT_MODULES = sorted(p.stem for p in HERE.glob("*.py") if p.stem != "test_all")
 
 
@@ -105,6 +106,18 @@ def set_variable(sess, variable, value):
 PROGRAM_LINES = re.compile(r"^(synthetic data: |search: |error: )")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def temp_files_in_pytest_folder(tmp_path_factory):
+    """Every temporary file of the session, its child processes' included, in pytest's own temporary folder
+    (which pytest prunes): TensorFlow's autograph writes a module per converted function to the temp folder and
+    removes it only at a normal exit, so each command a test kills would leave its modules in the system's."""
+    folder = str(tmp_path_factory.mktemp("tmp"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", folder)
+        patch.setattr(tempfile, "tempdir", folder)  # this process has read TMPDIR already
+        yield folder
+
+
 # ----------------------------------------------------------------------------- arch codec
 
 
@@ -137,7 +150,7 @@ class TestArchCodec:
 
 class TestAnalyticCost:
     def test_reference_sizes_match_a_hand_count(self):
-        # By hand from DESIGN.md, all-0 at 180x240 (k*k*cin*cout kernels + 2*cout BN per conv):
+        # By hand from docs/design.md, all-0 at 180x240 (k*k*cin*cout kernels + 2*cout BN per conv):
         # E0 9408+64, E1 51200+128, EB0 2*(36864+128), Down1 73728+256, EB1 2*(147456+256),
         # Down2 294912+512, DB0 2*(589824+512), Up1 294912+256, DB1 2*(147456+256), Up2 73728+128,
         # H0Out 1152, H1 18432+64, H1Out 576, H2 4608+32, H2Out 288.
@@ -3552,7 +3565,7 @@ def requirements_tensorflow_line():
 
 
 def conv_count(arch):
-    """Convolutions of one subnet, counted from the layer table of DESIGN.md: E0, E1, Down1, Down2,
+    """Convolutions of one subnet, counted from the layer table of docs/design.md: E0, E1, Down1, Down2,
     Up1, Up2, five head convs, and two per ResBlock of the four depth blocks (option + 1 blocks)."""
     return 6 + 5 + sum(2 * (option + 1) for option in arch[:4])
 
@@ -3735,7 +3748,7 @@ class TestDevices:
 
     @pytest.mark.slow
     def test_train_on_three_devices_as_a_user_types_it(self, tmp_path):
-        """The README's command on a machine without a GPU: three logical CPU devices, the run
+        """The --devices command of docs/training.md on a machine without a GPU: three logical CPU devices, the run
         finishes, and every line on stderr is the program's own."""
         result = subprocess.run([sys.executable, "train.py", "--synthetic", "--input_h", "32", "--input_w", "48",
                                  "--batch_size", "2", "--synthetic_train_size", "8", "--synthetic_val_size", "4",
