@@ -192,12 +192,7 @@ def bench_ranking(args):
     report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
                   scoring=plan["scoring"], seconds=time.time() - start, devices=hardware)
-    os.makedirs(out, exist_ok=True)
-    atomic_files.write_json_atomic(os.path.join(out, "rank_report.json"), report)
-    rank_plot.plot_ranking(report, os.path.join(out, "rank.png"))
-    print("\n".join(rank_bench.report_lines(report)))
-    print(f"wrote {os.path.join(out, 'rank_report.json')} and rank.png")
-    return report
+    return write_ranking(out, report, rank_bench.report_lines(report))
 
 
 def bench(args):
@@ -309,10 +304,15 @@ def rank(args):
     report["study_seconds"] = {"supernet": supernet_report.get("wall_time_s"), "search": ranking.search_seconds(
         args.supernet, args.checkpoint_type) if args.search_choice else None,
         "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
+    return write_ranking(out, report, ranking.table_lines(report))
+
+
+def write_ranking(out, report, lines):
+    """rank_report.json and rank.png into `out` (made now: the checks are behind), then the lines."""
     os.makedirs(out, exist_ok=True)
     atomic_files.write_json_atomic(os.path.join(out, "rank_report.json"), report)
     rank_plot.plot_ranking(report, os.path.join(out, "rank.png"))
-    print("\n".join(ranking.table_lines(report)))
+    print("\n".join(lines))
     print(f"wrote {os.path.join(out, 'rank_report.json')} and rank.png")
     return report
 

@@ -2059,6 +2059,19 @@ class _CountingTool:
             {"Name": "supernet/E0_conv", "Op Cycles": str(size)}]
 
 
+def _fill_disk_at(monkeypatch, ending):
+    """atomic_files.write_atomic fails as a full disk would for paths ending in `ending`; returns the real one."""
+    write_atomic = atomic_files.write_atomic
+
+    def full_disk(path, content):
+        if path.endswith(ending):
+            raise errors.OutputError(f"cannot write {path}: No space left on device")
+        return write_atomic(path, content)
+
+    monkeypatch.setattr(atomic_files, "write_atomic", full_disk)
+    return write_atomic
+
+
 def _deploy_flags(export_run, target):
     """deploy.py's flags on the exported tiny run at 32x48 (2 INT8 members, TFLM on 2 pairs)."""
     return ["--output_dir", str(export_run), "--experiment_name", "whole", "--target", str(target), "--sizes", "32x48",
@@ -4204,14 +4217,7 @@ class TestDeploymentWriters:
         killed.wait()
         assert building.is_dir() and _folder_bytes(folder) == last
         # the disk full while model_vela.cc is written: one line, and still the last deployment
-        write_atomic = atomic_files.write_atomic
-
-        def full_disk(path, content):
-            if path.endswith("model_vela.cc"):
-                raise errors.OutputError(f"cannot write {path}: No space left on device")
-            return write_atomic(path, content)
-
-        monkeypatch.setattr(atomic_files, "write_atomic", full_disk)
+        _fill_disk_at(monkeypatch, "model_vela.cc")
         code, err = _run_main(deploy.main, _deploy_flags(export_run, target) + ["--tflm_samples", "1"], capsys)
         assert code == 1 and len(err) == 1 and "model_vela.cc: No space left on device" in err[0], err
         assert _folder_bytes(folder) == last
@@ -4255,14 +4261,7 @@ class TestDeploymentWriters:
         dep = types.SimpleNamespace(int8_folder=lambda: str(tmp_path / "int8"), inputs=lambda size: {
             "recal": [], "calibration": [], "val": []}, recal_at_size=False, run_size=(32, 48), run_dir="run",
             kind="best", cfg={})
-        write_atomic = atomic_files.write_atomic
-
-        def full_disk(path, content):
-            if path.endswith(".tflite"):
-                raise errors.OutputError(f"cannot write {path}: No space left on device")
-            return write_atomic(path, content)
-
-        monkeypatch.setattr(atomic_files, "write_atomic", full_disk)
+        write_atomic = _fill_disk_at(monkeypatch, ".tflite")
         with pytest.raises(errors.OutputError, match="No space left"):
             with deployment.converter(dep) as int8:
                 int8((0,) * 9, (32, 48))
