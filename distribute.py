@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 
 import numpy as np
 import devices
@@ -286,11 +287,20 @@ def lost_peer(cluster, err, step):
     if cluster is None or not cluster.workers or not isinstance(err, _peer_errors()):
         return None
     gone = [f"worker {i} ({address})" for i, address in enumerate(cluster.workers)
-            if i != cluster.index and not _answers(address)]
+            if i != cluster.index and not _answers_twice(address)]
     what = (f"{', '.join(gone)} is gone" if gone else
             f"no answer from the other workers within worker_timeout_s {cluster.timeout_s:g} s")
     return TrainingError(f"worker {cluster.index}: {what} at step {step} ({type(err).__name__}: "
                          f"{one_line(err)[:120]}); every worker stops: rerun them all with --resume")
+
+
+def _answers_twice(address, wait_s=1.0):
+    """True if `address` answers now and again `wait_s` later: a worker killed a moment ago may still
+    hold its port open while the kernel tears it down."""
+    if not _answers(address):
+        return False
+    time.sleep(wait_s)
+    return _answers(address)
 
 
 def _answers(address):
