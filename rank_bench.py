@@ -46,14 +46,11 @@ def row_name(arch, seed):
     return f"{supernet.format_arch(arch).replace(',', '')}_s{seed}"
 
 
-def gmacs_bands(archs, h, w, bands=GMACS_BANDS):
-    """Each arch's GMACs band: 0 .. bands-1 over equal-count bands of the whole space at h x w."""
-    space = [supernet.index_to_arch(i) for i in range(supernet.SPACE.num_archs)]
-    macs = np.array([supernet.count_macs(a, h, w) for a in space], float)
-    quantile = np.argsort(np.argsort(macs, kind="stable"), kind="stable") / (len(space) - 1)
-    band = np.minimum((quantile * bands).astype(int), bands - 1)
-    index = {arch: i for i, arch in enumerate(space)}
-    return band[[index[tuple(a)] for a in archs]] if archs is not None else band
+def gmacs_bands(h, w, bands=GMACS_BANDS):
+    """Every arch of the space's GMACs band, by arch index: 0 .. bands-1 over equal-count bands at h x w."""
+    macs = np.array([supernet.count_macs(supernet.index_to_arch(i), h, w) for i in range(supernet.SPACE.num_archs)])
+    quantile = np.argsort(np.argsort(macs, kind="stable"), kind="stable") / (len(macs) - 1)
+    return np.minimum((quantile * bands).astype(int), bands - 1)
 
 
 def choose_bench_archs(first_count, first_seed, seed, h, w):
@@ -65,7 +62,7 @@ def choose_bench_archs(first_count, first_seed, seed, h, w):
     `seed`. So the archs spread over depth, over kernels and over cost, each on its own."""
     space = [supernet.index_to_arch(i) for i in range(supernet.SPACE.num_archs)]
     scores = ranking.choice_scores(space)
-    band = gmacs_bands(None, h, w)
+    band = gmacs_bands(h, w)
     index = {arch: i for i, arch in enumerate(space)}
     chosen = [index[tuple(a)] for a in ranking.choose_archs(first_count, first_seed)]
     used = np.zeros(len(space), bool)

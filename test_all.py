@@ -3841,7 +3841,7 @@ class TestRankBench:
         depth, kernel = ranking.choice_scores(archs).T
         for scores in (depth, kernel):  # every sixth of each axis holds archs
             assert np.all(np.histogram(scores, bins=6, range=(0, 1))[0] >= 3)
-        bands = rank_bench.gmacs_bands(archs, 64, 96)
+        bands = rank_bench.gmacs_bands(64, 96)[[supernet.arch_to_index(a) for a in archs]]
         assert np.bincount(bands, minlength=12).min() >= 3  # every twelfth of the space's costs too
 
     def test_a_setting_changed_after_the_plan_is_refused(self, tmp_path):
