@@ -8,7 +8,6 @@ one per core, and score it again on the batches the search scored it on, with pa
 Writes <run>/refine/<source>/refine_report.json and refine.png (the children train under
 <run>/refine/runs/); the same command started again after any kill resumes where it stopped.
 """
-import argparse
 import math
 import os
 import shlex
@@ -22,18 +21,9 @@ import pareto
 import parallel
 import refining
 import runs
-import supernet
-from errors import ArchError, RefineError
+from errors import RefineError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def size_flag(text):
-    """argparse type of --size: supernet.parse_size."""
-    try:
-        return supernet.parse_size(text)
-    except ArchError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv):
@@ -45,7 +35,7 @@ def parse_args(argv):
                                          "(default: <run>/search_best)")
     parser.add_argument("--deploy_report", metavar="PATH", help="take them from a deployment's board front instead "
                                                                 "(its deploy_report.json, or the folder holding it)")
-    parser.add_argument("--size", type=size_flag, metavar="HxW", help="with --deploy_report: the front's members at "
+    parser.add_argument("--size", type=runs.size_flag, metavar="HxW", help="with --deploy_report: the front's members at "
                                                                       "this size (default: the size of its choice)")
     parser.add_argument("--max_gmacs", type=float, help="budget: candidates of at most this many GMACs")
     parser.add_argument("--max_params", type=float, help="budget: candidates of at most this many parameters")
