@@ -35,8 +35,8 @@ def parse_args(argv):
                                          "(default: <run>/search_best)")
     parser.add_argument("--deploy_report", metavar="PATH", help="take them from a deployment's board front instead "
                                                                 "(its deploy_report.json, or the folder holding it)")
-    parser.add_argument("--size", type=runs.size_flag, metavar="HxW", help="with --deploy_report: the front's members at "
-                                                                      "this size (default: the size of its choice)")
+    parser.add_argument("--size", type=runs.size_flag, metavar="HxW",
+                        help="with --deploy_report: the front's members at this size (default: the size of its choice)")
     parser.add_argument("--max_gmacs", type=float, help="budget: candidates of at most this many GMACs")
     parser.add_argument("--max_params", type=float, help="budget: candidates of at most this many parameters")
     parser.add_argument("--off_front", action="store_true", help="take the lowest supernet EPE among every subnet "

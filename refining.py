@@ -295,7 +295,8 @@ def build_report(run_dir, source, refined, child_dirs, settings, val, best_meta,
     for i, (candidate, score, child_dir) in enumerate(zip(source.candidates, refined, child_dirs)):
         trained = ckpt.read_json(os.path.join(child_dir, "train_report.json"), "train report")
         refined_se = metrics.paired_se(score["sample_epe"], refined[best]["sample_epe"], pixels)
-        rows.append({"arch": candidate["arch"], "size": source.manifest["scored_size"] or source.manifest["input_size"],
+        size = source.manifest["scored_size"] or source.manifest["input_size"]
+        rows.append({"arch": candidate["arch"], "size": size,
                      "gmacs": candidate["gmacs"], "params": candidate["params"], "supernet_epe": candidate["epe"],
                      "supernet_se": paired(by_supernet, candidate["arch"], codes[0], pixels),
                      "refined_epe": score["epe"], "refined_se": refined_se, "change": score["epe"] - candidate["epe"],
@@ -348,7 +349,8 @@ def plot(path, report):
         ax.annotate(r["arch"], (r["supernet_epe"], r["refined_epe"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=7)
     best = next(r for r in rows if r["arch"] == report["best_refined"])
-    ax.plot([best["supernet_epe"]], [best["refined_epe"]], "*", c="tab:red", ms=16, label=f"best refined {best['arch']}")
+    ax.plot([best["supernet_epe"]], [best["refined_epe"]], "*", c="tab:red", ms=16,
+            label=f"best refined {best['arch']}")
     low, high = min(x.min(), y.min()), max(x.max(), y.max())
     ax.plot([low, high], [low, high], "--", c="0.5", lw=1, label="no change")
     ax.set_xlabel("supernet EPE (px)")
