@@ -36,7 +36,7 @@ def parse_args(argv):
     parser.add_argument("--deploy_report", metavar="PATH", help="take them from a deployment's board front instead "
                                                                 "(its deploy_report.json, or the folder holding it)")
     parser.add_argument("--size", type=runs.size_flag, metavar="HxW",
-                        help="with --deploy_report: the front's members at this size (default: the size of its choice)")
+                        help="with --deploy_report: the front's members at this size (default: its choice's size)")
     parser.add_argument("--max_gmacs", type=float, help="budget: candidates of at most this many GMACs")
     parser.add_argument("--max_params", type=float, help="budget: candidates of at most this many parameters")
     parser.add_argument("--off_front", action="store_true", help="take the lowest supernet EPE among every subnet "
