@@ -22,7 +22,7 @@ POSITIVE = ("input_h", "input_w", "batch_size", "num_epochs", "eval_every", "eva
             "devices", "worker_timeout_s")
 RECAL_AT = ("run", "deploy")  # where deployment recalibrates BN: at the run's input size or at the deployment size
 # keys runs made before them lack; their defaults reproduce what those runs did
-ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene", "distribute", "replicas", "worker_timeout_s")
+ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene", "distribute", "replicas", "worker_timeout_s", "refine")
 NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
                 "early_stop_min_delta", "max_flow", "seed", "replicas")
 MAX_SEED = 2**63 - 1  # TensorFlow's seeds are int64: above it nothing here can run
@@ -70,6 +70,13 @@ KEY_HELP = {
     "worker_timeout_s": "with distribute multi_worker: seconds a step waits for a silent peer before every "
                         "worker stops",
     "fast_mode": "apply fast_mode_overrides (a tiny evaluation) for smoke runs",
+}
+# refine.py's flag (--refine_<key>) for each key of config.json's `refine`
+REFINE_HELP = {
+    "top": "candidates refined: the K lowest supernet EPE among those the source offers",
+    "steps": "training steps of each candidate, from the supernet's best weights",
+    "epochs": "epochs the steps are split into: a checkpoint (and an evaluation) after each, where a killed "
+              "refinement resumes",
 }
 RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch", "synthetic", "synthetic_train_size",
                 "synthetic_val_size", "synthetic_seed", "synthetic_scene")
@@ -151,6 +158,7 @@ def check_ranges(cfg, where="config"):
         problems.append("key 'deploy.compile_cache' must name a folder (under output_dir), got an empty name")
     if deploy["recal_at"] not in RECAL_AT:
         problems.append(f"key 'deploy.recal_at' must be one of {', '.join(RECAL_AT)}, got {deploy['recal_at']!r}")
+    problems += refine_problems(cfg["refine"])
     if cfg["distribute"] == "multi_worker" and not cfg["experiment_name"]:
         problems.append("key 'distribute' multi_worker needs 'experiment_name': every worker names the same run")
     if cfg["init_from"] and not cfg["arch"]:
@@ -163,6 +171,15 @@ def check_ranges(cfg, where="config"):
             problems.append(f"key '{key}': {err}")
     if problems:
         raise ConfigError(f"{where}: {problems[0]}")
+
+
+def refine_problems(refine, name=lambda key: f"key 'refine.{key}'"):
+    """What is wrong with the `refine` settings, as lines naming each key by name(key) ([] when nothing is)."""
+    problems = [f"{name(key)} must be > 0, got {refine[key]}" for key in REFINE_HELP if refine[key] <= 0]
+    if not problems and refine["steps"] % refine["epochs"]:
+        problems.append(f"{name('steps')} ({refine['steps']}) must be a multiple of {name('epochs')} "
+                        f"({refine['epochs']}): every epoch trains the same number of steps")
+    return problems
 
 
 def read_config_file(path):

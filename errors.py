@@ -68,6 +68,11 @@ class DeployError(EdgeFlowError):
     """Nothing fits the board as asked, or a deployment input is bad."""
 
 
+class RefineError(EdgeFlowError):
+    """Bad input to the refine stage: a search or deployment to take candidates from, a flag, a
+    refinement folder made from other weights."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose refusals are one `error: ...` line (exit code 2, as argparse's),
     not the usage block before it: every command and library CLI parses its flags with it."""

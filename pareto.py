@@ -69,13 +69,18 @@ def budget_limits(args):
     return [(key, value, sign) for key, value, sign in limits if value is not None]
 
 
+def within_budget(rows, limits):
+    """The rows within the budget `limits` (budget_limits), in their order."""
+    return [r for r in rows if all(sign * r[key] <= sign * value for key, value, sign in limits)]
+
+
 def budget_choice(rows, fronts, limits, samples_of, pixels):
     """Lines naming the best subnet within the budget `limits` (budget_limits), the subnets within
     the budget it cannot be told from (EPE within NOISE_Z paired standard errors: samples_of(codes)
     gives their per-sample EPE sums) and its front neighbours."""
     if not limits:
         return []
-    within = [r for r in rows if all(sign * r[key] <= sign * value for key, value, sign in limits)]
+    within = within_budget(rows, limits)
     wording = ", ".join(f"{key} {'<=' if sign > 0 else '>='} {value:g}" for key, value, sign in limits)
     if not within:
         return [f"no scored subnet within the budget ({wording})"]

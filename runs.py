@@ -1,6 +1,7 @@
 """A trained run as the scoring commands see it: the flags that name it, its folder, its checked
 config with the scoring flags applied, whether it is a supernet or one subnet trained alone, and
 its eval pool."""
+import argparse
 import os
 
 import batches
@@ -25,6 +26,14 @@ def add_run_flags(parser, what):
     parser.add_argument("--bn_recal_batches", type=int, help="training batches per BN recalibration")
     parser.add_argument("--eval_batches", type=int, help="validation batches per subnet (0 = all)")
     batches.add_dataset_flags(parser)
+
+
+def size_flag(text):
+    """argparse type of --size: supernet.parse_size."""
+    try:
+        return supernet.parse_size(text)
+    except ArchError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run_dir_of(args):

@@ -15,7 +15,6 @@ disjoint parts and `--merge` combines them.
     python search.py --sample 200 --seed 1 --max_gmacs 1.0    # a seeded sample, then a budget
     python search.py --shard 2/4 ; python search.py --merge
 """
-import argparse
 import math
 import os
 import sys
@@ -33,7 +32,7 @@ import pareto
 import runs
 import search_parts
 import supernet
-from errors import ArchError, ExportError, SearchError
+from errors import ExportError, SearchError
 
 
 def finish(search_dir, run_dir, args, hardware):
@@ -92,14 +91,6 @@ def load_latency_table(path, h, w):
 
 # ----------------------------------------------------------------------------- CLI
 
-def size_flag(text):
-    """argparse type of --size: supernet.parse_size."""
-    try:
-        return supernet.parse_size(text)
-    except ArchError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def parse_args(argv):
     """Command-line flags; scoring flags left unset fall back to the run's saved config."""
     parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -116,7 +107,7 @@ def parse_args(argv):
     parser.add_argument("--min_fps", type=float, help="budget: at least this NPU FPS (needs --latency_table)")
     parser.add_argument("--latency_table", help="per-layer NPU latency table from export.py: adds an FPS column")
     parser.add_argument("--progress_every", type=float, default=10.0, help="seconds between progress lines")
-    parser.add_argument("--size", type=size_flag, metavar="HxW",
+    parser.add_argument("--size", type=runs.size_flag, metavar="HxW",
                         help="score at this input size: the run's frames resized to it, EPE at the frame's size")
     parser.add_argument("--recal_at", choices=config.RECAL_AT, default=config.defaults()["deploy"]["recal_at"],
                         help="with --size: recalibrate BN at the run's input size or at --size")

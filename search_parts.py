@@ -101,6 +101,12 @@ def fingerprint(arrays):
     return digest.hexdigest()
 
 
+def batches_fingerprint(recal, val):
+    """The identity of a search's scoring batches: fingerprint of every array of the recalibration and
+    validation batches, in order."""
+    return fingerprint([a for b in recal + val for a in b if a is not None])
+
+
 def part_dir(search_dir, k, n):
     """Folder of the K-th of N parts (one process writes it)."""
     return os.path.join(search_dir, f"part_{k}of{n}")
@@ -338,6 +344,10 @@ def load_parts(search_dir):
 
 # ----------------------------------------------------------------------------- scoring a part
 
+# config keys that move no score: a search made before or after they change is the same search
+NOT_SCORING = ("output_dir", "base_path", "experiment_name", "refine")
+
+
 def manifest_for(cfg, meta, info, scored, indices, shard, units, size=None):
     """What a part is made from; parts (and a resumed part) must agree on all but shard and units.
     `size`: the input size the validation frames were resized to (None, or the run's own: not
@@ -348,11 +358,11 @@ def manifest_for(cfg, meta, info, scored, indices, shard, units, size=None):
     dataset = {k: info[k] for k in ("dataset", "pass", "data_source", "recal_data_source", "input_sizes", "samples")}
     return {"checkpoint": os.path.basename(meta["prefix"]), "checkpoint_type": meta["kind"],
             "global_step": meta["global_step"], "data_source": info["data_source"], "dataset": dataset,
-            "config": {k: v for k, v in cfg.items() if k not in ("output_dir", "base_path", "experiment_name")},
+            "config": {k: v for k, v in cfg.items() if k not in NOT_SCORING},
             "input_size": [cfg["input_h"], cfg["input_w"]], "scored_size": list(size) if size else None,
             "recal_batches": len(recal), "val_samples": sum(len(b[1]) for b in val),
             "sample_pixels": [int(p) for p in metrics.sample_pixels(val)],
-            "batches_sha256": fingerprint([a for b in recal + val for a in b if a is not None]),
+            "batches_sha256": batches_fingerprint(recal, val),
             "num_archs": len(indices), "archs_sha256": fingerprint([np.array(indices, np.int64)]),
             "space_version": supernet.SPACE.version, "shard": list(shard), "units": [prefix for prefix, _ in units]}
 

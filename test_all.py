@@ -54,6 +54,8 @@ import rank
 import rank_bench
 import rank_plot
 import ranking
+import refine
+import refining
 import run_files
 import runs
 import scoring
@@ -69,7 +71,8 @@ import train_graph
 import training
 
 HERE = pathlib.Path(__file__).parent
-COMMANDS = ("train", "evaluate", "search", "export", "rank", "deploy", "bench")  # the entry points (docs/design.md)
+COMMANDS = ("train", "evaluate", "search", "export", "rank", "deploy", "bench",
+            "refine")  # the entry points (docs/design.md)
 PRODUCT_MODULES = sorted(p.stem for p in HERE.glob("*.py") if p.stem != "test_all")
 
 
@@ -3954,9 +3957,9 @@ class TestRankBench:
 
 _FLAGS_BEFORE_TENSORFLOW = r'''
 import contextlib, io, json, sys
-import bench, deploy, evaluate, export, rank, search, train
+import bench, deploy, evaluate, export, rank, refine, search, train
 said = {}
-for command in (bench, deploy, evaluate, export, rank, search, train):
+for command in (bench, deploy, evaluate, export, rank, refine, search, train):
     for argv in (["--help"], ["--no_such_flag"]):
         out, err = io.StringIO(), io.StringIO()
         with contextlib.suppress(SystemExit), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -4620,3 +4623,175 @@ class TestNeighbourCycles:
         assert cache.tool.compiles == 1 and summary["compiled_model"] == str(tmp_path / "b" / "model_int8_vela.tflite")
         assert sorted(os.listdir(tmp_path / "b")) == ["model_int8_vela.tflite"]
         assert (tmp_path / "b" / "model_int8_vela.tflite").read_bytes() == (b"int8 model" * 10)[::-1]
+
+
+# ----------------------------------------------------------------------------- the refine stage (refine.py)
+
+REFINE_ARCHS = ["0,0,0,0,0,0,0,0,0", "0,1,2,0,1,2,0,1,2", "2,2,2,2,2,2,2,2,2", "1,1,1,1,1,1,1,1,1",
+                "2,1,0,2,1,0,2,1,0"]
+REFINE_SETTINGS = {"top": 2, "steps": 2, "epochs": 2}
+
+
+def _refine_flags(out, search_dir):
+    return ["--output_dir", str(out), "--experiment_name", "sup", "--search", str(search_dir), "--off_front",
+            "--refine_top", "2", "--refine_steps", "2", "--refine_epochs", "2", "--jobs", "1"]
+
+
+@pytest.fixture(scope="module")
+def refine_study(tmp_path_factory):
+    """A tiny supernet, a search of five of its subnets, and refine.py over its two best: interrupted
+    once the first candidate is trained and scored, then run again to the end."""
+    out = tmp_path_factory.mktemp("refine")
+    assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "sup", "--num_epochs", "1",
+                                   "--steps_per_epoch", "1", "--eval_batches", "0"]) == 0
+    assert search.main(["--output_dir", str(out), "--experiment_name", "sup", "--archs"] + REFINE_ARCHS) == 0
+    search_dir = next((out / "sup").glob("search_best_archs*"))
+    put = refining.ScoreBook.put
+
+    def put_then_interrupt(book, child_dir, score):
+        put(book, child_dir, score)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(refining.ScoreBook, "put", put_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            refine.main(_refine_flags(out, search_dir))
+    folder = out / "sup" / "refine" / search_dir.name
+    interrupted = {"report": (folder / refining.REPORT_NAME).exists(),
+                   "finished": sorted(p.parent.name for p in (out / "sup/refine/runs").glob("*/train_report.json"))}
+    assert refine.main(_refine_flags(out, search_dir)) == 0
+    return out, search_dir, folder, interrupted
+
+
+class TestRefine:
+    def test_candidates_are_the_lowest_supernet_epe_within_the_budget(self):
+        rows = [{"arch": a, "gmacs": g, "params": p, "epe": e} for a, g, p, e in (
+            ("a", 0.1, 10, 3.0), ("b", 0.2, 20, 2.0), ("c", 0.3, 15, 2.5), ("d", 0.4, 40, 1.0), ("e", 0.5, 5, 0.9))]
+        front = pareto.pareto_front(rows, "gmacs")  # c is beaten by b (cheaper and lower EPE)
+        assert [r["arch"] for r in front] == ["a", "b", "d", "e"]
+        chosen = refining.choose_candidates(front, [("gmacs", 0.45, 1)], 2, "front member")
+        assert [r["arch"] for r in chosen] == ["d", "b"]
+        chosen = refining.choose_candidates(rows, [("params", 20, 1)], 9, "x")
+        assert [r["arch"] for r in chosen] == ["e", "b", "c", "a"]
+        with pytest.raises(errors.RefineError, match=r"no front member within the budget \(gmacs <= 0.05\)"):
+            refining.choose_candidates(front, [("gmacs", 0.05, 1)], 2, "front member")
+
+    def test_settings_are_checked_and_old_runs_still_read(self, tmp_path):
+        assert config.refine_problems({"top": 1, "steps": 6, "epochs": 3}) == []
+        assert config.refine_problems({"top": 0, "steps": 6, "epochs": 3}) == ["key 'refine.top' must be > 0, got 0"]
+        assert "must be a multiple of key 'refine.epochs'" in config.refine_problems({"top": 1, "steps": 7,
+                                                                                      "epochs": 3})[0]
+        saved = {k: v for k, v in config.defaults().items() if k != "refine"}  # a run made before the key
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        assert config.run_config(str(tmp_path))["refine"] == config.defaults()["refine"]
+
+    def test_bad_flags_are_one_line(self, refine_study, tmp_path, capsys):
+        out, search_dir, _, _ = refine_study
+        flags = _refine_flags(out, search_dir)
+        for argv, says in ((flags + ["--refine_steps", "3"], "--refine_steps (3) must be a multiple of "
+                                                             "--refine_epochs (2)"),
+                           (flags[:5] + [str(tmp_path)], f"search {tmp_path}: no search parts under"),
+                           (flags + ["--max_gmacs", "0.001"], "no subnet the search scored within the budget")):
+            code, err = _run_main(refine.main, argv, capsys)
+            assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {says}"), err
+        with pytest.raises(SystemExit):
+            refine.main(flags + ["--size", "32x48"])
+        assert capsys.readouterr().err == "error: --size needs --deploy_report (a search holds one size)\n"
+
+    @pytest.mark.slow
+    def test_report_holds_the_best_candidates_refined_with_paired_errors(self, refine_study):
+        out, search_dir, folder, interrupted = refine_study
+        report = json.loads((folder / refining.REPORT_NAME).read_text())
+        scored = {r["arch"]: float(r["epe"]) for r in _scores(search_dir / "scores.csv").values()}
+        lowest = sorted(scored, key=scored.get)[:2]
+        assert [r["arch"] for r in report["candidates"]] == lowest and report["best_supernet"] == lowest[0]
+        kept = json.loads((folder / refining.SCORES_NAME).read_text())
+        refined = {r["arch"]: r for r in report["candidates"]}
+        best = refined[report["best_refined"]]
+        assert best["refined_epe"] == min(r["refined_epe"] for r in report["candidates"])
+        for row in report["candidates"]:
+            pairs = np.array(kept[pathlib.Path(row["run"]).name]["sample_epe"]) / (32 * 48)
+            best_pairs = np.array(kept[pathlib.Path(best["run"]).name]["sample_epe"]) / (32 * 48)
+            assert row["refined_epe"] == pytest.approx(pairs.mean(), rel=1e-6)  # TF sums the EPE in float32
+            # equal pixels per pair: the paired SE is the spread of the per-pair differences over sqrt(n)
+            assert row["refined_se"] == pytest.approx(np.std(pairs - best_pairs, ddof=1) / np.sqrt(4), abs=1e-12)
+            assert row["supernet_epe"] == pytest.approx(scored[row["arch"]], rel=1e-12)
+            assert row["change"] == pytest.approx(row["refined_epe"] - row["supernet_epe"], rel=1e-12)
+            assert row["steps"] == 2 and row["size"] == [32, 48] and row["wall_time_s"] > 0
+        assert report["command"].startswith("python refine.py --output_dir") and report["val_pairs"] == 4
+        assert (folder / refining.PICTURE_NAME).read_bytes()[:4] == b"\x89PNG"
+        assert (folder / refining.PICTURE_NAME).stat().st_size > 10000
+        # the first invocation was interrupted once its first candidate was trained and scored
+        assert interrupted == {"report": False, "finished": [pathlib.Path(report["candidates"][0]["run"]).name]}
+
+    @pytest.mark.slow
+    def test_rerun_after_a_kill_trains_nothing_again_and_writes_the_same_report(self, refine_study, capsys):
+        out, search_dir, folder, _ = refine_study
+        before = (folder / refining.REPORT_NAME).read_bytes()
+        report = json.loads(before)
+        second = pathlib.Path(report["candidates"][1]["run"])
+        checkpoint = ckpt.load_meta(str(second), "last")["checkpoint"]
+        # killed after the second child's last checkpoint, before its report; the scores lost too
+        for path in (folder / refining.REPORT_NAME, folder / refining.SCORES_NAME, second / "train_report.json"):
+            path.unlink()
+        capsys.readouterr()
+        assert refine.main(_refine_flags(out, search_dir)) == 0
+        said = capsys.readouterr().out
+        assert "1 trained already, training 1" in said and "--resume" in said
+        assert ckpt.load_meta(str(second), "last")["checkpoint"] == checkpoint  # resumed at its end: no step more
+        assert (folder / refining.REPORT_NAME).read_bytes() == before
+        capsys.readouterr()
+        assert refine.main(_refine_flags(out, search_dir)) == 0  # all done: nothing trained, every score kept
+        said = capsys.readouterr().out
+        assert "2 trained already, training 0" in said and said.count("kept from before") == 2
+        assert (folder / refining.REPORT_NAME).read_bytes() == before
+
+    @pytest.mark.slow
+    def test_a_child_starts_from_the_supernets_best_weights_bit_for_bit(self, refine_study, tmp_path):
+        out, _, _, _ = refine_study
+        code = REFINE_ARCHS[1]
+        child_dir, argv = refining.child(str(out / "sup"), code, str(tmp_path), REFINE_SETTINGS, "train.py")
+        defaults = config.defaults()
+        args, overrides = train.parse_args(argv[2:], defaults)
+        cfg, run_dir = train.resolve_config(args, overrides, defaults)
+        assert run_dir == child_dir and cfg["steps_per_epoch"] * cfg["num_epochs"] == 2
+        hardware = devices.report(1, allow_cpu=True, log=lambda line: None)
+        run = training.prepare(types.SimpleNamespace(resume=False, dry_run=True), cfg, run_dir, hardware)
+        with tf.compat.v1.Session(graph=run.graph, config=tensorflow_quiet.session_config()) as sess:
+            training.start_session(sess, run, args, run_dir)
+            values = {v.op.name: sess.run(v) for v in run.ops["model_variables"]}
+        source = _checkpoint_values(out / "sup", "best")
+        kernels = [n for n in values if not n.endswith(("moving_mean", "moving_variance"))]
+        assert sum(values[n].size for n in kernels) == supernet.count_params(supernet.parse_arch(code), 32, 48)
+        for name, value in values.items():
+            np.testing.assert_array_equal(value, source[name], err_msg=name)
+
+    @pytest.mark.slow
+    def test_a_refined_score_is_what_evaluate_gives_its_checkpoint(self, refine_study):
+        _, _, folder, _ = refine_study
+        for row in json.loads((folder / refining.REPORT_NAME).read_text())["candidates"]:
+            run = pathlib.Path(row["run"])
+            assert evaluate.main(["--output_dir", str(run.parent), "--experiment_name", run.name,
+                                  "--checkpoint_type", "last"]) == 0
+            result = json.loads((run / "supernet_eval_result_last.json").read_text())["archs"][0]
+            assert result["arch"] == row["arch"] and result["epe"] == pytest.approx(row["refined_epe"], rel=1e-6)
+
+    @pytest.mark.slow
+    def test_a_deployments_front_at_one_size_gives_the_candidates(self, refine_study, tmp_path):
+        out, search_dir, _, _ = refine_study
+        run_dir = out / "sup"
+        own = run_dir / "search_best"
+        if not own.exists():
+            own.symlink_to(search_dir.name)  # the deployment's search at the run's size
+        scored = {r["arch"]: float(r["epe"]) for r in _scores(search_dir / "scores.csv").values()}
+        front = [{"arch": a, "size": [32, 48]} for a in REFINE_ARCHS[:4]]
+        front.append({"arch": REFINE_ARCHS[4], "size": [16, 32]})
+        report = {"input_size": [32, 48], "front": front, "settings": {"recal_at": "run"},
+                  "checkpoint": ckpt.load_meta(str(run_dir), "best")["prefix"]}
+        (tmp_path / "deploy_board").mkdir()
+        (tmp_path / "deploy_board" / "deploy_report.json").write_text(json.dumps(report))
+        source = refining.deployment_source(str(run_dir), str(tmp_path / "deploy_board"), None, [], 3)
+        assert [c["arch"] for c in source.candidates] == sorted(REFINE_ARCHS[:4], key=scored.get)[:3]
+        assert source.name == "deploy_board_32x48" and source.search_dir == str(own)
+        with pytest.raises(errors.RefineError, match="no member at 24x32 .it has 16x32, 32x48"):
+            refining.deployment_source(str(run_dir), str(tmp_path / "deploy_board"), (24, 32), [], 3)
