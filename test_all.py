@@ -1,5 +1,45 @@
 """EdgeFlowNAS test suite. Small inputs wherever the shape does not matter; every test compares
-against an independent computation (numpy, a brute-force path, bytes written by hand)."""
+against an independent computation (numpy, a brute-force path, bytes written by hand).
+
+Contents. One section per file, in the order of README.md's files table (the files every command uses,
+then each command followed by its libraries), each headed by a line `# ==== N. file.py`; the
+cross-cutting classes come last. A new test class goes in the section of the file it tests; helpers
+shared by several sections are in section 0.
+
+ 0. shared helpers and fixtures
+ 1. tensorflow_quiet.py: the one door to TensorFlow
+      TestTensorflowQuiet       a Python without TensorFlow told in one line; start-up lines held back at levels 2, 3
+ 2. atomic_files.py: files written whole or not at all
+      TestAtomicFiles           a folder swap leaves one whole folder
+ 3. devices.py: the device report, GPU readiness, the paths of a fair step on several devices
+      TestGpuInstall            make venv picks the CUDA build where nvidia-smi lists a GPU; make tensorboard
+      TestDeviceReport          the device line: CPU threads, a GPU TensorFlow cannot use, --devices checked
+      TestFairStepOnDevices     the three paths of a fair step on three devices update the weights as on one
+ 4. supernet.py: the search space, the arch codec, the TF1 graph, params and MACs
+      TestSupernetArchCodec     arch codes and HxW sizes: round trip, refusals naming the field, --self_test
+      TestSupernetCost          params and MACs against a hand count and the built graphs
+      TestSupernetGraph         dynamic and static forms agree; only chosen options run and learn; outputs accumulate
+ 5. fair.py: the strict-fairness sampler, fairness counts and gap, the eval pool
+      TestFairSampler           fair cycles are permutations; counts, gap, resume; the eval pool's coverage; CLI
+ 6. ckpt.py: best/last checkpoints with their meta, one writer per folder
+      TestCkpt                  a SIGKILL mid-save leaves a loadable checkpoint; the lock names its holder; sizes
+ 7. synthetic.py: synthetic FlyingChairs-style pairs with exactly known motion
+      TestSynthetic             the flow warps img1 back to img0; the study's affine scene; seeded
+ 8. flowio.py: .flo, PNG frames and KITTI 16-bit flow PNGs
+      TestFlowioFlo             .flo round trip, hand-written bytes, malformed files named
+      TestFlowioPngAndKitti     KITTI 16-bit flow and valid bit by hand; a damaged PNG named
+ 9. data_fc2.py: FC2 lists and folders, the dataset check, the tf.data pipeline, the synthetic fallback
+      TestDataFc2Layouts        lists and folders give the same samples; list errors name the file; layout said
+      TestDataFc2Check          the up-front check: shared samples, grey or cut files; the CLI; the synthetic tree
+      TestDataFc2Pipeline       tf.data: normalise, centre and random crops, clipping, hand-written .flo, TF1 mode
+      TestDataFc2OpenData       open_data: synthetic only when asked or unconfigured, never as a fallback
+10. data_sintel_kitti.py: MPI-Sintel and KITTI 2015 at full frame
+      TestSintelKitti           Sintel pairs, KITTI batches grouped by size, padding that leaves the metrics
+11. metrics.py: EPE, px1/px3/px5, Fl-all, the zero-flow baseline, the paired SE
+      TestMetrics               metrics of hand-built predictions, masks, the paired SE, the resize floor
+12. scoring.py: BN recalibration and scoring of one subnet
+      TestScoring               recalibrated BN statistics are batch averages; order-free scores; accumulated flow
+"""
 import argparse
 import ast
 import configparser
@@ -73,7 +113,8 @@ COMMANDS = ("train", "evaluate", "search", "export", "rank", "deploy", "bench") 
 PRODUCT_MODULES = sorted(p.stem for p in HERE.glob("*.py") if p.stem != "test_all")
 
 
-# ----------------------------------------------------------------------------- helpers
+# ==== 0. shared helpers and fixtures =================================================================================
+
 
 def bilinear_resize_np(x, out_h, out_w):
     """Independent numpy bilinear resize with half-pixel centres (what tf.image.resize does)."""
@@ -118,10 +159,361 @@ def temp_files_in_pytest_folder(tmp_path_factory):
         yield folder
 
 
-# ----------------------------------------------------------------------------- arch codec
+def tiny_config(**overrides):
+    """config.json with the changes a CPU test needs."""
+    cfg = json.loads((HERE / "config.json").read_text())
+    cfg.update(input_h=32, input_w=48, batch_size=2, weight_decay=0.0, grad_clip_norm=0.0)
+    cfg.update(overrides)
+    return cfg
 
 
-class TestArchCodec:
+RUN_FLAGS = ["--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8", "--synthetic_val_size", "4",
+             "--batch_size", "2", "--steps_per_epoch", "2", "--fast_mode", "--log_every", "1", "--seed", "9"]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """The output folder of one tiny run of 2 epochs, "whole" (resumes: see TestTrainResume)."""
+    out = tmp_path_factory.mktemp("outputs")
+    assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "whole", "--num_epochs", "2"]) == 0
+    return out
+
+
+def _history(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _run_main(main, argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def _folder_bytes(path):
+    """Every file of a folder but the lock, by relative path: what 'unchanged' compares."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(pathlib.Path(path).rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+_CLEAN_ENV_KEYS = ("TF_CPP_MIN_LOG_LEVEL", "GPU", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+
+
+def user_env():
+    """os.environ without the settings a caller may have given (log level, GPU, make's flags): what
+    a command typed by a user sees (importing devices here set the log level for this process)."""
+    return {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV_KEYS}
+
+
+# ==== 1. tensorflow_quiet.py: the one door to TensorFlow =============================================================
+
+
+_TF_STARTUP_LINE = ("absl::InitializeLog", "cuInit", "cuda_", "cudart", "oneDNN", "cpu_feature_guard")
+
+
+class TestTensorflowQuiet:
+    def test_a_python_without_tensorflow_is_told_in_one_line(self):
+        script = "import sys; sys.modules['tensorflow'] = None; from tensorflow_quiet import tf; tf.Graph"
+        result = subprocess.run([sys.executable, "-c", script], cwd=HERE, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr == (f"tensorflow is not installed for {sys.executable}: `make venv`, "
+                                 "then run .venv/bin/python\n")
+
+    def test_tensorflow_start_up_lines_are_held_back_at_levels_2_and_3_and_shown_at_0(self, tmp_path):
+        use = "from tensorflow_quiet import tf; tf.constant(1); print(tf.get_logger().level)"
+        runs = {level: subprocess.Popen([sys.executable, "-c", use], cwd=HERE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)) for level in "023"}
+        deploy_command = [sys.executable, "deploy.py", "--experiment_name", "nosuchrun", "--target", "himax-we2",
+                          "--output_dir", str(tmp_path)]
+        deploying = subprocess.run(deploy_command, cwd=HERE, capture_output=True, text=True, timeout=300,
+                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        outcome = {level: proc.communicate(timeout=300) for level, proc in runs.items()}
+        said = {level: err for level, (_, err) in outcome.items()}
+        assert said["2"] == "" and said["3"] == ""
+        assert outcome["2"][0] == outcome["3"][0] == "40\n" != outcome["0"][0]  # its Python logger: errors only
+        assert any(word in said["0"] for word in _TF_STARTUP_LINE)  # the user asked for every line
+        assert deploying.returncode == 1 and deploying.stderr.count("\n") == 1
+        assert deploying.stderr.startswith("error: run folder not found: ") and "nosuchrun" in deploying.stderr
+
+
+# ==== 2. atomic_files.py: files written whole or not at all ==========================================================
+
+
+class TestAtomicFiles:
+    def test_a_folder_swap_leaves_one_whole_folder(self, tmp_path, monkeypatch):
+        for one_step in (True, False):  # the kernel swaps the names, or (elsewhere) two renames
+            if not one_step:
+                monkeypatch.setattr(atomic_files, "_exchange", lambda first, second: False)
+            old, new = tmp_path / "deploy_x", tmp_path / "deploy_x.tmp1"
+            for folder, name in ((old, "old"), (new, "new")):
+                folder.mkdir(exist_ok=True)
+                (folder / name).write_text(name)
+            atomic_files.replace_folder(str(new), str(old))
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy_x"] and _folder_bytes(old) == {"new": b"new"}
+            (old / "new").unlink()
+        new.mkdir()
+        atomic_files.replace_folder(str(new), str(tmp_path / "first"))  # nothing to replace: renamed
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy_x", "first"]
+
+
+# ==== 3. devices.py: the device report, GPU readiness, the paths of a fair step on several devices ===================
+
+
+FAKE_GPU = ("NVIDIA H100 80GB HBM3", 81559)
+
+
+def fake_nvidia_smi(directory, gpus):
+    """Write an `nvidia-smi` into `directory` that answers --query-gpu as the real one does for
+    `gpus` [(name, MiB)], or, with gpus None, fails as it does on a machine without a driver
+    (a message on stdout and exit code 9). Returns the directory, to put first on PATH."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if gpus is None:
+        body = 'echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n'
+    else:
+        with_memory = "\\n".join(f"{name}, {mib}" for name, mib in gpus)
+        names = "\\n".join(name for name, _ in gpus)
+        body = f'case "$*" in\n  *memory.total*) printf "{with_memory}\\n" ;;\n  *) printf "{names}\\n" ;;\nesac\n'
+    script = directory / "nvidia-smi"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return directory
+
+
+def env_with_path_first(directory, **extra):
+    """user_env() with `directory` first on PATH and `extra` added."""
+    env = user_env()
+    env["PATH"] = f"{directory}{os.pathsep}{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+def requirements_tensorflow_line():
+    """The tensorflow requirement of requirements.txt, found by reading the file line by line."""
+    for line in (HERE / "requirements.txt").read_text().splitlines():
+        name = line.split(";")[0].strip()
+        if name.startswith("tensorflow") and name[len("tensorflow"):][:1] in ("", "<", ">", "=", "!", "~", " "):
+            return name
+    raise AssertionError("requirements.txt has no tensorflow line")
+
+
+def conv_count(arch):
+    """Convolutions of one subnet, counted from the layer table of docs/design.md: E0, E1, Down1, Down2,
+    Up1, Up2, five head convs, and two per ResBlock of the four depth blocks (option + 1 blocks)."""
+    return 6 + 5 + sum(2 * (option + 1) for option in arch[:4])
+
+
+_STEP_ON_DEVICES_SCRIPT = r'''
+import json, sys
+import numpy as np
+import devices
+import tensorflow as tf
+import fair, train_graph
+
+cfg = json.load(open(sys.argv[1]))
+hardware = devices.report(3, log=None, paths=fair.paths_per_cycle())
+# Graph rewrites cost most of a first run and are not what this compares (placement is the placer's).
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+rng = np.random.default_rng(0)
+x = rng.uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
+y = rng.normal(0, 2, (2, 32, 48, 2)).astype(np.float32)
+cycle = fair.fair_cycle(3, 0)
+start, after, convs = None, {}, {}
+trace = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE)
+for name, placement in (("one", None), ("three", hardware["path_devices"])):
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+        flows = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
+        step = train_graph.build_train_step(cfg, images, flows, 10, placement)
+        trainable = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        start = start or sess.run(trainable)
+        sess.run([v.initializer for v in trainable.values()],  # both graphs start from the same weights
+                 {v.initial_value: start[key] for key, v in trainable.items()})
+        metadata = tf.compat.v1.RunMetadata()
+        sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle}, options=trace,
+                 run_metadata=metadata)
+        after[name] = sess.run(trainable)
+    convs[name] = {}
+    for dev in metadata.step_stats.dev_stats:
+        for node in dev.node_stats:
+            op = node.timeline_label.split(" = ", 1)[-1].split("(", 1)[0]
+            if "Conv2D" in op:  # oneDNN builds name theirs _MklNativeConv2D...: keep the part from Conv2D on
+                op = op[op.index("Conv2D"):]
+                per_device = convs[name].setdefault(dev.device.split("device:")[-1], {})
+                per_device[op] = per_device.get(op, 0) + 1
+variable_devices = sorted({op.device for op in graph.get_operations() if op.type == "VarHandleOp"})  # of "three"
+np.savez(sys.argv[2] + ".npz", **{f"{k}|{n}": v for k, values in [("start", start), *after.items()]
+                                  for n, v in values.items()})
+json.dump({"path_devices": hardware["path_devices"], "summary": hardware["summary"], "convs": convs,
+           "variable_devices": variable_devices,
+           "cycle": [list(map(int, a)) for a in cycle]}, open(sys.argv[2] + ".json", "w"))
+'''
+
+
+class TestGpuInstall:
+    @pytest.mark.parametrize("gpus, override, cuda", [
+        ([FAKE_GPU], None, True), (None, None, False), ([FAKE_GPU, FAKE_GPU], "0", False), (None, "1", True),
+        ([], None, False)])
+    def test_make_venv_asks_for_the_cuda_build_where_nvidia_smi_lists_a_gpu(self, tmp_path, gpus, override, cuda):
+        path = fake_nvidia_smi(tmp_path / "bin", gpus)
+        args = ["make", "-n", "-B", "venv"] + ([f"GPU={override}"] if override else [])
+        out = subprocess.run(args, cwd=HERE, env=env_with_path_first(path), capture_output=True, text=True, check=True)
+        installs = [line for line in out.stdout.splitlines()
+                    if "pip install" in line and "-r requirements.txt" in line]
+        assert len(installs) == 1, out.stdout
+        requirement = requirements_tensorflow_line()
+        cuda_requirement = requirement.replace("tensorflow", "tensorflow[and-cuda]", 1)
+        assert (f'"{cuda_requirement}"' in installs[0]) == cuda
+        assert ("and-cuda" in out.stdout) == cuda
+        assert (".installed-cuda" in out.stdout) == cuda  # a CPU environment is completed by GPU=1
+
+    def test_make_tensorboard_serves_outputs_on_tb_port(self):
+        env = env_with_path_first(HERE)
+        lines = {port: subprocess.run(["make", "-n", "tensorboard"] + ([f"TB_PORT={port}"] if port else []), cwd=HERE,
+                                      env=env, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+                 for port in (None, 7123)}
+        assert lines[None].endswith("-m tensorboard.main --logdir outputs --port 6006")
+        assert lines[7123].endswith("-m tensorboard.main --logdir outputs --port 7123")
+        requirements = (HERE / "requirements.txt").read_text().split()
+        assert any(line.split(">")[0].strip() == "tensorboard" for line in requirements)
+        import importlib.util
+        assert importlib.util.find_spec("tensorboard.main") is not None
+
+    def test_nvidia_smi_listing_is_read_and_a_failing_one_lists_nothing(self, tmp_path, monkeypatch):
+        import devices
+        two = fake_nvidia_smi(tmp_path / "two", [FAKE_GPU, ("NVIDIA A100-SXM4-40GB", 40960)])
+        monkeypatch.setenv("PATH", str(two))
+        assert devices.nvidia_smi_gpus() == [{"name": FAKE_GPU[0], "memory_mib": FAKE_GPU[1]},
+                                             {"name": "NVIDIA A100-SXM4-40GB", "memory_mib": 40960}]
+        monkeypatch.setenv("PATH", str(fake_nvidia_smi(tmp_path / "broken", None)))
+        assert devices.nvidia_smi_gpus() == []
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+        assert devices.nvidia_smi_gpus() == []
+
+
+class TestDeviceReport:
+    @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="TensorFlow sees a GPU here")
+    def test_report_names_the_cpu_threads_and_a_gpu_tensorflow_cannot_use(self, tmp_path, monkeypatch):
+        import devices
+        threads = len(os.sched_getaffinity(0))
+        monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'none', None)}{os.pathsep}{os.environ['PATH']}")
+        printed = []
+        info = devices.report(log=printed.append)
+        assert printed == [info["summary"]] and info["gpus"] == [] and info["path_devices"] == ["/device:CPU:0"]
+        assert f"no GPU visible: {threads} CPU threads" in info["summary"] and "nvidia-smi" not in info["summary"]
+        json.dumps(info)  # goes into JSON outputs as it is
+        monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'one', [FAKE_GPU])}{os.pathsep}{os.environ['PATH']}")
+        with pytest.raises(errors.DeviceError, match=r"nvidia-smi lists 1 GPU \(NVIDIA H100 80GB HBM3\) but "
+                                                      r"TensorFlow sees none.*make venv GPU=1.*--allow_cpu"):
+            devices.report(allow_cpu=False, log=None)
+        info = devices.report(log=None)
+        assert info["unusable_gpus"] and "no GPU visible" in info["summary"] and "make venv GPU=1" in info["summary"]
+        with pytest.raises(errors.DeviceError, match="between 1 and 3"):  # one device per path at most
+            devices.report(4, log=None, paths=fair.paths_per_cycle())
+
+    @pytest.mark.slow
+    def test_train_says_the_device_once_quietly_and_stops_where_a_gpu_goes_unused(self, tmp_path):
+        missing = str(tmp_path / "no_fc2_here")
+        command = [sys.executable, "train.py", "--base_path", missing, "--output_dir", str(tmp_path)]
+        # three train.py at once with generated run names: each gets its own folder (and lock)
+        envs = {"cpu": (env_with_path_first(fake_nvidia_smi(tmp_path / "none", None)), []),
+                "gpu unused": (env_with_path_first(fake_nvidia_smi(tmp_path / "one", [FAKE_GPU])), []),
+                "user log level": (env_with_path_first(tmp_path / "none", TF_CPP_MIN_LOG_LEVEL="0"), [])}
+        procs = {name: subprocess.Popen(command + extra, cwd=HERE, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True) for name, (env, extra) in envs.items()}
+        out = {name: proc.communicate(timeout=300) + (proc.returncode,) for name, proc in procs.items()}
+        threads = len(os.sched_getaffinity(0))
+        stdout, stderr, code = out["cpu"]
+        assert stdout.count("devices: no GPU visible") == 1 and f"no GPU visible: {threads} CPU threads" in stdout
+        assert code == 1 and stderr == f"error: base_path '{missing}' is not a directory\n"  # nothing from TensorFlow
+        stdout, stderr, code = out["gpu unused"]
+        assert code == 1 and stdout == "" and stderr.count("\n") == 1
+        assert stderr.startswith("error: nvidia-smi lists 1 GPU")
+        assert "make venv GPU=1" in stderr and "--allow_cpu" in stderr
+        stdout, stderr, code = out["user log level"]
+        assert code == 1 and "no GPU visible" in stdout
+        assert any(word in stderr for word in _TF_STARTUP_LINE)  # the user's setting wins: TensorFlow speaks
+
+    def test_devices_flag_is_checked(self, tmp_path, capsys):
+        assert train.main(["--devices", "4", "--dry_run", "--output_dir", str(tmp_path)]) == 1
+        assert "'devices' must be at most 3" in capsys.readouterr().err
+        assert train.main(["--devices", "0", "--dry_run", "--output_dir", str(tmp_path)]) == 1
+        assert "'devices' must be > 0" in capsys.readouterr().err
+
+
+class TestFairStepOnDevices:
+    @pytest.mark.slow
+    def test_fair_step_on_three_devices_updates_the_weights_as_on_one(self, tmp_path):
+        cfg_path = tmp_path / "cfg.json"
+        cfg_path.write_text(json.dumps(tiny_config(optimizer="sgd", learning_rate=0.05)))
+        out = tmp_path / "step"
+        env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV_KEYS}
+        subprocess.run([sys.executable, "-c", _STEP_ON_DEVICES_SCRIPT, str(cfg_path), str(out)], cwd=HERE, env=env,
+                       check=True, timeout=600)
+        meta = json.loads(out.with_suffix(".json").read_text())
+        values = np.load(out.with_suffix(".npz"))
+        names = [key.split("|", 1)[1] for key in values.files if key.startswith("start|")]
+        assert meta["path_devices"] == ["/device:CPU:0", "/device:CPU:1", "/device:CPU:2"]
+        assert "the paths of a fair step on CPU:0, CPU:1, CPU:2" in meta["summary"]
+        # Placement: on one device every convolution ran on CPU:0, E0 and E1 (which read the images)
+        # once for the three paths. On three, CPU:p ran path p's other fixed layers and option p of
+        # every block (the convolutions of all-p but E0 and E1), forward and gradient; E0 and E1
+        # ran beside the variables, on CPU:0.
+        assert list(meta["convs"]["one"]) == ["CPU:0"]
+        once = sum(map(conv_count, meta["cycle"])) - 2 * 2
+        assert meta["convs"]["one"]["CPU:0"] == {"Conv2D": once, "Conv2DBackpropFilter": once,
+                                                 "Conv2DBackpropInput": once - 1}  # E0's input needs none
+        for p in range(3):
+            ops = meta["convs"]["three"][f"CPU:{p}"]
+            own = conv_count(supernet.uniform_arch(p)) - 2 + (2 if p == 0 else 0)
+            assert ops.get("Conv2D") == own and ops.get("Conv2DBackpropFilter") == own, (p, ops)
+        assert set(meta["variable_devices"]) <= {"", "/device:CPU:0"}  # every variable on the first device
+        moved = 0
+        for name in names:
+            start, one, three = (values[f"{k}|{name}"] for k in ("start", "one", "three"))
+            scale = max(np.abs(one - start).max(), 1e-12)
+            np.testing.assert_allclose(three - start, one - start, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+            moved += np.abs(one - start).max() > 1e-6
+        assert moved > len(names) // 2  # the step really moved the weights it compares
+
+    @pytest.mark.slow
+    def test_train_on_three_devices_as_a_user_types_it(self, tmp_path):
+        """The --devices command of docs/training.md on a machine without a GPU: three logical CPU devices, the run
+        finishes, and every line on stderr is the program's own."""
+        result = subprocess.run([sys.executable, "train.py", "--synthetic", "--input_h", "32", "--input_w", "48",
+                                 "--batch_size", "2", "--synthetic_train_size", "8", "--synthetic_val_size", "4",
+                                 "--num_epochs", "1", "--steps_per_epoch", "2", "--eval_pool_size", "3",
+                                 "--bn_recal_batches", "1", "--devices", "3", "--output_dir", str(tmp_path)],
+                                cwd=HERE, env=user_env(), capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr
+        assert "the paths of a fair step on CPU:0, CPU:1, CPU:2" in result.stdout
+        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr
+        (report,) = tmp_path.glob("*/train_report.json")
+        assert json.loads(report.read_text())["devices"]["path_devices"] == [f"/device:CPU:{i}" for i in range(3)]
+
+
+# ==== 4. supernet.py: the search space, the arch codec, the TF1 graph, params and MACs ===============================
+
+
+def _dynamic_and_static(arch, mode):
+    """One graph holding the dynamic form and the static form of `arch` on the same input."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(1)
+        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+        arch_in = tf.compat.v1.placeholder(tf.int32, [9])
+        dynamic = supernet.build_flows(images, arch_in, mode=mode)
+        static = supernet.build_flows(images, arch, mode=mode)
+        init = tf.compat.v1.global_variables_initializer()
+    return graph, images, arch_in, dynamic, static, init
+
+
+class TestSupernetArchCodec:
     def test_every_code_round_trips(self):
         seen = set()
         for index in range(supernet.SPACE.num_archs):
@@ -144,11 +536,24 @@ class TestArchCodec:
             with pytest.raises(errors.ArchError):
                 supernet.validate_arch(bad)
 
+    def test_supernet_self_test_cli(self, capsys):
+        assert supernet.main(["--self_test"]) == 0
+        out = capsys.readouterr().out
+        assert "all 19683 codes" in out and out.count("rejected") == 4
 
-# ----------------------------------------------------------------------------- analytic cost
+    @pytest.mark.parametrize("text", ["3_2x4_8", "+32x48", "32x48x4", "\uff13\uff12x48", "32x"])
+    def test_sizes_are_parsed_strictly(self, text):
+        with pytest.raises(errors.ArchError, match="is not HxW"):
+            supernet.parse_size(text)
+        with pytest.raises(errors.DeployError, match="--sizes"):
+            deployment.parse_sizes(f"64x96,{text}")
+        with pytest.raises(SystemExit):
+            search.parse_args(["--size", text])
+        assert supernet.parse_size(" 32 X 48 ") == (32, 48) and deployment.parse_sizes("32x48,64x96") == [(64, 96),
+                                                                                                          (32, 48)]
 
 
-class TestAnalyticCost:
+class TestSupernetCost:
     def test_reference_sizes_match_a_hand_count(self):
         # By hand from docs/design.md, all-0 at 180x240 (k*k*cin*cout kernels + 2*cout BN per conv):
         # E0 9408+64, E1 51200+128, EB0 2*(36864+128), Down1 73728+256, EB1 2*(147456+256),
@@ -193,22 +598,7 @@ class TestAnalyticCost:
             supernet.check_input_size(30, 40)
 
 
-# ----------------------------------------------------------------------------- graph behaviour
-
-def _dynamic_and_static(arch, mode):
-    """One graph holding the dynamic form and the static form of `arch` on the same input."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(1)
-        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
-        arch_in = tf.compat.v1.placeholder(tf.int32, [9])
-        dynamic = supernet.build_flows(images, arch_in, mode=mode)
-        static = supernet.build_flows(images, arch, mode=mode)
-        init = tf.compat.v1.global_variables_initializer()
-    return graph, images, arch_in, dynamic, static, init
-
-
-class TestGraph:
+class TestSupernetGraph:
     @pytest.mark.slow
     @pytest.mark.parametrize("mode", ["train", "eval"])
     def test_dynamic_and_static_forms_agree(self, mode):
@@ -329,10 +719,10 @@ class TestGraph:
         assert np.abs(f1 - bilinear_resize_np(f2, 32, 48)).max() > 1e-4
 
 
-# ----------------------------------------------------------------------------- fairness
+# ==== 5. fair.py: the strict-fairness sampler, fairness counts and gap, the eval pool ================================
 
 
-class TestFairness:
+class TestFairSampler:
     def test_every_fair_cycle_is_three_permutations_over_many_seeds(self):
         for seed in range(40):
             for step in range(25):
@@ -390,163 +780,89 @@ class TestFairness:
         with pytest.raises(SystemExit):
             fair.main(["--pool", "--size", "10"])
 
-    def test_supernet_self_test_cli(self, capsys):
-        assert supernet.main(["--self_test"]) == 0
-        out = capsys.readouterr().out
-        assert "all 19683 codes" in out and out.count("rejected") == 4
+
+# ==== 6. ckpt.py: best/last checkpoints with their meta, one writer per folder =======================================
 
 
-# ----------------------------------------------------------------------------- data (data_fc2.py)
-
-H, W = 32, 48  # tiny synthetic FC2 images
-CROP = (24, 32)
-
-
-@pytest.fixture(scope="module")
-def fc2_tree(tmp_path_factory):
-    """A tiny FC2 tree written once by write_synthetic_fc2 (10 samples: 8 train, 2 val)."""
-    root = str(tmp_path_factory.mktemp("fc2"))
-    counts = data_fc2.write_synthetic_fc2(root, 10, seed=3, h=H, w=W, val_fraction=0.2)
-    assert counts == {"train": 8, "val": 2}
-    return root
-
-
-def _copy_tree(src, dst):
-    """Copy an FC2 tree so a test can damage it without touching the shared fixture."""
-    for dirpath, _, files in os.walk(src):
-        target = os.path.join(dst, os.path.relpath(dirpath, src))
-        os.makedirs(target, exist_ok=True)
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                content = f.read()
-            with open(os.path.join(target, name), "wb") as f:
-                f.write(content)
-    return str(dst)
+SAVER_LOOP = r"""
+import sys, tensorflow as tf
+sys.path.insert(0, sys.argv[1])
+import ckpt
+graph = tf.Graph()
+with graph.as_default():
+    value = tf.compat.v1.get_variable("v", [4_000_000], initializer=tf.compat.v1.zeros_initializer())
+    step = tf.compat.v1.placeholder(tf.float32, [])
+    assign = value.assign(tf.fill([4_000_000], step))
+    saver = tf.compat.v1.train.Saver([value])
+with tf.compat.v1.Session(graph=graph) as sess:
+    for i in range(1, 100000):
+        sess.run(assign, {step: float(i)})
+        ckpt.save(sess, saver, sys.argv[2], "last", {"global_step": i, "epoch": i, "search_space": {}})
+        print(i, flush=True)
+"""
 
 
-def _decode_png(path):
-    with open(path, "rb") as f:
-        return tf.io.decode_png(f.read(), channels=3).numpy()
+class TestCkpt:
+    @pytest.mark.slow
+    def test_sigkill_while_saving_leaves_a_loadable_checkpoint(self, tmp_path):
+        script = tmp_path / "saver_loop.py"
+        script.write_text(SAVER_LOOP)
+        run_dir = tmp_path / "run"
+        for kill_after in (0.05, 0.13, 0.31):  # each save of the 16 MB variable takes tens of ms
+            proc = subprocess.Popen([sys.executable, str(script), str(HERE), str(run_dir)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert proc.stdout.readline().strip() == "1"  # one checkpoint committed; now kill mid-loop
+            time.sleep(kill_after)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            meta = ckpt.load_meta(str(run_dir), "last")
+            graph = tf.Graph()
+            with graph.as_default():
+                value = tf.compat.v1.get_variable("v", [4_000_000])
+                saver = tf.compat.v1.train.Saver([value])
+            with tf.compat.v1.Session(graph=graph) as sess:
+                saver.restore(sess, meta["prefix"])
+                restored = sess.run(value)
+            assert (restored == meta["global_step"]).all()
+
+    def test_checkpoint_input_size_is_refused_only_when_asked(self):
+        meta = {"search_space": ckpt.search_space_signature(32, 48)}
+        ckpt.check_compatible(meta, None, None, "x")  # scoring: any size
+        with pytest.raises(errors.CheckpointError, match="input_size"):
+            ckpt.check_compatible(meta, 64, 48, "x")  # resuming training: the same size
+        other = {"search_space": dict(meta["search_space"], version="9blocks-0123456789ab")}
+        # made before versions: read by blocks, options and kernels
+        legacy = {"search_space": {"blocks": list(supernet.SPACE.blocks), "num_options": 3, "kernel_sizes": [3, 5, 7],
+                                   "input_size": [32, 48]}}
+        ckpt.check_compatible(legacy, 32, 48, "x")
+        legacy_other = {"search_space": dict(legacy["search_space"], kernel_sizes=[3, 5, 9])}
+        for size in ((None, None), (32, 48)):
+            for theirs in (other, legacy_other):
+                with pytest.raises(errors.CheckpointError, match="search space .* this code has"):
+                    ckpt.check_compatible(theirs, *size, "x")
+
+    def test_the_refusal_names_the_process_holding_the_lock_not_the_pid_in_the_file(self, tmp_path):
+        script = ("import fcntl, os, sys, time\n"
+                  "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                  "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                  "os.write(fd, b'1')\n"  # a PID that is not the holder's: written over by hand, or reused
+                  "print('held', flush=True)\n"
+                  "time.sleep(60)")
+        holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / ".lock")], stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held" and (tmp_path / ".lock").read_text() == "1"
+            with pytest.raises(errors.CheckpointError) as refused:
+                with ckpt.writer_lock(str(tmp_path), "run"):
+                    pass
+            assert str(refused.value) == f"run {tmp_path} is being written by another process (PID {holder.pid})"
+        finally:
+            holder.kill()
+            holder.wait()
 
 
-def _hand_flo_bytes(width, height, values, tag=b"PIEH"):
-    return tag + struct.pack("<ii", width, height) + struct.pack(f"<{len(values)}f", *values)
+# ==== 7. synthetic.py: synthetic FlyingChairs-style pairs with exactly known motion ==================================
 
-
-# ----------------------------------------------------------------------------- .flo
-
-
-class TestFlo:
-    def test_flo_round_trip_is_bit_exact(self, tmp_path):
-        rng = np.random.default_rng(0)
-        flow = rng.normal(0, 30, (5, 7, 2)).astype(np.float32)
-        flow[0, 0] = [-0.0, 1e9]  # negative zero and Middlebury's "unknown" marker survive too
-        flow[1, 1] = [np.inf, np.nan]
-        path = str(tmp_path / "x.flo")
-        flowio.write_flo(path, flow)
-        back = flowio.read_flo(path)
-        assert back.dtype == np.float32 and back.shape == (5, 7, 2)
-        assert np.array_equal(back.view(np.uint32), flow.view(np.uint32))
-        assert os.path.getsize(path) == 12 + 5 * 7 * 2 * 4
-
-    def test_read_flo_of_hand_written_bytes(self, tmp_path):
-        # width 3, height 2; u, v interleaved, row-major: pixel (row r, col c) = (10r + c, -(10r + c))
-        values = [v for r in range(2) for c in range(3) for v in (10 * r + c, -(10 * r + c))]
-        path = tmp_path / "hand.flo"
-        path.write_bytes(_hand_flo_bytes(3, 2, values))
-        flow = flowio.read_flo(str(path))
-        assert flow.shape == (2, 3, 2)
-        assert flow[1, 2].tolist() == [12.0, -12.0]
-        assert flow[0, 1].tolist() == [1.0, -1.0]
-
-    @pytest.mark.parametrize("content, words", [
-        (_hand_flo_bytes(2, 2, [0.0] * 8, tag=b"PIEX"), "wrong .flo tag"),
-        (_hand_flo_bytes(0, 2, []), "impossible .flo size"),
-        (_hand_flo_bytes(2, -1, []), "impossible .flo size"),
-        (_hand_flo_bytes(100000, 1, []), "impossible .flo size"),
-        (b"PIEH\x02\x00", "short .flo file"),
-        (_hand_flo_bytes(2, 2, [0.0] * 7), "short .flo file"),
-        (_hand_flo_bytes(2, 2, [0.0] * 9), "bytes after"),
-    ])
-    def test_read_flo_malformed_names_the_file(self, tmp_path, content, words):
-        path = tmp_path / "bad_sample.flo"
-        path.write_bytes(content)
-        with pytest.raises(errors.DataError, match=words) as info:
-            flowio.read_flo(str(path))
-        assert str(path) in str(info.value) and "\n" not in str(info.value)
-
-    def test_read_flo_missing_file_and_write_bad_shape_name_the_file(self, tmp_path):
-        with pytest.raises(errors.DataError, match="nothere.flo"):
-            flowio.read_flo(str(tmp_path / "nothere.flo"))
-        with pytest.raises(errors.DataError, match="out.flo"):
-            flowio.write_flo(str(tmp_path / "out.flo"), np.zeros((4, 4, 3), np.float32))
-
-
-# ----------------------------------------------------------------- lists, folders, checks
-
-
-class TestLayouts:
-    def test_lists_and_folders_give_the_same_samples(self, fc2_tree):
-        assert data_fc2.detect_layout(fc2_tree) == "lists"
-        for split, n in (("train", 8), ("val", 2)):
-            lists = data_fc2.list_samples(fc2_tree, split, "lists")
-            folders = data_fc2.list_samples(fc2_tree, split, "folders")
-            assert len(lists) == n
-            assert sorted(lists) == sorted(folders)
-            img0, img1, flow = lists[0]
-            assert img0.endswith("-img_0.png") and img1.endswith("-img_1.png")
-            assert flow.endswith("-flow_01.flo")
-            assert os.path.dirname(img0).endswith(os.path.join("FlyingChairs2", split))
-        assert data_fc2.check_dataset(fc2_tree, "lists") == data_fc2.check_dataset(fc2_tree, "folders") \
-            == {"train": 8, "val": 2}
-
-    def test_list_layout_with_absolute_paths(self, fc2_tree, tmp_path):
-        lists_only = tmp_path / "lists_only"  # holds the list files, the images live elsewhere
-        lists_only.mkdir()
-        lines = open(os.path.join(fc2_tree, "FC2_dirnames.txt")).read().splitlines()
-        assert not os.path.isabs(lines[0])
-        absolute = "".join(os.path.join(fc2_tree, line) + "\n" for line in lines)
-        (lists_only / "FC2_dirnames.txt").write_text(absolute)
-        for name in ("FC2_train.txt", "FC2_test.txt"):
-            (lists_only / name).write_text(open(os.path.join(fc2_tree, name)).read())
-        base = str(lists_only)
-        assert data_fc2.list_samples(base, "val", "lists") == data_fc2.list_samples(fc2_tree, "val", "lists")
-        assert data_fc2.check_dataset(base, "auto") == {"train": 8, "val": 2}
-
-    @pytest.mark.parametrize("index_text, words", [("3\n10\n", "index 10 out of range"),
-                                                   ("-1\n", "index -1 out of range"),
-                                                   ("two\n", "expected an integer")])
-    def test_split_index_errors_name_the_list_file(self, fc2_tree, tmp_path, index_text, words):
-        base = _copy_tree(fc2_tree, tmp_path / "copy")
-        with open(os.path.join(base, "FC2_test.txt"), "w") as f:
-            f.write(index_text)
-        with pytest.raises(errors.DataError, match=words) as info:
-            data_fc2.list_samples(base, "val", "lists")
-        assert "FC2_test.txt" in str(info.value)
-
-    def test_check_dataset_names_a_deleted_file(self, fc2_tree, tmp_path):
-        base = _copy_tree(fc2_tree, tmp_path / "copy")
-        victim = data_fc2.list_samples(base, "train", "lists")[4][2]
-        os.remove(victim)
-        for layout in ("lists", "folders"):
-            with pytest.raises(errors.DataError) as info:
-                data_fc2.check_dataset(base, layout)
-            message = str(info.value)
-            assert message.startswith("1 of 8 samples in split 'train' are incomplete")
-            assert victim in message
-
-    def test_check_dataset_rejects_an_empty_split_and_missing_base(self, fc2_tree, tmp_path):
-        base = _copy_tree(fc2_tree, tmp_path / "copy")
-        open(os.path.join(base, "FC2_test.txt"), "w").close()
-        with pytest.raises(errors.DataError, match="split 'val' .* has no samples"):
-            data_fc2.check_dataset(base, "lists")
-        with pytest.raises(errors.DataError, match="not a directory"):
-            data_fc2.check_dataset(str(tmp_path / "absent"), "auto")
-        with pytest.raises(errors.DataError, match="neither"):
-            data_fc2.detect_layout(str(tmp_path))
-
-
-# ------------------------------------------------------------------------------ synthetic
 
 def _bilinear(image, x, y):
     """Sample image [h, w, C] at float positions with bilinear weights (border-clamped)."""
@@ -617,19 +933,134 @@ class TestSynthetic:
         assert not np.array_equal(a["img0"], c["img0"])
         assert a["img0"].std() > 10 and np.abs(a["flow"]).max() > 0.5  # texture and motion, not constants
 
-    def test_written_fc2_tree_matches_the_synthetic_arrays(self, fc2_tree):
-        arrays = synthetic.make_synthetic_arrays(10, H, W, seed=3)
-        samples = [s for split in data_fc2.SPLITS for s in data_fc2.list_samples(fc2_tree, split, "lists")]
-        for img0, img1, flow in samples:
-            i = int(os.path.basename(img0)[:7])
-            assert np.array_equal(_decode_png(img0), arrays["img0"][i])
-            assert np.array_equal(_decode_png(img1), arrays["img1"][i])
-            assert np.array_equal(flowio.read_flo(flow), arrays["flow"][i])
-        with pytest.raises(errors.DataError, match="already exists"):
-            data_fc2.write_synthetic_fc2(fc2_tree, 4, h=H, w=W)
+
+# ==== 8. flowio.py: .flo, PNG frames and KITTI 16-bit flow PNGs ======================================================
 
 
-# ------------------------------------------------------------------------------ pipeline
+def _hand_flo_bytes(width, height, values, tag=b"PIEH"):
+    return tag + struct.pack("<ii", width, height) + struct.pack(f"<{len(values)}f", *values)
+
+
+def _png16_bytes(rgb):
+    """A 16-bit RGB PNG written byte by byte (filter type 0 rows, zlib), independent of any PNG writer."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + np.asarray(rgb[y], ">u2").tobytes() for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _write_png8(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tf.io.encode_png(image).numpy())
+
+
+class TestFlowioFlo:
+    def test_flo_round_trip_is_bit_exact(self, tmp_path):
+        rng = np.random.default_rng(0)
+        flow = rng.normal(0, 30, (5, 7, 2)).astype(np.float32)
+        flow[0, 0] = [-0.0, 1e9]  # negative zero and Middlebury's "unknown" marker survive too
+        flow[1, 1] = [np.inf, np.nan]
+        path = str(tmp_path / "x.flo")
+        flowio.write_flo(path, flow)
+        back = flowio.read_flo(path)
+        assert back.dtype == np.float32 and back.shape == (5, 7, 2)
+        assert np.array_equal(back.view(np.uint32), flow.view(np.uint32))
+        assert os.path.getsize(path) == 12 + 5 * 7 * 2 * 4
+
+    def test_read_flo_of_hand_written_bytes(self, tmp_path):
+        # width 3, height 2; u, v interleaved, row-major: pixel (row r, col c) = (10r + c, -(10r + c))
+        values = [v for r in range(2) for c in range(3) for v in (10 * r + c, -(10 * r + c))]
+        path = tmp_path / "hand.flo"
+        path.write_bytes(_hand_flo_bytes(3, 2, values))
+        flow = flowio.read_flo(str(path))
+        assert flow.shape == (2, 3, 2)
+        assert flow[1, 2].tolist() == [12.0, -12.0]
+        assert flow[0, 1].tolist() == [1.0, -1.0]
+
+    @pytest.mark.parametrize("content, words", [
+        (_hand_flo_bytes(2, 2, [0.0] * 8, tag=b"PIEX"), "wrong .flo tag"),
+        (_hand_flo_bytes(0, 2, []), "impossible .flo size"),
+        (_hand_flo_bytes(2, -1, []), "impossible .flo size"),
+        (_hand_flo_bytes(100000, 1, []), "impossible .flo size"),
+        (b"PIEH\x02\x00", "short .flo file"),
+        (_hand_flo_bytes(2, 2, [0.0] * 7), "short .flo file"),
+        (_hand_flo_bytes(2, 2, [0.0] * 9), "bytes after"),
+    ])
+    def test_read_flo_malformed_names_the_file(self, tmp_path, content, words):
+        path = tmp_path / "bad_sample.flo"
+        path.write_bytes(content)
+        with pytest.raises(errors.DataError, match=words) as info:
+            flowio.read_flo(str(path))
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+    def test_read_flo_missing_file_and_write_bad_shape_name_the_file(self, tmp_path):
+        with pytest.raises(errors.DataError, match="nothere.flo"):
+            flowio.read_flo(str(tmp_path / "nothere.flo"))
+        with pytest.raises(errors.DataError, match="out.flo"):
+            flowio.write_flo(str(tmp_path / "out.flo"), np.zeros((4, 4, 3), np.float32))
+
+
+class TestFlowioPngAndKitti:
+    def test_kitti_16_bit_flow_and_valid_bit_decode_by_hand(self, tmp_path):
+        rgb = np.zeros((2, 3, 3), np.int64)
+        rgb[0, 0] = (32768 + 64 * 3, 32768 - 32, 1)      # u = 3, v = -0.5, valid
+        rgb[0, 1] = (32768 - 64 * 250 - 1, 32768 + 7, 65535)  # u = -250.015625, v = 0.109375, valid
+        rgb[1, 2] = (40000, 20000, 0)                     # invalid: its flow does not count
+        path = tmp_path / "000000_10.png"
+        path.write_bytes(_png16_bytes(rgb))
+        flow, valid = flowio.read_kitti_flow(str(path))
+        np.testing.assert_array_equal(valid, [[1, 1, 0], [0, 0, 0]])
+        np.testing.assert_array_equal(flow[0, 0], [3.0, -0.5])
+        np.testing.assert_array_equal(flow[0, 1], [-250.015625, 0.109375])
+        assert not flow[1].any() and flow.dtype == np.float32
+
+    def test_damaged_png_is_an_error_naming_the_file(self, tmp_path):
+        path = tmp_path / "frame_0001.png"
+        _write_png8(path, np.full((8, 8, 3), 7, np.uint8))
+        path.write_bytes(path.read_bytes()[:40])
+        with pytest.raises(errors.DataError, match="frame_0001.png: cannot decode PNG"):
+            flowio.read_png_rgb(str(path))
+
+
+# ==== 9. data_fc2.py: FC2 lists and folders, the dataset check, the tf.data pipeline, the synthetic fallback =========
+
+
+H, W = 32, 48  # tiny synthetic FC2 images
+
+
+CROP = (24, 32)
+
+
+@pytest.fixture(scope="module")
+def fc2_tree(tmp_path_factory):
+    """A tiny FC2 tree written once by write_synthetic_fc2 (10 samples: 8 train, 2 val)."""
+    root = str(tmp_path_factory.mktemp("fc2"))
+    counts = data_fc2.write_synthetic_fc2(root, 10, seed=3, h=H, w=W, val_fraction=0.2)
+    assert counts == {"train": 8, "val": 2}
+    return root
+
+
+def _copy_tree(src, dst):
+    """Copy an FC2 tree so a test can damage it without touching the shared fixture."""
+    for dirpath, _, files in os.walk(src):
+        target = os.path.join(dst, os.path.relpath(dirpath, src))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                content = f.read()
+            with open(os.path.join(target, name), "wb") as f:
+                f.write(content)
+    return str(dst)
+
+
+def _decode_png(path):
+    with open(path, "rb") as f:
+        return tf.io.decode_png(f.read(), channels=3).numpy()
 
 
 def _centre(array, crop_hw):
@@ -645,7 +1076,138 @@ def _find_window(big, small):
             if np.array_equal(big[t:t + h, l:l + w], small)]
 
 
-class TestPipeline:
+def _cfg(**overrides):
+    cfg = dict(base_path="", data_layout="auto", synthetic=False, synthetic_train_size=3,
+               synthetic_val_size=2, input_h=24, input_w=32, seed=11)
+    cfg.update(overrides)
+    return cfg
+
+
+class TestDataFc2Layouts:
+    def test_lists_and_folders_give_the_same_samples(self, fc2_tree):
+        assert data_fc2.detect_layout(fc2_tree) == "lists"
+        for split, n in (("train", 8), ("val", 2)):
+            lists = data_fc2.list_samples(fc2_tree, split, "lists")
+            folders = data_fc2.list_samples(fc2_tree, split, "folders")
+            assert len(lists) == n
+            assert sorted(lists) == sorted(folders)
+            img0, img1, flow = lists[0]
+            assert img0.endswith("-img_0.png") and img1.endswith("-img_1.png")
+            assert flow.endswith("-flow_01.flo")
+            assert os.path.dirname(img0).endswith(os.path.join("FlyingChairs2", split))
+        assert data_fc2.check_dataset(fc2_tree, "lists") == data_fc2.check_dataset(fc2_tree, "folders") \
+            == {"train": 8, "val": 2}
+
+    def test_list_layout_with_absolute_paths(self, fc2_tree, tmp_path):
+        lists_only = tmp_path / "lists_only"  # holds the list files, the images live elsewhere
+        lists_only.mkdir()
+        lines = open(os.path.join(fc2_tree, "FC2_dirnames.txt")).read().splitlines()
+        assert not os.path.isabs(lines[0])
+        absolute = "".join(os.path.join(fc2_tree, line) + "\n" for line in lines)
+        (lists_only / "FC2_dirnames.txt").write_text(absolute)
+        for name in ("FC2_train.txt", "FC2_test.txt"):
+            (lists_only / name).write_text(open(os.path.join(fc2_tree, name)).read())
+        base = str(lists_only)
+        assert data_fc2.list_samples(base, "val", "lists") == data_fc2.list_samples(fc2_tree, "val", "lists")
+        assert data_fc2.check_dataset(base, "auto") == {"train": 8, "val": 2}
+
+    @pytest.mark.parametrize("index_text, words", [("3\n10\n", "index 10 out of range"),
+                                                   ("-1\n", "index -1 out of range"),
+                                                   ("two\n", "expected an integer")])
+    def test_split_index_errors_name_the_list_file(self, fc2_tree, tmp_path, index_text, words):
+        base = _copy_tree(fc2_tree, tmp_path / "copy")
+        with open(os.path.join(base, "FC2_test.txt"), "w") as f:
+            f.write(index_text)
+        with pytest.raises(errors.DataError, match=words) as info:
+            data_fc2.list_samples(base, "val", "lists")
+        assert "FC2_test.txt" in str(info.value)
+
+    def test_check_dataset_names_a_deleted_file(self, fc2_tree, tmp_path):
+        base = _copy_tree(fc2_tree, tmp_path / "copy")
+        victim = data_fc2.list_samples(base, "train", "lists")[4][2]
+        os.remove(victim)
+        for layout in ("lists", "folders"):
+            with pytest.raises(errors.DataError) as info:
+                data_fc2.check_dataset(base, layout)
+            message = str(info.value)
+            assert message.startswith("1 of 8 samples in split 'train' are incomplete")
+            assert victim in message
+
+    def test_check_dataset_rejects_an_empty_split_and_missing_base(self, fc2_tree, tmp_path):
+        base = _copy_tree(fc2_tree, tmp_path / "copy")
+        open(os.path.join(base, "FC2_test.txt"), "w").close()
+        with pytest.raises(errors.DataError, match="split 'val' .* has no samples"):
+            data_fc2.check_dataset(base, "lists")
+        with pytest.raises(errors.DataError, match="not a directory"):
+            data_fc2.check_dataset(str(tmp_path / "absent"), "auto")
+        with pytest.raises(errors.DataError, match="neither"):
+            data_fc2.detect_layout(str(tmp_path))
+
+    def test_layout_choice_is_said_and_a_half_lists_layout_refused(self, fc2_tree, tmp_path, capsys):
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
+        assert "(lists layout: FC2_dirnames.txt found)" in data_fc2.open_data(_cfg(base_path=tree))["reason"]
+        os.remove(os.path.join(tree, data_fc2.DIRNAMES_FILE))
+        with pytest.raises(errors.DataError, match=r"FC2_dirnames.txt: missing, but FC2_train.txt is there"):
+            data_fc2.open_data(_cfg(base_path=tree))
+        opened = data_fc2.open_data(_cfg(base_path=tree, data_layout="folders"))
+        assert "(folders layout: data_layout)" in opened["reason"]
+
+
+class TestDataFc2Check:
+    def test_a_sample_in_both_splits_and_a_grayscale_png_are_refused(self, fc2_tree, tmp_path):
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
+        test_list = pathlib.Path(tree) / data_fc2.SPLIT_LIST_FILES["val"]
+        first_train = (pathlib.Path(tree) / data_fc2.SPLIT_LIST_FILES["train"]).read_text().split()[0]
+        test_list.write_text(test_list.read_text() + first_train + "\n")
+        with pytest.raises(errors.DataError, match="in both the train and the val split"):
+            data_fc2.check_dataset(tree, "lists")
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2b")
+        img = data_fc2.list_samples(tree, "train", "lists")[2][0]
+        grey = tf.io.encode_png(tf.constant(np.zeros((H, W, 1), np.uint8))).numpy()
+        pathlib.Path(img).write_bytes(grey)
+        with pytest.raises(errors.DataError, match=f"{img}: grayscale PNG"):
+            data_fc2.check_dataset(tree, "lists")
+
+    def test_check_names_a_truncated_flo_and_a_png_cut_in_half(self, fc2_tree, tmp_path, capsys):
+        for which in (2, 0):
+            tree = _copy_tree(fc2_tree, tmp_path / f"fc2_{which}")
+            path = pathlib.Path(data_fc2.list_samples(tree, "train", "lists")[3][which])
+            raw = path.read_bytes()
+            path.write_bytes(raw[:1000] if which == 2 else raw[:len(raw) // 2])
+            assert data_fc2.main(["--check", "--base_path", tree]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            words = "short .flo file: 1000 bytes" if which == 2 else "truncated PNG"
+            assert len(err) == 1 and f"{path}: {words}" in err[0], err
+
+    def test_cli_make_then_check_then_delete(self, tmp_path, capsys):
+        root = str(tmp_path / "mini")
+        assert data_fc2.main(["--make_synthetic_fc2", root, "--num", "5", "--h", "16", "--w", "24"]) == 0
+        for name in ("FC2_dirnames.txt", "FC2_train.txt", "FC2_test.txt",
+                     "FlyingChairs2/train", "FlyingChairs2/val"):
+            assert os.path.exists(os.path.join(root, name))
+        capsys.readouterr()
+        assert data_fc2.main(["--check", "--base_path", root]) == 0
+        out = capsys.readouterr().out
+        assert "lists" in out and "folders" in out and out.count("train=4 val=1") == 2
+        victim = data_fc2.list_samples(root, "val", "lists")[0][2]
+        os.remove(victim)
+        assert data_fc2.main(["--check", "--base_path", root]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and victim in err and err.count("\n") == 1
+
+    def test_written_fc2_tree_matches_the_synthetic_arrays(self, fc2_tree):
+        arrays = synthetic.make_synthetic_arrays(10, H, W, seed=3)
+        samples = [s for split in data_fc2.SPLITS for s in data_fc2.list_samples(fc2_tree, split, "lists")]
+        for img0, img1, flow in samples:
+            i = int(os.path.basename(img0)[:7])
+            assert np.array_equal(_decode_png(img0), arrays["img0"][i])
+            assert np.array_equal(_decode_png(img1), arrays["img1"][i])
+            assert np.array_equal(flowio.read_flo(flow), arrays["flow"][i])
+        with pytest.raises(errors.DataError, match="already exists"):
+            data_fc2.write_synthetic_fc2(fc2_tree, 4, h=H, w=W)
+
+
+class TestDataFc2Pipeline:
     def test_normalise_maps_uint8_to_unit_range(self):
         x = np.arange(256, dtype=np.uint8)
         y = data_fc2.normalise(x)
@@ -743,16 +1305,7 @@ class TestPipeline:
         assert np.abs(flow_values).max() <= 5.0 and np.abs(flow_values).max() > 0
 
 
-# ------------------------------------------------------------------------------ open_data
-
-def _cfg(**overrides):
-    cfg = dict(base_path="", data_layout="auto", synthetic=False, synthetic_train_size=3,
-               synthetic_val_size=2, input_h=24, input_w=32, seed=11)
-    cfg.update(overrides)
-    return cfg
-
-
-class TestOpenData:
+class TestDataFc2OpenData:
     def test_open_data_synthetic_only_when_asked_or_unconfigured(self, fc2_tree):
         data = data_fc2.open_data(_cfg())
         assert data["data_source"] == "synthetic" and "no base_path configured" in data["reason"]
@@ -781,35 +1334,260 @@ class TestOpenData:
             data_fc2.open_data(_cfg(base_path=fc2_tree, data_layout="csv"))
 
 
-# ------------------------------------------------------------------------------------ CLI
+# ==== 10. data_sintel_kitti.py: MPI-Sintel and KITTI 2015 at full frame ==============================================
 
 
-class TestDataCli:
-    def test_cli_make_then_check_then_delete(self, tmp_path, capsys):
-        root = str(tmp_path / "mini")
-        assert data_fc2.main(["--make_synthetic_fc2", root, "--num", "5", "--h", "16", "--w", "24"]) == 0
-        for name in ("FC2_dirnames.txt", "FC2_train.txt", "FC2_test.txt",
-                     "FlyingChairs2/train", "FlyingChairs2/val"):
-            assert os.path.exists(os.path.join(root, name))
-        capsys.readouterr()
-        assert data_fc2.main(["--check", "--base_path", root]) == 0
-        out = capsys.readouterr().out
-        assert "lists" in out and "folders" in out and out.count("train=4 val=1") == 2
-        victim = data_fc2.list_samples(root, "val", "lists")[0][2]
-        os.remove(victim)
-        assert data_fc2.main(["--check", "--base_path", root]) == 1
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and victim in err and err.count("\n") == 1
+def _write_sintel(root, scenes, size=(38, 50), seed=0):
+    """A Sintel training tree (clean pass) with scenes {name: frames}; returns {(scene, n): (img0, img1, flow)}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for scene, count in scenes.items():
+        frames = [rng.integers(0, 256, size + (3,), dtype=np.uint8) for _ in range(count)]
+        for n, frame in enumerate(frames, 1):
+            _write_png8(root / "training" / "clean" / scene / f"frame_{n:04d}.png", frame)
+        (root / "training" / "flow" / scene).mkdir(parents=True, exist_ok=True)
+        for n in range(1, count):
+            flow = rng.normal(0, 3, size + (2,)).astype(np.float32)
+            flowio.write_flo(str(root / "training" / "flow" / scene / f"frame_{n:04d}.flo"), flow)
+            written[(scene, n)] = (frames[n - 1], frames[n], flow)
+    return written
 
 
-# ----------------------------------------------------------------------------- training step
+def _write_kitti(root, sizes, seed=0):
+    """A KITTI 2015 training tree, flow PNG bytes written by hand; returns {id: (flow, valid)} as
+    the KITTI devkit defines them from the stored 16-bit values."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i, (h, w) in enumerate(sizes):
+        for frame in ("10", "11"):
+            _write_png8(root / "training" / "image_2" / f"{i:06d}_{frame}.png",
+                        rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        uv = rng.integers(2 ** 15 - 900, 2 ** 15 + 900, (h, w, 2))
+        valid = rng.random((h, w)) < 0.6
+        rgb = np.concatenate([uv, valid[..., None]], axis=-1) * valid[..., None]
+        (root / "training" / "flow_occ").mkdir(parents=True, exist_ok=True)
+        (root / "training" / "flow_occ" / f"{i:06d}_10.png").write_bytes(_png16_bytes(rgb))
+        truth[f"{i:06d}_10"] = ((uv - 32768) / 64.0 * valid[..., None], valid.astype(np.float32))
+    return truth
 
-def tiny_config(**overrides):
-    """config.json with the changes a CPU test needs."""
-    cfg = json.loads((HERE / "config.json").read_text())
-    cfg.update(input_h=32, input_w=48, batch_size=2, weight_decay=0.0, grad_clip_norm=0.0)
-    cfg.update(overrides)
-    return cfg
+
+def _hand_metrics(pairs):
+    """EPE, px1/3/5 and Fl-all of (pred, gt, valid) arrays, in plain numpy."""
+    epe = np.concatenate([np.sqrt(((p - g) ** 2).sum(-1))[v > 0] for p, g, v in pairs])
+    length = np.concatenate([np.sqrt((g ** 2).sum(-1))[v > 0] for _, g, v in pairs])
+    return {"epe": epe.mean(), "px1": (epe < 1).mean(), "px3": (epe < 3).mean(), "px5": (epe < 5).mean(),
+            "fl_all": ((epe > 3) & (epe > 0.05 * length)).mean()}
+
+
+class TestSintelKitti:
+    def test_sintel_pairs_consecutive_frames_with_their_flow(self, tmp_path):
+        written = _write_sintel(tmp_path, {"cave_2": 3, "alley_1": 2})
+        samples = data_sintel_kitti.list_sintel_samples(str(tmp_path), "clean")
+        scene_frames = [(pathlib.Path(s[0]).parent.name, pathlib.Path(s[0]).name, pathlib.Path(s[1]).name,
+                         pathlib.Path(s[2]).relative_to(tmp_path).as_posix()) for s in samples]
+        assert scene_frames == [
+            ("alley_1", "frame_0001.png", "frame_0002.png", "training/flow/alley_1/frame_0001.flo"),
+            ("cave_2", "frame_0001.png", "frame_0002.png", "training/flow/cave_2/frame_0001.flo"),
+            ("cave_2", "frame_0002.png", "frame_0003.png", "training/flow/cave_2/frame_0002.flo")]
+        img0, img1, flow, valid = flowio.load_eval_sample(samples[2])
+        for got, want in zip((img0, img1, flow), written[("cave_2", 2)]):
+            np.testing.assert_array_equal(got, want)
+        assert valid.shape == (38, 50) and valid.min() == 1
+
+    def test_eval_batches_group_sizes_and_read_inside_a_session(self, tmp_path):
+        truth = _write_kitti(tmp_path, [(37, 50), (32, 44), (38, 49), (40, 52)])
+        batches = data_sintel_kitti.EvalBatches(data_sintel_kitti.list_kitti_samples(str(tmp_path)), batch_size=2)
+        assert [pathlib.Path(s[0]).name[:6] for s in batches.samples] == ["000000", "000002", "000003", "000001"]
+        assert batches.batch_sizes == [(40, 52), (40, 52), (32, 44)] and len(batches) == 3
+        assert batches.frame_sizes == [(37, 50), (38, 49), (40, 52), (32, 44)]
+        with tf.compat.v1.Session(graph=tf.Graph()):  # a graph context: reading must still give arrays
+            images, flows, valid = batches[0]
+            last = batches[-1]
+        assert images.shape == (2, 40, 52, 6) and valid.dtype == np.float32 and last[1].shape == (1, 32, 44, 2)
+        np.testing.assert_array_equal(flows[1, :38, :49], truth["000002_10"][0])
+        np.testing.assert_array_equal(valid[1, :38, :49], truth["000002_10"][1])
+        assert data_sintel_kitti.EvalBatches(batches.samples, batch_size=2, limit=1).samples == batches.samples[:2]
+
+    def test_padding_does_not_change_the_metrics_of_a_zero_prediction(self):
+        rng = np.random.default_rng(4)
+        img0, img1 = (rng.integers(0, 256, (37, 50, 3), dtype=np.uint8) for _ in range(2))
+        flow = rng.normal(0, 4, (37, 50, 2)).astype(np.float32)
+        valid = (rng.random((37, 50)) < 0.7).astype(np.float32)
+        images, flow_p, valid_p = data_sintel_kitti.pad_sample(img0, img1, flow, valid)
+        assert images.shape == (40, 52, 6) and flow_p.shape == (40, 52, 2) and valid_p.shape == (40, 52)
+        assert not valid_p[37:].any() and not valid_p[:, 50:].any() and (flow_p[:37, :50] == flow).all()
+        np.testing.assert_array_equal(images[39, 51, :3], img0[36, 49] / np.float32(127.5) - 1)  # edge replicated
+        graph = tf.Graph()
+        with graph.as_default():
+            padded = metrics.flow_metric_sums(tf.zeros([1, 40, 52, 2]), tf.constant(flow_p[None]),
+                                              tf.constant(valid_p[None]))
+            plain = metrics.flow_metric_sums(tf.zeros([1, 37, 50, 2]), tf.constant(flow[None]),
+                                             tf.constant(valid[None]))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            padded, plain = sess.run([padded, plain])
+        for key in plain:
+            assert padded[key] == pytest.approx(plain[key], rel=1e-6), key
+        by_hand = _hand_metrics([(0 * flow, flow, valid)])
+        assert padded["epe"] / padded["pixels"] == pytest.approx(by_hand["epe"], rel=1e-5)
+
+
+# ==== 11. metrics.py: EPE, px1/px3/px5, Fl-all, the zero-flow baseline, the paired SE ================================
+
+
+class TestMetrics:
+    def test_metrics_of_a_hand_built_prediction(self):
+        gt = np.random.default_rng(0).normal(0, 5, (2, 4, 6, 2)).astype(np.float32)
+        offset = np.zeros_like(gt)
+        offset[:, :2] = (6.0, 8.0)   # half the pixels off by 10 px
+        offset[:, 2] = (0.0, 2.0)    # a quarter off by 2 px
+        offset[:, 3] = (0.0, 0.5)    # a quarter off by 0.5 px
+        graph = tf.Graph()
+        with graph.as_default():
+            sums = metrics.flow_metric_sums(tf.constant(gt + offset), tf.constant(gt))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            s = sess.run(sums)
+        assert s["pixels"] == 48
+        assert s["epe"] / s["pixels"] == pytest.approx((24 * 10 + 12 * 2 + 12 * 0.5) / 48, rel=1e-5)
+        assert (s["px1"], s["px3"], s["px5"]) == (12, 24, 24)
+        lengths = np.sqrt((gt.astype(np.float64) ** 2).sum(-1))
+        assert metrics.zero_flow_epe([(None, gt)]) == pytest.approx(lengths.mean())
+
+    def test_masked_epe_fl_all_and_zero_flow_against_a_hand_computation(self):
+        gt = np.zeros((1, 2, 2, 2), np.float32)
+        pred = np.zeros_like(gt)
+        gt[0, 0, 0], pred[0, 0, 0] = (10, 0), (10, 4)      # EPE 4 > 3 and > 5% of 10: an outlier
+        gt[0, 0, 1], pred[0, 0, 1] = (100, 0), (104, 0)    # EPE 4 > 3 but < 5% of 100: not one
+        gt[0, 1, 0], pred[0, 1, 0] = (0, 0), (0.6, -0.8)   # EPE 1: neither below 1 nor an outlier
+        gt[0, 1, 1], pred[0, 1, 1] = (3, 4), (300, 400)    # invalid: ignored whatever its error
+        valid = np.array([[[1, 1], [1, 0]]], np.float32)
+        graph = tf.Graph()
+        with graph.as_default():
+            sums = metrics.flow_metric_sums(tf.constant(pred), tf.constant(gt), tf.constant(valid))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            result = metrics.metrics_from_sums(metrics.add_sums({}, sess.run(sums)))
+        assert result["epe"] == pytest.approx((4 + 4 + 1) / 3, rel=1e-6)
+        assert result["fl_all"] == pytest.approx(1 / 3) and result["px1"] == 0
+        assert result["px3"] == pytest.approx(1 / 3) and result["px5"] == 1
+        assert metrics.zero_flow_epe([(None, gt, valid)]) == pytest.approx((10 + 100 + 0) / 3)
+        assert metrics.zero_flow_epe([(None, gt)]) == pytest.approx((10 + 100 + 0 + 5) / 4)
+
+    def test_paired_se_is_the_standard_error_of_the_epe_difference(self):
+        rng = np.random.default_rng(0)
+        a, b = rng.gamma(2.0, 1.0, 50), rng.gamma(2.0, 1.0, 50)
+        pixels = np.full(50, 100.0)  # equal pixels: the std of the per-sample EPE differences over sqrt(n)
+        assert metrics.paired_se(a * 100, b * 100, pixels) == pytest.approx(np.std(a - b, ddof=1) / np.sqrt(50))
+        pixels = rng.integers(50, 150, 400).astype(float)  # masks of different sizes: a ratio's delta method ...
+        d = rng.normal(0.1, 1.0, 400) * pixels
+        mean_p, ratio = pixels.mean(), d.sum() / pixels.sum()
+        by_hand = np.sqrt(np.sum(((d - ratio * pixels) / mean_p) ** 2) / (400 * 399))
+        assert metrics.paired_se(d, np.zeros(400), pixels) == pytest.approx(by_hand)
+        jackknife = [(d.sum() - d[i]) / (pixels.sum() - pixels[i]) for i in range(400)]  # ... near the jackknife's
+        assert metrics.paired_se(d, np.zeros(400), pixels) == pytest.approx(np.sqrt(399 * np.var(jackknife)), rel=0.02)
+        assert metrics.paired_se([1.0], [2.0], [3.0]) is None
+
+    def test_a_perfect_prediction_at_another_size_scores_the_resize_floor(self):
+        rng = np.random.default_rng(1)
+        frame = (32, 48)
+        gt = bilinear_resize_np(rng.normal(0, 4, (2, 8, 12, 2)), *frame)  # a smooth true flow at the frame's size
+        for size in ((16, 24), (24, 32), frame):
+            scale = np.array([size[1] / frame[1], size[0] / frame[0]])
+            perfect = bilinear_resize_np(gt, *size) * scale  # the true flow sampled at `size`, in its pixels
+            back = bilinear_resize_np(perfect, *frame) / scale  # numpy, independent of metrics.to_frame
+            floor = np.sqrt(np.square(back - gt).sum(-1)).mean()
+            pred = tf.constant(perfect, tf.float32)
+            sums = metrics.flow_metric_sums(metrics.to_frame(pred, frame), tf.constant(gt, tf.float32))
+            epe = metrics.metrics_from_sums({k: np.asarray(v) for k, v in sums.items()})["epe"]
+            assert epe == pytest.approx(floor, rel=1e-4, abs=1e-6)
+            assert (floor > 0.05) == (size != frame)
+
+
+# ==== 12. scoring.py: BN recalibration and scoring of one subnet =====================================================
+
+
+def _scorer_graph():
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(11)
+        images = tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 6])
+        flows = tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 2])
+        scorer = scoring.build_scorer(images, flows)
+        init = tf.compat.v1.global_variables_initializer()
+    return graph, scorer, init
+
+
+def _random_batches(n, seed, batch=2):
+    rng = np.random.default_rng(seed)
+    return [(rng.uniform(-1, 1, (batch, 32, 48, 6)).astype(np.float32),
+             rng.normal(0, 2, (batch, 32, 48, 2)).astype(np.float32)) for _ in range(n)]
+
+
+class TestScoring:
+    @pytest.mark.slow
+    def test_recalibrated_statistics_are_the_exact_batch_averages(self):
+        arch = (1, 2, 0, 1, 2, 0, 1, 2, 0)
+        graph, scorer, init = _scorer_graph()
+        names = variables_by_name(graph)
+        stats = {n: v for n, v in names.items() if n.endswith(("moving_mean", "moving_variance"))}
+        with graph.as_default():
+            e0_conv = tf.nn.conv2d(scorer["images"], names["supernet/E0/conv/kernel"], 2, "SAME")
+        batches = _random_batches(3, 1)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            single = []
+            for images, flows in batches:  # each batch alone: its own batch statistics
+                scoring.score_subnet(sess, scorer, arch, [(images, flows)], [(images, flows)])
+                single.append(sess.run(stats))
+            scoring.score_subnet(sess, scorer, arch, batches, batches[:1])
+            together = sess.run(stats)
+            convs = [sess.run(e0_conv, {scorer["images"]: images}) for images, _ in batches]
+        # E0 against numpy: mean over batches of each batch's per-channel mean / biased variance.
+        np.testing.assert_allclose(together["supernet/E0/bn/moving_mean"],
+                                   np.mean([c.mean(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(together["supernet/E0/bn/moving_variance"],
+                                   np.mean([c.var(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
+        used = [n for n in stats if not np.allclose(single[0][n], single[1][n])]
+        assert "supernet/DB0/rb1/bn2/moving_mean" in used and "supernet/H2/k7/bn/moving_variance" in used
+        assert not any(n.startswith(("supernet/DB0/rb2", "supernet/H2/k3", "supernet/H2/k5")) for n in used)
+        for n in used:  # every BN of the subnet holds the average of its per-batch statistics
+            np.testing.assert_allclose(together[n], np.mean([s[n] for s in single], axis=0), rtol=1e-4, atol=1e-5)
+
+    @pytest.mark.slow
+    def test_scoring_order_does_not_change_scores(self):
+        a, b = (0, 1, 2, 0, 1, 2, 0, 1, 2), (2, 2, 1, 1, 0, 0, 2, 1, 0)
+        graph, scorer, init = _scorer_graph()
+        recal, val = _random_batches(2, 3), _random_batches(2, 4)
+        results = []
+        for order in ((a, b), (b, a)):
+            with tf.compat.v1.Session(graph=graph) as sess:  # a fresh session: the same seeded initial weights
+                sess.run(init)
+                results.append({arch: scoring.score_subnet(sess, scorer, arch, recal, val) for arch in order})
+        for arch in (a, b):
+            for key, value in results[0][arch].items():
+                assert results[1][arch][key] == pytest.approx(value, rel=1e-6, abs=1e-7), (arch, key)
+        with tf.compat.v1.Session(graph=graph) as sess:  # recalibration really changes the scores
+            sess.run(init)
+            unrecalibrated = scoring.score_subnet(sess, scorer, a, [], val)["epe"]
+            assert unrecalibrated != pytest.approx(results[0][a]["epe"], rel=1e-3)
+
+    @pytest.mark.slow
+    def test_scored_epe_is_that_of_the_accumulated_flow(self):
+        arch = (0, 0, 0, 0, 1, 1, 1, 1, 1)
+        graph, scorer, init = _scorer_graph()
+        with graph.as_default():
+            flows_eval = supernet.build_flows(scorer["images"], arch, mode="eval")
+        recal, val = _random_batches(1, 5), _random_batches(1, 6)
+        images, gt = val[0]
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            scored = scoring.score_subnet(sess, scorer, arch, recal, val)
+            f2, f1 = sess.run(flows_eval[1:], {scorer["images"]: images})
+        accumulated = np.sqrt(((f1 - gt) ** 2).sum(-1)).mean()
+        residual = f1 - bilinear_resize_np(f2, 32, 48)
+        assert scored["epe"] == pytest.approx(accumulated, rel=1e-5)
+        assert np.sqrt(((residual - gt) ** 2).sum(-1)).mean() != pytest.approx(accumulated, rel=1e-3)
+
+
+# ==== not yet sorted into sections ===================================================================================
 
 
 class TestTrainingStep:
@@ -889,178 +1667,6 @@ class TestTrainingStep:
         assert value == pytest.approx(expected, rel=1e-5)
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-def _scorer_graph():
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(11)
-        images = tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 6])
-        flows = tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 2])
-        scorer = scoring.build_scorer(images, flows)
-        init = tf.compat.v1.global_variables_initializer()
-    return graph, scorer, init
-
-
-def _random_batches(n, seed, batch=2):
-    rng = np.random.default_rng(seed)
-    return [(rng.uniform(-1, 1, (batch, 32, 48, 6)).astype(np.float32),
-             rng.normal(0, 2, (batch, 32, 48, 2)).astype(np.float32)) for _ in range(n)]
-
-
-class TestEvaluation:
-    @pytest.mark.slow
-    def test_recalibrated_statistics_are_the_exact_batch_averages(self):
-        arch = (1, 2, 0, 1, 2, 0, 1, 2, 0)
-        graph, scorer, init = _scorer_graph()
-        names = variables_by_name(graph)
-        stats = {n: v for n, v in names.items() if n.endswith(("moving_mean", "moving_variance"))}
-        with graph.as_default():
-            e0_conv = tf.nn.conv2d(scorer["images"], names["supernet/E0/conv/kernel"], 2, "SAME")
-        batches = _random_batches(3, 1)
-        with tf.compat.v1.Session(graph=graph) as sess:
-            sess.run(init)
-            single = []
-            for images, flows in batches:  # each batch alone: its own batch statistics
-                scoring.score_subnet(sess, scorer, arch, [(images, flows)], [(images, flows)])
-                single.append(sess.run(stats))
-            scoring.score_subnet(sess, scorer, arch, batches, batches[:1])
-            together = sess.run(stats)
-            convs = [sess.run(e0_conv, {scorer["images"]: images}) for images, _ in batches]
-        # E0 against numpy: mean over batches of each batch's per-channel mean / biased variance.
-        np.testing.assert_allclose(together["supernet/E0/bn/moving_mean"],
-                                   np.mean([c.mean(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(together["supernet/E0/bn/moving_variance"],
-                                   np.mean([c.var(axis=(0, 1, 2)) for c in convs], axis=0), rtol=1e-4, atol=1e-6)
-        used = [n for n in stats if not np.allclose(single[0][n], single[1][n])]
-        assert "supernet/DB0/rb1/bn2/moving_mean" in used and "supernet/H2/k7/bn/moving_variance" in used
-        assert not any(n.startswith(("supernet/DB0/rb2", "supernet/H2/k3", "supernet/H2/k5")) for n in used)
-        for n in used:  # every BN of the subnet holds the average of its per-batch statistics
-            np.testing.assert_allclose(together[n], np.mean([s[n] for s in single], axis=0), rtol=1e-4, atol=1e-5)
-
-    @pytest.mark.slow
-    def test_scoring_order_does_not_change_scores(self):
-        a, b = (0, 1, 2, 0, 1, 2, 0, 1, 2), (2, 2, 1, 1, 0, 0, 2, 1, 0)
-        graph, scorer, init = _scorer_graph()
-        recal, val = _random_batches(2, 3), _random_batches(2, 4)
-        results = []
-        for order in ((a, b), (b, a)):
-            with tf.compat.v1.Session(graph=graph) as sess:  # a fresh session: the same seeded initial weights
-                sess.run(init)
-                results.append({arch: scoring.score_subnet(sess, scorer, arch, recal, val) for arch in order})
-        for arch in (a, b):
-            for key, value in results[0][arch].items():
-                assert results[1][arch][key] == pytest.approx(value, rel=1e-6, abs=1e-7), (arch, key)
-        with tf.compat.v1.Session(graph=graph) as sess:  # recalibration really changes the scores
-            sess.run(init)
-            unrecalibrated = scoring.score_subnet(sess, scorer, a, [], val)["epe"]
-            assert unrecalibrated != pytest.approx(results[0][a]["epe"], rel=1e-3)
-
-    def test_metrics_of_a_hand_built_prediction(self):
-        gt = np.random.default_rng(0).normal(0, 5, (2, 4, 6, 2)).astype(np.float32)
-        offset = np.zeros_like(gt)
-        offset[:, :2] = (6.0, 8.0)   # half the pixels off by 10 px
-        offset[:, 2] = (0.0, 2.0)    # a quarter off by 2 px
-        offset[:, 3] = (0.0, 0.5)    # a quarter off by 0.5 px
-        graph = tf.Graph()
-        with graph.as_default():
-            sums = metrics.flow_metric_sums(tf.constant(gt + offset), tf.constant(gt))
-        with tf.compat.v1.Session(graph=graph) as sess:
-            s = sess.run(sums)
-        assert s["pixels"] == 48
-        assert s["epe"] / s["pixels"] == pytest.approx((24 * 10 + 12 * 2 + 12 * 0.5) / 48, rel=1e-5)
-        assert (s["px1"], s["px3"], s["px5"]) == (12, 24, 24)
-        lengths = np.sqrt((gt.astype(np.float64) ** 2).sum(-1))
-        assert metrics.zero_flow_epe([(None, gt)]) == pytest.approx(lengths.mean())
-
-    @pytest.mark.slow
-    def test_scored_epe_is_that_of_the_accumulated_flow(self):
-        arch = (0, 0, 0, 0, 1, 1, 1, 1, 1)
-        graph, scorer, init = _scorer_graph()
-        with graph.as_default():
-            flows_eval = supernet.build_flows(scorer["images"], arch, mode="eval")
-        recal, val = _random_batches(1, 5), _random_batches(1, 6)
-        images, gt = val[0]
-        with tf.compat.v1.Session(graph=graph) as sess:
-            sess.run(init)
-            scored = scoring.score_subnet(sess, scorer, arch, recal, val)
-            f2, f1 = sess.run(flows_eval[1:], {scorer["images"]: images})
-        accumulated = np.sqrt(((f1 - gt) ** 2).sum(-1)).mean()
-        residual = f1 - bilinear_resize_np(f2, 32, 48)
-        assert scored["epe"] == pytest.approx(accumulated, rel=1e-5)
-        assert np.sqrt(((residual - gt) ** 2).sum(-1)).mean() != pytest.approx(accumulated, rel=1e-3)
-
-
-# ----------------------------------------------------------------------------- noise, and EPE across input sizes
-
-class TestNoiseAndSizes:
-    def test_paired_se_is_the_standard_error_of_the_epe_difference(self):
-        rng = np.random.default_rng(0)
-        a, b = rng.gamma(2.0, 1.0, 50), rng.gamma(2.0, 1.0, 50)
-        pixels = np.full(50, 100.0)  # equal pixels: the std of the per-sample EPE differences over sqrt(n)
-        assert metrics.paired_se(a * 100, b * 100, pixels) == pytest.approx(np.std(a - b, ddof=1) / np.sqrt(50))
-        pixels = rng.integers(50, 150, 400).astype(float)  # masks of different sizes: a ratio's delta method ...
-        d = rng.normal(0.1, 1.0, 400) * pixels
-        mean_p, ratio = pixels.mean(), d.sum() / pixels.sum()
-        by_hand = np.sqrt(np.sum(((d - ratio * pixels) / mean_p) ** 2) / (400 * 399))
-        assert metrics.paired_se(d, np.zeros(400), pixels) == pytest.approx(by_hand)
-        jackknife = [(d.sum() - d[i]) / (pixels.sum() - pixels[i]) for i in range(400)]  # ... near the jackknife's
-        assert metrics.paired_se(d, np.zeros(400), pixels) == pytest.approx(np.sqrt(399 * np.var(jackknife)), rel=0.02)
-        assert metrics.paired_se([1.0], [2.0], [3.0]) is None
-
-    def test_a_perfect_prediction_at_another_size_scores_the_resize_floor(self):
-        rng = np.random.default_rng(1)
-        frame = (32, 48)
-        gt = bilinear_resize_np(rng.normal(0, 4, (2, 8, 12, 2)), *frame)  # a smooth true flow at the frame's size
-        for size in ((16, 24), (24, 32), frame):
-            scale = np.array([size[1] / frame[1], size[0] / frame[0]])
-            perfect = bilinear_resize_np(gt, *size) * scale  # the true flow sampled at `size`, in its pixels
-            back = bilinear_resize_np(perfect, *frame) / scale  # numpy, independent of metrics.to_frame
-            floor = np.sqrt(np.square(back - gt).sum(-1)).mean()
-            pred = tf.constant(perfect, tf.float32)
-            sums = metrics.flow_metric_sums(metrics.to_frame(pred, frame), tf.constant(gt, tf.float32))
-            epe = metrics.metrics_from_sums({k: np.asarray(v) for k, v in sums.items()})["epe"]
-            assert epe == pytest.approx(floor, rel=1e-4, abs=1e-6)
-            assert (floor > 0.05) == (size != frame)
-
-
-# ----------------------------------------------------------------------------- runs, resume, checkpoints
-
-RUN_FLAGS = ["--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8", "--synthetic_val_size", "4",
-             "--batch_size", "2", "--steps_per_epoch", "2", "--fast_mode", "--log_every", "1", "--seed", "9"]
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-    """The output folder of one tiny run of 2 epochs, "whole" (resumes: see TestDependableRuns)."""
-    out = tmp_path_factory.mktemp("outputs")
-    assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "whole", "--num_epochs", "2"]) == 0
-    return out
-
-
-def _history(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-SAVER_LOOP = r"""
-import sys, tensorflow as tf
-sys.path.insert(0, sys.argv[1])
-import ckpt
-graph = tf.Graph()
-with graph.as_default():
-    value = tf.compat.v1.get_variable("v", [4_000_000], initializer=tf.compat.v1.zeros_initializer())
-    step = tf.compat.v1.placeholder(tf.float32, [])
-    assign = value.assign(tf.fill([4_000_000], step))
-    saver = tf.compat.v1.train.Saver([value])
-with tf.compat.v1.Session(graph=graph) as sess:
-    for i in range(1, 100000):
-        sess.run(assign, {step: float(i)})
-        ckpt.save(sess, saver, sys.argv[2], "last", {"global_step": i, "epoch": i, "search_space": {}})
-        print(i, flush=True)
-"""
-
-
 class TestRuns:
     @pytest.mark.slow
     def test_a_run_writes_every_artifact(self, tiny_runs):
@@ -1102,28 +1708,6 @@ class TestRuns:
         run_files.trim_history(str(path), 2, ["epoch", "mean_epe"])
         assert path.read_text().splitlines() == ["epoch,mean_epe", "1,3.0", "2,2.5"]
 
-    @pytest.mark.slow
-    def test_sigkill_while_saving_leaves_a_loadable_checkpoint(self, tmp_path):
-        script = tmp_path / "saver_loop.py"
-        script.write_text(SAVER_LOOP)
-        run_dir = tmp_path / "run"
-        for kill_after in (0.05, 0.13, 0.31):  # each save of the 16 MB variable takes tens of ms
-            proc = subprocess.Popen([sys.executable, str(script), str(HERE), str(run_dir)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            assert proc.stdout.readline().strip() == "1"  # one checkpoint committed; now kill mid-loop
-            time.sleep(kill_after)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            meta = ckpt.load_meta(str(run_dir), "last")
-            graph = tf.Graph()
-            with graph.as_default():
-                value = tf.compat.v1.get_variable("v", [4_000_000])
-                saver = tf.compat.v1.train.Saver([value])
-            with tf.compat.v1.Session(graph=graph) as sess:
-                saver.restore(sess, meta["prefix"])
-                restored = sess.run(value)
-            assert (restored == meta["global_step"]).all()
-
     def test_best_is_the_lowest_epe_and_patience_counts_improvements_of_min_delta(self):
         cfg = {"early_stop_min_delta": 0.01, "early_stop_patience": 3}
         state = training.RunState(seed=1)
@@ -1140,14 +1724,6 @@ class TestRuns:
         # a meta written before patience_metric: the patience counts from the best, as it did then
         old = {k: v for k, v in meta.items() if k != "patience_metric"}
         assert training.RunState.from_meta(old, "m").patience_metric == 0.98
-
-
-# ----------------------------------------------------------------------------- bad input
-
-def _run_main(main, argv, capsys):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, err
 
 
 class TestBadInput:
@@ -1269,8 +1845,6 @@ class TestBadInput:
         assert not list(tmp_path.iterdir())
 
 
-# ----------------------------------------------------------------------------- code rules
-
 def _imports(module):
     tree = ast.parse((HERE / f"{module}.py").read_text())
     names = set()
@@ -1318,8 +1892,6 @@ class TestCodeRules:
         assert defined == ["config"]
         assert {m: lines for m in PRODUCT_MODULES if (lines := _sessions_without_config(m))} == {}
 
-
-# ----------------------------------------------------------------------------- search (search.py)
 
 SEARCH_SIZE = (32, 48)
 
@@ -1667,8 +2239,6 @@ class TestSearch:
         assert "is a standalone run of 0,1,2,0,1,2,0,1,2: search needs a supernet run" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------- deployment (export.py)
-
 EXPORT_ARCH = (0, 1, 2, 0, 1, 2, 0, 1, 2)
 
 
@@ -1914,8 +2484,6 @@ class TestExport:
             compiler.Vela()
 
 
-# ----------------------------------------------------------------------------- a hostile user
-
 def _fails_and_keeps(main, argv, capsys, folder, words):
     """main(argv) exits 1 with one line holding `words`, and `folder` is byte for byte as it was."""
     before = _folder_bytes(folder)
@@ -2037,8 +2605,6 @@ class TestHostileInput:
         assert code == 1 and "a file of that name is in the way" in err[0]
         (run / "export_000000000").unlink()
 
-
-# ----------------------------------------------------------------------------- fit the board (deploy.py)
 
 class _CountingTool:
     """A stand-in compiler: writes the files Vela would, counts its compiles, summary from the model's size."""
@@ -2290,68 +2856,6 @@ class TestDeploy:
         assert kept[0].stat().st_size > 100 and pathlib.Path(f"{kept[-1]}.npy").read_bytes() != b"garbage"
 
 
-# ------------------------------------------------------------------------ other datasets, full frames, flow pictures
-
-def _png16_bytes(rgb):
-    """A 16-bit RGB PNG written byte by byte (filter type 0 rows, zlib), independent of any PNG writer."""
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    height, width, _ = rgb.shape
-    rows = b"".join(b"\x00" + np.asarray(rgb[y], ">u2").tobytes() for y in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
-
-
-def _write_png8(path, image):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(tf.io.encode_png(image).numpy())
-
-
-def _write_sintel(root, scenes, size=(38, 50), seed=0):
-    """A Sintel training tree (clean pass) with scenes {name: frames}; returns {(scene, n): (img0, img1, flow)}."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    for scene, count in scenes.items():
-        frames = [rng.integers(0, 256, size + (3,), dtype=np.uint8) for _ in range(count)]
-        for n, frame in enumerate(frames, 1):
-            _write_png8(root / "training" / "clean" / scene / f"frame_{n:04d}.png", frame)
-        (root / "training" / "flow" / scene).mkdir(parents=True, exist_ok=True)
-        for n in range(1, count):
-            flow = rng.normal(0, 3, size + (2,)).astype(np.float32)
-            flowio.write_flo(str(root / "training" / "flow" / scene / f"frame_{n:04d}.flo"), flow)
-            written[(scene, n)] = (frames[n - 1], frames[n], flow)
-    return written
-
-
-def _write_kitti(root, sizes, seed=0):
-    """A KITTI 2015 training tree, flow PNG bytes written by hand; returns {id: (flow, valid)} as
-    the KITTI devkit defines them from the stored 16-bit values."""
-    rng = np.random.default_rng(seed)
-    truth = {}
-    for i, (h, w) in enumerate(sizes):
-        for frame in ("10", "11"):
-            _write_png8(root / "training" / "image_2" / f"{i:06d}_{frame}.png",
-                        rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        uv = rng.integers(2 ** 15 - 900, 2 ** 15 + 900, (h, w, 2))
-        valid = rng.random((h, w)) < 0.6
-        rgb = np.concatenate([uv, valid[..., None]], axis=-1) * valid[..., None]
-        (root / "training" / "flow_occ").mkdir(parents=True, exist_ok=True)
-        (root / "training" / "flow_occ" / f"{i:06d}_10.png").write_bytes(_png16_bytes(rgb))
-        truth[f"{i:06d}_10"] = ((uv - 32768) / 64.0 * valid[..., None], valid.astype(np.float32))
-    return truth
-
-
-def _hand_metrics(pairs):
-    """EPE, px1/3/5 and Fl-all of (pred, gt, valid) arrays, in plain numpy."""
-    epe = np.concatenate([np.sqrt(((p - g) ** 2).sum(-1))[v > 0] for p, g, v in pairs])
-    length = np.concatenate([np.sqrt((g ** 2).sum(-1))[v > 0] for _, g, v in pairs])
-    return {"epe": epe.mean(), "px1": (epe < 1).mean(), "px3": (epe < 3).mean(), "px5": (epe < 5).mean(),
-            "fl_all": ((epe > 3) & (epe > 0.05 * length)).mean()}
-
-
 @pytest.fixture(scope="module")
 def scoring_run(tmp_path_factory):
     """A run folder (32x48, synthetic) with a `best` checkpoint of freshly initialised weights."""
@@ -2382,95 +2886,6 @@ SCORED_ARCH = "0,1,2,0,1,2,0,1,2"
 
 
 class TestDatasetsAndPictures:
-    def test_sintel_pairs_consecutive_frames_with_their_flow(self, tmp_path):
-        written = _write_sintel(tmp_path, {"cave_2": 3, "alley_1": 2})
-        samples = data_sintel_kitti.list_sintel_samples(str(tmp_path), "clean")
-        scene_frames = [(pathlib.Path(s[0]).parent.name, pathlib.Path(s[0]).name, pathlib.Path(s[1]).name,
-                         pathlib.Path(s[2]).relative_to(tmp_path).as_posix()) for s in samples]
-        assert scene_frames == [
-            ("alley_1", "frame_0001.png", "frame_0002.png", "training/flow/alley_1/frame_0001.flo"),
-            ("cave_2", "frame_0001.png", "frame_0002.png", "training/flow/cave_2/frame_0001.flo"),
-            ("cave_2", "frame_0002.png", "frame_0003.png", "training/flow/cave_2/frame_0002.flo")]
-        img0, img1, flow, valid = flowio.load_eval_sample(samples[2])
-        for got, want in zip((img0, img1, flow), written[("cave_2", 2)]):
-            np.testing.assert_array_equal(got, want)
-        assert valid.shape == (38, 50) and valid.min() == 1
-
-    def test_kitti_16_bit_flow_and_valid_bit_decode_by_hand(self, tmp_path):
-        rgb = np.zeros((2, 3, 3), np.int64)
-        rgb[0, 0] = (32768 + 64 * 3, 32768 - 32, 1)      # u = 3, v = -0.5, valid
-        rgb[0, 1] = (32768 - 64 * 250 - 1, 32768 + 7, 65535)  # u = -250.015625, v = 0.109375, valid
-        rgb[1, 2] = (40000, 20000, 0)                     # invalid: its flow does not count
-        path = tmp_path / "000000_10.png"
-        path.write_bytes(_png16_bytes(rgb))
-        flow, valid = flowio.read_kitti_flow(str(path))
-        np.testing.assert_array_equal(valid, [[1, 1, 0], [0, 0, 0]])
-        np.testing.assert_array_equal(flow[0, 0], [3.0, -0.5])
-        np.testing.assert_array_equal(flow[0, 1], [-250.015625, 0.109375])
-        assert not flow[1].any() and flow.dtype == np.float32
-
-    def test_eval_batches_group_sizes_and_read_inside_a_session(self, tmp_path):
-        truth = _write_kitti(tmp_path, [(37, 50), (32, 44), (38, 49), (40, 52)])
-        batches = data_sintel_kitti.EvalBatches(data_sintel_kitti.list_kitti_samples(str(tmp_path)), batch_size=2)
-        assert [pathlib.Path(s[0]).name[:6] for s in batches.samples] == ["000000", "000002", "000003", "000001"]
-        assert batches.batch_sizes == [(40, 52), (40, 52), (32, 44)] and len(batches) == 3
-        assert batches.frame_sizes == [(37, 50), (38, 49), (40, 52), (32, 44)]
-        with tf.compat.v1.Session(graph=tf.Graph()):  # a graph context: reading must still give arrays
-            images, flows, valid = batches[0]
-            last = batches[-1]
-        assert images.shape == (2, 40, 52, 6) and valid.dtype == np.float32 and last[1].shape == (1, 32, 44, 2)
-        np.testing.assert_array_equal(flows[1, :38, :49], truth["000002_10"][0])
-        np.testing.assert_array_equal(valid[1, :38, :49], truth["000002_10"][1])
-        assert data_sintel_kitti.EvalBatches(batches.samples, batch_size=2, limit=1).samples == batches.samples[:2]
-
-    def test_damaged_png_is_an_error_naming_the_file(self, tmp_path):
-        path = tmp_path / "frame_0001.png"
-        _write_png8(path, np.full((8, 8, 3), 7, np.uint8))
-        path.write_bytes(path.read_bytes()[:40])
-        with pytest.raises(errors.DataError, match="frame_0001.png: cannot decode PNG"):
-            flowio.read_png_rgb(str(path))
-
-    def test_masked_epe_fl_all_and_zero_flow_against_a_hand_computation(self):
-        gt = np.zeros((1, 2, 2, 2), np.float32)
-        pred = np.zeros_like(gt)
-        gt[0, 0, 0], pred[0, 0, 0] = (10, 0), (10, 4)      # EPE 4 > 3 and > 5% of 10: an outlier
-        gt[0, 0, 1], pred[0, 0, 1] = (100, 0), (104, 0)    # EPE 4 > 3 but < 5% of 100: not one
-        gt[0, 1, 0], pred[0, 1, 0] = (0, 0), (0.6, -0.8)   # EPE 1: neither below 1 nor an outlier
-        gt[0, 1, 1], pred[0, 1, 1] = (3, 4), (300, 400)    # invalid: ignored whatever its error
-        valid = np.array([[[1, 1], [1, 0]]], np.float32)
-        graph = tf.Graph()
-        with graph.as_default():
-            sums = metrics.flow_metric_sums(tf.constant(pred), tf.constant(gt), tf.constant(valid))
-        with tf.compat.v1.Session(graph=graph) as sess:
-            result = metrics.metrics_from_sums(metrics.add_sums({}, sess.run(sums)))
-        assert result["epe"] == pytest.approx((4 + 4 + 1) / 3, rel=1e-6)
-        assert result["fl_all"] == pytest.approx(1 / 3) and result["px1"] == 0
-        assert result["px3"] == pytest.approx(1 / 3) and result["px5"] == 1
-        assert metrics.zero_flow_epe([(None, gt, valid)]) == pytest.approx((10 + 100 + 0) / 3)
-        assert metrics.zero_flow_epe([(None, gt)]) == pytest.approx((10 + 100 + 0 + 5) / 4)
-
-    def test_padding_does_not_change_the_metrics_of_a_zero_prediction(self):
-        rng = np.random.default_rng(4)
-        img0, img1 = (rng.integers(0, 256, (37, 50, 3), dtype=np.uint8) for _ in range(2))
-        flow = rng.normal(0, 4, (37, 50, 2)).astype(np.float32)
-        valid = (rng.random((37, 50)) < 0.7).astype(np.float32)
-        images, flow_p, valid_p = data_sintel_kitti.pad_sample(img0, img1, flow, valid)
-        assert images.shape == (40, 52, 6) and flow_p.shape == (40, 52, 2) and valid_p.shape == (40, 52)
-        assert not valid_p[37:].any() and not valid_p[:, 50:].any() and (flow_p[:37, :50] == flow).all()
-        np.testing.assert_array_equal(images[39, 51, :3], img0[36, 49] / np.float32(127.5) - 1)  # edge replicated
-        graph = tf.Graph()
-        with graph.as_default():
-            padded = metrics.flow_metric_sums(tf.zeros([1, 40, 52, 2]), tf.constant(flow_p[None]),
-                                              tf.constant(valid_p[None]))
-            plain = metrics.flow_metric_sums(tf.zeros([1, 37, 50, 2]), tf.constant(flow[None]),
-                                             tf.constant(valid[None]))
-        with tf.compat.v1.Session(graph=graph) as sess:
-            padded, plain = sess.run([padded, plain])
-        for key in plain:
-            assert padded[key] == pytest.approx(plain[key], rel=1e-6), key
-        by_hand = _hand_metrics([(0 * flow, flow, valid)])
-        assert padded["epe"] / padded["pixels"] == pytest.approx(by_hand["epe"], rel=1e-5)
-
     def test_colour_wheel_against_its_defining_colours(self):
         wheel = flowviz.make_colorwheel()
         assert wheel.shape == (55, 3)  # RY 15, YG 6, GC 4, CB 11, BM 13, MR 6 (Baker et al.)
@@ -2489,22 +2904,6 @@ class TestDatasetsAndPictures:
         np.testing.assert_allclose(half[0], (255, 127, 127), atol=1)
         dark = flowviz.flow_to_color(flows * 2, max_radius=1.0)[0].astype(int)     # beyond the radius: 75 %
         np.testing.assert_allclose(dark[0], (191, 0, 0), atol=1)
-
-    def test_checkpoint_input_size_is_refused_only_when_asked(self):
-        meta = {"search_space": ckpt.search_space_signature(32, 48)}
-        ckpt.check_compatible(meta, None, None, "x")  # scoring: any size
-        with pytest.raises(errors.CheckpointError, match="input_size"):
-            ckpt.check_compatible(meta, 64, 48, "x")  # resuming training: the same size
-        other = {"search_space": dict(meta["search_space"], version="9blocks-0123456789ab")}
-        # made before versions: read by blocks, options and kernels
-        legacy = {"search_space": {"blocks": list(supernet.SPACE.blocks), "num_options": 3, "kernel_sizes": [3, 5, 7],
-                                   "input_size": [32, 48]}}
-        ckpt.check_compatible(legacy, 32, 48, "x")
-        legacy_other = {"search_space": dict(legacy["search_space"], kernel_sizes=[3, 5, 9])}
-        for size in ((None, None), (32, 48)):
-            for theirs in (other, legacy_other):
-                with pytest.raises(errors.CheckpointError, match="search space .* this code has"):
-                    ckpt.check_compatible(theirs, *size, "x")
 
     @pytest.mark.slow
     def test_sintel_full_frames_scored_at_a_size_that_is_not_the_training_size(self, scoring_run, tmp_path):
@@ -2609,8 +3008,6 @@ class TestDatasetsAndPictures:
         decoded = tf.io.decode_png(images[0][1].image.encoded_image_string).numpy()
         assert decoded.shape[:2] == (height, width) and decoded.std() > 0
 
-
-# ----------------------------------------------------------------------- standalone training and ranking (rank.py)
 
 STANDALONE_ARCH = "0,1,2,0,1,2,0,1,2"
 
@@ -3212,9 +3609,6 @@ class TestStandaloneAndRank:
         assert f"B - A: {d.mean():+.4f} EPE" in out and "fewer than 3 evaluations" in out
 
 
-# ----------------------------------------------------------------------------- one writer per run, run names
-
-
 class TestOneWriter:
     def test_a_run_name_that_leaves_output_dir_is_refused(self, tmp_path, capsys):
         out = tmp_path / "out"
@@ -3255,17 +3649,9 @@ class TestOneWriter:
             assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
 
-# ----------------------------------------------------------------------------- dependable runs: faults, determinism
-
 DEPENDABLE_FLAGS = ["--input_h", "24", "--input_w", "32", "--batch_size", "2", "--steps_per_epoch", "2",
                     "--num_epochs", "2", "--eval_pool_size", "3", "--bn_recal_batches", "2", "--log_every", "1",
                     "--seed", "4", "--data_layout", "lists"]
-
-
-def _folder_bytes(path):
-    """Every file of a folder but the lock, by relative path: what 'unchanged' compares."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(pathlib.Path(path).rglob("*"))
-            if p.is_file() and p.name != ".lock"}
 
 
 def _checkpoint_tensors(run_dir, kind="last"):
@@ -3285,22 +3671,6 @@ def dependable(tmp_path_factory, fc2_tree):
 
 
 class TestDependableRuns:
-    def _copy_run(self, dependable, tmp_path):
-        out, _ = dependable
-        shutil.copytree(out / "base", tmp_path / "run")
-        return tmp_path / "run"
-
-    def _resume_fails(self, run, capsys, words, *flags, main=train.main):
-        """Resume (or evaluate) `run`: exit 1, one line holding `words`, every file of the run unchanged."""
-        before = _folder_bytes(run)
-        args = ["--output_dir", str(run.parent), "--experiment_name", run.name, *flags]
-        code, err = _run_main(main, (["--resume", "--num_epochs", "3"] if main is train.main else []) + args, capsys)
-        assert code == 1 and len(err) == 1, err
-        for word in words:
-            assert word in err[0], err
-        assert _folder_bytes(run) == before
-        assert not list(run.rglob("*.tmp*")) and not list(run.rglob("*tempstate*"))
-
     @pytest.mark.slow
     @pytest.mark.parametrize("fault", ["png body", "nan flow"])
     def test_a_fault_met_in_training_names_the_file(self, tmp_path, fault):
@@ -3334,7 +3704,7 @@ class TestDependableRuns:
         flow = flowio.read_flo(val[2])
         flow[0, 0, 1] = np.inf
         flowio.write_flo(val[2], flow)
-        self._resume_fails(self._copy_run(dependable, tmp_path), capsys, [f"{val[2]}: flow holds 1 non-finite"],
+        _resume_fails(_copy_run(dependable, tmp_path), capsys, [f"{val[2]}: flow holds 1 non-finite"],
                            "--base_path", tree)
 
     @pytest.mark.slow
@@ -3346,35 +3716,35 @@ class TestDependableRuns:
         (lambda m: dict(m, best_metric=None, bad_epochs=-1), ["field 'bad_epochs' must be an integer >= 0"]),
     ])
     def test_a_bad_meta_is_one_line_naming_the_field(self, dependable, tmp_path, capsys, edit, words):
-        run = self._copy_run(dependable, tmp_path)
+        run = _copy_run(dependable, tmp_path)
         meta_path = run / "checkpoints" / "last" / "meta.json"
         meta_path.write_text(json.dumps(edit(json.loads(meta_path.read_text()))))
-        self._resume_fails(run, capsys, [str(meta_path)] + words)
+        _resume_fails(run, capsys, [str(meta_path)] + words)
 
     @pytest.mark.slow
     def test_a_garbage_history_is_one_line_naming_the_file(self, dependable, tmp_path, capsys):
-        run = self._copy_run(dependable, tmp_path)
+        run = _copy_run(dependable, tmp_path)
         (run / "eval_history.csv").write_text("garbage,here\nx,y\n")
-        self._resume_fails(run, capsys, [str(run / "eval_history.csv"), "columns"])
+        _resume_fails(run, capsys, [str(run / "eval_history.csv"), "columns"])
         lines = (dependable[0] / "base" / "eval_history.csv").read_text().splitlines()
         (run / "eval_history.csv").write_text("\n".join(lines + ["one,two"]) + "\n")
-        self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:{len(lines) + 1}: not an evaluation row"])
+        _resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:{len(lines) + 1}: not an evaluation row"])
         (run / "eval_history.csv").write_text("\n".join(lines[:2] + [lines[1] + ",extra"]) + "\n")
-        self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:3: not an evaluation row"])
+        _resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:3: not an evaluation row"])
         header, first = lines[0].split(","), lines[1].split(",")
         first[header.index("mean_epe")] = "abc"  # a number that is not one
         (run / "eval_history.csv").write_text("\n".join(lines[:1] + [",".join(first)] + lines[2:]) + "\n")
-        self._resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:2: not an evaluation row"])
+        _resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:2: not an evaluation row"])
         (run / "eval_history.csv").write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
-        self._resume_fails(run, capsys, [str(run / "eval_history.csv"), "cannot be read as a history"])
+        _resume_fails(run, capsys, [str(run / "eval_history.csv"), "cannot be read as a history"])
         (run / "eval_history.csv").write_text("\n".join(lines) + "\n")
         shutil.rmtree(run / "tb")
         (run / "tb").write_text("not a folder")
-        self._resume_fails(run, capsys, [str(run / "tb"), "must be the run's TensorBoard folder"])
+        _resume_fails(run, capsys, [str(run / "tb"), "must be the run's TensorBoard folder"])
 
     @pytest.mark.slow
     def test_a_checkpoint_variable_of_another_shape_is_refused(self, dependable, tmp_path, capsys):
-        run = self._copy_run(dependable, tmp_path)
+        run = _copy_run(dependable, tmp_path)
         meta = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
         tensors = _checkpoint_tensors(run)
         name = "supernet/E0/conv/kernel"
@@ -3389,16 +3759,16 @@ class TestDependableRuns:
                            write_state=False)
         shape = list(tensors[name].shape)
         words = [f"holds {name} of shape {[1, 1] + shape[2:]}, this graph has {shape}"]
-        self._resume_fails(run, capsys, words)
-        self._resume_fails(run, capsys, words, "--checkpoint_type", "last", main=evaluate.main)
+        _resume_fails(run, capsys, words)
+        _resume_fails(run, capsys, words, "--checkpoint_type", "last", main=evaluate.main)
 
     @pytest.mark.slow
     def test_a_run_config_without_a_key_is_refused_by_evaluate(self, dependable, tmp_path, capsys):
-        run = self._copy_run(dependable, tmp_path)
+        run = _copy_run(dependable, tmp_path)
         config = json.loads((run / "config.json").read_text())
         del config["input_h"]
         (run / "config.json").write_text(json.dumps(config))
-        self._resume_fails(run, capsys, [f"{run / 'config.json'}: key 'input_h' must be int"], main=evaluate.main)
+        _resume_fails(run, capsys, [f"{run / 'config.json'}: key 'input_h' must be int"], main=evaluate.main)
 
     @pytest.mark.slow
     def test_an_output_dir_that_is_a_file_is_named(self, dependable, tmp_path, capsys):
@@ -3423,7 +3793,7 @@ class TestDependableRuns:
     @pytest.mark.slow
     def test_temp_files_of_a_killed_writer_are_removed_counts_repaired_and_the_run_goes_on(self, dependable,
                                                                                             tmp_path, capsys):
-        run = self._copy_run(dependable, tmp_path)
+        run = _copy_run(dependable, tmp_path)
         last = run / "checkpoints" / "last"
         meta = json.loads((last / "meta.json").read_text())
         leftovers = [run / "config.json.tmp123", last / "meta.json.tmp77", last / "model-9-1.index",
@@ -3443,40 +3813,6 @@ class TestDependableRuns:
         assert report["path_sequence_digest"] == fair.sequence_digest(4, 0, 6)
         assert (run / "eval_history.csv").read_text().startswith(history)  # the rows before kept as written
         assert [int(r["epoch"]) for r in _history(run / "eval_history.csv")] == [1, 2, 3]
-
-    def test_layout_choice_is_said_and_a_half_lists_layout_refused(self, fc2_tree, tmp_path, capsys):
-        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
-        assert "(lists layout: FC2_dirnames.txt found)" in data_fc2.open_data(_cfg(base_path=tree))["reason"]
-        os.remove(os.path.join(tree, data_fc2.DIRNAMES_FILE))
-        with pytest.raises(errors.DataError, match=r"FC2_dirnames.txt: missing, but FC2_train.txt is there"):
-            data_fc2.open_data(_cfg(base_path=tree))
-        opened = data_fc2.open_data(_cfg(base_path=tree, data_layout="folders"))
-        assert "(folders layout: data_layout)" in opened["reason"]
-
-    def test_a_sample_in_both_splits_and_a_grayscale_png_are_refused(self, fc2_tree, tmp_path):
-        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
-        test_list = pathlib.Path(tree) / data_fc2.SPLIT_LIST_FILES["val"]
-        first_train = (pathlib.Path(tree) / data_fc2.SPLIT_LIST_FILES["train"]).read_text().split()[0]
-        test_list.write_text(test_list.read_text() + first_train + "\n")
-        with pytest.raises(errors.DataError, match="in both the train and the val split"):
-            data_fc2.check_dataset(tree, "lists")
-        tree = _copy_tree(fc2_tree, tmp_path / "fc2b")
-        img = data_fc2.list_samples(tree, "train", "lists")[2][0]
-        grey = tf.io.encode_png(tf.constant(np.zeros((H, W, 1), np.uint8))).numpy()
-        pathlib.Path(img).write_bytes(grey)
-        with pytest.raises(errors.DataError, match=f"{img}: grayscale PNG"):
-            data_fc2.check_dataset(tree, "lists")
-
-    def test_check_names_a_truncated_flo_and_a_png_cut_in_half(self, fc2_tree, tmp_path, capsys):
-        for which in (2, 0):
-            tree = _copy_tree(fc2_tree, tmp_path / f"fc2_{which}")
-            path = pathlib.Path(data_fc2.list_samples(tree, "train", "lists")[3][which])
-            raw = path.read_bytes()
-            path.write_bytes(raw[:1000] if which == 2 else raw[:len(raw) // 2])
-            assert data_fc2.main(["--check", "--base_path", tree]) == 1
-            err = capsys.readouterr().err.strip().splitlines()
-            words = "short .flo file: 1000 bytes" if which == 2 else "truncated PNG"
-            assert len(err) == 1 and f"{path}: {words}" in err[0], err
 
     @pytest.mark.slow
     def test_runs_of_one_seed_are_identical_a_second_writer_is_refused_and_a_killed_run_resumes_to_them(
@@ -3529,256 +3865,26 @@ class TestDependableRuns:
         assert "resuming" in (tmp_path / "killed" / "train.log").read_text()
 
 
-# ----------------------------------------------------------------------------- devices and GPU readiness
-
-FAKE_GPU = ("NVIDIA H100 80GB HBM3", 81559)
-_CLEAN_ENV_KEYS = ("TF_CPP_MIN_LOG_LEVEL", "GPU", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
-_TF_STARTUP_LINE = ("absl::InitializeLog", "cuInit", "cuda_", "cudart", "oneDNN", "cpu_feature_guard")
-
-
-def fake_nvidia_smi(directory, gpus):
-    """Write an `nvidia-smi` into `directory` that answers --query-gpu as the real one does for
-    `gpus` [(name, MiB)], or, with gpus None, fails as it does on a machine without a driver
-    (a message on stdout and exit code 9). Returns the directory, to put first on PATH."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if gpus is None:
-        body = 'echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n'
-    else:
-        with_memory = "\\n".join(f"{name}, {mib}" for name, mib in gpus)
-        names = "\\n".join(name for name, _ in gpus)
-        body = f'case "$*" in\n  *memory.total*) printf "{with_memory}\\n" ;;\n  *) printf "{names}\\n" ;;\nesac\n'
-    script = directory / "nvidia-smi"
-    script.write_text("#!/bin/sh\n" + body)
-    script.chmod(0o755)
-    return directory
+def _copy_run(dependable, tmp_path):
+    out, _ = dependable
+    shutil.copytree(out / "base", tmp_path / "run")
+    return tmp_path / "run"
 
 
-def user_env():
-    """os.environ without the settings a caller may have given (log level, GPU, make's flags): what
-    a command typed by a user sees (importing devices here set the log level for this process)."""
-    return {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV_KEYS}
-
-
-def env_with_path_first(directory, **extra):
-    """user_env() with `directory` first on PATH and `extra` added."""
-    env = user_env()
-    env["PATH"] = f"{directory}{os.pathsep}{env['PATH']}"
-    env.update(extra)
-    return env
-
-
-def requirements_tensorflow_line():
-    """The tensorflow requirement of requirements.txt, found by reading the file line by line."""
-    for line in (HERE / "requirements.txt").read_text().splitlines():
-        name = line.split(";")[0].strip()
-        if name.startswith("tensorflow") and name[len("tensorflow"):][:1] in ("", "<", ">", "=", "!", "~", " "):
-            return name
-    raise AssertionError("requirements.txt has no tensorflow line")
-
-
-def conv_count(arch):
-    """Convolutions of one subnet, counted from the layer table of docs/design.md: E0, E1, Down1, Down2,
-    Up1, Up2, five head convs, and two per ResBlock of the four depth blocks (option + 1 blocks)."""
-    return 6 + 5 + sum(2 * (option + 1) for option in arch[:4])
-
-
-_STEP_ON_DEVICES_SCRIPT = r'''
-import json, sys
-import numpy as np
-import devices
-import tensorflow as tf
-import fair, train_graph
-
-cfg = json.load(open(sys.argv[1]))
-hardware = devices.report(3, log=None, paths=fair.paths_per_cycle())
-# Graph rewrites cost most of a first run and are not what this compares (placement is the placer's).
-tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-rng = np.random.default_rng(0)
-x = rng.uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
-y = rng.normal(0, 2, (2, 32, 48, 2)).astype(np.float32)
-cycle = fair.fair_cycle(3, 0)
-start, after, convs = None, {}, {}
-trace = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE)
-for name, placement in (("one", None), ("three", hardware["path_devices"])):
-    graph = tf.Graph()
-    with graph.as_default():
-        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
-        flows = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
-        step = train_graph.build_train_step(cfg, images, flows, 10, placement)
-        trainable = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
-        init = tf.compat.v1.global_variables_initializer()
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        start = start or sess.run(trainable)
-        sess.run([v.initializer for v in trainable.values()],  # both graphs start from the same weights
-                 {v.initial_value: start[key] for key, v in trainable.items()})
-        metadata = tf.compat.v1.RunMetadata()
-        sess.run(step["train_op"], {images: x, flows: y, step["arch_paths"]: cycle}, options=trace,
-                 run_metadata=metadata)
-        after[name] = sess.run(trainable)
-    convs[name] = {}
-    for dev in metadata.step_stats.dev_stats:
-        for node in dev.node_stats:
-            op = node.timeline_label.split(" = ", 1)[-1].split("(", 1)[0]
-            if "Conv2D" in op:  # oneDNN builds name theirs _MklNativeConv2D...: keep the part from Conv2D on
-                op = op[op.index("Conv2D"):]
-                per_device = convs[name].setdefault(dev.device.split("device:")[-1], {})
-                per_device[op] = per_device.get(op, 0) + 1
-variable_devices = sorted({op.device for op in graph.get_operations() if op.type == "VarHandleOp"})  # of "three"
-np.savez(sys.argv[2] + ".npz", **{f"{k}|{n}": v for k, values in [("start", start), *after.items()]
-                                  for n, v in values.items()})
-json.dump({"path_devices": hardware["path_devices"], "summary": hardware["summary"], "convs": convs,
-           "variable_devices": variable_devices,
-           "cycle": [list(map(int, a)) for a in cycle]}, open(sys.argv[2] + ".json", "w"))
-'''
+def _resume_fails(run, capsys, words, *flags, main=train.main):
+    """Resume (or evaluate) `run`: exit 1, one line holding `words`, every file of the run unchanged."""
+    before = _folder_bytes(run)
+    args = ["--output_dir", str(run.parent), "--experiment_name", run.name, *flags]
+    code, err = _run_main(main, (["--resume", "--num_epochs", "3"] if main is train.main else []) + args, capsys)
+    assert code == 1 and len(err) == 1, err
+    for word in words:
+        assert word in err[0], err
+    assert _folder_bytes(run) == before
+    assert not list(run.rglob("*.tmp*")) and not list(run.rglob("*tempstate*"))
 
 
 class TestDevices:
     """GPU install, the device report, TensorFlow's silence, the paths on several devices, time left."""
-
-    @pytest.mark.parametrize("gpus, override, cuda", [
-        ([FAKE_GPU], None, True), (None, None, False), ([FAKE_GPU, FAKE_GPU], "0", False), (None, "1", True),
-        ([], None, False)])
-    def test_make_venv_asks_for_the_cuda_build_where_nvidia_smi_lists_a_gpu(self, tmp_path, gpus, override, cuda):
-        path = fake_nvidia_smi(tmp_path / "bin", gpus)
-        args = ["make", "-n", "-B", "venv"] + ([f"GPU={override}"] if override else [])
-        out = subprocess.run(args, cwd=HERE, env=env_with_path_first(path), capture_output=True, text=True, check=True)
-        installs = [line for line in out.stdout.splitlines()
-                    if "pip install" in line and "-r requirements.txt" in line]
-        assert len(installs) == 1, out.stdout
-        requirement = requirements_tensorflow_line()
-        cuda_requirement = requirement.replace("tensorflow", "tensorflow[and-cuda]", 1)
-        assert (f'"{cuda_requirement}"' in installs[0]) == cuda
-        assert ("and-cuda" in out.stdout) == cuda
-        assert (".installed-cuda" in out.stdout) == cuda  # a CPU environment is completed by GPU=1
-
-    def test_make_tensorboard_serves_outputs_on_tb_port(self):
-        env = env_with_path_first(HERE)
-        lines = {port: subprocess.run(["make", "-n", "tensorboard"] + ([f"TB_PORT={port}"] if port else []), cwd=HERE,
-                                      env=env, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
-                 for port in (None, 7123)}
-        assert lines[None].endswith("-m tensorboard.main --logdir outputs --port 6006")
-        assert lines[7123].endswith("-m tensorboard.main --logdir outputs --port 7123")
-        requirements = (HERE / "requirements.txt").read_text().split()
-        assert any(line.split(">")[0].strip() == "tensorboard" for line in requirements)
-        import importlib.util
-        assert importlib.util.find_spec("tensorboard.main") is not None
-
-    def test_nvidia_smi_listing_is_read_and_a_failing_one_lists_nothing(self, tmp_path, monkeypatch):
-        import devices
-        two = fake_nvidia_smi(tmp_path / "two", [FAKE_GPU, ("NVIDIA A100-SXM4-40GB", 40960)])
-        monkeypatch.setenv("PATH", str(two))
-        assert devices.nvidia_smi_gpus() == [{"name": FAKE_GPU[0], "memory_mib": FAKE_GPU[1]},
-                                             {"name": "NVIDIA A100-SXM4-40GB", "memory_mib": 40960}]
-        monkeypatch.setenv("PATH", str(fake_nvidia_smi(tmp_path / "broken", None)))
-        assert devices.nvidia_smi_gpus() == []
-        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-        assert devices.nvidia_smi_gpus() == []
-
-    @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="TensorFlow sees a GPU here")
-    def test_report_names_the_cpu_threads_and_a_gpu_tensorflow_cannot_use(self, tmp_path, monkeypatch):
-        import devices
-        threads = len(os.sched_getaffinity(0))
-        monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'none', None)}{os.pathsep}{os.environ['PATH']}")
-        printed = []
-        info = devices.report(log=printed.append)
-        assert printed == [info["summary"]] and info["gpus"] == [] and info["path_devices"] == ["/device:CPU:0"]
-        assert f"no GPU visible: {threads} CPU threads" in info["summary"] and "nvidia-smi" not in info["summary"]
-        json.dumps(info)  # goes into JSON outputs as it is
-        monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'one', [FAKE_GPU])}{os.pathsep}{os.environ['PATH']}")
-        with pytest.raises(errors.DeviceError, match=r"nvidia-smi lists 1 GPU \(NVIDIA H100 80GB HBM3\) but "
-                                                      r"TensorFlow sees none.*make venv GPU=1.*--allow_cpu"):
-            devices.report(allow_cpu=False, log=None)
-        info = devices.report(log=None)
-        assert info["unusable_gpus"] and "no GPU visible" in info["summary"] and "make venv GPU=1" in info["summary"]
-        with pytest.raises(errors.DeviceError, match="between 1 and 3"):  # one device per path at most
-            devices.report(4, log=None, paths=fair.paths_per_cycle())
-
-    def test_a_python_without_tensorflow_is_told_in_one_line(self):
-        script = "import sys; sys.modules['tensorflow'] = None; from tensorflow_quiet import tf; tf.Graph"
-        result = subprocess.run([sys.executable, "-c", script], cwd=HERE, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 1 and result.stdout == ""
-        assert result.stderr == (f"tensorflow is not installed for {sys.executable}: `make venv`, "
-                                 "then run .venv/bin/python\n")
-
-    @pytest.mark.slow
-    def test_train_says_the_device_once_quietly_and_stops_where_a_gpu_goes_unused(self, tmp_path):
-        missing = str(tmp_path / "no_fc2_here")
-        command = [sys.executable, "train.py", "--base_path", missing, "--output_dir", str(tmp_path)]
-        # three train.py at once with generated run names: each gets its own folder (and lock)
-        envs = {"cpu": (env_with_path_first(fake_nvidia_smi(tmp_path / "none", None)), []),
-                "gpu unused": (env_with_path_first(fake_nvidia_smi(tmp_path / "one", [FAKE_GPU])), []),
-                "user log level": (env_with_path_first(tmp_path / "none", TF_CPP_MIN_LOG_LEVEL="0"), [])}
-        procs = {name: subprocess.Popen(command + extra, cwd=HERE, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True) for name, (env, extra) in envs.items()}
-        out = {name: proc.communicate(timeout=300) + (proc.returncode,) for name, proc in procs.items()}
-        threads = len(os.sched_getaffinity(0))
-        stdout, stderr, code = out["cpu"]
-        assert stdout.count("devices: no GPU visible") == 1 and f"no GPU visible: {threads} CPU threads" in stdout
-        assert code == 1 and stderr == f"error: base_path '{missing}' is not a directory\n"  # nothing from TensorFlow
-        stdout, stderr, code = out["gpu unused"]
-        assert code == 1 and stdout == "" and stderr.count("\n") == 1
-        assert stderr.startswith("error: nvidia-smi lists 1 GPU")
-        assert "make venv GPU=1" in stderr and "--allow_cpu" in stderr
-        stdout, stderr, code = out["user log level"]
-        assert code == 1 and "no GPU visible" in stdout
-        assert any(word in stderr for word in _TF_STARTUP_LINE)  # the user's setting wins: TensorFlow speaks
-
-    @pytest.mark.slow
-    def test_fair_step_on_three_devices_updates_the_weights_as_on_one(self, tmp_path):
-        cfg_path = tmp_path / "cfg.json"
-        cfg_path.write_text(json.dumps(tiny_config(optimizer="sgd", learning_rate=0.05)))
-        out = tmp_path / "step"
-        env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV_KEYS}
-        subprocess.run([sys.executable, "-c", _STEP_ON_DEVICES_SCRIPT, str(cfg_path), str(out)], cwd=HERE, env=env,
-                       check=True, timeout=600)
-        meta = json.loads(out.with_suffix(".json").read_text())
-        values = np.load(out.with_suffix(".npz"))
-        names = [key.split("|", 1)[1] for key in values.files if key.startswith("start|")]
-        assert meta["path_devices"] == ["/device:CPU:0", "/device:CPU:1", "/device:CPU:2"]
-        assert "the paths of a fair step on CPU:0, CPU:1, CPU:2" in meta["summary"]
-        # Placement: on one device every convolution ran on CPU:0, E0 and E1 (which read the images)
-        # once for the three paths. On three, CPU:p ran path p's other fixed layers and option p of
-        # every block (the convolutions of all-p but E0 and E1), forward and gradient; E0 and E1
-        # ran beside the variables, on CPU:0.
-        assert list(meta["convs"]["one"]) == ["CPU:0"]
-        once = sum(map(conv_count, meta["cycle"])) - 2 * 2
-        assert meta["convs"]["one"]["CPU:0"] == {"Conv2D": once, "Conv2DBackpropFilter": once,
-                                                 "Conv2DBackpropInput": once - 1}  # E0's input needs none
-        for p in range(3):
-            ops = meta["convs"]["three"][f"CPU:{p}"]
-            own = conv_count(supernet.uniform_arch(p)) - 2 + (2 if p == 0 else 0)
-            assert ops.get("Conv2D") == own and ops.get("Conv2DBackpropFilter") == own, (p, ops)
-        assert set(meta["variable_devices"]) <= {"", "/device:CPU:0"}  # every variable on the first device
-        moved = 0
-        for name in names:
-            start, one, three = (values[f"{k}|{name}"] for k in ("start", "one", "three"))
-            scale = max(np.abs(one - start).max(), 1e-12)
-            np.testing.assert_allclose(three - start, one - start, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
-            moved += np.abs(one - start).max() > 1e-6
-        assert moved > len(names) // 2  # the step really moved the weights it compares
-
-    @pytest.mark.slow
-    def test_train_on_three_devices_as_a_user_types_it(self, tmp_path):
-        """The --devices command of docs/training.md on a machine without a GPU: three logical CPU devices, the run
-        finishes, and every line on stderr is the program's own."""
-        result = subprocess.run([sys.executable, "train.py", "--synthetic", "--input_h", "32", "--input_w", "48",
-                                 "--batch_size", "2", "--synthetic_train_size", "8", "--synthetic_val_size", "4",
-                                 "--num_epochs", "1", "--steps_per_epoch", "2", "--eval_pool_size", "3",
-                                 "--bn_recal_batches", "1", "--devices", "3", "--output_dir", str(tmp_path)],
-                                cwd=HERE, env=user_env(), capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr
-        assert "the paths of a fair step on CPU:0, CPU:1, CPU:2" in result.stdout
-        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr
-        (report,) = tmp_path.glob("*/train_report.json")
-        assert json.loads(report.read_text())["devices"]["path_devices"] == [f"/device:CPU:{i}" for i in range(3)]
-
-    def test_devices_flag_is_checked(self, tmp_path, capsys):
-        assert train.main(["--devices", "4", "--dry_run", "--output_dir", str(tmp_path)]) == 1
-        assert "'devices' must be at most 3" in capsys.readouterr().err
-        assert train.main(["--devices", "0", "--dry_run", "--output_dir", str(tmp_path)]) == 1
-        assert "'devices' must be > 0" in capsys.readouterr().err
 
     def test_time_left_counts_the_evaluations_to_come(self):
         cfg = {"num_epochs": 10, "eval_every": 3}  # evaluations after epochs 3, 6, 9 and 10
@@ -3789,8 +3895,6 @@ class TestDevices:
         assert training.time_left(100, 4, None) == "time left 1m40s + 4 evaluations (not timed yet)"
         assert training.time_left(100, 0, 30.0) == "time left 1m40s"
 
-
-# ----------------------------------------------------------------------------- the ranking benchmark
 
 BENCH = HERE / "rankbench"
 
@@ -3950,7 +4054,6 @@ class TestRankBench:
         assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
 
-# ----------------------------------------------------------------------------- command line: flags, imports, quiet
 
 _FLAGS_BEFORE_TENSORFLOW = r'''
 import contextlib, io, json, sys
@@ -3994,23 +4097,6 @@ class TestCommandLine:
             command.main(argv)
         out, err = capsys.readouterr()
         assert exit_info.value.code == 2 and out == "" and err.startswith(f"error: {says}") and err.count("\n") == 1
-
-    def test_tensorflow_start_up_lines_are_held_back_at_levels_2_and_3_and_shown_at_0(self, tmp_path):
-        use = "from tensorflow_quiet import tf; tf.constant(1); print(tf.get_logger().level)"
-        runs = {level: subprocess.Popen([sys.executable, "-c", use], cwd=HERE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True,
-                                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)) for level in "023"}
-        deploy_command = [sys.executable, "deploy.py", "--experiment_name", "nosuchrun", "--target", "himax-we2",
-                          "--output_dir", str(tmp_path)]
-        deploying = subprocess.run(deploy_command, cwd=HERE, capture_output=True, text=True, timeout=300,
-                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-        outcome = {level: proc.communicate(timeout=300) for level, proc in runs.items()}
-        said = {level: err for level, (_, err) in outcome.items()}
-        assert said["2"] == "" and said["3"] == ""
-        assert outcome["2"][0] == outcome["3"][0] == "40\n" != outcome["0"][0]  # its Python logger: errors only
-        assert any(word in said["0"] for word in _TF_STARTUP_LINE)  # the user asked for every line
-        assert deploying.returncode == 1 and deploying.stderr.count("\n") == 1
-        assert deploying.stderr.startswith("error: run folder not found: ") and "nosuchrun" in deploying.stderr
 
     def test_a_configparser_error_is_one_clean_line(self):
         bad = "garbage\n[System_Config.x]\n"
@@ -4104,17 +4190,6 @@ class TestSearchAndTargetInput:
         with pytest.raises(errors.SearchError, match=r"3 subnets are not the search's arch set"):
             search_parts.load_parts(str(tmp_path))
 
-    @pytest.mark.parametrize("text", ["3_2x4_8", "+32x48", "32x48x4", "\uff13\uff12x48", "32x"])
-    def test_sizes_are_parsed_strictly(self, text):
-        with pytest.raises(errors.ArchError, match="is not HxW"):
-            supernet.parse_size(text)
-        with pytest.raises(errors.DeployError, match="--sizes"):
-            deployment.parse_sizes(f"64x96,{text}")
-        with pytest.raises(SystemExit):
-            search.parse_args(["--size", text])
-        assert supernet.parse_size(" 32 X 48 ") == (32, 48) and deployment.parse_sizes("32x48,64x96") == [(64, 96),
-                                                                                                          (32, 48)]
-
     @pytest.mark.parametrize("field, value", [("sram_kib", 1e30), ("flash_kib", 1e30), ("min_fps", 1e30),
                                               ("sram_kib", float("inf")), ("flash_kib", 4 * 1024 ** 2 + 1)])
     def test_every_numeric_target_field_has_an_upper_bound(self, tmp_path, field, value):
@@ -4123,27 +4198,6 @@ class TestSearchAndTargetInput:
         (tmp_path / "t.json").write_text(json.dumps(fields))
         with pytest.raises(errors.CompileError, match=re.escape(f"field '{field}' must be a positive number at most")):
             compiler.load_target(str(tmp_path / "t.json"))
-
-
-class TestLockHolder:
-    def test_the_refusal_names_the_process_holding_the_lock_not_the_pid_in_the_file(self, tmp_path):
-        script = ("import fcntl, os, sys, time\n"
-                  "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-                  "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-                  "os.write(fd, b'1')\n"  # a PID that is not the holder's: written over by hand, or reused
-                  "print('held', flush=True)\n"
-                  "time.sleep(60)")
-        holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / ".lock")], stdout=subprocess.PIPE,
-                                  text=True)
-        try:
-            assert holder.stdout.readline().strip() == "held" and (tmp_path / ".lock").read_text() == "1"
-            with pytest.raises(errors.CheckpointError) as refused:
-                with ckpt.writer_lock(str(tmp_path), "run"):
-                    pass
-            assert str(refused.value) == f"run {tmp_path} is being written by another process (PID {holder.pid})"
-        finally:
-            holder.kill()
-            holder.wait()
 
 
 class _ParserCaught(Exception):
@@ -4172,7 +4226,6 @@ class TestFlagHelp:
             assert sorted(config.KEY_HELP) == sorted(flags)
             assert all(helps[k].startswith(config.KEY_HELP[k]) for k in flags)
 
-# ----------------------------------------------------------------------------- deployments: one writer, whole or not
 
 SMALL_BOARD = {"name": "small", "accelerator_config": "ethos-u55-64", "system_config": "Ethos_U55_High_End_Embedded",
                "memory_mode": "Shared_Sram", "optimise": "Performance", "sram_kib": 140, "flash_kib": 16384}
@@ -4273,21 +4326,6 @@ class TestDeploymentWriters:
         assert pathlib.Path(f"{path}.sha256").read_text() == hashlib.sha256(
             b"int8 model" + pathlib.Path(f"{path}.npy").read_bytes()).hexdigest()
 
-    def test_a_folder_swap_leaves_one_whole_folder(self, tmp_path, monkeypatch):
-        for one_step in (True, False):  # the kernel swaps the names, or (elsewhere) two renames
-            if not one_step:
-                monkeypatch.setattr(atomic_files, "_exchange", lambda first, second: False)
-            old, new = tmp_path / "deploy_x", tmp_path / "deploy_x.tmp1"
-            for folder, name in ((old, "old"), (new, "new")):
-                folder.mkdir(exist_ok=True)
-                (folder / name).write_text(name)
-            atomic_files.replace_folder(str(new), str(old))
-            assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy_x"] and _folder_bytes(old) == {"new": b"new"}
-            (old / "new").unlink()
-        new.mkdir()
-        atomic_files.replace_folder(str(new), str(tmp_path / "first"))  # nothing to replace: renamed
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy_x", "first"]
-
 
 def _summary_member(arch, epe, epe_int8, zero, pairs=20):
     """An INT8 member of the board front as deployment.int8_scores and choose leave it."""
@@ -4355,7 +4393,6 @@ class TestOneSearchPerSize:
             deployment.score_size(dep, (32, 48), 10.0)
         assert (out / "whole" / "search_best_at32x48").is_dir()
 
-# ----------------------------------------------------------------------------- data-parallel training
 
 DIST_FLAGS = ["--synthetic", "--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8",
               "--synthetic_val_size", "4", "--batch_size", "4", "--steps_per_epoch", "2", "--fast_mode",
@@ -4541,7 +4578,6 @@ class TestDataParallel:
         assert meta["global_step"] == 6 and meta["fairness_counts"] == fair.counts_for_steps(9, 0, 6)
         assert "restored epoch 1, step 2" in alone.stdout
 
-# ----------------------------------------------------------------------------- neighbouring options (latency table)
 
 # Vela 5.2.0's figures of subnets at 64x96 on the himax-we2 target (optimise Size), from its compile
 # cache: cycles_total of the full compile, then the per-layer cycles summed by block (fixed, EB0 ...
@@ -4558,6 +4594,8 @@ HIMAX_64X96_COMPILES = {
     "202020202": (26266479, [4262461, 1564590, 1243918, 14386400, 1416258, 188138, 1327254, 438254, 443878, 995328]),
     "212121212": (30224252, [4262461, 1564590, 2466188, 14386400, 2638528, 188138, 2127209, 438254, 1230884, 921600]),
 }
+
+
 HIMAX_64X96_HELD_OUT = {"020002220": 21261688, "022012221": 31036269, "100100121": 18533502, "111111222": 45627680}
 
 
