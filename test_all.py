@@ -39,6 +39,23 @@ shared by several sections are in section 0.
       TestMetrics               metrics of hand-built predictions, masks, the paired SE, the resize floor
 12. scoring.py: BN recalibration and scoring of one subnet
       TestScoring               recalibrated BN statistics are batch averages; order-free scores; accumulated flow
+13. train.py: training flags, config resolution, resume
+      TestTrainResume           resume refuses a damaged run in one line, changing nothing; a killed run resumes
+      TestTrainRefusesBadData   a damaged sample met in training is named; a failed fresh run leaves no folder
+14. training.py: a training run's state
+      TestTrainingState         best and patience by min_delta; the time left counts the evaluations to come
+15. train_graph.py: the loss, the optimizer update, the fused fair step
+      TestTrainGraph            the fair step applies the mean of three path gradients; cosine rate; multiscale loss
+16. run_files.py: what a run writes
+      TestRunFiles              a run writes every artifact; the history trimmed to the checkpoint
+17. distribute.py: data-parallel training
+      TestDataParallel          TF_CONFIG checks, the shards of a batch, two workers: mean-gradient step, kill, resume
+18. evaluate.py: a checkpoint scored on FC2, Sintel or KITTI
+      TestEvaluate              the result JSON; Sintel and KITTI full frames against numpy; bad dataset files named
+19. runs.py: a trained run as scoring commands see it
+      TestRunsPool              pool coverage is claimed only for the run's own pool
+20. flowviz.py: the Middlebury flow colours and the flow panels
+      TestFlowviz               the colour wheel against its defining colours; the TensorBoard panel of the best arch
 """
 import argparse
 import ast
@@ -1587,10 +1604,280 @@ class TestScoring:
         assert np.sqrt(((residual - gt) ** 2).sum(-1)).mean() != pytest.approx(accumulated, rel=1e-3)
 
 
-# ==== not yet sorted into sections ===================================================================================
+# ==== 13. train.py: training flags, config resolution, resume ========================================================
 
 
-class TestTrainingStep:
+DEPENDABLE_FLAGS = ["--input_h", "24", "--input_w", "32", "--batch_size", "2", "--steps_per_epoch", "2",
+                    "--num_epochs", "2", "--eval_pool_size", "3", "--bn_recal_batches", "2", "--log_every", "1",
+                    "--seed", "4", "--data_layout", "lists"]
+
+
+def _checkpoint_tensors(run_dir, kind="last"):
+    meta = json.loads((pathlib.Path(run_dir) / "checkpoints" / kind / "meta.json").read_text())
+    reader = tf.train.load_checkpoint(str(pathlib.Path(run_dir) / "checkpoints" / kind / meta["checkpoint"]))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+@pytest.fixture(scope="module")
+def dependable(tmp_path_factory, fc2_tree):
+    """A run of 2 epochs on the FC2 tree ("base": resumed with --num_epochs 3, it trains), its
+    output folder and its flags."""
+    out = tmp_path_factory.mktemp("dependable")
+    flags = DEPENDABLE_FLAGS + ["--base_path", fc2_tree, "--output_dir", str(out)]
+    assert train.main(flags + ["--experiment_name", "base"]) == 0
+    return out, flags
+
+
+def _copy_run(dependable, tmp_path):
+    out, _ = dependable
+    shutil.copytree(out / "base", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _resume_fails(run, capsys, words, *flags, main=train.main):
+    """Resume (or evaluate) `run`: exit 1, one line holding `words`, every file of the run unchanged."""
+    before = _folder_bytes(run)
+    args = ["--output_dir", str(run.parent), "--experiment_name", run.name, *flags]
+    code, err = _run_main(main, (["--resume", "--num_epochs", "3"] if main is train.main else []) + args, capsys)
+    assert code == 1 and len(err) == 1, err
+    for word in words:
+        assert word in err[0], err
+    assert _folder_bytes(run) == before
+    assert not list(run.rglob("*.tmp*")) and not list(run.rglob("*tempstate*"))
+
+
+class TestTrainResume:
+    @pytest.mark.slow
+    def test_nan_in_a_validation_flow_is_refused_before_any_metric(self, dependable, fc2_tree, tmp_path, capsys):
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
+        val = data_fc2.list_samples(tree, "val", "lists")[1]
+        flow = flowio.read_flo(val[2])
+        flow[0, 0, 1] = np.inf
+        flowio.write_flo(val[2], flow)
+        _resume_fails(_copy_run(dependable, tmp_path), capsys, [f"{val[2]}: flow holds 1 non-finite"],
+                           "--base_path", tree)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("edit, words", [
+        (lambda m: {k: v for k, v in m.items() if k != "epoch"}, ["meta.json: field 'epoch' is missing"]),
+        (lambda m: [m], ["meta.json: must hold a JSON object, got list"]),
+        (lambda m: dict(m, global_step="12"), ["field 'global_step' must be an integer >= 0, got '12'"]),
+        (lambda m: dict(m, checkpoint="../best/" + m["checkpoint"]), ["field 'checkpoint' must name a model-* file"]),
+        (lambda m: dict(m, best_metric=None, bad_epochs=-1), ["field 'bad_epochs' must be an integer >= 0"]),
+    ])
+    def test_a_bad_meta_is_one_line_naming_the_field(self, dependable, tmp_path, capsys, edit, words):
+        run = _copy_run(dependable, tmp_path)
+        meta_path = run / "checkpoints" / "last" / "meta.json"
+        meta_path.write_text(json.dumps(edit(json.loads(meta_path.read_text()))))
+        _resume_fails(run, capsys, [str(meta_path)] + words)
+
+    @pytest.mark.slow
+    def test_a_garbage_history_is_one_line_naming_the_file(self, dependable, tmp_path, capsys):
+        run = _copy_run(dependable, tmp_path)
+        (run / "eval_history.csv").write_text("garbage,here\nx,y\n")
+        _resume_fails(run, capsys, [str(run / "eval_history.csv"), "columns"])
+        lines = (dependable[0] / "base" / "eval_history.csv").read_text().splitlines()
+        (run / "eval_history.csv").write_text("\n".join(lines + ["one,two"]) + "\n")
+        _resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:{len(lines) + 1}: not an evaluation row"])
+        (run / "eval_history.csv").write_text("\n".join(lines[:2] + [lines[1] + ",extra"]) + "\n")
+        _resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:3: not an evaluation row"])
+        header, first = lines[0].split(","), lines[1].split(",")
+        first[header.index("mean_epe")] = "abc"  # a number that is not one
+        (run / "eval_history.csv").write_text("\n".join(lines[:1] + [",".join(first)] + lines[2:]) + "\n")
+        _resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:2: not an evaluation row"])
+        (run / "eval_history.csv").write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
+        _resume_fails(run, capsys, [str(run / "eval_history.csv"), "cannot be read as a history"])
+        (run / "eval_history.csv").write_text("\n".join(lines) + "\n")
+        shutil.rmtree(run / "tb")
+        (run / "tb").write_text("not a folder")
+        _resume_fails(run, capsys, [str(run / "tb"), "must be the run's TensorBoard folder"])
+
+    @pytest.mark.slow
+    def test_a_checkpoint_variable_of_another_shape_is_refused(self, dependable, tmp_path, capsys):
+        run = _copy_run(dependable, tmp_path)
+        meta = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
+        tensors = _checkpoint_tensors(run)
+        name = "supernet/E0/conv/kernel"
+        graph = tf.Graph()
+        with graph.as_default():
+            variables = [tf.compat.v1.Variable(np.zeros((1, 1) + v.shape[2:], v.dtype) if k == name else v, name=k)
+                         for k, v in tensors.items()]
+            saver = tf.compat.v1.train.Saver(variables)
+            with tf.compat.v1.Session(graph=graph) as sess:
+                sess.run(tf.compat.v1.global_variables_initializer())
+                saver.save(sess, str(run / "checkpoints" / "last" / meta["checkpoint"]), write_meta_graph=False,
+                           write_state=False)
+        shape = list(tensors[name].shape)
+        words = [f"holds {name} of shape {[1, 1] + shape[2:]}, this graph has {shape}"]
+        _resume_fails(run, capsys, words)
+        _resume_fails(run, capsys, words, "--checkpoint_type", "last", main=evaluate.main)
+
+    @pytest.mark.slow
+    def test_a_run_config_without_a_key_is_refused_by_evaluate(self, dependable, tmp_path, capsys):
+        run = _copy_run(dependable, tmp_path)
+        config = json.loads((run / "config.json").read_text())
+        del config["input_h"]
+        (run / "config.json").write_text(json.dumps(config))
+        _resume_fails(run, capsys, [f"{run / 'config.json'}: key 'input_h' must be int"], main=evaluate.main)
+
+    @pytest.mark.slow
+    def test_an_output_dir_that_is_a_file_is_named(self, dependable, tmp_path, capsys):
+        blocker = tmp_path / "not_a_folder"
+        blocker.write_text("x")
+        code, err = _run_main(train.main, dependable[1] + ["--output_dir", str(blocker), "--experiment_name", "r"],
+                              capsys)
+        assert code == 1 and len(err) == 1 and f"{blocker / 'r'}" in err[0], err
+        assert blocker.read_text() == "x"
+
+    @pytest.mark.slow
+    def test_temp_files_of_a_killed_writer_are_removed_counts_repaired_and_the_run_goes_on(self, dependable,
+                                                                                            tmp_path, capsys):
+        run = _copy_run(dependable, tmp_path)
+        last = run / "checkpoints" / "last"
+        meta = json.loads((last / "meta.json").read_text())
+        leftovers = [run / "config.json.tmp123", last / "meta.json.tmp77", last / "model-9-1.index",
+                     last / f"{meta['checkpoint']}.data-00000-of-00001.tempstate5"]
+        for path in leftovers:
+            path.write_text("partial")
+        (run / "fairness_counts.json").write_text(json.dumps({"global_step": 0}))
+        history = (run / "eval_history.csv").read_text()
+        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "run",
+                           "--num_epochs", "3"]) == 0
+        assert not any(p.exists() for p in leftovers)
+        counts = json.loads((run / "fairness_counts.json").read_text())
+        assert counts["global_step"] == json.loads((last / "meta.json").read_text())["global_step"] == 6
+        # the finished run went on for a third epoch: paths and counts as if it had been planned so
+        report = json.loads((run / "train_report.json").read_text())
+        assert report["epochs_finished"] == 3 and report["fairness_counts"] == fair.counts_for_steps(4, 0, 6)
+        assert report["path_sequence_digest"] == fair.sequence_digest(4, 0, 6)
+        assert (run / "eval_history.csv").read_text().startswith(history)  # the rows before kept as written
+        assert [int(r["epoch"]) for r in _history(run / "eval_history.csv")] == [1, 2, 3]
+
+    @pytest.mark.slow
+    def test_runs_of_one_seed_are_identical_a_second_writer_is_refused_and_a_killed_run_resumes_to_them(
+            self, dependable, tmp_path):
+        out, flags = dependable
+        flags = flags + ["--output_dir", str(tmp_path)]
+        script = [sys.executable, str(HERE / "train.py")]
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        env["PYTHONUNBUFFERED"] = "1"  # as make starts it: each line as it is printed
+        rng = np.random.default_rng()
+
+        def start(argv):
+            return subprocess.Popen(script + argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                    env=env)
+
+        def kill_after(proc, word, count):
+            seen = 0
+            for line in proc.stdout:
+                seen += word in line
+                if seen == count:
+                    time.sleep(rng.uniform(0, 0.2))
+                    break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        # "killed": the fixture's run once more; a second train.py on it while it trains is refused; it is
+        # SIGKILLed during its last evaluation, again 1-2 steps after the restore, then resumed to the end
+        killed = start(flags + ["--experiment_name", "killed"])
+        assert killed.stdout.readline().startswith("devices:")  # said once the run is locked, before its graph
+        second = subprocess.run(script + flags + ["--experiment_name", "killed", "--resume"], capture_output=True,
+                                text=True, env=env)
+        err = second.stderr.strip().splitlines()
+        assert second.returncode == 1 and len(err) == 1
+        assert f"run {tmp_path / 'killed'} is being written by another process (PID {killed.pid})" in err[0]
+        kill_after(killed, "evaluating", 2)
+        first_row = "".join((tmp_path / "killed" / "eval_history.csv").read_text().splitlines(True)[:2])  # epoch 1
+        resume = ["--resume", "--output_dir", str(tmp_path), "--experiment_name", "killed"]
+        kill_after(start(resume), " step ", int(rng.integers(1, 3)))
+        last = subprocess.run(script + resume, capture_output=True, text=True, env=env)
+        assert last.returncode == 0 and "done: completed after 2 epochs" in last.stdout
+        whole, resumed = _checkpoint_tensors(out / "base"), _checkpoint_tensors(tmp_path / "killed")
+        assert whole.keys() == resumed.keys() and all(np.array_equal(whole[k], resumed[k]) for k in whole)
+        timing = {"eval_seconds", "wall_time_s"}
+        rows = [[{k: v for k, v in r.items() if k not in timing} for r in _history(run / "eval_history.csv")]
+                for run in (out / "base", tmp_path / "killed")]
+        assert rows[0] == rows[1] and len(rows[0]) == 2
+        assert (tmp_path / "killed" / "eval_history.csv").read_text().startswith(first_row)  # kept as written
+        report = json.loads((tmp_path / "killed" / "train_report.json").read_text())
+        assert report["fairness_counts"] == fair.counts_for_steps(4, 0, 4)
+        assert report["path_sequence_digest"] == fair.sequence_digest(4, 0, 4)
+        assert "resuming" in (tmp_path / "killed" / "train.log").read_text()
+
+
+class TestTrainRefusesBadData:
+    @pytest.mark.slow
+    @pytest.mark.parametrize("fault", ["png body", "nan flow"])
+    def test_a_fault_met_in_training_names_the_file(self, tmp_path, fault):
+        """train.py as a user types it, on a 20-sample FC2 tree whose 6th training sample is damaged
+        where only reading it whole finds it: one line naming the file, exit 1, no run folder left."""
+        root = str(tmp_path / "fc2")
+        data_fc2.write_synthetic_fc2(root, 20, seed=5, h=H, w=W, val_fraction=0.2)
+        sample = data_fc2.list_samples(root, "train", "lists")[5]
+        if fault == "png body":  # header and IEND intact: the up-front check passes, decoding fails
+            raw = bytearray(pathlib.Path(sample[1]).read_bytes())
+            raw[40:-12] = bytes(len(raw) - 52)
+            pathlib.Path(sample[1]).write_bytes(bytes(raw))
+        else:
+            flow = flowio.read_flo(sample[2])
+            flow[3, 4, 0] = np.nan
+            flowio.write_flo(sample[2], flow)
+        result = subprocess.run([sys.executable, str(HERE / "train.py"), "--base_path", root, "--output_dir",
+                                 str(tmp_path / "out"), "--experiment_name", "faulty", "--input_h", "24", "--input_w",
+                                 "32", "--batch_size", "2", "--num_epochs", "1", "--eval_pool_size", "3",
+                                 "--bn_recal_batches", "1", "--eval_batches", "1", "--seed", "4"],
+                                capture_output=True, text=True, cwd=HERE, env=user_env())
+        words = (f"{sample[1]}: cannot decode PNG" if fault == "png body" else
+                 f"{sample[2]}: flow holds 1 non-finite values")
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+        assert not (tmp_path / "out" / "faulty").exists()
+
+    @pytest.mark.slow
+    def test_a_failed_fresh_run_leaves_no_folder(self, fc2_tree, tmp_path, capsys):
+        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
+        val = data_fc2.list_samples(tree, "val", "lists")[0]
+        flow = flowio.read_flo(val[2])
+        flowio.write_flo(val[2], np.full_like(flow, np.nan))
+        code, err = _run_main(train.main, DEPENDABLE_FLAGS + ["--base_path", tree, "--output_dir",
+                                                              str(tmp_path / "out"), "--experiment_name", "r"], capsys)
+        assert code == 1 and len(err) == 1 and "non-finite" in err[0]
+        assert not (tmp_path / "out" / "r").exists()
+
+
+# ==== 14. training.py: a training run's state ========================================================================
+
+
+class TestTrainingState:
+    def test_best_is_the_lowest_epe_and_patience_counts_improvements_of_min_delta(self):
+        cfg = {"early_stop_min_delta": 0.01, "early_stop_patience": 3}
+        state = training.RunState(seed=1)
+        seen = []
+        # 0.995 is a new best but no improvement of 0.01 over 1.0; 0.985 is both; 0.984 and 0.98 are
+        # new bests within 0.01 of 0.985, 1.2 is neither: three evaluations without improvement
+        for epoch, epe in enumerate([1.0, 0.995, 0.985, 0.984, 1.2, 0.98], 1):
+            state.record_evaluation(epe, epoch, cfg)
+            seen.append((state.best_metric, state.best_epoch, state.bad_epochs, state.stop_reason))
+        assert seen == [(1.0, 1, 0, None), (0.995, 2, 1, None), (0.985, 3, 0, None), (0.984, 4, 1, None),
+                        (0.984, 4, 2, None), (0.98, 6, 3, "early_stopping")]
+        meta = state.to_meta()
+        assert training.RunState.from_meta(meta, "m") == state and meta["patience_metric"] == 0.985
+        # a meta written before patience_metric: the patience counts from the best, as it did then
+        old = {k: v for k, v in meta.items() if k != "patience_metric"}
+        assert training.RunState.from_meta(old, "m").patience_metric == 0.98
+
+    def test_time_left_counts_the_evaluations_to_come(self):
+        cfg = {"num_epochs": 10, "eval_every": 3}  # evaluations after epochs 3, 6, 9 and 10
+        assert [training.evaluations_left(e, cfg) for e in range(1, 11)] == [4, 4, 4, 3, 3, 3, 2, 2, 2, 1]
+        assert training.evaluations_left(5, {"num_epochs": 5, "eval_every": 1}) == 1
+        assert training.time_left(100, 4, 30.0) == "time left 3m40s (steps 1m40s + 4 evaluations x 30s)"
+        assert training.time_left(100, 1, 3700.0) == "time left 1h03m (steps 1m40s + 1 evaluation x 1h01m)"
+        assert training.time_left(100, 4, None) == "time left 1m40s + 4 evaluations (not timed yet)"
+        assert training.time_left(100, 0, 30.0) == "time left 1m40s"
+
+
+# ==== 15. train_graph.py: the loss, the optimizer update, the fused fair step ========================================
+
+
+class TestTrainGraph:
     @pytest.mark.slow
     def test_fair_step_applies_exactly_the_mean_of_the_three_path_gradients(self):
         cfg = tiny_config(optimizer="sgd", learning_rate=0.05)
@@ -1667,7 +1954,10 @@ class TestTrainingStep:
         assert value == pytest.approx(expected, rel=1e-5)
 
 
-class TestRuns:
+# ==== 16. run_files.py: what a run writes ============================================================================
+
+
+class TestRunFiles:
     @pytest.mark.slow
     def test_a_run_writes_every_artifact(self, tiny_runs):
         out = tiny_runs
@@ -1688,6 +1978,234 @@ class TestRuns:
         log = (run / "train.log").read_text()
         assert "steps/s" in log and "time left" in log and "synthetic data" in log
 
+    def test_trim_history_drops_only_rows_after_the_checkpoint(self, tmp_path):
+        path = tmp_path / "eval_history.csv"
+        path.write_text("epoch,mean_epe\n1,3.0\n2,2.5\n3,2.4\n")
+        run_files.trim_history(str(path), 2, ["epoch", "mean_epe"])
+        assert path.read_text().splitlines() == ["epoch,mean_epe", "1,3.0", "2,2.5"]
+
+
+# ==== 17. distribute.py: data-parallel training ======================================================================
+
+
+DIST_FLAGS = ["--synthetic", "--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8",
+              "--synthetic_val_size", "4", "--batch_size", "4", "--steps_per_epoch", "2", "--fast_mode",
+              "--log_every", "1", "--seed", "9", "--optimizer", "sgd", "--learning_rate", "0.05"]
+
+
+def tf_config(ports, index):
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def start_workers(out, name, flags, ports):
+    """train.py once per worker of a loopback cluster on `ports`; [Popen] by worker index."""
+    command = [sys.executable, "train.py", *DIST_FLAGS, "--distribute", "multi_worker", "--output_dir", str(out),
+               "--experiment_name", name, *flags]
+    return [subprocess.Popen(command, cwd=HERE, env=dict(user_env(), TF_CONFIG=tf_config(ports, i)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(len(ports))]
+
+
+def finish_workers(procs, timeout=900):
+    """[(stdout, stderr, exit code)] of the workers, each killed if still running after `timeout`."""
+    results = []
+    for proc in procs:
+        try:
+            results.append(proc.communicate(timeout=timeout) + (proc.returncode,))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            results.append(proc.communicate() + ("timeout",))
+    return results
+
+
+def digests(text):
+    """{step: variables digest} of a worker's log lines."""
+    return {int(m[1]): m[2] for m in re.finditer(r"step (\d+): variables digest ([0-9a-f]{16})", text)}
+
+
+def checkpoint_digest(prefix):
+    """distribute.variables_digest's formula over a checkpoint's variables."""
+    reader = tf.train.load_checkpoint(prefix)
+    digest = hashlib.sha256()
+    for name in sorted(reader.get_variable_to_shape_map()):
+        digest.update(name.encode() + np.ascontiguousarray(reader.get_tensor(name)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def mean_gradient_steps(cfg, start_prefix, steps, replicas):
+    """The trainable variables after `steps` from checkpoint `start_prefix`, each step computed by
+    one process as the data-parallel step should: every share's gradient alone, their mean, the
+    global-norm clip, one SGD update at the cosine rate. {name: value}."""
+    data = data_fc2.open_data(cfg)
+    graph = tf.Graph()
+    with graph.as_default():
+        h, w = cfg["input_h"], cfg["input_w"]
+        images = tf.compat.v1.placeholder(tf.float32, [None, h, w, 6])
+        flows = tf.compat.v1.placeholder(tf.float32, [None, h, w, 2])
+        arch_paths = train_graph.arch_paths_placeholder()
+        data_loss = train_graph.fair_step_loss(cfg, images, flows, arch_paths)
+        variables = tf.compat.v1.trainable_variables()
+        kernels = [v for v in variables if v.op.name.endswith("/kernel")]
+        loss = data_loss + cfg["weight_decay"] * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+        grads = tf.gradients(loss, variables)
+        step = tf.compat.v1.train.get_or_create_global_step()
+        lr = train_graph.cosine_learning_rate(cfg, step, cfg["steps_per_epoch"] * cfg["num_epochs"])
+        fed = [tf.compat.v1.placeholder(tf.float32, v.shape) for v in variables]
+        apply = tf.compat.v1.train.GradientDescentOptimizer(lr).apply_gradients(zip(fed, variables), step)
+        batch = tf.compat.v1.data.make_one_shot_iterator(data_fc2.make_dataset(
+            data["train"], cfg["batch_size"], (h, w), True, cfg["max_flow"], cfg["seed"], steps[0])).get_next()
+        saver = tf.compat.v1.train.Saver([v for v in tf.compat.v1.global_variables()])
+    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
+        saver.restore(sess, start_prefix)
+        for s in steps:
+            whole_images, whole_flows = sess.run(batch)
+            shares = np.split(np.arange(len(whole_images)), replicas)
+            parts = [sess.run(grads, {images: whole_images[i], flows: whole_flows[i],
+                                      arch_paths: fair.fair_cycle(cfg["seed"], s)}) for i in shares]
+            mean = [np.mean(g, axis=0) for g in zip(*parts)]
+            norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in mean))
+            scale = min(1.0, cfg["grad_clip_norm"] / norm) if cfg["grad_clip_norm"] > 0 else 1.0
+            sess.run(apply, dict(zip(fed, [g * np.float32(scale) for g in mean])))
+        return {v.op.name: value for v, value in zip(variables, sess.run(variables))}
+
+
+class TestDataParallel:
+    """--distribute: the TF_CONFIG checks, the shards of a batch, two workers on loopback ports."""
+
+    @pytest.mark.parametrize("text, field", [
+        ("{not json", "not valid JSON"), ('{"cluster": {"chief": ["a:1"]}, "task": {}}', "field 'cluster'"),
+        ('{"cluster": {"worker": ["a:1", "a:1"]}, "task": {"type": "worker", "index": 0}}', "an address twice"),
+        ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "field 'cluster.worker'"),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "field 'task'")])
+    def test_a_bad_tf_config_is_one_line_naming_the_field(self, tmp_path, capsys, monkeypatch, text, field):
+        monkeypatch.setenv("TF_CONFIG", text)
+        flags = ["--distribute", "multi_worker", "--experiment_name", "x", "--dry_run", "--output_dir", str(tmp_path)]
+        assert train.main(flags) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: TF_CONFIG") and field in err and err.count("\n") == 1
+
+    def test_a_port_in_use_a_batch_that_does_not_divide_and_a_nameless_run_are_refused_first(
+            self, tmp_path, capsys, monkeypatch):
+        flags = ["--distribute", "multi_worker", "--experiment_name", "x", "--dry_run", "--output_dir", str(tmp_path)]
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            monkeypatch.setenv("TF_CONFIG", tf_config([port, distribute.free_ports(1)[0]], 0))
+            assert train.main(flags) == 1
+        assert f"127.0.0.1:{port}: port {port} cannot be listened on" in capsys.readouterr().err
+        monkeypatch.setenv("TF_CONFIG", tf_config(distribute.free_ports(2), 1))
+        assert train.main(flags + ["--batch_size", "3"]) == 1
+        assert "--batch_size 3 (the global batch) does not divide over 2 replicas" in capsys.readouterr().err
+        assert train.main(flags[:2] + ["--dry_run", "--output_dir", str(tmp_path)]) == 1
+        assert "needs 'experiment_name'" in capsys.readouterr().err
+        assert train.main(["--dry_run", "--output_dir", str(tmp_path)]) == 1  # worker 1 alone would write
+        assert "set --distribute multi_worker, or unset TF_CONFIG" in capsys.readouterr().err
+        assert not list(tmp_path.iterdir())
+
+    def test_the_shards_of_a_training_batch_are_the_batch(self):
+        arrays = synthetic.make_synthetic_arrays(6, 32, 48, 3)
+        whole = next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2)))
+        for count in (2, 4):
+            parts = [next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2,
+                                                     shard=(i, count)))) for i in range(count)]
+            for k in range(2):
+                np.testing.assert_array_equal(np.concatenate([p[k].numpy() for p in parts]), whole[k].numpy())
+
+    @pytest.mark.slow
+    def test_two_workers_hold_identical_weights_the_mean_gradient_update_and_resume(self, tmp_path):
+        ports = distribute.free_ports(2)
+        first = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "1"], ports))
+        assert [code for *_, code in first] == [0, 0], first
+        run = tmp_path / "dp"
+        start = json.loads((run / "checkpoints/last/meta.json").read_text())
+        shutil.copytree(run / "checkpoints/last", tmp_path / "start")
+        second = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "2", "--resume"],
+                                              distribute.free_ports(2)))
+        assert [code for *_, code in second] == [0, 0], second
+        meta = json.loads((run / "checkpoints/last/meta.json").read_text())
+        assert start["global_step"] == 2 and meta["global_step"] == 4
+        # every worker logs its digest at each commit: the same bytes, and those the chief saved
+        chief, other = digests((run / "train.log").read_text()), digests(first[1][0] + second[1][0])
+        assert set(chief) == {2, 4} and chief == other
+        prefix = str(run / "checkpoints/last" / meta["checkpoint"])
+        assert chief[4] == checkpoint_digest(prefix)
+        assert not list(tmp_path.glob("*/worker*")) and "worker 1:" not in (run / "train.log").read_text()
+        # the same two steps by one process from the chief's first checkpoint: mean of the shares' gradients
+        cfg = dict(json.loads((run / "config.json").read_text()), num_epochs=2)
+        expected = mean_gradient_steps(cfg, str(tmp_path / "start" / start["checkpoint"]), [2, 3], 2)
+        reader = tf.train.load_checkpoint(prefix)
+        begin = tf.train.load_checkpoint(str(tmp_path / "start" / start["checkpoint"]))
+        moved = 0
+        for name, value in expected.items():
+            update, want = reader.get_tensor(name) - begin.get_tensor(name), value - begin.get_tensor(name)
+            scale = max(np.abs(want).max(), 1e-12)
+            np.testing.assert_allclose(update, want, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+            moved += scale > 1e-6
+        assert moved > len(expected) // 2
+        assert meta["fairness_counts"] == fair.counts_for_steps(9, 0, 4)
+        assert fair.fairness_gap(meta["fairness_counts"]) == 0
+        report = json.loads((run / "train_report.json").read_text())
+        assert report["data_parallel"]["replicas"] == 2 and report["global_step"] == 4
+
+    @pytest.mark.slow
+    def test_a_killed_worker_stops_the_other_in_one_line_and_the_run_resumes_alone(self, tmp_path):
+        procs = start_workers(tmp_path, "kill", ["--num_epochs", "3", "--worker_timeout_s", "20"],
+                              distribute.free_ports(2))
+        log = tmp_path / "kill" / "train.log"
+        deadline = time.time() + 600
+        while "step 2: variables digest" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+            time.sleep(0.5)
+        procs[1].kill()
+        killed = time.time()
+        (stdout, stderr, code), _ = finish_workers(procs, timeout=120)
+        assert code == 1 and time.time() - killed < 20 + 60, stderr
+        assert stderr.count("\n") == 1 and stderr.startswith("error: worker 0: worker 1 (127.0.0.1:"), stderr
+        assert "is gone at step" in stderr and "rerun them all with --resume" in stderr
+        assert json.loads((tmp_path / "kill/checkpoints/last/meta.json").read_text())["global_step"] == 2
+        # resumed by one process (another number of workers): from step 2 to the end
+        alone = subprocess.run([sys.executable, "train.py", *DIST_FLAGS, "--output_dir", str(tmp_path),
+                                "--resume_experiment_name", "kill", "--distribute", "none", "--num_epochs", "3"],
+                               cwd=HERE, env=user_env(), capture_output=True, text=True, timeout=600)
+        assert alone.returncode == 0, alone.stderr
+        meta = json.loads((tmp_path / "kill/checkpoints/last/meta.json").read_text())
+        assert meta["global_step"] == 6 and meta["fairness_counts"] == fair.counts_for_steps(9, 0, 6)
+        assert "restored epoch 1, step 2" in alone.stdout
+
+
+# ==== 18. evaluate.py: a checkpoint scored on FC2, Sintel or KITTI ===================================================
+
+
+@pytest.fixture(scope="module")
+def scoring_run(tmp_path_factory):
+    """A run folder (32x48, synthetic) with a `best` checkpoint of freshly initialised weights."""
+    out = tmp_path_factory.mktemp("scoring_runs")
+    run = out / "run"
+    run.mkdir()
+    cfg = dict(config.read_config_file(config.DEFAULT_CONFIG), input_h=32, input_w=48, synthetic=True,
+               synthetic_train_size=4, synthetic_val_size=4, batch_size=2, bn_recal_batches=1, eval_pool_size=3,
+               experiment_name="run", output_dir=str(out))
+    atomic_files.write_json_atomic(str(run / "config.json"), cfg)
+    pool = [supernet.format_arch(a) for a in fair.build_eval_pool(3, cfg["seed"], 32, 48)]
+    atomic_files.write_json_atomic(str(run / "eval_pool_3.json"), {"archs": pool})
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(3)
+        scoring.build_scorer(tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 6]),
+                              tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 2]))
+        saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        ckpt.save(sess, saver, str(run), "best",
+                  {"epoch": 1, "global_step": 0, "search_space": ckpt.search_space_signature(32, 48)})
+    return out
+
+
+SCORED_ARCH = "0,1,2,0,1,2,0,1,2"
+
+
+class TestEvaluate:
     @pytest.mark.slow
     def test_evaluate_cli_writes_the_result_json(self, tiny_runs):
         out = tiny_runs
@@ -1702,28 +2220,140 @@ class TestRuns:
             arch = supernet.parse_arch(r["arch"])
             assert r["params"] == supernet.count_params(arch, 32, 48) and 0 <= r["px1"] <= r["px3"] <= r["px5"] <= 1
 
-    def test_trim_history_drops_only_rows_after_the_checkpoint(self, tmp_path):
-        path = tmp_path / "eval_history.csv"
-        path.write_text("epoch,mean_epe\n1,3.0\n2,2.5\n3,2.4\n")
-        run_files.trim_history(str(path), 2, ["epoch", "mean_epe"])
-        assert path.read_text().splitlines() == ["epoch,mean_epe", "1,3.0", "2,2.5"]
+    @pytest.mark.slow
+    def test_sintel_full_frames_scored_at_a_size_that_is_not_the_training_size(self, scoring_run, tmp_path):
+        written = _write_sintel(tmp_path / "sintel", {"cave_2": 3, "alley_1": 2})
+        run = scoring_run / "run"
+        assert evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "sintel",
+                              "--base_path", str(tmp_path / "sintel"), "--sintel_pass", "clean", "--arch", SCORED_ARCH,
+                              "--visualize", "1", "--save_flow", str(tmp_path / "pred")]) == 0
+        summary, rows = (lambda r: (r["summary"], r["archs"]))(
+            json.loads((run / "supernet_eval_result_best_sintel_clean.json").read_text()))
+        assert (summary["dataset"], summary["pass"], summary["val_samples"]) == ("sintel", "clean", 3)
+        assert summary["input_sizes"] == [[40, 52]] and summary["frame_sizes"] == [[38, 50]]
+        assert summary["recal_input_size"] == [32, 48] and summary["recal_data_source"] == "synthetic"
+        assert not summary["archs_are_eval_pool"] and "coverage_ok" not in summary
+        saved = {key: flowio.read_flo(str(tmp_path / "pred" / "012012012" / key[0] / f"frame_{key[1]:04d}.flo"))
+                 for key in written}
+        assert all(s.shape == (38, 50, 2) for s in saved.values())  # the padding removed
+        hand = _hand_metrics([(saved[k], written[k][2], np.ones((38, 50))) for k in written])
+        for key, value in hand.items():
+            assert rows[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        assert summary["zero_flow_epe"] == pytest.approx(
+            _hand_metrics([(0 * w[2], w[2], np.ones((38, 50))) for w in written.values()])["epe"], rel=1e-5)
+        pictures = list((run / "flow_pictures_best_sintel_clean").iterdir())
+        assert [p.name for p in pictures] == ["alley_1_frame_0001_arch012012012.png"]
+        assert pictures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    def test_best_is_the_lowest_epe_and_patience_counts_improvements_of_min_delta(self):
-        cfg = {"early_stop_min_delta": 0.01, "early_stop_patience": 3}
-        state = training.RunState(seed=1)
-        seen = []
-        # 0.995 is a new best but no improvement of 0.01 over 1.0; 0.985 is both; 0.984 and 0.98 are
-        # new bests within 0.01 of 0.985, 1.2 is neither: three evaluations without improvement
-        for epoch, epe in enumerate([1.0, 0.995, 0.985, 0.984, 1.2, 0.98], 1):
-            state.record_evaluation(epe, epoch, cfg)
-            seen.append((state.best_metric, state.best_epoch, state.bad_epochs, state.stop_reason))
-        assert seen == [(1.0, 1, 0, None), (0.995, 2, 1, None), (0.985, 3, 0, None), (0.984, 4, 1, None),
-                        (0.984, 4, 2, None), (0.98, 6, 3, "early_stopping")]
-        meta = state.to_meta()
-        assert training.RunState.from_meta(meta, "m") == state and meta["patience_metric"] == 0.985
-        # a meta written before patience_metric: the patience counts from the best, as it did then
-        old = {k: v for k, v in meta.items() if k != "patience_metric"}
-        assert training.RunState.from_meta(old, "m").patience_metric == 0.98
+    @pytest.mark.slow
+    def test_kitti_frames_of_two_sizes_scored_over_valid_pixels(self, scoring_run, tmp_path):
+        truth = _write_kitti(tmp_path / "kitti", [(37, 50), (32, 44), (38, 49)])
+        run = scoring_run / "run"
+        others = [run / f"supernet_eval_result_best{suffix}.json" for suffix in ("", "_sintel_final", "_fc2")]
+        for other in others:
+            other.write_text(f'{{"{other.name}": 1}}\n')
+        assert evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "kitti",
+                              "--base_path", str(tmp_path / "kitti"), "--arch", SCORED_ARCH,
+                              "--save_flow", str(tmp_path / "pred")]) == 0
+        summary, rows = (lambda r: (r["summary"], r["archs"]))(
+            json.loads((run / "supernet_eval_result_best_kitti.json").read_text()))
+        assert summary["input_sizes"] == [[32, 44], [40, 52]] and summary["val_samples"] == 3
+        assert summary["dataset"] == "kitti" and summary["data_source"] == "kitti"
+        saved = {name: flowio.read_flo(str(tmp_path / "pred" / "012012012" / f"{name}.flo")) for name in truth}
+        hand = _hand_metrics([(saved[n], *truth[n]) for n in truth])
+        for key, value in hand.items():
+            assert rows[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        by_hand = _hand_metrics([(0 * f, f, v) for f, v in truth.values()])
+        assert summary["zero_flow_epe"] == pytest.approx(by_hand["epe"])
+        for other in others:  # another dataset's result is never overwritten
+            assert other.read_text() == f'{{"{other.name}": 1}}\n'
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("case", ["missing_flow", "kitti_8_bit", "kitti_wrong_size"])
+    def test_bad_dataset_files_are_one_line_errors_naming_the_file(self, scoring_run, tmp_path, capsys, case):
+        if case == "missing_flow":
+            _write_sintel(tmp_path, {"cave_2": 3})
+            bad = tmp_path / "training" / "flow" / "cave_2" / "frame_0002.flo"
+            bad.unlink()
+            flags = ["--dataset", "sintel", "--sintel_pass", "clean"]
+        else:
+            _write_kitti(tmp_path, [(6, 8)])
+            bad = tmp_path / "training" / "flow_occ" / "000000_10.png"
+            if case == "kitti_8_bit":
+                bad.write_bytes(tf.io.encode_png(np.zeros((6, 8, 3), np.uint8)).numpy())
+            else:
+                bad.write_bytes(_png16_bytes(np.zeros((6, 9, 3), np.int64)))
+            flags = ["--dataset", "kitti"]
+        code, err = _run_main(evaluate.main, ["--output_dir", str(scoring_run), "--experiment_name", "run",
+                                              "--base_path", str(tmp_path)] + flags, capsys)
+        assert code == 1 and len(err) == 1 and err[0].startswith("error:") and str(bad) in err[0], err
+        assert {"missing_flow": "missing", "kitti_8_bit": "16-bit", "kitti_wrong_size": "differs"}[case] in err[0]
+
+    @pytest.mark.slow
+    def test_unknown_dataset_is_refused(self, scoring_run, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "chairs"])
+        assert exit_info.value.code == 2 and "invalid choice: 'chairs'" in capsys.readouterr().err
+        args = type("Args", (), {"dataset": "chairs", "base_path": None, "sintel_pass": "final"})
+        with pytest.raises(errors.DataError, match="--dataset 'chairs'"):
+            batches.dataset_batches({}, args)
+
+
+# ==== 19. runs.py: a trained run as scoring commands see it ==========================================================
+
+
+class TestRunsPool:
+    @pytest.mark.slow
+    def test_pool_coverage_only_for_the_run_pool(self, scoring_run):
+        run = scoring_run / "run"
+        cfg = json.loads((run / "config.json").read_text())
+        pool = json.loads((run / "eval_pool_3.json").read_text())["archs"]
+        assert runs.chosen_archs(type("Args", (), {"arch": list(reversed(pool))}), str(run), cfg)[1]
+        assert not runs.chosen_archs(type("Args", (), {"arch": pool[:2]}), str(run), cfg)[1]
+
+
+# ==== 20. flowviz.py: the Middlebury flow colours and the flow panels ================================================
+
+
+class TestFlowviz:
+    def test_colour_wheel_against_its_defining_colours(self):
+        wheel = flowviz.make_colorwheel()
+        assert wheel.shape == (55, 3)  # RY 15, YG 6, GC 4, CB 11, BM 13, MR 6 (Baker et al.)
+        defining = {0: (255, 0, 0), 15: (255, 255, 0), 21: (0, 255, 0), 25: (0, 255, 255), 36: (0, 0, 255),
+                    49: (255, 0, 255)}
+        for row, colour in defining.items():
+            assert tuple(wheel[row]) == colour, row
+        flows = np.array([[[1, 0], [-1, 0], [0, -1], [0, 1], [0, 0]]], np.float32)  # right, left, up, down, still
+        colours = flowviz.flow_to_color(flows, max_radius=1.0)[0].astype(int)
+        assert tuple(colours[0]) == (255, 0, 0)                                     # right: red
+        assert tuple(colours[1]) == (0, 255 - int(255 * 2 / 11), 255)                # left: row 27, cyan-blue
+        np.testing.assert_allclose(colours[2], ((78 + 98) / 2, 0, 255), atol=1)     # up: rows 40/41, blue-violet
+        np.testing.assert_allclose(colours[3], (255, (221 + 238) / 2, 0), atol=1)   # down: rows 13/14, yellow
+        assert tuple(colours[4]) == (255, 255, 255)                                 # no motion: white
+        half = flowviz.flow_to_color(flows * 0.5, max_radius=1.0)[0].astype(int)   # half length: half saturation
+        np.testing.assert_allclose(half[0], (255, 127, 127), atol=1)
+        dark = flowviz.flow_to_color(flows * 2, max_radius=1.0)[0].astype(int)     # beyond the radius: 75 %
+        np.testing.assert_allclose(dark[0], (191, 0, 0), atol=1)
+
+    def test_tensorboard_flow_panel_of_the_best_arch(self, tmp_path):
+        rng = np.random.default_rng(2)
+        flows = rng.normal(0, 2, (1, 16, 24, 2)).astype(np.float32)
+        batch = (rng.uniform(-1, 1, (1, 16, 24, 6)).astype(np.float32), flows)
+        result = {"archs": [{"arch": "0,0,0,0,0,0,0,0,0", "epe": 2.0}, {"arch": "1,1,1,1,1,1,1,1,1", "epe": 1.0}],
+                  "first_predictions": {"0,0,0,0,0,0,0,0,0": flows[0] * 0, "1,1,1,1,1,1,1,1,1": flows[0]}}
+        png, height, width = flowviz.best_arch_panel(result, [batch])
+        with tf.Graph().as_default():
+            writer = tf.compat.v1.summary.FileWriter(str(tmp_path))
+            run_files.write_image(writer, 7, "eval/flow_best_arch", png, height, width)
+            writer.close()
+        events = [e for f in tmp_path.iterdir() for e in tf.compat.v1.train.summary_iterator(str(f))]
+        images = [(e.step, v) for e in events for v in e.summary.value if v.tag == "eval/flow_best_arch"]
+        assert len(images) == 1 and images[0][0] == 7
+        decoded = tf.io.decode_png(images[0][1].image.encoded_image_string).numpy()
+        assert decoded.shape[:2] == (height, width) and decoded.std() > 0
+
+
+# ==== not yet sorted into sections ===================================================================================
 
 
 class TestBadInput:
@@ -2856,159 +3486,6 @@ class TestDeploy:
         assert kept[0].stat().st_size > 100 and pathlib.Path(f"{kept[-1]}.npy").read_bytes() != b"garbage"
 
 
-@pytest.fixture(scope="module")
-def scoring_run(tmp_path_factory):
-    """A run folder (32x48, synthetic) with a `best` checkpoint of freshly initialised weights."""
-    out = tmp_path_factory.mktemp("scoring_runs")
-    run = out / "run"
-    run.mkdir()
-    cfg = dict(config.read_config_file(config.DEFAULT_CONFIG), input_h=32, input_w=48, synthetic=True,
-               synthetic_train_size=4, synthetic_val_size=4, batch_size=2, bn_recal_batches=1, eval_pool_size=3,
-               experiment_name="run", output_dir=str(out))
-    atomic_files.write_json_atomic(str(run / "config.json"), cfg)
-    pool = [supernet.format_arch(a) for a in fair.build_eval_pool(3, cfg["seed"], 32, 48)]
-    atomic_files.write_json_atomic(str(run / "eval_pool_3.json"), {"archs": pool})
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(3)
-        scoring.build_scorer(tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 6]),
-                              tf.compat.v1.placeholder(tf.float32, [None, 32, 48, 2]))
-        saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
-        init = tf.compat.v1.global_variables_initializer()
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        ckpt.save(sess, saver, str(run), "best",
-                  {"epoch": 1, "global_step": 0, "search_space": ckpt.search_space_signature(32, 48)})
-    return out
-
-
-SCORED_ARCH = "0,1,2,0,1,2,0,1,2"
-
-
-class TestDatasetsAndPictures:
-    def test_colour_wheel_against_its_defining_colours(self):
-        wheel = flowviz.make_colorwheel()
-        assert wheel.shape == (55, 3)  # RY 15, YG 6, GC 4, CB 11, BM 13, MR 6 (Baker et al.)
-        defining = {0: (255, 0, 0), 15: (255, 255, 0), 21: (0, 255, 0), 25: (0, 255, 255), 36: (0, 0, 255),
-                    49: (255, 0, 255)}
-        for row, colour in defining.items():
-            assert tuple(wheel[row]) == colour, row
-        flows = np.array([[[1, 0], [-1, 0], [0, -1], [0, 1], [0, 0]]], np.float32)  # right, left, up, down, still
-        colours = flowviz.flow_to_color(flows, max_radius=1.0)[0].astype(int)
-        assert tuple(colours[0]) == (255, 0, 0)                                     # right: red
-        assert tuple(colours[1]) == (0, 255 - int(255 * 2 / 11), 255)                # left: row 27, cyan-blue
-        np.testing.assert_allclose(colours[2], ((78 + 98) / 2, 0, 255), atol=1)     # up: rows 40/41, blue-violet
-        np.testing.assert_allclose(colours[3], (255, (221 + 238) / 2, 0), atol=1)   # down: rows 13/14, yellow
-        assert tuple(colours[4]) == (255, 255, 255)                                 # no motion: white
-        half = flowviz.flow_to_color(flows * 0.5, max_radius=1.0)[0].astype(int)   # half length: half saturation
-        np.testing.assert_allclose(half[0], (255, 127, 127), atol=1)
-        dark = flowviz.flow_to_color(flows * 2, max_radius=1.0)[0].astype(int)     # beyond the radius: 75 %
-        np.testing.assert_allclose(dark[0], (191, 0, 0), atol=1)
-
-    @pytest.mark.slow
-    def test_sintel_full_frames_scored_at_a_size_that_is_not_the_training_size(self, scoring_run, tmp_path):
-        written = _write_sintel(tmp_path / "sintel", {"cave_2": 3, "alley_1": 2})
-        run = scoring_run / "run"
-        assert evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "sintel",
-                              "--base_path", str(tmp_path / "sintel"), "--sintel_pass", "clean", "--arch", SCORED_ARCH,
-                              "--visualize", "1", "--save_flow", str(tmp_path / "pred")]) == 0
-        summary, rows = (lambda r: (r["summary"], r["archs"]))(
-            json.loads((run / "supernet_eval_result_best_sintel_clean.json").read_text()))
-        assert (summary["dataset"], summary["pass"], summary["val_samples"]) == ("sintel", "clean", 3)
-        assert summary["input_sizes"] == [[40, 52]] and summary["frame_sizes"] == [[38, 50]]
-        assert summary["recal_input_size"] == [32, 48] and summary["recal_data_source"] == "synthetic"
-        assert not summary["archs_are_eval_pool"] and "coverage_ok" not in summary
-        saved = {key: flowio.read_flo(str(tmp_path / "pred" / "012012012" / key[0] / f"frame_{key[1]:04d}.flo"))
-                 for key in written}
-        assert all(s.shape == (38, 50, 2) for s in saved.values())  # the padding removed
-        hand = _hand_metrics([(saved[k], written[k][2], np.ones((38, 50))) for k in written])
-        for key, value in hand.items():
-            assert rows[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-        assert summary["zero_flow_epe"] == pytest.approx(
-            _hand_metrics([(0 * w[2], w[2], np.ones((38, 50))) for w in written.values()])["epe"], rel=1e-5)
-        pictures = list((run / "flow_pictures_best_sintel_clean").iterdir())
-        assert [p.name for p in pictures] == ["alley_1_frame_0001_arch012012012.png"]
-        assert pictures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    @pytest.mark.slow
-    def test_kitti_frames_of_two_sizes_scored_over_valid_pixels(self, scoring_run, tmp_path):
-        truth = _write_kitti(tmp_path / "kitti", [(37, 50), (32, 44), (38, 49)])
-        run = scoring_run / "run"
-        others = [run / f"supernet_eval_result_best{suffix}.json" for suffix in ("", "_sintel_final", "_fc2")]
-        for other in others:
-            other.write_text(f'{{"{other.name}": 1}}\n')
-        assert evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "kitti",
-                              "--base_path", str(tmp_path / "kitti"), "--arch", SCORED_ARCH,
-                              "--save_flow", str(tmp_path / "pred")]) == 0
-        summary, rows = (lambda r: (r["summary"], r["archs"]))(
-            json.loads((run / "supernet_eval_result_best_kitti.json").read_text()))
-        assert summary["input_sizes"] == [[32, 44], [40, 52]] and summary["val_samples"] == 3
-        assert summary["dataset"] == "kitti" and summary["data_source"] == "kitti"
-        saved = {name: flowio.read_flo(str(tmp_path / "pred" / "012012012" / f"{name}.flo")) for name in truth}
-        hand = _hand_metrics([(saved[n], *truth[n]) for n in truth])
-        for key, value in hand.items():
-            assert rows[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-        by_hand = _hand_metrics([(0 * f, f, v) for f, v in truth.values()])
-        assert summary["zero_flow_epe"] == pytest.approx(by_hand["epe"])
-        for other in others:  # another dataset's result is never overwritten
-            assert other.read_text() == f'{{"{other.name}": 1}}\n'
-
-    @pytest.mark.slow
-    def test_pool_coverage_only_for_the_run_pool(self, scoring_run):
-        run = scoring_run / "run"
-        cfg = json.loads((run / "config.json").read_text())
-        pool = json.loads((run / "eval_pool_3.json").read_text())["archs"]
-        assert runs.chosen_archs(type("Args", (), {"arch": list(reversed(pool))}), str(run), cfg)[1]
-        assert not runs.chosen_archs(type("Args", (), {"arch": pool[:2]}), str(run), cfg)[1]
-
-    @pytest.mark.slow
-    @pytest.mark.parametrize("case", ["missing_flow", "kitti_8_bit", "kitti_wrong_size"])
-    def test_bad_dataset_files_are_one_line_errors_naming_the_file(self, scoring_run, tmp_path, capsys, case):
-        if case == "missing_flow":
-            _write_sintel(tmp_path, {"cave_2": 3})
-            bad = tmp_path / "training" / "flow" / "cave_2" / "frame_0002.flo"
-            bad.unlink()
-            flags = ["--dataset", "sintel", "--sintel_pass", "clean"]
-        else:
-            _write_kitti(tmp_path, [(6, 8)])
-            bad = tmp_path / "training" / "flow_occ" / "000000_10.png"
-            if case == "kitti_8_bit":
-                bad.write_bytes(tf.io.encode_png(np.zeros((6, 8, 3), np.uint8)).numpy())
-            else:
-                bad.write_bytes(_png16_bytes(np.zeros((6, 9, 3), np.int64)))
-            flags = ["--dataset", "kitti"]
-        code, err = _run_main(evaluate.main, ["--output_dir", str(scoring_run), "--experiment_name", "run",
-                                              "--base_path", str(tmp_path)] + flags, capsys)
-        assert code == 1 and len(err) == 1 and err[0].startswith("error:") and str(bad) in err[0], err
-        assert {"missing_flow": "missing", "kitti_8_bit": "16-bit", "kitti_wrong_size": "differs"}[case] in err[0]
-
-    @pytest.mark.slow
-    def test_unknown_dataset_is_refused(self, scoring_run, capsys):
-        with pytest.raises(SystemExit) as exit_info:
-            evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "chairs"])
-        assert exit_info.value.code == 2 and "invalid choice: 'chairs'" in capsys.readouterr().err
-        args = type("Args", (), {"dataset": "chairs", "base_path": None, "sintel_pass": "final"})
-        with pytest.raises(errors.DataError, match="--dataset 'chairs'"):
-            batches.dataset_batches({}, args)
-
-    def test_tensorboard_flow_panel_of_the_best_arch(self, tmp_path):
-        rng = np.random.default_rng(2)
-        flows = rng.normal(0, 2, (1, 16, 24, 2)).astype(np.float32)
-        batch = (rng.uniform(-1, 1, (1, 16, 24, 6)).astype(np.float32), flows)
-        result = {"archs": [{"arch": "0,0,0,0,0,0,0,0,0", "epe": 2.0}, {"arch": "1,1,1,1,1,1,1,1,1", "epe": 1.0}],
-                  "first_predictions": {"0,0,0,0,0,0,0,0,0": flows[0] * 0, "1,1,1,1,1,1,1,1,1": flows[0]}}
-        png, height, width = flowviz.best_arch_panel(result, [batch])
-        with tf.Graph().as_default():
-            writer = tf.compat.v1.summary.FileWriter(str(tmp_path))
-            run_files.write_image(writer, 7, "eval/flow_best_arch", png, height, width)
-            writer.close()
-        events = [e for f in tmp_path.iterdir() for e in tf.compat.v1.train.summary_iterator(str(f))]
-        images = [(e.step, v) for e in events for v in e.summary.value if v.tag == "eval/flow_best_arch"]
-        assert len(images) == 1 and images[0][0] == 7
-        decoded = tf.io.decode_png(images[0][1].image.encoded_image_string).numpy()
-        assert decoded.shape[:2] == (height, width) and decoded.std() > 0
-
-
 STANDALONE_ARCH = "0,1,2,0,1,2,0,1,2"
 
 
@@ -3649,253 +4126,6 @@ class TestOneWriter:
             assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
 
-DEPENDABLE_FLAGS = ["--input_h", "24", "--input_w", "32", "--batch_size", "2", "--steps_per_epoch", "2",
-                    "--num_epochs", "2", "--eval_pool_size", "3", "--bn_recal_batches", "2", "--log_every", "1",
-                    "--seed", "4", "--data_layout", "lists"]
-
-
-def _checkpoint_tensors(run_dir, kind="last"):
-    meta = json.loads((pathlib.Path(run_dir) / "checkpoints" / kind / "meta.json").read_text())
-    reader = tf.train.load_checkpoint(str(pathlib.Path(run_dir) / "checkpoints" / kind / meta["checkpoint"]))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-
-
-@pytest.fixture(scope="module")
-def dependable(tmp_path_factory, fc2_tree):
-    """A run of 2 epochs on the FC2 tree ("base": resumed with --num_epochs 3, it trains), its
-    output folder and its flags."""
-    out = tmp_path_factory.mktemp("dependable")
-    flags = DEPENDABLE_FLAGS + ["--base_path", fc2_tree, "--output_dir", str(out)]
-    assert train.main(flags + ["--experiment_name", "base"]) == 0
-    return out, flags
-
-
-class TestDependableRuns:
-    @pytest.mark.slow
-    @pytest.mark.parametrize("fault", ["png body", "nan flow"])
-    def test_a_fault_met_in_training_names_the_file(self, tmp_path, fault):
-        """train.py as a user types it, on a 20-sample FC2 tree whose 6th training sample is damaged
-        where only reading it whole finds it: one line naming the file, exit 1, no run folder left."""
-        root = str(tmp_path / "fc2")
-        data_fc2.write_synthetic_fc2(root, 20, seed=5, h=H, w=W, val_fraction=0.2)
-        sample = data_fc2.list_samples(root, "train", "lists")[5]
-        if fault == "png body":  # header and IEND intact: the up-front check passes, decoding fails
-            raw = bytearray(pathlib.Path(sample[1]).read_bytes())
-            raw[40:-12] = bytes(len(raw) - 52)
-            pathlib.Path(sample[1]).write_bytes(bytes(raw))
-        else:
-            flow = flowio.read_flo(sample[2])
-            flow[3, 4, 0] = np.nan
-            flowio.write_flo(sample[2], flow)
-        result = subprocess.run([sys.executable, str(HERE / "train.py"), "--base_path", root, "--output_dir",
-                                 str(tmp_path / "out"), "--experiment_name", "faulty", "--input_h", "24", "--input_w",
-                                 "32", "--batch_size", "2", "--num_epochs", "1", "--eval_pool_size", "3",
-                                 "--bn_recal_batches", "1", "--eval_batches", "1", "--seed", "4"],
-                                capture_output=True, text=True, cwd=HERE, env=user_env())
-        words = (f"{sample[1]}: cannot decode PNG" if fault == "png body" else
-                 f"{sample[2]}: flow holds 1 non-finite values")
-        assert result.returncode == 1 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
-        assert not (tmp_path / "out" / "faulty").exists()
-
-    @pytest.mark.slow
-    def test_nan_in_a_validation_flow_is_refused_before_any_metric(self, dependable, fc2_tree, tmp_path, capsys):
-        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
-        val = data_fc2.list_samples(tree, "val", "lists")[1]
-        flow = flowio.read_flo(val[2])
-        flow[0, 0, 1] = np.inf
-        flowio.write_flo(val[2], flow)
-        _resume_fails(_copy_run(dependable, tmp_path), capsys, [f"{val[2]}: flow holds 1 non-finite"],
-                           "--base_path", tree)
-
-    @pytest.mark.slow
-    @pytest.mark.parametrize("edit, words", [
-        (lambda m: {k: v for k, v in m.items() if k != "epoch"}, ["meta.json: field 'epoch' is missing"]),
-        (lambda m: [m], ["meta.json: must hold a JSON object, got list"]),
-        (lambda m: dict(m, global_step="12"), ["field 'global_step' must be an integer >= 0, got '12'"]),
-        (lambda m: dict(m, checkpoint="../best/" + m["checkpoint"]), ["field 'checkpoint' must name a model-* file"]),
-        (lambda m: dict(m, best_metric=None, bad_epochs=-1), ["field 'bad_epochs' must be an integer >= 0"]),
-    ])
-    def test_a_bad_meta_is_one_line_naming_the_field(self, dependable, tmp_path, capsys, edit, words):
-        run = _copy_run(dependable, tmp_path)
-        meta_path = run / "checkpoints" / "last" / "meta.json"
-        meta_path.write_text(json.dumps(edit(json.loads(meta_path.read_text()))))
-        _resume_fails(run, capsys, [str(meta_path)] + words)
-
-    @pytest.mark.slow
-    def test_a_garbage_history_is_one_line_naming_the_file(self, dependable, tmp_path, capsys):
-        run = _copy_run(dependable, tmp_path)
-        (run / "eval_history.csv").write_text("garbage,here\nx,y\n")
-        _resume_fails(run, capsys, [str(run / "eval_history.csv"), "columns"])
-        lines = (dependable[0] / "base" / "eval_history.csv").read_text().splitlines()
-        (run / "eval_history.csv").write_text("\n".join(lines + ["one,two"]) + "\n")
-        _resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:{len(lines) + 1}: not an evaluation row"])
-        (run / "eval_history.csv").write_text("\n".join(lines[:2] + [lines[1] + ",extra"]) + "\n")
-        _resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:3: not an evaluation row"])
-        header, first = lines[0].split(","), lines[1].split(",")
-        first[header.index("mean_epe")] = "abc"  # a number that is not one
-        (run / "eval_history.csv").write_text("\n".join(lines[:1] + [",".join(first)] + lines[2:]) + "\n")
-        _resume_fails(run, capsys, [f"{run / 'eval_history.csv'}:2: not an evaluation row"])
-        (run / "eval_history.csv").write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
-        _resume_fails(run, capsys, [str(run / "eval_history.csv"), "cannot be read as a history"])
-        (run / "eval_history.csv").write_text("\n".join(lines) + "\n")
-        shutil.rmtree(run / "tb")
-        (run / "tb").write_text("not a folder")
-        _resume_fails(run, capsys, [str(run / "tb"), "must be the run's TensorBoard folder"])
-
-    @pytest.mark.slow
-    def test_a_checkpoint_variable_of_another_shape_is_refused(self, dependable, tmp_path, capsys):
-        run = _copy_run(dependable, tmp_path)
-        meta = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
-        tensors = _checkpoint_tensors(run)
-        name = "supernet/E0/conv/kernel"
-        graph = tf.Graph()
-        with graph.as_default():
-            variables = [tf.compat.v1.Variable(np.zeros((1, 1) + v.shape[2:], v.dtype) if k == name else v, name=k)
-                         for k, v in tensors.items()]
-            saver = tf.compat.v1.train.Saver(variables)
-            with tf.compat.v1.Session(graph=graph) as sess:
-                sess.run(tf.compat.v1.global_variables_initializer())
-                saver.save(sess, str(run / "checkpoints" / "last" / meta["checkpoint"]), write_meta_graph=False,
-                           write_state=False)
-        shape = list(tensors[name].shape)
-        words = [f"holds {name} of shape {[1, 1] + shape[2:]}, this graph has {shape}"]
-        _resume_fails(run, capsys, words)
-        _resume_fails(run, capsys, words, "--checkpoint_type", "last", main=evaluate.main)
-
-    @pytest.mark.slow
-    def test_a_run_config_without_a_key_is_refused_by_evaluate(self, dependable, tmp_path, capsys):
-        run = _copy_run(dependable, tmp_path)
-        config = json.loads((run / "config.json").read_text())
-        del config["input_h"]
-        (run / "config.json").write_text(json.dumps(config))
-        _resume_fails(run, capsys, [f"{run / 'config.json'}: key 'input_h' must be int"], main=evaluate.main)
-
-    @pytest.mark.slow
-    def test_an_output_dir_that_is_a_file_is_named(self, dependable, tmp_path, capsys):
-        blocker = tmp_path / "not_a_folder"
-        blocker.write_text("x")
-        code, err = _run_main(train.main, dependable[1] + ["--output_dir", str(blocker), "--experiment_name", "r"],
-                              capsys)
-        assert code == 1 and len(err) == 1 and f"{blocker / 'r'}" in err[0], err
-        assert blocker.read_text() == "x"
-
-    @pytest.mark.slow
-    def test_a_failed_fresh_run_leaves_no_folder(self, fc2_tree, tmp_path, capsys):
-        tree = _copy_tree(fc2_tree, tmp_path / "fc2")
-        val = data_fc2.list_samples(tree, "val", "lists")[0]
-        flow = flowio.read_flo(val[2])
-        flowio.write_flo(val[2], np.full_like(flow, np.nan))
-        code, err = _run_main(train.main, DEPENDABLE_FLAGS + ["--base_path", tree, "--output_dir",
-                                                              str(tmp_path / "out"), "--experiment_name", "r"], capsys)
-        assert code == 1 and len(err) == 1 and "non-finite" in err[0]
-        assert not (tmp_path / "out" / "r").exists()
-
-    @pytest.mark.slow
-    def test_temp_files_of_a_killed_writer_are_removed_counts_repaired_and_the_run_goes_on(self, dependable,
-                                                                                            tmp_path, capsys):
-        run = _copy_run(dependable, tmp_path)
-        last = run / "checkpoints" / "last"
-        meta = json.loads((last / "meta.json").read_text())
-        leftovers = [run / "config.json.tmp123", last / "meta.json.tmp77", last / "model-9-1.index",
-                     last / f"{meta['checkpoint']}.data-00000-of-00001.tempstate5"]
-        for path in leftovers:
-            path.write_text("partial")
-        (run / "fairness_counts.json").write_text(json.dumps({"global_step": 0}))
-        history = (run / "eval_history.csv").read_text()
-        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "run",
-                           "--num_epochs", "3"]) == 0
-        assert not any(p.exists() for p in leftovers)
-        counts = json.loads((run / "fairness_counts.json").read_text())
-        assert counts["global_step"] == json.loads((last / "meta.json").read_text())["global_step"] == 6
-        # the finished run went on for a third epoch: paths and counts as if it had been planned so
-        report = json.loads((run / "train_report.json").read_text())
-        assert report["epochs_finished"] == 3 and report["fairness_counts"] == fair.counts_for_steps(4, 0, 6)
-        assert report["path_sequence_digest"] == fair.sequence_digest(4, 0, 6)
-        assert (run / "eval_history.csv").read_text().startswith(history)  # the rows before kept as written
-        assert [int(r["epoch"]) for r in _history(run / "eval_history.csv")] == [1, 2, 3]
-
-    @pytest.mark.slow
-    def test_runs_of_one_seed_are_identical_a_second_writer_is_refused_and_a_killed_run_resumes_to_them(
-            self, dependable, tmp_path):
-        out, flags = dependable
-        flags = flags + ["--output_dir", str(tmp_path)]
-        script = [sys.executable, str(HERE / "train.py")]
-        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-        env["PYTHONUNBUFFERED"] = "1"  # as make starts it: each line as it is printed
-        rng = np.random.default_rng()
-
-        def start(argv):
-            return subprocess.Popen(script + argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                    env=env)
-
-        def kill_after(proc, word, count):
-            seen = 0
-            for line in proc.stdout:
-                seen += word in line
-                if seen == count:
-                    time.sleep(rng.uniform(0, 0.2))
-                    break
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        # "killed": the fixture's run once more; a second train.py on it while it trains is refused; it is
-        # SIGKILLed during its last evaluation, again 1-2 steps after the restore, then resumed to the end
-        killed = start(flags + ["--experiment_name", "killed"])
-        assert killed.stdout.readline().startswith("devices:")  # said once the run is locked, before its graph
-        second = subprocess.run(script + flags + ["--experiment_name", "killed", "--resume"], capture_output=True,
-                                text=True, env=env)
-        err = second.stderr.strip().splitlines()
-        assert second.returncode == 1 and len(err) == 1
-        assert f"run {tmp_path / 'killed'} is being written by another process (PID {killed.pid})" in err[0]
-        kill_after(killed, "evaluating", 2)
-        first_row = "".join((tmp_path / "killed" / "eval_history.csv").read_text().splitlines(True)[:2])  # epoch 1
-        resume = ["--resume", "--output_dir", str(tmp_path), "--experiment_name", "killed"]
-        kill_after(start(resume), " step ", int(rng.integers(1, 3)))
-        last = subprocess.run(script + resume, capture_output=True, text=True, env=env)
-        assert last.returncode == 0 and "done: completed after 2 epochs" in last.stdout
-        whole, resumed = _checkpoint_tensors(out / "base"), _checkpoint_tensors(tmp_path / "killed")
-        assert whole.keys() == resumed.keys() and all(np.array_equal(whole[k], resumed[k]) for k in whole)
-        timing = {"eval_seconds", "wall_time_s"}
-        rows = [[{k: v for k, v in r.items() if k not in timing} for r in _history(run / "eval_history.csv")]
-                for run in (out / "base", tmp_path / "killed")]
-        assert rows[0] == rows[1] and len(rows[0]) == 2
-        assert (tmp_path / "killed" / "eval_history.csv").read_text().startswith(first_row)  # kept as written
-        report = json.loads((tmp_path / "killed" / "train_report.json").read_text())
-        assert report["fairness_counts"] == fair.counts_for_steps(4, 0, 4)
-        assert report["path_sequence_digest"] == fair.sequence_digest(4, 0, 4)
-        assert "resuming" in (tmp_path / "killed" / "train.log").read_text()
-
-
-def _copy_run(dependable, tmp_path):
-    out, _ = dependable
-    shutil.copytree(out / "base", tmp_path / "run")
-    return tmp_path / "run"
-
-
-def _resume_fails(run, capsys, words, *flags, main=train.main):
-    """Resume (or evaluate) `run`: exit 1, one line holding `words`, every file of the run unchanged."""
-    before = _folder_bytes(run)
-    args = ["--output_dir", str(run.parent), "--experiment_name", run.name, *flags]
-    code, err = _run_main(main, (["--resume", "--num_epochs", "3"] if main is train.main else []) + args, capsys)
-    assert code == 1 and len(err) == 1, err
-    for word in words:
-        assert word in err[0], err
-    assert _folder_bytes(run) == before
-    assert not list(run.rglob("*.tmp*")) and not list(run.rglob("*tempstate*"))
-
-
-class TestDevices:
-    """GPU install, the device report, TensorFlow's silence, the paths on several devices, time left."""
-
-    def test_time_left_counts_the_evaluations_to_come(self):
-        cfg = {"num_epochs": 10, "eval_every": 3}  # evaluations after epochs 3, 6, 9 and 10
-        assert [training.evaluations_left(e, cfg) for e in range(1, 11)] == [4, 4, 4, 3, 3, 3, 2, 2, 2, 1]
-        assert training.evaluations_left(5, {"num_epochs": 5, "eval_every": 1}) == 1
-        assert training.time_left(100, 4, 30.0) == "time left 3m40s (steps 1m40s + 4 evaluations x 30s)"
-        assert training.time_left(100, 1, 3700.0) == "time left 1h03m (steps 1m40s + 1 evaluation x 1h01m)"
-        assert training.time_left(100, 4, None) == "time left 1m40s + 4 evaluations (not timed yet)"
-        assert training.time_left(100, 0, 30.0) == "time left 1m40s"
-
-
 BENCH = HERE / "rankbench"
 
 
@@ -4392,191 +4622,6 @@ class TestOneSearchPerSize:
         with pytest.raises(AssertionError, match="scored again"):
             deployment.score_size(dep, (32, 48), 10.0)
         assert (out / "whole" / "search_best_at32x48").is_dir()
-
-
-DIST_FLAGS = ["--synthetic", "--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8",
-              "--synthetic_val_size", "4", "--batch_size", "4", "--steps_per_epoch", "2", "--fast_mode",
-              "--log_every", "1", "--seed", "9", "--optimizer", "sgd", "--learning_rate", "0.05"]
-
-
-def tf_config(ports, index):
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
-
-
-def start_workers(out, name, flags, ports):
-    """train.py once per worker of a loopback cluster on `ports`; [Popen] by worker index."""
-    command = [sys.executable, "train.py", *DIST_FLAGS, "--distribute", "multi_worker", "--output_dir", str(out),
-               "--experiment_name", name, *flags]
-    return [subprocess.Popen(command, cwd=HERE, env=dict(user_env(), TF_CONFIG=tf_config(ports, i)),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(len(ports))]
-
-
-def finish_workers(procs, timeout=900):
-    """[(stdout, stderr, exit code)] of the workers, each killed if still running after `timeout`."""
-    results = []
-    for proc in procs:
-        try:
-            results.append(proc.communicate(timeout=timeout) + (proc.returncode,))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            results.append(proc.communicate() + ("timeout",))
-    return results
-
-
-def digests(text):
-    """{step: variables digest} of a worker's log lines."""
-    return {int(m[1]): m[2] for m in re.finditer(r"step (\d+): variables digest ([0-9a-f]{16})", text)}
-
-
-def checkpoint_digest(prefix):
-    """distribute.variables_digest's formula over a checkpoint's variables."""
-    reader = tf.train.load_checkpoint(prefix)
-    digest = hashlib.sha256()
-    for name in sorted(reader.get_variable_to_shape_map()):
-        digest.update(name.encode() + np.ascontiguousarray(reader.get_tensor(name)).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def mean_gradient_steps(cfg, start_prefix, steps, replicas):
-    """The trainable variables after `steps` from checkpoint `start_prefix`, each step computed by
-    one process as the data-parallel step should: every share's gradient alone, their mean, the
-    global-norm clip, one SGD update at the cosine rate. {name: value}."""
-    data = data_fc2.open_data(cfg)
-    graph = tf.Graph()
-    with graph.as_default():
-        h, w = cfg["input_h"], cfg["input_w"]
-        images = tf.compat.v1.placeholder(tf.float32, [None, h, w, 6])
-        flows = tf.compat.v1.placeholder(tf.float32, [None, h, w, 2])
-        arch_paths = train_graph.arch_paths_placeholder()
-        data_loss = train_graph.fair_step_loss(cfg, images, flows, arch_paths)
-        variables = tf.compat.v1.trainable_variables()
-        kernels = [v for v in variables if v.op.name.endswith("/kernel")]
-        loss = data_loss + cfg["weight_decay"] * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
-        grads = tf.gradients(loss, variables)
-        step = tf.compat.v1.train.get_or_create_global_step()
-        lr = train_graph.cosine_learning_rate(cfg, step, cfg["steps_per_epoch"] * cfg["num_epochs"])
-        fed = [tf.compat.v1.placeholder(tf.float32, v.shape) for v in variables]
-        apply = tf.compat.v1.train.GradientDescentOptimizer(lr).apply_gradients(zip(fed, variables), step)
-        batch = tf.compat.v1.data.make_one_shot_iterator(data_fc2.make_dataset(
-            data["train"], cfg["batch_size"], (h, w), True, cfg["max_flow"], cfg["seed"], steps[0])).get_next()
-        saver = tf.compat.v1.train.Saver([v for v in tf.compat.v1.global_variables()])
-    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
-        saver.restore(sess, start_prefix)
-        for s in steps:
-            whole_images, whole_flows = sess.run(batch)
-            shares = np.split(np.arange(len(whole_images)), replicas)
-            parts = [sess.run(grads, {images: whole_images[i], flows: whole_flows[i],
-                                      arch_paths: fair.fair_cycle(cfg["seed"], s)}) for i in shares]
-            mean = [np.mean(g, axis=0) for g in zip(*parts)]
-            norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in mean))
-            scale = min(1.0, cfg["grad_clip_norm"] / norm) if cfg["grad_clip_norm"] > 0 else 1.0
-            sess.run(apply, dict(zip(fed, [g * np.float32(scale) for g in mean])))
-        return {v.op.name: value for v, value in zip(variables, sess.run(variables))}
-
-
-class TestDataParallel:
-    """--distribute: the TF_CONFIG checks, the shards of a batch, two workers on loopback ports."""
-
-    @pytest.mark.parametrize("text, field", [
-        ("{not json", "not valid JSON"), ('{"cluster": {"chief": ["a:1"]}, "task": {}}', "field 'cluster'"),
-        ('{"cluster": {"worker": ["a:1", "a:1"]}, "task": {"type": "worker", "index": 0}}', "an address twice"),
-        ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "field 'cluster.worker'"),
-        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "field 'task'")])
-    def test_a_bad_tf_config_is_one_line_naming_the_field(self, tmp_path, capsys, monkeypatch, text, field):
-        monkeypatch.setenv("TF_CONFIG", text)
-        flags = ["--distribute", "multi_worker", "--experiment_name", "x", "--dry_run", "--output_dir", str(tmp_path)]
-        assert train.main(flags) == 1
-        err = capsys.readouterr().err
-        assert err.startswith("error: TF_CONFIG") and field in err and err.count("\n") == 1
-
-    def test_a_port_in_use_a_batch_that_does_not_divide_and_a_nameless_run_are_refused_first(
-            self, tmp_path, capsys, monkeypatch):
-        flags = ["--distribute", "multi_worker", "--experiment_name", "x", "--dry_run", "--output_dir", str(tmp_path)]
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
-            monkeypatch.setenv("TF_CONFIG", tf_config([port, distribute.free_ports(1)[0]], 0))
-            assert train.main(flags) == 1
-        assert f"127.0.0.1:{port}: port {port} cannot be listened on" in capsys.readouterr().err
-        monkeypatch.setenv("TF_CONFIG", tf_config(distribute.free_ports(2), 1))
-        assert train.main(flags + ["--batch_size", "3"]) == 1
-        assert "--batch_size 3 (the global batch) does not divide over 2 replicas" in capsys.readouterr().err
-        assert train.main(flags[:2] + ["--dry_run", "--output_dir", str(tmp_path)]) == 1
-        assert "needs 'experiment_name'" in capsys.readouterr().err
-        assert train.main(["--dry_run", "--output_dir", str(tmp_path)]) == 1  # worker 1 alone would write
-        assert "set --distribute multi_worker, or unset TF_CONFIG" in capsys.readouterr().err
-        assert not list(tmp_path.iterdir())
-
-    def test_the_shards_of_a_training_batch_are_the_batch(self):
-        arrays = synthetic.make_synthetic_arrays(6, 32, 48, 3)
-        whole = next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2)))
-        for count in (2, 4):
-            parts = [next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2,
-                                                     shard=(i, count)))) for i in range(count)]
-            for k in range(2):
-                np.testing.assert_array_equal(np.concatenate([p[k].numpy() for p in parts]), whole[k].numpy())
-
-    @pytest.mark.slow
-    def test_two_workers_hold_identical_weights_the_mean_gradient_update_and_resume(self, tmp_path):
-        ports = distribute.free_ports(2)
-        first = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "1"], ports))
-        assert [code for *_, code in first] == [0, 0], first
-        run = tmp_path / "dp"
-        start = json.loads((run / "checkpoints/last/meta.json").read_text())
-        shutil.copytree(run / "checkpoints/last", tmp_path / "start")
-        second = finish_workers(start_workers(tmp_path, "dp", ["--num_epochs", "2", "--resume"],
-                                              distribute.free_ports(2)))
-        assert [code for *_, code in second] == [0, 0], second
-        meta = json.loads((run / "checkpoints/last/meta.json").read_text())
-        assert start["global_step"] == 2 and meta["global_step"] == 4
-        # every worker logs its digest at each commit: the same bytes, and those the chief saved
-        chief, other = digests((run / "train.log").read_text()), digests(first[1][0] + second[1][0])
-        assert set(chief) == {2, 4} and chief == other
-        prefix = str(run / "checkpoints/last" / meta["checkpoint"])
-        assert chief[4] == checkpoint_digest(prefix)
-        assert not list(tmp_path.glob("*/worker*")) and "worker 1:" not in (run / "train.log").read_text()
-        # the same two steps by one process from the chief's first checkpoint: mean of the shares' gradients
-        cfg = dict(json.loads((run / "config.json").read_text()), num_epochs=2)
-        expected = mean_gradient_steps(cfg, str(tmp_path / "start" / start["checkpoint"]), [2, 3], 2)
-        reader = tf.train.load_checkpoint(prefix)
-        begin = tf.train.load_checkpoint(str(tmp_path / "start" / start["checkpoint"]))
-        moved = 0
-        for name, value in expected.items():
-            update, want = reader.get_tensor(name) - begin.get_tensor(name), value - begin.get_tensor(name)
-            scale = max(np.abs(want).max(), 1e-12)
-            np.testing.assert_allclose(update, want, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
-            moved += scale > 1e-6
-        assert moved > len(expected) // 2
-        assert meta["fairness_counts"] == fair.counts_for_steps(9, 0, 4)
-        assert fair.fairness_gap(meta["fairness_counts"]) == 0
-        report = json.loads((run / "train_report.json").read_text())
-        assert report["data_parallel"]["replicas"] == 2 and report["global_step"] == 4
-
-    @pytest.mark.slow
-    def test_a_killed_worker_stops_the_other_in_one_line_and_the_run_resumes_alone(self, tmp_path):
-        procs = start_workers(tmp_path, "kill", ["--num_epochs", "3", "--worker_timeout_s", "20"],
-                              distribute.free_ports(2))
-        log = tmp_path / "kill" / "train.log"
-        deadline = time.time() + 600
-        while "step 2: variables digest" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
-            time.sleep(0.5)
-        procs[1].kill()
-        killed = time.time()
-        (stdout, stderr, code), _ = finish_workers(procs, timeout=120)
-        assert code == 1 and time.time() - killed < 20 + 60, stderr
-        assert stderr.count("\n") == 1 and stderr.startswith("error: worker 0: worker 1 (127.0.0.1:"), stderr
-        assert "is gone at step" in stderr and "rerun them all with --resume" in stderr
-        assert json.loads((tmp_path / "kill/checkpoints/last/meta.json").read_text())["global_step"] == 2
-        # resumed by one process (another number of workers): from step 2 to the end
-        alone = subprocess.run([sys.executable, "train.py", *DIST_FLAGS, "--output_dir", str(tmp_path),
-                                "--resume_experiment_name", "kill", "--distribute", "none", "--num_epochs", "3"],
-                               cwd=HERE, env=user_env(), capture_output=True, text=True, timeout=600)
-        assert alone.returncode == 0, alone.stderr
-        meta = json.loads((tmp_path / "kill/checkpoints/last/meta.json").read_text())
-        assert meta["global_step"] == 6 and meta["fairness_counts"] == fair.counts_for_steps(9, 0, 6)
-        assert "restored epoch 1, step 2" in alone.stdout
 
 
 # Vela 5.2.0's figures of subnets at 64x96 on the himax-we2 target (optimise Size), from its compile
