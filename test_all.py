@@ -56,6 +56,15 @@ shared by several sections are in section 0.
       TestRunsPool              pool coverage is claimed only for the run's own pool
 20. flowviz.py: the Middlebury flow colours and the flow panels
       TestFlowviz               the colour wheel against its defining colours; the TensorBoard panel of the best arch
+21. search.py: many subnets scored with shared computation, in durable shards; fronts and budgets
+      TestSearchCommand         recalibration folders, FPS from a latency table, bad input, standalone runs refused
+      TestSearchShardsAndResume shards merge to the single-process bytes; a killed search resumes; parts checked
+22. search_tree.py: the subnet tree: each shared layer output computed once
+      TestSearchTree            every subnet scores as alone, in the space of any table; trunk paths
+23. search_parts.py: a search in durable units and shards
+      TestSearchParts           damaged unit tables and relabelled rows refused, naming the file
+24. pareto.py: the table of scored subnets, Pareto fronts
+      TestPareto                the front against brute force
 """
 import argparse
 import ast
@@ -2353,6 +2362,390 @@ class TestFlowviz:
         assert decoded.shape[:2] == (height, width) and decoded.std() > 0
 
 
+# ==== 21. search.py: many subnets scored with shared computation, in durable shards; fronts and budgets ==============
+
+
+SEARCH_SIZE = (32, 48)
+
+
+def _randomise_bn(graph):
+    """Ops giving every BN gamma and beta random values: depth options then really differ (a fresh
+    supernet's ResBlocks start as the identity) and each BN's scale matters."""
+    with graph.as_default():
+        return [v.assign(tf.random.uniform(v.shape, 0.5, 1.5, seed=i) if v.op.name.endswith("gamma")
+                         else tf.random.normal(v.shape, 0.0, 0.2, seed=i))
+                for i, v in enumerate(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
+                if v.op.name.endswith(("gamma", "beta"))]
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    """A run folder made by hand: config, eval pool and a 'best' checkpoint of a supernet with random BN."""
+    out = tmp_path_factory.mktemp("search_outputs")
+    run_dir = out / "tiny"
+    h, w = SEARCH_SIZE
+    cfg = dict(config.read_config_file(config.DEFAULT_CONFIG), experiment_name="tiny", output_dir=str(out),
+               synthetic=True, synthetic_train_size=8, synthetic_val_size=6, input_h=h, input_w=w, batch_size=2,
+               bn_recal_batches=2, eval_batches=0, eval_pool_size=3)
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    pool = fair.build_eval_pool(3, cfg["seed"], h, w)
+    (run_dir / "eval_pool_3.json").write_text(json.dumps({"archs": [supernet.format_arch(a) for a in pool]}))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(5)
+        supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [None, h, w, 6]), tf.zeros([9], tf.int32),
+                             "recal", 0)
+        randomise = _randomise_bn(graph)
+        saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        sess.run(randomise)
+        ckpt.save(sess, saver, str(run_dir), "best", {"global_step": 7, "epoch": 1, "config": cfg,
+                                                      "search_space": ckpt.search_space_signature(h, w)})
+    return out, run_dir
+
+
+def _scores(path):
+    with open(path, newline="") as f:
+        return {r["arch"]: r for r in csv.DictReader(f)}
+
+
+class TestSearchCommand:
+    def test_another_recalibration_scores_into_its_own_folder(self, search_run, capsys):
+        out, run_dir = search_run  # the run recalibrates on 2 batches
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "0,0,0,0,0,0,0,0,0"]
+        plain = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
+        same = search.search_dir_for(str(run_dir), search.parse_args(common + ["--bn_recal_batches", "2"]), "")
+        other = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common + ["--bn_recal_batches",
+                                                                                             "3"]), ""))
+        assert same == str(plain) and other.name == "search_best_bn_recal_batches3" + plain.name[len("search_best"):]
+        assert search.main(common) == 0 and search.main(common + ["--bn_recal_batches", "3"]) == 0
+        manifests = [json.loads(next(d.glob("part_*/manifest.json")).read_text()) for d in (plain, other)]
+        assert [m["recal_batches"] for m in manifests] == [2, 3]
+        firsts = [next(csv.DictReader((d / "scores.csv").read_text().splitlines())) for d in (plain, other)]
+        epes = [float(row["epe"]) for row in firsts]
+        assert epes[0] != epes[1]  # random BN: another recalibration gives another score
+
+    @pytest.mark.slow
+    def test_latency_table_adds_fps_its_front_and_a_budget(self, search_run, tmp_path, capsys):
+        out, run_dir = search_run
+        table = {"format": edge_tables.TABLE_FORMAT, "space_version": supernet.SPACE.version,
+                 "accelerator_config": "ethos-u55-64", "system_config": "s",
+                 "memory_mode": "m", "clock_hz": 1e6, "input_size": list(SEARCH_SIZE), "fixed_cycles": 1000,
+                 "context_blocks": edge_tables.context_blocks(),
+                 "block_cycles": {b: [[c] * 3 for c in (10 * i, 10 * i + 100, 10 * i + 300)]
+                                  for i, b in enumerate(supernet.SPACE.blocks)}}
+        (tmp_path / "table.json").write_text(json.dumps(table))
+        archs = [(0,) * 9, (2,) * 9, (0, 0, 0, 0, 2, 0, 0, 0, 0), (1, 0, 2, 0, 1, 0, 2, 0, 1)]
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs"] + [supernet.format_arch(a)
+                                                                                     for a in archs]
+        assert search.main(common + ["--latency_table", str(tmp_path / "table.json"), "--min_fps", "700"]) == 0
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
+        rows = _scores(search_dir / "scores.csv")
+        for arch in archs:  # cycles = fixed + each block's option cost, by hand
+            cycles = 1000 + sum(10 * i + (0, 100, 300)[o] for i, o in enumerate(arch))
+            assert float(rows[supernet.format_arch(arch)]["fps"]) == pytest.approx(1e6 / cycles)
+        fast = [r for r in rows.values() if float(r["fps"]) >= 700]
+        best = min(fast, key=lambda r: float(r["epe"]))
+        assert f"best within the budget (fps >= 700): {best['arch']}" in capsys.readouterr().out
+        front = json.loads((search_dir / "pareto.json").read_text())["fronts"]["epe_fps"]
+        assert front[0]["arch"] == "0,0,0,0,0,0,0,0,0" and all(r["arch"] in rows for r in front)
+        table["input_size"] = [64, 96]
+        (tmp_path / "table.json").write_text(json.dumps(table))
+        assert search.main(common + ["--merge", "--latency_table", str(tmp_path / "table.json")]) == 1
+        assert "was made at input size [64, 96], the run is 32x48" in capsys.readouterr().err
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("flags, words", [
+        (["--archs", "0,1,2,0,1,2,0,1"], "--archs: arch code '0,1,2,0,1,2,0,1' has 8 fields"),
+        (["--archs_file", "BAD"], "line 3: arch code '0,1,3,0,0,0,0,0,0': field 2 (DB0) is '3'"),
+        (["--shard", "3/2"], "--shard 3/2: K must be in 1..N"),
+        (["--shard", "0/2"], "--shard 0/2: K must be in 1..N"),
+        (["--shard", "x"], "--shard 'x' must be K/N"),
+        (["--checkpoint_type", "last"], "'last' checkpoint meta not found"),
+        (["--sample", "0"], "--sample 0 is outside 1..19683"),
+    ])
+    def test_bad_input_is_one_line_and_loses_nothing(self, search_run, tmp_path, capsys, flags, words):
+        out, run_dir = search_run
+        (tmp_path / "bad.txt").write_text("0,0,0,0,0,0,0,0,0\n\n0,1,3,0,0,0,0,0,0\n")
+        flags = [str(tmp_path / "bad.txt") if f == "BAD" else f for f in flags]
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        assert search.main(["--output_dir", str(out), "--experiment_name", "tiny"] + flags) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+    @pytest.mark.slow
+    def test_a_standalone_run_is_refused(self, search_run, tmp_path, capsys):
+        out, run_dir = search_run
+        shutil.copytree(run_dir, tmp_path / "alone")
+        cfg = json.loads((tmp_path / "alone" / "config.json").read_text())
+        (tmp_path / "alone" / "config.json").write_text(json.dumps(dict(cfg, arch="0,1,2,0,1,2,0,1,2")))
+        assert search.main(["--output_dir", str(tmp_path), "--experiment_name", "alone"]) == 1
+        assert "is a standalone run of 0,1,2,0,1,2,0,1,2: search needs a supernet run" in capsys.readouterr().err
+
+
+class TestSearchShardsAndResume:
+    @pytest.mark.slow
+    def test_shards_merge_into_the_single_process_result(self, search_run, capsys, monkeypatch):
+        out, run_dir = search_run
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs_file", str(out / "archs.txt")]
+        archs = [(0,) * 9, (2,) * 9] + supernet.random_archs(40, 4) + [(1, 1, 1, 1, o, 0, 2, 1, 0) for o in range(3)]
+        (out / "archs.txt").write_text("# chosen\n" + "\n".join(supernet.format_arch(a) for a in archs) + "\n\n")
+        assert search.main(common) == 0
+        search_dir = search.search_dir_for(str(run_dir), search.parse_args(common), "")
+        single = (pathlib.Path(search_dir) / "scores.csv").read_bytes()
+        shutil.rmtree(search_dir)
+        assert search.main(common + ["--shard", "2/2"]) == 0 and search.main(common + ["--shard", "1/2"]) == 0
+        assert not (pathlib.Path(search_dir) / "scores.csv").exists()
+        def no_data(*_):
+            raise AssertionError("--merge read the data")
+        monkeypatch.setattr(batches, "dataset_batches", no_data)
+        assert search.main(common + ["--merge", "--max_gmacs", "0.1"]) == 0
+        assert (pathlib.Path(search_dir) / "scores.csv").read_bytes() == single
+        rows = _scores(pathlib.Path(search_dir) / "scores.csv")
+        assert set(rows) == {supernet.format_arch(a) for a in archs}
+        assert [float(r["epe"]) for r in rows.values()] == sorted(float(r["epe"]) for r in rows.values())
+        for code, r in rows.items():
+            assert int(r["params"]) == supernet.count_params(supernet.parse_arch(code), *SEARCH_SIZE)
+        pareto = json.loads((pathlib.Path(search_dir) / "pareto.json").read_text())
+        assert pareto["provenance"]["checkpoint_type"] == "best" and pareto["provenance"]["data_source"] == "synthetic"
+        assert pareto["fronts"]["epe_gmacs"][0]["epe"] == min(float(r["epe"]) for r in rows.values()
+                                                              if r["arch"] == pareto["fronts"]["epe_gmacs"][0]["arch"])
+        assert (pathlib.Path(search_dir) / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        printed = capsys.readouterr().out
+        assert "best within the budget (gmacs <= 0.1)" in printed and printed.rstrip().endswith("pareto.png")
+        # each front member's noise: its per-sample EPEs, scored alone one sample at a time, against its front's best
+        fronts = pareto["fronts"].values()
+        members = {r["arch"] for front in fronts for r in front}
+        cfg = config.run_config(str(run_dir))
+        recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+        singles = [(images[i:i + 1], flows[i:i + 1]) for images, flows in val for i in range(len(images))]
+        with scoring.restored_scorer(str(run_dir), "best", *SEARCH_SIZE) as (sess, scorer, _):
+            per_sample = {a: np.array([scoring.score_subnet(sess, scorer, supernet.parse_arch(a), recal, [s])["epe"]
+                                       for s in singles]) for a in members}
+        assert len(members) >= 2 and len(singles) == 6
+        for front in fronts:
+            best = min(front, key=lambda r: r["epe"])["arch"]
+            for r in front:
+                diff = per_sample[r["arch"]] - per_sample[best]
+                assert r["epe_se"] == pytest.approx(np.std(diff, ddof=1) / np.sqrt(len(diff)), rel=1e-4, abs=1e-9), r
+        # asked again unsplit (make rank after a sharded search), the finished parts are merged, not rescored
+        monkeypatch.undo()
+        assert search.main(common) == 0 and (pathlib.Path(search_dir) / "scores.csv").read_bytes() == single
+        assert "holds this search already scored, split another way: merging it" in capsys.readouterr().out
+        assert sorted(p.name for p in pathlib.Path(search_dir).glob("part_*")) == ["part_1of2", "part_2of2"]
+        next((pathlib.Path(search_dir) / "part_2of2" / "units").glob("unit_*.json")).unlink()
+        assert search.main(common) == 1
+        err = capsys.readouterr().err.strip()
+        assert "holds this search split in 2 and not finished (part " in err and "is unfinished: 1 of" in err, err
+        assert err.endswith("finish it with --shard K/2, or move those folders away") and len(err.splitlines()) == 1
+        (pathlib.Path(search_dir) / "part_2of2" / "manifest.json").unlink()  # as its writer holds it, not yet written
+        assert search.main(common) == 1
+        err = capsys.readouterr().err.strip()
+        assert "holds this search split in 2 and not finished (" in err and "part_2of2 has no manifest yet" in err, err
+        assert err.endswith("finish it with --shard K/2, or move those folders away") and len(err.splitlines()) == 1
+
+    @pytest.mark.slow
+    def test_a_killed_search_resumes_to_the_same_file(self, search_run, tmp_path):
+        out, run_dir = search_run
+        units = 8
+        archs = [a for p in range(units) for a in itertools.product(*[[d] for d in search_tree.prefix_choices(p * 10)],
+                                                                     *[range(3)] * 5)]
+        (tmp_path / "archs.txt").write_text("\n".join(supernet.format_arch(a) for a in archs))
+        cmd = [sys.executable, str(HERE / "search.py"), "--output_dir", str(out), "--experiment_name", "tiny",
+               "--archs_file", str(tmp_path / "archs.txt")]
+        env = user_env()
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(cmd[2:]), ""))
+        whole = (search_dir / "scores.csv").read_bytes()
+        shutil.rmtree(search_dir)
+        rng = np.random.default_rng(1)
+        for kill in range(2):  # SIGKILL at a random moment once units are being written
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            unit_dir = search_dir / "part_1of1" / "units"
+            while proc.poll() is None and len(list(unit_dir.glob("unit_*.json"))) <= 2 * kill:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.2))
+            proc.kill()
+            proc.wait()
+        assert len(list(unit_dir.glob("unit_*.json"))) < units and not (search_dir / "scores.csv").exists()
+        done = {p.name: p.read_bytes() for p in unit_dir.glob("unit_*.json")}
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr  # none of TF's
+        assert f"{len(done)} already done" in result.stdout
+        assert all((unit_dir / name).read_bytes() == data for name, data in done.items())  # finished units kept
+        assert (search_dir / "scores.csv").read_bytes() == whole
+
+    @pytest.mark.slow
+    def test_merge_refuses_a_part_of_another_checkpoint(self, search_run, capsys):
+        out, run_dir = search_run
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "0,0,0,0,0,0,0,0,0",
+                  "2,2,2,2,2,2,2,2,2"]
+        for k in (1, 2):
+            assert search.main(common + ["--shard", f"{k}/2"]) == 0
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
+        shutil.copytree(search_dir / "part_1of2", search_dir / "part_1of1")  # an abandoned unsplit search
+        whole = search_dir / "part_1of1" / "manifest.json"
+        whole.write_text(json.dumps(dict(json.loads(whole.read_text()), shard=[1, 1])))
+        capsys.readouterr()
+        assert search.main(common + ["--merge"]) == 1
+        assert capsys.readouterr().err.strip().endswith(
+            "holds parts of 2 splits (in 1: part_1of1; in 2: part_1of2, part_2of2): remove the folders of "
+            "every split but one")
+        shutil.rmtree(search_dir / "part_1of1")
+        manifest = search_dir / "part_2of2" / "manifest.json"
+        manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), checkpoint="model-9-1")))
+        capsys.readouterr()
+        assert search.main(common + ["--merge"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "part_2of2 was made with another checkpoint" in err and len(err.splitlines()) == 1
+        assert search.main(common + ["--shard", "2/2"]) == 1  # and resuming it refuses too, naming it
+        assert "part_2of2 was started with another checkpoint" in capsys.readouterr().err
+
+    @pytest.mark.slow
+    def test_a_second_writer_of_a_part_is_refused(self, search_run, capsys):
+        out, run_dir = search_run
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "1,1,1,1,1,1,1,1,1"]
+        part = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), "")) / "part_1of1"
+        with ckpt.writer_lock(str(part), "search part"):
+            assert search.main(common) == 1
+        assert f"search part {part} is being written by another process" in capsys.readouterr().err
+        assert search.main(common + ["--shard", "1/1"]) == 0  # free again once the holder is done
+
+
+# ==== 22. search_tree.py: the subnet tree: each shared layer output computed once ====================================
+
+
+def _tree_against_alone(archs, whole_space=False):
+    """(shared, alone): metrics of `archs` scored by the search tree and one by one with
+    scoring.score_subnet on the same random batches (a partial batch, a full frame with a validity
+    mask), in one graph with random BN; with `whole_space` the tree scores every subnet."""
+    h, w = SEARCH_SIZE
+    rng = np.random.default_rng(3)
+    recal = [(rng.uniform(-1, 1, (2, h, w, 6)).astype(np.float32), None) for _ in range(2)]
+    val = [(rng.uniform(-1, 1, (n, vh, vw, 6)).astype(np.float32), rng.normal(0, 3, (n, vh, vw, 2)).astype(np.float32))
+           for n, vh, vw in ((2, h, w), (1, h, w), (2, h + 4, w + 8))]  # a partial batch; a full frame
+    val[2] += (rng.uniform(0, 1, (2, h + 4, w + 8)) > 0.3).astype(np.float32),  # with a validity mask
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(2)
+        images = tf.compat.v1.placeholder(tf.float32, [None, h, w, 6])
+        scorer = scoring.build_scorer(images, tf.compat.v1.placeholder(tf.float32, [None, h, w, 2]),
+                                      eval_sizes=[(h + 4, w + 8)])
+        tree = search_tree.build_tree([(h, w), (h + 4, w + 8)], search_tree.has_masks(val))
+        randomise = _randomise_bn(graph)
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        sess.run(randomise)
+        scored = [supernet.index_to_arch(i) for i in range(supernet.SPACE.num_archs)] if whole_space else archs
+        shared = search_tree.score_archs(search_tree.TreeScorer(sess, tree, recal, val), scored)
+        alone = {a: scoring.score_subnet(sess, scorer, a, recal, val) for a in archs}
+    return shared, alone
+
+
+def _assert_same_metrics(shared, alone):
+    h, w = SEARCH_SIZE
+    assert len({round(m["epe"], 4) for m in alone.values()}) > 0.6 * len(alone)  # the subnets really differ
+    for arch in alone:
+        assert shared[arch]["epe"] == pytest.approx(alone[arch]["epe"], rel=1e-5), arch
+        for key in ("px1", "px3", "px5", "fl_all"):  # a pixel may sit within rounding of a threshold
+            assert shared[arch][key] == pytest.approx(alone[arch][key], abs=1.5 / (3 * h * w)), (arch, key)
+
+
+class TestSearchTree:
+    @pytest.mark.slow
+    def test_every_subnet_scores_as_evaluate_scores_it_alone(self):
+        _assert_same_metrics(*_tree_against_alone([(0,) * 9, (2,) * 9] + supernet.random_archs(30, 17)))
+
+    @pytest.mark.slow
+    def test_a_modified_table_builds_its_own_exact_tree(self, monkeypatch):
+        # head kernels {3, 5} only and a fourth depth option for DB1: other option counts per block
+        layers = [dataclasses.replace(layer, options=(3, 5)) if layer.op in ("feature", "flow") else
+                  dataclasses.replace(layer, options=(1, 2, 3, 4)) if layer.name == "DB1" else layer
+                  for layer in supernet.LAYERS]
+        monkeypatch.setattr(supernet, "SPACE", supernet.Space(layers))
+        assert supernet.SPACE.num_archs == 3 * 3 * 3 * 4 * 2 ** 5 and search_tree.heads_per_prefix() == 32
+        assert supernet.SPACE.version != supernet.Space(supernet.LAYERS).version
+        archs = [supernet.uniform_arch(0), supernet.uniform_arch(3)] + supernet.random_archs(22, 5)
+        assert supernet.uniform_arch(3) == (2, 2, 2, 3, 1, 1, 1, 1, 1)
+        shared, alone = _tree_against_alone(archs, whole_space=True)
+        assert len(shared) == supernet.SPACE.num_archs
+        _assert_same_metrics(shared, alone)
+        with pytest.raises(errors.ArchError, match="same number of options"):
+            fair.paths_per_cycle()
+
+    def test_trunk_path_depends_only_on_the_choices_before_each_node(self):
+        path = search_tree.trunk_path((2, 0, 1, 0))
+        assert path[:6] == [("E0", ()), ("E1", ()), ("EB0/rb1", ()), ("EB0/rb2", ()), ("EB0/rb3", ()), ("Down1", (2,))]
+        assert ("DB0/rb2", (2, 0)) in path and ("DB0/rb3", (2, 0)) not in path and path[-1] == ("Up2", (2, 0, 1, 0))
+        nodes = {node for p in itertools.product(range(3), repeat=4) for node in search_tree.trunk_path(p)}
+        assert len(nodes) == 2 + 3 + 3 + 9 + 9 + 27 + 27 + 81 + 81  # each distinct (layer, path choices) once
+
+
+# ==== 23. search_parts.py: a search in durable units and shards ======================================================
+
+
+class TestSearchParts:
+    def test_a_damaged_unit_table_is_a_search_error_naming_it(self, tmp_path):
+        units = tmp_path / "part_1of1" / "units"
+        units.mkdir(parents=True)
+        (units / "unit_00.json").write_text(json.dumps({"prefix": 0, "rows": {"0": {}, "1": {}}, "seconds": 1.0}))
+        np.save(units / "unit_00.npy", np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+        found = search_parts.read_samples(str(tmp_path), [1])
+        assert list(found) == [1] and found[1].tolist() == [3.0, 4.0]
+        for damage in (b"garbage", b"", np.array([[1.0, 2.0]], np.float32), np.array(["a", "b"])):
+            if isinstance(damage, bytes):
+                (units / "unit_00.npy").write_bytes(damage)
+            else:
+                np.save(units / "unit_00.npy", damage)
+            with pytest.raises(errors.SearchError, match=re.escape(str(units / "unit_00.npy"))):
+                search_parts.read_samples(str(tmp_path), [1])
+        (units / "unit_00.json").write_text(json.dumps({"prefix": 0, "rows": {"\u00b2": {}}, "seconds": 1.0}))
+        with pytest.raises(errors.SearchError, match="row '\u00b2' is not a subnet's metrics"):
+            search_parts.read_units(str(tmp_path / "part_1of1"))
+
+    def test_merge_refuses_a_row_relabelled_to_an_arch_never_scored(self, tmp_path):
+        indices = [0, 1, 2]  # three heads of the first trunk prefix: one unit
+        part = search_parts.part_dir(str(tmp_path), 1, 1)
+        os.makedirs(os.path.join(part, "units"))
+        manifest = {"shard": [1, 1], "units": [0], "num_archs": len(indices), "space_version": supernet.SPACE.version,
+                    "archs_sha256": search_parts.fingerprint([np.array(indices, np.int64)])}
+        (pathlib.Path(part) / "manifest.json").write_text(json.dumps(manifest))
+        rows = {h: dict({name: 1.0 + h for name in metrics.NAMES}, sample_epe=np.ones(2)) for h in indices}
+        search_parts.write_unit(part, 0, rows, 1.0)
+        assert sorted(search_parts.load_parts(str(tmp_path))[1]) == indices
+        unit = pathlib.Path(part) / "units" / "unit_00.json"
+        saved = json.loads(unit.read_text())
+        saved["rows"]["5"] = saved["rows"].pop("2")  # the same count, another arch
+        unit.write_text(json.dumps(saved))
+        assert 5 < search_tree.heads_per_prefix()
+        with pytest.raises(errors.SearchError, match=r"3 subnets are not the search's arch set"):
+            search_parts.load_parts(str(tmp_path))
+
+
+# ==== 24. pareto.py: the table of scored subnets, Pareto fronts ======================================================
+
+
+class TestPareto:
+    def test_pareto_front_matches_brute_force(self):
+        rng = np.random.default_rng(0)
+        rows = [{"epe": float(e), "gmacs": float(g)} for e, g in rng.integers(0, 12, (200, 2))]
+        front = pareto.pareto_front(rows, "gmacs")
+        beaten = [r for r in rows if any(o["epe"] <= r["epe"] and o["gmacs"] <= r["gmacs"]
+                                         and (o["epe"], o["gmacs"]) != (r["epe"], r["gmacs"]) for o in rows)]
+        expected = {(r["epe"], r["gmacs"]) for r in rows if r not in beaten}
+        assert {(r["epe"], r["gmacs"]) for r in front} == expected and len(front) == len(expected)
+        assert [r["gmacs"] for r in front] == sorted(r["gmacs"] for r in front)
+        fastest = pareto.pareto_front([{"epe": 2.0, "fps": 10.0}, {"epe": 1.0, "fps": 5.0}, {"epe": 3.0, "fps": 4.0}],
+                                      "fps", maximise=True)
+        assert [r["fps"] for r in fastest] == [10.0, 5.0]
+
+
 # ==== not yet sorted into sections ===================================================================================
 
 
@@ -2521,352 +2914,6 @@ class TestCodeRules:
         defined = [m for m in PRODUCT_MODULES if re.search(r"^DEFAULT_CONFIG\b", (HERE / f"{m}.py").read_text(), re.M)]
         assert defined == ["config"]
         assert {m: lines for m in PRODUCT_MODULES if (lines := _sessions_without_config(m))} == {}
-
-
-SEARCH_SIZE = (32, 48)
-
-
-def _randomise_bn(graph):
-    """Ops giving every BN gamma and beta random values: depth options then really differ (a fresh
-    supernet's ResBlocks start as the identity) and each BN's scale matters."""
-    with graph.as_default():
-        return [v.assign(tf.random.uniform(v.shape, 0.5, 1.5, seed=i) if v.op.name.endswith("gamma")
-                         else tf.random.normal(v.shape, 0.0, 0.2, seed=i))
-                for i, v in enumerate(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
-                if v.op.name.endswith(("gamma", "beta"))]
-
-
-@pytest.fixture(scope="module")
-def search_run(tmp_path_factory):
-    """A run folder made by hand: config, eval pool and a 'best' checkpoint of a supernet with random BN."""
-    out = tmp_path_factory.mktemp("search_outputs")
-    run_dir = out / "tiny"
-    h, w = SEARCH_SIZE
-    cfg = dict(config.read_config_file(config.DEFAULT_CONFIG), experiment_name="tiny", output_dir=str(out),
-               synthetic=True, synthetic_train_size=8, synthetic_val_size=6, input_h=h, input_w=w, batch_size=2,
-               bn_recal_batches=2, eval_batches=0, eval_pool_size=3)
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps(cfg))
-    pool = fair.build_eval_pool(3, cfg["seed"], h, w)
-    (run_dir / "eval_pool_3.json").write_text(json.dumps({"archs": [supernet.format_arch(a) for a in pool]}))
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(5)
-        supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [None, h, w, 6]), tf.zeros([9], tf.int32),
-                             "recal", 0)
-        randomise = _randomise_bn(graph)
-        saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
-        init = tf.compat.v1.global_variables_initializer()
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        sess.run(randomise)
-        ckpt.save(sess, saver, str(run_dir), "best", {"global_step": 7, "epoch": 1, "config": cfg,
-                                                      "search_space": ckpt.search_space_signature(h, w)})
-    return out, run_dir
-
-
-def _scores(path):
-    with open(path, newline="") as f:
-        return {r["arch"]: r for r in csv.DictReader(f)}
-
-
-def _tree_against_alone(archs, whole_space=False):
-    """(shared, alone): metrics of `archs` scored by the search tree and one by one with
-    scoring.score_subnet on the same random batches (a partial batch, a full frame with a validity
-    mask), in one graph with random BN; with `whole_space` the tree scores every subnet."""
-    h, w = SEARCH_SIZE
-    rng = np.random.default_rng(3)
-    recal = [(rng.uniform(-1, 1, (2, h, w, 6)).astype(np.float32), None) for _ in range(2)]
-    val = [(rng.uniform(-1, 1, (n, vh, vw, 6)).astype(np.float32), rng.normal(0, 3, (n, vh, vw, 2)).astype(np.float32))
-           for n, vh, vw in ((2, h, w), (1, h, w), (2, h + 4, w + 8))]  # a partial batch; a full frame
-    val[2] += (rng.uniform(0, 1, (2, h + 4, w + 8)) > 0.3).astype(np.float32),  # with a validity mask
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(2)
-        images = tf.compat.v1.placeholder(tf.float32, [None, h, w, 6])
-        scorer = scoring.build_scorer(images, tf.compat.v1.placeholder(tf.float32, [None, h, w, 2]),
-                                      eval_sizes=[(h + 4, w + 8)])
-        tree = search_tree.build_tree([(h, w), (h + 4, w + 8)], search_tree.has_masks(val))
-        randomise = _randomise_bn(graph)
-        init = tf.compat.v1.global_variables_initializer()
-    with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(init)
-        sess.run(randomise)
-        scored = [supernet.index_to_arch(i) for i in range(supernet.SPACE.num_archs)] if whole_space else archs
-        shared = search_tree.score_archs(search_tree.TreeScorer(sess, tree, recal, val), scored)
-        alone = {a: scoring.score_subnet(sess, scorer, a, recal, val) for a in archs}
-    return shared, alone
-
-
-def _assert_same_metrics(shared, alone):
-    h, w = SEARCH_SIZE
-    assert len({round(m["epe"], 4) for m in alone.values()}) > 0.6 * len(alone)  # the subnets really differ
-    for arch in alone:
-        assert shared[arch]["epe"] == pytest.approx(alone[arch]["epe"], rel=1e-5), arch
-        for key in ("px1", "px3", "px5", "fl_all"):  # a pixel may sit within rounding of a threshold
-            assert shared[arch][key] == pytest.approx(alone[arch][key], abs=1.5 / (3 * h * w)), (arch, key)
-
-
-class TestSearch:
-    @pytest.mark.slow
-    def test_every_subnet_scores_as_evaluate_scores_it_alone(self):
-        _assert_same_metrics(*_tree_against_alone([(0,) * 9, (2,) * 9] + supernet.random_archs(30, 17)))
-
-    @pytest.mark.slow
-    def test_a_modified_table_builds_its_own_exact_tree(self, monkeypatch):
-        # head kernels {3, 5} only and a fourth depth option for DB1: other option counts per block
-        layers = [dataclasses.replace(layer, options=(3, 5)) if layer.op in ("feature", "flow") else
-                  dataclasses.replace(layer, options=(1, 2, 3, 4)) if layer.name == "DB1" else layer
-                  for layer in supernet.LAYERS]
-        monkeypatch.setattr(supernet, "SPACE", supernet.Space(layers))
-        assert supernet.SPACE.num_archs == 3 * 3 * 3 * 4 * 2 ** 5 and search_tree.heads_per_prefix() == 32
-        assert supernet.SPACE.version != supernet.Space(supernet.LAYERS).version
-        archs = [supernet.uniform_arch(0), supernet.uniform_arch(3)] + supernet.random_archs(22, 5)
-        assert supernet.uniform_arch(3) == (2, 2, 2, 3, 1, 1, 1, 1, 1)
-        shared, alone = _tree_against_alone(archs, whole_space=True)
-        assert len(shared) == supernet.SPACE.num_archs
-        _assert_same_metrics(shared, alone)
-        with pytest.raises(errors.ArchError, match="same number of options"):
-            fair.paths_per_cycle()
-
-    def test_a_damaged_unit_table_is_a_search_error_naming_it(self, tmp_path):
-        units = tmp_path / "part_1of1" / "units"
-        units.mkdir(parents=True)
-        (units / "unit_00.json").write_text(json.dumps({"prefix": 0, "rows": {"0": {}, "1": {}}, "seconds": 1.0}))
-        np.save(units / "unit_00.npy", np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
-        found = search_parts.read_samples(str(tmp_path), [1])
-        assert list(found) == [1] and found[1].tolist() == [3.0, 4.0]
-        for damage in (b"garbage", b"", np.array([[1.0, 2.0]], np.float32), np.array(["a", "b"])):
-            if isinstance(damage, bytes):
-                (units / "unit_00.npy").write_bytes(damage)
-            else:
-                np.save(units / "unit_00.npy", damage)
-            with pytest.raises(errors.SearchError, match=re.escape(str(units / "unit_00.npy"))):
-                search_parts.read_samples(str(tmp_path), [1])
-        (units / "unit_00.json").write_text(json.dumps({"prefix": 0, "rows": {"\u00b2": {}}, "seconds": 1.0}))
-        with pytest.raises(errors.SearchError, match="row '\u00b2' is not a subnet's metrics"):
-            search_parts.read_units(str(tmp_path / "part_1of1"))
-
-    def test_trunk_path_depends_only_on_the_choices_before_each_node(self):
-        path = search_tree.trunk_path((2, 0, 1, 0))
-        assert path[:6] == [("E0", ()), ("E1", ()), ("EB0/rb1", ()), ("EB0/rb2", ()), ("EB0/rb3", ()), ("Down1", (2,))]
-        assert ("DB0/rb2", (2, 0)) in path and ("DB0/rb3", (2, 0)) not in path and path[-1] == ("Up2", (2, 0, 1, 0))
-        nodes = {node for p in itertools.product(range(3), repeat=4) for node in search_tree.trunk_path(p)}
-        assert len(nodes) == 2 + 3 + 3 + 9 + 9 + 27 + 27 + 81 + 81  # each distinct (layer, path choices) once
-
-    def test_pareto_front_matches_brute_force(self):
-        rng = np.random.default_rng(0)
-        rows = [{"epe": float(e), "gmacs": float(g)} for e, g in rng.integers(0, 12, (200, 2))]
-        front = pareto.pareto_front(rows, "gmacs")
-        beaten = [r for r in rows if any(o["epe"] <= r["epe"] and o["gmacs"] <= r["gmacs"]
-                                         and (o["epe"], o["gmacs"]) != (r["epe"], r["gmacs"]) for o in rows)]
-        expected = {(r["epe"], r["gmacs"]) for r in rows if r not in beaten}
-        assert {(r["epe"], r["gmacs"]) for r in front} == expected and len(front) == len(expected)
-        assert [r["gmacs"] for r in front] == sorted(r["gmacs"] for r in front)
-        fastest = pareto.pareto_front([{"epe": 2.0, "fps": 10.0}, {"epe": 1.0, "fps": 5.0}, {"epe": 3.0, "fps": 4.0}],
-                                      "fps", maximise=True)
-        assert [r["fps"] for r in fastest] == [10.0, 5.0]
-
-    def test_another_recalibration_scores_into_its_own_folder(self, search_run, capsys):
-        out, run_dir = search_run  # the run recalibrates on 2 batches
-        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "0,0,0,0,0,0,0,0,0"]
-        plain = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
-        same = search.search_dir_for(str(run_dir), search.parse_args(common + ["--bn_recal_batches", "2"]), "")
-        other = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common + ["--bn_recal_batches",
-                                                                                             "3"]), ""))
-        assert same == str(plain) and other.name == "search_best_bn_recal_batches3" + plain.name[len("search_best"):]
-        assert search.main(common) == 0 and search.main(common + ["--bn_recal_batches", "3"]) == 0
-        manifests = [json.loads(next(d.glob("part_*/manifest.json")).read_text()) for d in (plain, other)]
-        assert [m["recal_batches"] for m in manifests] == [2, 3]
-        firsts = [next(csv.DictReader((d / "scores.csv").read_text().splitlines())) for d in (plain, other)]
-        epes = [float(row["epe"]) for row in firsts]
-        assert epes[0] != epes[1]  # random BN: another recalibration gives another score
-
-    @pytest.mark.slow
-    def test_shards_merge_into_the_single_process_result(self, search_run, capsys, monkeypatch):
-        out, run_dir = search_run
-        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs_file", str(out / "archs.txt")]
-        archs = [(0,) * 9, (2,) * 9] + supernet.random_archs(40, 4) + [(1, 1, 1, 1, o, 0, 2, 1, 0) for o in range(3)]
-        (out / "archs.txt").write_text("# chosen\n" + "\n".join(supernet.format_arch(a) for a in archs) + "\n\n")
-        assert search.main(common) == 0
-        search_dir = search.search_dir_for(str(run_dir), search.parse_args(common), "")
-        single = (pathlib.Path(search_dir) / "scores.csv").read_bytes()
-        shutil.rmtree(search_dir)
-        assert search.main(common + ["--shard", "2/2"]) == 0 and search.main(common + ["--shard", "1/2"]) == 0
-        assert not (pathlib.Path(search_dir) / "scores.csv").exists()
-        def no_data(*_):
-            raise AssertionError("--merge read the data")
-        monkeypatch.setattr(batches, "dataset_batches", no_data)
-        assert search.main(common + ["--merge", "--max_gmacs", "0.1"]) == 0
-        assert (pathlib.Path(search_dir) / "scores.csv").read_bytes() == single
-        rows = _scores(pathlib.Path(search_dir) / "scores.csv")
-        assert set(rows) == {supernet.format_arch(a) for a in archs}
-        assert [float(r["epe"]) for r in rows.values()] == sorted(float(r["epe"]) for r in rows.values())
-        for code, r in rows.items():
-            assert int(r["params"]) == supernet.count_params(supernet.parse_arch(code), *SEARCH_SIZE)
-        pareto = json.loads((pathlib.Path(search_dir) / "pareto.json").read_text())
-        assert pareto["provenance"]["checkpoint_type"] == "best" and pareto["provenance"]["data_source"] == "synthetic"
-        assert pareto["fronts"]["epe_gmacs"][0]["epe"] == min(float(r["epe"]) for r in rows.values()
-                                                              if r["arch"] == pareto["fronts"]["epe_gmacs"][0]["arch"])
-        assert (pathlib.Path(search_dir) / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        printed = capsys.readouterr().out
-        assert "best within the budget (gmacs <= 0.1)" in printed and printed.rstrip().endswith("pareto.png")
-        # each front member's noise: its per-sample EPEs, scored alone one sample at a time, against its front's best
-        fronts = pareto["fronts"].values()
-        members = {r["arch"] for front in fronts for r in front}
-        cfg = config.run_config(str(run_dir))
-        recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
-        singles = [(images[i:i + 1], flows[i:i + 1]) for images, flows in val for i in range(len(images))]
-        with scoring.restored_scorer(str(run_dir), "best", *SEARCH_SIZE) as (sess, scorer, _):
-            per_sample = {a: np.array([scoring.score_subnet(sess, scorer, supernet.parse_arch(a), recal, [s])["epe"]
-                                       for s in singles]) for a in members}
-        assert len(members) >= 2 and len(singles) == 6
-        for front in fronts:
-            best = min(front, key=lambda r: r["epe"])["arch"]
-            for r in front:
-                diff = per_sample[r["arch"]] - per_sample[best]
-                assert r["epe_se"] == pytest.approx(np.std(diff, ddof=1) / np.sqrt(len(diff)), rel=1e-4, abs=1e-9), r
-        # asked again unsplit (make rank after a sharded search), the finished parts are merged, not rescored
-        monkeypatch.undo()
-        assert search.main(common) == 0 and (pathlib.Path(search_dir) / "scores.csv").read_bytes() == single
-        assert "holds this search already scored, split another way: merging it" in capsys.readouterr().out
-        assert sorted(p.name for p in pathlib.Path(search_dir).glob("part_*")) == ["part_1of2", "part_2of2"]
-        next((pathlib.Path(search_dir) / "part_2of2" / "units").glob("unit_*.json")).unlink()
-        assert search.main(common) == 1
-        err = capsys.readouterr().err.strip()
-        assert "holds this search split in 2 and not finished (part " in err and "is unfinished: 1 of" in err, err
-        assert err.endswith("finish it with --shard K/2, or move those folders away") and len(err.splitlines()) == 1
-        (pathlib.Path(search_dir) / "part_2of2" / "manifest.json").unlink()  # as its writer holds it, not yet written
-        assert search.main(common) == 1
-        err = capsys.readouterr().err.strip()
-        assert "holds this search split in 2 and not finished (" in err and "part_2of2 has no manifest yet" in err, err
-        assert err.endswith("finish it with --shard K/2, or move those folders away") and len(err.splitlines()) == 1
-
-    @pytest.mark.slow
-    def test_a_killed_search_resumes_to_the_same_file(self, search_run, tmp_path):
-        out, run_dir = search_run
-        units = 8
-        archs = [a for p in range(units) for a in itertools.product(*[[d] for d in search_tree.prefix_choices(p * 10)],
-                                                                     *[range(3)] * 5)]
-        (tmp_path / "archs.txt").write_text("\n".join(supernet.format_arch(a) for a in archs))
-        cmd = [sys.executable, str(HERE / "search.py"), "--output_dir", str(out), "--experiment_name", "tiny",
-               "--archs_file", str(tmp_path / "archs.txt")]
-        env = user_env()
-        subprocess.run(cmd, check=True, capture_output=True, env=env)
-        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(cmd[2:]), ""))
-        whole = (search_dir / "scores.csv").read_bytes()
-        shutil.rmtree(search_dir)
-        rng = np.random.default_rng(1)
-        for kill in range(2):  # SIGKILL at a random moment once units are being written
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-            unit_dir = search_dir / "part_1of1" / "units"
-            while proc.poll() is None and len(list(unit_dir.glob("unit_*.json"))) <= 2 * kill:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0, 0.2))
-            proc.kill()
-            proc.wait()
-        assert len(list(unit_dir.glob("unit_*.json"))) < units and not (search_dir / "scores.csv").exists()
-        done = {p.name: p.read_bytes() for p in unit_dir.glob("unit_*.json")}
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        assert result.returncode == 0, result.stderr
-        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr  # none of TF's
-        assert f"{len(done)} already done" in result.stdout
-        assert all((unit_dir / name).read_bytes() == data for name, data in done.items())  # finished units kept
-        assert (search_dir / "scores.csv").read_bytes() == whole
-
-    @pytest.mark.slow
-    def test_latency_table_adds_fps_its_front_and_a_budget(self, search_run, tmp_path, capsys):
-        out, run_dir = search_run
-        table = {"format": edge_tables.TABLE_FORMAT, "space_version": supernet.SPACE.version,
-                 "accelerator_config": "ethos-u55-64", "system_config": "s",
-                 "memory_mode": "m", "clock_hz": 1e6, "input_size": list(SEARCH_SIZE), "fixed_cycles": 1000,
-                 "context_blocks": edge_tables.context_blocks(),
-                 "block_cycles": {b: [[c] * 3 for c in (10 * i, 10 * i + 100, 10 * i + 300)]
-                                  for i, b in enumerate(supernet.SPACE.blocks)}}
-        (tmp_path / "table.json").write_text(json.dumps(table))
-        archs = [(0,) * 9, (2,) * 9, (0, 0, 0, 0, 2, 0, 0, 0, 0), (1, 0, 2, 0, 1, 0, 2, 0, 1)]
-        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs"] + [supernet.format_arch(a)
-                                                                                     for a in archs]
-        assert search.main(common + ["--latency_table", str(tmp_path / "table.json"), "--min_fps", "700"]) == 0
-        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
-        rows = _scores(search_dir / "scores.csv")
-        for arch in archs:  # cycles = fixed + each block's option cost, by hand
-            cycles = 1000 + sum(10 * i + (0, 100, 300)[o] for i, o in enumerate(arch))
-            assert float(rows[supernet.format_arch(arch)]["fps"]) == pytest.approx(1e6 / cycles)
-        fast = [r for r in rows.values() if float(r["fps"]) >= 700]
-        best = min(fast, key=lambda r: float(r["epe"]))
-        assert f"best within the budget (fps >= 700): {best['arch']}" in capsys.readouterr().out
-        front = json.loads((search_dir / "pareto.json").read_text())["fronts"]["epe_fps"]
-        assert front[0]["arch"] == "0,0,0,0,0,0,0,0,0" and all(r["arch"] in rows for r in front)
-        table["input_size"] = [64, 96]
-        (tmp_path / "table.json").write_text(json.dumps(table))
-        assert search.main(common + ["--merge", "--latency_table", str(tmp_path / "table.json")]) == 1
-        assert "was made at input size [64, 96], the run is 32x48" in capsys.readouterr().err
-
-    @pytest.mark.slow
-    @pytest.mark.parametrize("flags, words", [
-        (["--archs", "0,1,2,0,1,2,0,1"], "--archs: arch code '0,1,2,0,1,2,0,1' has 8 fields"),
-        (["--archs_file", "BAD"], "line 3: arch code '0,1,3,0,0,0,0,0,0': field 2 (DB0) is '3'"),
-        (["--shard", "3/2"], "--shard 3/2: K must be in 1..N"),
-        (["--shard", "0/2"], "--shard 0/2: K must be in 1..N"),
-        (["--shard", "x"], "--shard 'x' must be K/N"),
-        (["--checkpoint_type", "last"], "'last' checkpoint meta not found"),
-        (["--sample", "0"], "--sample 0 is outside 1..19683"),
-    ])
-    def test_bad_input_is_one_line_and_loses_nothing(self, search_run, tmp_path, capsys, flags, words):
-        out, run_dir = search_run
-        (tmp_path / "bad.txt").write_text("0,0,0,0,0,0,0,0,0\n\n0,1,3,0,0,0,0,0,0\n")
-        flags = [str(tmp_path / "bad.txt") if f == "BAD" else f for f in flags]
-        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-        assert search.main(["--output_dir", str(out), "--experiment_name", "tiny"] + flags) == 1
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and words in err, err
-        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
-
-    @pytest.mark.slow
-    def test_merge_refuses_a_part_of_another_checkpoint(self, search_run, capsys):
-        out, run_dir = search_run
-        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "0,0,0,0,0,0,0,0,0",
-                  "2,2,2,2,2,2,2,2,2"]
-        for k in (1, 2):
-            assert search.main(common + ["--shard", f"{k}/2"]) == 0
-        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
-        shutil.copytree(search_dir / "part_1of2", search_dir / "part_1of1")  # an abandoned unsplit search
-        whole = search_dir / "part_1of1" / "manifest.json"
-        whole.write_text(json.dumps(dict(json.loads(whole.read_text()), shard=[1, 1])))
-        capsys.readouterr()
-        assert search.main(common + ["--merge"]) == 1
-        assert capsys.readouterr().err.strip().endswith(
-            "holds parts of 2 splits (in 1: part_1of1; in 2: part_1of2, part_2of2): remove the folders of "
-            "every split but one")
-        shutil.rmtree(search_dir / "part_1of1")
-        manifest = search_dir / "part_2of2" / "manifest.json"
-        manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), checkpoint="model-9-1")))
-        capsys.readouterr()
-        assert search.main(common + ["--merge"]) == 1
-        err = capsys.readouterr().err.strip()
-        assert "part_2of2 was made with another checkpoint" in err and len(err.splitlines()) == 1
-        assert search.main(common + ["--shard", "2/2"]) == 1  # and resuming it refuses too, naming it
-        assert "part_2of2 was started with another checkpoint" in capsys.readouterr().err
-
-    @pytest.mark.slow
-    def test_a_second_writer_of_a_part_is_refused(self, search_run, capsys):
-        out, run_dir = search_run
-        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", "1,1,1,1,1,1,1,1,1"]
-        part = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), "")) / "part_1of1"
-        with ckpt.writer_lock(str(part), "search part"):
-            assert search.main(common) == 1
-        assert f"search part {part} is being written by another process" in capsys.readouterr().err
-        assert search.main(common + ["--shard", "1/1"]) == 0  # free again once the holder is done
-
-    @pytest.mark.slow
-    def test_a_standalone_run_is_refused(self, search_run, tmp_path, capsys):
-        out, run_dir = search_run
-        shutil.copytree(run_dir, tmp_path / "alone")
-        cfg = json.loads((tmp_path / "alone" / "config.json").read_text())
-        (tmp_path / "alone" / "config.json").write_text(json.dumps(dict(cfg, arch="0,1,2,0,1,2,0,1,2")))
-        assert search.main(["--output_dir", str(tmp_path), "--experiment_name", "alone"]) == 1
-        assert "is a standalone run of 0,1,2,0,1,2,0,1,2: search needs a supernet run" in capsys.readouterr().err
 
 
 EXPORT_ARCH = (0, 1, 2, 0, 1, 2, 0, 1, 2)
@@ -4402,24 +4449,6 @@ class TestRankBounds:
 
 
 class TestSearchAndTargetInput:
-    def test_merge_refuses_a_row_relabelled_to_an_arch_never_scored(self, tmp_path):
-        indices = [0, 1, 2]  # three heads of the first trunk prefix: one unit
-        part = search_parts.part_dir(str(tmp_path), 1, 1)
-        os.makedirs(os.path.join(part, "units"))
-        manifest = {"shard": [1, 1], "units": [0], "num_archs": len(indices), "space_version": supernet.SPACE.version,
-                    "archs_sha256": search_parts.fingerprint([np.array(indices, np.int64)])}
-        (pathlib.Path(part) / "manifest.json").write_text(json.dumps(manifest))
-        rows = {h: dict({name: 1.0 + h for name in metrics.NAMES}, sample_epe=np.ones(2)) for h in indices}
-        search_parts.write_unit(part, 0, rows, 1.0)
-        assert sorted(search_parts.load_parts(str(tmp_path))[1]) == indices
-        unit = pathlib.Path(part) / "units" / "unit_00.json"
-        saved = json.loads(unit.read_text())
-        saved["rows"]["5"] = saved["rows"].pop("2")  # the same count, another arch
-        unit.write_text(json.dumps(saved))
-        assert 5 < search_tree.heads_per_prefix()
-        with pytest.raises(errors.SearchError, match=r"3 subnets are not the search's arch set"):
-            search_parts.load_parts(str(tmp_path))
-
     @pytest.mark.parametrize("field, value", [("sram_kib", 1e30), ("flash_kib", 1e30), ("min_fps", 1e30),
                                               ("sram_kib", float("inf")), ("flash_kib", 4 * 1024 ** 2 + 1)])
     def test_every_numeric_target_field_has_an_upper_bound(self, tmp_path, field, value):
