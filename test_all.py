@@ -83,6 +83,19 @@ shared by several sections are in section 0.
       TestDeploymentSteps       sizes; INT8 written whole; compiled figures replace the table; one search per size
 31. firmware.py: what a port needs
       TestFirmware              the C array holds the bytes, aligned
+32. rank.py: subnets trained alone against the supernet's order; the margin of two runs
+      TestRankStudy             rank.py --train on a tiny supernet: inheriting, report, seeds, margin, refusals
+      TestRankCommand           --compare, the second seeds' plan, scoring progress, flags out of range
+      TestRankBounds            --train and --bn_recal_batches beyond the space or data refused before any folder
+33. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores
+      TestRankingStatistics     tau and rho with ties, the bootstrap, the noise floor, the seed ceiling, the draw
+      TestRankingSearchChoice   the search's choice against a random pick; the study's time; run files checked
+34. stopping.py: the stopping criterion of runs trained alone
+      TestStopping              the criterion by hand, the runs still falling, the tau range against every order
+35. parallel.py: child processes a few at a time, each pinned to its cores
+      TestParallel              cores dealt to slots, time left, GPUs, TensorFlow's quiet, failures and interrupts
+36. rank_bench.py: the ranking benchmark rankbench/
+      TestRankBench             the plan and its rule, the fingerprint, the report by hand, rows refused, chunks
 """
 import argparse
 import ast
@@ -3555,6 +3568,830 @@ class TestFirmware:
         assert "extern const unsigned int model_vela_len;" in header
 
 
+# ==== 32. rank.py: subnets trained alone against the supernet's order; the margin of two runs ========================
+
+
+STANDALONE_ARCH = "0,1,2,0,1,2,0,1,2"
+
+
+def _write_scores(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arch", "gmacs", "epe"])
+        writer.writerows(rows)
+    return str(path)
+
+
+def _checkpoint_values(run_dir, kind):
+    """{variable name: value} of a run's checkpoint, read from its files."""
+    meta = ckpt.load_meta(str(run_dir), kind)
+    reader = tf.train.load_checkpoint(meta["prefix"])
+    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(meta["prefix"])}
+
+
+@pytest.fixture(scope="module")
+def rank_study(tmp_path_factory):
+    """A tiny supernet, three subnets trained alone by rank.py --train, and rank.py's report."""
+    out = tmp_path_factory.mktemp("rank")
+    assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "sup", "--num_epochs", "1",
+                                   "--steps_per_epoch", "1", "--eval_batches", "0"]) == 0
+    report_dir = out / "sup" / "standalone"
+    jobs = min(2, len(parallel.usable_cores()))  # the four runs (three and one second seed) two at a time
+    assert rank.main(["--supernet", str(out / "sup"), "--train", "3", "--bootstrap", "50", "--jobs", str(jobs)]) == 0
+    return out, json.loads((report_dir / "rank_report.json").read_text())
+
+
+class TestRankStudy:
+    @pytest.mark.slow
+    def test_standalone_run_inherits_resumes_and_evaluates(self, rank_study, tmp_path, capsys):
+        out, _ = rank_study
+        arch = supernet.parse_arch(STANDALONE_ARCH)
+        common = RUN_FLAGS + ["--output_dir", str(tmp_path), "--experiment_name", "alone", "--learning_rate", "0"]
+        inherit = ["--arch", STANDALONE_ARCH, "--init_from", str(out / "sup"), "--num_epochs", "1"]
+        # a source that cannot be inherited is refused by a dry run already
+        other = next(p for p in (out / "sup" / "standalone").iterdir()
+                     if p.name.startswith("standalone_") and p.name != ranking.standalone_name(arch))
+        for source in (tmp_path / "nowhere", other):  # no run; a subnet without this one's layers
+            code, err = _run_main(train.main, common + inherit[:3] + [str(source), "--dry_run"], capsys)
+            assert code == 1 and len(err) == 1 and str(source) in err[0], err
+        assert train.main(common + inherit) == 0
+        run = tmp_path / "alone"
+        inherited, source = _checkpoint_values(run, "last"), _checkpoint_values(out / "sup", "best")
+        weights = [k for k in inherited if k.startswith("supernet/") and "Adam" not in k
+                   and not k.endswith(("moving_mean", "moving_variance"))]
+        # only the subnet's layers exist, and learning rate 0 leaves them at the supernet's values
+        assert sum(inherited[k].size for k in weights) == supernet.count_params(arch, 32, 48)
+        for name in weights:
+            np.testing.assert_array_equal(inherited[name], source[name], err_msg=name)
+        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "alone",
+                           "--num_epochs", "2"]) == 0
+        report = json.loads((run / "train_report.json").read_text())
+        assert report["mode"] == "standalone" and report["arch"] == STANDALONE_ARCH and report["global_step"] == 4
+        assert report["fairness_counts"]["H2Out"] == {"0": 0, "1": 0, "2": 4}
+        assert json.loads((run / "config.json").read_text())["arch"] == STANDALONE_ARCH
+        meta = json.loads((run / "checkpoints/last/meta.json").read_text())
+        assert meta["mode"] == "standalone" and meta["arch"] == STANDALONE_ARCH
+        assert json.loads((run / "eval_pool_1.json").read_text())["archs"] == [STANDALONE_ARCH]
+        assert [r["epoch"] for r in _history(run / "eval_history.csv")] == ["1", "2"]
+        log = (run / "train.log").read_text()
+        assert f"{supernet.count_params(arch, 32, 48):,} parameters" in log and "initialised" in log
+        capsys.readouterr()
+        assert evaluate.main(["--output_dir", str(tmp_path), "--experiment_name", "alone"]) == 0
+        result = json.loads((run / "supernet_eval_result_best.json").read_text())
+        assert [r["arch"] for r in result["archs"]] == [STANDALONE_ARCH] and result["summary"]["mode"] == "standalone"
+        assert result["archs"][0]["epe"] == pytest.approx(report["best_metric"], rel=1e-5)
+        assert evaluate.main(["--output_dir", str(tmp_path), "--experiment_name", "alone",
+                              "--arch", "0,0,0,0,0,0,0,0,0"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "standalone run of " + STANDALONE_ARCH in err and err.count("\n") == 1
+
+    @pytest.mark.slow
+    def test_rank_report_rescores_each_run_like_evaluate(self, rank_study, capsys):
+        out, report = rank_study
+        assert report["num_archs"] == 3 and (out / "sup" / "standalone" / "rank.png").stat().st_size > 1000
+        archs = [r["arch"] for r in report["archs"]]
+        arch_flags = [flag for a in archs for flag in ("--arch", a)]
+        assert evaluate.main(["--output_dir", str(out), "--experiment_name", "sup"] + arch_flags) == 0
+        scored = json.loads((out / "sup/supernet_eval_result_best.json").read_text())["archs"]
+        by_supernet = {r["arch"]: r["epe"] for r in scored}
+        for row in report["archs"]:
+            assert row["supernet_epe"] == pytest.approx(by_supernet[row["arch"]], rel=1e-5)
+            assert row["standalone_updates"] == 1
+        row = report["archs"][0]
+        run = pathlib.Path(row["run"])
+        assert evaluate.main(["--output_dir", str(run.parent), "--experiment_name", run.name]) == 0
+        alone = json.loads((run / "supernet_eval_result_best.json").read_text())["archs"][0]["epe"]
+        assert row["standalone_epe"] == pytest.approx(alone, rel=1e-5)
+        from scipy import stats as scipy_stats
+        tau, _ = scipy_stats.kendalltau([r["supernet_epe"] for r in report["archs"]],
+                                          [r["standalone_epe"] for r in report["archs"]])
+        assert report["kendall_tau_b"] == pytest.approx(tau)
+        noise = report["noise_floor"]
+        assert noise["validation_batches"] == 2 and len(noise["standalone_batch_std"]) == 3
+        assert [r["epoch"] for r in report["training_length"]] == [1]
+        assert report["training_length"][0]["tau_vs_final_standalone"] == pytest.approx(1.0)
+        assert report["bn_recal_batches"] == config.run_config(str(out / "sup"))["bn_recal_batches"]
+        # every run trained alone, the second seeds' too, has its stopping figures (one evaluation: none)
+        seconds = [p for p in (out / "sup" / "standalone").iterdir() if p.is_dir() and "_seed" in p.name]
+        assert sorted(report["stopping"]["runs"]) == sorted([r["run"] for r in report["archs"]]
+                                                             + [str(p) for p in seconds]) and seconds
+        assert not report["stopping"]["stopped"] and not report["stopping"]["still_falling"]
+        assert report["stopping"]["tau_if_improved"] is None  # nothing falling: nothing to bound
+        assert [r["run"] for r in report["second_seed_runs"]] == [str(p) for p in seconds]
+        supernet_wall = json.loads((out / "sup" / "train_report.json").read_text())["wall_time_s"]
+        assert report["study_seconds"] == {"supernet": supernet_wall, "search": None,
+                                           "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
+        if tensorflow_quiet.USER_LOG_LEVEL is None:  # each child held TensorFlow's start-up lines back itself
+            logs = [p.read_text() for p in (out / "sup" / "standalone").glob("*.out")]
+            assert logs or len(parallel.usable_cores()) < 2  # one core: one run at a time, to the terminal
+            assert not any("absl::InitializeLog" in text or "oneDNN" in text for text in logs)
+
+    @pytest.mark.slow
+    def test_given_runs_pair_their_seeds_and_hold_the_search_choice(self, rank_study, tmp_path, capsys):
+        out, report = rank_study
+        sup = tmp_path / "sup"
+        shutil.copytree(out / "sup", sup, ignore=shutil.ignore_patterns("standalone"))
+        twice, gmacs = report["second_seed_runs"][0]["arch"], {r["arch"]: r["gmacs"] for r in report["archs"]}
+        (sup / "search_best").mkdir()
+        g = gmacs[twice]  # median cost g + 1: the arch trained twice is the best within it
+        _write_scores(sup / "search_best" / "scores.csv",
+                      [(twice, g, 0.5), ("2,2,2,2,2,2,2,2,1", g + 1, 0.9), ("2,2,2,2,2,2,2,2,2", g + 2, 0.1)])
+        runs = str(out / "sup" / "standalone" / "standalone_*")
+        flags = ["--supernet", str(sup), "--standalone_glob", runs, "--bootstrap", "50", "--out", str(tmp_path / "r")]
+        assert rank.main(flags + ["--search_choice"]) == 0
+        again = json.loads((tmp_path / "r" / "rank_report.json").read_text())
+        # the globbed folder holds both seeds of one arch: the lower seed's run is ranked, the other is its second
+        assert [(r["arch"], r["run"]) for r in again["archs"]] == [(r["arch"], r["run"]) for r in report["archs"]]
+        assert [r["run"] for r in again["second_seed_runs"]] == [r["run"] for r in report["second_seed_runs"]]
+        first = next(r["standalone_epe"] for r in report["archs"] if r["arch"] == twice)
+        choice = again["search_choice"]
+        assert choice["arch"] == twice and choice["choice_seed_epes"] == pytest.approx(
+            [first, report["second_seed_runs"][0]["standalone_epe"]], rel=1e-6)
+        assert twice not in [r["arch"] for r in choice["similar"]]
+        _write_scores(sup / "search_best" / "scores.csv", [("2,2,2,2,2,2,2,2,1", 1.0, 0.5)])
+        capsys.readouterr()
+        assert rank.main(flags + ["--search_choice"]) == 1
+        err = capsys.readouterr().err
+        assert "none of the runs given trains the search's choice 2,2,2,2,2,2,2,2,1" in err and err.count("\n") == 1
+
+    @pytest.mark.slow
+    def test_per_batch_epes_match_each_batch_scored_alone(self, rank_study):
+        out, report = rank_study
+        cfg, _ = ranking.read_run(str(out / "sup"))
+        recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
+        arch, (h, w) = supernet.parse_arch(report["archs"][0]["arch"]), (cfg["input_h"], cfg["input_w"])
+        with scoring.restored_scorer(str(out / "sup"), "best", h, w, input_size=(h, w)) as (sess, scorer, _):
+            once = ranking.score_per_batch(sess, scorer, arch, recal, val)
+            alone = [scoring.score_subnet(sess, scorer, arch, recal, [batch])["epe"] for batch in val]
+        assert len(once) == len(val) > 1 and once == pytest.approx(alone, rel=1e-6)
+
+    @pytest.mark.slow
+    def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
+        out, report = rank_study
+        alone = [r["run"] for r in report["archs"]]
+        other_size, other_source = tmp_path / "other_size", tmp_path / "other_source"
+        for copy, name, changes in ((other_size, "config.json", {"input_h": 48}),
+                                    (other_source, "train_report.json", {"data_source": "fc2"})):
+            subprocess.run(["cp", "-r", alone[0], str(copy)], check=True)
+            atomic_files.write_json_atomic(str(copy / name), dict(json.loads((copy / name).read_text()), **changes))
+        sup = str(out / "sup")
+        cases = [(alone[:2], "at least 3"), (alone[:2] + [sup], "not a standalone run"),
+                 (alone[:2] + [str(other_size)], "input_h 48"), (alone[:2] + [str(other_source)], "data source fc2"),
+                 (alone[:2] + [alone[0]], "one run per arch")]
+        capsys.readouterr()
+        for given, named in cases:
+            assert rank.main(["--supernet", sup, "--standalone"] + given) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
+        assert rank.main(["--supernet", alone[0], "--standalone"] + alone) == 1
+        assert "not a supernet" in capsys.readouterr().err
+        # --train reuses finished runs of its folder: a second-seed run of other data is refused, not reused
+        stale = tmp_path / "stale"
+        subprocess.run(["cp", "-r", str(out / "sup" / "standalone"), str(stale)], check=True)
+        second = next(p for p in stale.iterdir() if p.is_dir() and "_seed" in p.name)
+        atomic_files.write_json_atomic(str(second / "config.json"),
+                                       dict(json.loads((second / "config.json").read_text()), input_h=48))
+        assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
+        err = capsys.readouterr().err
+        assert f"{second}: not the supernet's data or input size: input_h 48" in err and err.count("\n") == 1, err
+        # an interrupted run of other data is refused before it is resumed
+        (second / "train_report.json").unlink()
+        assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
+        err = capsys.readouterr().err
+        assert f"{second}: not the supernet's data or input size: input_h 48" in err and err.count("\n") == 1, err
+        assert not (second / "train_report.json").exists()
+        for given, named in (([alone[0], alone[0]], "given twice"), ([sup, alone[0]], f"{sup} is a supernet run"),
+                             ([alone[0], str(other_size)], "not the first run's data or input size: input_h 48")):
+            assert rank.main(["--margin"] + given) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
+
+    @pytest.mark.slow
+    def test_margin_of_two_runs_alone_is_their_paired_difference(self, rank_study, tmp_path, capsys):
+        _, report = rank_study
+        first, second = (r["run"] for r in report["archs"][:2])
+        assert rank.main(["--margin", first, second, "--out", str(tmp_path), "--bn_recal_batches", "3"]) == 0
+        result = json.loads((tmp_path / f"margin_vs_{os.path.basename(first)}.json").read_text())
+        # independently: each subnet predicts the first run's validation frames after BN recalibration on
+        # the first run's first 3 training batches (the runs' own config says 1); per-sample EPE in numpy
+        # (equal pixels: the margin is a plain mean)
+        cfg = config.run_config(first)
+        assert cfg["bn_recal_batches"] == 1 and result["bn_recal_batches"] == 3
+        out = capsys.readouterr().out
+        assert out.startswith(result["devices"]["summary"])  # said first, as by every command
+        recal, val = batches.scoring_batches(dict(cfg, bn_recal_batches=3), data_fc2.open_data(cfg))
+        per_sample = []
+        for run in (first, second):
+            arch = supernet.parse_arch(config.run_config(run)["arch"])
+            preds = []
+            with scoring.restored_scorer(run, "best", 32, 48, static_arch=arch) as (sess, scorer, _):
+                scoring.score_subnet(sess, scorer, arch, recal, val, lambda i, batch, pred: preds.append(pred))
+            epes = [np.sqrt(((p - b[1]) ** 2).sum(-1)).reshape(len(p), -1).mean(1) for p, b in zip(preds, val)]
+            per_sample.append(np.concatenate(epes))
+        d = per_sample[1] - per_sample[0]
+        assert len(d) == result["validation_samples"] == 4
+        assert result["margin"] == pytest.approx(d.mean(), rel=1e-5)
+        assert result["paired_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-5)
+        assert [r["run"] for r in result["runs"]] == [first, second]
+        assert all(r["stopping"]["stopped"] is None for r in result["runs"])  # one evaluation each
+        assert f"B - A: {d.mean():+.4f} EPE" in out and "fewer than 3 evaluations" in out
+
+
+class TestRankCommand:
+    def test_compare_two_search_results_on_their_shared_archs(self, tmp_path, capsys):
+        a = _write_scores(tmp_path / "a.csv", [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,1,1,1,1,1,1,1,1", 0.2, 2.0),
+                                               ("2,2,2,2,2,2,2,2,2", 0.3, 2.0), ("0,1,2,0,1,2,0,1,2", 0.2, 1.0),
+                                               ("2,1,0,2,1,0,2,1,0", 0.2, 9.0)])
+        b = _write_scores(tmp_path / "b.csv", [("2,2,2,2,2,2,2,2,2", 0.3, 2.5), ("0,1,2,0,1,2,0,1,2", 0.2, 2.0),
+                                               ("1,1,1,1,1,1,1,1,1", 0.2, 1.0), ("0,0,0,0,0,0,0,0,0", 0.1, 3.0)])
+        result = ranking.compare_scores(a, b)
+        # shared, in a's order 000 111 222 012: a = 3 2 2 1, b = 3 1 2.5 2. Pairs: (000,111) C, (000,222) C,
+        # (000,012) C, (111,222) a tied, (111,012) D, (222,012) C: tau-b = (4 - 1) / sqrt(5 * 6)
+        assert result["shared_archs"] == 4 and result["only_a"] == 1 and result["only_b"] == 0
+        assert result["kendall_tau_b"] == pytest.approx(3 / np.sqrt(30), abs=1e-12)
+        assert rank.main(["--compare", a, b]) == 0
+        assert f"{3 / np.sqrt(30):.4f}" in capsys.readouterr().out
+
+    def test_compare_bad_input_is_a_one_line_error(self, tmp_path, capsys):
+        few = _write_scores(tmp_path / "few.csv", [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,1,1,1,1,1,1,1,1", 0.2, 2.0)])
+        bad_arch = _write_scores(tmp_path / "bad.csv", [("0,0,3,0,0,0,0,0,0", 0.1, 3.0)])
+        no_epe = tmp_path / "noepe.csv"
+        no_epe.write_text("arch,gmacs\n0,0,0\n")
+        for args, named in (([few, few], "share 2 archs"), ([bad_arch, few], "bad.csv: line 2"),
+                            ([str(no_epe), few], "noepe.csv"), ([str(tmp_path / "none.csv"), few], "none.csv")):
+            assert rank.main(["--compare"] + args) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and named in err and err.count("\n") == 1
+
+    def test_second_seeds_go_to_a_third_spread_over_the_order_and_the_choice(self):
+        archs = [(i // 3, i % 3) + (0,) * 7 for i in range(9)]
+        args, cfg = argparse.Namespace(second_seed=None), {"seed": 4}
+        # a third of 9: positions 0, 4 and 8 of the order, with seed 5
+        assert rank.second_seed_plan(args, cfg, archs, None) == [(archs[i], 5) for i in (0, 4, 8)]
+        outside, drawn, picked = (2,) * 9, archs[1], archs[4]
+        extra = {a: rank.second_seed_plan(args, cfg, archs, {"arch": supernet.format_arch(a)})[3:]
+                 for a in (outside, drawn, picked)}
+        # a choice the study did not draw is trained with both seeds; one it drew, with the second only
+        assert extra == {outside: [(outside, None), (outside, 5)], drawn: [(drawn, 5)], picked: []}
+        assert rank.second_seed_plan(argparse.Namespace(second_seed=0), cfg, archs, None) == []
+
+    def test_scoring_progress_counts_the_subnets_and_the_time_left(self, capsys):
+        on_scored = rank.scoring_progress(3)
+        for run in ("sup", "standalone_000000000", "standalone_222222222"):
+            on_scored(f"out/{run}", (0,) * 9 if "0000" in run else (2,) * 9)
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split(",")[0].split(": ")[0] for line in lines] == ["scored 1/3", "scored 2/3", "scored 3/3"]
+        assert "0,0,0,0,0,0,0,0,0 in standalone_000000000" in lines[1] and "in sup," in lines[0]
+        assert all(" s each, time left " in line for line in lines) and lines[2].endswith("time left 0.0 min")
+
+    def test_rank_scoring_flags_out_of_range_are_refused_by_name(self, capsys):
+        for flag in ("--bn_recal_batches", "--jobs", "--bootstrap"):
+            with pytest.raises(SystemExit) as exit_info:
+                rank.parse_args(["--supernet", "sup", "--train", "12", flag, "0"])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and flag in err and "must be >= 1" in err, err
+        with pytest.raises(SystemExit) as exit_info:
+            rank.parse_args(["--supernet", "sup", "--train", "12", "--seed", "-1"])
+        assert exit_info.value.code == 2 and "--seed -1 must be >= 0" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exit_info:
+            rank.parse_args(["--supernet", "sup", "--train", "0"])
+        assert exit_info.value.code == 2 and "--train needs at least 3 archs" in capsys.readouterr().err
+
+
+class TestRankBounds:
+    @staticmethod
+    def _supernet_run(tmp_path):
+        """A finished supernet run as rank reads it: config (synthetic data, 8 training pairs in 4 batches
+        of 2) and train report; no checkpoint is needed to be refused."""
+        run = tmp_path / "sup"
+        run.mkdir()
+        cfg = tiny_config(synthetic=True, synthetic_train_size=8, synthetic_val_size=4, experiment_name="sup",
+                          output_dir=str(tmp_path))
+        (run / "config.json").write_text(json.dumps(cfg))
+        (run / "train_report.json").write_text(json.dumps({"mode": "supernet", "data_source": "synthetic",
+                                                           "global_step": 1}))
+        return str(run)
+
+    def test_train_above_the_space_is_refused_before_any_folder(self, tmp_path, capsys):
+        out = tmp_path / "out"
+        with pytest.raises(SystemExit) as exit_info:
+            rank.main(["--supernet", str(tmp_path / "sup"), "--train", "99999", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err == ("error: --train 99999 is more than the search space's "
+                                                      "19683 archs\n")
+        assert supernet.SPACE.num_archs == 3 ** 9 and not out.exists()
+
+    def test_recal_batches_beyond_the_data_are_refused_before_work_and_folders(self, tmp_path, capsys):
+        sup, out = self._supernet_run(tmp_path), tmp_path / "out"
+        standalone = tmp_path / "alone"
+        assert rank.main(["--supernet", sup, "--standalone", str(standalone), "--bn_recal_batches", "5",
+                          "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err == "error: --bn_recal_batches 5: the run's data has 4 training batches of 2\n"
+        assert not out.exists() and not (tmp_path / "sup" / "standalone").exists()
+
+    def test_a_refusal_after_the_checks_leaves_no_empty_out_folder(self, tmp_path, capsys):
+        sup, out = self._supernet_run(tmp_path), tmp_path / "out" / "deeper"
+        assert rank.main(["--supernet", sup, "--standalone", str(tmp_path / "no_such_run"), "--out", str(out)]) == 1
+        assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
+        (tmp_path / "file").write_text("")
+        assert rank.main(["--supernet", sup, "--standalone", str(tmp_path / "no_such_run"),
+                          "--out", str(tmp_path / "file" / "out")]) == 1
+        assert "cannot be a folder" in capsys.readouterr().err
+
+
+# ==== 33. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores ===========================
+
+
+class TestRankingStatistics:
+    def test_statistics_match_a_hand_computation_with_ties(self):
+        # x ties samples 1 and 2, y ties samples 2 and 3. Pairs: 7 concordant, 1 discordant,
+        # 1 tied in x only, 1 tied in y only: tau-b = (7 - 1) / sqrt((10 - 1) (10 - 1)) = 2/3.
+        # Average ranks x 1, 2.5, 2.5, 4, 5 and y 2, 1, 3.5, 3.5, 5: rho = 7.25 / 9.5.
+        x, y = [1.0, 2.0, 2.0, 3.0, 5.0], [2.0, 1.0, 3.0, 3.0, 4.0]
+        tau, rho = ranking.rank_correlations(x, y)
+        assert tau == pytest.approx(2 / 3, abs=1e-12) and rho == pytest.approx(7.25 / 9.5, abs=1e-12)
+        assert list(ranking.ranks(x)) == [1, 2.5, 2.5, 4, 5]
+        assert ranking.top_k_overlap(x, y) == {1: 0.0, 3: 1.0}
+
+    def test_bootstrap_is_seeded_and_contains_the_estimate(self):
+        rng = np.random.default_rng(3)
+        x = rng.normal(size=12)
+        y = x + rng.normal(scale=0.7, size=12)
+        tau, rho = ranking.rank_correlations(x, y)
+        first, again = ranking.bootstrap_intervals(x, y, 300, seed=5), ranking.bootstrap_intervals(x, y, 300, seed=5)
+        assert first == again and first != ranking.bootstrap_intervals(x, y, 300, seed=6)
+        assert first["tau_ci95"][0] <= tau <= first["tau_ci95"][1]
+        assert first["rho_ci95"][0] <= rho <= first["rho_ci95"][1]
+        assert first["tau_ci95"][1] - first["tau_ci95"][0] > 0.05  # 12 noisy archs: not a point
+
+    def test_noise_floor_figures_against_numpy(self):
+        per_batch = [[1.0, 1.2, 0.8, 1.0], [2.0, 2.1, 1.9, 2.0], [1.05, 1.1, 0.9, 1.3]]
+        sizes = [2, 2, 2, 1]
+        assert ranking.batch_weighted_epe(per_batch[0], sizes) == pytest.approx((2 + 2.4 + 1.6 + 1.0) / 7)
+        # halves: batches 0-1 give 1.1, 2.05, 1.075 (order 2 < 0 < 1), batches 2-3 give 0.867, 1.933,
+        # 1.033 (order 0 < 2 < 1): pairs (0,1) and (1,2) agree, (0,2) does not, tau = (2 - 1) / 3
+        assert ranking.half_split_tau(per_batch, sizes) == pytest.approx(1 / 3)
+        # pairs (0,1) and (1,2) differ by about 1 px with a standard error below 0.1; pair (0,2) by
+        # -0.057 (differences -0.05 0.1 -0.1 -0.3) with a standard error of 0.083: not resolved
+        assert ranking.resolvable_pairs(per_batch, sizes) == pytest.approx(2 / 3)
+
+    def test_chosen_archs_spread_over_depth_and_kernels_separately(self):
+        archs = ranking.choose_archs(12, 0)
+        assert archs == ranking.choose_archs(12, 0) and len(set(archs)) == 12
+        assert (0,) * 9 in archs and (2,) * 9 in archs  # the corners
+        depth = [np.mean(a[:4]) / 2 for a in archs]  # EB0..DB1 choose ResBlocks, the other five kernels
+        kernel = [np.mean(a[4:]) / 2 for a in archs]
+        assert np.allclose(ranking.choice_scores(archs), np.stack([depth, kernel], 1))
+        for scores, levels in ((depth, 4), (kernel, 3)):  # each spans its range at its grid's levels
+            assert min(scores) == 0 and max(scores) == 1 and len(set(scores)) == levels
+        # the two are not tied to each other (as they would be along GMACs alone)
+        assert abs(np.corrcoef(depth, kernel)[0, 1]) < 0.3
+
+    def test_seed_ceiling_and_the_supernet_against_each_seed_by_hand(self):
+        # first seed's order a b c d; second seed's b a c d (one pair of six swapped: tau 2/3); the
+        # supernet's b a d c: against the first 2/3 of pairs agree (tau 1/3), the second 5/6 (2/3);
+        # the seeds' mean 1.25 1.6 3.25 3.9 orders a b c d: tau 1/3, rho 1 - 6 * 4 / (4 * 15) = 0.6
+        codes = [(0,) * 9, (1,) * 9, (2,) * 9, (0,) * 8 + (1,)]
+        rows = [{"arch": supernet.format_arch(a), "standalone_epe": first, "supernet_epe": by_supernet}
+                for a, first, by_supernet in zip(codes, (1.0, 2.0, 3.0, 4.0), (2.0, 1.0, 4.0, 3.0))]
+        second = [(f"run{i}", a, [e, e]) for i, (a, e) in enumerate(zip(codes, (1.5, 1.2, 3.5, 3.8)))]
+        ceiling = ranking.seed_ceiling(rows, second, [2, 2], 50, 0)
+        assert ceiling["second_seed_epe"] == pytest.approx([1.5, 1.2, 3.5, 3.8])
+        assert ceiling["kendall_tau_b"] == pytest.approx(2 / 3)
+        assert ceiling["supernet_tau_b_vs_seed"] == pytest.approx([1 / 3, 2 / 3])
+        mean = ceiling["supernet_vs_seed_mean"]
+        assert mean["kendall_tau_b"] == pytest.approx(1 / 3) and mean["spearman_rho"] == pytest.approx(0.6)
+        assert ranking.seed_ceiling(rows, second[:2], [2, 2], 50, 0) is None  # fewer than 3 archs twice
+        lines = ranking.study_lines({"seed_ceiling": ceiling})
+        assert "0.333 against the first seed, 0.667 against the second, 0.333 (" in lines[1]
+
+
+class TestRankingSearchChoice:
+    def test_search_choice_is_the_best_subnet_within_the_median_cost(self, tmp_path):
+        (tmp_path / "search_best").mkdir()
+        _write_scores(tmp_path / "search_best" / "scores.csv",
+                      [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,0,0,0,0,0,0,0,0", 0.2, 2.5),
+                       ("2,0,0,0,0,0,0,0,0", 0.3, 2.6), ("2,2,0,0,0,0,0,0,0", 0.4, 1.0),
+                       ("2,2,2,2,2,2,2,2,2", 0.5, 0.5)])
+        # median cost 0.3; within it the lowest EPE is 2.5 at 0.2
+        assert ranking.search_choice(str(tmp_path), "best") == {
+            "arch": "1,0,0,0,0,0,0,0,0", "gmacs": 0.2, "supernet_epe": 2.5, "budget_gmacs": 0.3}
+        with pytest.raises(errors.RankError, match="search_last/scores.csv"):
+            ranking.search_choice(str(tmp_path), "last")
+        path = tmp_path / "search_best" / "scores.csv"
+        header = path.read_text().splitlines()[0]
+        for rows in ([], [("0,0,0,0,0,0,0,0,0", 0.1, float("nan"))], [("0,0,0,0,0,0,0,0,0", float("inf"), 1.0)]):
+            _write_scores(path, rows)
+            with pytest.raises(errors.RankError, match=re.escape(str(path))):
+                ranking.search_choice(str(tmp_path), "best")
+        path.write_text(header + '\n"0,0,0,0,0,0,0,0,0"\n')  # a short row
+        with pytest.raises(errors.RankError, match=re.escape(str(path))):
+            ranking.search_choice(str(tmp_path), "best")
+
+    def test_the_study_says_its_time_by_part(self, tmp_path):
+        search_dir = tmp_path / "search_best"
+        search_dir.mkdir()
+        assert ranking.search_seconds(str(tmp_path), "best") is None  # no search yet
+        (search_dir / "pareto.json").write_text(json.dumps({"provenance": {"unit_seconds": 3000}}))
+        assert ranking.search_seconds(str(tmp_path), "best") == 3000.0
+        parts = {"supernet": 2100.0, "search": None, "standalone runs": 11400.0, "ranking": 90.0}
+        assert ranking.time_taken_line(parts) == (
+            "time taken: supernet 35.0 min, search n/a, standalone runs 190.0 min, ranking 1.5 min "
+            "(standalone runs added up: with --jobs above 1, more than elapsed)")
+
+    def test_search_choice_against_a_random_pick_of_its_cost_by_hand(self):
+        choice = {"arch": "1,1,1,1,1,1,1,1,1", "gmacs": 0.5, "supernet_epe": 2.0, "budget_gmacs": 0.5}
+        def row(arch, gmacs, batches):
+            return {"arch": arch, "run": "runs/" + arch, "gmacs": gmacs, "standalone_batches": batches,
+                    "standalone_epe": ranking.batch_weighted_epe(batches, sizes)}
+        sizes = [8, 8, 4]
+        rows = [row("0,0,0,0,0,0,0,0,0", 0.2, [9.0, 9.0, 9.0]), row("1,0,0,0,0,0,0,0,0", 0.45, [1.5, 2.5, 3.0]),
+                row("1,2,0,0,0,0,0,0,0", 0.55, [1.5, 2.7, 3.4]), row("2,2,2,2,2,2,2,2,2", 0.7, [0.1, 0.1, 0.1])]
+        arch = supernet.parse_arch(choice["arch"])
+        second = [("a", arch, [1.0, 2.0, 3.0]), ("b", arch, [1.2, 2.2, 3.2]), ("c", (2,) * 9, [5.0, 5.0, 5.0])]
+        result = ranking.search_versus_random(choice, rows, second, sizes)
+        # similar cost (0.4 .. 0.6): the 0.45 and 0.55 subnets; per batch the choice's seeds average
+        # 1.1 2.1 3.1, the random pick 1.5 2.6 3.2: differences -0.4 -0.5 -0.1, weighted by 8 8 4: -0.38;
+        # their standard error: sd 0.20817 / sqrt 3
+        assert [r["arch"] for r in result["similar"]] == ["1,0,0,0,0,0,0,0,0", "1,2,0,0,0,0,0,0,0"]
+        assert result["choice_seed_epes"] == pytest.approx([1.8, 2.0])
+        assert result["random_pick_epe"] == pytest.approx((1.5 * 8 + 2.6 * 8 + 3.2 * 4) / 20)
+        assert result["difference"] == pytest.approx(-0.38)
+        assert result["difference_se"] == pytest.approx(0.2081666 / np.sqrt(3), rel=1e-6)
+        assert ranking.study_lines({"search_choice": result}) == [
+            "search's choice at <= 0.500 GMAC: 1,1,1,1,1,1,1,1,1 (0.500), alone EPE 1.9000 (seeds 1.8000, 2.0000); "
+            "a random pick of that cost (2 subnets) 2.2800; difference -0.3800 (paired SE 0.1202)"]
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots()
+        again_run = {"arch": "1,0,0,0,0,0,0,0,0", "run": "x", "standalone_epe": 2.5}
+        rank_plot.plot_cost_panel(ax, {"archs": rows[:4], "search_choice": result, "second_seed_runs": [again_run]})
+        star = next(line for line in ax.lines if line.get_marker() == "*")  # the choice's two seeds
+        assert list(star.get_xdata()) == [0.5, 0.5] and list(star.get_ydata()) == pytest.approx([1.8, 2.0])
+        circle = next(line for line in ax.lines if line.get_marker() == "o")  # a second seed, over its first
+        assert list(circle.get_xdata()) == [0.45] and list(circle.get_ydata()) == [2.5]
+        window = ax.patches[0].get_patch_transform().transform(ax.patches[0].get_path().vertices)[:, 0]
+        assert (window.min(), window.max()) == pytest.approx((0.45, 0.55))  # the cost window, in data units
+        plt.close(fig)
+        # the study drew the choice too: its row is the first seed, and not among the random picks
+        rows.append(row(choice["arch"], 0.5, [1.0, 2.0, 3.0]))
+        again = ranking.search_versus_random(choice, rows, second[1:], sizes)
+        assert again["choice_seed_epes"] == pytest.approx([1.8, 2.0]) and again["difference"] == pytest.approx(-0.38)
+        # a similar subnet with a second seed counts with its two seeds' mean: 1,0,... averages 2.0 2.5 4.0
+        # per batch, the random pick 1.75 2.6 3.7; differences -0.65 -0.5 -0.6, weighted by 8 8 4: -0.58
+        similar_again = ("d", supernet.parse_arch("1,0,0,0,0,0,0,0,0"), [2.5, 2.5, 5.0])
+        both = ranking.search_versus_random(choice, rows, second[1:] + [similar_again], sizes)
+        assert both["similar"][0]["seed_epes"] == pytest.approx([2.2, 3.0])
+        assert both["similar"][1]["seed_epes"] == pytest.approx([2.36])
+        assert both["random_pick_epe"] == pytest.approx((1.75 * 8 + 2.6 * 8 + 3.7 * 4) / 20)
+        assert both["difference"] == pytest.approx(-0.58)
+        assert both["difference_se"] == pytest.approx(np.std([-0.65, -0.5, -0.6], ddof=1) / np.sqrt(3))
+        # fewer than two within 20%: the three nearest in cost
+        lone = ranking.search_versus_random(dict(choice, gmacs=0.3), rows[:4], second, sizes)
+        assert [r["gmacs"] for r in lone["similar"]] == [0.2, 0.45, 0.55]
+
+    def test_a_run_report_and_pool_are_checked_field_by_field(self, tmp_path):
+        (tmp_path / "config.json").write_text(json.dumps(config.defaults()))
+        report = {"mode": "supernet", "data_source": "synthetic", "global_step": 4, "wall_time_s": 12.5}
+        (tmp_path / "train_report.json").write_text(json.dumps(report))
+        assert ranking.read_run(str(tmp_path))[1] == report
+        for wall in ("12", None, True):
+            (tmp_path / "train_report.json").write_text(json.dumps(dict(report, wall_time_s=wall)))
+            with pytest.raises(errors.RankError, match="train_report.json: field 'wall_time_s' must be a number"):
+                ranking.read_run(str(tmp_path))
+        (tmp_path / "pool.json").write_text(json.dumps({"archs": []}))
+        with pytest.raises(errors.CheckpointError, match="pool.json: field 'archs' must be a non-empty list"):
+            runs.read_pool(str(tmp_path / "pool.json"))
+
+    def test_a_standalone_history_without_finite_epes_is_refused(self, tmp_path):
+        arch = (0,) * 9
+        path = tmp_path / "eval_history.csv"
+        path.write_text("epoch,epe_000000000\n1,3.5\n2,2.5\n")
+        assert ranking.read_history(str(tmp_path), arch) == {1: 3.5, 2: 2.5}
+        for text in ("epoch,epe_000000000\n", "", "epoch,epe_000000000\n1,3.5\n2\n", "epoch,epe_000000000\n1,-inf\n",
+                     "epoch,epe_000000000\n1,nan\n", "epoch,epe_000000000\n1,x\n", "epoch,epe_111111111\n1,3\n"):
+            path.write_text(text)
+            with pytest.raises(errors.RankError, match=re.escape(str(path))):
+                ranking.read_history(str(tmp_path), arch)
+        path.write_bytes(b"epoch,epe_000000000\n1,\xff\n")
+        with pytest.raises(errors.RankError, match=re.escape(str(path))):
+            ranking.read_history(str(tmp_path), arch)
+
+
+# ==== 34. stopping.py: the stopping criterion of runs trained alone ==================================================
+
+
+class TestStopping:
+    def test_stopping_figures_against_a_hand_computation(self):
+        # best EPE 3.0, 2.0, 2.0, 1.95 against a zero flow of 4: improved 0.05 over the last two
+        # evaluations and at the last, 1.25% each: below 2% but not below 0.5%
+        figures = stopping.figures({2: 3.0, 4: 2.0, 6: 2.5, 8: 1.95}, 4.0)
+        assert figures["last_two_pct"] == pytest.approx(1.25) and figures["last_pct"] == pytest.approx(1.25)
+        assert figures["stopped"] is False and figures["evaluations"] == 4
+        # best 2.1, 2.05, 2.04: 1.5% and 0.25%: stopped
+        figures = stopping.figures({1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04}, 4.0)
+        assert figures["last_two_pct"] == pytest.approx(1.5) and figures["last_pct"] == pytest.approx(0.25)
+        assert figures["stopped"] is True
+        assert stopping.figures({1: 3.0, 2: 2.0}, 4.0)["stopped"] is None
+
+    def test_stopping_summary_names_the_runs_still_falling(self):
+        # zero flow 4: run a's best 2.1 2.05 2.04 stopped (1.5% / 0.25%); b's 3.0 2.0 1.95 falling
+        # (1.25% / 1.25%); c has two evaluations
+        summary = stopping.summary({"x/a": {1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04},
+                                            "x/b": {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.95}, "x/c": {1: 3.0, 2: 2.0}}, 4.0)
+        assert summary["stopped"] == ["x/a"] and summary["still_falling"] == ["x/b"]
+        assert summary["runs"]["x/c"]["evaluations"] == 2
+        assert stopping.lines(summary) == [
+            "stopping criterion (best EPE improved < 2% / 0.5% of zero flow over the last two evaluations / the "
+            "last): 1 of 3 standalone runs stopped; still falling: b (1.25% / 1.25%); 1 with fewer than 3 evaluations"]
+
+    def test_tau_range_if_the_runs_still_falling_improve_against_every_order(self):
+        # brute force: every order of 7 standalone runs in which the runs that do not fall keep their order
+        # and each falling run has no more of them ahead of it than it had; tau-b of each against the supernet
+        rng = np.random.default_rng(3)
+        for falling in ([6], [2, 5], [0, 3, 6], [0]):
+            sup, alone = rng.permutation(7) + 1.0, np.arange(7) + 1.0
+            rows = [{"arch": f"a{i}", "run": f"r{i}", "supernet_epe": sup[i], "standalone_epe": alone[i]}
+                    for i in range(7)]
+            steady = [i for i in range(7) if i not in falling]
+            taus = []
+            for order in itertools.permutations(range(7)):  # order[k]: the run at place k
+                ahead = {i: sum(j in steady for j in order[:order.index(i)]) for i in falling}
+                if [i for i in order if i in steady] == steady and all(ahead[i] <= i - sum(
+                        f < i for f in falling) for i in falling):
+                    position = np.argsort(order)  # no ties: tau-b is (concordant - discordant) / pairs
+                    signs = [np.sign(sup[a] - sup[b]) * np.sign(position[a] - position[b])
+                             for a, b in itertools.combinations(range(7), 2)]
+                    taus.append(sum(signs) / len(signs))
+            bound = stopping.tau_range_if_improved(rows, {f"r{i}" for i in falling} | {"a second seed's run"})
+            assert bound["archs"] == [f"a{i}" for i in falling]
+            assert bound["kendall_tau_b"] == pytest.approx([min(taus), max(taus)], abs=1e-12), falling
+        assert stopping.tau_range_if_improved(rows, {"r9"}) is None
+        big = [dict(r, run=f"r{i}") for i, r in enumerate(rows * 4)]  # 28 runs, 3 falling: 29^3 x 3! orders
+        assert stopping.tau_range_if_improved(big, {"r0", "r1", "r2"}) is None
+        result = dict(stopping.summary({}, 4.0), tau_if_improved={"archs": ["a2", "a5"], "kendall_tau_b": [0.1, 0.35]})
+        assert stopping.lines(result)[1] == ("had a2, a5 (still falling) ended anywhere better: "
+                                             "Kendall tau-b 0.100 .. 0.350")
+
+
+# ==== 35. parallel.py: child processes a few at a time, each pinned to its cores =====================================
+
+
+_CHILD = """import json, os, sys, time
+start = time.time()
+time.sleep(0.4)
+if sys.argv[2] == "fail":
+    print("error: a stand-in failure")
+    sys.exit(3)
+with open(sys.argv[1], "w") as f:
+    json.dump({"start": start, "end": time.time(), "cores": sorted(os.sched_getaffinity(0))}, f)
+"""
+
+
+class TestParallel:
+    def test_cores_are_dealt_out_to_slots_in_turn(self):
+        assert parallel.slot_cores(2, [0, 1, 2]) == [[0, 2], [1]]
+        assert parallel.slot_cores(1, [4, 5]) == [[4, 5]]
+        for jobs in (0, 3):
+            with pytest.raises(errors.RankError, match=f"--jobs {jobs}: must be within 1..2"):
+                parallel.slot_cores(jobs, [0, 1])
+
+    def test_time_left_is_the_mean_time_of_the_rest_less_what_runs_shared_over_slots(self):
+        # 2 of 5 done in 60 and 120 s (mean 90): 3 left, 270 s of work less the 30 s one has run, over 2 slots
+        line = parallel.progress_line("b", [60.0, 120.0], [30.0], 2, 2)
+        assert line == "[2/5] b finished in 2m00s; 1 running, 2 waiting, about 2m00s left"
+        assert parallel.progress_line("e", [60.0] * 5, [], 0, 2) == "[5/5] e finished in 1m00s; 0 running, 0 waiting"
+
+    @pytest.mark.skipif(len(parallel.usable_cores()) < 2, reason="needs two cores")
+    def test_children_run_two_at_a_time_each_on_its_own_cores(self, tmp_path):
+        lines, slots = [], parallel.slot_cores(2)
+        children = [(f"c{i}", [sys.executable, "-c", _CHILD, str(tmp_path / f"c{i}.json"), "ok"],
+                     str(tmp_path / f"c{i}.out")) for i in range(5)]
+        parallel.run_all(children, 2, log=lines.append)
+        runs = [json.loads((tmp_path / f"c{i}.json").read_text()) for i in range(5)]
+        assert all(r["cores"] in slots for r in runs)
+        for t in sorted(r["start"] for r in runs):  # at most two at once, and those two on other cores
+            live = [r for r in runs if r["start"] <= t < r["end"]]
+            assert len(live) <= 2 and len({tuple(r["cores"]) for r in live}) == len(live)
+        assert sum(line.startswith("started ") for line in lines) == 5 and lines[-1].startswith("[5/5] ")
+
+    def test_with_gpus_each_child_sees_its_slots_gpu_alone(self, tmp_path):
+        script = "import json, os, sys; json.dump(os.environ['CUDA_VISIBLE_DEVICES'], open(sys.argv[1], 'w'))"
+        lines = []
+        children = [(f"g{i}", [sys.executable, "-c", script, str(tmp_path / f"g{i}.json")], None) for i in range(4)]
+        parallel.run_all(children, 2, log=lines.append, gpus=2)
+        seen = [json.loads((tmp_path / f"g{i}.json").read_text()) for i in range(4)]
+        assert seen[:2] == ["0", "1"] and set(seen) == {"0", "1"}  # one child per GPU at a time
+        assert [line.split(":")[0] for line in lines if line.startswith("started")][:2] == [
+            "started g0 on GPU 0", "started g1 on GPU 1"]
+        with pytest.raises(errors.RankError, match=r"--jobs 3: must be within 1..2 \(one run per GPU\)"):
+            parallel.run_all(children, 3, log=lines.append, gpus=2)
+        with pytest.raises(errors.RankError, match="more runs than this machine's 2 GPUs"):
+            rank.check_jobs(3, {"gpus": [{}, {}]})
+        rank.check_jobs(2, {"gpus": [{}, {}]})
+
+    def test_children_quieten_tensorflow_themselves_unless_the_user_set_its_log_level(self, tmp_path, monkeypatch):
+        script = "import json, os, sys; json.dump(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), open(sys.argv[1], 'w'))"
+        for user_level, seen in ((None, None), ("1", "1")):
+            monkeypatch.setattr(tensorflow_quiet, "USER_LOG_LEVEL", user_level)
+            monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level or tensorflow_quiet.QUIET_LOG_LEVEL)
+            path = tmp_path / f"level_{user_level}.json"
+            parallel.run_all([("c", [sys.executable, "-c", script, str(path)], None)], 1, log=lambda line: None,
+                             env=tensorflow_quiet.child_environment())
+            assert json.loads(path.read_text()) == seen
+
+    def test_a_failure_starts_no_new_child_and_names_the_failed_one(self, tmp_path):
+        lines = []
+        children = [(name, [sys.executable, "-c", _CHILD, str(tmp_path / f"{name}.json"), kind],
+                     str(tmp_path / f"{name}.out")) for name, kind in (("first", "ok"), ("broken", "fail"),
+                                                                        ("third", "ok"))]
+        with pytest.raises(errors.RankError) as err:
+            parallel.run_all(children, 1, log=lines.append)
+        out = str(tmp_path / "broken.out")
+        assert str(err.value) == f"broken failed (exit 3): error: a stand-in failure (see {out})"
+        assert (tmp_path / "first.json").exists() and not (tmp_path / "third.json").exists()
+        assert not (tmp_path / "third.out").exists()
+
+
+    def test_an_interrupt_stops_and_reaps_the_running_children(self, tmp_path):
+        script = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+        log = tmp_path / "sleeper.out"
+
+        def interrupt_at_heartbeat(line):
+            if line.startswith("  sleeper: ") and line.split(": ")[1]:  # the heartbeat repeats the child's pid
+                raise KeyboardInterrupt
+
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            parallel.run_all([("sleeper", [sys.executable, "-c", script], str(log))], 1,
+                             log=interrupt_at_heartbeat, heartbeat=0.5)
+        assert time.monotonic() - start < 30
+        with pytest.raises(ProcessLookupError):  # terminated and reaped, not left running
+            os.kill(int(log.read_text().split()[0]), 0)
+
+
+# ==== 36. rank_bench.py: the ranking benchmark rankbench/ ============================================================
+
+
+BENCH = HERE / "rankbench"
+
+
+def _hand_row(name, arch, seed, pair_epe, gmacs, stopped=True):
+    """A bench row written by hand: its EPE is the mean of its per-pair errors."""
+    return {"name": name, "arch": arch, "seed": seed, "gmacs": gmacs, "epe": float(np.mean(pair_epe)),
+            "pair_epe": list(pair_epe), "stopping": {"stopped": stopped}, "steps": 1, "wall_time_s": 1.0,
+            "commit": "x", "command": "x"}
+
+
+def _kendall_by_pairs(x, y):
+    """Kendall tau (no ties) counted pair by pair."""
+    signs = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in itertools.combinations(range(len(x)), 2)]
+    return sum(signs) / len(signs)
+
+
+def _tiny_bench(folder, archs, seconds):
+    """A bench folder at the suite's size: setting, plan with rows for `archs` (seed 42) and `seconds`
+    (seed 43), and the fingerprint of its first 2 steps."""
+    folder.mkdir()
+    setting = {"synthetic": True, "synthetic_train_size": 8, "synthetic_val_size": 4, "synthetic_seed": 1,
+               "input_h": 32, "input_w": 48, "batch_size": 2, "num_epochs": 3, "steps_per_epoch": 2,
+               "eval_every": 1, "bn_recal_batches": 1, "log_every": 1, "eval_pool_size": 3}
+    (folder / "setting.json").write_text(json.dumps(setting))
+    rows = [{"name": rank_bench.row_name(supernet.parse_arch(a), s), "arch": a, "seed": s,
+             "gmacs": supernet.count_macs(supernet.parse_arch(a), 32, 48) / 1e9}
+            for a, s in [(a, 42) for a in archs] + [(a, 43) for a in seconds]]
+    plan = {"setting": {"file": "setting.json", "sha256": rank_bench.setting_digest(str(folder))},
+            "space_version": supernet.SPACE.version, "rows": rows, "rule": {"training_seeds": [42, 43]},
+            "scoring": {"checkpoint": "best", "graph": "static", "bn_recal_batches": 2, "val_pairs": 4}}
+    losses = rank_bench.pinned_fingerprint(str(folder), archs[0], 42, 2)
+    plan["fingerprint"] = {"arch": archs[0], "seed": 42, "losses": losses}
+    (folder / "plan.json").write_text(json.dumps(plan))
+    return plan
+
+
+class TestRankBench:
+    def test_the_plan_is_what_its_stated_rule_gives(self):
+        plan = rank_bench.read_plan(str(BENCH))
+        setting = json.loads((BENCH / "setting.json").read_text())
+        assert rank_bench.make_plan(setting, plan["rule"]) == plan["rows"]
+        first = {r["arch"] for r in plan["rows"] if r["seed"] == 42}
+        seconds = {r["arch"] for r in plan["rows"] if r["seed"] == 43}
+        study = {supernet.format_arch(a) for a in ranking.choose_archs(12, 0)}
+        assert len(first) == 48 and study <= first and len(seconds) == 8 and seconds <= study
+        archs = [supernet.parse_arch(a) for a in sorted(first)]
+        depth, kernel = ranking.choice_scores(archs).T
+        for scores in (depth, kernel):  # every sixth of each axis holds archs
+            assert np.all(np.histogram(scores, bins=6, range=(0, 1))[0] >= 3)
+        bands = rank_bench.gmacs_bands(64, 96)[[supernet.arch_to_index(a) for a in archs]]
+        assert np.bincount(bands, minlength=12).min() >= 3  # every twelfth of the space's costs too
+
+    def test_a_setting_changed_after_the_plan_is_refused(self, tmp_path):
+        shutil.copytree(BENCH, tmp_path / "b", ignore=shutil.ignore_patterns("rows"))
+        (tmp_path / "b" / "setting.json").write_text((BENCH / "setting.json").read_text().replace("8192", "8191"))
+        with pytest.raises(errors.RankError, match="changed since the plan was fixed"):
+            rank_bench.read_plan(str(tmp_path / "b"))
+
+    @pytest.mark.slow
+    def test_training_matches_the_plans_fingerprint(self):
+        """The rows stay comparable only while this passes: if it fails, training, data or the space
+        changed, and the bench must be versioned (a new folder and plan) or its rows trained again."""
+        plan = rank_bench.read_plan(str(BENCH))
+        assert rank_bench.check_fingerprint(str(BENCH), plan) == pytest.approx(plan["fingerprint"]["losses"],
+                                                                                abs=1e-6)
+
+    def test_a_moved_fingerprint_is_refused(self, monkeypatch):
+        plan = rank_bench.read_plan(str(BENCH))
+        moved = list(plan["fingerprint"]["losses"])
+        moved[-1] += 2e-6
+        monkeypatch.setattr(rank_bench, "pinned_fingerprint", lambda *args: moved)
+        with pytest.raises(errors.RankError, match="training has changed"):
+            rank_bench.check_fingerprint(str(BENCH), plan)
+
+    def test_report_against_a_hand_computation(self):
+        rng = np.random.default_rng(3)
+        gmacs = [0.30, 0.31, 0.32, 0.50, 0.52, 0.70]
+        truth = [1.10, 1.00, 1.20, 0.90, 0.95, 0.80]
+        archs = [supernet.format_arch(supernet.index_to_arch(i)) for i in (5, 77, 300, 4000, 9000, 19000)]
+        rows = {}
+        for i, (a, g, t) in enumerate(zip(archs, gmacs, truth)):
+            rows[f"r{i}"] = _hand_row(f"r{i}", a, 42, t + rng.normal(0, 0.05, 40), g)
+        for i in (0, 2, 4):
+            rows[f"s{i}"] = _hand_row(f"s{i}", archs[i], 43, truth[i] + 0.01 * (i - 2) + rng.normal(0, 0.05, 40),
+                                      gmacs[i])
+        supernet_epe = dict(zip(archs, [1.5, 1.6, 1.4, 1.3, 1.2, 1.1]))
+        plan = {"rule": {"training_seeds": [42, 43]}}
+        report = rank_bench.bench_report(plan, rows, supernet_epe, 50, 0)
+        order = sorted(range(6), key=lambda i: archs[i])  # the report ranks by arch code
+        sup = [supernet_epe[archs[i]] for i in order]
+        alone = [rows[f"r{i}"]["epe"] for i in order]
+        assert report["kendall_tau_b"] == pytest.approx(_kendall_by_pairs(sup, alone))
+        lowest = lambda v, k: set(np.argsort(v)[:k])  # noqa: E731
+        for k in (1, 3, 5):
+            assert report["top_k_overlap"][str(k)] == len(lowest(sup, k) & lowest(alone, k)) / k
+        # regret by hand: bands around 0.30-0.32 (all three within 10% of 0.31) and 0.50-0.52
+        bands = {(b["members"], b["pick"], b["best"]): b for b in report["regret"]["bands"]}
+        low = [0, 1, 2]
+        pick = min(low, key=lambda i: supernet_epe[archs[i]])
+        best = min(low, key=lambda i: rows[f"r{i}"]["epe"])
+        band = bands[(3, archs[pick], archs[best])]
+        d = np.array(rows[f"r{pick}"]["pair_epe"]) - np.array(rows[f"r{best}"]["pair_epe"])
+        assert band["regret"] == pytest.approx(d.mean())
+        assert band["regret_se"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(len(d))))
+        ceiling = report["seed_ceiling"]
+        first, second = [rows[f"r{i}"]["epe"] for i in (0, 2, 4)], [rows[f"s{i}"]["epe"] for i in (0, 2, 4)]
+        by_arch = sorted(range(3), key=lambda j: archs[(0, 2, 4)[j]])
+        assert ceiling["archs"] == 3 and ceiling["kendall_tau_b"] == pytest.approx(
+            _kendall_by_pairs([first[j] for j in by_arch], [second[j] for j in by_arch]))
+
+    def test_rows_that_do_not_fit_the_plan_are_refused(self, tmp_path):
+        folder = tmp_path / "b"
+        shutil.copytree(BENCH, folder, ignore=shutil.ignore_patterns("rows"))
+        plan = rank_bench.read_plan(str(folder))
+        planned = plan["rows"][0]
+        row = _hand_row(planned["name"], planned["arch"], 43, [1.0] * 1024, planned["gmacs"])
+        rank_bench.write_row(str(folder), row)
+        with pytest.raises(errors.RankError, match="seed 43"):
+            rank_bench.read_rows(str(folder), plan)
+        rank_bench.write_row(str(folder), dict(row, seed=42, pair_epe=[1.0] * 10))
+        with pytest.raises(errors.RankError, match="1024 finite errors"):
+            rank_bench.read_rows(str(folder), plan)
+        os.remove(rank_bench.row_path(str(folder), planned["name"]))
+        (folder / "rows" / "nosuch_s42.json").write_text("{}")
+        with pytest.raises(errors.RankError, match="not a row of the plan"):
+            rank_bench.read_rows(str(folder), plan)
+
+    @pytest.mark.slow
+    def test_chunks_train_each_row_once_and_a_supernet_is_scored_against_them(self, tmp_path, capsys):
+        archs = ["0,0,0,0,0,0,0,0,0", "1,1,1,1,1,1,1,1,1", "2,2,2,2,2,2,2,2,2"]
+        plan = _tiny_bench(tmp_path / "bench", archs, archs[:1])
+        bench, runs = str(tmp_path / "bench"), str(tmp_path / "runs")
+        jobs = str(min(2, len(parallel.usable_cores())))
+        assert rank.main(["--bench", bench, "--train_rows", "2", "--runs_dir", runs, "--jobs", jobs]) == 0
+        rows = rank_bench.read_rows(bench, plan)
+        assert sorted(rows) == sorted(r["name"] for r in plan["rows"][:2])
+        for name, row in rows.items():
+            assert not os.path.exists(os.path.join(runs, name, "checkpoints"))  # the row is what is kept
+            assert row["steps"] == 6 and row["command"].endswith(f"--experiment_name {name}")
+            assert row["epe"] == pytest.approx(np.mean(row["pair_epe"]), abs=1e-6)
+            history = ranking.read_history(os.path.join(runs, name), supernet.parse_arch(row["arch"]))
+            assert row["stopping"] == stopping.figures(history, row["zero_flow_epe"])
+        written = {n: os.path.getmtime(rank_bench.row_path(bench, n)) for n in rows}
+        assert rank.main(["--bench", bench, "--train_rows", "5", "--runs_dir", runs, "--jobs", jobs]) == 0
+        rows = rank_bench.read_rows(bench, plan)
+        assert len(rows) == 4 and all(os.path.getmtime(rank_bench.row_path(bench, n)) == t
+                                      for n, t in written.items())  # never a row twice
+        sup = tmp_path / "sup"
+        assert train.main(["--config", str(tmp_path / "bench" / "setting.json"), "--output_dir", str(sup),
+                           "--experiment_name", "s", "--num_epochs", "1"]) == 0
+        capsys.readouterr()
+        assert rank.main(["--bench", bench, "--supernet", str(sup / "s"), "--bootstrap", "50"]) == 0
+        out = capsys.readouterr().out
+        report = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
+        assert report["num_archs"] == 3 and report["rows"] == 4 and (sup / "s" / "rank_bench" / "rank.png").exists()
+        assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
+        assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
+
+
 # ==== not yet sorted into sections ===================================================================================
 
 
@@ -3847,606 +4684,6 @@ class TestHostileInput:
         (run / "export_000000000").unlink()
 
 
-STANDALONE_ARCH = "0,1,2,0,1,2,0,1,2"
-
-
-def _write_scores(path, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["arch", "gmacs", "epe"])
-        writer.writerows(rows)
-    return str(path)
-
-
-def _checkpoint_values(run_dir, kind):
-    """{variable name: value} of a run's checkpoint, read from its files."""
-    meta = ckpt.load_meta(str(run_dir), kind)
-    reader = tf.train.load_checkpoint(meta["prefix"])
-    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(meta["prefix"])}
-
-
-@pytest.fixture(scope="module")
-def rank_study(tmp_path_factory):
-    """A tiny supernet, three subnets trained alone by rank.py --train, and rank.py's report."""
-    out = tmp_path_factory.mktemp("rank")
-    assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "sup", "--num_epochs", "1",
-                                   "--steps_per_epoch", "1", "--eval_batches", "0"]) == 0
-    report_dir = out / "sup" / "standalone"
-    jobs = min(2, len(parallel.usable_cores()))  # the four runs (three and one second seed) two at a time
-    assert rank.main(["--supernet", str(out / "sup"), "--train", "3", "--bootstrap", "50", "--jobs", str(jobs)]) == 0
-    return out, json.loads((report_dir / "rank_report.json").read_text())
-
-
-_CHILD = """import json, os, sys, time
-start = time.time()
-time.sleep(0.4)
-if sys.argv[2] == "fail":
-    print("error: a stand-in failure")
-    sys.exit(3)
-with open(sys.argv[1], "w") as f:
-    json.dump({"start": start, "end": time.time(), "cores": sorted(os.sched_getaffinity(0))}, f)
-"""
-
-
-class TestParallel:
-    def test_cores_are_dealt_out_to_slots_in_turn(self):
-        assert parallel.slot_cores(2, [0, 1, 2]) == [[0, 2], [1]]
-        assert parallel.slot_cores(1, [4, 5]) == [[4, 5]]
-        for jobs in (0, 3):
-            with pytest.raises(errors.RankError, match=f"--jobs {jobs}: must be within 1..2"):
-                parallel.slot_cores(jobs, [0, 1])
-
-    def test_time_left_is_the_mean_time_of_the_rest_less_what_runs_shared_over_slots(self):
-        # 2 of 5 done in 60 and 120 s (mean 90): 3 left, 270 s of work less the 30 s one has run, over 2 slots
-        line = parallel.progress_line("b", [60.0, 120.0], [30.0], 2, 2)
-        assert line == "[2/5] b finished in 2m00s; 1 running, 2 waiting, about 2m00s left"
-        assert parallel.progress_line("e", [60.0] * 5, [], 0, 2) == "[5/5] e finished in 1m00s; 0 running, 0 waiting"
-
-    @pytest.mark.skipif(len(parallel.usable_cores()) < 2, reason="needs two cores")
-    def test_children_run_two_at_a_time_each_on_its_own_cores(self, tmp_path):
-        lines, slots = [], parallel.slot_cores(2)
-        children = [(f"c{i}", [sys.executable, "-c", _CHILD, str(tmp_path / f"c{i}.json"), "ok"],
-                     str(tmp_path / f"c{i}.out")) for i in range(5)]
-        parallel.run_all(children, 2, log=lines.append)
-        runs = [json.loads((tmp_path / f"c{i}.json").read_text()) for i in range(5)]
-        assert all(r["cores"] in slots for r in runs)
-        for t in sorted(r["start"] for r in runs):  # at most two at once, and those two on other cores
-            live = [r for r in runs if r["start"] <= t < r["end"]]
-            assert len(live) <= 2 and len({tuple(r["cores"]) for r in live}) == len(live)
-        assert sum(line.startswith("started ") for line in lines) == 5 and lines[-1].startswith("[5/5] ")
-
-    def test_with_gpus_each_child_sees_its_slots_gpu_alone(self, tmp_path):
-        script = "import json, os, sys; json.dump(os.environ['CUDA_VISIBLE_DEVICES'], open(sys.argv[1], 'w'))"
-        lines = []
-        children = [(f"g{i}", [sys.executable, "-c", script, str(tmp_path / f"g{i}.json")], None) for i in range(4)]
-        parallel.run_all(children, 2, log=lines.append, gpus=2)
-        seen = [json.loads((tmp_path / f"g{i}.json").read_text()) for i in range(4)]
-        assert seen[:2] == ["0", "1"] and set(seen) == {"0", "1"}  # one child per GPU at a time
-        assert [line.split(":")[0] for line in lines if line.startswith("started")][:2] == [
-            "started g0 on GPU 0", "started g1 on GPU 1"]
-        with pytest.raises(errors.RankError, match=r"--jobs 3: must be within 1..2 \(one run per GPU\)"):
-            parallel.run_all(children, 3, log=lines.append, gpus=2)
-        with pytest.raises(errors.RankError, match="more runs than this machine's 2 GPUs"):
-            rank.check_jobs(3, {"gpus": [{}, {}]})
-        rank.check_jobs(2, {"gpus": [{}, {}]})
-
-    def test_children_quieten_tensorflow_themselves_unless_the_user_set_its_log_level(self, tmp_path, monkeypatch):
-        script = "import json, os, sys; json.dump(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), open(sys.argv[1], 'w'))"
-        for user_level, seen in ((None, None), ("1", "1")):
-            monkeypatch.setattr(tensorflow_quiet, "USER_LOG_LEVEL", user_level)
-            monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level or tensorflow_quiet.QUIET_LOG_LEVEL)
-            path = tmp_path / f"level_{user_level}.json"
-            parallel.run_all([("c", [sys.executable, "-c", script, str(path)], None)], 1, log=lambda line: None,
-                             env=tensorflow_quiet.child_environment())
-            assert json.loads(path.read_text()) == seen
-
-    def test_a_failure_starts_no_new_child_and_names_the_failed_one(self, tmp_path):
-        lines = []
-        children = [(name, [sys.executable, "-c", _CHILD, str(tmp_path / f"{name}.json"), kind],
-                     str(tmp_path / f"{name}.out")) for name, kind in (("first", "ok"), ("broken", "fail"),
-                                                                        ("third", "ok"))]
-        with pytest.raises(errors.RankError) as err:
-            parallel.run_all(children, 1, log=lines.append)
-        out = str(tmp_path / "broken.out")
-        assert str(err.value) == f"broken failed (exit 3): error: a stand-in failure (see {out})"
-        assert (tmp_path / "first.json").exists() and not (tmp_path / "third.json").exists()
-        assert not (tmp_path / "third.out").exists()
-
-
-    def test_an_interrupt_stops_and_reaps_the_running_children(self, tmp_path):
-        script = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
-        log = tmp_path / "sleeper.out"
-
-        def interrupt_at_heartbeat(line):
-            if line.startswith("  sleeper: ") and line.split(": ")[1]:  # the heartbeat repeats the child's pid
-                raise KeyboardInterrupt
-
-        start = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
-            parallel.run_all([("sleeper", [sys.executable, "-c", script], str(log))], 1,
-                             log=interrupt_at_heartbeat, heartbeat=0.5)
-        assert time.monotonic() - start < 30
-        with pytest.raises(ProcessLookupError):  # terminated and reaped, not left running
-            os.kill(int(log.read_text().split()[0]), 0)
-
-
-class TestStandaloneAndRank:
-    def test_statistics_match_a_hand_computation_with_ties(self):
-        # x ties samples 1 and 2, y ties samples 2 and 3. Pairs: 7 concordant, 1 discordant,
-        # 1 tied in x only, 1 tied in y only: tau-b = (7 - 1) / sqrt((10 - 1) (10 - 1)) = 2/3.
-        # Average ranks x 1, 2.5, 2.5, 4, 5 and y 2, 1, 3.5, 3.5, 5: rho = 7.25 / 9.5.
-        x, y = [1.0, 2.0, 2.0, 3.0, 5.0], [2.0, 1.0, 3.0, 3.0, 4.0]
-        tau, rho = ranking.rank_correlations(x, y)
-        assert tau == pytest.approx(2 / 3, abs=1e-12) and rho == pytest.approx(7.25 / 9.5, abs=1e-12)
-        assert list(ranking.ranks(x)) == [1, 2.5, 2.5, 4, 5]
-        assert ranking.top_k_overlap(x, y) == {1: 0.0, 3: 1.0}
-
-    def test_bootstrap_is_seeded_and_contains_the_estimate(self):
-        rng = np.random.default_rng(3)
-        x = rng.normal(size=12)
-        y = x + rng.normal(scale=0.7, size=12)
-        tau, rho = ranking.rank_correlations(x, y)
-        first, again = ranking.bootstrap_intervals(x, y, 300, seed=5), ranking.bootstrap_intervals(x, y, 300, seed=5)
-        assert first == again and first != ranking.bootstrap_intervals(x, y, 300, seed=6)
-        assert first["tau_ci95"][0] <= tau <= first["tau_ci95"][1]
-        assert first["rho_ci95"][0] <= rho <= first["rho_ci95"][1]
-        assert first["tau_ci95"][1] - first["tau_ci95"][0] > 0.05  # 12 noisy archs: not a point
-
-    def test_noise_floor_figures_against_numpy(self):
-        per_batch = [[1.0, 1.2, 0.8, 1.0], [2.0, 2.1, 1.9, 2.0], [1.05, 1.1, 0.9, 1.3]]
-        sizes = [2, 2, 2, 1]
-        assert ranking.batch_weighted_epe(per_batch[0], sizes) == pytest.approx((2 + 2.4 + 1.6 + 1.0) / 7)
-        # halves: batches 0-1 give 1.1, 2.05, 1.075 (order 2 < 0 < 1), batches 2-3 give 0.867, 1.933,
-        # 1.033 (order 0 < 2 < 1): pairs (0,1) and (1,2) agree, (0,2) does not, tau = (2 - 1) / 3
-        assert ranking.half_split_tau(per_batch, sizes) == pytest.approx(1 / 3)
-        # pairs (0,1) and (1,2) differ by about 1 px with a standard error below 0.1; pair (0,2) by
-        # -0.057 (differences -0.05 0.1 -0.1 -0.3) with a standard error of 0.083: not resolved
-        assert ranking.resolvable_pairs(per_batch, sizes) == pytest.approx(2 / 3)
-
-    def test_compare_two_search_results_on_their_shared_archs(self, tmp_path, capsys):
-        a = _write_scores(tmp_path / "a.csv", [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,1,1,1,1,1,1,1,1", 0.2, 2.0),
-                                               ("2,2,2,2,2,2,2,2,2", 0.3, 2.0), ("0,1,2,0,1,2,0,1,2", 0.2, 1.0),
-                                               ("2,1,0,2,1,0,2,1,0", 0.2, 9.0)])
-        b = _write_scores(tmp_path / "b.csv", [("2,2,2,2,2,2,2,2,2", 0.3, 2.5), ("0,1,2,0,1,2,0,1,2", 0.2, 2.0),
-                                               ("1,1,1,1,1,1,1,1,1", 0.2, 1.0), ("0,0,0,0,0,0,0,0,0", 0.1, 3.0)])
-        result = ranking.compare_scores(a, b)
-        # shared, in a's order 000 111 222 012: a = 3 2 2 1, b = 3 1 2.5 2. Pairs: (000,111) C, (000,222) C,
-        # (000,012) C, (111,222) a tied, (111,012) D, (222,012) C: tau-b = (4 - 1) / sqrt(5 * 6)
-        assert result["shared_archs"] == 4 and result["only_a"] == 1 and result["only_b"] == 0
-        assert result["kendall_tau_b"] == pytest.approx(3 / np.sqrt(30), abs=1e-12)
-        assert rank.main(["--compare", a, b]) == 0
-        assert f"{3 / np.sqrt(30):.4f}" in capsys.readouterr().out
-
-    def test_compare_bad_input_is_a_one_line_error(self, tmp_path, capsys):
-        few = _write_scores(tmp_path / "few.csv", [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,1,1,1,1,1,1,1,1", 0.2, 2.0)])
-        bad_arch = _write_scores(tmp_path / "bad.csv", [("0,0,3,0,0,0,0,0,0", 0.1, 3.0)])
-        no_epe = tmp_path / "noepe.csv"
-        no_epe.write_text("arch,gmacs\n0,0,0\n")
-        for args, named in (([few, few], "share 2 archs"), ([bad_arch, few], "bad.csv: line 2"),
-                            ([str(no_epe), few], "noepe.csv"), ([str(tmp_path / "none.csv"), few], "none.csv")):
-            assert rank.main(["--compare"] + args) == 1
-            err = capsys.readouterr().err
-            assert err.startswith("error: ") and named in err and err.count("\n") == 1
-
-    def test_search_choice_is_the_best_subnet_within_the_median_cost(self, tmp_path):
-        (tmp_path / "search_best").mkdir()
-        _write_scores(tmp_path / "search_best" / "scores.csv",
-                      [("0,0,0,0,0,0,0,0,0", 0.1, 3.0), ("1,0,0,0,0,0,0,0,0", 0.2, 2.5),
-                       ("2,0,0,0,0,0,0,0,0", 0.3, 2.6), ("2,2,0,0,0,0,0,0,0", 0.4, 1.0),
-                       ("2,2,2,2,2,2,2,2,2", 0.5, 0.5)])
-        # median cost 0.3; within it the lowest EPE is 2.5 at 0.2
-        assert ranking.search_choice(str(tmp_path), "best") == {
-            "arch": "1,0,0,0,0,0,0,0,0", "gmacs": 0.2, "supernet_epe": 2.5, "budget_gmacs": 0.3}
-        with pytest.raises(errors.RankError, match="search_last/scores.csv"):
-            ranking.search_choice(str(tmp_path), "last")
-        path = tmp_path / "search_best" / "scores.csv"
-        header = path.read_text().splitlines()[0]
-        for rows in ([], [("0,0,0,0,0,0,0,0,0", 0.1, float("nan"))], [("0,0,0,0,0,0,0,0,0", float("inf"), 1.0)]):
-            _write_scores(path, rows)
-            with pytest.raises(errors.RankError, match=re.escape(str(path))):
-                ranking.search_choice(str(tmp_path), "best")
-        path.write_text(header + '\n"0,0,0,0,0,0,0,0,0"\n')  # a short row
-        with pytest.raises(errors.RankError, match=re.escape(str(path))):
-            ranking.search_choice(str(tmp_path), "best")
-
-    def test_the_study_says_its_time_by_part(self, tmp_path):
-        search_dir = tmp_path / "search_best"
-        search_dir.mkdir()
-        assert ranking.search_seconds(str(tmp_path), "best") is None  # no search yet
-        (search_dir / "pareto.json").write_text(json.dumps({"provenance": {"unit_seconds": 3000}}))
-        assert ranking.search_seconds(str(tmp_path), "best") == 3000.0
-        parts = {"supernet": 2100.0, "search": None, "standalone runs": 11400.0, "ranking": 90.0}
-        assert ranking.time_taken_line(parts) == (
-            "time taken: supernet 35.0 min, search n/a, standalone runs 190.0 min, ranking 1.5 min "
-            "(standalone runs added up: with --jobs above 1, more than elapsed)")
-
-    def test_search_choice_against_a_random_pick_of_its_cost_by_hand(self):
-        choice = {"arch": "1,1,1,1,1,1,1,1,1", "gmacs": 0.5, "supernet_epe": 2.0, "budget_gmacs": 0.5}
-        def row(arch, gmacs, batches):
-            return {"arch": arch, "run": "runs/" + arch, "gmacs": gmacs, "standalone_batches": batches,
-                    "standalone_epe": ranking.batch_weighted_epe(batches, sizes)}
-        sizes = [8, 8, 4]
-        rows = [row("0,0,0,0,0,0,0,0,0", 0.2, [9.0, 9.0, 9.0]), row("1,0,0,0,0,0,0,0,0", 0.45, [1.5, 2.5, 3.0]),
-                row("1,2,0,0,0,0,0,0,0", 0.55, [1.5, 2.7, 3.4]), row("2,2,2,2,2,2,2,2,2", 0.7, [0.1, 0.1, 0.1])]
-        arch = supernet.parse_arch(choice["arch"])
-        second = [("a", arch, [1.0, 2.0, 3.0]), ("b", arch, [1.2, 2.2, 3.2]), ("c", (2,) * 9, [5.0, 5.0, 5.0])]
-        result = ranking.search_versus_random(choice, rows, second, sizes)
-        # similar cost (0.4 .. 0.6): the 0.45 and 0.55 subnets; per batch the choice's seeds average
-        # 1.1 2.1 3.1, the random pick 1.5 2.6 3.2: differences -0.4 -0.5 -0.1, weighted by 8 8 4: -0.38;
-        # their standard error: sd 0.20817 / sqrt 3
-        assert [r["arch"] for r in result["similar"]] == ["1,0,0,0,0,0,0,0,0", "1,2,0,0,0,0,0,0,0"]
-        assert result["choice_seed_epes"] == pytest.approx([1.8, 2.0])
-        assert result["random_pick_epe"] == pytest.approx((1.5 * 8 + 2.6 * 8 + 3.2 * 4) / 20)
-        assert result["difference"] == pytest.approx(-0.38)
-        assert result["difference_se"] == pytest.approx(0.2081666 / np.sqrt(3), rel=1e-6)
-        assert ranking.study_lines({"search_choice": result}) == [
-            "search's choice at <= 0.500 GMAC: 1,1,1,1,1,1,1,1,1 (0.500), alone EPE 1.9000 (seeds 1.8000, 2.0000); "
-            "a random pick of that cost (2 subnets) 2.2800; difference -0.3800 (paired SE 0.1202)"]
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots()
-        again_run = {"arch": "1,0,0,0,0,0,0,0,0", "run": "x", "standalone_epe": 2.5}
-        rank_plot.plot_cost_panel(ax, {"archs": rows[:4], "search_choice": result, "second_seed_runs": [again_run]})
-        star = next(line for line in ax.lines if line.get_marker() == "*")  # the choice's two seeds
-        assert list(star.get_xdata()) == [0.5, 0.5] and list(star.get_ydata()) == pytest.approx([1.8, 2.0])
-        circle = next(line for line in ax.lines if line.get_marker() == "o")  # a second seed, over its first
-        assert list(circle.get_xdata()) == [0.45] and list(circle.get_ydata()) == [2.5]
-        window = ax.patches[0].get_patch_transform().transform(ax.patches[0].get_path().vertices)[:, 0]
-        assert (window.min(), window.max()) == pytest.approx((0.45, 0.55))  # the cost window, in data units
-        plt.close(fig)
-        # the study drew the choice too: its row is the first seed, and not among the random picks
-        rows.append(row(choice["arch"], 0.5, [1.0, 2.0, 3.0]))
-        again = ranking.search_versus_random(choice, rows, second[1:], sizes)
-        assert again["choice_seed_epes"] == pytest.approx([1.8, 2.0]) and again["difference"] == pytest.approx(-0.38)
-        # a similar subnet with a second seed counts with its two seeds' mean: 1,0,... averages 2.0 2.5 4.0
-        # per batch, the random pick 1.75 2.6 3.7; differences -0.65 -0.5 -0.6, weighted by 8 8 4: -0.58
-        similar_again = ("d", supernet.parse_arch("1,0,0,0,0,0,0,0,0"), [2.5, 2.5, 5.0])
-        both = ranking.search_versus_random(choice, rows, second[1:] + [similar_again], sizes)
-        assert both["similar"][0]["seed_epes"] == pytest.approx([2.2, 3.0])
-        assert both["similar"][1]["seed_epes"] == pytest.approx([2.36])
-        assert both["random_pick_epe"] == pytest.approx((1.75 * 8 + 2.6 * 8 + 3.7 * 4) / 20)
-        assert both["difference"] == pytest.approx(-0.58)
-        assert both["difference_se"] == pytest.approx(np.std([-0.65, -0.5, -0.6], ddof=1) / np.sqrt(3))
-        # fewer than two within 20%: the three nearest in cost
-        lone = ranking.search_versus_random(dict(choice, gmacs=0.3), rows[:4], second, sizes)
-        assert [r["gmacs"] for r in lone["similar"]] == [0.2, 0.45, 0.55]
-
-    def test_second_seeds_go_to_a_third_spread_over_the_order_and_the_choice(self):
-        archs = [(i // 3, i % 3) + (0,) * 7 for i in range(9)]
-        args, cfg = argparse.Namespace(second_seed=None), {"seed": 4}
-        # a third of 9: positions 0, 4 and 8 of the order, with seed 5
-        assert rank.second_seed_plan(args, cfg, archs, None) == [(archs[i], 5) for i in (0, 4, 8)]
-        outside, drawn, picked = (2,) * 9, archs[1], archs[4]
-        extra = {a: rank.second_seed_plan(args, cfg, archs, {"arch": supernet.format_arch(a)})[3:]
-                 for a in (outside, drawn, picked)}
-        # a choice the study did not draw is trained with both seeds; one it drew, with the second only
-        assert extra == {outside: [(outside, None), (outside, 5)], drawn: [(drawn, 5)], picked: []}
-        assert rank.second_seed_plan(argparse.Namespace(second_seed=0), cfg, archs, None) == []
-
-    def test_chosen_archs_spread_over_depth_and_kernels_separately(self):
-        archs = ranking.choose_archs(12, 0)
-        assert archs == ranking.choose_archs(12, 0) and len(set(archs)) == 12
-        assert (0,) * 9 in archs and (2,) * 9 in archs  # the corners
-        depth = [np.mean(a[:4]) / 2 for a in archs]  # EB0..DB1 choose ResBlocks, the other five kernels
-        kernel = [np.mean(a[4:]) / 2 for a in archs]
-        assert np.allclose(ranking.choice_scores(archs), np.stack([depth, kernel], 1))
-        for scores, levels in ((depth, 4), (kernel, 3)):  # each spans its range at its grid's levels
-            assert min(scores) == 0 and max(scores) == 1 and len(set(scores)) == levels
-        # the two are not tied to each other (as they would be along GMACs alone)
-        assert abs(np.corrcoef(depth, kernel)[0, 1]) < 0.3
-
-    @pytest.mark.slow
-    def test_standalone_run_inherits_resumes_and_evaluates(self, rank_study, tmp_path, capsys):
-        out, _ = rank_study
-        arch = supernet.parse_arch(STANDALONE_ARCH)
-        common = RUN_FLAGS + ["--output_dir", str(tmp_path), "--experiment_name", "alone", "--learning_rate", "0"]
-        inherit = ["--arch", STANDALONE_ARCH, "--init_from", str(out / "sup"), "--num_epochs", "1"]
-        # a source that cannot be inherited is refused by a dry run already
-        other = next(p for p in (out / "sup" / "standalone").iterdir()
-                     if p.name.startswith("standalone_") and p.name != ranking.standalone_name(arch))
-        for source in (tmp_path / "nowhere", other):  # no run; a subnet without this one's layers
-            code, err = _run_main(train.main, common + inherit[:3] + [str(source), "--dry_run"], capsys)
-            assert code == 1 and len(err) == 1 and str(source) in err[0], err
-        assert train.main(common + inherit) == 0
-        run = tmp_path / "alone"
-        inherited, source = _checkpoint_values(run, "last"), _checkpoint_values(out / "sup", "best")
-        weights = [k for k in inherited if k.startswith("supernet/") and "Adam" not in k
-                   and not k.endswith(("moving_mean", "moving_variance"))]
-        # only the subnet's layers exist, and learning rate 0 leaves them at the supernet's values
-        assert sum(inherited[k].size for k in weights) == supernet.count_params(arch, 32, 48)
-        for name in weights:
-            np.testing.assert_array_equal(inherited[name], source[name], err_msg=name)
-        assert train.main(["--resume", "--output_dir", str(tmp_path), "--experiment_name", "alone",
-                           "--num_epochs", "2"]) == 0
-        report = json.loads((run / "train_report.json").read_text())
-        assert report["mode"] == "standalone" and report["arch"] == STANDALONE_ARCH and report["global_step"] == 4
-        assert report["fairness_counts"]["H2Out"] == {"0": 0, "1": 0, "2": 4}
-        assert json.loads((run / "config.json").read_text())["arch"] == STANDALONE_ARCH
-        meta = json.loads((run / "checkpoints/last/meta.json").read_text())
-        assert meta["mode"] == "standalone" and meta["arch"] == STANDALONE_ARCH
-        assert json.loads((run / "eval_pool_1.json").read_text())["archs"] == [STANDALONE_ARCH]
-        assert [r["epoch"] for r in _history(run / "eval_history.csv")] == ["1", "2"]
-        log = (run / "train.log").read_text()
-        assert f"{supernet.count_params(arch, 32, 48):,} parameters" in log and "initialised" in log
-        capsys.readouterr()
-        assert evaluate.main(["--output_dir", str(tmp_path), "--experiment_name", "alone"]) == 0
-        result = json.loads((run / "supernet_eval_result_best.json").read_text())
-        assert [r["arch"] for r in result["archs"]] == [STANDALONE_ARCH] and result["summary"]["mode"] == "standalone"
-        assert result["archs"][0]["epe"] == pytest.approx(report["best_metric"], rel=1e-5)
-        assert evaluate.main(["--output_dir", str(tmp_path), "--experiment_name", "alone",
-                              "--arch", "0,0,0,0,0,0,0,0,0"]) == 1
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and "standalone run of " + STANDALONE_ARCH in err and err.count("\n") == 1
-
-    @pytest.mark.slow
-    def test_rank_report_rescores_each_run_like_evaluate(self, rank_study, capsys):
-        out, report = rank_study
-        assert report["num_archs"] == 3 and (out / "sup" / "standalone" / "rank.png").stat().st_size > 1000
-        archs = [r["arch"] for r in report["archs"]]
-        arch_flags = [flag for a in archs for flag in ("--arch", a)]
-        assert evaluate.main(["--output_dir", str(out), "--experiment_name", "sup"] + arch_flags) == 0
-        scored = json.loads((out / "sup/supernet_eval_result_best.json").read_text())["archs"]
-        by_supernet = {r["arch"]: r["epe"] for r in scored}
-        for row in report["archs"]:
-            assert row["supernet_epe"] == pytest.approx(by_supernet[row["arch"]], rel=1e-5)
-            assert row["standalone_updates"] == 1
-        row = report["archs"][0]
-        run = pathlib.Path(row["run"])
-        assert evaluate.main(["--output_dir", str(run.parent), "--experiment_name", run.name]) == 0
-        alone = json.loads((run / "supernet_eval_result_best.json").read_text())["archs"][0]["epe"]
-        assert row["standalone_epe"] == pytest.approx(alone, rel=1e-5)
-        from scipy import stats as scipy_stats
-        tau, _ = scipy_stats.kendalltau([r["supernet_epe"] for r in report["archs"]],
-                                          [r["standalone_epe"] for r in report["archs"]])
-        assert report["kendall_tau_b"] == pytest.approx(tau)
-        noise = report["noise_floor"]
-        assert noise["validation_batches"] == 2 and len(noise["standalone_batch_std"]) == 3
-        assert [r["epoch"] for r in report["training_length"]] == [1]
-        assert report["training_length"][0]["tau_vs_final_standalone"] == pytest.approx(1.0)
-        assert report["bn_recal_batches"] == config.run_config(str(out / "sup"))["bn_recal_batches"]
-        # every run trained alone, the second seeds' too, has its stopping figures (one evaluation: none)
-        seconds = [p for p in (out / "sup" / "standalone").iterdir() if p.is_dir() and "_seed" in p.name]
-        assert sorted(report["stopping"]["runs"]) == sorted([r["run"] for r in report["archs"]]
-                                                             + [str(p) for p in seconds]) and seconds
-        assert not report["stopping"]["stopped"] and not report["stopping"]["still_falling"]
-        assert report["stopping"]["tau_if_improved"] is None  # nothing falling: nothing to bound
-        assert [r["run"] for r in report["second_seed_runs"]] == [str(p) for p in seconds]
-        supernet_wall = json.loads((out / "sup" / "train_report.json").read_text())["wall_time_s"]
-        assert report["study_seconds"] == {"supernet": supernet_wall, "search": None,
-                                           "standalone runs": report["training_seconds"], "ranking": report["seconds"]}
-        if tensorflow_quiet.USER_LOG_LEVEL is None:  # each child held TensorFlow's start-up lines back itself
-            logs = [p.read_text() for p in (out / "sup" / "standalone").glob("*.out")]
-            assert logs or len(parallel.usable_cores()) < 2  # one core: one run at a time, to the terminal
-            assert not any("absl::InitializeLog" in text or "oneDNN" in text for text in logs)
-
-    @pytest.mark.slow
-    def test_given_runs_pair_their_seeds_and_hold_the_search_choice(self, rank_study, tmp_path, capsys):
-        out, report = rank_study
-        sup = tmp_path / "sup"
-        shutil.copytree(out / "sup", sup, ignore=shutil.ignore_patterns("standalone"))
-        twice, gmacs = report["second_seed_runs"][0]["arch"], {r["arch"]: r["gmacs"] for r in report["archs"]}
-        (sup / "search_best").mkdir()
-        g = gmacs[twice]  # median cost g + 1: the arch trained twice is the best within it
-        _write_scores(sup / "search_best" / "scores.csv",
-                      [(twice, g, 0.5), ("2,2,2,2,2,2,2,2,1", g + 1, 0.9), ("2,2,2,2,2,2,2,2,2", g + 2, 0.1)])
-        runs = str(out / "sup" / "standalone" / "standalone_*")
-        flags = ["--supernet", str(sup), "--standalone_glob", runs, "--bootstrap", "50", "--out", str(tmp_path / "r")]
-        assert rank.main(flags + ["--search_choice"]) == 0
-        again = json.loads((tmp_path / "r" / "rank_report.json").read_text())
-        # the globbed folder holds both seeds of one arch: the lower seed's run is ranked, the other is its second
-        assert [(r["arch"], r["run"]) for r in again["archs"]] == [(r["arch"], r["run"]) for r in report["archs"]]
-        assert [r["run"] for r in again["second_seed_runs"]] == [r["run"] for r in report["second_seed_runs"]]
-        first = next(r["standalone_epe"] for r in report["archs"] if r["arch"] == twice)
-        choice = again["search_choice"]
-        assert choice["arch"] == twice and choice["choice_seed_epes"] == pytest.approx(
-            [first, report["second_seed_runs"][0]["standalone_epe"]], rel=1e-6)
-        assert twice not in [r["arch"] for r in choice["similar"]]
-        _write_scores(sup / "search_best" / "scores.csv", [("2,2,2,2,2,2,2,2,1", 1.0, 0.5)])
-        capsys.readouterr()
-        assert rank.main(flags + ["--search_choice"]) == 1
-        err = capsys.readouterr().err
-        assert "none of the runs given trains the search's choice 2,2,2,2,2,2,2,2,1" in err and err.count("\n") == 1
-
-    @pytest.mark.slow
-    def test_per_batch_epes_match_each_batch_scored_alone(self, rank_study):
-        out, report = rank_study
-        cfg, _ = ranking.read_run(str(out / "sup"))
-        recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
-        arch, (h, w) = supernet.parse_arch(report["archs"][0]["arch"]), (cfg["input_h"], cfg["input_w"])
-        with scoring.restored_scorer(str(out / "sup"), "best", h, w, input_size=(h, w)) as (sess, scorer, _):
-            once = ranking.score_per_batch(sess, scorer, arch, recal, val)
-            alone = [scoring.score_subnet(sess, scorer, arch, recal, [batch])["epe"] for batch in val]
-        assert len(once) == len(val) > 1 and once == pytest.approx(alone, rel=1e-6)
-
-    @pytest.mark.slow
-    def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
-        out, report = rank_study
-        alone = [r["run"] for r in report["archs"]]
-        other_size, other_source = tmp_path / "other_size", tmp_path / "other_source"
-        for copy, name, changes in ((other_size, "config.json", {"input_h": 48}),
-                                    (other_source, "train_report.json", {"data_source": "fc2"})):
-            subprocess.run(["cp", "-r", alone[0], str(copy)], check=True)
-            atomic_files.write_json_atomic(str(copy / name), dict(json.loads((copy / name).read_text()), **changes))
-        sup = str(out / "sup")
-        cases = [(alone[:2], "at least 3"), (alone[:2] + [sup], "not a standalone run"),
-                 (alone[:2] + [str(other_size)], "input_h 48"), (alone[:2] + [str(other_source)], "data source fc2"),
-                 (alone[:2] + [alone[0]], "one run per arch")]
-        capsys.readouterr()
-        for given, named in cases:
-            assert rank.main(["--supernet", sup, "--standalone"] + given) == 1
-            err = capsys.readouterr().err
-            assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
-        assert rank.main(["--supernet", alone[0], "--standalone"] + alone) == 1
-        assert "not a supernet" in capsys.readouterr().err
-        # --train reuses finished runs of its folder: a second-seed run of other data is refused, not reused
-        stale = tmp_path / "stale"
-        subprocess.run(["cp", "-r", str(out / "sup" / "standalone"), str(stale)], check=True)
-        second = next(p for p in stale.iterdir() if p.is_dir() and "_seed" in p.name)
-        atomic_files.write_json_atomic(str(second / "config.json"),
-                                       dict(json.loads((second / "config.json").read_text()), input_h=48))
-        assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
-        err = capsys.readouterr().err
-        assert f"{second}: not the supernet's data or input size: input_h 48" in err and err.count("\n") == 1, err
-        # an interrupted run of other data is refused before it is resumed
-        (second / "train_report.json").unlink()
-        assert rank.main(["--supernet", sup, "--train", "3", "--standalone_dir", str(stale)]) == 1
-        err = capsys.readouterr().err
-        assert f"{second}: not the supernet's data or input size: input_h 48" in err and err.count("\n") == 1, err
-        assert not (second / "train_report.json").exists()
-        for given, named in (([alone[0], alone[0]], "given twice"), ([sup, alone[0]], f"{sup} is a supernet run"),
-                             ([alone[0], str(other_size)], "not the first run's data or input size: input_h 48")):
-            assert rank.main(["--margin"] + given) == 1
-            err = capsys.readouterr().err
-            assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
-
-    def test_seed_ceiling_and_the_supernet_against_each_seed_by_hand(self):
-        # first seed's order a b c d; second seed's b a c d (one pair of six swapped: tau 2/3); the
-        # supernet's b a d c: against the first 2/3 of pairs agree (tau 1/3), the second 5/6 (2/3);
-        # the seeds' mean 1.25 1.6 3.25 3.9 orders a b c d: tau 1/3, rho 1 - 6 * 4 / (4 * 15) = 0.6
-        codes = [(0,) * 9, (1,) * 9, (2,) * 9, (0,) * 8 + (1,)]
-        rows = [{"arch": supernet.format_arch(a), "standalone_epe": first, "supernet_epe": by_supernet}
-                for a, first, by_supernet in zip(codes, (1.0, 2.0, 3.0, 4.0), (2.0, 1.0, 4.0, 3.0))]
-        second = [(f"run{i}", a, [e, e]) for i, (a, e) in enumerate(zip(codes, (1.5, 1.2, 3.5, 3.8)))]
-        ceiling = ranking.seed_ceiling(rows, second, [2, 2], 50, 0)
-        assert ceiling["second_seed_epe"] == pytest.approx([1.5, 1.2, 3.5, 3.8])
-        assert ceiling["kendall_tau_b"] == pytest.approx(2 / 3)
-        assert ceiling["supernet_tau_b_vs_seed"] == pytest.approx([1 / 3, 2 / 3])
-        mean = ceiling["supernet_vs_seed_mean"]
-        assert mean["kendall_tau_b"] == pytest.approx(1 / 3) and mean["spearman_rho"] == pytest.approx(0.6)
-        assert ranking.seed_ceiling(rows, second[:2], [2, 2], 50, 0) is None  # fewer than 3 archs twice
-        lines = ranking.study_lines({"seed_ceiling": ceiling})
-        assert "0.333 against the first seed, 0.667 against the second, 0.333 (" in lines[1]
-
-    def test_scoring_progress_counts_the_subnets_and_the_time_left(self, capsys):
-        on_scored = rank.scoring_progress(3)
-        for run in ("sup", "standalone_000000000", "standalone_222222222"):
-            on_scored(f"out/{run}", (0,) * 9 if "0000" in run else (2,) * 9)
-        lines = capsys.readouterr().out.splitlines()
-        assert [line.split(",")[0].split(": ")[0] for line in lines] == ["scored 1/3", "scored 2/3", "scored 3/3"]
-        assert "0,0,0,0,0,0,0,0,0 in standalone_000000000" in lines[1] and "in sup," in lines[0]
-        assert all(" s each, time left " in line for line in lines) and lines[2].endswith("time left 0.0 min")
-
-    def test_rank_scoring_flags_out_of_range_are_refused_by_name(self, capsys):
-        for flag in ("--bn_recal_batches", "--jobs", "--bootstrap"):
-            with pytest.raises(SystemExit) as exit_info:
-                rank.parse_args(["--supernet", "sup", "--train", "12", flag, "0"])
-            err = capsys.readouterr().err
-            assert exit_info.value.code == 2 and flag in err and "must be >= 1" in err, err
-        with pytest.raises(SystemExit) as exit_info:
-            rank.parse_args(["--supernet", "sup", "--train", "12", "--seed", "-1"])
-        assert exit_info.value.code == 2 and "--seed -1 must be >= 0" in capsys.readouterr().err
-        with pytest.raises(SystemExit) as exit_info:
-            rank.parse_args(["--supernet", "sup", "--train", "0"])
-        assert exit_info.value.code == 2 and "--train needs at least 3 archs" in capsys.readouterr().err
-
-    def test_stopping_figures_against_a_hand_computation(self):
-        # best EPE 3.0, 2.0, 2.0, 1.95 against a zero flow of 4: improved 0.05 over the last two
-        # evaluations and at the last, 1.25% each: below 2% but not below 0.5%
-        figures = stopping.figures({2: 3.0, 4: 2.0, 6: 2.5, 8: 1.95}, 4.0)
-        assert figures["last_two_pct"] == pytest.approx(1.25) and figures["last_pct"] == pytest.approx(1.25)
-        assert figures["stopped"] is False and figures["evaluations"] == 4
-        # best 2.1, 2.05, 2.04: 1.5% and 0.25%: stopped
-        figures = stopping.figures({1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04}, 4.0)
-        assert figures["last_two_pct"] == pytest.approx(1.5) and figures["last_pct"] == pytest.approx(0.25)
-        assert figures["stopped"] is True
-        assert stopping.figures({1: 3.0, 2: 2.0}, 4.0)["stopped"] is None
-
-    def test_stopping_summary_names_the_runs_still_falling(self):
-        # zero flow 4: run a's best 2.1 2.05 2.04 stopped (1.5% / 0.25%); b's 3.0 2.0 1.95 falling
-        # (1.25% / 1.25%); c has two evaluations
-        summary = stopping.summary({"x/a": {1: 3.0, 2: 2.1, 3: 2.05, 4: 2.04},
-                                            "x/b": {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.95}, "x/c": {1: 3.0, 2: 2.0}}, 4.0)
-        assert summary["stopped"] == ["x/a"] and summary["still_falling"] == ["x/b"]
-        assert summary["runs"]["x/c"]["evaluations"] == 2
-        assert stopping.lines(summary) == [
-            "stopping criterion (best EPE improved < 2% / 0.5% of zero flow over the last two evaluations / the "
-            "last): 1 of 3 standalone runs stopped; still falling: b (1.25% / 1.25%); 1 with fewer than 3 evaluations"]
-
-    def test_a_run_report_and_pool_are_checked_field_by_field(self, tmp_path):
-        (tmp_path / "config.json").write_text(json.dumps(config.defaults()))
-        report = {"mode": "supernet", "data_source": "synthetic", "global_step": 4, "wall_time_s": 12.5}
-        (tmp_path / "train_report.json").write_text(json.dumps(report))
-        assert ranking.read_run(str(tmp_path))[1] == report
-        for wall in ("12", None, True):
-            (tmp_path / "train_report.json").write_text(json.dumps(dict(report, wall_time_s=wall)))
-            with pytest.raises(errors.RankError, match="train_report.json: field 'wall_time_s' must be a number"):
-                ranking.read_run(str(tmp_path))
-        (tmp_path / "pool.json").write_text(json.dumps({"archs": []}))
-        with pytest.raises(errors.CheckpointError, match="pool.json: field 'archs' must be a non-empty list"):
-            runs.read_pool(str(tmp_path / "pool.json"))
-
-    def test_a_standalone_history_without_finite_epes_is_refused(self, tmp_path):
-        arch = (0,) * 9
-        path = tmp_path / "eval_history.csv"
-        path.write_text("epoch,epe_000000000\n1,3.5\n2,2.5\n")
-        assert ranking.read_history(str(tmp_path), arch) == {1: 3.5, 2: 2.5}
-        for text in ("epoch,epe_000000000\n", "", "epoch,epe_000000000\n1,3.5\n2\n", "epoch,epe_000000000\n1,-inf\n",
-                     "epoch,epe_000000000\n1,nan\n", "epoch,epe_000000000\n1,x\n", "epoch,epe_111111111\n1,3\n"):
-            path.write_text(text)
-            with pytest.raises(errors.RankError, match=re.escape(str(path))):
-                ranking.read_history(str(tmp_path), arch)
-        path.write_bytes(b"epoch,epe_000000000\n1,\xff\n")
-        with pytest.raises(errors.RankError, match=re.escape(str(path))):
-            ranking.read_history(str(tmp_path), arch)
-
-    def test_tau_range_if_the_runs_still_falling_improve_against_every_order(self):
-        # brute force: every order of 7 standalone runs in which the runs that do not fall keep their order
-        # and each falling run has no more of them ahead of it than it had; tau-b of each against the supernet
-        rng = np.random.default_rng(3)
-        for falling in ([6], [2, 5], [0, 3, 6], [0]):
-            sup, alone = rng.permutation(7) + 1.0, np.arange(7) + 1.0
-            rows = [{"arch": f"a{i}", "run": f"r{i}", "supernet_epe": sup[i], "standalone_epe": alone[i]}
-                    for i in range(7)]
-            steady = [i for i in range(7) if i not in falling]
-            taus = []
-            for order in itertools.permutations(range(7)):  # order[k]: the run at place k
-                ahead = {i: sum(j in steady for j in order[:order.index(i)]) for i in falling}
-                if [i for i in order if i in steady] == steady and all(ahead[i] <= i - sum(
-                        f < i for f in falling) for i in falling):
-                    position = np.argsort(order)  # no ties: tau-b is (concordant - discordant) / pairs
-                    signs = [np.sign(sup[a] - sup[b]) * np.sign(position[a] - position[b])
-                             for a, b in itertools.combinations(range(7), 2)]
-                    taus.append(sum(signs) / len(signs))
-            bound = stopping.tau_range_if_improved(rows, {f"r{i}" for i in falling} | {"a second seed's run"})
-            assert bound["archs"] == [f"a{i}" for i in falling]
-            assert bound["kendall_tau_b"] == pytest.approx([min(taus), max(taus)], abs=1e-12), falling
-        assert stopping.tau_range_if_improved(rows, {"r9"}) is None
-        big = [dict(r, run=f"r{i}") for i, r in enumerate(rows * 4)]  # 28 runs, 3 falling: 29^3 x 3! orders
-        assert stopping.tau_range_if_improved(big, {"r0", "r1", "r2"}) is None
-        result = dict(stopping.summary({}, 4.0), tau_if_improved={"archs": ["a2", "a5"], "kendall_tau_b": [0.1, 0.35]})
-        assert stopping.lines(result)[1] == ("had a2, a5 (still falling) ended anywhere better: "
-                                             "Kendall tau-b 0.100 .. 0.350")
-
-    @pytest.mark.slow
-    def test_margin_of_two_runs_alone_is_their_paired_difference(self, rank_study, tmp_path, capsys):
-        _, report = rank_study
-        first, second = (r["run"] for r in report["archs"][:2])
-        assert rank.main(["--margin", first, second, "--out", str(tmp_path), "--bn_recal_batches", "3"]) == 0
-        result = json.loads((tmp_path / f"margin_vs_{os.path.basename(first)}.json").read_text())
-        # independently: each subnet predicts the first run's validation frames after BN recalibration on
-        # the first run's first 3 training batches (the runs' own config says 1); per-sample EPE in numpy
-        # (equal pixels: the margin is a plain mean)
-        cfg = config.run_config(first)
-        assert cfg["bn_recal_batches"] == 1 and result["bn_recal_batches"] == 3
-        out = capsys.readouterr().out
-        assert out.startswith(result["devices"]["summary"])  # said first, as by every command
-        recal, val = batches.scoring_batches(dict(cfg, bn_recal_batches=3), data_fc2.open_data(cfg))
-        per_sample = []
-        for run in (first, second):
-            arch = supernet.parse_arch(config.run_config(run)["arch"])
-            preds = []
-            with scoring.restored_scorer(run, "best", 32, 48, static_arch=arch) as (sess, scorer, _):
-                scoring.score_subnet(sess, scorer, arch, recal, val, lambda i, batch, pred: preds.append(pred))
-            epes = [np.sqrt(((p - b[1]) ** 2).sum(-1)).reshape(len(p), -1).mean(1) for p, b in zip(preds, val)]
-            per_sample.append(np.concatenate(epes))
-        d = per_sample[1] - per_sample[0]
-        assert len(d) == result["validation_samples"] == 4
-        assert result["margin"] == pytest.approx(d.mean(), rel=1e-5)
-        assert result["paired_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-5)
-        assert [r["run"] for r in result["runs"]] == [first, second]
-        assert all(r["stopping"]["stopped"] is None for r in result["runs"])  # one evaluation each
-        assert f"B - A: {d.mean():+.4f} EPE" in out and "fewer than 3 evaluations" in out
-
-
 class TestOneWriter:
     def test_a_run_name_that_leaves_output_dir_is_refused(self, tmp_path, capsys):
         out = tmp_path / "out"
@@ -4485,165 +4722,6 @@ class TestOneWriter:
         holder.wait()
         with ckpt.writer_lock(str(tmp_path), "run"):  # the kernel released it with the process
             assert (tmp_path / ".lock").read_text() == str(os.getpid())
-
-
-BENCH = HERE / "rankbench"
-
-
-def _hand_row(name, arch, seed, pair_epe, gmacs, stopped=True):
-    """A bench row written by hand: its EPE is the mean of its per-pair errors."""
-    return {"name": name, "arch": arch, "seed": seed, "gmacs": gmacs, "epe": float(np.mean(pair_epe)),
-            "pair_epe": list(pair_epe), "stopping": {"stopped": stopped}, "steps": 1, "wall_time_s": 1.0,
-            "commit": "x", "command": "x"}
-
-
-def _kendall_by_pairs(x, y):
-    """Kendall tau (no ties) counted pair by pair."""
-    signs = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in itertools.combinations(range(len(x)), 2)]
-    return sum(signs) / len(signs)
-
-
-def _tiny_bench(folder, archs, seconds):
-    """A bench folder at the suite's size: setting, plan with rows for `archs` (seed 42) and `seconds`
-    (seed 43), and the fingerprint of its first 2 steps."""
-    folder.mkdir()
-    setting = {"synthetic": True, "synthetic_train_size": 8, "synthetic_val_size": 4, "synthetic_seed": 1,
-               "input_h": 32, "input_w": 48, "batch_size": 2, "num_epochs": 3, "steps_per_epoch": 2,
-               "eval_every": 1, "bn_recal_batches": 1, "log_every": 1, "eval_pool_size": 3}
-    (folder / "setting.json").write_text(json.dumps(setting))
-    rows = [{"name": rank_bench.row_name(supernet.parse_arch(a), s), "arch": a, "seed": s,
-             "gmacs": supernet.count_macs(supernet.parse_arch(a), 32, 48) / 1e9}
-            for a, s in [(a, 42) for a in archs] + [(a, 43) for a in seconds]]
-    plan = {"setting": {"file": "setting.json", "sha256": rank_bench.setting_digest(str(folder))},
-            "space_version": supernet.SPACE.version, "rows": rows, "rule": {"training_seeds": [42, 43]},
-            "scoring": {"checkpoint": "best", "graph": "static", "bn_recal_batches": 2, "val_pairs": 4}}
-    losses = rank_bench.pinned_fingerprint(str(folder), archs[0], 42, 2)
-    plan["fingerprint"] = {"arch": archs[0], "seed": 42, "losses": losses}
-    (folder / "plan.json").write_text(json.dumps(plan))
-    return plan
-
-
-class TestRankBench:
-    def test_the_plan_is_what_its_stated_rule_gives(self):
-        plan = rank_bench.read_plan(str(BENCH))
-        setting = json.loads((BENCH / "setting.json").read_text())
-        assert rank_bench.make_plan(setting, plan["rule"]) == plan["rows"]
-        first = {r["arch"] for r in plan["rows"] if r["seed"] == 42}
-        seconds = {r["arch"] for r in plan["rows"] if r["seed"] == 43}
-        study = {supernet.format_arch(a) for a in ranking.choose_archs(12, 0)}
-        assert len(first) == 48 and study <= first and len(seconds) == 8 and seconds <= study
-        archs = [supernet.parse_arch(a) for a in sorted(first)]
-        depth, kernel = ranking.choice_scores(archs).T
-        for scores in (depth, kernel):  # every sixth of each axis holds archs
-            assert np.all(np.histogram(scores, bins=6, range=(0, 1))[0] >= 3)
-        bands = rank_bench.gmacs_bands(64, 96)[[supernet.arch_to_index(a) for a in archs]]
-        assert np.bincount(bands, minlength=12).min() >= 3  # every twelfth of the space's costs too
-
-    def test_a_setting_changed_after_the_plan_is_refused(self, tmp_path):
-        shutil.copytree(BENCH, tmp_path / "b", ignore=shutil.ignore_patterns("rows"))
-        (tmp_path / "b" / "setting.json").write_text((BENCH / "setting.json").read_text().replace("8192", "8191"))
-        with pytest.raises(errors.RankError, match="changed since the plan was fixed"):
-            rank_bench.read_plan(str(tmp_path / "b"))
-
-    @pytest.mark.slow
-    def test_training_matches_the_plans_fingerprint(self):
-        """The rows stay comparable only while this passes: if it fails, training, data or the space
-        changed, and the bench must be versioned (a new folder and plan) or its rows trained again."""
-        plan = rank_bench.read_plan(str(BENCH))
-        assert rank_bench.check_fingerprint(str(BENCH), plan) == pytest.approx(plan["fingerprint"]["losses"],
-                                                                                abs=1e-6)
-
-    def test_a_moved_fingerprint_is_refused(self, monkeypatch):
-        plan = rank_bench.read_plan(str(BENCH))
-        moved = list(plan["fingerprint"]["losses"])
-        moved[-1] += 2e-6
-        monkeypatch.setattr(rank_bench, "pinned_fingerprint", lambda *args: moved)
-        with pytest.raises(errors.RankError, match="training has changed"):
-            rank_bench.check_fingerprint(str(BENCH), plan)
-
-    def test_report_against_a_hand_computation(self):
-        rng = np.random.default_rng(3)
-        gmacs = [0.30, 0.31, 0.32, 0.50, 0.52, 0.70]
-        truth = [1.10, 1.00, 1.20, 0.90, 0.95, 0.80]
-        archs = [supernet.format_arch(supernet.index_to_arch(i)) for i in (5, 77, 300, 4000, 9000, 19000)]
-        rows = {}
-        for i, (a, g, t) in enumerate(zip(archs, gmacs, truth)):
-            rows[f"r{i}"] = _hand_row(f"r{i}", a, 42, t + rng.normal(0, 0.05, 40), g)
-        for i in (0, 2, 4):
-            rows[f"s{i}"] = _hand_row(f"s{i}", archs[i], 43, truth[i] + 0.01 * (i - 2) + rng.normal(0, 0.05, 40),
-                                      gmacs[i])
-        supernet_epe = dict(zip(archs, [1.5, 1.6, 1.4, 1.3, 1.2, 1.1]))
-        plan = {"rule": {"training_seeds": [42, 43]}}
-        report = rank_bench.bench_report(plan, rows, supernet_epe, 50, 0)
-        order = sorted(range(6), key=lambda i: archs[i])  # the report ranks by arch code
-        sup = [supernet_epe[archs[i]] for i in order]
-        alone = [rows[f"r{i}"]["epe"] for i in order]
-        assert report["kendall_tau_b"] == pytest.approx(_kendall_by_pairs(sup, alone))
-        lowest = lambda v, k: set(np.argsort(v)[:k])  # noqa: E731
-        for k in (1, 3, 5):
-            assert report["top_k_overlap"][str(k)] == len(lowest(sup, k) & lowest(alone, k)) / k
-        # regret by hand: bands around 0.30-0.32 (all three within 10% of 0.31) and 0.50-0.52
-        bands = {(b["members"], b["pick"], b["best"]): b for b in report["regret"]["bands"]}
-        low = [0, 1, 2]
-        pick = min(low, key=lambda i: supernet_epe[archs[i]])
-        best = min(low, key=lambda i: rows[f"r{i}"]["epe"])
-        band = bands[(3, archs[pick], archs[best])]
-        d = np.array(rows[f"r{pick}"]["pair_epe"]) - np.array(rows[f"r{best}"]["pair_epe"])
-        assert band["regret"] == pytest.approx(d.mean())
-        assert band["regret_se"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(len(d))))
-        ceiling = report["seed_ceiling"]
-        first, second = [rows[f"r{i}"]["epe"] for i in (0, 2, 4)], [rows[f"s{i}"]["epe"] for i in (0, 2, 4)]
-        by_arch = sorted(range(3), key=lambda j: archs[(0, 2, 4)[j]])
-        assert ceiling["archs"] == 3 and ceiling["kendall_tau_b"] == pytest.approx(
-            _kendall_by_pairs([first[j] for j in by_arch], [second[j] for j in by_arch]))
-
-    def test_rows_that_do_not_fit_the_plan_are_refused(self, tmp_path):
-        folder = tmp_path / "b"
-        shutil.copytree(BENCH, folder, ignore=shutil.ignore_patterns("rows"))
-        plan = rank_bench.read_plan(str(folder))
-        planned = plan["rows"][0]
-        row = _hand_row(planned["name"], planned["arch"], 43, [1.0] * 1024, planned["gmacs"])
-        rank_bench.write_row(str(folder), row)
-        with pytest.raises(errors.RankError, match="seed 43"):
-            rank_bench.read_rows(str(folder), plan)
-        rank_bench.write_row(str(folder), dict(row, seed=42, pair_epe=[1.0] * 10))
-        with pytest.raises(errors.RankError, match="1024 finite errors"):
-            rank_bench.read_rows(str(folder), plan)
-        os.remove(rank_bench.row_path(str(folder), planned["name"]))
-        (folder / "rows" / "nosuch_s42.json").write_text("{}")
-        with pytest.raises(errors.RankError, match="not a row of the plan"):
-            rank_bench.read_rows(str(folder), plan)
-
-    @pytest.mark.slow
-    def test_chunks_train_each_row_once_and_a_supernet_is_scored_against_them(self, tmp_path, capsys):
-        archs = ["0,0,0,0,0,0,0,0,0", "1,1,1,1,1,1,1,1,1", "2,2,2,2,2,2,2,2,2"]
-        plan = _tiny_bench(tmp_path / "bench", archs, archs[:1])
-        bench, runs = str(tmp_path / "bench"), str(tmp_path / "runs")
-        jobs = str(min(2, len(parallel.usable_cores())))
-        assert rank.main(["--bench", bench, "--train_rows", "2", "--runs_dir", runs, "--jobs", jobs]) == 0
-        rows = rank_bench.read_rows(bench, plan)
-        assert sorted(rows) == sorted(r["name"] for r in plan["rows"][:2])
-        for name, row in rows.items():
-            assert not os.path.exists(os.path.join(runs, name, "checkpoints"))  # the row is what is kept
-            assert row["steps"] == 6 and row["command"].endswith(f"--experiment_name {name}")
-            assert row["epe"] == pytest.approx(np.mean(row["pair_epe"]), abs=1e-6)
-            history = ranking.read_history(os.path.join(runs, name), supernet.parse_arch(row["arch"]))
-            assert row["stopping"] == stopping.figures(history, row["zero_flow_epe"])
-        written = {n: os.path.getmtime(rank_bench.row_path(bench, n)) for n in rows}
-        assert rank.main(["--bench", bench, "--train_rows", "5", "--runs_dir", runs, "--jobs", jobs]) == 0
-        rows = rank_bench.read_rows(bench, plan)
-        assert len(rows) == 4 and all(os.path.getmtime(rank_bench.row_path(bench, n)) == t
-                                      for n, t in written.items())  # never a row twice
-        sup = tmp_path / "sup"
-        assert train.main(["--config", str(tmp_path / "bench" / "setting.json"), "--output_dir", str(sup),
-                           "--experiment_name", "s", "--num_epochs", "1"]) == 0
-        capsys.readouterr()
-        assert rank.main(["--bench", bench, "--supernet", str(sup / "s"), "--bootstrap", "50"]) == 0
-        out = capsys.readouterr().out
-        report = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
-        assert report["num_archs"] == 3 and report["rows"] == 4 and (sup / "s" / "rank_bench" / "rank.png").exists()
-        assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
-        assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
 
 
 _FLAGS_BEFORE_TENSORFLOW = r'''
@@ -4710,48 +4788,6 @@ class TestImportRules:
             seen.add(module)
             todo.extend(graph[module] - seen)
         assert "tensorflow_quiet" not in seen and not {"tensorflow", "ckpt"} & set().union(*map(_imports, seen))
-
-
-class TestRankBounds:
-    @staticmethod
-    def _supernet_run(tmp_path):
-        """A finished supernet run as rank reads it: config (synthetic data, 8 training pairs in 4 batches
-        of 2) and train report; no checkpoint is needed to be refused."""
-        run = tmp_path / "sup"
-        run.mkdir()
-        cfg = tiny_config(synthetic=True, synthetic_train_size=8, synthetic_val_size=4, experiment_name="sup",
-                          output_dir=str(tmp_path))
-        (run / "config.json").write_text(json.dumps(cfg))
-        (run / "train_report.json").write_text(json.dumps({"mode": "supernet", "data_source": "synthetic",
-                                                           "global_step": 1}))
-        return str(run)
-
-    def test_train_above_the_space_is_refused_before_any_folder(self, tmp_path, capsys):
-        out = tmp_path / "out"
-        with pytest.raises(SystemExit) as exit_info:
-            rank.main(["--supernet", str(tmp_path / "sup"), "--train", "99999", "--out", str(out)])
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and err == ("error: --train 99999 is more than the search space's "
-                                                      "19683 archs\n")
-        assert supernet.SPACE.num_archs == 3 ** 9 and not out.exists()
-
-    def test_recal_batches_beyond_the_data_are_refused_before_work_and_folders(self, tmp_path, capsys):
-        sup, out = self._supernet_run(tmp_path), tmp_path / "out"
-        standalone = tmp_path / "alone"
-        assert rank.main(["--supernet", sup, "--standalone", str(standalone), "--bn_recal_batches", "5",
-                          "--out", str(out)]) == 1
-        err = capsys.readouterr().err
-        assert err == "error: --bn_recal_batches 5: the run's data has 4 training batches of 2\n"
-        assert not out.exists() and not (tmp_path / "sup" / "standalone").exists()
-
-    def test_a_refusal_after_the_checks_leaves_no_empty_out_folder(self, tmp_path, capsys):
-        sup, out = self._supernet_run(tmp_path), tmp_path / "out" / "deeper"
-        assert rank.main(["--supernet", sup, "--standalone", str(tmp_path / "no_such_run"), "--out", str(out)]) == 1
-        assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
-        (tmp_path / "file").write_text("")
-        assert rank.main(["--supernet", sup, "--standalone", str(tmp_path / "no_such_run"),
-                          "--out", str(tmp_path / "file" / "out")]) == 1
-        assert "cannot be a folder" in capsys.readouterr().err
 
 
 class _ParserCaught(Exception):
