@@ -96,6 +96,21 @@ shared by several sections are in section 0.
       TestParallel              cores dealt to slots, time left, GPUs, TensorFlow's quiet, failures and interrupts
 36. rank_bench.py: the ranking benchmark rankbench/
       TestRankBench             the plan and its rule, the fingerprint, the report by hand, rows refused, chunks
+37. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line
+      TestBadInput              bad config, flags, checkpoints and datasets: a one-line error
+      TestHostileInput          damaged parts, lists, tables, configs, reports: named, nothing merged or half-written
+      TestOneWriter             run names stay inside output_dir; a second writer is refused; no stale lock
+      TestCodeRules             no command imported, docstrings, file and line lengths, defaults once, session config
+      TestImportRules           no import cycle; commands never import commands; one door to TensorFlow
+      TestFlagHelp              every flag of every command says what it does
+      TestCommandLine           --help and refused flags before TensorFlow loads, in one line without the usage block
+
+Files without a section of their own:
+      errors.py: its one-line parser: TestCommandLine, TestBadInput (cross-cutting)
+      config.py: its type and range rules: TestBadInput (cross-cutting)
+      batches.py: through TestEvaluate, TestSearchShardsAndResume, TestRankStudy
+      rank_plot.py: TestRankingSearchChoice (the cost panel)
+      bench.py, worker_bench.py: bench.py's flags: TestBadInput; the bench itself measures, it is not a test
 """
 import argparse
 import ast
@@ -4392,7 +4407,57 @@ class TestRankBench:
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
 
 
-# ==== not yet sorted into sections ===================================================================================
+# ==== 37. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
+
+
+def _imports(module):
+    tree = ast.parse((HERE / f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _sessions_without_config(module):
+    """Line numbers of tf.compat.v1.Session(...) calls in `module` that pass no `config`."""
+    tree = ast.parse((HERE / f"{module}.py").read_text())
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and ast.unparse(node.func).endswith("compat.v1.Session")
+            and not any(k.arg == "config" for k in node.keywords)]
+
+
+def _fails_and_keeps(main, argv, capsys, folder, words):
+    """main(argv) exits 1 with one line holding `words`, and `folder` is byte for byte as it was."""
+    before = _folder_bytes(folder)
+    code, err = _run_main(main, argv, capsys)
+    assert code == 1 and len(err) == 1 and words in err[0], err
+    assert _folder_bytes(folder) == before
+
+
+_FLAGS_BEFORE_TENSORFLOW = r'''
+import contextlib, io, json, sys
+import bench, deploy, evaluate, export, rank, search, train
+said = {}
+for command in (bench, deploy, evaluate, export, rank, search, train):
+    for argv in (["--help"], ["--no_such_flag"]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            command.main(argv)
+        said[f"{command.__name__} {argv[0]}"] = [out.getvalue(), err.getvalue()]
+json.dump({"tensorflow": "tensorflow" in sys.modules, "said": said}, sys.stdout)
+'''
+
+
+def _import_graph():
+    """{module: the project modules it imports anywhere in its source}, from the source with ast."""
+    return {m: (_imports(m) & set(PRODUCT_MODULES)) - {m} for m in PRODUCT_MODULES}
+
+
+class _ParserCaught(Exception):
+    """Raised in place of parsing: the parser a main() built is what a test reads."""
 
 
 class TestBadInput:
@@ -4512,62 +4577,6 @@ class TestBadInput:
         out = capsys.readouterr().out
         assert code == 0 and "synthetic data: no base_path configured" in out and "fair steps" in out
         assert not list(tmp_path.iterdir())
-
-
-def _imports(module):
-    tree = ast.parse((HERE / f"{module}.py").read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module.split(".")[0])
-    return names
-
-
-def _sessions_without_config(module):
-    """Line numbers of tf.compat.v1.Session(...) calls in `module` that pass no `config`."""
-    tree = ast.parse((HERE / f"{module}.py").read_text())
-    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
-            and ast.unparse(node.func).endswith("compat.v1.Session")
-            and not any(k.arg == "config" for k in node.keywords)]
-
-
-class TestCodeRules:
-    @pytest.mark.parametrize("module", PRODUCT_MODULES)
-    def test_no_module_imports_a_command(self, module):
-        # commands share through libraries: a command importing another is the hub nobody meant to build
-        assert not (_imports(module) - {module}) & set(COMMANDS)
-
-    @pytest.mark.parametrize("module", PRODUCT_MODULES)
-    def test_every_public_function_has_a_docstring(self, module):
-        tree = ast.parse((HERE / f"{module}.py").read_text())
-        assert ast.get_docstring(tree), f"{module} has no module docstring"
-        missing = [n.name for n in ast.walk(tree)
-                   if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")
-                   and not ast.get_docstring(n) and n.col_offset == 0]
-        assert not missing, f"{module}: no docstring on {missing}"
-
-    def test_every_command_exists_and_no_file_is_too_long(self):
-        assert set(COMMANDS) <= set(PRODUCT_MODULES)
-        long = {m: n for m in PRODUCT_MODULES if (n := len((HERE / f"{m}.py").read_text().splitlines())) > 600}
-        assert not long
-        wide = [f"{p.name}:{n}" for p in sorted(HERE.glob("*.py"))
-                for n, line in enumerate(p.read_text().splitlines(), 1) if len(line) >= 120]
-        assert not wide, f"lines of 120 characters or more: {wide}"
-
-    def test_defaults_are_defined_once_and_every_session_has_the_session_config(self):
-        defined = [m for m in PRODUCT_MODULES if re.search(r"^DEFAULT_CONFIG\b", (HERE / f"{m}.py").read_text(), re.M)]
-        assert defined == ["config"]
-        assert {m: lines for m in PRODUCT_MODULES if (lines := _sessions_without_config(m))} == {}
-
-
-def _fails_and_keeps(main, argv, capsys, folder, words):
-    """main(argv) exits 1 with one line holding `words`, and `folder` is byte for byte as it was."""
-    before = _folder_bytes(folder)
-    code, err = _run_main(main, argv, capsys)
-    assert code == 1 and len(err) == 1 and words in err[0], err
-    assert _folder_bytes(folder) == before
 
 
 class TestHostileInput:
@@ -4724,23 +4733,78 @@ class TestOneWriter:
             assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
 
-_FLAGS_BEFORE_TENSORFLOW = r'''
-import contextlib, io, json, sys
-import bench, deploy, evaluate, export, rank, search, train
-said = {}
-for command in (bench, deploy, evaluate, export, rank, search, train):
-    for argv in (["--help"], ["--no_such_flag"]):
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            command.main(argv)
-        said[f"{command.__name__} {argv[0]}"] = [out.getvalue(), err.getvalue()]
-json.dump({"tensorflow": "tensorflow" in sys.modules, "said": said}, sys.stdout)
-'''
+class TestCodeRules:
+    @pytest.mark.parametrize("module", PRODUCT_MODULES)
+    def test_no_module_imports_a_command(self, module):
+        # commands share through libraries: a command importing another is the hub nobody meant to build
+        assert not (_imports(module) - {module}) & set(COMMANDS)
+
+    @pytest.mark.parametrize("module", PRODUCT_MODULES)
+    def test_every_public_function_has_a_docstring(self, module):
+        tree = ast.parse((HERE / f"{module}.py").read_text())
+        assert ast.get_docstring(tree), f"{module} has no module docstring"
+        missing = [n.name for n in ast.walk(tree)
+                   if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")
+                   and not ast.get_docstring(n) and n.col_offset == 0]
+        assert not missing, f"{module}: no docstring on {missing}"
+
+    def test_every_command_exists_and_no_file_is_too_long(self):
+        assert set(COMMANDS) <= set(PRODUCT_MODULES)
+        long = {m: n for m in PRODUCT_MODULES if (n := len((HERE / f"{m}.py").read_text().splitlines())) > 600}
+        assert not long
+        wide = [f"{p.name}:{n}" for p in sorted(HERE.glob("*.py"))
+                for n, line in enumerate(p.read_text().splitlines(), 1) if len(line) >= 120]
+        assert not wide, f"lines of 120 characters or more: {wide}"
+
+    def test_defaults_are_defined_once_and_every_session_has_the_session_config(self):
+        defined = [m for m in PRODUCT_MODULES if re.search(r"^DEFAULT_CONFIG\b", (HERE / f"{m}.py").read_text(), re.M)]
+        assert defined == ["config"]
+        assert {m: lines for m in PRODUCT_MODULES if (lines := _sessions_without_config(m))} == {}
 
 
-def _import_graph():
-    """{module: the project modules it imports anywhere in its source}, from the source with ast."""
-    return {m: (_imports(m) & set(PRODUCT_MODULES)) - {m} for m in PRODUCT_MODULES}
+class TestImportRules:
+    def test_no_import_cycle_among_the_modules(self):
+        import graphlib
+        try:
+            graphlib.TopologicalSorter(_import_graph()).prepare()
+        except graphlib.CycleError as err:
+            pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+
+    def test_commands_never_import_commands_and_tensorflow_has_one_door(self):
+        graph = _import_graph()
+        assert {m: graph[m] & set(COMMANDS) for m in PRODUCT_MODULES if graph[m] & set(COMMANDS)} == {}
+        assert [m for m in PRODUCT_MODULES if "tensorflow" in _imports(m)] == ["tensorflow_quiet"]
+
+    def test_atomic_writes_and_errors_reach_no_tensorflow(self):
+        graph, seen, todo = _import_graph(), set(), ["atomic_files", "errors"]
+        while todo:
+            module = todo.pop()
+            seen.add(module)
+            todo.extend(graph[module] - seen)
+        assert "tensorflow_quiet" not in seen and not {"tensorflow", "ckpt"} & set().union(*map(_imports, seen))
+
+
+class TestFlagHelp:
+    @pytest.mark.parametrize("module", [*COMMANDS, "devices", "fair", "supernet", "data_fc2"])
+    def test_every_flag_says_what_it_does(self, module, monkeypatch):
+        built = []
+
+        def catch(parser, args=None, namespace=None):
+            built.append(parser)
+            raise _ParserCaught
+
+        monkeypatch.setattr(errors.ArgumentParser, "parse_args", catch)
+        with pytest.raises(_ParserCaught):
+            sys.modules[module].main([])
+        actions = [a for a in built[0]._actions if not isinstance(a, argparse._HelpAction)]
+        mute = [a.option_strings or a.dest for a in actions
+                if not (a.help or "").strip() or re.fullmatch(r"[\[\]'\"\d.eE+, -]*|True|False", a.help)]
+        assert actions and not mute, f"{module}: flags without a word of help: {mute}"
+        if module == "train":  # each config key's flag says what the key does, then its default
+            helps = {a.dest: a.help for a in actions}
+            flags = [k for k, v in config.defaults().items() if not isinstance(v, dict)]
+            assert sorted(config.KEY_HELP) == sorted(flags)
+            assert all(helps[k].startswith(config.KEY_HELP[k]) for k in flags)
 
 
 class TestCommandLine:
@@ -4766,52 +4830,3 @@ class TestCommandLine:
             command.main(argv)
         out, err = capsys.readouterr()
         assert exit_info.value.code == 2 and out == "" and err.startswith(f"error: {says}") and err.count("\n") == 1
-
-
-class TestImportRules:
-    def test_no_import_cycle_among_the_modules(self):
-        import graphlib
-        try:
-            graphlib.TopologicalSorter(_import_graph()).prepare()
-        except graphlib.CycleError as err:
-            pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
-
-    def test_commands_never_import_commands_and_tensorflow_has_one_door(self):
-        graph = _import_graph()
-        assert {m: graph[m] & set(COMMANDS) for m in PRODUCT_MODULES if graph[m] & set(COMMANDS)} == {}
-        assert [m for m in PRODUCT_MODULES if "tensorflow" in _imports(m)] == ["tensorflow_quiet"]
-
-    def test_atomic_writes_and_errors_reach_no_tensorflow(self):
-        graph, seen, todo = _import_graph(), set(), ["atomic_files", "errors"]
-        while todo:
-            module = todo.pop()
-            seen.add(module)
-            todo.extend(graph[module] - seen)
-        assert "tensorflow_quiet" not in seen and not {"tensorflow", "ckpt"} & set().union(*map(_imports, seen))
-
-
-class _ParserCaught(Exception):
-    """Raised in place of parsing: the parser a main() built is what a test reads."""
-
-
-class TestFlagHelp:
-    @pytest.mark.parametrize("module", [*COMMANDS, "devices", "fair", "supernet", "data_fc2"])
-    def test_every_flag_says_what_it_does(self, module, monkeypatch):
-        built = []
-
-        def catch(parser, args=None, namespace=None):
-            built.append(parser)
-            raise _ParserCaught
-
-        monkeypatch.setattr(errors.ArgumentParser, "parse_args", catch)
-        with pytest.raises(_ParserCaught):
-            sys.modules[module].main([])
-        actions = [a for a in built[0]._actions if not isinstance(a, argparse._HelpAction)]
-        mute = [a.option_strings or a.dest for a in actions
-                if not (a.help or "").strip() or re.fullmatch(r"[\[\]'\"\d.eE+, -]*|True|False", a.help)]
-        assert actions and not mute, f"{module}: flags without a word of help: {mute}"
-        if module == "train":  # each config key's flag says what the key does, then its default
-            helps = {a.dest: a.help for a in actions}
-            flags = [k for k, v in config.defaults().items() if not isinstance(v, dict)]
-            assert sorted(config.KEY_HELP) == sorted(flags)
-            assert all(helps[k].startswith(config.KEY_HELP[k]) for k in flags)
