@@ -2800,7 +2800,7 @@ EXPORT_ARCH = (0, 1, 2, 0, 1, 2, 0, 1, 2)
 
 @pytest.fixture(scope="module")
 def export_run(tiny_runs):
-    """The runs section's trained tiny run "whole" (32x48) to export from: its output folder."""
+    """The trained tiny run "whole" of tiny_runs (32x48) to export from: its output folder."""
     return tiny_runs
 
 
