@@ -114,6 +114,10 @@ export: $(VENV) ## export subnet ARCH=0,1,2,... of the newest run to TFLite FP32
 
 # Fit the board: TARGET is a preset of targets/ or a target JSON file; DEPLOY_FLAGS adds flags (e.g. --sizes).
 TARGET ?= himax-we2
+.PHONY: refine
+refine: $(VENV) ## fine-tune the newest run's top candidates from its weights, rescore them (docs/refine.md)
+	$(PY) refine.py $(REFINE_FLAGS)
+
 .PHONY: deploy
 deploy: $(VENV) ## the newest run's best (arch, input size) for board TARGET, INT8, exported (docs/deployment.md)
 	$(PY) deploy.py --target $(TARGET) --checkpoint_type best $(DEPLOY_FLAGS)

@@ -75,8 +75,7 @@ KEY_HELP = {
 REFINE_HELP = {
     "top": "candidates refined: the K lowest supernet EPE among those the source offers",
     "steps": "training steps of each candidate, from the supernet's best weights",
-    "epochs": "epochs the steps are split into: a checkpoint (and an evaluation) after each, where a killed "
-              "refinement resumes",
+    "epochs": "epochs the steps are split into: a checkpoint after each, where a killed refinement resumes",
 }
 RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch", "synthetic", "synthetic_train_size",
                 "synthetic_val_size", "synthetic_seed", "synthetic_scene")
