@@ -9,6 +9,7 @@ from tensorflow_quiet import tf
 
 import data_fc2
 import data_sintel_kitti
+import fc2_pipeline
 from errors import DataError, one_line
 
 
@@ -26,9 +27,9 @@ def recalibration_batches(cfg, data, count=None):
     (random crops at the run's input size, as training sees them): what every BN recalibration
     uses, whatever is scored."""
     count = count or cfg["bn_recal_batches"]
-    recal = data_fc2.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
+    recal = fc2_pipeline.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
                                   max_flow=cfg["max_flow"], seed=cfg["seed"])
-    samples = data_fc2.training_batch_samples(data["train"], cfg["seed"], range(count), cfg["batch_size"])
+    samples = fc2_pipeline.training_batch_samples(data["train"], cfg["seed"], range(count), cfg["batch_size"])
     return numpy_batches(recal, count, samples, (cfg["input_h"], cfg["input_w"]))
 
 
@@ -82,7 +83,7 @@ def centre_crop_batches(cfg, data):
     centre-cropped to the run's input size, labels unclipped. The pipeline refuses a non-finite
     flow; numpy_batches names its file."""
     crop = (cfg["input_h"], cfg["input_w"])
-    val = data_fc2.make_dataset(data["val"], cfg["batch_size"], crop, train=False, max_flow=cfg["max_flow"],
+    val = fc2_pipeline.make_dataset(data["val"], cfg["batch_size"], crop, train=False, max_flow=cfg["max_flow"],
                                 seed=cfg["seed"])
     return numpy_batches(val, cfg["eval_batches"], data["val"] if isinstance(data["val"], list) else [], crop)
 

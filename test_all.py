@@ -44,6 +44,7 @@ import errors
 import evaluate
 import export
 import fair
+import fc2_pipeline
 import firmware
 import flowio
 import flowviz
@@ -648,15 +649,15 @@ def _find_window(big, small):
 class TestPipeline:
     def test_normalise_maps_uint8_to_unit_range(self):
         x = np.arange(256, dtype=np.uint8)
-        y = data_fc2.normalise(x)
+        y = fc2_pipeline.normalise(x)
         assert y.dtype == np.float32 and y[0] == -1.0 and y[-1] == 1.0 and np.all(np.diff(y) > 0)
-        assert np.array_equal(data_fc2.normalise(tf.constant(x)).numpy(), y)
+        assert np.array_equal(fc2_pipeline.normalise(tf.constant(x)).numpy(), y)
         with pytest.raises(errors.DataError, match="uint8"):
-            data_fc2.normalise(x.astype(np.float32))
+            fc2_pipeline.normalise(x.astype(np.float32))
 
     def test_eval_pipeline_is_centre_crop_unclipped_and_deterministic(self, fc2_tree):
         samples = data_fc2.list_samples(fc2_tree, "train", "lists")[:5]
-        dataset = data_fc2.make_dataset(samples, 2, CROP, train=False, max_flow=0.1, seed=0)
+        dataset = fc2_pipeline.make_dataset(samples, 2, CROP, train=False, max_flow=0.1, seed=0)
         batches = list(dataset)
         assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # last partial batch kept
         images = np.concatenate([b[0].numpy() for b in batches])
@@ -677,7 +678,7 @@ class TestPipeline:
         for name in ("0-img_0.png", "0-img_1.png"):
             (tmp_path / name).write_bytes(image)
         sample = tuple(str(tmp_path / n) for n in ("0-img_0.png", "0-img_1.png", "0-flow_01.flo"))
-        dataset = data_fc2.make_dataset([sample], 1, (3, 4), train=False, max_flow=1, seed=0)
+        dataset = fc2_pipeline.make_dataset([sample], 1, (3, 4), train=False, max_flow=1, seed=0)
         images, flow = next(iter(dataset))
         assert np.array_equal(flow.numpy()[0], np.array(values, np.float32).reshape(3, 4, 2))
         assert np.all(images.numpy() == 1.0)
@@ -685,8 +686,8 @@ class TestPipeline:
     def test_train_pipeline_random_crop_clip_and_repeat(self, fc2_tree):
         samples = data_fc2.list_samples(fc2_tree, "train", "lists")
         max_flow = 0.75
-        first = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
-        second = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
+        first = list(fc2_pipeline.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
+        second = list(fc2_pipeline.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
         assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0]) for a, b in zip(first, second))
         # 4 batches of 3 from 8 samples: the stream repeats and every batch is full
         assert all(b[0].shape == (3, 24, 32, 6) and b[1].shape == (3, 24, 32, 2) for b in first)
@@ -708,15 +709,15 @@ class TestPipeline:
 
     def test_pipeline_from_synthetic_arrays_and_crop_errors(self, fc2_tree):
         arrays = synthetic.make_synthetic_arrays(3, 24, 32, seed=1)
-        dataset = data_fc2.make_dataset(arrays, 3, (24, 32), train=False, max_flow=1, seed=0)
+        dataset = fc2_pipeline.make_dataset(arrays, 3, (24, 32), train=False, max_flow=1, seed=0)
         images, flow = next(iter(dataset))
         assert np.array_equal(flow.numpy(), arrays["flow"])
-        assert np.array_equal(images.numpy()[..., 3:], data_fc2.normalise(arrays["img1"]))
+        assert np.array_equal(images.numpy()[..., 3:], fc2_pipeline.normalise(arrays["img1"]))
         with pytest.raises(errors.DataError, match="smaller than the 25x32 crop"):
-            data_fc2.make_dataset(arrays, 1, (25, 32), train=True, max_flow=1, seed=0)
+            fc2_pipeline.make_dataset(arrays, 1, (25, 32), train=True, max_flow=1, seed=0)
         samples = data_fc2.list_samples(fc2_tree, "val", "lists")
         with pytest.raises(errors.DataError, match="flow_01.flo: 32x48 sample is smaller than the 24x64"):
-            data_fc2.make_dataset(samples, 1, (24, 64), train=False, max_flow=1, seed=0)
+            fc2_pipeline.make_dataset(samples, 1, (24, 64), train=False, max_flow=1, seed=0)
 
     def test_pipeline_names_a_malformed_flo_at_run_time(self, fc2_tree, tmp_path):
         base = _copy_tree(fc2_tree, tmp_path / "copy")
@@ -724,7 +725,7 @@ class TestPipeline:
         with open(samples[1][2], "r+b") as f:
             f.write(b"XXXX")
         with pytest.raises(tf.errors.InvalidArgumentError, match="wrong .flo tag") as info:
-            list(data_fc2.make_dataset(samples, 1, CROP, train=False, max_flow=1, seed=0))
+            list(fc2_pipeline.make_dataset(samples, 1, CROP, train=False, max_flow=1, seed=0))
         assert samples[1][2] in str(info.value)
 
     @pytest.mark.parametrize("source_kind", ["files", "arrays"])
@@ -734,7 +735,7 @@ class TestPipeline:
         else:
             source = synthetic.make_synthetic_arrays(3, H, W, seed=2)
         with tf.Graph().as_default():
-            dataset = data_fc2.make_dataset(source, 2, CROP, train=True, max_flow=5.0, seed=1)
+            dataset = fc2_pipeline.make_dataset(source, 2, CROP, train=True, max_flow=5.0, seed=1)
             images, flow = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
             assert images.shape.as_list() == [2, 24, 32, 6] and flow.shape.as_list() == [2, 24, 32, 2]
             with tf.compat.v1.Session() as session:
@@ -1690,7 +1691,7 @@ def _random_subnet_values(graph, seed):
 def _synthetic_images(num, h, w, seed):
     """Real-looking frame pairs (the synthetic chairs) stacked to [num, h, w, 6] in [-1, 1]."""
     arrays = synthetic.make_synthetic_arrays(num, h, w, seed)
-    return np.concatenate([data_fc2.normalise(arrays["img0"]), data_fc2.normalise(arrays["img1"])], -1)
+    return np.concatenate([fc2_pipeline.normalise(arrays["img0"]), fc2_pipeline.normalise(arrays["img1"])], -1)
 
 
 def _static_models(arch, h, w, seed, calibration_images):
@@ -4421,7 +4422,7 @@ def mean_gradient_steps(cfg, start_prefix, steps, replicas):
         lr = train_graph.cosine_learning_rate(cfg, step, cfg["steps_per_epoch"] * cfg["num_epochs"])
         fed = [tf.compat.v1.placeholder(tf.float32, v.shape) for v in variables]
         apply = tf.compat.v1.train.GradientDescentOptimizer(lr).apply_gradients(zip(fed, variables), step)
-        batch = tf.compat.v1.data.make_one_shot_iterator(data_fc2.make_dataset(
+        batch = tf.compat.v1.data.make_one_shot_iterator(fc2_pipeline.make_dataset(
             data["train"], cfg["batch_size"], (h, w), True, cfg["max_flow"], cfg["seed"], steps[0])).get_next()
         saver = tf.compat.v1.train.Saver([v for v in tf.compat.v1.global_variables()])
     with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
@@ -4474,9 +4475,9 @@ class TestDataParallel:
 
     def test_the_shards_of_a_training_batch_are_the_batch(self):
         arrays = synthetic.make_synthetic_arrays(6, 32, 48, 3)
-        whole = next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2)))
+        whole = next(iter(fc2_pipeline.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2)))
         for count in (2, 4):
-            parts = [next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2,
+            parts = [next(iter(fc2_pipeline.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2,
                                                      shard=(i, count)))) for i in range(count)]
             for k in range(2):
                 np.testing.assert_array_equal(np.concatenate([p[k].numpy() for p in parts]), whole[k].numpy())

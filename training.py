@@ -20,6 +20,7 @@ import config
 import data_fc2
 import distribute
 import fair
+import fc2_pipeline
 import run_files
 import scoring
 import supernet
@@ -135,7 +136,7 @@ def checked_step(sess, fetches, feed, run, step):
     cfg = run.cfg
 
     def fault():
-        samples = data_fc2.training_batch_samples(run.data["train"], cfg["seed"], [step], cfg["batch_size"])
+        samples = fc2_pipeline.training_batch_samples(run.data["train"], cfg["seed"], [step], cfg["batch_size"])
         return data_fc2.find_fault(samples, (cfg["input_h"], cfg["input_w"]))
     try:
         with distribute.held_back(run.cluster):
