@@ -28,7 +28,7 @@ def recalibration_batches(cfg, data, count=None):
     uses, whatever is scored."""
     count = count or cfg["bn_recal_batches"]
     recal = fc2_pipeline.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
-                                  max_flow=cfg["max_flow"], seed=cfg["seed"])
+                                      max_flow=cfg["max_flow"], seed=cfg["seed"])
     samples = fc2_pipeline.training_batch_samples(data["train"], cfg["seed"], range(count), cfg["batch_size"])
     return numpy_batches(recal, count, samples, (cfg["input_h"], cfg["input_w"]))
 
@@ -84,7 +84,7 @@ def centre_crop_batches(cfg, data):
     flow; numpy_batches names its file."""
     crop = (cfg["input_h"], cfg["input_w"])
     val = fc2_pipeline.make_dataset(data["val"], cfg["batch_size"], crop, train=False, max_flow=cfg["max_flow"],
-                                seed=cfg["seed"])
+                                    seed=cfg["seed"])
     return numpy_batches(val, cfg["eval_batches"], data["val"] if isinstance(data["val"], list) else [], crop)
 
 

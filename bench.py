@@ -261,7 +261,7 @@ def measure_pipeline(cfg, args, root, steps, log):
     log(f"wrote an FC2 tree of {args.data_samples} samples at {FC2_SIZE[0]}x{FC2_SIZE[1]} in "
         f"{time.perf_counter() - start:.1f}s; reading its {len(samples)} training samples")
     dataset = fc2_pipeline.make_dataset(samples, args.batch_size, (cfg["input_h"], cfg["input_w"]), train=True,
-                                    max_flow=cfg["max_flow"], seed=args.seed)
+                                        max_flow=cfg["max_flow"], seed=args.seed)
     batches = iter(dataset)
     next(batches)
     num_batches = max(1, -(-args.pipeline_samples // args.batch_size))

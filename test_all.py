@@ -4478,7 +4478,7 @@ class TestDataParallel:
         whole = next(iter(fc2_pipeline.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2)))
         for count in (2, 4):
             parts = [next(iter(fc2_pipeline.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2,
-                                                     shard=(i, count)))) for i in range(count)]
+                                                         shard=(i, count)))) for i in range(count)]
             for k in range(2):
                 np.testing.assert_array_equal(np.concatenate([p[k].numpy() for p in parts]), whole[k].numpy())
 
