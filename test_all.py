@@ -1493,7 +1493,7 @@ class TestSearch:
         shutil.rmtree(search_dir)
         assert search.main(common + ["--shard", "2/2"]) == 0 and search.main(common + ["--shard", "1/2"]) == 0
         assert not (pathlib.Path(search_dir) / "scores.csv").exists()
-        def no_data(*_):
+        def no_data(*_, **__):
             raise AssertionError("--merge read the data")
         monkeypatch.setattr(batches, "dataset_batches", no_data)
         assert search.main(common + ["--merge", "--max_gmacs", "0.1"]) == 0
@@ -1961,9 +1961,8 @@ class TestHostileInput:
 
     def test_bad_lists_and_tables_are_named(self, tmp_path, capsys):
         (tmp_path / "latin1.txt").write_bytes("0,0,0,0,0,0,0,0,0 # caf\xe9\n".encode("latin-1"))
-        args = search.parse_args(["--archs_file", str(tmp_path / "latin1.txt")])
         with pytest.raises(errors.SearchError, match=f"--archs_file {tmp_path / 'latin1.txt'}: not UTF-8"):
-            search_parts.select_archs(args)
+            search_parts.select_archs(archs=None, archs_file=str(tmp_path / "latin1.txt"), sample=None, seed=0)
         for name, rows, words in (("latin1.csv", None, "not UTF-8"),
                                   ("twice.csv", [("0,0,0,0,0,0,0,0,0", 1.0), ("0,0,0,0,0,0,0,0,0", 2.0)],
                                    "listed twice"),
@@ -2560,8 +2559,8 @@ class TestDatasetsAndPictures:
         run = scoring_run / "run"
         cfg = json.loads((run / "config.json").read_text())
         pool = json.loads((run / "eval_pool_3.json").read_text())["archs"]
-        assert runs.chosen_archs(type("Args", (), {"arch": list(reversed(pool))}), str(run), cfg)[1]
-        assert not runs.chosen_archs(type("Args", (), {"arch": pool[:2]}), str(run), cfg)[1]
+        assert runs.chosen_archs(list(reversed(pool)), str(run), cfg)[1]
+        assert not runs.chosen_archs(pool[:2], str(run), cfg)[1]
 
     @pytest.mark.slow
     @pytest.mark.parametrize("case", ["missing_flow", "kitti_8_bit", "kitti_wrong_size"])
@@ -2589,9 +2588,8 @@ class TestDatasetsAndPictures:
         with pytest.raises(SystemExit) as exit_info:
             evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "chairs"])
         assert exit_info.value.code == 2 and "invalid choice: 'chairs'" in capsys.readouterr().err
-        args = type("Args", (), {"dataset": "chairs", "base_path": None, "sintel_pass": "final"})
         with pytest.raises(errors.DataError, match="--dataset 'chairs'"):
-            batches.dataset_batches({}, args)
+            batches.dataset_batches({}, dataset="chairs", base_path=None, sintel_pass="final")
 
     def test_tensorboard_flow_panel_of_the_best_arch(self, tmp_path):
         rng = np.random.default_rng(2)
