@@ -4619,3 +4619,39 @@ class TestNeighbourCycles:
         assert cache.tool.compiles == 1 and summary["compiled_model"] == str(tmp_path / "b" / "model_int8_vela.tflite")
         assert sorted(os.listdir(tmp_path / "b")) == ["model_int8_vela.tflite"]
         assert (tmp_path / "b" / "model_int8_vela.tflite").read_bytes() == (b"int8 model" * 10)[::-1]
+
+
+class TestFc2Pipeline:
+    def test_training_batches_read_the_samples_batch_samples_names(self):
+        n, batch, seed = 5, 3, 7
+        rng = np.random.default_rng(0)
+        flow = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 4, 6, 2)).copy()
+        arrays = {"img0": rng.integers(0, 256, (n, 4, 6, 3), dtype=np.uint8),
+                  "img1": rng.integers(0, 256, (n, 4, 6, 3), dtype=np.uint8), "flow": flow}
+        dataset = fc2_pipeline.make_dataset(arrays, batch, (4, 6), True, 100.0, seed)
+        read = [b[1].numpy()[:, 0, 0, 0].astype(int).tolist() for b in dataset.take(4)]
+        # by hand: epoch e visits every sample once, in default_rng([seed, e])'s permutation; 12 reads cross 2 epochs
+        stream = np.concatenate([np.random.default_rng([seed, e]).permutation(n) for e in range(3)])
+        assert read == [stream[s * batch:(s + 1) * batch].tolist() for s in range(4)]
+        paths = [(f"{i}-img_0.png", f"{i}-img_1.png", f"{i}-flow_01.flo") for i in range(n)]
+        assert fc2_pipeline.training_batch_samples(paths, seed, [1, 3], batch) == [
+            paths[i] for i in np.concatenate([stream[3:6], stream[9:12]])]
+        assert fc2_pipeline.training_batch_samples(arrays, seed, [0], batch) == []
+
+    def test_it_is_the_one_module_that_builds_tf_data_datasets(self):
+        builders = [m for m in PRODUCT_MODULES if "tf.data.Dataset" in (HERE / f"{m}.py").read_text()]
+        assert builders == ["fc2_pipeline"]
+
+
+class TestLibraryParameters:
+    def test_no_library_function_takes_the_argparse_namespace(self):
+        """Commands unpack their flags at the call: a library function names the values it reads."""
+        taking = {}
+        for module in sorted(set(PRODUCT_MODULES) - set(COMMANDS)):
+            tree = ast.parse((HERE / f"{module}.py").read_text())
+            names = [node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+                     and {"args", "namespace"} & {a.arg for a in node.args.posonlyargs + node.args.args
+                                                  + node.args.kwonlyargs}]
+            if names:
+                taking[module] = names
+        assert taking == {}
