@@ -102,8 +102,7 @@ def parse_args(argv):
 
 def check_flags(args):
     """ConfigError naming the first flag out of range."""
-    runs.check_scoring_flags(batch_size=args.batch_size, bn_recal_batches=args.bn_recal_batches,
-                             eval_batches=args.eval_batches)
+    runs.check_scoring_flags(eval_batches=args.eval_batches)
     for flag, smallest in (("warmup", 0), ("repeats", 1), ("latency_check", 1), ("latency_seed", 0),
                            ("calibration_samples", 1)):
         if getattr(args, flag) < smallest:
@@ -120,8 +119,7 @@ def run(args):
     tool = compiler.compiler_for(target, args.vela)
     run_dir = runs.run_dir_of(output_dir=args.output_dir, experiment_name=args.experiment_name,
                               checkpoint_type=args.checkpoint_type)
-    cfg = runs.scoring_config(run_dir, batch_size=args.batch_size, bn_recal_batches=args.bn_recal_batches,
-                              eval_batches=args.eval_batches)
+    cfg = runs.scoring_config(run_dir, eval_batches=args.eval_batches)  # the one scoring flag export has
     size = export_size(args, cfg)
     ckpt.load_meta(run_dir, args.checkpoint_type)
     cache = compiler.CompileCache(os.path.join(args.output_dir, cfg["deploy"]["compile_cache"]), tool)
