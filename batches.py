@@ -9,6 +9,7 @@ from tensorflow_quiet import tf
 
 import data_fc2
 import data_sintel_kitti
+import fc2_pipeline
 from errors import DataError, one_line
 
 
@@ -26,9 +27,9 @@ def recalibration_batches(cfg, data, count=None):
     (random crops at the run's input size, as training sees them): what every BN recalibration
     uses, whatever is scored."""
     count = count or cfg["bn_recal_batches"]
-    recal = data_fc2.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
-                                  max_flow=cfg["max_flow"], seed=cfg["seed"])
-    samples = data_fc2.training_batch_samples(data["train"], cfg["seed"], range(count), cfg["batch_size"])
+    recal = fc2_pipeline.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
+                                      max_flow=cfg["max_flow"], seed=cfg["seed"])
+    samples = fc2_pipeline.training_batch_samples(data["train"], cfg["seed"], range(count), cfg["batch_size"])
     return numpy_batches(recal, count, samples, (cfg["input_h"], cfg["input_w"]))
 
 
@@ -82,14 +83,14 @@ def centre_crop_batches(cfg, data):
     centre-cropped to the run's input size, labels unclipped. The pipeline refuses a non-finite
     flow; numpy_batches names its file."""
     crop = (cfg["input_h"], cfg["input_w"])
-    val = data_fc2.make_dataset(data["val"], cfg["batch_size"], crop, train=False, max_flow=cfg["max_flow"],
-                                seed=cfg["seed"])
+    val = fc2_pipeline.make_dataset(data["val"], cfg["batch_size"], crop, train=False, max_flow=cfg["max_flow"],
+                                    seed=cfg["seed"])
     return numpy_batches(val, cfg["eval_batches"], data["val"] if isinstance(data["val"], list) else [], crop)
 
 
 def add_dataset_flags(parser):
     """Add the flags that choose the scored dataset to an argparse parser: --dataset, --base_path,
-    --sintel_pass (dataset_batches reads them)."""
+    --sintel_pass (dataset_batches and result_suffix take their values)."""
     group = parser.add_argument_group("scored dataset (BN recalibration always uses the run's own training data)")
     group.add_argument("--dataset", default="fc2", choices=data_sintel_kitti.EVAL_DATASETS,
                        help="fc2: centre crops at the run's input size; sintel, kitti: full frames (default fc2)")
@@ -115,21 +116,21 @@ def _fc2_validation(cfg, data):
     return val, [os.path.basename(s[0])[:-len("-img_0.png")] for s in data["val"][:count]]
 
 
-def _full_frame_validation(cfg, args):
+def _full_frame_validation(cfg, dataset, base_path, sintel_pass):
     """EvalBatches of Sintel or KITTI, and their sample names (Sintel: scene/frame_NNNN)."""
-    if args.dataset == "sintel":
-        samples = data_sintel_kitti.list_sintel_samples(args.base_path, args.sintel_pass)
+    if dataset == "sintel":
+        samples = data_sintel_kitti.list_sintel_samples(base_path, sintel_pass)
     else:
-        samples = data_sintel_kitti.list_kitti_samples(args.base_path)
+        samples = data_sintel_kitti.list_kitti_samples(base_path)
     val = data_sintel_kitti.EvalBatches(samples, cfg["batch_size"], cfg["eval_batches"])
     names = [os.path.splitext(os.path.relpath(s[0], os.path.dirname(os.path.dirname(s[0]))))[0]
-             if args.dataset == "sintel" else os.path.splitext(os.path.basename(s[0]))[0] for s in val.samples]
+             if dataset == "sintel" else os.path.splitext(os.path.basename(s[0]))[0] for s in val.samples]
     return val, names
 
 
-def dataset_batches(cfg, args):
+def dataset_batches(cfg, *, dataset, base_path, sintel_pass):
     """(recal_batches, val_batches, info) to score the run configured by `cfg` on the dataset that
-    add_dataset_flags' flags (`args.dataset`, `args.base_path`, `args.sintel_pass`) choose.
+    add_dataset_flags' flags (`dataset`, `base_path` or None, `sintel_pass`) choose.
 
     recal_batches: (images, flows) training batches of the run's own data at its input size.
     val_batches: a sequence of (images [B, H, W, 6], flows [B, H, W, 2], valid float32 [B, H, W]);
@@ -138,26 +139,26 @@ def dataset_batches(cfg, args):
     graph runs at), frame_sizes, samples, sample_names and sample_frame_sizes (in batch order),
     suffix (for result names: "" for the run's own FC2 data, "_fc2", "_sintel_final", "_kitti"), reason.
     """
-    suffix = result_suffix(args)
-    if args.dataset != "fc2" and not args.base_path:
-        raise DataError(f"--dataset {args.dataset} needs --base_path (the folder that holds training/)")
-    if args.dataset == "fc2":
+    suffix = result_suffix(dataset=dataset, base_path=base_path, sintel_pass=sintel_pass)
+    if dataset != "fc2" and not base_path:
+        raise DataError(f"--dataset {dataset} needs --base_path (the folder that holds training/)")
+    if dataset == "fc2":
         run_data = data_fc2.open_data(cfg)
-        scored = (data_fc2.open_data(dict(cfg, base_path=args.base_path, synthetic=False)) if args.base_path
+        scored = (data_fc2.open_data(dict(cfg, base_path=base_path, synthetic=False)) if base_path
                   else run_data)
         val, names = _fc2_validation(cfg, scored)
         frame_sizes, data_source = [(cfg["input_h"], cfg["input_w"])] * len(names), scored["data_source"]
         reason = scored["reason"] + f", validation centre-cropped to {cfg['input_h']}x{cfg['input_w']}"
     else:
-        val, names = _full_frame_validation(cfg, args)
-        frame_sizes, data_source = val.frame_sizes, args.dataset
-        reason = (f"{args.dataset} from {args.base_path}, full frames padded to multiples of "
+        val, names = _full_frame_validation(cfg, dataset, base_path, sintel_pass)
+        frame_sizes, data_source = val.frame_sizes, dataset
+        reason = (f"{dataset} from {base_path}, full frames padded to multiples of "
                   f"{data_sintel_kitti.PAD_MULTIPLE}")
         run_data = data_fc2.open_data(cfg)
     recal = recalibration_batches(cfg, run_data)
-    sintel_pass = args.sintel_pass if args.dataset == "sintel" else None
+    scored_pass = sintel_pass if dataset == "sintel" else None
     input_sizes = val.batch_sizes if isinstance(val, data_sintel_kitti.EvalBatches) else [b[0].shape[1:3] for b in val]
-    info = {"dataset": args.dataset, "pass": sintel_pass, "base_path": args.base_path or cfg["base_path"],
+    info = {"dataset": dataset, "pass": scored_pass, "base_path": base_path or cfg["base_path"],
             "data_source": data_source, "recal_data_source": run_data["data_source"],
             "recal_input_size": [cfg["input_h"], cfg["input_w"]], "input_sizes": _distinct_sizes(input_sizes),
             "frame_sizes": _distinct_sizes(frame_sizes), "samples": len(names), "sample_names": names,
@@ -166,14 +167,14 @@ def dataset_batches(cfg, args):
     return recal, val, info
 
 
-def result_suffix(args):
-    """What result names add for the dataset that `args` chooses: "" for the run's own FC2 data,
-    "_fc2" for another FC2 tree, "_sintel_<pass>", "_kitti". Reads no data."""
-    if args.dataset not in data_sintel_kitti.EVAL_DATASETS:
-        raise DataError(f"--dataset {args.dataset!r} is not one of {', '.join(data_sintel_kitti.EVAL_DATASETS)}")
-    if args.dataset == "fc2" and not args.base_path:
+def result_suffix(*, dataset, base_path, sintel_pass):
+    """What result names add for the dataset that add_dataset_flags' flags choose: "" for the run's
+    own FC2 data, "_fc2" for another FC2 tree, "_sintel_<pass>", "_kitti". Reads no data."""
+    if dataset not in data_sintel_kitti.EVAL_DATASETS:
+        raise DataError(f"--dataset {dataset!r} is not one of {', '.join(data_sintel_kitti.EVAL_DATASETS)}")
+    if dataset == "fc2" and not base_path:
         return ""
-    return "_" + "_".join(filter(None, [args.dataset, args.sintel_pass if args.dataset == "sintel" else None]))
+    return "_" + "_".join(filter(None, [dataset, sintel_pass if dataset == "sintel" else None]))
 
 
 def _distinct_sizes(sizes):

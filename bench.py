@@ -35,6 +35,7 @@ from tensorflow_quiet import tf
 import config
 import data_fc2
 import fair
+import fc2_pipeline
 import scoring
 import search_tree
 import supernet
@@ -73,7 +74,7 @@ def load_average():
 def fixed_batch(batch, h, w, seed):
     """One synthetic batch with real motion as numpy: images [B, h, w, 6] in [-1, 1], flows [B, h, w, 2]."""
     arrays = synthetic.make_synthetic_arrays(batch, h, w, seed)
-    images = np.concatenate([data_fc2.normalise(arrays["img0"]), data_fc2.normalise(arrays["img1"])], axis=-1)
+    images = np.concatenate([fc2_pipeline.normalise(arrays["img0"]), fc2_pipeline.normalise(arrays["img1"])], axis=-1)
     return images, arrays["flow"]
 
 
@@ -251,7 +252,7 @@ def measure_steps(cfg, args, images_np, flows_np, log, path_devices):
 # ----------------------------------------------------------------------------- 3: data pipeline
 
 def measure_pipeline(cfg, args, root, steps, log):
-    """Figure 3: samples/s of data_fc2.make_dataset over an FC2 tree written to `root`, eagerly,
+    """Figure 3: samples/s of fc2_pipeline.make_dataset over an FC2 tree written to `root`, eagerly,
     after one batch of warm-up, against the samples/s the fair step consumes (`steps`, from
     measure_steps); also both costs in CPU time per sample, which machine load does not change."""
     start = time.perf_counter()
@@ -259,8 +260,8 @@ def measure_pipeline(cfg, args, root, steps, log):
     samples = data_fc2.list_samples(root, "train", "lists")
     log(f"wrote an FC2 tree of {args.data_samples} samples at {FC2_SIZE[0]}x{FC2_SIZE[1]} in "
         f"{time.perf_counter() - start:.1f}s; reading its {len(samples)} training samples")
-    dataset = data_fc2.make_dataset(samples, args.batch_size, (cfg["input_h"], cfg["input_w"]), train=True,
-                                    max_flow=cfg["max_flow"], seed=args.seed)
+    dataset = fc2_pipeline.make_dataset(samples, args.batch_size, (cfg["input_h"], cfg["input_w"]), train=True,
+                                        max_flow=cfg["max_flow"], seed=args.seed)
     batches = iter(dataset)
     next(batches)
     num_batches = max(1, -(-args.pipeline_samples // args.batch_size))

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-import data_fc2
+import fc2_pipeline
 import flowio
 from errors import DataError
 
@@ -105,7 +105,7 @@ def pad_sample(img0, img1, flow, valid, multiple=PAD_MULTIPLE):
     height, width = flow.shape[:2]
     target = padded_size(height, width, multiple)
     pad = ((0, target[0] - height), (0, target[1] - width))
-    images = np.pad(data_fc2.normalise(np.concatenate([img0, img1], axis=-1)), pad + ((0, 0),), mode="edge")
+    images = np.pad(fc2_pipeline.normalise(np.concatenate([img0, img1], axis=-1)), pad + ((0, 0),), mode="edge")
     return images, np.pad(flow, pad + ((0, 0),)), np.pad(valid, pad)
 
 

@@ -73,7 +73,8 @@ def open_deployment(args):
     settings = settings_of(args)
     target = compiler.load_target(args.target)
     tool = compiler.compiler_for(target, args.vela)
-    run_dir = runs.run_dir_of(args)
+    run_dir = runs.run_dir_of(output_dir=args.output_dir, experiment_name=args.experiment_name,
+                              checkpoint_type=args.checkpoint_type)
     cfg = config.run_config(run_dir)
     if runs.standalone_arch(cfg):
         raise DeployError(f"{run_dir} is a standalone run of {cfg['arch']}: deploy searches a supernet run")

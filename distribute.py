@@ -11,7 +11,7 @@ The config key `distribute` chooses:
   runs a tf.distribute.Server and its session on that server.
 
 What a step computes: training batch `step` of `batch_size` samples (the batch one process would
-read) is cut into one share per replica (data_fc2.make_dataset's shard). Each replica runs the whole
+read) is cut into one share per replica (fc2_pipeline.make_dataset's shard). Each replica runs the whole
 fair step on its share; batch norm normalises over the replica's own share (unsynchronised, as in
 the published work's multi-GPU training), so with several replicas the paths see smaller batches'
 statistics than one process on the whole batch. The replicas' gradients (and losses) are averaged
@@ -38,7 +38,7 @@ import devices
 import tensorflow_quiet
 from tensorflow_quiet import tf
 
-import data_fc2
+import fc2_pipeline
 import run_files
 import train_graph
 from errors import ConfigError, TrainingError, one_line
@@ -222,7 +222,7 @@ def build_step(cluster, cfg, data, start_step, total_steps, standalone_arch=None
 
     def replica_input(context):
         with tf.device(_host(cluster)):
-            dataset = data_fc2.make_dataset(
+            dataset = fc2_pipeline.make_dataset(
                 data["train"], cfg["batch_size"], (h, w), train=True, max_flow=cfg["max_flow"], seed=cfg["seed"],
                 start_step=start_step, shard=(context.replica_id_in_sync_group, context.num_replicas_in_sync))
             return tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()

@@ -73,10 +73,13 @@ def run(args):
     """Score the chosen checkpoint on the chosen dataset and write
     supernet_eval_result_<type><dataset suffix>.json (and pictures, flows); returns the result."""
     hardware = devices.report()
-    run_dir = runs.run_dir_of(args)
-    cfg = runs.scoring_config(args, run_dir)
-    archs, is_pool = runs.chosen_archs(args, run_dir, cfg)
-    recal_batches, val_batches, info = batches.dataset_batches(cfg, args)
+    run_dir = runs.run_dir_of(output_dir=args.output_dir, experiment_name=args.experiment_name,
+                              checkpoint_type=args.checkpoint_type)
+    cfg = runs.scoring_config(run_dir, batch_size=args.batch_size, bn_recal_batches=args.bn_recal_batches,
+                              eval_batches=args.eval_batches)
+    archs, is_pool = runs.chosen_archs(args.arch, run_dir, cfg)
+    recal_batches, val_batches, info = batches.dataset_batches(cfg, dataset=args.dataset, base_path=args.base_path,
+                                                               sintel_pass=args.sintel_pass)
     print(info["reason"])
     picture_dir = os.path.join(run_dir, f"flow_pictures_{args.checkpoint_type}{info['suffix']}")
     writer = flowviz.PredictionWriter(info, args.visualize, picture_dir, args.save_flow)

@@ -102,7 +102,7 @@ def parse_args(argv):
 
 def check_flags(args):
     """ConfigError naming the first flag out of range."""
-    runs.check_scoring_flags(args)
+    runs.check_scoring_flags(eval_batches=args.eval_batches)
     for flag, smallest in (("warmup", 0), ("repeats", 1), ("latency_check", 1), ("latency_seed", 0),
                            ("calibration_samples", 1)):
         if getattr(args, flag) < smallest:
@@ -117,8 +117,9 @@ def run(args):
     arch = supernet.parse_arch(args.arch) if args.arch is not None else None
     target = compiler.flag_target(args.accelerator_config, args.system_config, args.memory_mode, args.optimise)
     tool = compiler.compiler_for(target, args.vela)
-    run_dir = runs.run_dir_of(args)
-    cfg = runs.scoring_config(args, run_dir)
+    run_dir = runs.run_dir_of(output_dir=args.output_dir, experiment_name=args.experiment_name,
+                              checkpoint_type=args.checkpoint_type)
+    cfg = runs.scoring_config(run_dir, eval_batches=args.eval_batches)  # the one scoring flag export has
     size = export_size(args, cfg)
     ckpt.load_meta(run_dir, args.checkpoint_type)
     cache = compiler.CompileCache(os.path.join(args.output_dir, cfg["deploy"]["compile_cache"]), tool)

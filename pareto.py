@@ -63,9 +63,9 @@ def _paired(samples, arch, other, pixels):
     return None if a is None or b is None else metrics.paired_se(a, b, pixels)
 
 
-def budget_limits(args):
-    """[(column, limit, sign)] of the budget flags given: sign 1 for at most, -1 for at least."""
-    limits = [("gmacs", args.max_gmacs, 1), ("params", args.max_params, 1), ("fps", args.min_fps, -1)]
+def budget_limits(*, max_gmacs, max_params, min_fps):
+    """[(column, limit, sign)] of the budget flags given (None: not given): sign 1 for at most, -1 for at least."""
+    limits = [("gmacs", max_gmacs, 1), ("params", max_params, 1), ("fps", min_fps, -1)]
     return [(key, value, sign) for key, value, sign in limits if value is not None]
 
 

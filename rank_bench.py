@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import types
 
 import numpy as np
 
@@ -280,7 +279,7 @@ def training_fingerprint(bench_dir, arch, seed, steps):
                synthetic_train_size=steps * cfg["batch_size"])
     hardware = devices.report(1, allow_cpu=True, log=lambda line: None)
     with tempfile.TemporaryDirectory() as nowhere:  # prepare reads a run folder's history: none here
-        run = training.prepare(types.SimpleNamespace(resume=False, dry_run=True), cfg, nowhere, hardware)
+        run = training.prepare(cfg, nowhere, hardware, resume=False, dry_run=True)
     state, losses = run.state, []
     with tf.compat.v1.Session(graph=run.graph, config=tensorflow_quiet.session_config()) as sess:
         sess.run(run.init)

@@ -46,7 +46,6 @@ def parse_args(argv):
     for key, default in config.defaults()["refine"].items():
         parser.add_argument(f"--refine_{key}", type=type(default), default=None,
                             help=f"{config.REFINE_HELP[key]} (config.json: {default!r})")
-    parser.set_defaults(checkpoint_type=refining.KIND, min_fps=None)
     args = parser.parse_args(argv)
     if args.search and args.deploy_report:
         parser.error("--search and --deploy_report are two sources: give one")
@@ -85,10 +84,11 @@ def run(args):
     """Choose the candidates, refine them and print the report."""
     hardware = devices.report()  # before any session: quietens TensorFlow's device probing
     settings = settings_of(args)
-    run_dir = runs.run_dir_of(args)
+    run_dir = runs.run_dir_of(output_dir=args.output_dir, experiment_name=args.experiment_name,
+                              checkpoint_type=refining.KIND)
     if runs.standalone_arch(config.run_config(run_dir)):
         raise RefineError(f"{run_dir} is a standalone run: refine takes a supernet run's candidates")
-    limits = pareto.budget_limits(args)
+    limits = pareto.budget_limits(max_gmacs=args.max_gmacs, max_params=args.max_params, min_fps=None)
     if args.deploy_report:
         source = refining.deployment_source(run_dir, args.deploy_report, args.size, limits, settings["top"])
     else:

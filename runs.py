@@ -36,29 +36,31 @@ def size_flag(text):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def run_dir_of(args):
-    """The run folder the flags name: --experiment_name, or the newest run with that checkpoint."""
-    if not args.experiment_name:
-        return ckpt.newest_run(args.output_dir, args.checkpoint_type)
-    run_dir = ckpt.run_folder(args.output_dir, args.experiment_name)
+def run_dir_of(*, output_dir, experiment_name, checkpoint_type):
+    """The run folder add_run_flags' flags name: `experiment_name`'s under `output_dir`, or (None or
+    "") the newest run there with a `checkpoint_type` checkpoint."""
+    if not experiment_name:
+        return ckpt.newest_run(output_dir, checkpoint_type)
+    run_dir = ckpt.run_folder(output_dir, experiment_name)
     if not os.path.isdir(run_dir):
         raise CheckpointError(f"run folder not found: {run_dir}")
     return run_dir
 
 
-def check_scoring_flags(args):
-    """ConfigError naming the flag unless each scoring flag given is in range."""
-    for key, smallest in SCORING_FLAGS.items():
-        value = getattr(args, key, None)
-        if value is not None and value < smallest:
-            raise ConfigError(f"--{key} {value} is out of range (at least {smallest})")
+def check_scoring_flags(**flags):
+    """ConfigError naming the flag unless each scoring flag given is in range. flags: values of
+    SCORING_FLAGS' flags by name, None where the flag is not given."""
+    for key, value in flags.items():
+        if value is not None and value < SCORING_FLAGS[key]:
+            raise ConfigError(f"--{key} {value} is out of range (at least {SCORING_FLAGS[key]})")
 
 
-def scoring_config(args, run_dir):
-    """The run's saved config (config.run_config: every key checked) with the scoring flags applied."""
-    check_scoring_flags(args)
+def scoring_config(run_dir, **flags):
+    """The run's saved config (config.run_config: every key checked) with the scoring `flags` given
+    (check_scoring_flags) applied."""
+    check_scoring_flags(**flags)
     cfg = config.run_config(run_dir)
-    cfg.update({key: getattr(args, key) for key in SCORING_FLAGS if getattr(args, key, None) is not None})
+    cfg.update({key: value for key, value in flags.items() if value is not None})
     return cfg
 
 
@@ -84,9 +86,9 @@ def read_pool(path):
         raise CheckpointError(f"{path}: {err}") from None
 
 
-def chosen_archs(args, run_dir, cfg):
-    """(archs to score, whether they are the run's eval pool): --arch codes, or the pool."""
-    archs = [supernet.parse_arch(code) for code in args.arch]
+def chosen_archs(arch_codes, run_dir, cfg):
+    """(archs to score, whether they are the run's eval pool): the --arch codes given, or (none) the pool."""
+    archs = [supernet.parse_arch(code) for code in arch_codes]
     repeated = sorted({supernet.format_arch(a) for a in archs if archs.count(a) > 1})
     if repeated:
         raise ConfigError(f"--arch {repeated[0]} is given more than once")

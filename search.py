@@ -62,7 +62,8 @@ def finish(search_dir, run_dir, args, hardware):
     print(f"EPE/GMACs Pareto front, {len(fronts['epe_gmacs'])} subnets:")
     for row in fronts["epe_gmacs"]:
         print(f"  {pareto.describe(row)}")
-    for line in pareto.budget_choice(rows, fronts, pareto.budget_limits(args), samples, pixels):
+    limits = pareto.budget_limits(max_gmacs=args.max_gmacs, max_params=args.max_params, min_fps=args.min_fps)
+    for line in pareto.budget_choice(rows, fronts, limits, samples, pixels):
         print(line)
     print(f"wrote {os.path.join(search_dir, 'scores.csv')}, {os.path.join(search_dir, 'pareto.json')}")
     print(png)
@@ -121,6 +122,16 @@ def parse_args(argv):
     return args
 
 
+def chosen_indices(args):
+    """The arch indices the flags --archs, --archs_file, --sample and --seed choose (select_archs)."""
+    return search_parts.select_archs(archs=args.archs, archs_file=args.archs_file, sample=args.sample, seed=args.seed)
+
+
+def dataset_choice(args):
+    """The dataset flags (add_dataset_flags) as dataset_batches and result_suffix take them."""
+    return dict(dataset=args.dataset, base_path=args.base_path, sintel_pass=args.sintel_pass)
+
+
 def search_dir_for(run_dir, args, suffix):
     """search_<checkpoint type><dataset suffix>[_<scoring flag><value>][_<arch set>]: the whole space, a
     sample, a list, another dataset and scoring flags that differ from the run's (another recalibration)
@@ -137,7 +148,7 @@ def search_dir_for(run_dir, args, suffix):
     if args.sample is not None:
         name += f"_sample{args.sample}_seed{args.seed}"
     elif args.archs or args.archs_file:
-        name += "_archs" + search_parts.fingerprint([np.array(search_parts.select_archs(args), np.int64)])[:8]
+        name += "_archs" + search_parts.fingerprint([np.array(chosen_indices(args), np.int64)])[:8]
     return os.path.join(run_dir, name)
 
 
@@ -148,22 +159,24 @@ def scored_inputs(args, cfg):
     if args.size:
         base = batches.deployment_base(cfg, 1)
         return search_parts.size_inputs(cfg, base, args.size, args.recal_at == "deploy")
-    recal, val, info = batches.dataset_batches(cfg, args)
+    recal, val, info = batches.dataset_batches(cfg, **dataset_choice(args))
     return (recal, list(val)), info
 
 
 def run(args):
     """Score (this part of) the search, then write the outputs when all parts are done."""
     hardware = devices.report()
-    run_dir = runs.run_dir_of(args)
-    cfg = runs.scoring_config(args, run_dir)
+    run_dir = runs.run_dir_of(output_dir=args.output_dir, experiment_name=args.experiment_name,
+                              checkpoint_type=args.checkpoint_type)
+    cfg = runs.scoring_config(run_dir, batch_size=args.batch_size, bn_recal_batches=args.bn_recal_batches,
+                              eval_batches=args.eval_batches)
     if runs.standalone_arch(cfg):
         raise SearchError(f"{run_dir} is a standalone run of {cfg['arch']}: search needs a supernet run")
     if args.size and (args.dataset != "fc2" or args.base_path):
         raise SearchError("--size scores on the run's own frames resized: it takes no --dataset or --base_path")
     if args.size == (cfg["input_h"], cfg["input_w"]):  # not resized: the run's own search, kept in one folder
         args.size = None
-    search_dir = search_dir_for(run_dir, args, batches.result_suffix(args))
+    search_dir = search_dir_for(run_dir, args, batches.result_suffix(**dataset_choice(args)))
     if args.latency_table:  # refused now rather than after the scoring
         load_latency_table(args.latency_table, *(args.size or (cfg["input_h"], cfg["input_w"])))
     if args.merge:  # the parts hold every score: no data is read
@@ -171,7 +184,7 @@ def run(args):
     scored, info = scored_inputs(args, cfg)
     print(info["reason"])
     k, n = search_parts.parse_shard(args.shard)
-    indices = search_parts.select_archs(args)
+    indices = chosen_indices(args)
     units = search_parts.shard_units(search_parts.make_units(indices), k, n)
     meta = dict(ckpt.load_meta(run_dir, args.checkpoint_type), kind=args.checkpoint_type)
     manifest = search_parts.manifest_for(cfg, meta, info, scored, indices, (k, n), units, args.size)

@@ -41,21 +41,22 @@ def read_archs_file(path):
     return indices
 
 
-def select_archs(args):
-    """Sorted, distinct arch indices: the whole space, or --archs/--archs_file, or --sample N."""
-    if args.sample is not None and (args.archs or args.archs_file):
+def select_archs(*, archs, archs_file, sample, seed):
+    """Sorted, distinct arch indices: the whole space, or the codes of --archs (a list, or None)
+    and --archs_file (a path, or None), or --sample N of them drawn with --seed."""
+    if sample is not None and (archs or archs_file):
         raise SearchError("--sample cannot be combined with --archs or --archs_file")
     count = supernet.SPACE.num_archs
-    if args.sample is not None:
-        if not 1 <= args.sample <= count:
-            raise SearchError(f"--sample {args.sample} is outside 1..{count}")
-        if args.seed < 0:
-            raise SearchError(f"--seed {args.seed} must be >= 0")
-        return sorted(int(i) for i in np.random.default_rng(args.seed).choice(count, args.sample, False))
-    if not (args.archs or args.archs_file):
+    if sample is not None:
+        if not 1 <= sample <= count:
+            raise SearchError(f"--sample {sample} is outside 1..{count}")
+        if seed < 0:
+            raise SearchError(f"--seed {seed} must be >= 0")
+        return sorted(int(i) for i in np.random.default_rng(seed).choice(count, sample, False))
+    if not (archs or archs_file):
         return list(range(count))
-    indices = read_archs_file(args.archs_file) if args.archs_file else []
-    for code in args.archs or []:
+    indices = read_archs_file(archs_file) if archs_file else []
+    for code in archs or []:
         try:
             indices.append(supernet.arch_to_index(supernet.parse_arch(code)))
         except ArchError as err:

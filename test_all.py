@@ -28,83 +28,86 @@ shared by several sections are in section 0.
  8. flowio.py: .flo, PNG frames and KITTI 16-bit flow PNGs
       TestFlowioFlo             .flo round trip, hand-written bytes, malformed files named
       TestFlowioPngAndKitti     KITTI 16-bit flow and valid bit by hand; a damaged PNG named
- 9. data_fc2.py: FC2 lists and folders, the dataset check, the tf.data pipeline, the synthetic fallback
+ 9. data_fc2.py: FC2 lists and folders, the dataset check, the synthetic fallback
       TestDataFc2Layouts        lists and folders give the same samples; list errors name the file; layout said
       TestDataFc2Check          the up-front check: shared samples, grey or cut files; the CLI; the synthetic tree
-      TestDataFc2Pipeline       tf.data: normalise, centre and random crops, clipping, hand-written .flo, TF1 mode
       TestDataFc2OpenData       open_data: synthetic only when asked or unconfigured, never as a fallback
-10. data_sintel_kitti.py: MPI-Sintel and KITTI 2015 at full frame
+10. fc2_pipeline.py: the tf.data input pipeline: decoding, crops, normalisation, data order, batching
+      TestFc2PipelineCrops      normalise, centre and random crops, clipping, hand-written .flo, TF1 mode
+      TestFc2PipelineOrder      training batches read the samples batch_samples names; the one tf.data builder
+11. data_sintel_kitti.py: MPI-Sintel and KITTI 2015 at full frame
       TestSintelKitti           Sintel pairs, KITTI batches grouped by size, padding that leaves the metrics
-11. metrics.py: EPE, px1/px3/px5, Fl-all, the zero-flow baseline, the paired SE
+12. metrics.py: EPE, px1/px3/px5, Fl-all, the zero-flow baseline, the paired SE
       TestMetrics               metrics of hand-built predictions, masks, the paired SE, the resize floor
-12. scoring.py: BN recalibration and scoring of one subnet
+13. scoring.py: BN recalibration and scoring of one subnet
       TestScoring               recalibrated BN statistics are batch averages; order-free scores; accumulated flow
-13. train.py: training flags, config resolution, resume
+14. train.py: training flags, config resolution, resume
       TestTrainResume           resume refuses a damaged run in one line, changing nothing; a killed run resumes
       TestTrainRefusesBadData   a damaged sample met in training is named; a failed fresh run leaves no folder
-14. training.py: a training run's state
+15. training.py: a training run's state
       TestTrainingState         best and patience by min_delta; the time left counts the evaluations to come
-15. train_graph.py: the loss, the optimizer update, the fused fair step
+16. train_graph.py: the loss, the optimizer update, the fused fair step
       TestTrainGraph            the fair step applies the mean of three path gradients; cosine rate; multiscale loss
-16. run_files.py: what a run writes
+17. run_files.py: what a run writes
       TestRunFiles              a run writes every artifact; the history trimmed to the checkpoint
-17. distribute.py: data-parallel training
+18. distribute.py: data-parallel training
       TestDataParallel          TF_CONFIG checks, the shards of a batch, two workers: mean-gradient step, kill, resume
-18. evaluate.py: a checkpoint scored on FC2, Sintel or KITTI
+19. evaluate.py: a checkpoint scored on FC2, Sintel or KITTI
       TestEvaluate              the result JSON; Sintel and KITTI full frames against numpy; bad dataset files named
-19. runs.py: a trained run as scoring commands see it
+20. runs.py: a trained run as scoring commands see it
       TestRunsPool              pool coverage is claimed only for the run's own pool
-20. flowviz.py: the Middlebury flow colours and the flow panels
+21. flowviz.py: the Middlebury flow colours and the flow panels
       TestFlowviz               the colour wheel against its defining colours; the TensorBoard panel of the best arch
-21. search.py: many subnets scored with shared computation, in durable shards; fronts and budgets
+22. search.py: many subnets scored with shared computation, in durable shards; fronts and budgets
       TestSearchCommand         recalibration folders, FPS from a latency table, bad input, standalone runs refused
       TestSearchShardsAndResume shards merge to the single-process bytes; a killed search resumes; parts checked
-22. search_tree.py: the subnet tree: each shared layer output computed once
+23. search_tree.py: the subnet tree: each shared layer output computed once
       TestSearchTree            every subnet scores as alone, in the space of any table; trunk paths
-23. search_parts.py: a search in durable units and shards
+24. search_parts.py: a search in durable units and shards
       TestSearchParts           damaged unit tables and relabelled rows refused, naming the file
-24. pareto.py: the table of scored subnets, Pareto fronts
+25. pareto.py: the table of scored subnets, Pareto fronts
       TestPareto                the front against brute force
-25. refine.py: the top candidates fine-tuned from the supernet's weights and rescored
+26. refine.py: the top candidates fine-tuned from the supernet's weights and rescored
       TestRefine                candidates, config rules, report vs numpy, kill and rerun, the start, the score
-26. export.py: one subnet to TFLite FP32/INT8 and the NPU compiler
+27. export.py: one subnet to TFLite FP32/INT8 and the NPU compiler
       TestExportCommand         export.py writes models, report and agreeing flows, at any size; bad input one line
-27. convert.py: one subnet to TFLite: static graph, FP32/INT8
+28. convert.py: one subnet to TFLite: static graph, FP32/INT8
       TestConvert               the static graph holds exactly the subnet; FP32 matches TensorFlow; INT8 full integer
-28. compiler.py: the edge compiler behind one door (Vela), board targets, the compile cache
+29. compiler.py: the edge compiler behind one door (Vela), board targets, the compile cache
       TestCompilerVela          Vela's summary and operator counts parsed; Vela missing; an ini error in one line
       TestCompilerTargets       board targets load and every fault is named; bounds; a vela.ini not UTF-8
       TestCompileCache          a model compiled once, races, killed and failed compiles, outputs named after the model
-29. edge_tables.py: the NPU latency table, each block beside its neighbour
+30. edge_tables.py: the NPU latency table, each block beside its neighbour
       TestEdgeTables            blocks charged their ops; the table predicts compiles; its check; H2 beside H2Out
-30. deploy.py: fit a board: the best (arch, input size) in INT8 within its budgets
+31. deploy.py: fit a board: the best (arch, input size) in INT8 within its budgets
       TestDeployCommand         settings checked; deploy.py fits the board and hands firmware what it needs
       TestDeployOneWriter       a second deployment refused before any compile; a killed or failed one keeps the last
       TestDeploySummary         the printed summary: zero-flow warning, what each EPE is over, flash's margin
-31. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice
+32. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice
       TestDeploymentSteps       sizes; INT8 written whole; compiled figures replace the table; one search per size
-32. firmware.py: what a port needs
+33. firmware.py: what a port needs
       TestFirmware              the C array holds the bytes, aligned
-33. rank.py: subnets trained alone against the supernet's order; the margin of two runs
+34. rank.py: subnets trained alone against the supernet's order; the margin of two runs
       TestRankStudy             rank.py --train on a tiny supernet: inheriting, report, seeds, margin, refusals
       TestRankCommand           --compare, the second seeds' plan, scoring progress, flags out of range
       TestRankBounds            --train and --bn_recal_batches beyond the space or data refused before any folder
-34. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores
+35. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores
       TestRankingStatistics     tau and rho with ties, the bootstrap, the noise floor, the seed ceiling, the draw
       TestRankingSearchChoice   the search's choice against a random pick; the study's time; run files checked
-35. stopping.py: the stopping criterion of runs trained alone
+36. stopping.py: the stopping criterion of runs trained alone
       TestStopping              the criterion by hand, the runs still falling, the tau range against every order
-36. parallel.py: child processes a few at a time, each pinned to its cores
+37. parallel.py: child processes a few at a time, each pinned to its cores
       TestParallel              cores dealt to slots, time left, GPUs, TensorFlow's quiet, failures and interrupts
-37. rank_bench.py: the ranking benchmark rankbench/
+38. rank_bench.py: the ranking benchmark rankbench/
       TestRankBench             the plan and its rule, the fingerprint, the report by hand, rows refused, chunks
-38. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line
+39. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line
       TestBadInput              bad config, flags, checkpoints and datasets: a one-line error
       TestHostileInput          damaged parts, lists, tables, configs, reports: named, nothing merged or half-written
       TestOneWriter             run names stay inside output_dir; a second writer is refused; no stale lock
       TestCodeRules             no command imported, docstrings, file and line lengths, defaults once, session config
       TestImportRules           no import cycle; commands never import commands; one door to TensorFlow
       TestFlagHelp              every flag of every command says what it does
+      TestLibraryParameters     no library function takes the argparse namespace
       TestCommandLine           --help and refused flags before TensorFlow loads, in one line without the usage block
 
 Files without a section of their own:
@@ -158,6 +161,7 @@ import errors
 import evaluate
 import export
 import fair
+import fc2_pipeline
 import firmware
 import flowio
 import flowviz
@@ -1104,7 +1108,7 @@ class TestFlowioPngAndKitti:
             flowio.read_png_rgb(str(path))
 
 
-# ==== 9. data_fc2.py: FC2 lists and folders, the dataset check, the tf.data pipeline, the synthetic fallback =========
+# ==== 9. data_fc2.py: FC2 lists and folders, the dataset check, the synthetic fallback ===============================
 
 
 H, W = 32, 48  # tiny synthetic FC2 images
@@ -1284,104 +1288,6 @@ class TestDataFc2Check:
             data_fc2.write_synthetic_fc2(fc2_tree, 4, h=H, w=W)
 
 
-class TestDataFc2Pipeline:
-    def test_normalise_maps_uint8_to_unit_range(self):
-        x = np.arange(256, dtype=np.uint8)
-        y = data_fc2.normalise(x)
-        assert y.dtype == np.float32 and y[0] == -1.0 and y[-1] == 1.0 and np.all(np.diff(y) > 0)
-        assert np.array_equal(data_fc2.normalise(tf.constant(x)).numpy(), y)
-        with pytest.raises(errors.DataError, match="uint8"):
-            data_fc2.normalise(x.astype(np.float32))
-
-    def test_eval_pipeline_is_centre_crop_unclipped_and_deterministic(self, fc2_tree):
-        samples = data_fc2.list_samples(fc2_tree, "train", "lists")[:5]
-        dataset = data_fc2.make_dataset(samples, 2, CROP, train=False, max_flow=0.1, seed=0)
-        batches = list(dataset)
-        assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # last partial batch kept
-        images = np.concatenate([b[0].numpy() for b in batches])
-        flows = np.concatenate([b[1].numpy() for b in batches])
-        assert images.shape == (5, 24, 32, 6) and flows.shape == (5, 24, 32, 2)
-        assert images.min() >= -1.0 and images.max() <= 1.0
-        for i, (img0, img1, flow) in enumerate(samples):
-            assert np.array_equal(flows[i], _centre(flowio.read_flo(flow), CROP))  # not clipped to 0.1
-            expected = np.concatenate([_centre(_decode_png(p), CROP) for p in (img0, img1)], axis=-1)
-            assert np.array_equal(images[i], expected.astype(np.float32) / 127.5 - 1)
-        again = np.concatenate([b[1].numpy() for b in dataset])
-        assert np.array_equal(again, flows)
-
-    def test_eval_pipeline_reads_hand_written_flo(self, tmp_path):
-        values = [float(v) for v in range(3 * 4 * 2)]  # height 3, width 4
-        (tmp_path / "0-flow_01.flo").write_bytes(_hand_flo_bytes(4, 3, values))
-        image = tf.io.encode_png(np.full((3, 4, 3), 255, np.uint8)).numpy()
-        for name in ("0-img_0.png", "0-img_1.png"):
-            (tmp_path / name).write_bytes(image)
-        sample = tuple(str(tmp_path / n) for n in ("0-img_0.png", "0-img_1.png", "0-flow_01.flo"))
-        dataset = data_fc2.make_dataset([sample], 1, (3, 4), train=False, max_flow=1, seed=0)
-        images, flow = next(iter(dataset))
-        assert np.array_equal(flow.numpy()[0], np.array(values, np.float32).reshape(3, 4, 2))
-        assert np.all(images.numpy() == 1.0)
-
-    def test_train_pipeline_random_crop_clip_and_repeat(self, fc2_tree):
-        samples = data_fc2.list_samples(fc2_tree, "train", "lists")
-        max_flow = 0.75
-        first = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
-        second = list(data_fc2.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
-        assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0]) for a, b in zip(first, second))
-        # 4 batches of 3 from 8 samples: the stream repeats and every batch is full
-        assert all(b[0].shape == (3, 24, 32, 6) and b[1].shape == (3, 24, 32, 2) for b in first)
-        flows = np.concatenate([b[1].numpy() for b in first])
-        images = np.concatenate([b[0].numpy() for b in first])
-        assert np.abs(flows).max() == pytest.approx(max_flow)
-        assert images.min() >= -1.0 and images.max() <= 1.0
-        # every crop is a window of some sample (its image and clipped flow at the same corner)
-        decoded = [(_decode_png(img0), np.clip(flowio.read_flo(flow), -max_flow, max_flow))
-                   for img0, _, flow in samples]
-        corners = set()
-        for image, flow in zip(images, flows):
-            img0 = np.rint((image[..., :3] + 1) * 127.5).astype(np.uint8)
-            matches = [(t, l) for img, fl in decoded for t, l in _find_window(img, img0)
-                       if np.array_equal(fl[t:t + CROP[0], l:l + CROP[1]], flow)]
-            assert matches
-            corners.update(matches)
-        assert len(corners) > 1  # random, not always the centre
-
-    def test_pipeline_from_synthetic_arrays_and_crop_errors(self, fc2_tree):
-        arrays = synthetic.make_synthetic_arrays(3, 24, 32, seed=1)
-        dataset = data_fc2.make_dataset(arrays, 3, (24, 32), train=False, max_flow=1, seed=0)
-        images, flow = next(iter(dataset))
-        assert np.array_equal(flow.numpy(), arrays["flow"])
-        assert np.array_equal(images.numpy()[..., 3:], data_fc2.normalise(arrays["img1"]))
-        with pytest.raises(errors.DataError, match="smaller than the 25x32 crop"):
-            data_fc2.make_dataset(arrays, 1, (25, 32), train=True, max_flow=1, seed=0)
-        samples = data_fc2.list_samples(fc2_tree, "val", "lists")
-        with pytest.raises(errors.DataError, match="flow_01.flo: 32x48 sample is smaller than the 24x64"):
-            data_fc2.make_dataset(samples, 1, (24, 64), train=False, max_flow=1, seed=0)
-
-    def test_pipeline_names_a_malformed_flo_at_run_time(self, fc2_tree, tmp_path):
-        base = _copy_tree(fc2_tree, tmp_path / "copy")
-        samples = data_fc2.list_samples(base, "train", "lists")[:2]
-        with open(samples[1][2], "r+b") as f:
-            f.write(b"XXXX")
-        with pytest.raises(tf.errors.InvalidArgumentError, match="wrong .flo tag") as info:
-            list(data_fc2.make_dataset(samples, 1, CROP, train=False, max_flow=1, seed=0))
-        assert samples[1][2] in str(info.value)
-
-    @pytest.mark.parametrize("source_kind", ["files", "arrays"])
-    def test_pipeline_in_tf1_graph_mode(self, fc2_tree, source_kind):
-        if source_kind == "files":
-            source = data_fc2.list_samples(fc2_tree, "train", "lists")
-        else:
-            source = synthetic.make_synthetic_arrays(3, H, W, seed=2)
-        with tf.Graph().as_default():
-            dataset = data_fc2.make_dataset(source, 2, CROP, train=True, max_flow=5.0, seed=1)
-            images, flow = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
-            assert images.shape.as_list() == [2, 24, 32, 6] and flow.shape.as_list() == [2, 24, 32, 2]
-            with tf.compat.v1.Session() as session:
-                image_values, flow_values = session.run([images, flow])
-        assert image_values.min() >= -1.0 and image_values.max() <= 1.0
-        assert np.abs(flow_values).max() <= 5.0 and np.abs(flow_values).max() > 0
-
-
 class TestDataFc2OpenData:
     def test_open_data_synthetic_only_when_asked_or_unconfigured(self, fc2_tree):
         data = data_fc2.open_data(_cfg())
@@ -1411,7 +1317,129 @@ class TestDataFc2OpenData:
             data_fc2.open_data(_cfg(base_path=fc2_tree, data_layout="csv"))
 
 
-# ==== 10. data_sintel_kitti.py: MPI-Sintel and KITTI 2015 at full frame ==============================================
+# ==== 10. fc2_pipeline.py: the tf.data input pipeline: decoding, crops, normalisation, data order, batching ==========
+
+class TestFc2PipelineCrops:
+    def test_normalise_maps_uint8_to_unit_range(self):
+        x = np.arange(256, dtype=np.uint8)
+        y = fc2_pipeline.normalise(x)
+        assert y.dtype == np.float32 and y[0] == -1.0 and y[-1] == 1.0 and np.all(np.diff(y) > 0)
+        assert np.array_equal(fc2_pipeline.normalise(tf.constant(x)).numpy(), y)
+        with pytest.raises(errors.DataError, match="uint8"):
+            fc2_pipeline.normalise(x.astype(np.float32))
+
+    def test_eval_pipeline_is_centre_crop_unclipped_and_deterministic(self, fc2_tree):
+        samples = data_fc2.list_samples(fc2_tree, "train", "lists")[:5]
+        dataset = fc2_pipeline.make_dataset(samples, 2, CROP, train=False, max_flow=0.1, seed=0)
+        batches = list(dataset)
+        assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # last partial batch kept
+        images = np.concatenate([b[0].numpy() for b in batches])
+        flows = np.concatenate([b[1].numpy() for b in batches])
+        assert images.shape == (5, 24, 32, 6) and flows.shape == (5, 24, 32, 2)
+        assert images.min() >= -1.0 and images.max() <= 1.0
+        for i, (img0, img1, flow) in enumerate(samples):
+            assert np.array_equal(flows[i], _centre(flowio.read_flo(flow), CROP))  # not clipped to 0.1
+            expected = np.concatenate([_centre(_decode_png(p), CROP) for p in (img0, img1)], axis=-1)
+            assert np.array_equal(images[i], expected.astype(np.float32) / 127.5 - 1)
+        again = np.concatenate([b[1].numpy() for b in dataset])
+        assert np.array_equal(again, flows)
+
+    def test_eval_pipeline_reads_hand_written_flo(self, tmp_path):
+        values = [float(v) for v in range(3 * 4 * 2)]  # height 3, width 4
+        (tmp_path / "0-flow_01.flo").write_bytes(_hand_flo_bytes(4, 3, values))
+        image = tf.io.encode_png(np.full((3, 4, 3), 255, np.uint8)).numpy()
+        for name in ("0-img_0.png", "0-img_1.png"):
+            (tmp_path / name).write_bytes(image)
+        sample = tuple(str(tmp_path / n) for n in ("0-img_0.png", "0-img_1.png", "0-flow_01.flo"))
+        dataset = fc2_pipeline.make_dataset([sample], 1, (3, 4), train=False, max_flow=1, seed=0)
+        images, flow = next(iter(dataset))
+        assert np.array_equal(flow.numpy()[0], np.array(values, np.float32).reshape(3, 4, 2))
+        assert np.all(images.numpy() == 1.0)
+
+    def test_train_pipeline_random_crop_clip_and_repeat(self, fc2_tree):
+        samples = data_fc2.list_samples(fc2_tree, "train", "lists")
+        max_flow = 0.75
+        first = list(fc2_pipeline.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
+        second = list(fc2_pipeline.make_dataset(samples, 3, CROP, train=True, max_flow=max_flow, seed=5).take(4))
+        assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0]) for a, b in zip(first, second))
+        # 4 batches of 3 from 8 samples: the stream repeats and every batch is full
+        assert all(b[0].shape == (3, 24, 32, 6) and b[1].shape == (3, 24, 32, 2) for b in first)
+        flows = np.concatenate([b[1].numpy() for b in first])
+        images = np.concatenate([b[0].numpy() for b in first])
+        assert np.abs(flows).max() == pytest.approx(max_flow)
+        assert images.min() >= -1.0 and images.max() <= 1.0
+        # every crop is a window of some sample (its image and clipped flow at the same corner)
+        decoded = [(_decode_png(img0), np.clip(flowio.read_flo(flow), -max_flow, max_flow))
+                   for img0, _, flow in samples]
+        corners = set()
+        for image, flow in zip(images, flows):
+            img0 = np.rint((image[..., :3] + 1) * 127.5).astype(np.uint8)
+            matches = [(t, l) for img, fl in decoded for t, l in _find_window(img, img0)
+                       if np.array_equal(fl[t:t + CROP[0], l:l + CROP[1]], flow)]
+            assert matches
+            corners.update(matches)
+        assert len(corners) > 1  # random, not always the centre
+
+    def test_pipeline_from_synthetic_arrays_and_crop_errors(self, fc2_tree):
+        arrays = synthetic.make_synthetic_arrays(3, 24, 32, seed=1)
+        dataset = fc2_pipeline.make_dataset(arrays, 3, (24, 32), train=False, max_flow=1, seed=0)
+        images, flow = next(iter(dataset))
+        assert np.array_equal(flow.numpy(), arrays["flow"])
+        assert np.array_equal(images.numpy()[..., 3:], fc2_pipeline.normalise(arrays["img1"]))
+        with pytest.raises(errors.DataError, match="smaller than the 25x32 crop"):
+            fc2_pipeline.make_dataset(arrays, 1, (25, 32), train=True, max_flow=1, seed=0)
+        samples = data_fc2.list_samples(fc2_tree, "val", "lists")
+        with pytest.raises(errors.DataError, match="flow_01.flo: 32x48 sample is smaller than the 24x64"):
+            fc2_pipeline.make_dataset(samples, 1, (24, 64), train=False, max_flow=1, seed=0)
+
+    def test_pipeline_names_a_malformed_flo_at_run_time(self, fc2_tree, tmp_path):
+        base = _copy_tree(fc2_tree, tmp_path / "copy")
+        samples = data_fc2.list_samples(base, "train", "lists")[:2]
+        with open(samples[1][2], "r+b") as f:
+            f.write(b"XXXX")
+        with pytest.raises(tf.errors.InvalidArgumentError, match="wrong .flo tag") as info:
+            list(fc2_pipeline.make_dataset(samples, 1, CROP, train=False, max_flow=1, seed=0))
+        assert samples[1][2] in str(info.value)
+
+    @pytest.mark.parametrize("source_kind", ["files", "arrays"])
+    def test_pipeline_in_tf1_graph_mode(self, fc2_tree, source_kind):
+        if source_kind == "files":
+            source = data_fc2.list_samples(fc2_tree, "train", "lists")
+        else:
+            source = synthetic.make_synthetic_arrays(3, H, W, seed=2)
+        with tf.Graph().as_default():
+            dataset = fc2_pipeline.make_dataset(source, 2, CROP, train=True, max_flow=5.0, seed=1)
+            images, flow = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+            assert images.shape.as_list() == [2, 24, 32, 6] and flow.shape.as_list() == [2, 24, 32, 2]
+            with tf.compat.v1.Session() as session:
+                image_values, flow_values = session.run([images, flow])
+        assert image_values.min() >= -1.0 and image_values.max() <= 1.0
+        assert np.abs(flow_values).max() <= 5.0 and np.abs(flow_values).max() > 0
+
+
+class TestFc2PipelineOrder:
+    def test_training_batches_read_the_samples_batch_samples_names(self):
+        n, batch, seed = 5, 3, 7
+        rng = np.random.default_rng(0)
+        flow = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 4, 6, 2)).copy()
+        arrays = {"img0": rng.integers(0, 256, (n, 4, 6, 3), dtype=np.uint8),
+                  "img1": rng.integers(0, 256, (n, 4, 6, 3), dtype=np.uint8), "flow": flow}
+        dataset = fc2_pipeline.make_dataset(arrays, batch, (4, 6), True, 100.0, seed)
+        read = [b[1].numpy()[:, 0, 0, 0].astype(int).tolist() for b in dataset.take(4)]
+        # by hand: epoch e visits every sample once, in default_rng([seed, e])'s permutation; 12 reads cross 2 epochs
+        stream = np.concatenate([np.random.default_rng([seed, e]).permutation(n) for e in range(3)])
+        assert read == [stream[s * batch:(s + 1) * batch].tolist() for s in range(4)]
+        paths = [(f"{i}-img_0.png", f"{i}-img_1.png", f"{i}-flow_01.flo") for i in range(n)]
+        assert fc2_pipeline.training_batch_samples(paths, seed, [1, 3], batch) == [
+            paths[i] for i in np.concatenate([stream[3:6], stream[9:12]])]
+        assert fc2_pipeline.training_batch_samples(arrays, seed, [0], batch) == []
+
+    def test_it_is_the_one_module_that_builds_tf_data_datasets(self):
+        builders = [m for m in PRODUCT_MODULES if "tf.data.Dataset" in (HERE / f"{m}.py").read_text()]
+        assert builders == ["fc2_pipeline"]
+
+
+# ==== 11. data_sintel_kitti.py: MPI-Sintel and KITTI 2015 at full frame ==============================================
 
 
 def _write_sintel(root, scenes, size=(38, 50), seed=0):
@@ -1508,7 +1536,7 @@ class TestSintelKitti:
         assert padded["epe"] / padded["pixels"] == pytest.approx(by_hand["epe"], rel=1e-5)
 
 
-# ==== 11. metrics.py: EPE, px1/px3/px5, Fl-all, the zero-flow baseline, the paired SE ================================
+# ==== 12. metrics.py: EPE, px1/px3/px5, Fl-all, the zero-flow baseline, the paired SE ================================
 
 
 class TestMetrics:
@@ -1578,7 +1606,7 @@ class TestMetrics:
             assert (floor > 0.05) == (size != frame)
 
 
-# ==== 12. scoring.py: BN recalibration and scoring of one subnet =====================================================
+# ==== 13. scoring.py: BN recalibration and scoring of one subnet =====================================================
 
 
 def _scorer_graph():
@@ -1664,7 +1692,7 @@ class TestScoring:
         assert np.sqrt(((residual - gt) ** 2).sum(-1)).mean() != pytest.approx(accumulated, rel=1e-3)
 
 
-# ==== 13. train.py: training flags, config resolution, resume ========================================================
+# ==== 14. train.py: training flags, config resolution, resume ========================================================
 
 
 DEPENDABLE_FLAGS = ["--input_h", "24", "--input_w", "32", "--batch_size", "2", "--steps_per_epoch", "2",
@@ -1903,7 +1931,7 @@ class TestTrainRefusesBadData:
         assert not (tmp_path / "out" / "r").exists()
 
 
-# ==== 14. training.py: a training run's state ========================================================================
+# ==== 15. training.py: a training run's state ========================================================================
 
 
 class TestTrainingState:
@@ -1934,7 +1962,7 @@ class TestTrainingState:
         assert training.time_left(100, 0, 30.0) == "time left 1m40s"
 
 
-# ==== 15. train_graph.py: the loss, the optimizer update, the fused fair step ========================================
+# ==== 16. train_graph.py: the loss, the optimizer update, the fused fair step ========================================
 
 
 class TestTrainGraph:
@@ -2014,7 +2042,7 @@ class TestTrainGraph:
         assert value == pytest.approx(expected, rel=1e-5)
 
 
-# ==== 16. run_files.py: what a run writes ============================================================================
+# ==== 17. run_files.py: what a run writes ============================================================================
 
 
 class TestRunFiles:
@@ -2045,7 +2073,7 @@ class TestRunFiles:
         assert path.read_text().splitlines() == ["epoch,mean_epe", "1,3.0", "2,2.5"]
 
 
-# ==== 17. distribute.py: data-parallel training ======================================================================
+# ==== 18. distribute.py: data-parallel training ======================================================================
 
 
 DIST_FLAGS = ["--synthetic", "--input_h", "32", "--input_w", "48", "--synthetic_train_size", "8",
@@ -2112,7 +2140,7 @@ def mean_gradient_steps(cfg, start_prefix, steps, replicas):
         lr = train_graph.cosine_learning_rate(cfg, step, cfg["steps_per_epoch"] * cfg["num_epochs"])
         fed = [tf.compat.v1.placeholder(tf.float32, v.shape) for v in variables]
         apply = tf.compat.v1.train.GradientDescentOptimizer(lr).apply_gradients(zip(fed, variables), step)
-        batch = tf.compat.v1.data.make_one_shot_iterator(data_fc2.make_dataset(
+        batch = tf.compat.v1.data.make_one_shot_iterator(fc2_pipeline.make_dataset(
             data["train"], cfg["batch_size"], (h, w), True, cfg["max_flow"], cfg["seed"], steps[0])).get_next()
         saver = tf.compat.v1.train.Saver([v for v in tf.compat.v1.global_variables()])
     with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
@@ -2165,10 +2193,10 @@ class TestDataParallel:
 
     def test_the_shards_of_a_training_batch_are_the_batch(self):
         arrays = synthetic.make_synthetic_arrays(6, 32, 48, 3)
-        whole = next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2)))
+        whole = next(iter(fc2_pipeline.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2)))
         for count in (2, 4):
-            parts = [next(iter(data_fc2.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2,
-                                                     shard=(i, count)))) for i in range(count)]
+            parts = [next(iter(fc2_pipeline.make_dataset(arrays, 4, (24, 40), True, 100.0, 5, start_step=2,
+                                                         shard=(i, count)))) for i in range(count)]
             for k in range(2):
                 np.testing.assert_array_equal(np.concatenate([p[k].numpy() for p in parts]), whole[k].numpy())
 
@@ -2233,7 +2261,7 @@ class TestDataParallel:
         assert "restored epoch 1, step 2" in alone.stdout
 
 
-# ==== 18. evaluate.py: a checkpoint scored on FC2, Sintel or KITTI ===================================================
+# ==== 19. evaluate.py: a checkpoint scored on FC2, Sintel or KITTI ===================================================
 
 
 @pytest.fixture(scope="module")
@@ -2354,12 +2382,11 @@ class TestEvaluate:
         with pytest.raises(SystemExit) as exit_info:
             evaluate.main(["--output_dir", str(scoring_run), "--experiment_name", "run", "--dataset", "chairs"])
         assert exit_info.value.code == 2 and "invalid choice: 'chairs'" in capsys.readouterr().err
-        args = type("Args", (), {"dataset": "chairs", "base_path": None, "sintel_pass": "final"})
         with pytest.raises(errors.DataError, match="--dataset 'chairs'"):
-            batches.dataset_batches({}, args)
+            batches.dataset_batches({}, dataset="chairs", base_path=None, sintel_pass="final")
 
 
-# ==== 19. runs.py: a trained run as scoring commands see it ==========================================================
+# ==== 20. runs.py: a trained run as scoring commands see it ==========================================================
 
 
 class TestRunsPool:
@@ -2368,11 +2395,11 @@ class TestRunsPool:
         run = scoring_run / "run"
         cfg = json.loads((run / "config.json").read_text())
         pool = json.loads((run / "eval_pool_3.json").read_text())["archs"]
-        assert runs.chosen_archs(type("Args", (), {"arch": list(reversed(pool))}), str(run), cfg)[1]
-        assert not runs.chosen_archs(type("Args", (), {"arch": pool[:2]}), str(run), cfg)[1]
+        assert runs.chosen_archs(list(reversed(pool)), str(run), cfg)[1]
+        assert not runs.chosen_archs(pool[:2], str(run), cfg)[1]
 
 
-# ==== 20. flowviz.py: the Middlebury flow colours and the flow panels ================================================
+# ==== 21. flowviz.py: the Middlebury flow colours and the flow panels ================================================
 
 
 class TestFlowviz:
@@ -2413,7 +2440,7 @@ class TestFlowviz:
         assert decoded.shape[:2] == (height, width) and decoded.std() > 0
 
 
-# ==== 21. search.py: many subnets scored with shared computation, in durable shards; fronts and budgets ==============
+# ==== 22. search.py: many subnets scored with shared computation, in durable shards; fronts and budgets ==============
 
 
 SEARCH_SIZE = (32, 48)
@@ -2551,7 +2578,7 @@ class TestSearchShardsAndResume:
         shutil.rmtree(search_dir)
         assert search.main(common + ["--shard", "2/2"]) == 0 and search.main(common + ["--shard", "1/2"]) == 0
         assert not (pathlib.Path(search_dir) / "scores.csv").exists()
-        def no_data(*_):
+        def no_data(*_, **__):
             raise AssertionError("--merge read the data")
         monkeypatch.setattr(batches, "dataset_batches", no_data)
         assert search.main(common + ["--merge", "--max_gmacs", "0.1"]) == 0
@@ -2668,7 +2695,7 @@ class TestSearchShardsAndResume:
         assert search.main(common + ["--shard", "1/1"]) == 0  # free again once the holder is done
 
 
-# ==== 22. search_tree.py: the subnet tree: each shared layer output computed once ====================================
+# ==== 23. search_tree.py: the subnet tree: each shared layer output computed once ====================================
 
 
 def _tree_against_alone(archs, whole_space=False):
@@ -2738,7 +2765,7 @@ class TestSearchTree:
         assert len(nodes) == 2 + 3 + 3 + 9 + 9 + 27 + 27 + 81 + 81  # each distinct (layer, path choices) once
 
 
-# ==== 23. search_parts.py: a search in durable units and shards ======================================================
+# ==== 24. search_parts.py: a search in durable units and shards ======================================================
 
 
 class TestSearchParts:
@@ -2779,7 +2806,7 @@ class TestSearchParts:
             search_parts.load_parts(str(tmp_path))
 
 
-# ==== 24. pareto.py: the table of scored subnets, Pareto fronts ======================================================
+# ==== 25. pareto.py: the table of scored subnets, Pareto fronts ======================================================
 
 
 class TestPareto:
@@ -2797,7 +2824,7 @@ class TestPareto:
         assert [r["fps"] for r in fastest] == [10.0, 5.0]
 
 
-# ==== 25. refine.py: the top candidates fine-tuned from the supernet's weights and rescored ==========================
+# ==== 26. refine.py: the top candidates fine-tuned from the supernet's weights and rescored ==========================
 
 REFINE_ARCHS = ["0,0,0,0,0,0,0,0,0", "0,1,2,0,1,2,0,1,2", "2,2,2,2,2,2,2,2,2", "1,1,1,1,1,1,1,1,1",
                 "2,1,0,2,1,0,2,1,0"]
@@ -2969,7 +2996,7 @@ class TestRefine:
             refining.deployment_source(str(run_dir), str(tmp_path / "deploy_board"), (24, 32), [], 3)
 
 
-# ==== 26. export.py: one subnet to TFLite FP32/INT8 and the NPU compiler =============================================
+# ==== 27. export.py: one subnet to TFLite FP32/INT8 and the NPU compiler =============================================
 
 
 EXPORT_ARCH = (0, 1, 2, 0, 1, 2, 0, 1, 2)
@@ -3038,7 +3065,7 @@ class TestExportCommand:
         assert code == 1 and len(err) == 1 and err[0].startswith("error:") and words in err[0]
 
 
-# ==== 27. convert.py: one subnet to TFLite: static graph, FP32/INT8 ==================================================
+# ==== 28. convert.py: one subnet to TFLite: static graph, FP32/INT8 ==================================================
 
 
 def _random_subnet_values(graph, seed):
@@ -3059,7 +3086,7 @@ def _random_subnet_values(graph, seed):
 def _synthetic_images(num, h, w, seed):
     """Real-looking frame pairs (the synthetic chairs) stacked to [num, h, w, 6] in [-1, 1]."""
     arrays = synthetic.make_synthetic_arrays(num, h, w, seed)
-    return np.concatenate([data_fc2.normalise(arrays["img0"]), data_fc2.normalise(arrays["img1"])], -1)
+    return np.concatenate([fc2_pipeline.normalise(arrays["img0"]), fc2_pipeline.normalise(arrays["img1"])], -1)
 
 
 def _static_models(arch, h, w, seed, calibration_images):
@@ -3118,7 +3145,7 @@ class TestConvert:
         assert np.allclose(convert.dequantize(np.array([-128, -3, 127], np.int8), 0.5, -3), [-62.5, 0.0, 65.0])
 
 
-# ==== 28. compiler.py: the edge compiler behind one door (Vela), board targets, the compile cache ====================
+# ==== 29. compiler.py: the edge compiler behind one door (Vela), board targets, the compile cache ====================
 
 
 class _CountingTool:
@@ -3322,7 +3349,7 @@ class TestCompileCache:
         assert (tmp_path / "b" / "model_int8_vela.tflite").read_bytes() == (b"int8 model" * 10)[::-1]
 
 
-# ==== 29. edge_tables.py: the NPU latency table, each block beside its neighbour =====================================
+# ==== 30. edge_tables.py: the NPU latency table, each block beside its neighbour =====================================
 
 
 # Vela 5.2.0's figures of subnets at 64x96 on the himax-we2 target (optimise Size), from its compile
@@ -3457,7 +3484,7 @@ class TestEdgeTables:
                 assert additive > 1.5 * compiled
 
 
-# ==== 30. deploy.py: fit a board: the best (arch, input size) in INT8 within its budgets =============================
+# ==== 31. deploy.py: fit a board: the best (arch, input size) in INT8 within its budgets =============================
 
 
 def _fill_disk_at(monkeypatch, ending):
@@ -3646,7 +3673,7 @@ class TestDeploySummary:
                 f"{deployment.FLASH_MISS_PCT:g}%") in out
 
 
-# ==== 31. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice =================
+# ==== 32. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice =================
 
 
 class TestDeploymentSteps:
@@ -3746,7 +3773,7 @@ class TestDeploymentSteps:
         assert (out / "whole" / "search_best_at32x48").is_dir()
 
 
-# ==== 32. firmware.py: what a port needs =============================================================================
+# ==== 33. firmware.py: what a port needs =============================================================================
 
 
 class TestFirmware:
@@ -3760,7 +3787,7 @@ class TestFirmware:
         assert "extern const unsigned int model_vela_len;" in header
 
 
-# ==== 33. rank.py: subnets trained alone against the supernet's order; the margin of two runs ========================
+# ==== 34. rank.py: subnets trained alone against the supernet's order; the margin of two runs ========================
 
 
 STANDALONE_ARCH = "0,1,2,0,1,2,0,1,2"
@@ -4092,7 +4119,7 @@ class TestRankBounds:
         assert "cannot be a folder" in capsys.readouterr().err
 
 
-# ==== 34. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores ===========================
+# ==== 35. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores ===========================
 
 
 class TestRankingStatistics:
@@ -4270,7 +4297,7 @@ class TestRankingSearchChoice:
             ranking.read_history(str(tmp_path), arch)
 
 
-# ==== 35. stopping.py: the stopping criterion of runs trained alone ==================================================
+# ==== 36. stopping.py: the stopping criterion of runs trained alone ==================================================
 
 
 class TestStopping:
@@ -4326,7 +4353,7 @@ class TestStopping:
                                              "Kendall tau-b 0.100 .. 0.350")
 
 
-# ==== 36. parallel.py: child processes a few at a time, each pinned to its cores =====================================
+# ==== 37. parallel.py: child processes a few at a time, each pinned to its cores =====================================
 
 
 _CHILD = """import json, os, sys, time
@@ -4422,7 +4449,7 @@ class TestParallel:
             os.kill(int(log.read_text().split()[0]), 0)
 
 
-# ==== 37. rank_bench.py: the ranking benchmark rankbench/ ============================================================
+# ==== 38. rank_bench.py: the ranking benchmark rankbench/ ============================================================
 
 
 BENCH = HERE / "rankbench"
@@ -4584,7 +4611,7 @@ class TestRankBench:
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
 
 
-# ==== 38. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
+# ==== 39. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
 
 
 def _imports(module):
@@ -4792,9 +4819,8 @@ class TestHostileInput:
 
     def test_bad_lists_and_tables_are_named(self, tmp_path, capsys):
         (tmp_path / "latin1.txt").write_bytes("0,0,0,0,0,0,0,0,0 # caf\xe9\n".encode("latin-1"))
-        args = search.parse_args(["--archs_file", str(tmp_path / "latin1.txt")])
         with pytest.raises(errors.SearchError, match=f"--archs_file {tmp_path / 'latin1.txt'}: not UTF-8"):
-            search_parts.select_archs(args)
+            search_parts.select_archs(archs=None, archs_file=str(tmp_path / "latin1.txt"), sample=None, seed=0)
         for name, rows, words in (("latin1.csv", None, "not UTF-8"),
                                   ("twice.csv", [("0,0,0,0,0,0,0,0,0", 1.0), ("0,0,0,0,0,0,0,0,0", 2.0)],
                                    "listed twice"),
@@ -4982,6 +5008,20 @@ class TestFlagHelp:
             flags = [k for k, v in config.defaults().items() if not isinstance(v, dict)]
             assert sorted(config.KEY_HELP) == sorted(flags)
             assert all(helps[k].startswith(config.KEY_HELP[k]) for k in flags)
+
+
+class TestLibraryParameters:
+    def test_no_library_function_takes_the_argparse_namespace(self):
+        """Commands unpack their flags at the call: a library function names the values it reads."""
+        taking = {}
+        for module in sorted(set(PRODUCT_MODULES) - set(COMMANDS)):
+            tree = ast.parse((HERE / f"{module}.py").read_text())
+            names = [node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+                     and {"args", "namespace"} & {a.arg for a in node.args.posonlyargs + node.args.args
+                                                  + node.args.kwonlyargs}]
+            if names:
+                taking[module] = names
+        assert taking == {}
 
 
 class TestCommandLine:

@@ -102,8 +102,9 @@ def resolve_config(args, overrides, defaults):
 def run(args, overrides, defaults):
     """Dry-run plan, or train under the run's writer lock; a failed run leaves its folder as it was
     (ckpt.unchanged_on_failure)."""
+    flags = dict(resume=args.resume, dry_run=args.dry_run, allow_cpu=args.allow_cpu)
     if args.dry_run or not distribute.writes_run_files():  # a worker but the chief reads the run, writes nothing
-        training.train(args, *resolve_config(args, overrides, defaults))
+        training.train(*resolve_config(args, overrides, defaults), **flags)
         return
     # a resumed run is locked before its saved config is read: a writer holding it may rewrite it
     if args.resume:
@@ -112,7 +113,7 @@ def run(args, overrides, defaults):
         cfg, run_dir = resolve_config(args, overrides, defaults)
         overrides["experiment_name"] = cfg["experiment_name"]  # a generated name is kept below
     with ckpt.writer_lock(run_dir, "run"), ckpt.unchanged_on_failure(run_dir, run_files.RUN_FILES):
-        training.train(args, *resolve_config(args, overrides, defaults))
+        training.train(*resolve_config(args, overrides, defaults), **flags)
 
 
 def main(argv=None):

@@ -6,8 +6,8 @@ import math
 
 from tensorflow_quiet import tf
 
-import data_fc2
 import fair
+import fc2_pipeline
 import supernet
 
 
@@ -203,8 +203,8 @@ def training_input(cfg, data, start_step):
     """Batches from the training split inside the current graph, from batch `start_step` on (each a
     pure function of the seed and its step), behind feedable placeholders (evaluation feeds its own
     batches through the same tensors)."""
-    dataset = data_fc2.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
-                                    max_flow=cfg["max_flow"], seed=cfg["seed"], start_step=start_step)
+    dataset = fc2_pipeline.make_dataset(data["train"], cfg["batch_size"], (cfg["input_h"], cfg["input_w"]), train=True,
+                                        max_flow=cfg["max_flow"], seed=cfg["seed"], start_step=start_step)
     next_images, next_flows = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     h, w = cfg["input_h"], cfg["input_w"]
     images = tf.compat.v1.placeholder_with_default(next_images, [None, h, w, supernet.INPUT_CHANNELS], "images")

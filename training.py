@@ -20,6 +20,7 @@ import config
 import data_fc2
 import distribute
 import fair
+import fc2_pipeline
 import run_files
 import scoring
 import supernet
@@ -135,7 +136,7 @@ def checked_step(sess, fetches, feed, run, step):
     cfg = run.cfg
 
     def fault():
-        samples = data_fc2.training_batch_samples(run.data["train"], cfg["seed"], [step], cfg["batch_size"])
+        samples = fc2_pipeline.training_batch_samples(run.data["train"], cfg["seed"], [step], cfg["batch_size"])
         return data_fc2.find_fault(samples, (cfg["input_h"], cfg["input_w"]))
     try:
         with distribute.held_back(run.cluster):
@@ -278,10 +279,11 @@ class Run(types.SimpleNamespace):
     init, init_source (the meta of the checkpoint --init_from inherits, or None), plan."""
 
 
-def prepare(args, cfg, run_dir, hardware, cluster=None):
+def prepare(cfg, run_dir, hardware, cluster=None, *, resume, dry_run):
     """Everything checked, read and built before anything is written (cheapest first): data (every
-    file's header), eval pool, the checkpoint to resume (meta checked), history, the scoring
-    batches, the graph (its step replicated over the `cluster`'s replicas if there is one)."""
+    file's header), eval pool, the checkpoint to `resume` (meta checked), history, the scoring
+    batches (not for a `dry_run`), the graph (its step replicated over the `cluster`'s replicas if
+    there is one)."""
     h, w = cfg["input_h"], cfg["input_w"]
     data = data_fc2.open_data(cfg)
     run = Run(cfg=cfg, data=data, standalone=bool(cfg["arch"]), cluster=cluster,
@@ -290,7 +292,7 @@ def prepare(args, cfg, run_dir, hardware, cluster=None):
                 else fair.build_eval_pool(cfg["eval_pool_size"], cfg["seed"], h, w))
     # a standalone run evaluates its own arch only: no pool whose coverage could be checked
     run.coverage = {"ok": None, "problems": []} if run.standalone else fair.pool_coverage(run.pool, h, w)
-    run.meta = ckpt.load_meta(run_dir, "last") if args.resume else None
+    run.meta = ckpt.load_meta(run_dir, "last") if resume else None
     meta_path = os.path.join(ckpt.checkpoint_dir(run_dir, "last"), ckpt.META_NAME)
     run.state = RunState.from_meta(run.meta, meta_path) if run.meta else RunState(seed=cfg["seed"])
     if run.meta:
@@ -298,7 +300,7 @@ def prepare(args, cfg, run_dir, hardware, cluster=None):
         ckpt.check_compatible(run.meta, h, w, run.meta["prefix"])
     run.columns = run_files.history_columns(run.pool)
     run_files.read_history(os.path.join(run_dir, "eval_history.csv"), run.columns)
-    if not args.dry_run:
+    if not dry_run:
         run.recal_batches, run.val_batches = batches.scoring_batches(cfg, data)
     total_steps = run.steps_per_epoch * cfg["num_epochs"]
     run.graph = tf.Graph()
@@ -324,7 +326,7 @@ def prepare(args, cfg, run_dir, hardware, cluster=None):
     return run
 
 
-def start_session(sess, run, args, run_dir):
+def start_session(sess, run, run_dir):
     """Initialise the variables, then restore the checkpoint resumed (every variable's shape
     checked) or inherit a supernet's weights (--init_from); returns lines for the log."""
     with distribute.held_back(run.cluster):  # mirrored variables wait for every worker
@@ -337,22 +339,23 @@ def start_session(sess, run, args, run_dir):
     return []
 
 
-def train(args, cfg, run_dir):
-    """Dry-run plan, or train (fresh or resumed) to the end or early stop; returns train_report."""
+def train(cfg, run_dir, *, resume, dry_run, allow_cpu):
+    """Dry-run plan, or train (fresh or `resume`d) to the end or early stop; returns train_report.
+    allow_cpu: train on the CPU even where nvidia-smi lists a GPU that TensorFlow cannot use."""
     wall_start = time.time()
-    hardware = devices.report(cfg["devices"], allow_cpu=args.allow_cpu, paths=fair.paths_per_cycle())
+    hardware = devices.report(cfg["devices"], allow_cpu=allow_cpu, paths=fair.paths_per_cycle())
     cluster = distribute.plan(cfg, hardware)
-    run = prepare(args, cfg, run_dir, hardware, cluster)
+    run = prepare(cfg, run_dir, hardware, cluster, resume=resume, dry_run=dry_run)
     if cluster:
         run.plan.append(cluster.describe(cfg["batch_size"] // cluster.replicas))
-    if args.dry_run:
+    if dry_run:
         print("dry run: nothing will be trained or written")
         print("\n".join(run.plan))
         return None
     state, meta_fields = run.state, run_meta_fields(run)
     writer = distribute.run_writer(cluster, run_dir, run.columns)
     with distribute.session(cluster, run.graph) as sess:
-        restored = start_session(sess, run, args, run_dir)
+        restored = start_session(sess, run, run_dir)
         if writer.writes_files:  # only once the checkpoint restored: a refused resume removes nothing
             ckpt.remove_temp_files(run_dir)
         writer.start(cfg, run.pool, run.coverage, state, [("resuming " if run.meta else "starting ") + run_dir]
