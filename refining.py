@@ -335,32 +335,32 @@ def report_lines(report):
 
 
 def plot(path, report):
-    """refine.png: each candidate's refined EPE (+- NOISE_Z paired SE against the best refined)
-    against its supernet EPE, the diagonal of no change, the best refined starred."""
+    """refine.png: the candidates in the supernet's order, their supernet EPE (left) and refined EPE
+    (right), each +- NOISE_Z paired SE against that panel's best, which is starred. Two panels with
+    their own scales: refining shifts every EPE by about as much, so one shared axis would hide the
+    differences between candidates that the choice is about."""
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
-    rows = report["candidates"]
-    x, y = np.array([r["supernet_epe"] for r in rows]), np.array([r["refined_epe"] for r in rows])
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.errorbar(x, y, yerr=[pareto.NOISE_Z * (r["refined_se"] or 0) for r in rows], fmt="o", c="tab:blue",
-                capsize=3, label=f"refined, +-{pareto.NOISE_Z:g} paired SE vs the best refined")
-    for r in rows:
-        ax.annotate(r["arch"], (r["supernet_epe"], r["refined_epe"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7)
-    best = next(r for r in rows if r["arch"] == report["best_refined"])
-    ax.plot([best["supernet_epe"]], [best["refined_epe"]], "*", c="tab:red", ms=16,
-            label=f"best refined {best['arch']}")
-    low, high = min(x.min(), y.min()), max(x.max(), y.max())
-    ax.plot([low, high], [low, high], "--", c="0.5", lw=1, label="no change")
-    ax.set_xlabel("supernet EPE (px)")
-    ax.set_ylabel(f"refined EPE after {report['settings']['steps']} steps (px)")
-    ax.set_title(f"{os.path.basename(os.path.normpath(report['supernet']))}: {len(rows)} candidates of "
-                 f"{os.path.basename(os.path.normpath(report['search']))}, {report['val_pairs']} validation pairs",
-                 fontsize=9)
-    ax.margins(0.15)  # room for the labels
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    rows = sorted(report["candidates"], key=lambda r: r["supernet_epe"])
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(rows) + 4), 5))
+    panels = (("supernet", "supernet_epe", "supernet_se", report["best_supernet"]),
+              (f"refined after {report['settings']['steps']} steps", "refined_epe", "refined_se",
+               report["best_refined"]))
+    for ax, (what, epe, se, best) in zip(axes, panels):
+        ax.errorbar(x, [r[epe] for r in rows], yerr=[pareto.NOISE_Z * (r[se] or 0) for r in rows], fmt="o",
+                    c="tab:blue", capsize=3, label=f"+-{pareto.NOISE_Z:g} paired SE vs the best")
+        k = next(i for i, r in enumerate(rows) if r["arch"] == best)
+        ax.plot([k], [rows[k][epe]], "*", c="tab:red", ms=14, label=f"best: {best}")
+        ax.set_xticks(x, [f"{r['arch']}\n{r['gmacs']:.3f} GMAC" for r in rows], rotation=30, ha="right",
+                      fontsize=7)
+        ax.set_ylabel(f"EPE, {what} (px)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{os.path.basename(os.path.normpath(report['supernet']))}: {len(rows)} candidates of "
+                 f"{os.path.basename(os.path.normpath(report['search']))} in the supernet's order, "
+                 f"{report['val_pairs']} validation pairs", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
