@@ -1509,7 +1509,7 @@ class TestSearch:
                                                               if r["arch"] == pareto["fronts"]["epe_gmacs"][0]["arch"])
         assert (pathlib.Path(search_dir) / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         printed = capsys.readouterr().out
-        assert "best within the budget (gmacs <= 0.1)" in printed and printed.rstrip().endswith("pareto.png")
+        assert "within the budget (gmacs <= 0.1)" in printed and printed.rstrip().endswith("pareto.png")
         # each front member's noise: its per-sample EPEs, scored alone one sample at a time, against its front's best
         fronts = pareto["fronts"].values()
         members = {r["arch"] for front in fronts for r in front}
@@ -1594,7 +1594,7 @@ class TestSearch:
             assert float(rows[supernet.format_arch(arch)]["fps"]) == pytest.approx(1e6 / cycles)
         fast = [r for r in rows.values() if float(r["fps"]) >= 700]
         best = min(fast, key=lambda r: float(r["epe"]))
-        assert f"best within the budget (fps >= 700): {best['arch']}" in capsys.readouterr().out
+        assert f"lowest EPE: {best['arch']} (EPE " in capsys.readouterr().out
         front = json.loads((search_dir / "pareto.json").read_text())["fronts"]["epe_fps"]
         assert front[0]["arch"] == "0,0,0,0,0,0,0,0,0" and all(r["arch"] in rows for r in front)
         table["input_size"] = [64, 96]
@@ -4300,8 +4300,9 @@ def _summary_member(arch, epe, epe_int8, zero, pairs=20):
 
 class TestDeploymentSummary:
     def _printed(self, members, capsys):
-        choice = min(members, key=lambda m: m["epe_int8"])
-        found = {"front": members, "members": members, "choice": choice}
+        pixels = np.full(len(members[0]["int8_samples"]), 100.0)
+        choice, made = deployment.choose(members, pixels, config.defaults()["deploy"])
+        found = {"front": members, "members": members, "choice": choice, "noise": made}
         tflm = {"samples": 8, "epe": 7.5, "tflite_epe_same_samples": 7.4, "max_step_diff": 1, "share_differing": 0.1,
                 "vs_tflite_reference_kernels": {"max_step_diff": 0}, "arena_bytes": 1000}
         report = {"tflm": tflm, "sram_kib": 100.0, "flash_kib": 2000.0, "fps": 100.0, "cpu_ops": 0, "retrain": "cmd"}
@@ -4764,13 +4765,13 @@ class TestChoiceInSearchAndDeployment:
     @pytest.mark.slow
     def test_a_budgets_choice_names_both_members_in_print_report_and_picture(self, search_run, capsys):
         out, run_dir = search_run
-        archs = [supernet.format_arch(a) for a in [(0,) * 9, (2,) * 9] + supernet.random_archs(14, 11)]
-        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", *archs, "--max_gmacs", "0.09"]
+        archs = [supernet.format_arch(a) for a in [(2,) * 9] + supernet.random_archs(14, 11)]  # all-0 beats all here
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", *archs, "--max_gmacs", "0.15"]
         capsys.readouterr()
         assert search.main(common) == 0
         printed = capsys.readouterr().out
         search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
-        rows = [r for r in _scores(search_dir / "scores.csv").values() if float(r["gmacs"]) <= 0.09]
+        rows = [r for r in _scores(search_dir / "scores.csv").values() if float(r["gmacs"]) <= 0.15]
         # the budget's front by hand: no other subnet within it has fewer (or as many) GMACs and a lower EPE
         cost, epe = {r["arch"]: float(r["gmacs"]) for r in rows}, {r["arch"]: float(r["epe"]) for r in rows}
         front = [r for r in rows if not any(cost[o["arch"]] <= cost[r["arch"]] and epe[o["arch"]] < epe[r["arch"]]
@@ -4791,7 +4792,7 @@ class TestChoiceInSearchAndDeployment:
         assert (budget["chosen"]["member"], budget["lowest_epe"]["member"]) == (front[chosen]["arch"],
                                                                                 front[lowest]["arch"])
         assert (budget["rule"], budget["noise_se"], budget["budget"], budget["within_noise"]) == (
-            "within_noise", 2.0, "gmacs <= 0.09", len(within))
+            "within_noise", 2.0, "gmacs <= 0.15", len(within))
         assert report["provenance"]["choice_rule"] == "within_noise" and report["provenance"]["choice_noise_se"] == 2
         assert f"choice (within_noise): {front[chosen]['arch']} (EPE " in printed
         assert f"lowest EPE: {front[lowest]['arch']} (EPE " in printed
