@@ -119,8 +119,9 @@ def budget_marks(made):
         return {}
     chosen, lowest = made.rows[made.chosen], made.rows[made.lowest]
     if chosen is lowest:
-        return {f"budget choice = lowest EPE ({made.rule})": ([chosen], "*")}
-    return {f"budget choice ({made.rule}, {made.z:g} SE)": ([chosen], "*"), "lowest EPE in budget": ([lowest], "X")}
+        return {f"budget choice = lowest EPE ({made.rule}): {chosen['arch']}": ([chosen], "*")}
+    return {f"budget choice ({made.rule}, {made.z:g} SE): {chosen['arch']}": ([chosen], "*"),
+            f"lowest EPE in budget: {lowest['arch']}": ([lowest], "X")}
 
 
 def _code(row):
