@@ -1,5 +1,6 @@
 """Choosing among scored subnets: the table of every subnet's metrics and costs, the Pareto fronts
-of EPE against cost, the best subnet within a budget, and the picture of it all."""
+of EPE against cost, the choice within a budget (noise_choice: the cheapest within the noise of the
+lowest EPE, or the lowest), and the picture of it all."""
 import csv
 import io
 import os
