@@ -21,6 +21,7 @@ POSITIVE = ("input_h", "input_w", "batch_size", "num_epochs", "eval_every", "eva
             "early_stop_patience", "log_every", "synthetic_train_size", "synthetic_val_size",
             "devices", "worker_timeout_s")
 RECAL_AT = ("run", "deploy")  # where deployment recalibrates BN: at the run's input size or at the deployment size
+CHOICE_RULES = ("within_noise", "lowest_epe")  # how a single network is chosen (noise_choice.py)
 # keys runs made before them lack; their defaults reproduce what those runs did
 ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene", "distribute", "replicas", "worker_timeout_s", "refine")
 NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
@@ -76,6 +77,18 @@ REFINE_HELP = {
     "top": "candidates refined: the K lowest supernet EPE among those the source offers",
     "steps": "training steps of each candidate, from the supernet's best weights",
     "epochs": "epochs the steps are split into: a checkpoint after each, where a killed refinement resumes",
+}
+# deploy.py's help for each key of config.json's `deploy` (search.py takes the choice's two as well)
+DEPLOY_HELP = {
+    "calibration_samples": "training crops the INT8 conversion is calibrated on",
+    "recal_at": "recalibrate BN at the run's input size (run) or at the deployment size (deploy)",
+    "size_steps": "input sizes deployed at: the largest this many that fit the board",
+    "int8_top": "front members converted to INT8 and scored, lowest FP32 EPE first",
+    "tflm_samples": "validation pairs the exported model is run on in TFLM",
+    "compile_cache": "the compile cache's folder under output_dir",
+    "choice_rule": "within_noise: the fastest/cheapest member within choice_noise_se paired SE of the lowest "
+                   "EPE; lowest_epe: the lowest EPE",
+    "choice_noise_se": "Z: EPEs less than Z paired SE apart are within the noise (cannot be told apart)",
 }
 RUN_IDENTITY = ("seed", "eval_pool_size", "input_h", "input_w", "arch", "synthetic", "synthetic_train_size",
                 "synthetic_val_size", "synthetic_seed", "synthetic_scene")
@@ -155,8 +168,11 @@ def check_ranges(cfg, where="config"):
                  for key in ("calibration_samples", "size_steps", "int8_top", "tflm_samples") if deploy[key] <= 0]
     if not deploy["compile_cache"].strip():
         problems.append("key 'deploy.compile_cache' must name a folder (under output_dir), got an empty name")
-    if deploy["recal_at"] not in RECAL_AT:
-        problems.append(f"key 'deploy.recal_at' must be one of {', '.join(RECAL_AT)}, got {deploy['recal_at']!r}")
+    problems += [f"key 'deploy.{key}' must be one of {', '.join(allowed)}, got {deploy[key]!r}"
+                 for key, allowed in (("recal_at", RECAL_AT), ("choice_rule", CHOICE_RULES))
+                 if deploy[key] not in allowed]
+    if not 0 < deploy["choice_noise_se"] < math.inf:  # NaN fails too
+        problems.append(f"key 'deploy.choice_noise_se' must be a number > 0, got {deploy['choice_noise_se']}")
     problems += refine_problems(cfg["refine"])
     if cfg["distribute"] == "multi_worker" and not cfg["experiment_name"]:
         problems.append("key 'distribute' multi_worker needs 'experiment_name': every worker names the same run")

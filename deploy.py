@@ -1,6 +1,7 @@
 """Find the network a board can run: the (architecture, input size) of a trained supernet that fits
-a board target's SRAM, flash and frame rate and has the lowest INT8 EPE, then export it for the
-board with what its firmware needs (see deployment.py for the steps).
+a board target's SRAM, flash and frame rate and is the fastest whose INT8 EPE the validation pairs
+cannot tell from the lowest (or, with --choice_rule lowest_epe, has the lowest INT8 EPE), then export
+it for the board with what its firmware needs (see deployment.py for the steps).
 
     python deploy.py --experiment_name demo --target himax-we2
     python deploy.py --experiment_name demo --target board.json --sizes 144x192,128x176
@@ -28,6 +29,7 @@ import deployment
 import errors
 import firmware
 import metrics
+import noise_choice
 import runs
 import supernet
 from errors import ConfigError, DeployError
@@ -54,7 +56,8 @@ def parse_args(argv):
                         help="also compile N seeded random (arch, size) pairs in full and report the tables' errors")
     parser.add_argument("--progress_every", type=float, default=10.0, help="seconds between progress lines")
     for key, default in config.defaults()["deploy"].items():
-        parser.add_argument(f"--{key}", type=type(default), default=None, help=f"default {default!r} (config.json)")
+        parser.add_argument(f"--{key}", type=type(default), default=None,
+                            help=f"{config.DEPLOY_HELP[key]} (config.json: {default!r})")
     return parser.parse_args(argv)
 
 
@@ -109,8 +112,9 @@ def search_board(dep, args, log):
     members = deployment.compile_members(dep, members, rows, log)
     front = deployment.board_front(dep, rows)
     pixels = firmware_pixels(dep, members[0]["size"])
-    choice = deployment.choose(members, pixels)
-    return {"sizes": chosen, "costs": costs, "rows": rows, "front": front, "members": members, "choice": choice}
+    choice, made = deployment.choose(members, pixels, dep.settings)
+    return {"sizes": chosen, "costs": costs, "rows": rows, "front": front, "members": members, "choice": choice,
+            "noise": made}
 
 
 def firmware_pixels(dep, size):
@@ -119,9 +123,9 @@ def firmware_pixels(dep, size):
 
 
 def export_choice(dep, found, work, log):
-    """Export the best member whose full compile fits (the choice, or the next by INT8 EPE) into
+    """Export the first member whose full compile fits (the choice, then the others by INT8 EPE) into
     `work`, the deployment folder being built; returns (member, export report)."""
-    for member in sorted(found["members"], key=lambda m: m["epe_int8"]):
+    for member in sorted(found["members"], key=lambda m: (m is not found["choice"], m["epe_int8"])):
         options = {"calibration_samples": dep.settings["calibration_samples"], "recal_at_size": dep.recal_at_size,
                    "base": dep.base(), "folder": dep.folder()}
         report = convert.export_subnet(dep.run_dir, dep.kind, dep.cfg, supernet.parse_arch(member["arch"]),
@@ -175,7 +179,7 @@ def write_deployment(dep, found, args, work, started):
         report["table_check"] = deployment.check_costs(dep, found["costs"], args.check, 0, extra)
     compiled = os.path.join(work, os.path.relpath(export["vela"]["compiled_model"], dep.folder()))
     firmware.write_files(work, report, compiled, reference)
-    deployment.plot(os.path.join(work, "deploy.png"), found["rows"], found["front"], found["members"], member, dep)
+    deployment.plot(os.path.join(work, "deploy.png"), found, member, dep)
     atomic_files.write_json_atomic(os.path.join(work, "deploy_report.json"), report)
     return member, report
 
@@ -198,8 +202,8 @@ def build_report(dep, found, member, export, tflm, seconds, hardware):
             "size_costs": {f"{s[0]}x{s[1]}": c for s, c in found["costs"].items()},
             "npu_figures": NPU_FIGURES, "front": [deployment.public(m) for m in found["front"]],
             "int8_members": [deployment.public(m) for m in found["members"]],
-            "neighbours": [f"{m['arch']} at {m['size'][0]}x{m['size'][1]}" for m in found["members"]
-                           if m["within_noise"]],
+            "choice": noise_choice.summary(found["noise"], deployment.label),
+            "neighbours": [deployment.label(m) for m in found["members"] if m["within_noise"] and m is not member],
             "retrain": retrain_command(dep, member), "seconds": seconds, "devices": hardware}
 
 
@@ -212,8 +216,8 @@ def retrain_command(dep, member):
 
 
 def print_summary(dep, found, member, report):
-    """The front, the choice, its neighbours within the noise, the TFLM check, a warning when the
-    choice is worse than no motion, and the next command."""
+    """The front, the choice, the lowest INT8 EPE and the members within the noise of it, the TFLM
+    check, a warning when the choice is worse than no motion, and the next command."""
     scored = {(m["arch"], tuple(m["size"])): m for m in found["members"]}
     print(f"board front ({len(found['front'])} pairs, fastest first; flash predicted by the size's table, which "
           f"can fall short of a full compile by up to {deployment.FLASH_MISS_PCT:g}%):")
@@ -221,9 +225,13 @@ def print_summary(dep, found, member, report):
         print(f"  {deployment.describe(scored.get((m['arch'], tuple(m['size'])), m))}")
     pairs = len(member["int8_samples"])
     print(f"INT8 on all {pairs} validation pairs, best first:")
+    lowest = found["members"][found["noise"].lowest]
     for m in sorted(found["members"], key=lambda m: m["epe_int8"]):
-        mark = "choice" if m is found["choice"] else "within the noise" if m["within_noise"] else ""
-        print(f"  {deployment.describe(m)}  {mark}")
+        marks = ["choice"] * (m is found["choice"]) + ["lowest INT8 EPE"] * (m is lowest) + ["within the noise"] * (
+            m["within_noise"] and m is not lowest)
+        print(f"  {deployment.describe(m)}  {', '.join(marks)}")
+    for line in noise_choice.lines(found["noise"], deployment.label):
+        print(line)
     tflm = report["tflm"]
     if "error" not in tflm:
         print(f"TFLM on the first {tflm['samples']} of those {pairs} pairs: EPE {tflm['epe']:.4f} "

@@ -14,7 +14,8 @@ started again redoes nothing it finished):
    the size's tables);
 5. INT8: the front's best `int8_top` by FP32 EPE converted (calibrated on real training crops),
    scored on the same frames with the same metric and compiled in full; the front is drawn again
-   with their compiles' figures; the choice has the lowest INT8 EPE.
+   with their compiles' figures; the choice (config.json's deploy choice_rule) is the fastest
+   member within choice_noise_se paired SE of the lowest INT8 EPE (noise_choice.py), or the lowest.
 """
 import contextlib
 import dataclasses
@@ -30,13 +31,13 @@ import atomic_files
 import convert
 import edge_tables
 import metrics
+import noise_choice
 import pareto
 import search_parts
 import supernet
 from errors import ArchError, DeployError
 
 SIZE_MULTIPLE = 16  # every resize of the network an exact 2x: nothing left to the CPU
-NOISE_Z = pareto.NOISE_Z
 # How far the flash a size's table predicts (edge_tables.predict: a line in the parameter count) may fall
 # short of a full compile, in % of the compile, as a deployment states it. `deploy.py --check 16` on a 32x48
 # run measured shortfalls of at most 0.12% (4.7 KiB of 3,906); --check measures it for any run.
@@ -365,15 +366,21 @@ def int8_scores(dep, members, log):
     return members
 
 
-def choose(members, pixels):
-    """The member with the lowest INT8 EPE, and each member's paired standard error against it
-    (`epe_int8_se`) and whether it cannot be told from it (`within_noise`)."""
-    choice = min(members, key=lambda m: m["epe_int8"])
-    for m in members:
-        m["epe_int8_se"] = metrics.paired_se(m["int8_samples"], choice["int8_samples"], pixels)
-        m["within_noise"] = bool(m is not choice and m["epe_int8_se"] is not None and (
-            m["epe_int8"] - choice["epe_int8"] <= NOISE_Z * m["epe_int8_se"]))
-    return choice
+def choose(members, pixels, settings):
+    """(the member the deploy settings' choice rule picks, the noise_choice.Choice): of the INT8-scored
+    members, the fastest on the NPU within choice_noise_se paired SE of the lowest INT8 EPE, or the
+    lowest. Each member gets its paired SE against the lowest INT8 EPE (`epe_int8_se`) and whether
+    it cannot be told from it (`within_noise`: the lowest itself too)."""
+    made = noise_choice.choose(members, [m["int8_samples"] for m in members], pixels, settings["choice_rule"],
+                               settings["choice_noise_se"], epe="epe_int8", cost="fps", maximise=True)
+    for member, se, within in zip(members, made.ses, made.within):
+        member.update(epe_int8_se=se, within_noise=within)
+    return members[made.chosen], made
+
+
+def label(member):
+    """A member's name: its arch at its size."""
+    return f"{member['arch']} at {member['size'][0]}x{member['size'][1]}"
 
 
 # ----------------------------------------------------------------------------- report and picture
@@ -395,13 +402,14 @@ def public(member):
     return {k: v for k, v in member.items() if k not in ("int8_samples", "int8_model", "samples")}
 
 
-def plot(path, rows, front, members, choice, dep):
+def plot(path, found, member, dep):
     """deploy.png: FP32 EPE against NPU FPS of every (arch, size) scored, one colour per size for
     the pairs that fit (grey: those that do not), the front, its INT8 EPEs with their noise, the
-    min_fps line and the choice."""
+    min_fps line, the choice (the exported `member`) and the lowest INT8 EPE beside it."""
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
+    rows, made = found["rows"], found["noise"]
     fig, ax = plt.subplots(figsize=(9, 6))
     misses = [r for r in rows if r["misses"]]
     ax.scatter([r["fps"] for r in misses], [r["epe"] for r in misses], s=3, alpha=0.2, lw=0, color="0.6",
@@ -410,12 +418,19 @@ def plot(path, rows, front, members, choice, dep):
         at = [r for r in rows if tuple(r["size"]) == size and not r["misses"]]
         ax.scatter([r["fps"] for r in at], [r["epe"] for r in at], s=3, alpha=0.4, lw=0, color=f"C{i}",
                    label=f"{size[0]}x{size[1]}: {len(at):,} subnets that fit (FP32)")
-    ax.plot([r["fps"] for r in front], [r["epe"] for r in front], "-", c="k", lw=1, label="board front (FP32)")
+    ax.plot([r["fps"] for r in found["front"]], [r["epe"] for r in found["front"]], "-", c="k", lw=1,
+            label="board front (FP32)")
+    members = found["members"]
     ax.errorbar([m["fps"] for m in members], [m["epe_int8"] for m in members],
-                yerr=[NOISE_Z * (m["epe_int8_se"] or 0) for m in members], fmt="o", mfc="none", c="tab:red",
-                ms=6, capsize=2, label=f"INT8, +-{NOISE_Z:g} paired SE vs the choice")
-    ax.plot([choice["fps"]], [choice["epe_int8"]], "*", c="tab:red", ms=16,
-            label=f"choice {choice['arch']} at {choice['size'][0]}x{choice['size'][1]}")
+                yerr=[made.z * (m["epe_int8_se"] or 0) for m in members], fmt="o", mfc="none", c="tab:red",
+                ms=6, capsize=2, label=f"INT8, +-{made.z:g} paired SE vs the lowest INT8 EPE")
+    lowest = members[made.lowest]
+    ax.plot([member["fps"]], [member["epe_int8"]], "*", c="tab:red", ms=16,
+            label=f"choice ({made.rule}, {made.z:g} SE): {label(member)}")
+    ax.plot([lowest["fps"]], [lowest["epe_int8"]], "D", c="tab:blue", mfc="none", ms=11, mew=1.5,
+            label=f"lowest INT8 EPE: {label(lowest)}")
+    if made.covers_front:
+        ax.plot([], [], " ", label=f"the noise covers {sum(made.within)} of {len(members)} INT8 members")
     if dep.target.min_fps is not None:
         ax.axvline(dep.target.min_fps, ls="--", c="0.4", label=f"min_fps {dep.target.min_fps:g}")
     ax.set_xlabel("NPU inferences per second (a full compile where there is one: the INT8 members; "
@@ -433,7 +448,7 @@ def plot(path, rows, front, members, choice, dep):
 def describe(m):
     """One front member as a line."""
     int8 = (f", INT8 {m['epe_int8']:.4f} ({m['int8_loss']:+.4f}"
-            + (f", paired SE {m['epe_int8_se']:.4f} vs the choice" if m.get("epe_int8_se") else "") + ")"
+            + (f", paired SE {m['epe_int8_se']:.4f} vs the lowest" if m.get("epe_int8_se") else "") + ")"
             if "epe_int8" in m else "")
     return (f"{m['arch']} at {m['size'][0]}x{m['size'][1]}: EPE FP32 {m['epe']:.4f}{int8}, {m['fps']:.1f} FPS "
             f"({m['npu_figures']}), flash {m['flash_kib']:.0f} KiB, {m['gmacs']:.3f} GMAC")

@@ -1,5 +1,6 @@
 """Choosing among scored subnets: the table of every subnet's metrics and costs, the Pareto fronts
-of EPE against cost, the best subnet within a budget, and the picture of it all."""
+of EPE against cost, the choice within a budget (noise_choice: the cheapest within the noise of the
+lowest EPE, or the lowest), and the picture of it all."""
 import csv
 import io
 import os
@@ -7,6 +8,7 @@ import os
 import atomic_files
 import edge_tables
 import metrics
+import noise_choice
 import runs
 import supernet
 
@@ -46,10 +48,6 @@ def write_scores_csv(path, rows):
     atomic_files.write_atomic(path, text.getvalue())
 
 
-NOISE_Z = 2.0  # subnets closer than this many paired standard errors cannot be told apart
-NOISE_CANDIDATES = 200  # the lowest-EPE subnets within a budget looked at for neighbours within the noise
-
-
 def with_noise(front, samples, pixels):
     """Copies of a front's rows, each with `epe_se`: the paired standard error over the validation
     samples of its EPE minus the front's lowest-EPE member's (metrics.paired_se; None where a
@@ -74,30 +72,66 @@ def within_budget(rows, limits):
     return [r for r in rows if all(sign * r[key] <= sign * value for key, value, sign in limits)]
 
 
-def budget_choice(rows, fronts, limits, samples_of, pixels):
-    """Lines naming the best subnet within the budget `limits` (budget_limits), the subnets within
-    the budget it cannot be told from (EPE within NOISE_Z paired standard errors: samples_of(codes)
-    gives their per-sample EPE sums) and its front neighbours."""
+def budget_choice(rows, limits, samples_of, pixels, rule, z):
+    """The noise_choice.Choice within the budget `limits` (budget_limits), or None without a budget or a
+    subnet within it: among the Pareto front of the subnets within the budget on the budget's own cost
+    (its first limit's column: the cheapest, or with a minimum FPS the fastest, within `z` paired SE
+    of the lowest EPE; samples_of(codes) gives their per-sample EPE sums)."""
+    within = within_budget(rows, limits)
+    if not (limits and within):
+        return None
+    cost, maximise = limits[0][0], limits[0][2] < 0
+    front = pareto_front(within, cost, maximise)
+    samples = samples_of([r["arch"] for r in front])
+    return noise_choice.choose(front, [samples.get(r["arch"]) for r in front], pixels, rule, z, cost=cost,
+                               maximise=maximise)
+
+
+def budget_wording(limits):
+    """The budget as words: "gmacs <= 1, fps >= 30"."""
+    return ", ".join(f"{key} {'<=' if sign > 0 else '>='} {value:g}" for key, value, sign in limits)
+
+
+def budget_report(made, limits):
+    """What pareto.json keeps of a budget's choice (noise_choice.summary), or None without one."""
+    return None if made is None else dict(noise_choice.summary(made, _code), budget=budget_wording(limits))
+
+
+def budget_lines(made, limits, fronts):
+    """Lines naming the budget's choice and its lowest-EPE subnet (noise_choice.lines), the other
+    front members within the budget it cannot be told from, and the choice's EPE/GMACs front neighbours."""
     if not limits:
         return []
-    within = within_budget(rows, limits)
-    wording = ", ".join(f"{key} {'<=' if sign > 0 else '>='} {value:g}" for key, value, sign in limits)
-    if not within:
-        return [f"no scored subnet within the budget ({wording})"]
-    best = within[0]  # rows are sorted by EPE
-    lines = [f"best within the budget ({wording}): {describe(best)}"]
-    samples = samples_of([r["arch"] for r in within[:NOISE_CANDIDATES]])
-    for row in within[1:NOISE_CANDIDATES]:
-        se = _paired(samples, row["arch"], best["arch"], pixels)
-        if se is not None and row["epe"] - best["epe"] <= NOISE_Z * se:
-            lines.append(f"  within the noise ({row['epe'] - best['epe']:+.4f} EPE, paired SE {se:.4f}): "
+    if made is None:
+        return [f"no scored subnet within the budget ({budget_wording(limits)})"]
+    lines = [f"within the budget ({budget_wording(limits)}): {len(made.rows)} subnets on its EPE/{made.cost} front"]
+    lines += noise_choice.lines(made, _code)
+    lowest = made.rows[made.lowest]
+    for i, row in enumerate(made.rows):
+        if made.within[i] and i not in (made.chosen, made.lowest):
+            lines.append(f"  within the noise ({row['epe'] - lowest['epe']:+.4f} EPE, paired SE {made.ses[i]:.4f}): "
                          f"{describe(row)}")
-    front = fronts["epe_gmacs"]
-    cheaper = [r for r in front if r["gmacs"] < best["gmacs"]][-1:]
-    dearer = [r for r in front if r["gmacs"] > best["gmacs"]][:1]
+    chosen, front = made.rows[made.chosen], fronts["epe_gmacs"]
+    cheaper = [r for r in front if r["gmacs"] < chosen["gmacs"]][-1:]
+    dearer = [r for r in front if r["gmacs"] > chosen["gmacs"]][:1]
     for label, group in (("cheaper", cheaper), ("dearer", dearer)):
         lines += [f"  front neighbour, {label}: {describe(r)}" for r in group]
     return lines
+
+
+def budget_marks(made):
+    """The budget's choice and its lowest-EPE subnet as pareto.png marks them: {label: (rows, style)}."""
+    if made is None:
+        return {}
+    chosen, lowest = made.rows[made.chosen], made.rows[made.lowest]
+    if chosen is lowest:
+        return {f"budget choice = lowest EPE ({made.rule}): {chosen['arch']}": ([chosen], "*")}
+    return {f"budget choice ({made.rule}, {made.z:g} SE): {chosen['arch']}": ([chosen], "*"),
+            f"lowest EPE in budget: {lowest['arch']}": ([lowest], "X")}
+
+
+def _code(row):
+    return row["arch"]
 
 
 def describe(row):
@@ -108,9 +142,9 @@ def describe(row):
             f"params{fps}")
 
 
-def plot_front(path, rows, fronts, marked, title):
-    """pareto.png: EPE against GMACs for every subnet, the front as a line, marked subnets labelled;
-    a second panel against the NPU's FPS when the rows have it."""
+def plot_front(path, rows, fronts, marked, title, z):
+    """pareto.png: EPE against GMACs for every subnet, the front as a line with its noise (`z` paired
+    SE), marked subnets labelled; a second panel against the NPU's FPS when the rows have it."""
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
@@ -126,8 +160,8 @@ def plot_front(path, rows, fronts, marked, title):
                 label=f"Pareto front ({len(front)})")
         if all(r.get("epe_se") is not None for r in front):
             ax.fill_between([r[cost] for r in front], [r["epe"] for r in front],
-                            [r["epe"] + NOISE_Z * r["epe_se"] for r in front], step="post", color="tab:red",
-                            alpha=0.15, lw=0, label=f"front + {NOISE_Z:g} paired SE: not told apart")
+                            [r["epe"] + z * r["epe_se"] for r in front], step="post", color="tab:red",
+                            alpha=0.15, lw=0, label=f"front + {z:g} paired SE: not told apart")
         for name, (group, style) in marked.items():
             ax.plot([r[cost] for r in group], [r["epe"] for r in group], style, ms=7, mfc="none", mew=1.5, label=name)
             if len(group) == 1:

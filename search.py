@@ -36,7 +36,7 @@ from errors import ExportError, SearchError
 
 
 def finish(search_dir, run_dir, args, hardware):
-    """Merge the parts into scores.csv, pareto.json and pareto.png; print the front and the budget."""
+    """Merge the parts into scores.csv, pareto.json and pareto.png; print the front and the budget's choice."""
     manifest, scores, seconds = search_parts.load_parts(search_dir)
     h, w = manifest["scored_size"] or manifest["input_size"]
     table = load_latency_table(args.latency_table, h, w) if args.latency_table else None
@@ -48,26 +48,36 @@ def finish(search_dir, run_dir, args, hardware):
     samples = samples_reader(search_dir)
     fronts = {key: pareto.with_noise(front, samples([r["arch"] for r in front]), pixels)
               for key, front in fronts.items()}
+    limits = pareto.budget_limits(max_gmacs=args.max_gmacs, max_params=args.max_params, min_fps=args.min_fps)
+    budget = pareto.budget_choice(rows, limits, samples, pixels, args.choice_rule, args.choice_noise_se)
     provenance = {k: manifest[k] for k in manifest if k not in ("shard", "units")}
     provenance.update(run_dir=run_dir, unit_seconds=seconds, latency_table=args.latency_table,
-                      parts=manifest["shard"][1], devices=hardware)
-    atomic_files.write_json_atomic(os.path.join(search_dir, "pareto.json"),
-                                   {"provenance": provenance, "fronts": fronts, "best": rows[0]})
+                      parts=manifest["shard"][1], devices=hardware, choice_rule=args.choice_rule,
+                      choice_noise_se=args.choice_noise_se)
+    atomic_files.write_json_atomic(os.path.join(search_dir, "pareto.json"), {
+        "provenance": provenance, "fronts": fronts, "best": rows[0],
+        "budget_choice": pareto.budget_report(budget, limits)})
     png = os.path.join(search_dir, "pareto.png")
-    pareto.plot_front(png, rows, fronts, pareto.marked_subnets(rows, run_dir, manifest["config"]),
+    pareto.plot_front(png, rows, fronts, {**pareto.marked_subnets(rows, run_dir, manifest["config"]),
+                                          **pareto.budget_marks(budget)},
                       f"{os.path.basename(run_dir)} {manifest['checkpoint_type']} checkpoint "
                       f"(step {manifest['global_step']}), "
-                      f"{manifest['data_source']} data, {manifest['val_samples']} validation samples")
+                      f"{manifest['data_source']} data, {manifest['val_samples']} validation samples",
+                      args.choice_noise_se)
     print(f"scored {len(rows):,} subnets ({seconds:.0f} s of unit work); best {pareto.describe(rows[0])}")
-    print(f"EPE/GMACs Pareto front, {len(fronts['epe_gmacs'])} subnets:")
-    for row in fronts["epe_gmacs"]:
-        print(f"  {pareto.describe(row)}")
-    limits = pareto.budget_limits(max_gmacs=args.max_gmacs, max_params=args.max_params, min_fps=args.min_fps)
-    for line in pareto.budget_choice(rows, fronts, limits, samples, pixels):
-        print(line)
+    print_fronts(fronts, pareto.budget_lines(budget, limits, fronts))
     print(f"wrote {os.path.join(search_dir, 'scores.csv')}, {os.path.join(search_dir, 'pareto.json')}")
     print(png)
     return rows, fronts
+
+
+def print_fronts(fronts, budget_lines):
+    """The EPE/GMACs front, a subnet a line, then the budget's choice."""
+    print(f"EPE/GMACs Pareto front, {len(fronts['epe_gmacs'])} subnets:")
+    for row in fronts["epe_gmacs"]:
+        print(f"  {pareto.describe(row)}")
+    for line in budget_lines:
+        print(line)
 
 
 def samples_reader(search_dir):
@@ -103,19 +113,27 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--shard", default="1/1", help="score the K-th of N disjoint parts (K/N, 1-based)")
     parser.add_argument("--merge", action="store_true", help="combine finished parts into the outputs, score nothing")
-    parser.add_argument("--max_gmacs", type=float, help="budget: print the best subnet with at most this many GMACs")
+    parser.add_argument("--max_gmacs", type=float, help="budget: print the choice among subnets with at most this "
+                                                         "many GMACs (--choice_rule)")
     parser.add_argument("--max_params", type=float, help="budget: at most this many parameters")
     parser.add_argument("--min_fps", type=float, help="budget: at least this NPU FPS (needs --latency_table)")
+    deploy = config.defaults()["deploy"]
+    parser.add_argument("--choice_rule", choices=config.CHOICE_RULES, default=deploy["choice_rule"],
+                        help=f"the budget's choice: {config.DEPLOY_HELP['choice_rule']} (config.json's deploy: "
+                             f"{deploy['choice_rule']})")
+    parser.add_argument("--choice_noise_se", type=float, default=deploy["choice_noise_se"],
+                        help=f"{config.DEPLOY_HELP['choice_noise_se']} (config.json's deploy: "
+                             f"{deploy['choice_noise_se']:g})")
     parser.add_argument("--latency_table", help="per-layer NPU latency table from export.py: adds an FPS column")
     parser.add_argument("--progress_every", type=float, default=10.0, help="seconds between progress lines")
     parser.add_argument("--size", type=runs.size_flag, metavar="HxW",
                         help="score at this input size: the run's frames resized to it, EPE at the frame's size")
-    parser.add_argument("--recal_at", choices=config.RECAL_AT, default=config.defaults()["deploy"]["recal_at"],
+    parser.add_argument("--recal_at", choices=config.RECAL_AT, default=deploy["recal_at"],
                         help="with --size: recalibrate BN at the run's input size or at --size")
     args = parser.parse_args(argv)
     if args.min_fps is not None and not args.latency_table:
         parser.error("--min_fps needs --latency_table")
-    for flag in ("max_gmacs", "max_params", "min_fps", "progress_every"):
+    for flag in ("max_gmacs", "max_params", "min_fps", "progress_every", "choice_noise_se"):
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{flag} {value} must be a positive number")

@@ -67,40 +67,43 @@ shared by several sections are in section 0.
       TestSearchParts           damaged unit tables and relabelled rows refused, naming the file
 25. pareto.py: the table of scored subnets, Pareto fronts
       TestPareto                the front against brute force
-26. refine.py: the top candidates fine-tuned from the supernet's weights and rescored
+26. noise_choice.py: the one choice rule: the fastest or cheapest member within Z paired SE of the lowest
+      TestNoiseChoice           the rule against brute force, both rules, ties, the noise covering the front, settings
+      TestChoiceInSearchAndDeployment  a search budget and a deployment name the choice and the lowest EPE
+27. refine.py: the top candidates fine-tuned from the supernet's weights and rescored
       TestRefine                candidates, config rules, report vs numpy, kill and rerun, the start, the score
-27. export.py: one subnet to TFLite FP32/INT8 and the NPU compiler
+28. export.py: one subnet to TFLite FP32/INT8 and the NPU compiler
       TestExportCommand         export.py writes models, report and agreeing flows, at any size; bad input one line
-28. convert.py: one subnet to TFLite: static graph, FP32/INT8
+29. convert.py: one subnet to TFLite: static graph, FP32/INT8
       TestConvert               the static graph holds exactly the subnet; FP32 matches TensorFlow; INT8 full integer
-29. compiler.py: the edge compiler behind one door (Vela), board targets, the compile cache
+30. compiler.py: the edge compiler behind one door (Vela), board targets, the compile cache
       TestCompilerVela          Vela's summary and operator counts parsed; Vela missing; an ini error in one line
       TestCompilerTargets       board targets load and every fault is named; bounds; a vela.ini not UTF-8
       TestCompileCache          a model compiled once, races, killed and failed compiles, outputs named after the model
-30. edge_tables.py: the NPU latency table, each block beside its neighbour
+31. edge_tables.py: the NPU latency table, each block beside its neighbour
       TestEdgeTables            blocks charged their ops; the table predicts compiles; its check; H2 beside H2Out
-31. deploy.py: fit a board: the best (arch, input size) in INT8 within its budgets
+32. deploy.py: fit a board: the best (arch, input size) in INT8 within its budgets
       TestDeployCommand         settings checked; deploy.py fits the board and hands firmware what it needs
       TestDeployOneWriter       a second deployment refused before any compile; a killed or failed one keeps the last
       TestDeploySummary         the printed summary: zero-flow warning, what each EPE is over, flash's margin
-32. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice
+33. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice
       TestDeploymentSteps       sizes; INT8 written whole; compiled figures replace the table; one search per size
-33. firmware.py: what a port needs
+34. firmware.py: what a port needs
       TestFirmware              the C array holds the bytes, aligned
-34. rank.py: subnets trained alone against the supernet's order; the margin of two runs
+35. rank.py: subnets trained alone against the supernet's order; the margin of two runs
       TestRankStudy             rank.py --train on a tiny supernet: inheriting, report, seeds, margin, refusals
       TestRankCommand           --compare, the second seeds' plan, scoring progress, flags out of range
       TestRankBounds            --train and --bn_recal_batches beyond the space or data refused before any folder
-35. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores
+36. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores
       TestRankingStatistics     tau and rho with ties, the bootstrap, the noise floor, the seed ceiling, the draw
       TestRankingSearchChoice   the search's choice against a random pick; the study's time; run files checked
-36. stopping.py: the stopping criterion of runs trained alone
+37. stopping.py: the stopping criterion of runs trained alone
       TestStopping              the criterion by hand, the runs still falling, the tau range against every order
-37. parallel.py: child processes a few at a time, each pinned to its cores
+38. parallel.py: child processes a few at a time, each pinned to its cores
       TestParallel              cores dealt to slots, time left, GPUs, TensorFlow's quiet, failures and interrupts
-38. rank_bench.py: the ranking benchmark rankbench/
+39. rank_bench.py: the ranking benchmark rankbench/
       TestRankBench             the plan and its rule, the fingerprint, the report by hand, rows refused, chunks
-39. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line
+40. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line
       TestBadInput              bad config, flags, checkpoints and datasets: a one-line error
       TestHostileInput          damaged parts, lists, tables, configs, reports: named, nothing merged or half-written
       TestOneWriter             run names stay inside output_dir; a second writer is refused; no stale lock
@@ -166,6 +169,7 @@ import firmware
 import flowio
 import flowviz
 import metrics
+import noise_choice
 import parallel
 import pareto
 import rank
@@ -2527,7 +2531,7 @@ class TestSearchCommand:
             assert float(rows[supernet.format_arch(arch)]["fps"]) == pytest.approx(1e6 / cycles)
         fast = [r for r in rows.values() if float(r["fps"]) >= 700]
         best = min(fast, key=lambda r: float(r["epe"]))
-        assert f"best within the budget (fps >= 700): {best['arch']}" in capsys.readouterr().out
+        assert f"lowest EPE: {best['arch']} (EPE " in capsys.readouterr().out
         front = json.loads((search_dir / "pareto.json").read_text())["fronts"]["epe_fps"]
         assert front[0]["arch"] == "0,0,0,0,0,0,0,0,0" and all(r["arch"] in rows for r in front)
         table["input_size"] = [64, 96]
@@ -2594,7 +2598,7 @@ class TestSearchShardsAndResume:
                                                               if r["arch"] == pareto["fronts"]["epe_gmacs"][0]["arch"])
         assert (pathlib.Path(search_dir) / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         printed = capsys.readouterr().out
-        assert "best within the budget (gmacs <= 0.1)" in printed and printed.rstrip().endswith("pareto.png")
+        assert "within the budget (gmacs <= 0.1)" in printed and printed.rstrip().endswith("pareto.png")
         # each front member's noise: its per-sample EPEs, scored alone one sample at a time, against its front's best
         fronts = pareto["fronts"].values()
         members = {r["arch"] for front in fronts for r in front}
@@ -2824,7 +2828,218 @@ class TestPareto:
         assert [r["fps"] for r in fastest] == [10.0, 5.0]
 
 
-# ==== 26. refine.py: the top candidates fine-tuned from the supernet's weights and rescored ==========================
+# ==== 26. noise_choice.py: the one choice rule: the fastest or cheapest member within Z paired SE of the lowest ======
+
+def _members(errors, speeds, key="fps"):
+    """Members with hand-written per-pair EPEs (equal pixels per pair): rows, per-pair sums, pixels."""
+    pixels = np.full(len(errors[0]), 10.0)
+    rows = [{"arch": f"m{i}", "size": [32, 48], "epe": float(np.mean(e)), key: float(v)}
+            for i, (e, v) in enumerate(zip(errors, speeds))]
+    return rows, [np.asarray(e, np.float64) * pixels for e in errors], pixels
+
+
+def _brute_choice(errors, speeds, z, rule, maximise=True):
+    """The choice by hand: numpy's paired SE (equal pixels: std of the per-pair differences / sqrt n),
+    every member tested against the lowest EPE, the fastest (cheapest) of those within z SE."""
+    errors = [np.asarray(e, np.float64) for e in errors]
+    sign = -1 if maximise else 1
+    epes = [e.mean() for e in errors]
+    lowest = sorted(range(len(errors)), key=lambda i: (epes[i], sign * speeds[i], i))[0]
+    ses = [np.std(e - errors[lowest], ddof=1) / np.sqrt(len(e)) for e in errors]
+    within = [i for i in range(len(errors)) if epes[i] - epes[lowest] <= z * ses[i]]
+    fastest = sorted(within, key=lambda i: (sign * speeds[i], epes[i], i))[0]
+    return (fastest if rule == "within_noise" else lowest), lowest, ses, within
+
+
+class TestNoiseChoice:
+    # five pairs: m1 is 0.06 worse than m0 with a paired SE of 0.051, m2 0.5 worse on every pair (SE 0),
+    # m3 0.02 worse; so m0, m1 and m3 lie within 2 SE of m0, and m1 is the fastest of them
+    ERRORS = [[1.0, 2.0, 3.0, 4.0, 5.0], [1.1, 2.0, 2.9, 4.2, 5.1], [1.5, 2.5, 3.5, 4.5, 5.5],
+              [1.0, 2.2, 2.8, 4.1, 5.0]]
+    FPS = [8.0, 19.0, 30.0, 12.0]
+
+    def test_the_rule_matches_a_brute_force_choice_on_random_members(self):
+        rng = np.random.default_rng(7)
+        for trial in range(200):
+            count, pairs = rng.integers(2, 8), rng.integers(3, 12)
+            base = rng.uniform(0.5, 3.0, pairs)
+            errors = [base + rng.normal(rng.uniform(0, 0.2), rng.uniform(0.01, 0.3), pairs) for _ in range(count)]
+            speeds = list(rng.permutation(count) + 1.0)
+            z = float(rng.choice([1.0, 2.0, 3.0]))
+            rows, sums, pixels = _members(errors, speeds)
+            for rule in config.CHOICE_RULES:
+                made = noise_choice.choose(rows, sums, pixels, rule, z, cost="fps", maximise=True)
+                chosen, lowest, ses, within = _brute_choice(errors, speeds, z, rule)
+                assert (made.chosen, made.lowest) == (chosen, lowest), (trial, rule)
+                assert [i for i, w in enumerate(made.within) if w] == within
+                assert made.ses == pytest.approx(ses, rel=1e-9, abs=1e-12)
+            # the same numbers as a cost to keep low (GMACs): the cheapest within the noise
+            cheap = noise_choice.choose(_members(errors, speeds, "gmacs")[0], sums, pixels, "within_noise", z)
+            assert cheap.chosen == _brute_choice(errors, speeds, z, "within_noise", maximise=False)[0]
+
+    def test_the_fastest_within_the_noise_is_chosen_and_the_lowest_named_beside_it(self):
+        rows, sums, pixels = _members(self.ERRORS, self.FPS)
+        made = noise_choice.choose(rows, sums, pixels, "within_noise", 2.0, cost="fps", maximise=True)
+        assert (made.chosen, made.lowest, made.within) == (1, 0, [True, True, False, True])
+        diff = np.subtract(self.ERRORS[1], self.ERRORS[0])
+        se = np.std(diff, ddof=1) / np.sqrt(5)
+        assert made.ses[1] == pytest.approx(se) and se == pytest.approx(0.050990, abs=1e-6)
+        label = lambda row: row["arch"]  # noqa: E731
+        lines = noise_choice.lines(made, label)
+        assert lines[0] == ("choice (within_noise): m1 (EPE 3.0600, 19.0 FPS): the fastest of the 3 members (of 4) "
+                            "within 2 paired SE of the lowest EPE")
+        assert lines[1] == f"lowest EPE: m0 (EPE 3.0000, 8.0 FPS); the choice is +0.0600 from it (paired SE {se:.4f})"
+        needed = int(np.ceil(5 * (2 * se / diff.mean()) ** 2))  # SE falls as 1/sqrt(n): 2 SE reach 0.06 there
+        assert needed == 15 and made.pairs_to_separate(1) == needed
+        assert lines[2] == ("the noise covers 3 of the 4 members: their 5 validation pairs cannot tell them apart, so "
+                            "the choice rests on fps alone; about 15 pairs would separate m1 from m0 "
+                            "(n * (Z * SE / difference)^2, if both held)")
+        tiled = [np.tile(e, 3) for e in self.ERRORS]  # 15 pairs of the same spread: m1 is told apart
+        more = noise_choice.choose(*_members(tiled, self.FPS), "within_noise", 2.0, cost="fps", maximise=True)
+        assert not more.within[1] and more.chosen == 3
+        report = noise_choice.summary(made, label)
+        assert report["chosen"] == {"member": "m1", "epe": pytest.approx(3.06), "fps": 19.0,
+                                    "paired_se": pytest.approx(se)}
+        assert report["lowest_epe"]["member"] == "m0" and report["noise_covers_front"] is True
+        assert (report["rule"], report["noise_se"], report["pairs_to_separate"], report["within_noise"]) == (
+            "within_noise", 2.0, 15, 3)
+        json.dumps(report)  # a report stores it as it is
+
+    def test_the_old_rule_keeps_the_lowest_and_names_the_fastest_within_the_noise(self):
+        rows, sums, pixels = _members(self.ERRORS, self.FPS)
+        made = noise_choice.choose(rows, sums, pixels, "lowest_epe", 2.0, cost="fps", maximise=True)
+        lines = noise_choice.lines(made, lambda row: row["arch"])
+        assert made.chosen == made.lowest == 0 and lines[0].startswith("choice (lowest_epe): m0 (EPE 3.0000")
+        assert lines[2] == ("the fastest within the noise (2 paired SE) would be m1 (EPE 3.0600, 19.0 FPS) "
+                            "(choice rule within_noise)")
+        assert "the lowest EPE among them may be the pairs' luck; about 15 pairs would separate m1 from m0" in lines[3]
+
+    def test_a_lowest_that_is_also_the_fastest_is_said_and_a_narrow_noise_is_not_called_covering(self):
+        rows, sums, pixels = _members(self.ERRORS, [40.0, 19.0, 30.0, 12.0])
+        made = noise_choice.choose(rows, sums, pixels, "within_noise", 2.0, cost="fps", maximise=True)
+        lines = noise_choice.lines(made, lambda row: row["arch"])
+        assert made.chosen == made.lowest == 0
+        assert "the lowest-EPE member is also the fastest within the noise" in lines
+        assert made.pairs_to_separate(0) is None
+        narrow = noise_choice.choose(rows, sums, pixels, "within_noise", 0.5, cost="fps", maximise=True)
+        assert narrow.within == [True, False, False, True] and not narrow.covers_front  # 2 of 4: not more than half
+        assert not any("the noise covers" in line for line in noise_choice.lines(narrow, lambda row: row["arch"]))
+
+    def test_ties_go_to_the_faster_then_to_the_lower_epe(self):
+        same = [1.0, 2.0, 3.0]
+        rows, sums, pixels = _members([same, same, [1.05, 2.0, 3.0]], [10.0, 20.0, 20.0])
+        for rule in config.CHOICE_RULES:  # equal EPE: the faster is the lowest; equal FPS: the lower EPE
+            made = noise_choice.choose(rows, sums, pixels, rule, 2.0, cost="fps", maximise=True)
+            assert (made.lowest, made.chosen, made.within) == (1, 1, [True, True, True])
+        rows, sums, pixels = _members([same, same], [0.5, 0.2], "gmacs")
+        assert noise_choice.choose(rows, sums, pixels, "within_noise", 2.0).chosen == 1  # the cheaper of equals
+
+    def test_members_without_per_pair_epes_keep_the_lowest_and_say_why(self):
+        rows, sums, pixels = _members(self.ERRORS, self.FPS)
+        made = noise_choice.choose(rows, [None] * 4, pixels, "within_noise", 2.0, cost="fps", maximise=True)
+        assert made.chosen == made.lowest == 0 and made.ses == [None] * 4
+        assert "no per-pair EPEs recorded for these members: the noise between them is unknown" in noise_choice.lines(
+            made, lambda row: row["arch"])
+
+    def test_the_settings_are_in_config_json_with_help_and_bad_values_are_named(self, capsys):
+        deploy_keys = config.defaults()["deploy"]
+        assert (deploy_keys["choice_rule"], deploy_keys["choice_noise_se"]) == ("within_noise", 2.0)
+        assert sorted(config.DEPLOY_HELP) == sorted(deploy_keys)
+        for flags, words in ((["--choice_rule", "fastest"], "key 'deploy.choice_rule' must be one of within_noise, "
+                                                            "lowest_epe, got 'fastest'"),
+                             (["--choice_noise_se", "0"], "key 'deploy.choice_noise_se' must be a number > 0, got 0"),
+                             (["--choice_noise_se", "inf"], "key 'deploy.choice_noise_se' must be a number > 0")):
+            with pytest.raises(errors.ConfigError, match=re.escape(words)):
+                deploy.settings_of(deploy.parse_args(["--target", "himax-we2", *flags]))
+        settings = deploy.settings_of(deploy.parse_args(["--target", "himax-we2", "--choice_rule", "lowest_epe",
+                                                         "--choice_noise_se", "3"]))
+        assert (settings["choice_rule"], settings["choice_noise_se"]) == ("lowest_epe", 3.0)
+        args = search.parse_args(["--choice_rule", "lowest_epe", "--choice_noise_se", "1.5"])
+        assert (args.choice_rule, args.choice_noise_se) == ("lowest_epe", 1.5)
+        assert search.parse_args([]).choice_rule == "within_noise"
+        for flags, words in ((["--choice_noise_se", "-1"], "--choice_noise_se -1.0 must be a positive number"),
+                             (["--choice_rule", "fastest"], "argument --choice_rule: invalid choice: 'fastest'")):
+            with pytest.raises(SystemExit):
+                search.parse_args(flags)
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {words}") and err.count("\n") == 1, err
+
+
+class TestChoiceInSearchAndDeployment:
+    @pytest.mark.slow
+    def test_a_budgets_choice_names_both_members_in_print_report_and_picture(self, search_run, capsys):
+        out, run_dir = search_run
+        archs = [supernet.format_arch(a) for a in [(2,) * 9] + supernet.random_archs(14, 11)]  # all-0 beats all here
+        common = ["--output_dir", str(out), "--experiment_name", "tiny", "--archs", *archs, "--max_gmacs", "0.15"]
+        capsys.readouterr()
+        assert search.main(common) == 0
+        printed = capsys.readouterr().out
+        search_dir = pathlib.Path(search.search_dir_for(str(run_dir), search.parse_args(common), ""))
+        rows = [r for r in _scores(search_dir / "scores.csv").values() if float(r["gmacs"]) <= 0.15]
+        # the budget's front by hand: no other subnet within it has fewer (or as many) GMACs and a lower EPE
+        cost, epe = {r["arch"]: float(r["gmacs"]) for r in rows}, {r["arch"]: float(r["epe"]) for r in rows}
+        front = [r for r in rows if not any(cost[o["arch"]] <= cost[r["arch"]] and epe[o["arch"]] < epe[r["arch"]]
+                                            for o in rows)]
+        front.sort(key=lambda r: float(r["gmacs"]))
+        assert len(front) >= 2
+        manifest = json.loads((search_dir / "part_1of1" / "manifest.json").read_text())
+        pixels = np.asarray(manifest["sample_pixels"], np.float64)
+        assert np.all(pixels == pixels[0])
+        sums = search_parts.read_samples(str(search_dir), [supernet.arch_to_index(supernet.parse_arch(r["arch"]))
+                                                           for r in front])
+        errors = [sums[supernet.arch_to_index(supernet.parse_arch(r["arch"]))] / pixels for r in front]
+        assert [e.mean() for e in errors] == pytest.approx([float(r["epe"]) for r in front], rel=1e-5)
+        chosen, lowest, _, within = _brute_choice(errors, [float(r["gmacs"]) for r in front], 2.0, "within_noise",
+                                                  maximise=False)
+        report = json.loads((search_dir / "pareto.json").read_text())
+        budget = report["budget_choice"]
+        assert (budget["chosen"]["member"], budget["lowest_epe"]["member"]) == (front[chosen]["arch"],
+                                                                                front[lowest]["arch"])
+        assert (budget["rule"], budget["noise_se"], budget["budget"], budget["within_noise"]) == (
+            "within_noise", 2.0, "gmacs <= 0.15", len(within))
+        assert report["provenance"]["choice_rule"] == "within_noise" and report["provenance"]["choice_noise_se"] == 2
+        assert f"choice (within_noise): {front[chosen]['arch']} (EPE " in printed
+        assert f"lowest EPE: {front[lowest]['arch']} (EPE " in printed
+        assert budget["lines"][0] in printed
+        # the old rule on the parts already scored: the lowest EPE, the fastest within the noise named
+        assert search.main(common + ["--merge", "--choice_rule", "lowest_epe", "--choice_noise_se", "1"]) == 0
+        printed = capsys.readouterr().out
+        old = json.loads((search_dir / "pareto.json").read_text())["budget_choice"]
+        assert old["chosen"]["member"] == old["lowest_epe"]["member"] == front[lowest]["arch"]
+        assert (old["rule"], old["noise_se"]) == ("lowest_epe", 1.0)
+        assert f"choice (lowest_epe): {front[lowest]['arch']} (EPE " in printed
+
+    @pytest.mark.slow
+    def test_a_deployment_names_its_choice_and_the_lowest_int8_epe_in_print_and_report(self, export_run, tmp_path,
+                                                                                      capsys):
+        target = _board_file(tmp_path, "noise")
+        flags = _deploy_flags(export_run, target) + ["--int8_top", "3"]
+        capsys.readouterr()
+        assert deploy.main(flags) == 0
+        printed = capsys.readouterr().out
+        report = json.loads((export_run / "whole" / "deploy_noise" / "deploy_report.json").read_text())
+        members = report["int8_members"]
+        label = {id(m): f"{m['arch']} at {m['size'][0]}x{m['size'][1]}" for m in members}
+        lowest = min(members, key=lambda m: m["epe_int8"])
+        for m in members:  # each member tested against the lowest INT8 EPE with its paired SE
+            assert m["within_noise"] == (m is lowest or m["epe_int8"] - lowest["epe_int8"] <= 2 * m["epe_int8_se"])
+        fastest = max((m for m in members if m["within_noise"]), key=lambda m: m["fps"])
+        choice = report["choice"]
+        assert choice["chosen"]["member"] == label[id(fastest)] == f"{report['arch']} at 32x48"
+        assert choice["lowest_epe"]["member"] == label[id(lowest)]
+        assert (choice["rule"], choice["noise_se"]) == ("within_noise", 2.0) and choice["validation_pairs"] >= 2
+        assert report["settings"]["choice_rule"] == "within_noise"
+        assert f"choice (within_noise): {label[id(fastest)]} (INT8 EPE {fastest['epe_int8']:.4f}" in printed
+        assert f"lowest INT8 EPE: {label[id(lowest)]} (INT8 EPE {lowest['epe_int8']:.4f}" in printed
+        assert all(line in printed for line in choice["lines"])
+        assert deploy.main(flags + ["--choice_rule", "lowest_epe"]) == 0  # the old rule: the lowest INT8 EPE
+        printed = capsys.readouterr().out
+        old = json.loads((export_run / "whole" / "deploy_noise" / "deploy_report.json").read_text())
+        assert f"{old['arch']} at 32x48" == label[id(lowest)] == old["choice"]["chosen"]["member"]
+        assert old["settings"]["choice_rule"] == "lowest_epe" and "choice (lowest_epe): " in printed
+
+
+# ==== 27. refine.py: the top candidates fine-tuned from the supernet's weights and rescored ==========================
 
 REFINE_ARCHS = ["0,0,0,0,0,0,0,0,0", "0,1,2,0,1,2,0,1,2", "2,2,2,2,2,2,2,2,2", "1,1,1,1,1,1,1,1,1",
                 "2,1,0,2,1,0,2,1,0"]
@@ -2996,7 +3211,7 @@ class TestRefine:
             refining.deployment_source(str(run_dir), str(tmp_path / "deploy_board"), (24, 32), [], 3)
 
 
-# ==== 27. export.py: one subnet to TFLite FP32/INT8 and the NPU compiler =============================================
+# ==== 28. export.py: one subnet to TFLite FP32/INT8 and the NPU compiler =============================================
 
 
 EXPORT_ARCH = (0, 1, 2, 0, 1, 2, 0, 1, 2)
@@ -3065,7 +3280,7 @@ class TestExportCommand:
         assert code == 1 and len(err) == 1 and err[0].startswith("error:") and words in err[0]
 
 
-# ==== 28. convert.py: one subnet to TFLite: static graph, FP32/INT8 ==================================================
+# ==== 29. convert.py: one subnet to TFLite: static graph, FP32/INT8 ==================================================
 
 
 def _random_subnet_values(graph, seed):
@@ -3145,7 +3360,7 @@ class TestConvert:
         assert np.allclose(convert.dequantize(np.array([-128, -3, 127], np.int8), 0.5, -3), [-62.5, 0.0, 65.0])
 
 
-# ==== 29. compiler.py: the edge compiler behind one door (Vela), board targets, the compile cache ====================
+# ==== 30. compiler.py: the edge compiler behind one door (Vela), board targets, the compile cache ====================
 
 
 class _CountingTool:
@@ -3349,7 +3564,7 @@ class TestCompileCache:
         assert (tmp_path / "b" / "model_int8_vela.tflite").read_bytes() == (b"int8 model" * 10)[::-1]
 
 
-# ==== 30. edge_tables.py: the NPU latency table, each block beside its neighbour =====================================
+# ==== 31. edge_tables.py: the NPU latency table, each block beside its neighbour =====================================
 
 
 # Vela 5.2.0's figures of subnets at 64x96 on the himax-we2 target (optimise Size), from its compile
@@ -3484,7 +3699,7 @@ class TestEdgeTables:
                 assert additive > 1.5 * compiled
 
 
-# ==== 31. deploy.py: fit a board: the best (arch, input size) in INT8 within its budgets =============================
+# ==== 32. deploy.py: fit a board: the best (arch, input size) in INT8 within its budgets =============================
 
 
 def _fill_disk_at(monkeypatch, ending):
@@ -3643,8 +3858,9 @@ class TestDeployOneWriter:
 
 class TestDeploySummary:
     def _printed(self, members, capsys):
-        choice = min(members, key=lambda m: m["epe_int8"])
-        found = {"front": members, "members": members, "choice": choice}
+        pixels = np.full(len(members[0]["int8_samples"]), 100.0)
+        choice, made = deployment.choose(members, pixels, config.defaults()["deploy"])
+        found = {"front": members, "members": members, "choice": choice, "noise": made}
         tflm = {"samples": 8, "epe": 7.5, "tflite_epe_same_samples": 7.4, "max_step_diff": 1, "share_differing": 0.1,
                 "vs_tflite_reference_kernels": {"max_step_diff": 0}, "arena_bytes": 1000}
         report = {"tflm": tflm, "sram_kib": 100.0, "flash_kib": 2000.0, "fps": 100.0, "cpu_ops": 0, "retrain": "cmd"}
@@ -3673,7 +3889,7 @@ class TestDeploySummary:
                 f"{deployment.FLASH_MISS_PCT:g}%") in out
 
 
-# ==== 32. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice =================
+# ==== 33. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice =================
 
 
 class TestDeploymentSteps:
@@ -3773,7 +3989,7 @@ class TestDeploymentSteps:
         assert (out / "whole" / "search_best_at32x48").is_dir()
 
 
-# ==== 33. firmware.py: what a port needs =============================================================================
+# ==== 34. firmware.py: what a port needs =============================================================================
 
 
 class TestFirmware:
@@ -3787,7 +4003,7 @@ class TestFirmware:
         assert "extern const unsigned int model_vela_len;" in header
 
 
-# ==== 34. rank.py: subnets trained alone against the supernet's order; the margin of two runs ========================
+# ==== 35. rank.py: subnets trained alone against the supernet's order; the margin of two runs ========================
 
 
 STANDALONE_ARCH = "0,1,2,0,1,2,0,1,2"
@@ -4119,7 +4335,7 @@ class TestRankBounds:
         assert "cannot be a folder" in capsys.readouterr().err
 
 
-# ==== 35. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores ===========================
+# ==== 36. ranking.py: rank statistics, the noise floor, standalone runs' checks and scores ===========================
 
 
 class TestRankingStatistics:
@@ -4297,7 +4513,7 @@ class TestRankingSearchChoice:
             ranking.read_history(str(tmp_path), arch)
 
 
-# ==== 36. stopping.py: the stopping criterion of runs trained alone ==================================================
+# ==== 37. stopping.py: the stopping criterion of runs trained alone ==================================================
 
 
 class TestStopping:
@@ -4353,7 +4569,7 @@ class TestStopping:
                                              "Kendall tau-b 0.100 .. 0.350")
 
 
-# ==== 37. parallel.py: child processes a few at a time, each pinned to its cores =====================================
+# ==== 38. parallel.py: child processes a few at a time, each pinned to its cores =====================================
 
 
 _CHILD = """import json, os, sys, time
@@ -4449,7 +4665,7 @@ class TestParallel:
             os.kill(int(log.read_text().split()[0]), 0)
 
 
-# ==== 38. rank_bench.py: the ranking benchmark rankbench/ ============================================================
+# ==== 39. rank_bench.py: the ranking benchmark rankbench/ ============================================================
 
 
 BENCH = HERE / "rankbench"
@@ -4611,7 +4827,7 @@ class TestRankBench:
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
 
 
-# ==== 39. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
+# ==== 40. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
 
 
 def _imports(module):
