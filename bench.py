@@ -2,7 +2,8 @@
 
 One run measures six figures:
   1. the fused fair step (train_graph.build_train_step: 3 paths, one update) against the sum of three
-     static single-subnet training steps of the same three archs on the same batch, and their ratio;
+     static single-subnet training steps of the same three archs on the same batch, and their ratio
+     (with --distill_weight, also the fair step with in-place distillation against the step without);
   2. the achieved GFLOP/s of the fair step (FLOPS_FORMULA);
   3. the data pipeline (PNG/.flo decode + crop + batch from an FC2 tree on disk) in samples/s,
      against the samples/s the fair step consumes;
@@ -186,10 +187,13 @@ def step_flops(cycle, batch, h, w):
     return sum(supernet.count_macs(arch, h, w) for arch in cycle) * 2 * 3 * batch
 
 
-def build_steps(cfg, cycle, images_np, flows_np, path_devices):
-    """{"fused": step_session, "static_1".."static_3": step_session} for one fair cycle, and
-    "fused_on_devices", the fused step with its paths spread over `path_devices`, if there are several."""
+def build_steps(cfg, cycle, images_np, flows_np, path_devices, distill_weight=0.0):
+    """{"fused": step_session, "static_1".."static_3": step_session} for one fair cycle,
+    "fused_on_devices", the fused step with its paths spread over `path_devices`, if there are several,
+    and "fused_distill", the fused step with in-place distillation, if `distill_weight` > 0."""
     steps = {"fused": fused_session(cfg, cycle, images_np, flows_np)}
+    if distill_weight > 0:
+        steps["fused_distill"] = fused_session(dict(cfg, distill_weight=distill_weight), cycle, images_np, flows_np)
     for p, arch in enumerate(cycle):
         steps[f"static_{p + 1}"] = static_session(cfg, arch, images_np, flows_np)
     if len(path_devices) > 1:
@@ -231,7 +235,7 @@ def measure_steps(cfg, args, images_np, flows_np, log, path_devices):
     cycle = fair.fair_cycle(args.seed, 0)
     log(f"building the fused fair step and {len(cycle)} static steps for cycle "
         + " | ".join(supernet.format_arch(a) for a in cycle))
-    steps = build_steps(cfg, cycle, images_np, flows_np, path_devices)
+    steps = build_steps(cfg, cycle, images_np, flows_np, path_devices, args.distill_weight)
     log("first run of each step (graph optimisation, once per session), the fused step first")
     first_s = {}
     for name, step in steps.items():
@@ -417,7 +421,7 @@ def step_lines(steps, dev):
         f"{steps['cpu_ratio_fused_over_static_sum']:.3f} (the work done, whatever else runs here)",
         f"  convolutions executed, fused / static   {steps['convs_fused']} / {steps['convs_static']} "
         "(forward + backward kernels of one step)",
-    ] + devices_step_lines(steps, dev) + [
+    ] + variant_step_lines(steps, dev) + [
         "  untimed first runs, then warm-up (s)    " + "; ".join(
             f"{name} {steps['first_run_s'][name]:.2f}, " + (" ".join(f"{s:.2f}" for s in t["warmup"]) or "none")
             for name, t in steps["times"].items()),
@@ -481,16 +485,16 @@ def search_lines(se, opts):
         "(the sample's seconds per GMAC x the space's GMACs / whole-space time: takes out the sample's size)"]
 
 
-def devices_step_lines(steps, dev):
-    """The fair step with its paths spread over several devices, next to the one-device step
-    (nothing when only one device was asked for)."""
-    if "fused_on_devices" not in steps["median_s"]:
-        return []
-    med = steps["median_s"]
+def variant_step_lines(steps, dev):
+    """The fair step with its paths spread over several devices and the one with in-place
+    distillation, each next to the plain step (each only when asked for)."""
+    med, cpu = steps["median_s"], steps["median_cpu_s"]
     placed = ", ".join(d.replace("/device:", "") for d in dev["path_devices"])
-    kind = "" if dev["gpus"] else " (logical devices sharing the same CPU threads)"
-    return [f"{'  fused, paths on ' + placed:<42}{med['fused_on_devices']:.3f} s against {med['fused']:.3f} s "
-            f"on one device = {med['fused_on_devices'] / med['fused']:.3f}{kind}"]
+    shared = "" if dev["gpus"] else " (logical devices sharing the same CPU threads)"
+    variants = (("fused_on_devices", f"fused, paths on {placed}", "on one device" + shared),
+                ("fused_distill", "fused, with distillation", "without"))
+    return [f"  {label:<40}{med[name]:.3f} s against {med['fused']:.3f} s {against} = {med[name] / med['fused']:.3f} "
+            f"(CPU time {cpu[name] / cpu['fused']:.3f})" for name, label, against in variants if name in med]
 
 
 def parse_args(argv):
@@ -520,12 +524,15 @@ def parse_args(argv):
                              "logical CPU devices without one)")
     parser.add_argument("--workers", type=int, default=0, help="also time the step by this many data-parallel "
                         "worker processes on this machine against one (figure 7; 0: not measured)")
+    parser.add_argument("--distill_weight", type=float, default=0.0, help="also time the fair step with in-place "
+                        "distillation at this weight against the step without (0: not measured)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure and timing to FILE")
     args = parser.parse_args(argv)
     if args.workers and (args.workers < 2 or args.batch_size % args.workers):
         parser.error(f"--workers {args.workers} must be 0, or 2 or more dividing --batch_size {args.batch_size}")
     minimum = {"batch_size": 1, "repeats": 1, "warmup": 0, "seed": 0, "eval_subnets": 1, "recal_batches": 1,
-               "val_batches": 1, "data_samples": 5, "pipeline_samples": 1, "search_subnets": 1, "search_batch": 1}
+               "val_batches": 1, "data_samples": 5, "pipeline_samples": 1, "search_subnets": 1, "search_batch": 1,
+               "distill_weight": 0}
     for key, low in minimum.items():
         if getattr(args, key) < low:
             parser.error(f"--{key} {getattr(args, key)} must be >= {low}")
@@ -546,7 +553,8 @@ def run(cfg, args, log):
               "load_average_start": load_average(),
               "settings": {k: getattr(args, k) for k in ("batch_size", "h", "w", "repeats", "warmup", "seed",
                                                           "eval_subnets", "recal_batches", "val_batches",
-                                                          "data_samples", "pipeline_samples", "devices")}}
+                                                          "data_samples", "pipeline_samples", "devices",
+                                                          "distill_weight")}}
     images_np, flows_np = fixed_batch(args.batch_size, cfg["input_h"], cfg["input_w"], args.seed)
     result["steps"] = measure_steps(cfg, args, images_np, flows_np, log, result["devices"]["path_devices"])
     memory = {"rss_after_steps_mib": peak_rss_mib()}

@@ -23,9 +23,10 @@ POSITIVE = ("input_h", "input_w", "batch_size", "num_epochs", "eval_every", "eva
 RECAL_AT = ("run", "deploy")  # where deployment recalibrates BN: at the run's input size or at the deployment size
 CHOICE_RULES = ("within_noise", "lowest_epe")  # how a single network is chosen (noise_choice.py)
 # keys runs made before them lack; their defaults reproduce what those runs did
-ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene", "distribute", "replicas", "worker_timeout_s", "refine")
+ADDED_LATER = ("deploy", "synthetic_seed", "synthetic_scene", "distribute", "replicas", "worker_timeout_s", "refine",
+               "distill_weight")
 NON_NEGATIVE = ("steps_per_epoch", "eval_batches", "learning_rate", "weight_decay", "grad_clip_norm",
-                "early_stop_min_delta", "max_flow", "seed", "replicas")
+                "early_stop_min_delta", "max_flow", "seed", "replicas", "distill_weight")
 MAX_SEED = 2**63 - 1  # TensorFlow's seeds are int64: above it nothing here can run
 # what a resumed run keeps: its path sequence, eval pool, history and training pairs depend on these
 # train.py's help for each config key it takes as a flag (the dicts, synthetic_scene, fast_mode_overrides
@@ -55,6 +56,8 @@ KEY_HELP = {
     "weight_decay": "the weight of the L2 penalty on the conv kernels (times the sum of their l2_loss)",
     "grad_clip_norm": "gradients clipped to this global norm (0: no clipping)",
     "loss_weights": "the loss weights of the flow at 1/4, 1/2 and full scale",
+    "distill_weight": "in-place distillation: each path also learns the largest path's flows, this times the "
+                      "loss against them (0: off)",
     "eval_every": "epochs between evaluations on the eval pool",
     "eval_pool_size": "subnets scored at every evaluation (a multiple of 3; at most 300 for a new run)",
     "eval_batches": "validation batches each subnet is scored on (0: the whole split)",
@@ -178,6 +181,9 @@ def check_ranges(cfg, where="config"):
         problems.append("key 'distribute' multi_worker needs 'experiment_name': every worker names the same run")
     if cfg["init_from"] and not cfg["arch"]:
         problems.append("key 'init_from' needs 'arch': it initialises a standalone subnet from a supernet run")
+    if cfg["distill_weight"] > 0 and cfg["arch"]:
+        problems.append("key 'distill_weight' applies to supernet runs only: a standalone run (arch) has no "
+                        "larger path to learn from")
     for key, check in (("input_h/input_w", lambda: supernet.check_input_size(cfg["input_h"], cfg["input_w"])),
                        ("arch", lambda: cfg["arch"] and supernet.parse_arch(cfg["arch"]))):
         try:

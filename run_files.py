@@ -136,8 +136,9 @@ class RunWriter:
 
     def training(self, step, out, clip_rate):
         """TensorBoard scalars of a progress line."""
+        distill = {"train/distillation": out["distill"]} if "distill" in out else {}
         write_scalars(self.tb, step, {"train/loss": out["loss"], "train/lr": out["lr"], "train/clip_rate": clip_rate,
-                                      "train/grad_norm": out["grad_norm"]})
+                                      "train/grad_norm": out["grad_norm"], **distill})
 
     def evaluation(self, step, row, result, val_batches):
         """One evaluation: its history row (flushed to disk), TensorBoard scalars and flow panel."""

@@ -48,6 +48,7 @@ shared by several sections are in section 0.
       TestTrainingState         best and patience by min_delta; the time left counts the evaluations to come
 16. train_graph.py: the loss, the optimizer update, the fused fair step
       TestTrainGraph            the fair step applies the mean of three path gradients; cosine rate; multiscale loss
+      TestDistillation          the term by hand, no gradient into the teacher, counts exact, nothing built when off
 17. run_files.py: what a run writes
       TestRunFiles              a run writes every artifact; the history trimmed to the checkpoint
 18. distribute.py: data-parallel training
@@ -2044,6 +2045,136 @@ class TestTrainGraph:
 
         expected = sum(w * np.abs(p - area(gt, s)).mean() for p, s, w in zip(preds, (4, 2, 1), (0.125, 0.25, 0.5)))
         assert value == pytest.approx(expected, rel=1e-5)
+
+
+def _distill_graph(cfg):
+    """A graph with the fair step's terms (train_graph.fair_step_terms) on fed images, labels and
+    cycle, and, built apart in the static form on the same variables, each path's flows and the
+    largest path's: (graph, images, flows, arch_paths, terms, static flows {arch: flows})."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(3)
+        images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+        flows = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 2])
+        arch_paths = train_graph.arch_paths_placeholder()
+        terms = train_graph.fair_step_terms(cfg, images, flows, arch_paths)
+    return graph, images, flows, arch_paths, terms
+
+
+def _teacher_tensors(graph):
+    """The float outputs of the teacher's forward pass, up to (not including) its stop_gradient."""
+    return [t for op in graph.get_operations() if op.name.startswith("teacher/") and op.type != "StopGradient"
+            for t in op.outputs if t.dtype == tf.float32]
+
+
+class TestDistillation:
+    @pytest.mark.slow
+    def test_the_term_on_one_batch_matches_a_numpy_computation(self):
+        cfg = tiny_config(distill_weight=0.7)
+        rng = np.random.default_rng(1)
+        x = rng.uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
+        y = rng.normal(0, 2, (2, 32, 48, 2)).astype(np.float32)
+        graph, images, flows, arch_paths, terms = _distill_graph(cfg)
+        largest = (2,) * 9
+        deepest_widest = tuple(len(layer.options) - 1 for layer in supernet.SPACE.layers if layer.options)
+        assert train_graph.largest_arch() == largest == deepest_widest
+        cycles = [fair.fair_cycle(3, 0), [supernet.uniform_arch(k) for k in range(3)]]  # the 2nd holds the teacher
+        with graph.as_default():
+            static = {arch: supernet.build_flows(images, arch, mode="train") for cycle in cycles for arch in cycle}
+            static[largest] = supernet.build_flows(images, largest, mode="train")
+            gt_losses = {arch: train_graph.multiscale_loss(arch_flows, flows, cfg["loss_weights"])
+                         for arch, arch_flows in static.items()}
+            init = tf.compat.v1.global_variables_initializer()
+        with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
+            sess.run(init)
+            predicted, gt = sess.run([static, gt_losses], {images: x, flows: y})
+            for cycle in cycles:
+                got = sess.run(terms, {images: x, flows: y, arch_paths: np.array(cycle, np.int32)})
+                by_hand = [0.0 if arch == largest else cfg["distill_weight"] * sum(
+                    wt * np.mean(np.abs(student.astype(np.float64) - teacher))
+                    for wt, student, teacher in zip(cfg["loss_weights"], predicted[arch], predicted[largest]))
+                    for arch in cycle]
+                assert min(by_hand[:2]) > 0.01  # the paths differ from the teacher: a term worth checking
+                assert got["distill"] == pytest.approx(np.mean(by_hand), abs=1e-5)
+                assert got["loss"] == pytest.approx(np.mean([gt[a] for a in cycle]) + np.mean(by_hand), abs=1e-5)
+
+    @pytest.mark.slow
+    def test_no_gradient_reaches_the_teacher(self):
+        cfg = tiny_config(distill_weight=0.5)
+        graph, images, flows, arch_paths, terms = _distill_graph(cfg)
+        with graph.as_default():
+            teacher = _teacher_tensors(graph)
+            assert len(teacher) > 50  # the whole forward pass of the largest subnet
+            for name in ("distill", "loss"):
+                assert all(g is None for g in tf.gradients(terms[name], teacher)), name
+        # The same through the pieces: the term's gradient on every variable is what it is when the
+        # teacher's flows are constants fed in (a gradient through the teacher would add to option 2's).
+        cycle = np.array(fair.fair_cycle(5, 1), np.int32)
+        rng = np.random.default_rng(2)
+        x = rng.uniform(-1, 1, (2, 32, 48, 6)).astype(np.float32)
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.compat.v1.set_random_seed(3)
+            images = tf.compat.v1.placeholder(tf.float32, [2, 32, 48, 6])
+            arch_paths = train_graph.arch_paths_placeholder()
+            students = train_graph.fair_cycle_flows(images, arch_paths)
+            teacher = train_graph.largest_path_flows(images)
+            fixed = [tf.compat.v1.placeholder(tf.float32, t.shape) for t in teacher]
+            variables = tf.compat.v1.trainable_variables()
+            terms = [train_graph.distillation_terms(cfg, students, targets, arch_paths)
+                     for targets in (teacher, fixed)]
+            grads = [tf.gradients(tf.add_n(each), variables) for each in terms]
+            init = tf.compat.v1.global_variables_initializer()
+        with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
+            sess.run(init)
+            teacher_np = sess.run(teacher, {images: x})
+            through, constant = sess.run(grads, {images: x, arch_paths: cycle, **dict(zip(fixed, teacher_np))})
+            # a path that is the largest subnet is the teacher: no term, even where its flows and the
+            # teacher's differ (as they may in the last bits when the paths run on other devices)
+            moved = {f: t + 0.5 for f, t in zip(fixed, teacher_np)}
+            uniform = np.array([supernet.uniform_arch(k) for k in range(3)], np.int32)
+            own = sess.run(terms[1], {images: x, arch_paths: uniform, **moved})
+            assert own[2] == 0 and min(own[:2]) > 0
+        touched = 0
+        for variable, a, b in zip(variables, through, constant):
+            assert (a is None) == (b is None), variable.op.name
+            if a is not None:
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9, err_msg=variable.op.name)
+                touched += bool(np.any(a))
+        assert touched > 20  # the paths do learn from the term
+
+    @pytest.mark.slow
+    def test_off_builds_nothing_of_it(self):
+        for weight, built in ((0.0, False), (0.5, True)):
+            graph, *_, terms = _distill_graph(tiny_config(distill_weight=weight))
+            assert bool(_teacher_tensors(graph)) == built and ("distill" in terms) == built
+
+    def test_the_weight_is_checked_and_refused_for_a_standalone_run(self, tmp_path, capsys):
+        for flags, words in ((["--distill_weight", "-0.1"], "'distill_weight' must be >= 0"),
+                             (["--distill_weight", "0.5", "--arch", "0,0,0,0,0,0,0,0,0"], "supernet runs only")):
+            assert train.main(["--dry_run", "--output_dir", str(tmp_path)] + flags) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and words in err[0]
+        (tmp_path / "old").mkdir()
+        saved = {k: v for k, v in tiny_config().items() if k != "distill_weight"}  # a run made before the key
+        (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+        assert config.run_config(str(tmp_path / "old"))["distill_weight"] == 0.0
+
+    @pytest.mark.slow
+    def test_a_tiny_distillation_run_keeps_fairness_counts_exact(self, tmp_path):
+        assert train.main(RUN_FLAGS + ["--output_dir", str(tmp_path), "--experiment_name", "d", "--num_epochs", "2",
+                                       "--distill_weight", "0.5"]) == 0
+        run = tmp_path / "d"
+        report = json.loads((run / "train_report.json").read_text())
+        counts = json.loads((run / "fairness_counts.json").read_text())
+        assert report["fairness_counts"] == counts["counts"] == fair.counts_for_steps(9, 0, 4)
+        assert report["final_fairness_gap"] == counts["fairness_gap"] == 0
+        assert all(n == 4 for block in counts["counts"].values() for n in block.values())  # 4 steps: once each
+        assert json.loads((run / "config.json").read_text())["distill_weight"] == 0.5
+        log = (run / "train.log").read_text()
+        assert "distillation: weight 0.5" in log
+        terms = [float(v) for v in re.findall(r"\(distillation ([0-9.]+)\)", log)]
+        assert len(terms) == 4 and min(terms) > 0
 
 
 # ==== 17. run_files.py: what a run writes ============================================================================

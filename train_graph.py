@@ -1,6 +1,7 @@
 """The training graph: the multi-scale loss, the optimizer update (weight decay, global-norm clip,
 cosine learning rate), the fused fair step of three paths on one batch (the supernet's layers
-routed by the cycle), one subnet's step alone, and the training input behind feedable placeholders."""
+routed by the cycle) with its optional in-place distillation from the largest path, one subnet's step
+alone, and the training input behind feedable placeholders."""
 import contextlib
 import math
 
@@ -14,11 +15,25 @@ import supernet
 def multiscale_loss(preds, flow_gt, weights):
     """sum over scales of weight * mean |pred - label|, the label area-resized to each scale
     (flow values unchanged: flow is in input-pixel units at every scale)."""
+    def label_at(scale):
+        size = preds[scale].shape[1:3]
+        return flow_gt if size == flow_gt.shape[1:3] else tf.image.resize(flow_gt, size, method="area")
+    return _weighted_l1(preds, label_at, weights)
+
+
+def distillation_loss(preds, teacher_flows, weights):
+    """multiscale_loss's form with a teacher's flows as the labels: sum over scales of weight *
+    mean |pred - the teacher's flow at that scale| (each scale against the teacher's own
+    prediction there, not its finest flow resized)."""
+    return _weighted_l1(preds, lambda scale: teacher_flows[scale], weights)
+
+
+def _weighted_l1(preds, label_at, weights):
+    """sum over scales s of weights[s] * mean |preds[s] - label_at(s)| (each label built as its
+    scale's term is)."""
     total = 0.0
-    for pred, weight in zip(preds, weights):
-        size = pred.shape[1:3]
-        label = flow_gt if size == flow_gt.shape[1:3] else tf.image.resize(flow_gt, size, method="area")
-        total += weight * tf.reduce_mean(tf.abs(pred - label))
+    for scale, (pred, weight) in enumerate(zip(preds, weights)):
+        total += weight * tf.reduce_mean(tf.abs(pred - label_at(scale)))
     return total
 
 
@@ -168,8 +183,9 @@ def build_train_step(cfg, images, flows, total_steps, path_devices=None):
     with its own batch statistics, so the update is the same.
     """
     arch_paths = arch_paths_placeholder()
-    data_loss = fair_step_loss(cfg, images, flows, arch_paths, path_devices)
-    return dict(build_update(cfg, data_loss, total_steps), arch_paths=arch_paths)
+    terms = fair_step_terms(cfg, images, flows, arch_paths, path_devices)
+    extra = {"distill": terms["distill"]} if "distill" in terms else {}
+    return dict(build_update(cfg, terms["loss"], total_steps), arch_paths=arch_paths, **extra)
 
 
 def arch_paths_placeholder():
@@ -179,10 +195,53 @@ def arch_paths_placeholder():
 
 def fair_step_loss(cfg, images, flows, arch_paths, path_devices=None):
     """The mean of the fair cycle's path losses on one batch (see build_train_step)."""
+    return fair_step_terms(cfg, images, flows, arch_paths, path_devices)["loss"]
+
+
+def fair_step_terms(cfg, images, flows, arch_paths, path_devices=None):
+    """{"loss": the mean of the fair cycle's path losses on one batch} and, with distill_weight > 0,
+    "distill": the distillation part of that mean (distillation_terms, added to each path's loss).
+    With distill_weight 0 nothing of distillation is built."""
     spread = path_devices if path_devices and len(path_devices) > 1 else None
-    path_losses = [multiscale_loss(flows_p, flows, cfg["loss_weights"])
-                   for flows_p in fair_cycle_flows(images, arch_paths, spread)]
-    return tf.add_n(path_losses) / fair.paths_per_cycle()
+    path_flows = fair_cycle_flows(images, arch_paths, spread)
+    path_losses = [multiscale_loss(flows_p, flows, cfg["loss_weights"]) for flows_p in path_flows]
+    terms = {}
+    if cfg["distill_weight"] > 0:
+        distill = distillation_terms(cfg, path_flows, largest_path_flows(images), arch_paths)
+        path_losses = [loss + term for loss, term in zip(path_losses, distill)]
+        terms["distill"] = tf.add_n(distill) / fair.paths_per_cycle()
+    terms["loss"] = tf.add_n(path_losses) / fair.paths_per_cycle()
+    return terms
+
+
+def largest_arch():
+    """The largest subnet: every block's last option (the search space's table orders each block's
+    options lightest first: the deepest stages and the widest kernels)."""
+    return supernet.uniform_arch(max(supernet.SPACE.num_options) - 1)
+
+
+def largest_path_flows(images):
+    """The teacher of in-place distillation: the largest subnet (largest_arch) on the step's batch,
+    one more forward pass in training mode (batch statistics, as the paths normalise), its flows
+    behind stop_gradient. No gradient reaches its layers, so it trains nothing: the options it
+    shares with the cycle's paths are trained by those paths alone, once each, as strict fairness
+    requires. Its BN layers leave their running statistics untouched, as in every training pass."""
+    with tf.name_scope("teacher"):
+        flows = supernet.build_flows(images, largest_arch(), mode="train")
+        return [tf.stop_gradient(flow) for flow in flows]
+
+
+def distillation_terms(cfg, path_flows, teacher_flows, arch_paths):
+    """Each path's distillation term: distill_weight * distillation_loss(its flows, the teacher's),
+    zero for a path that is the largest subnet itself (it is the teacher: it learns from the labels
+    only)."""
+    largest = tf.constant(largest_arch(), tf.int32)
+    terms = []
+    for p, flows_p in enumerate(path_flows):
+        is_teacher = tf.reduce_all(tf.equal(arch_paths[p], largest))
+        weight = tf.where(is_teacher, 0.0, cfg["distill_weight"])
+        terms.append(weight * distillation_loss(flows_p, teacher_flows, cfg["loss_weights"]))
+    return terms
 
 
 def standalone_loss(cfg, images, flows, arch):

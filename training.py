@@ -152,7 +152,7 @@ def checked_step(sess, fetches, feed, run, step):
 
 def train_step(sess, run, state):
     """Train step number state.global_step (one fair cycle, or one standalone update); advance the state."""
-    fetches = {k: run.ops[k] for k in ("train_op", "loss", "lr", "clipped", "grad_norm")}
+    fetches = {k: run.ops[k] for k in ("train_op", "loss", "lr", "clipped", "grad_norm", "distill") if k in run.ops}
     if run.standalone:
         paths, feed = [run.pool[0]], None
     else:
@@ -194,8 +194,17 @@ def plan_lines(cfg, data, steps_per_epoch, pool, coverage, supernet_params):
             f"({3 * total} subnet passes), batch {cfg['batch_size']} at {h}x{w}",
             f"supernet parameters: {supernet_params:,}; subnets {supernet.count_params((0,) * 9, h, w):,} .. "
             f"{supernet.count_params((2,) * 9, h, w):,}",
+            *distillation_lines(cfg),
             f"eval pool ({len(pool)}, coverage {'ok' if coverage['ok'] else 'FAILED'}): "
             + " ".join(supernet.format_arch(a) for a in pool)]
+
+
+def distillation_lines(cfg):
+    """The plan's line on in-place distillation, when it is on."""
+    if cfg["distill_weight"] <= 0:
+        return []
+    return [f"distillation: weight {cfg['distill_weight']:g}, each path also fits the flows of the largest path "
+            f"{supernet.format_arch(train_graph.largest_arch())} (one more forward pass per step, trains nothing)"]
 
 
 def standalone_plan_lines(cfg, data, steps_per_epoch, graph_params):
@@ -235,15 +244,17 @@ class Clock:
 def train_epoch(sess, run, state, writer, clock, epoch):
     """steps_per_epoch training steps with a progress line every log_every; returns the epoch's figures."""
     cfg, total = run.cfg, run.steps_per_epoch * run.cfg["num_epochs"]
-    losses, clips = [], 0
+    losses, distills, clips = [], [], 0
     for i in range(run.steps_per_epoch):
         out = train_step(sess, run, state)
         losses.append(float(out["loss"]))
+        distills += [float(out["distill"])] if "distill" in out else []
         clips += bool(out["clipped"])
         if state.global_step % cfg["log_every"] == 0 or i == run.steps_per_epoch - 1:
             rate = clock.rate(state.global_step)
+            distilled = f" (distillation {np.mean(distills[-cfg['log_every']:]):.4f})" if distills else ""
             writer.log(f"epoch {epoch}/{cfg['num_epochs']} step {state.global_step}/{total} "
-                       f"loss {np.mean(losses[-cfg['log_every']:]):.4f} lr {out['lr']:.3g} "
+                       f"loss {np.mean(losses[-cfg['log_every']:]):.4f}{distilled} lr {out['lr']:.3g} "
                        f"grad_norm {out['grad_norm']:.3g} clipped {clips}/{i + 1} {rate:.2f} steps/s "
                        + time_left((total - state.global_step) / max(rate, 1e-9), evaluations_left(epoch, cfg),
                                    clock.last_eval_s))
