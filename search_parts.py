@@ -13,6 +13,7 @@ import numpy as np
 import atomic_files
 import batches
 import ckpt
+import config
 import metrics
 import search_tree
 import supernet
@@ -132,7 +133,19 @@ def open_part(directory, manifest):
 
 def other_inputs(theirs, ours):
     """The fields of two part manifests that say they are not one search (all but shard and units)."""
+    theirs, ours = comparable(theirs), comparable(ours)
     return sorted(k for k in set(theirs) | set(ours) if k not in ("shard", "units") and theirs.get(k) != ours.get(k))
+
+
+def comparable(manifest):
+    """A part manifest as compared: its config without the keys that never change a score, and with
+    the keys added to config.json since it was written at their defaults (which reproduce what the
+    run did), so that a new key does not make every search made before it look like another one."""
+    if "config" not in manifest:
+        return manifest
+    defaults = config.defaults()
+    cfg = {**{key: defaults[key] for key in config.ADDED_LATER}, **manifest["config"]}
+    return dict(manifest, config={k: v for k, v in cfg.items() if k not in NOT_SCORING})
 
 
 def holds_another_search(search_dir, manifest):
@@ -346,7 +359,9 @@ def load_parts(search_dir):
 # ----------------------------------------------------------------------------- scoring a part
 
 # config keys that move no score: a search made before or after they change is the same search
-NOT_SCORING = ("output_dir", "base_path", "experiment_name", "refine")
+# config keys that never change a score: where things live, and the settings of later stages (deploy's
+# recal_at reaches a search only through the folder name of a search at another size)
+NOT_SCORING = ("output_dir", "base_path", "experiment_name", "refine", "deploy")
 
 
 def manifest_for(cfg, meta, info, scored, indices, shard, units, size=None):

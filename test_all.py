@@ -65,7 +65,7 @@ shared by several sections are in section 0.
 23. search_tree.py: the subnet tree: each shared layer output computed once
       TestSearchTree            every subnet scores as alone, in the space of any table; trunk paths
 24. search_parts.py: a search in durable units and shards
-      TestSearchParts           damaged unit tables and relabelled rows refused, naming the file
+      TestSearchParts           damaged unit tables and relabelled rows refused; a search made before a new key
 25. pareto.py: the table of scored subnets, Pareto fronts
       TestPareto                the front against brute force
 26. noise_choice.py: the one choice rule: the fastest or cheapest member within Z paired SE of the lowest
@@ -2921,6 +2921,24 @@ class TestSearchParts:
         (units / "unit_00.json").write_text(json.dumps({"prefix": 0, "rows": {"\u00b2": {}}, "seconds": 1.0}))
         with pytest.raises(errors.SearchError, match="row '\u00b2' is not a subnet's metrics"):
             search_parts.read_units(str(tmp_path / "part_1of1"))
+
+    def test_a_search_made_before_a_config_key_was_added_is_the_same_search(self, tmp_path):
+        today = {**config.defaults(), "experiment_name": "a", "output_dir": str(tmp_path)}
+        ours = {"checkpoint": "model-6", "shard": [1, 1], "units": [0], "num_archs": 3, "config": today,
+                "space_version": supernet.SPACE.version}
+        before = {k: v for k, v in today.items() if k not in config.ADDED_LATER}  # a run made before every later key
+        before["deploy"] = {"recal_at": "run"}  # deploy's settings then: never a scoring input
+        theirs = {"checkpoint": "model-6", "shard": [1, 2], "units": [3], "num_archs": 3, "config": before,
+                  "space_version": supernet.SPACE.version}
+        assert search_parts.other_inputs(theirs, ours) == []
+        part = search_parts.part_dir(str(tmp_path), 1, 2)
+        os.makedirs(part)
+        (pathlib.Path(part) / "manifest.json").write_text(json.dumps(theirs))
+        assert not search_parts.holds_another_search(str(tmp_path), ours)
+        # a later key set to other than its default, or any scoring key changed, is another search
+        for key, value in (("distill_weight", 0.5), ("seed", 7), ("bn_recal_batches", 3)):
+            assert search_parts.other_inputs(theirs, dict(ours, config={**today, key: value})) == ["config"]
+        assert search_parts.other_inputs(dict(theirs, checkpoint="model-7"), ours) == ["checkpoint"]
 
     def test_merge_refuses_a_row_relabelled_to_an_arch_never_scored(self, tmp_path):
         indices = [0, 1, 2]  # three heads of the first trunk prefix: one unit
