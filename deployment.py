@@ -414,8 +414,10 @@ def refine_members(dep, members, settings, at_once, train_py, log):
     with ckpt.writer_lock(os.path.join(dep.run_dir, refining.REFINE_DIR), "refinement"):
         runs = refining.train_children(dep.run_dir, codes, settings, at_once, train_py,
                                        f"the board front on {dep.target.name}", log, lambda child_dir: None)
+    steps = {run: ckpt.load_meta(run, "last")["global_step"] for run in runs}
     for member in members:
-        member["refined_run"] = runs[codes.index(member["arch"])]
+        run = runs[codes.index(member["arch"])]
+        member.update(refined_run=run, refined_steps=steps[run])
     return members
 
 
@@ -449,7 +451,7 @@ def refine_summary(members, pixels, settings, start):
              "refined_se": None if m is members[0] else metrics.paired_se(m["fp32_samples"],
                                                                           members[0]["fp32_samples"], pixels),
              "change": m["epe"] - m["supernet_epe"], "epe_int8": m["epe_int8"], "epe_int8_se": m["epe_int8_se"],
-             "steps": ckpt.load_meta(m["refined_run"], "last")["global_step"], "run": m["refined_run"]}
+             "steps": m["refined_steps"], "run": m["refined_run"]}
             for m in members]
     return {"settings": settings, "start": start, "members": rows}
 
