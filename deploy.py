@@ -6,11 +6,15 @@ it for the board with what its firmware needs (see deployment.py for the steps).
     python deploy.py --experiment_name demo --target himax-we2
     python deploy.py --experiment_name demo --target board.json --sizes 144x192,128x176
     python deploy.py --experiment_name demo --target ethos-u55-64 --check 24   # tables against full compiles
+    python deploy.py --experiment_name demo --target himax-we2 --refine 4      # choose among 4 refined members
 
 Writes <run>/deploy_<target>/ (built aside, then put in place of the last deployment whole):
 deploy_report.json, deploy.png, the chosen model (model_fp32.tflite, model_int8.tflite, vela/,
 export_report.json), model_vela.cc/.h, reference_input.npy, reference_output.npy and README.txt;
 prints the command that retrains the choice at its size. One deployment of a run at a time.
+With --refine K the front's K lowest FP32 EPE are fine-tuned from the run's best weights first (as
+refine.py does, under <run>/refine/runs/, kept across deployments) and the choice is made among them
+on their refined INT8 EPE; the exported model is the chosen child's weights.
 """
 import dataclasses
 import math
@@ -30,9 +34,12 @@ import errors
 import firmware
 import metrics
 import noise_choice
+import refining
 import runs
 import supernet
 from errors import ConfigError, DeployError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 NPU_FIGURES = ("fps, cycles, sram_kib and flash_kib of each front and INT8 member: its full compile's where its "
@@ -55,6 +62,12 @@ def parse_args(argv):
     parser.add_argument("--check", type=int, default=0, metavar="N",
                         help="also compile N seeded random (arch, size) pairs in full and report the tables' errors")
     parser.add_argument("--progress_every", type=float, default=10.0, help="seconds between progress lines")
+    parser.add_argument("--refine", type=int, default=0, metavar="K",
+                        help="fine-tune the board front's K lowest FP32 EPE from the run's best weights (one child "
+                             "per core) and choose among them on their refined INT8 EPE (default 0: off)")
+    for key in ("steps", "epochs"):
+        parser.add_argument(f"--refine_{key}", type=int, help=f"with --refine: {config.REFINE_HELP[key]} "
+                                                              f"(config.json: {config.defaults()['refine'][key]})")
     for key, default in config.defaults()["deploy"].items():
         parser.add_argument(f"--{key}", type=type(default), default=None,
                             help=f"{config.DEPLOY_HELP[key]} (config.json: {default!r})")
@@ -69,6 +82,22 @@ def settings_of(args):
     if not (args.check >= 0 and args.progress_every > 0 and math.isfinite(args.progress_every)):  # NaN fails too
         raise ConfigError("--check must be >= 0 and --progress_every a number > 0")
     return settings
+
+
+def refine_of(args, hardware):
+    """None without --refine; else {"settings": config.json's refine with top K and the flags given,
+    "at_once": (children at once, GPUs)}, checked."""
+    given = {k: getattr(args, f"refine_{k}") for k in ("steps", "epochs") if getattr(args, f"refine_{k}") is not None}
+    if args.refine < 0 or (given and not args.refine):
+        raise ConfigError(f"--refine K must be > 0 to refine (0: off), got {args.refine}"
+                          + (" with --refine_" + " and --refine_".join(given) if given else ""))
+    if not args.refine:
+        return None
+    settings = dict(config.defaults()["refine"], **given, top=args.refine)
+    problems = config.refine_problems(settings, lambda key: "--refine" if key == "top" else f"--refine_{key}")
+    if problems:
+        raise ConfigError(problems[0])
+    return {"settings": settings, "at_once": refining.children_at_once(None, hardware, args.refine)}
 
 
 def open_deployment(args):
@@ -95,8 +124,9 @@ def describe_deployment(dep):
             + ("" if target.min_fps is None else f", at least {target.min_fps:g} FPS") + f"; {dep.cache.version}")
 
 
-def search_board(dep, args, log):
-    """Sizes, their costs, every subnet scored at each, the board's front and its INT8 scores."""
+def search_board(dep, args, refine, log):
+    """Sizes, their costs, every subnet scored at each, the board's front and its INT8 scores (of its
+    refined members with `refine`: refine_of's)."""
     sizes = deployment.parse_sizes(args.sizes) if args.sizes else deployment.candidate_sizes(dep.run_size)
     chosen, costs = deployment.deployment_sizes(dep, sizes, log)
     scores = {}
@@ -105,16 +135,28 @@ def search_board(dep, args, log):
         scores[size] = deployment.score_size(dep, size, args.progress_every)
     rows = deployment.board_rows(dep, scores, costs)
     front = deployment.board_front(dep, rows)
-    members = sorted(front, key=lambda m: m["epe"])[:dep.settings["int8_top"]]
-    log(f"board front: {len(front)} of {len(rows):,} (arch, size) pairs; INT8 for the best {len(members)}")
-    members = deployment.int8_scores(dep, [dict(m) for m in members], log)
+    members = int8_members(dep, front, refine, log)
+    log(f"board front: {len(front)} of {len(rows):,} (arch, size) pairs")
     log("the INT8 members compiled in full (the front is drawn again with their compiles):")
     members = deployment.compile_members(dep, members, rows, log)
     front = deployment.board_front(dep, rows)
     pixels = firmware_pixels(dep, members[0]["size"])
     choice, made = deployment.choose(members, pixels, dep.settings)
+    refined = refine and deployment.refine_summary(members, pixels, refine["settings"], dep.meta["prefix"])
     return {"sizes": chosen, "costs": costs, "rows": rows, "front": front, "members": members, "choice": choice,
-            "noise": made}
+            "noise": made, "refine": refined}
+
+
+def int8_members(dep, front, refine, log):
+    """The front's best int8_top by FP32 EPE scored in INT8; with `refine` its best K, each refined
+    first (deployment.refine_members) and converted from its refined weights."""
+    top = refine["settings"]["top"] if refine else dep.settings["int8_top"]
+    members = [dict(m) for m in sorted(front, key=lambda m: m["epe"])[:top]]
+    log(f"INT8 for the front's best {len(members)} by FP32 EPE" + (", refined first" if refine else ""))
+    if refine:
+        members = deployment.refine_members(dep, members, refine["settings"], refine["at_once"],
+                                            os.path.join(HERE, "train.py"), log)
+    return deployment.int8_scores(dep, members, log)
 
 
 def firmware_pixels(dep, size):
@@ -128,7 +170,8 @@ def export_choice(dep, found, work, log):
     for member in sorted(found["members"], key=lambda m: (m is not found["choice"], m["epe_int8"])):
         options = {"calibration_samples": dep.settings["calibration_samples"], "recal_at_size": dep.recal_at_size,
                    "base": dep.base(), "folder": dep.folder()}
-        report = convert.export_subnet(dep.run_dir, dep.kind, dep.cfg, supernet.parse_arch(member["arch"]),
+        own = deployment.weights_of(dep, member)  # a refined member's own weights: never the supernet's
+        report = convert.export_subnet(own.run_dir, own.kind, own.cfg, supernet.parse_arch(member["arch"]),
                                        tuple(member["size"]), dep.target, work, dep.cache, options)
         why = deployment.misfit(dep, report["vela"])
         if not why:
@@ -159,9 +202,10 @@ def run(args):
     they share its INT8 conversions and searches."""
     start, hardware = time.time(), devices.report()
     dep = open_deployment(args)
+    refine = refine_of(args, hardware)
     with ckpt.writer_lock(os.path.dirname(dep.int8_folder()), "deployment of the run (INT8 folder)"):
         print(describe_deployment(dep))
-        found = search_board(dep, args, print)
+        found = search_board(dep, args, refine, print)
         with convert.building(dep.folder()) as work:
             member, report = write_deployment(dep, found, args, work, (start, hardware))
     print_summary(dep, found, member, report)
@@ -197,6 +241,7 @@ def build_report(dep, found, member, export, tflm, seconds, hardware):
             "calibration_samples": dep.settings["calibration_samples"], "calibration": export["calibration"],
             "tflm": tflm, "target": dataclasses.asdict(dep.target), "vela_version": dep.cache.version,
             "settings": dep.settings, "run_dir": dep.run_dir, "checkpoint": dep.meta["prefix"],
+            "exported_checkpoint": export["checkpoint"], "refine": found["refine"],
             "int8_model": os.path.join(dep.folder(), "model_int8.tflite"),
             "sizes": [list(s) for s in found["sizes"]],
             "size_costs": {f"{s[0]}x{s[1]}": c for s, c in found["costs"].items()},
@@ -230,7 +275,8 @@ def print_summary(dep, found, member, report):
         marks = ["choice"] * (m is found["choice"]) + ["lowest INT8 EPE"] * (m is lowest) + ["within the noise"] * (
             m["within_noise"] and m is not lowest)
         print(f"  {deployment.describe(m)}  {', '.join(marks)}")
-    for line in noise_choice.lines(found["noise"], deployment.label):
+    for line in (deployment.refine_lines(found["refine"]) if found.get("refine") else []) + noise_choice.lines(
+            found["noise"], deployment.label):
         print(line)
     tflm = report["tflm"]
     if "error" not in tflm:

@@ -16,6 +16,9 @@ started again redoes nothing it finished):
    scored on the same frames with the same metric and compiled in full; the front is drawn again
    with their compiles' figures; the choice (config.json's deploy choice_rule) is the fastest
    member within choice_noise_se paired SE of the lowest INT8 EPE (noise_choice.py), or the lowest.
+   With refining (deploy.py --refine K), the front's best K are first fine-tuned from the run's best
+   weights (refining.train_children, under <run>/refine/runs/), and every step after reads each
+   member's refined weights (weights_of): its INT8 model, its FP32 and INT8 EPE, the choice, the export.
 """
 import contextlib
 import dataclasses
@@ -26,13 +29,16 @@ import time
 
 import numpy as np
 
-import batches
 import atomic_files
+import batches
+import ckpt
+import config
 import convert
 import edge_tables
 import metrics
 import noise_choice
 import pareto
+import refining
 import search_parts
 import supernet
 from errors import ArchError, DeployError
@@ -343,14 +349,15 @@ def int8_scores(dep, members, log):
     difference of the INT8 flow from the TensorFlow graph's, px), zero_flow_epe (predicting no motion,
     on the same frames), fp32_worse_than_zero_flow, and the per-sample sums (for the choice's noise)."""
     start = time.time()
-    with converter(dep) as int8:  # its sessions' graphs are the default until it closes: score after
-        paths = [int8(supernet.parse_arch(m["arch"]), tuple(m["size"])) for m in members]
+    paths = int8_models(dep, members)
     log(f"  {len(members)} INT8 conversions ready, {time.time() - start:.1f}s")
     for member, path in zip(members, paths):
         start, size = time.time(), tuple(member["size"])
         val = dep.inputs(size)["val"]
         outputs = convert.predictions(convert.tflite_predictor(path), val)
         scored = convert.metrics_of(outputs, val)
+        if member.get("refined_run"):
+            refined_fp32(member, path, val)
         diff = np.abs(np.concatenate(outputs) - np.load(path + ".npy"))
         member.update(epe_int8=scored["epe"], int8_loss=scored["epe"] - member["epe"], int8_model=path,
                       int8_flow_diff={"mean": float(diff.mean()), "max": float(diff.max())},
@@ -364,6 +371,17 @@ def int8_scores(dep, members, log):
                                            else "") +
             f"), {time.time() - start:.1f}s")
     return members
+
+
+def int8_models(dep, members):
+    """The INT8 model of each member converted from its own weights (weights_of), one converter per
+    checkpoint. Each converter's sessions' graphs are the default until it closes: score after."""
+    paths = {}
+    for run in dict.fromkeys(m.get("refined_run") for m in members):
+        mine = [i for i, m in enumerate(members) if m.get("refined_run") == run]
+        with converter(weights_of(dep, members[mine[0]])) as int8:
+            paths.update({i: int8(supernet.parse_arch(members[i]["arch"]), tuple(members[i]["size"])) for i in mine})
+    return [paths[i] for i in range(len(members))]
 
 
 def choose(members, pixels, settings):
@@ -383,6 +401,73 @@ def label(member):
     return f"{member['arch']} at {member['size'][0]}x{member['size'][1]}"
 
 
+# ----------------------------------------------------------------------------- refined members
+
+def refine_members(dep, members, settings, at_once, train_py, log):
+    """`members` (front rows), each given `refined_run`: the child of its arch trained alone from the
+    run's best weights for settings' steps at the run's size (one child per distinct arch, whatever
+    sizes it is deployed at; refining.train_children: finished children are kept, killed ones resume)."""
+    if dep.kind != refining.KIND:
+        raise DeployError(f"--refine: refined members start from the run's {refining.KIND} checkpoint, so their "
+                          f"supernet figures must be its: deploy --checkpoint_type {refining.KIND}, not {dep.kind}")
+    codes = list(dict.fromkeys(m["arch"] for m in members))
+    with ckpt.writer_lock(os.path.join(dep.run_dir, refining.REFINE_DIR), "refinement"):
+        runs = refining.train_children(dep.run_dir, codes, settings, at_once, train_py,
+                                       f"the board front on {dep.target.name}", log, lambda child_dir: None)
+    steps = {run: ckpt.load_meta(run, "last")["global_step"] for run in runs}
+    for member in members:
+        run = runs[codes.index(member["arch"])]
+        member.update(refined_run=run, refined_steps=steps[run])
+    return members
+
+
+def weights_of(dep, member):
+    """The deployment whose checkpoint holds `member`'s weights: its refined child's last checkpoint
+    (a standalone run; its conversions kept in its own folder, apart from the supernet's), else the
+    run's. Both read the same batches (`sized` is shared)."""
+    run = member.get("refined_run")
+    if not run:
+        return dep
+    return dataclasses.replace(dep, run_dir=run, kind="last", cfg=config.run_config(run),
+                               meta=ckpt.load_meta(run, "last"))
+
+
+def refined_fp32(member, path, val):
+    """A refined member's FP32 figures on the deployment's validation batches, from the flow of the
+    static graph its INT8 model was converted from (kept beside it): `epe` and `fp32_samples` (per-pair
+    EPE sums) become the refined weights', the supernet's EPE is kept as `supernet_epe`."""
+    ends = np.cumsum([len(batches.batch_parts(b)[0]) for b in val])[:-1]
+    scored = convert.metrics_of(np.split(np.load(path + ".npy"), ends), val)
+    member.update(supernet_epe=member["epe"], epe=scored["epe"], fp32_samples=scored["sample_epe"])
+
+
+def refine_summary(members, pixels, settings, start):
+    """What the report says of a refined choice: the refine settings, the checkpoint the children
+    started from and, per member (lowest refined FP32 EPE first), its supernet and refined FP32 EPE,
+    the refined EPE's paired SE against the lowest refined, the change, the INT8 EPE and its paired
+    SE against the lowest INT8 (what the choice compares) and the steps its child trained."""
+    members = sorted(members, key=lambda m: (m["epe"], m["arch"], m["size"]))
+    rows = [{"member": label(m), "supernet_epe": m["supernet_epe"], "refined_epe": m["epe"],
+             "refined_se": None if m is members[0] else metrics.paired_se(m["fp32_samples"],
+                                                                          members[0]["fp32_samples"], pixels),
+             "change": m["epe"] - m["supernet_epe"], "epe_int8": m["epe_int8"], "epe_int8_se": m["epe_int8_se"],
+             "steps": m["refined_steps"], "run": m["refined_run"]}
+            for m in members]
+    return {"settings": settings, "start": start, "members": rows}
+
+
+def refine_lines(summary):
+    """The refined members as printed: the choice was made among them, on their refined INT8 EPE."""
+    s = summary["settings"]
+    lines = [f"refined: the front's {len(summary['members'])} lowest FP32 EPE, each fine-tuned {s['steps']} steps "
+             f"({s['epochs']} epochs) from {summary['start']}; the choice is among them, on their refined INT8 EPE:"]
+    for r in summary["members"]:
+        se = "" if r["refined_se"] is None else f", paired SE {r['refined_se']:.4f} vs the lowest refined"
+        lines.append(f"  {r['member']}: EPE FP32 supernet {r['supernet_epe']:.4f}, refined {r['refined_epe']:.4f} "
+                     f"({r['change']:+.4f}{se}), INT8 {r['epe_int8']:.4f}; {r['steps']} steps")
+    return lines
+
+
 # ----------------------------------------------------------------------------- report and picture
 
 def misfit(dep, compiled):
@@ -399,7 +484,8 @@ def misfit(dep, compiled):
 
 def public(member):
     """A front member as the report stores it (no per-sample arrays, no paths of this machine)."""
-    return {k: v for k, v in member.items() if k not in ("int8_samples", "int8_model", "samples")}
+    return {k: v for k, v in member.items()
+            if k not in ("int8_samples", "int8_model", "samples", "fp32_samples", "refined_run")}
 
 
 def plot(path, found, member, dep):
@@ -450,5 +536,6 @@ def describe(m):
     int8 = (f", INT8 {m['epe_int8']:.4f} ({m['int8_loss']:+.4f}"
             + (f", paired SE {m['epe_int8_se']:.4f} vs the lowest" if m.get("epe_int8_se") else "") + ")"
             if "epe_int8" in m else "")
-    return (f"{m['arch']} at {m['size'][0]}x{m['size'][1]}: EPE FP32 {m['epe']:.4f}{int8}, {m['fps']:.1f} FPS "
-            f"({m['npu_figures']}), flash {m['flash_kib']:.0f} KiB, {m['gmacs']:.3f} GMAC")
+    refined = f" refined (supernet {m['supernet_epe']:.4f})" if "supernet_epe" in m else ""
+    return (f"{m['arch']} at {m['size'][0]}x{m['size'][1]}: EPE FP32 {m['epe']:.4f}{refined}{int8}, "
+            f"{m['fps']:.1f} FPS ({m['npu_figures']}), flash {m['flash_kib']:.0f} KiB, {m['gmacs']:.3f} GMAC")

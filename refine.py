@@ -18,7 +18,6 @@ import devices
 import config
 import errors
 import pareto
-import parallel
 import refining
 import runs
 from errors import RefineError
@@ -69,17 +68,6 @@ def settings_of(args):
     return settings
 
 
-def children_at_once(args, hardware, candidates):
-    """(jobs, gpus): --jobs, or one child per core (per GPU where there are GPUs), at most one per candidate."""
-    gpus = len(hardware["gpus"])
-    jobs = args.jobs or min(gpus or len(parallel.usable_cores()), candidates)
-    if gpus and jobs > gpus:
-        raise RefineError(f"--jobs {jobs}: more children than this machine's {gpus} GPUs (one per GPU)")
-    if not gpus:
-        parallel.slot_cores(jobs)  # at most one per core: a one-line error otherwise
-    return jobs, gpus
-
-
 def run(args):
     """Choose the candidates, refine them and print the report."""
     hardware = devices.report()  # before any session: quietens TensorFlow's device probing
@@ -94,7 +82,7 @@ def run(args):
     else:
         search_dir = args.search or os.path.join(run_dir, f"search_{refining.KIND}")
         source = refining.search_source(search_dir, limits, settings["top"], on_front=not args.off_front)
-    jobs = children_at_once(args, hardware, len(source.candidates))
+    jobs = refining.children_at_once(args.jobs, hardware, len(source.candidates))
     report, out = refining.refine(run_dir, source, settings, jobs, os.path.join(HERE, "train.py"), args.command,
                                   print)
     print("\n".join(refining.report_lines(report)))

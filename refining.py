@@ -41,6 +41,7 @@ from errors import RefineError, SearchError
 REFINE_DIR, RUNS_DIR = "refine", "runs"
 SOURCE_NAME, SCORES_NAME, REPORT_NAME, PICTURE_NAME = "source.json", "scores.json", "refine_report.json", "refine.png"
 KIND = "best"  # what a child inherits (training.init_source) and so what its candidates must be scored from
+NOISE_Z = config.defaults()["deploy"]["choice_noise_se"]  # the paired SEs within which two EPEs are not told apart
 
 
 # ----------------------------------------------------------------------------- where candidates come from
@@ -172,6 +173,46 @@ def child(run_dir, code, runs_dir, settings, train_py):
                        "--early_stop_patience", str(epochs), "--devices", "1", "--distribute", "none"] + flags
 
 
+def child_dir_of(run_dir, code, settings):
+    """The folder a candidate's child trains in: <run>/refine/runs/<run_name>."""
+    return os.path.join(run_dir, REFINE_DIR, RUNS_DIR, run_name(code, settings))
+
+
+def children_at_once(jobs, hardware, candidates):
+    """(jobs, gpus): `jobs` children at once, or one per core (per GPU where devices.report lists
+    GPUs), at most one per candidate; RefineError when more are asked than there are GPUs or cores."""
+    gpus = len(hardware["gpus"])
+    jobs = jobs or min(gpus or len(parallel.usable_cores()), candidates)
+    if gpus and jobs > gpus:
+        raise RefineError(f"--jobs {jobs}: more children than this machine's {gpus} GPUs (one per GPU)")
+    if not gpus:
+        parallel.slot_cores(jobs)  # at most one per core: a one-line error otherwise
+    return jobs, gpus
+
+
+def train_children(run_dir, codes, settings, at_once, train_py, described, log, on_finished):
+    """Train a child of each of `codes` from the run's best weights (the caller holds the refine
+    folder's writer lock): at_once (jobs, gpus) at a time, each on one core or its own GPU; finished
+    children are not trained again, started ones resume. on_finished(child folder) is called for each
+    as it is done (those done before first). Returns the children's folders in the order of `codes`."""
+    jobs, gpus = at_once
+    best_meta = ckpt.load_meta(run_dir, KIND)
+    runs_dir = os.path.join(run_dir, REFINE_DIR, RUNS_DIR)
+    check_start(os.path.dirname(runs_dir), best_meta)
+    os.makedirs(runs_dir, exist_ok=True)
+    children = [child(run_dir, code, runs_dir, settings, train_py) for code in codes]
+    todo = [(child_dir, argv, child_dir + ".out") for child_dir, argv in children if argv]
+    log(f"refining {len(codes)} candidates of {described}: {' '.join(codes)}; {settings['steps']} steps "
+        f"each from {best_meta['prefix']}; {len(codes) - len(todo)} trained already, training {len(todo)}, "
+        f"{jobs} at a time")
+    for child_dir, argv in children:
+        if not argv:
+            on_finished(child_dir)
+    parallel.run_all(todo, jobs, log=log, env=tensorflow_quiet.child_environment(), gpus=gpus,
+                     cores=None if gpus else parallel.usable_cores()[:jobs], on_finished=on_finished)
+    return [child_dir for child_dir, _ in children]
+
+
 def check_start(refine_dir, best_meta):
     """Record the checkpoint the children start from (source.json), or RefineError if the runs
     there started from another: the supernet trained on since, and they would mix two starts."""
@@ -249,33 +290,22 @@ def refine(run_dir, source, settings, children_at_once, train_py, command, log):
     """Refine the source's candidates (settings: config.json's refine): children_at_once (jobs,
     gpus) children at once, each on one core, or each on its own GPU where gpus > 0; then write the
     report and picture into <run>/refine/<source name>/; returns (report, that folder)."""
-    jobs, gpus = children_at_once
     best_meta = ckpt.load_meta(run_dir, KIND)
     check_search(source, best_meta)
     cfg = config.run_config(run_dir)
     scored = search_batches(cfg, source)
-    refine_dir = os.path.join(run_dir, REFINE_DIR)
-    runs_dir, out = os.path.join(refine_dir, RUNS_DIR), os.path.join(refine_dir, source.name)
+    out = os.path.join(run_dir, REFINE_DIR, source.name)
     run_size, scored_size = (cfg["input_h"], cfg["input_w"]), source.manifest["scored_size"]
-    with ckpt.writer_lock(refine_dir, "refinement"):
-        check_start(refine_dir, best_meta)
-        os.makedirs(runs_dir, exist_ok=True)
+    with ckpt.writer_lock(os.path.join(run_dir, REFINE_DIR), "refinement"):
         os.makedirs(out, exist_ok=True)
         codes = [c["arch"] for c in source.candidates]
-        children = [child(run_dir, code, runs_dir, settings, train_py) for code in codes]
-        todo = [(child_dir, argv, child_dir + ".out") for child_dir, argv in children if argv]
-        log(f"refining {len(codes)} candidates of {source.described}: {' '.join(codes)}; {settings['steps']} steps "
-            f"each from {best_meta['prefix']}; {len(codes) - len(todo)} trained already, training {len(todo)}, "
-            f"{jobs} at a time")
         book = ScoreBook(out, source.manifest["batches_sha256"])
-        score = Scorer(book, {child_dir: code for (child_dir, _), code in zip(children, codes)}, scored,
+        score = Scorer(book, {child_dir_of(run_dir, code, settings): code for code in codes}, scored,
                        run_size, scored_size, log)
-        finished = [child_dir for child_dir, argv in children if not argv]
-        refined = {child_dir: score(child_dir) for child_dir in finished}
-        parallel.run_all(todo, jobs, log=log, env=tensorflow_quiet.child_environment(), gpus=gpus,
-                         cores=None if gpus else parallel.usable_cores()[:jobs],
-                         on_finished=lambda child_dir: refined.update({child_dir: score(child_dir)}))
-        report = build_report(run_dir, source, [refined[d] for d, _ in children], [d for d, _ in children],
+        refined = {}
+        child_dirs = train_children(run_dir, codes, settings, children_at_once, train_py, source.described, log,
+                                    lambda child_dir: refined.update({child_dir: score(child_dir)}))
+        report = build_report(run_dir, source, [refined[d] for d in child_dirs], child_dirs,
                               dict(settings, top=len(codes)), scored[1], best_meta, command)
         atomic_files.write_json_atomic(os.path.join(out, REPORT_NAME), report)
         plot(os.path.join(out, PICTURE_NAME), report)
@@ -303,13 +333,13 @@ def build_report(run_dir, source, refined, child_dirs, settings, val, best_meta,
                      "change_se": None if by_supernet[candidate["arch"]] is None else metrics.paired_se(
                          score["sample_epe"], by_supernet[candidate["arch"]], pixels),
                      "within_noise": bool(i != best and refined_se is not None
-                                          and score["epe"] - refined[best]["epe"] <= pareto.NOISE_Z * refined_se),
+                                          and score["epe"] - refined[best]["epe"] <= NOISE_Z * refined_se),
                      "steps": trained["global_step"], "wall_time_s": trained["wall_time_s"], "run": child_dir})
     return {"supernet": run_dir, "checkpoint": best_meta["prefix"], "global_step": best_meta["global_step"],
             "source": source.described, "search": source.search_dir, "settings": settings,
             "val_pairs": len(pixels), "batches_sha256": source.manifest["batches_sha256"],
             "best_supernet": codes[0], "best_refined": codes[best], "candidates": rows,
-            "training_wall_time_s": sum(r["wall_time_s"] for r in rows), "noise_z": pareto.NOISE_Z,
+            "training_wall_time_s": sum(r["wall_time_s"] for r in rows), "noise_z": NOISE_Z,
             "command": command}
 
 
@@ -349,8 +379,8 @@ def plot(path, report):
               (f"refined after {report['settings']['steps']} steps", "refined_epe", "refined_se",
                report["best_refined"]))
     for ax, (what, epe, se, best) in zip(axes, panels):
-        ax.errorbar(x, [r[epe] for r in rows], yerr=[pareto.NOISE_Z * (r[se] or 0) for r in rows], fmt="o",
-                    c="tab:blue", capsize=3, label=f"+-{pareto.NOISE_Z:g} paired SE vs the best")
+        ax.errorbar(x, [r[epe] for r in rows], yerr=[NOISE_Z * (r[se] or 0) for r in rows], fmt="o",
+                    c="tab:blue", capsize=3, label=f"+-{NOISE_Z:g} paired SE vs the best")
         k = next(i for i, r in enumerate(rows) if r["arch"] == best)
         ax.plot([k], [rows[k][epe]], "*", c="tab:red", ms=14, label=f"best: {best}")
         ax.set_xticks(x, [f"{r['arch']}\n{r['gmacs']:.3f} GMAC" for r in rows], rotation=30, ha="right",

@@ -87,8 +87,10 @@ shared by several sections are in section 0.
       TestDeployCommand         settings checked; deploy.py fits the board and hands firmware what it needs
       TestDeployOneWriter       a second deployment refused before any compile; a killed or failed one keeps the last
       TestDeploySummary         the printed summary: zero-flow warning, what each EPE is over, flash's margin
+      TestDeployRefine          --refine checked; the refined choice is exported from its child's weights, reported
 33. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice
       TestDeploymentSteps       sizes; INT8 written whole; compiled figures replace the table; one search per size
+      TestDeploymentRefineSummary  refined members reported lowest refined first, their paired SEs against numpy
 34. firmware.py: what a port needs
       TestFirmware              the C array holds the bytes, aligned
 35. rank.py: subnets trained alone against the supernet's order; the margin of two runs
@@ -3319,9 +3321,9 @@ class TestRefine:
         cfg, run_dir = train.resolve_config(args, overrides, defaults)
         assert run_dir == child_dir and cfg["steps_per_epoch"] * cfg["num_epochs"] == 2
         hardware = devices.report(1, allow_cpu=True, log=lambda line: None)
-        run = training.prepare(types.SimpleNamespace(resume=False, dry_run=True), cfg, run_dir, hardware)
+        run = training.prepare(cfg, run_dir, hardware, resume=False, dry_run=True)
         with tf.compat.v1.Session(graph=run.graph, config=tensorflow_quiet.session_config()) as sess:
-            training.start_session(sess, run, args, run_dir)
+            training.start_session(sess, run, run_dir)
             values = {v.op.name: sess.run(v) for v in run.ops["model_variables"]}
         source = _checkpoint_values(out / "sup", "best")
         kernels = [n for n in values if not n.endswith(("moving_mean", "moving_variance"))]
@@ -4038,6 +4040,88 @@ class TestDeploySummary:
                 f"{deployment.FLASH_MISS_PCT:g}%") in out
 
 
+class TestDeployRefine:
+    def test_refine_flags_are_checked_in_one_line(self):
+        hardware = {"gpus": []}
+        for flags, words in ((["--refine", "-1"], "--refine K must be > 0 to refine (0: off), got -1"),
+                             (["--refine_steps", "4"], "--refine K must be > 0 to refine (0: off), got 0 with "
+                                                       "--refine_steps"),
+                             (["--refine", "2", "--refine_steps", "3", "--refine_epochs", "2"],
+                              "--refine_steps (3) must be a multiple of --refine_epochs (2)"),
+                             (["--refine", "2", "--refine_epochs", "0"], "--refine_epochs must be > 0, got 0")):
+            with pytest.raises(errors.ConfigError, match=re.escape(words)):
+                deploy.refine_of(deploy.parse_args(["--target", "himax-we2", *flags]), hardware)
+        assert deploy.refine_of(deploy.parse_args(["--target", "himax-we2"]), hardware) is None
+        on = deploy.refine_of(deploy.parse_args(["--target", "himax-we2", "--refine", "1", "--refine_steps", "6",
+                                                 "--refine_epochs", "3"]), hardware)
+        assert on == {"settings": {"top": 1, "steps": 6, "epochs": 3}, "at_once": (1, 0)}
+
+    @pytest.mark.slow
+    def test_the_refined_choice_is_what_is_exported_and_the_report_names_the_refined_figures(
+            self, export_run, tmp_path, capsys):
+        run = export_run / "whole"
+        flags = _deploy_flags(export_run, _board_file(tmp_path, "refined")) + [
+            "--refine", "2", "--refine_steps", "2", "--refine_epochs", "2"]
+        capsys.readouterr()
+        assert deploy.main(flags) == 0
+        out = capsys.readouterr().out
+        folder = run / "deploy_refined"
+        report = json.loads((folder / "deploy_report.json").read_text())
+        refined = report["refine"]
+        assert refined["settings"] == {"top": 2, "steps": 2, "epochs": 2}
+        assert refined["start"] == report["checkpoint"] == ckpt.load_meta(str(run), "best")["prefix"]
+        # the members are the front's two lowest supernet FP32 EPE, each with its supernet EPE and its own child
+        front = {f"{m['arch']} at 32x48": m["epe"] for m in report["front"]}
+        rows = {r["member"]: r for r in refined["members"]}
+        assert sorted(rows) == sorted(sorted(front, key=front.get)[:2])
+        for name, row in rows.items():
+            assert row["supernet_epe"] == front[name] and row["steps"] == 2
+            assert row["change"] == pytest.approx(row["refined_epe"] - row["supernet_epe"], rel=1e-12)
+            assert pathlib.Path(row["run"]) == run / "refine" / "runs" / (name[:17].replace(",", "") + "_n2_e2")
+            assert f"EPE FP32 supernet {row['supernet_epe']:.4f}, refined {row['refined_epe']:.4f}" in out
+        assert [r["refined_se"] is None for r in refined["members"]] == [True, False]
+        # the choice is among the refined members, on their INT8 EPE, and exported from its child's last checkpoint
+        chosen = rows[f"{report['arch']} at 32x48"]
+        child = pathlib.Path(chosen["run"])
+        assert report["epe"] == chosen["refined_epe"] and report["epe_int8"] == chosen["epe_int8"]
+        assert report["exported_checkpoint"] == ckpt.load_meta(str(child), "last")["prefix"] != report["checkpoint"]
+        assert "the choice is among them, on their refined INT8 EPE" in out
+        exported = json.loads((folder / "export_report.json").read_text())
+        assert exported["agreement"]["epe_tf"] == pytest.approx(chosen["refined_epe"], rel=1e-6)
+        # independently: the child's recalibrated weights hold its last checkpoint's kernels, which are not the
+        # supernet's; the exported FP32 model computes their static graph on the reference input, not the supernet's
+        arch, settings = supernet.parse_arch(report["arch"]), report["settings"]
+        data = batches.deployment_batches(batches.deployment_base(config.run_config(str(run)),
+                                                                  settings["calibration_samples"]),
+                                          (32, 48), settings["recal_at"] == "deploy")
+        values = {}
+        for name, where, kind in (("child", child, "last"), ("supernet", run, "best")):
+            values[name] = convert.recalibrated_values(str(where), kind, config.run_config(str(where)), arch,
+                                                       (32, 48), data["recal"])[0]
+        saved, parent = _checkpoint_values(child, "last"), _checkpoint_values(run, "best")
+        kernels = [n for n in values["child"] if not n.endswith(("moving_mean", "moving_variance"))]
+        for name in kernels:
+            np.testing.assert_array_equal(values["child"][name], saved[name], err_msg=name)
+        assert any(not np.array_equal(saved[name], parent[name]) for name in kernels)
+        predict = convert.tflite_predictor(str(folder / "model_int8.tflite"))
+        scale, zero = predict.interpreter.get_input_details()[0]["quantization"]
+        images = convert.dequantize(np.load(folder / "reference_input.npy"), scale, zero)
+        got = convert.tflite_predictor(str(folder / "model_fp32.tflite"))(images)
+        graph, placeholder, flow = convert.build_static_graph(arch, 32, 48)
+        miss = {}
+        for name, held in values.items():
+            with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
+                convert.load_values(sess, graph, held)
+                miss[name] = float(np.abs(sess.run(flow, {placeholder: images}) - got).max())
+        assert miss["child"] < 1e-4 < miss["supernet"], miss
+        # started again: no child trained again, the same choice from the same weights
+        assert deploy.main(flags) == 0
+        assert "2 trained already, training 0" in capsys.readouterr().out
+        again = json.loads((folder / "deploy_report.json").read_text())
+        assert (again["arch"], again["exported_checkpoint"], again["refine"]) == (
+            report["arch"], report["exported_checkpoint"], report["refine"])
+
+
 # ==== 33. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice =================
 
 
@@ -4136,6 +4220,37 @@ class TestDeploymentSteps:
         with pytest.raises(AssertionError, match="scored again"):
             deployment.score_size(dep, (32, 48), 10.0)
         assert (out / "whole" / "search_best_at32x48").is_dir()
+
+
+class TestDeploymentRefineSummary:
+    def test_refined_members_are_reported_lowest_refined_first_with_paired_errors_by_numpy(self):
+        rng = np.random.default_rng(3)
+        pixels = np.full(6, 100.0)
+        members = []
+        for arch, epe, supernet_epe in (("1,0,0,0,0,0,0,0,0", 2.5, 2.0), ("0,0,0,0,0,0,0,0,0", 2.1, 2.2),
+                                        ("2,0,0,0,0,0,0,0,0", 2.3, 1.9)):
+            samples = rng.normal(epe, 0.2, 6) * 100
+            members.append({"arch": arch, "size": [32, 48], "epe": samples.sum() / 600, "supernet_epe": supernet_epe,
+                            "fp32_samples": list(samples), "epe_int8": epe + 0.1, "epe_int8_se": 0.01,
+                            "refined_run": f"runs/{arch}", "refined_steps": 2})
+        summary = deployment.refine_summary(members, pixels, {"top": 3, "steps": 2, "epochs": 1}, "best/model-4")
+        rows = summary["members"]
+        order = sorted(members, key=lambda m: m["epe"])
+        assert [r["member"] for r in rows] == [f"{m['arch']} at 32x48" for m in order]
+        assert rows[0]["refined_se"] is None
+        lowest = np.array(order[0]["fp32_samples"]) / 100
+        for row, member in zip(rows[1:], order[1:]):
+            diff = np.array(member["fp32_samples"]) / 100 - lowest
+            assert row["refined_se"] == pytest.approx(np.std(diff, ddof=1) / np.sqrt(6), rel=1e-12)
+        for row, member in zip(rows, order):
+            assert row["change"] == pytest.approx(member["epe"] - member["supernet_epe"], rel=1e-12)
+            assert (row["refined_epe"], row["supernet_epe"], row["run"]) == (
+                member["epe"], member["supernet_epe"], member["refined_run"])
+        lines = deployment.refine_lines(summary)
+        assert lines[0].startswith("refined: the front's 3 lowest FP32 EPE, each fine-tuned 2 steps (1 epochs) "
+                                   "from best/model-4")
+        assert f"paired SE {rows[1]['refined_se']:.4f} vs the lowest refined" in lines[2]
+        assert "paired SE" not in lines[1]
 
 
 # ==== 34. firmware.py: what a port needs =============================================================================
