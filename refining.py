@@ -62,8 +62,7 @@ def choose_candidates(pool, limits, top, what):
     first; RefineError naming the budget when none is within it. `what`: the pool's name, for that."""
     within = sorted(pareto.within_budget(pool, limits), key=lambda r: (r["epe"], r["arch"]))
     if not within:
-        wording = ", ".join(f"{key} {'<=' if sign > 0 else '>='} {value:g}" for key, value, sign in limits)
-        raise RefineError(f"no {what} within the budget ({wording})")
+        raise RefineError(f"no {what} within the budget ({pareto.budget_wording(limits)})")
     return within[:top]
 
 
