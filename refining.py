@@ -29,6 +29,7 @@ import ckpt
 import config
 import data_fc2
 import metrics
+import noise_choice
 import parallel
 import pareto
 import runs
@@ -319,20 +320,20 @@ def build_report(run_dir, source, refined, child_dirs, settings, val, best_meta,
     found = search_parts.read_samples(source.search_dir, [supernet.arch_to_index(supernet.parse_arch(c))
                                                          for c in codes])
     by_supernet = {supernet.format_arch(supernet.index_to_arch(i)): s for i, s in found.items()}
-    best = min(range(len(codes)), key=lambda i: (refined[i]["epe"], codes[i]))
+    made = noise_choice.choose([{"epe": s["epe"], "gmacs": c["gmacs"]} for s, c in zip(refined, source.candidates)],
+                               [s["sample_epe"] for s in refined], pixels, "lowest_epe", NOISE_Z)
+    best = made.lowest
     rows = []
     for i, (candidate, score, child_dir) in enumerate(zip(source.candidates, refined, child_dirs)):
         trained = ckpt.read_json(os.path.join(child_dir, "train_report.json"), "train report")
-        refined_se = metrics.paired_se(score["sample_epe"], refined[best]["sample_epe"], pixels)
         size = source.manifest["scored_size"] or source.manifest["input_size"]
         rows.append({"arch": candidate["arch"], "size": size,
                      "gmacs": candidate["gmacs"], "params": candidate["params"], "supernet_epe": candidate["epe"],
                      "supernet_se": paired(by_supernet, candidate["arch"], codes[0], pixels),
-                     "refined_epe": score["epe"], "refined_se": refined_se, "change": score["epe"] - candidate["epe"],
+                     "refined_epe": score["epe"], "refined_se": made.ses[i], "change": score["epe"] - candidate["epe"],
                      "change_se": None if by_supernet[candidate["arch"]] is None else metrics.paired_se(
                          score["sample_epe"], by_supernet[candidate["arch"]], pixels),
-                     "within_noise": bool(i != best and refined_se is not None
-                                          and score["epe"] - refined[best]["epe"] <= NOISE_Z * refined_se),
+                     "within_noise": made.within[i] and i != best,
                      "steps": trained["global_step"], "wall_time_s": trained["wall_time_s"], "run": child_dir})
     return {"supernet": run_dir, "checkpoint": best_meta["prefix"], "global_step": best_meta["global_step"],
             "source": source.described, "search": source.search_dir, "settings": settings,
