@@ -76,10 +76,14 @@ def cpu_name():
 
 
 def cpu_threads():
-    """The threads TensorFlow runs one op on: its setting, else every core this process may use."""
+    """The threads TensorFlow runs one op on: its setting, else the TF_NUM_INTRAOP_THREADS it reads
+    from the environment, else every core this process may use."""
     configured = tf.config.threading.get_intra_op_parallelism_threads()
     if configured:
         return configured
+    from_environment = os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip()
+    if from_environment.isdigit() and int(from_environment) > 0:
+        return int(from_environment)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 

@@ -495,6 +495,9 @@ class TestDeviceReport:
         assert printed == [info["summary"]] and info["gpus"] == [] and info["path_devices"] == ["/device:CPU:0"]
         assert f"no GPU visible: {threads} CPU threads" in info["summary"] and "nvidia-smi" not in info["summary"]
         json.dumps(info)  # goes into JSON outputs as it is
+        monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # TensorFlow's own limit, read from the environment
+        assert "no GPU visible: 1 CPU threads" in devices.report(log=None)["summary"]
+        monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
         monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'one', [FAKE_GPU])}{os.pathsep}{os.environ['PATH']}")
         with pytest.raises(errors.DeviceError, match=r"nvidia-smi lists 1 GPU \(NVIDIA H100 80GB HBM3\) but "
                                                       r"TensorFlow sees none.*make venv GPU=1.*--allow_cpu"):
