@@ -45,14 +45,17 @@ def _clock(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def progress_line(name, durations, running_for, waiting, jobs):
-    """What finished, how far the whole is, and the time left: the children still to finish at the
-    mean time of the finished ones, less what the running ones have done, shared over the slots."""
-    done, left = len(durations), len(running_for) + waiting
-    work = left * sum(durations) / done - sum(running_for)
+def progress_line(name, finished, running, waiting, jobs):
+    """What finished, how far the whole is, and the time left. finished: [(seconds, work)] of the
+    children done, running: [(seconds so far, work)], waiting: [work], each child's work in any one
+    unit (1 each when nothing better is known): the work left at the finished children's seconds
+    per unit of work, less what the running ones have done, shared over the slots."""
+    done, left = len(finished), len(running) + len(waiting)
+    per_unit = sum(s for s, _ in finished) / max(sum(w for _, w in finished), 1e-12)
+    work = (sum(w for _, w in running) + sum(waiting)) * per_unit - sum(s for s, _ in running)
     estimate = f", about {_clock(max(work, 0) / min(jobs, left))} left" if left else ""
-    return (f"[{done}/{done + left}] {name} finished in {_clock(durations[-1])}; {len(running_for)} running, "
-            f"{waiting} waiting{estimate}")
+    return (f"[{done}/{done + left}] {name} finished in {_clock(finished[-1][0])}; {len(running)} running, "
+            f"{len(waiting)} waiting{estimate}")
 
 
 def _say(line):
@@ -90,18 +93,20 @@ def _stop(running):
         child.proc.wait()
 
 
-def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, gpus=0, on_finished=None):
+def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, gpus=0, on_finished=None, work=None):
     """Run `children`, [(name, argv, log_path)], at most `jobs` at once, each pinned to its slot's
     cores (with `gpus` > 0: on its slot's GPU, jobs <= gpus), its output appended to log_path
     (None: this process's output), in the environment `env` (None: this process's); on_finished(name),
-    if given, as each child succeeds. Every `heartbeat` seconds
+    if given, as each child succeeds. `work` {name: the work a child has left, in any one unit}
+    weighs the time left (by default every child weighs the same). Every `heartbeat` seconds
     the last line of each running child's log is repeated. After a failure no new child starts and
     the running ones finish (their work is kept), then RankError names the failed child and how it
     failed. Interrupted, it stops the running children before it returns."""
     if gpus and not 1 <= jobs <= gpus:
         raise RankError(f"--jobs {jobs}: must be within 1..{gpus} (one run per GPU)")
     slots = [[f"GPU {slot}"] for slot in range(jobs)] if gpus else slot_cores(jobs, cores)
-    waiting, running, failed, durations = list(children), {}, [], []
+    waiting, running, failed, finished = list(children), {}, [], []
+    weight = (lambda name: work[name]) if work else (lambda name: 1.0)
     last_beat = time.monotonic()
     try:
         while waiting or running:
@@ -123,11 +128,12 @@ def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, gpu
                     failed.append(child.failure())
                     log(failed[-1] + (f"; waiting for the {len(running)} running" if running else ""))
                     continue
-                durations.append(time.monotonic() - child.start)
+                finished.append((time.monotonic() - child.start, weight(child.name)))
                 if on_finished:
                     on_finished(child.name)
-                log(progress_line(child.name, durations, [time.monotonic() - c.start for c in running.values()],
-                                  0 if failed else len(waiting), jobs))
+                log(progress_line(child.name, finished,
+                                  [(time.monotonic() - c.start, weight(c.name)) for c in running.values()],
+                                  [] if failed else [weight(c[0]) for c in waiting], jobs))
             if failed and not running:
                 raise RankError(failed[0])
     finally:

@@ -24,14 +24,18 @@ import tensorflow_quiet
 
 import atomic_files
 import batches
+import bench_methods
 import ckpt
+import config
 import data_fc2
 import errors
+import fair
 import metrics
 import parallel
 import rank_bench
 import rank_plot
 import ranking
+import refining
 import stopping
 import supernet
 from errors import RankError
@@ -118,6 +122,10 @@ def parse_args(argv):
                         "--supernet, score that supernet against the rows")
     parser.add_argument("--train_rows", type=int, metavar="N", help="with --bench: train the next N rows it lacks "
                         "(--jobs at once), each scored into its row as it finishes; resumes after any kill")
+    parser.add_argument("--refine_steps", type=int, nargs="+", metavar="N", help="with --bench and --supernet: also "
+                        "fine-tune every arch of the rows from the supernet for N steps (refine.py's children, "
+                        "config.json's refine epochs; --jobs at once) and score each; the methods table then has "
+                        "the refine stage at each N beside the supernet alone and training alone")
     parser.add_argument("--runs_dir", default=os.path.join("outputs", "rankbench"),
                         help="with --train_rows: where the bench's runs train (their checkpoints are dropped once "
                         "their row is written)")
@@ -136,8 +144,8 @@ def parse_args(argv):
         parser.error(f"--train {args.train} is more than the search space's {supernet.SPACE.num_archs} archs")
     if args.second_seed is not None and not args.train:
         parser.error("--second_seed goes with --train")
-    if args.jobs != 1 and not (args.train or args.train_rows):
-        parser.error("--jobs goes with --train or --train_rows")
+    if args.jobs != 1 and not (args.train or args.train_rows or args.refine_steps):
+        parser.error("--jobs goes with --train, --train_rows or --refine_steps")
     if args.second_seed is not None and not 0 <= args.second_seed <= args.train:
         parser.error(f"--second_seed must be within 0..{args.train}")
     if args.bootstrap < 1 or args.jobs < 1 or (args.bn_recal_batches is not None and args.bn_recal_batches < 1):
@@ -157,6 +165,8 @@ def check_bench_flags(parser, args):
         parser.error("--bench takes --train_rows or --supernet, not --standalone, --train, --compare or --margin")
     if args.train_rows is not None and (args.train_rows < 1 or args.supernet):
         parser.error("--train_rows must be >= 1 and does not go with --supernet")
+    if args.refine_steps and not (args.bench and args.supernet):
+        parser.error("--refine_steps goes with --bench and --supernet")
 
 
 def bench_status(args):
@@ -177,7 +187,7 @@ def bench_ranking(args):
     start, hardware = time.time(), devices.report()
     plan = rank_bench.read_plan(args.bench)
     rows = rank_bench.read_rows(args.bench, plan)
-    supernet_cfg, _ = ranking.read_run(args.supernet)
+    supernet_cfg, supernet_report = ranking.read_run(args.supernet)
     rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
     out = output_folder(args, os.path.join(args.supernet, "rank_bench"))
     scored = rank_bench.scoring_data(args.bench, plan)
@@ -190,9 +200,31 @@ def bench_ranking(args):
                                     on_scored=scoring_progress(len(archs)))
     epes = {supernet.format_arch(a): ranking.batch_weighted_epe(e, sizes) for a, e in per_batch.items()}
     report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
+    refined = bench_refined(args, hardware, [r["arch"] for r in report["archs"]], scored, out)
+    supernet_steps = supernet_report["global_step"] * fair.paths_per_cycle()
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
-                  scoring=plan["scoring"], seconds=time.time() - start, devices=hardware)
-    return write_ranking(out, report, rank_bench.report_lines(report))
+                  scoring=plan["scoring"], seconds=time.time() - start, devices=hardware, refined=refined,
+                  methods=bench_methods.methods_table(plan, rows, epes, supernet_steps, refined, args.bootstrap,
+                                                   args.seed))
+    return write_ranking(out, report, rank_bench.report_lines(report) + bench_methods.methods_lines(report["methods"]))
+
+
+def bench_refined(args, hardware, codes, scored, out):
+    """{steps: {arch code: refined EPE}} for each --refine_steps: every arch of the rows fine-tuned
+    from the supernet (config.json's refine settings, those steps), --jobs at a time, scored on the
+    rows' batches; {} without the flag."""
+    refined = {}
+    for steps in args.refine_steps or []:
+        settings = dict(config.defaults()["refine"], steps=steps)
+        problems = config.refine_problems(settings, lambda key: "--refine_steps" if key == "steps" else
+                                          f"config.json's refine.{key}")
+        if problems:
+            raise RankError(problems[0])
+        at_once = refining.children_at_once(args.jobs, hardware, len(codes))
+        scores = bench_methods.refine_archs(args.supernet, codes, settings, at_once, scored, out,
+                                         os.path.join(HERE, "train.py"), print)
+        refined[steps] = {code: score["epe"] for code, score in scores.items()}
+    return refined
 
 
 def bench(args):

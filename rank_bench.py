@@ -333,6 +333,14 @@ def row_child(bench_dir, planned, runs_dir, train_py):
     return planned["name"], [sys.executable, train_py] + flags, run_dir + ".out"
 
 
+def row_minutes_left(planned, run_dir, total_steps):
+    """The core-minutes a row has still to train: row_core_minutes less the share of its
+    `total_steps` its last checkpoint holds (a resumed run has done some)."""
+    last = os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME)
+    done = ckpt.read_json(last, "checkpoint meta").get("global_step", 0) if os.path.exists(last) else 0
+    return row_core_minutes(planned) * max(1.0 - done / total_steps, 0.0)
+
+
 class RowScorer:
     """Scores finished runs into rows as they land, the scoring batches drawn once, at the first; a
     row that fails to score is reported and left for the next chunk (its run is kept)."""
@@ -376,13 +384,16 @@ def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=say):
         for planned in [r for r in missing if run_finished(os.path.join(runs_dir, r["name"]))]:
             score(planned["name"])
         todo = [r for r in missing if not run_finished(os.path.join(runs_dir, r["name"]))][:count]
+        cfg = setting_config(bench_dir)
+        minutes = {r["name"]: row_minutes_left(r, os.path.join(runs_dir, r["name"]),
+                                               cfg["num_epochs"] * cfg["steps_per_epoch"]) for r in todo}
         log(f"training {len(todo)} rows, {jobs} at a time: " + " ".join(r["name"] for r in todo)
-            + f" (about {sum(row_core_minutes(r) for r in todo) / 60:.1f} core-hours)")
+            + f" (about {sum(minutes.values()) / 60:.1f} core-hours)")
         for planned in todo:
             start_commit_file(os.path.join(runs_dir, planned["name"]), os.path.dirname(os.path.abspath(train_py)))
         parallel.run_all([row_child(bench_dir, r, runs_dir, train_py) for r in todo], jobs,
-                         cores=parallel.usable_cores()[:jobs],
-                         env=tensorflow_quiet.child_environment(), on_finished=score, log=log)
+                         cores=parallel.usable_cores()[:jobs], env=tensorflow_quiet.child_environment(),
+                         on_finished=score, log=log, work=minutes)
         left = missing_rows(plan, read_rows(bench_dir, plan))
     log(f"{len(plan['rows']) - len(left)} of {len(plan['rows'])} rows written, {len(left)} to train "
         f"(about {sum(row_core_minutes(r) for r in left) / 60:.1f} core-hours)"
@@ -414,21 +425,26 @@ def paired_se(row_a, row_b):
     return metrics.paired_se(row_a["pair_epe"], row_b["pair_epe"], np.ones(len(row_a["pair_epe"])))
 
 
-def band_regrets(ranked, supernet_epe, band=REGRET_BAND):
+def band_regrets(ranked, supernet_epe, band=REGRET_BAND, shortlist=1, chosen_by=None):
     """For each distinct cost band (the rows within +-band of a row's GMACs, two or more): the
-    standalone EPE of the supernet's pick (its lowest supernet EPE) minus the band's best standalone
-    EPE, in EPE and in paired SEs between the two rows."""
+    standalone EPE of the pick minus the band's best standalone EPE, in EPE and in paired SEs between
+    the two rows. The pick: among the `shortlist` lowest supernet EPEs of the band (None: all of it),
+    the lowest `chosen_by` {arch: EPE} (a refine stage's, or training alone's), by default the
+    supernet's own lowest."""
+    chosen_by = chosen_by or supernet_epe
     bands, seen = [], set()
     for centre in ranked:
         members = tuple(i for i, r in enumerate(ranked) if abs(r["gmacs"] - centre["gmacs"]) <= band * centre["gmacs"])
         if len(members) < 2 or members in seen:
             continue
         seen.add(members)
-        pick = min(members, key=lambda i: supernet_epe[ranked[i]["arch"]])
+        short = sorted(members, key=lambda i: (supernet_epe[ranked[i]["arch"]], i))[:shortlist or len(members)]
+        pick = min(short, key=lambda i: (chosen_by[ranked[i]["arch"]], i))
         best = min(members, key=lambda i: ranked[i]["epe"])
         regret = ranked[pick]["epe"] - ranked[best]["epe"]
         bands.append({"centre": centre["arch"], "gmacs": centre["gmacs"], "members": len(members),
-                      "pick": ranked[pick]["arch"], "best": ranked[best]["arch"], "regret": regret,
+                      "shortlist": len(short), "pick": ranked[pick]["arch"], "best": ranked[best]["arch"],
+                      "regret": regret,
                       "regret_se": regret / paired_se(ranked[pick], ranked[best]) if pick != best else 0.0})
     regrets = [b["regret"] for b in bands]
     return {"band": band, "bands": bands, "mean": float(np.mean(regrets)) if bands else None,

@@ -106,7 +106,9 @@ shared by several sections are in section 0.
       TestParallel              cores dealt to slots, time left, GPUs, TensorFlow's quiet, failures and interrupts
 39. rank_bench.py: the ranking benchmark rankbench/
       TestRankBench             the plan and its rule, the fingerprint, the report by hand, rows refused, chunks
-40. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line
+40. bench_methods.py: remedies for the supernet's ranking against the bench's rows
+      TestBenchMethods          the methods table by hand: shortlists refined or trained alone, their regret, tau
+41. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line
       TestBadInput              bad config, flags, checkpoints and datasets: a one-line error
       TestHostileInput          damaged parts, lists, tables, configs, reports: named, nothing merged or half-written
       TestOneWriter             run names stay inside output_dir; a second writer is refused; no stale lock
@@ -129,6 +131,7 @@ import configparser
 import contextlib
 import csv
 import dataclasses
+import glob
 import hashlib
 import itertools
 import json
@@ -152,6 +155,7 @@ import tensorflow as tf
 import atomic_files
 import batches
 import bench
+import bench_methods
 import ckpt
 import compiler
 import config
@@ -4860,9 +4864,14 @@ class TestParallel:
 
     def test_time_left_is_the_mean_time_of_the_rest_less_what_runs_shared_over_slots(self):
         # 2 of 5 done in 60 and 120 s (mean 90): 3 left, 270 s of work less the 30 s one has run, over 2 slots
-        line = parallel.progress_line("b", [60.0, 120.0], [30.0], 2, 2)
+        line = parallel.progress_line("b", [(60.0, 1), (120.0, 1)], [(30.0, 1)], [1, 1], 2)
         assert line == "[2/5] b finished in 2m00s; 1 running, 2 waiting, about 2m00s left"
-        assert parallel.progress_line("e", [60.0] * 5, [], 0, 2) == "[5/5] e finished in 1m00s; 0 running, 0 waiting"
+        assert parallel.progress_line("e", [(60.0, 1)] * 5, [], [], 2) == "[5/5] e finished in 1m00s; 0 running, " \
+                                                                           "0 waiting"
+        # weighed: a resumed child did 0.25 of a run in 60 s (240 s a run); 2 runs of 1 and one of 0.5 left,
+        # less the 100 s the running one has done, over 2 slots: (2.5 * 240 - 100) / 2 = 250 s
+        line = parallel.progress_line("r", [(60.0, 0.25)], [(100.0, 1.0)], [1.0, 0.5], 2)
+        assert line.endswith("about 4m10s left")
 
     @pytest.mark.skipif(len(parallel.usable_cores()) < 2, reason="needs two cores")
     def test_children_run_two_at_a_time_each_on_its_own_cores(self, tmp_path):
@@ -4945,6 +4954,22 @@ def _hand_row(name, arch, seed, pair_epe, gmacs, stopped=True):
             "commit": "x", "command": "x"}
 
 
+def _hand_bench():
+    """(archs, rows, supernet EPEs, plan) of a bench written by hand: six archs in three cost bands
+    (0.30-0.32, 0.50-0.52, 0.70), 40 pairs each, three of them with a second seed."""
+    rng = np.random.default_rng(3)
+    gmacs = [0.30, 0.31, 0.32, 0.50, 0.52, 0.70]
+    truth = [1.10, 1.00, 1.20, 0.90, 0.95, 0.80]
+    archs = [supernet.format_arch(supernet.index_to_arch(i)) for i in (5, 77, 300, 4000, 9000, 19000)]
+    rows = {}
+    for i, (a, g, t) in enumerate(zip(archs, gmacs, truth)):
+        rows[f"r{i}"] = _hand_row(f"r{i}", a, 42, t + rng.normal(0, 0.05, 40), g)
+    for i in (0, 2, 4):
+        rows[f"s{i}"] = _hand_row(f"s{i}", archs[i], 43, truth[i] + 0.01 * (i - 2) + rng.normal(0, 0.05, 40),
+                                  gmacs[i])
+    return archs, rows, dict(zip(archs, [1.5, 1.6, 1.4, 1.3, 1.2, 1.1])), {"rule": {"training_seeds": [42, 43]}}
+
+
 def _kendall_by_pairs(x, y):
     """Kendall tau (no ties) counted pair by pair."""
     signs = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in itertools.combinations(range(len(x)), 2)]
@@ -5010,18 +5035,7 @@ class TestRankBench:
             rank_bench.check_fingerprint(str(BENCH), plan)
 
     def test_report_against_a_hand_computation(self):
-        rng = np.random.default_rng(3)
-        gmacs = [0.30, 0.31, 0.32, 0.50, 0.52, 0.70]
-        truth = [1.10, 1.00, 1.20, 0.90, 0.95, 0.80]
-        archs = [supernet.format_arch(supernet.index_to_arch(i)) for i in (5, 77, 300, 4000, 9000, 19000)]
-        rows = {}
-        for i, (a, g, t) in enumerate(zip(archs, gmacs, truth)):
-            rows[f"r{i}"] = _hand_row(f"r{i}", a, 42, t + rng.normal(0, 0.05, 40), g)
-        for i in (0, 2, 4):
-            rows[f"s{i}"] = _hand_row(f"s{i}", archs[i], 43, truth[i] + 0.01 * (i - 2) + rng.normal(0, 0.05, 40),
-                                      gmacs[i])
-        supernet_epe = dict(zip(archs, [1.5, 1.6, 1.4, 1.3, 1.2, 1.1]))
-        plan = {"rule": {"training_seeds": [42, 43]}}
+        archs, rows, supernet_epe, plan = _hand_bench()
         report = rank_bench.bench_report(plan, rows, supernet_epe, 50, 0)
         order = sorted(range(6), key=lambda i: archs[i])  # the report ranks by arch code
         sup = [supernet_epe[archs[i]] for i in order]
@@ -5044,6 +5058,15 @@ class TestRankBench:
         by_arch = sorted(range(3), key=lambda j: archs[(0, 2, 4)[j]])
         assert ceiling["archs"] == 3 and ceiling["kendall_tau_b"] == pytest.approx(
             _kendall_by_pairs([first[j] for j in by_arch], [second[j] for j in by_arch]))
+
+    def test_a_resumed_row_weighs_the_steps_it_has_left(self, tmp_path):
+        planned = {"gmacs": 0.5}
+        assert rank_bench.row_minutes_left(planned, str(tmp_path / "fresh"), 6000) == rank_bench.row_core_minutes(
+            planned) == pytest.approx(13.6 + (0.5 - 0.278) * (33.9 - 13.6) / (0.770 - 0.278))
+        (tmp_path / "run" / "checkpoints" / "last").mkdir(parents=True)
+        (tmp_path / "run" / "checkpoints" / "last" / ckpt.META_NAME).write_text(json.dumps({"global_step": 1500}))
+        assert rank_bench.row_minutes_left(planned, str(tmp_path / "run"), 6000) == pytest.approx(
+            0.75 * rank_bench.row_core_minutes(planned))
 
     def test_rows_that_do_not_fit_the_plan_are_refused(self, tmp_path):
         folder = tmp_path / "b"
@@ -5092,9 +5115,61 @@ class TestRankBench:
         assert report["num_archs"] == 3 and report["rows"] == 4 and (sup / "s" / "rank_bench" / "rank.png").exists()
         assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
+        # the refine stage on the bench: every arch fine-tuned from the supernet, its last checkpoint scored
+        refine = ["--bench", bench, "--supernet", str(sup / "s"), "--bootstrap", "50", "--refine_steps", "4"]
+        assert rank.main(refine + ["--jobs", jobs]) == 0
+        report = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
+        scored = rank_bench.scoring_data(bench, plan)
+        settings = dict(config.defaults()["refine"], steps=4)
+        for code, epe in report["refined"]["4"].items():
+            child = refining.child_dir_of(str(sup / "s"), code, settings)
+            assert json.loads(open(os.path.join(child, "train_report.json")).read())["global_step"] == 4
+            alone = rank_bench.pair_epes(child, supernet.parse_arch(code), "last", scored)
+            assert epe == pytest.approx(alone.mean(), abs=1e-5)
+        assert sorted(report["refined"]["4"]) == sorted(archs)
+        names = [m["method"] for m in report["methods"]]
+        assert names[0] == "supernet" and "supernet, top all refined 4 steps" in names
+        trained = glob.glob(str(sup / "s" / "refine" / "runs" / "*" / "train_report.json"))
+        kept = {p: os.path.getmtime(p) for p in trained}
+        assert rank.main(refine) == 0 and "trained already, training 0" in capsys.readouterr().out
+        assert json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())["methods"] == report["methods"]
+        assert all(os.path.getmtime(p) == t for p, t in kept.items()) and len(kept) == 3
 
 
-# ==== 40. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
+# ==== 40. bench_methods.py: remedies for the supernet's ranking against the bench's rows =============================
+
+class TestBenchMethods:
+    def test_methods_against_a_hand_computation(self):
+        archs, rows, supernet_epe, plan = _hand_bench()
+        report = rank_bench.bench_report(plan, rows, supernet_epe, 50, 0)
+        order = sorted(range(6), key=lambda i: archs[i])  # the report ranks by arch code
+        alone = [rows[f"r{i}"]["epe"] for i in order]
+        epe = {archs[i]: rows[f"r{i}"]["epe"] for i in range(6)}
+        refined = dict(zip(archs, [1.00, 0.90, 1.05, 0.70, 0.75, 0.60]))
+        methods = bench_methods.methods_table(plan, rows, supernet_epe, 300, {8: refined}, 50, 0)
+        table = {m["method"]: m for m in methods}
+        # two cost bands: 0.30-0.32 and 0.50-0.52 (0.70 has no neighbour within 10%); in each, the
+        # supernet's K lowest are shortlisted and the lowest refined (or standalone) EPE among them is picked
+        for k, name, chosen_by in ((2, "supernet, top 2 refined 8 steps", refined),
+                                   (None, "supernet, top all refined 8 steps", refined),
+                                   (2, "supernet, top 2 trained alone", epe), (1, "supernet", supernet_epe)):
+            regrets = []
+            for band in ([0, 1, 2], [3, 4]):
+                short = sorted(band, key=lambda i: supernet_epe[archs[i]])[:k or len(band)]
+                pick = min(short, key=lambda i: chosen_by[archs[i]])
+                regrets.append(epe[archs[pick]] - min(epe[archs[i]] for i in band))
+            assert table[name]["regret_mean"] == pytest.approx(np.mean(regrets)) and table[name]["bands"] == 2
+            assert table[name]["once_steps"] == 300
+        assert table["supernet, top 2 refined 8 steps"]["regret_mean"] > 0  # the shortlist misses the best here
+        assert table["supernet, top all refined 8 steps"]["regret_mean"] == 0
+        assert table["supernet, top all refined 8 steps"]["kendall_tau_b"] == pytest.approx(
+            _kendall_by_pairs([refined[archs[i]] for i in order], alone))
+        assert table["supernet, top 2 refined 8 steps"]["kendall_tau_b"] is None  # it orders only its shortlists
+        assert table["supernet"]["kendall_tau_b"] == report["kendall_tau_b"]
+        assert table["supernet, top 2 trained alone"]["steps_per_pick"] == 2 * 1  # two per band, rows of 1 step
+
+
+# ==== 41. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
 
 
 def _imports(module):

@@ -1,0 +1,91 @@
+"""Remedies for the supernet's ranking scored against the ranking benchmark's rows: the refine stage
+(each arch of the rows fine-tuned from the supernet's weights, refining's children, scored on the rows'
+own batches) and training a shortlist alone, beside the supernet itself, in one methods table:
+compute, tau-b and top-3 where a method orders every arch, and the regret of its pick in each cost band.
+"""
+import os
+
+import numpy as np
+
+import ckpt
+import config
+import rank_bench
+import ranking
+import refining
+import search_parts
+
+REFINE_SHORTLISTS = (2, 4, None)  # a cost band's K lowest supernet EPEs refined, or trained alone (None: all)
+
+
+def refine_folder(out, settings):
+    """Where the bench's refined scores at these refine settings are kept: <out>/refine_n<steps>_e<epochs>."""
+    return os.path.join(out, f"refine_n{settings['steps']}_e{settings['epochs']}")
+
+
+def refine_archs(supernet_dir, codes, settings, at_once, scored, out, train_py, log):
+    """{arch code: {"epe", "sample_epe", "checkpoint"}}: each of `codes` fine-tuned from the supernet's
+    best weights for settings' steps (refining's children under <supernet>/refine/runs/, shared with
+    refine.py), its last checkpoint scored on the rows' own batches; the scores are kept in
+    refine_folder(out, settings), so a rerun after any kill trains and scores only what is missing."""
+    cfg = config.run_config(supernet_dir)
+    folder = refine_folder(out, settings)
+    with ckpt.writer_lock(os.path.join(supernet_dir, refining.REFINE_DIR), "refinement"):
+        os.makedirs(folder, exist_ok=True)
+        book = refining.ScoreBook(folder, search_parts.batches_fingerprint(*scored))
+        archs = {refining.child_dir_of(supernet_dir, code, settings): code for code in codes}
+        score = refining.Scorer(book, archs, scored, (cfg["input_h"], cfg["input_w"]), None, log)
+        refined = {}
+        refining.train_children(supernet_dir, codes, settings, at_once, train_py, f"the bench's {len(codes)} archs",
+                                log, lambda child_dir: refined.update({archs[child_dir]: score(child_dir)}))
+    return refined
+
+
+def method(name, once, per_pick, ranked, supernet_epe, order=None, bootstrap=0, seed=0, **regret):
+    """One line of the methods table: `once` subnet training steps (the supernet's), `per_pick` more
+    per shortlisted subnet of a band, tau-b [interval] and top-3 overlap of `order` {arch: EPE} when
+    the method orders every arch, and its regret (band_regrets with `regret`)."""
+    regrets = rank_bench.band_regrets(ranked, supernet_epe, **regret)
+    picks = np.mean([b["shortlist"] for b in regrets["bands"]]) if regrets["bands"] else 0.0
+    row = {"method": name, "once_steps": once, "steps_per_pick": float(picks * per_pick),
+           "regret_mean": regrets["mean"], "regret_max": regrets["max"], "regret_mean_se": regrets["mean_se"],
+           "pick_is_best": regrets["pick_is_best"], "bands": len(regrets["bands"]), "kendall_tau_b": None,
+           "tau_ci95": None, "top3_overlap": None}
+    if order is not None:
+        mine, alone = [order[r["arch"]] for r in ranked], [r["epe"] for r in ranked]
+        row.update(kendall_tau_b=ranking.rank_correlations(mine, alone)[0],
+                   tau_ci95=ranking.bootstrap_intervals(mine, alone, bootstrap, seed)["tau_ci95"],
+                   top3_overlap=ranking.top_k_overlap(mine, alone).get(3))
+    return row
+
+
+def methods_table(plan, rows, supernet_epe, supernet_steps, refined, bootstrap, seed):
+    """The supernet, the supernet with its shortlists refined (refined: {steps: {arch: refined EPE}}),
+    and the same shortlists trained alone (the rows), each against the rows: compute in subnet
+    training steps at the bench's batch, tau-b and top-3 where a method orders every arch, regret of
+    its pick in each cost band."""
+    ranked, _ = rank_bench.ranked_and_second(plan, rows)
+    alone = {r["arch"]: r["epe"] for r in ranked}
+    row_steps = float(np.mean([r["steps"] for r in ranked]))
+    table = [method("supernet", supernet_steps, 0, ranked, supernet_epe, supernet_epe, bootstrap, seed)]
+    for steps, epes in sorted(refined.items()):
+        for k in REFINE_SHORTLISTS:
+            table.append(method(f"supernet, top {k or 'all'} refined {steps} steps", supernet_steps, steps, ranked,
+                                supernet_epe, None if k else epes, bootstrap, seed, shortlist=k, chosen_by=epes))
+    for k in REFINE_SHORTLISTS[:-1]:
+        table.append(method(f"supernet, top {k} trained alone", supernet_steps, row_steps, ranked, supernet_epe,
+                            shortlist=k, chosen_by=alone))
+    return table
+
+
+def methods_lines(table):
+    """The methods table as printed."""
+    lines = [f"{'method':<40} {'supernet steps':>14} {'steps per pick':>14} {'tau-b [95%]':>22} {'top-3':>5} "
+             f"{'regret (SE)':>16} {'best':>7}"]
+    for m in table:
+        tau = "" if m["kendall_tau_b"] is None else \
+            f"{m['kendall_tau_b']:.3f} [{m['tau_ci95'][0]:.2f}, {m['tau_ci95'][1]:.2f}]"
+        top3 = "" if m["top3_overlap"] is None else f"{m['top3_overlap']:.2f}"
+        regret = "" if m["regret_mean"] is None else f"{m['regret_mean']:.4f} ({m['regret_mean_se']:.1f})"
+        lines.append(f"{m['method']:<40} {m['once_steps']:>14,} {m['steps_per_pick']:>14,.0f} {tau:>22} {top3:>5} "
+                     f"{regret:>16} {m['pick_is_best']:>3}/{m['bands']:<3}")
+    return lines
