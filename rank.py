@@ -206,7 +206,10 @@ def bench_ranking(args):
                   scoring=plan["scoring"], seconds=time.time() - start, devices=hardware, refined=refined,
                   methods=bench_methods.methods_table(plan, rows, epes, supernet_steps, refined, args.bootstrap,
                                                    args.seed))
-    return write_ranking(out, report, rank_bench.report_lines(report) + bench_methods.methods_lines(report["methods"]))
+    write_ranking(out, report, rank_bench.report_lines(report) + bench_methods.methods_lines(report["methods"]))
+    rank_plot.plot_methods(report["methods"], os.path.join(out, "methods.png"))
+    print(f"and {os.path.join(out, 'methods.png')}")
+    return report
 
 
 def bench_refined(args, hardware, codes, scored, out):

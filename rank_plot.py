@@ -1,5 +1,5 @@
 """rank.png, the ranking study drawn: the supernet's order against training each subnet alone, and the
-standalone EPEs against cost with the search's choice."""
+standalone EPEs against cost with the search's choice; methods.png, the bench's methods table drawn."""
 
 
 def plot_ranking(report, path):
@@ -50,3 +50,40 @@ def plot_cost_panel(ax, report):
     ax.set_xlabel("GMACs")
     ax.set_ylabel("standalone EPE (open: second seed)")
     ax.legend(loc="upper right", fontsize=8)
+
+
+def plot_methods(methods, path):
+    """methods.png, the bench's methods table drawn: each method's mean regret over the cost bands
+    (the bar) and its worst band (the cap) against the subnet training steps it adds per pick; and
+    tau-b with its 95% interval for the methods that order every arch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_regret, ax_tau) = plt.subplots(1, 2, figsize=(15, 5.5))
+    shown = [m for m in methods if m["regret_mean"] is not None]
+    for i, m in enumerate(shown):
+        x = max(m["steps_per_pick"], 1.0)  # the supernet adds nothing per pick: drawn at 1 on the log axis
+        ax_regret.errorbar([x], [m["regret_mean"]], yerr=[[0], [m["regret_max"] - m["regret_mean"]]], fmt="o",
+                           capsize=4, c=f"C{i % 10}", label=f"{m['method']}: best in {m['pick_is_best']}/{m['bands']}")
+    ax_regret.set_xscale("log")
+    ax_regret.set_xlabel("subnet training steps added per pick (the supernet alone at 1)")
+    ax_regret.set_ylabel("regret: pick's standalone EPE - band's best (mean, cap: worst band)")
+    ax_regret.grid(alpha=0.3)
+    if shown:
+        ax_regret.legend(fontsize=7)
+    else:
+        ax_regret.text(0.5, 0.5, "no cost band holds two rows", ha="center", transform=ax_regret.transAxes)
+    ordered = [m for m in methods if m["kendall_tau_b"] is not None]
+    y = list(range(len(ordered)))
+    ax_tau.errorbar([m["kendall_tau_b"] for m in ordered], y, fmt="o", capsize=4,  # a percentile interval may
+                    xerr=[[max(m["kendall_tau_b"] - m["tau_ci95"][0], 0) for m in ordered],  # miss the point
+                          [max(m["tau_ci95"][1] - m["kendall_tau_b"], 0) for m in ordered]])
+    ax_tau.set_yticks(list(y), [m["method"] for m in ordered], fontsize=8)
+    ax_tau.axvline(0, c="k", lw=0.8)
+    ax_tau.set_xlim(-1, 1)
+    ax_tau.set_xlabel("Kendall tau-b against the rows, 95% bootstrap interval")
+    ax_tau.grid(alpha=0.3)
+    fig.suptitle(f"methods against the ranking benchmark's rows ({shown[0]['bands'] if shown else 0} cost bands)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -5128,6 +5128,7 @@ class TestRankBench:
             assert epe == pytest.approx(alone.mean(), abs=1e-5)
         assert sorted(report["refined"]["4"]) == sorted(archs)
         names = [m["method"] for m in report["methods"]]
+        assert (sup / "s" / "rank_bench" / "methods.png").stat().st_size > 10000
         assert names[0] == "supernet" and "supernet, top all refined 4 steps" in names
         trained = glob.glob(str(sup / "s" / "refine" / "runs" / "*" / "train_report.json"))
         kept = {p: os.path.getmtime(p) for p in trained}
