@@ -28,16 +28,11 @@ def refine_archs(supernet_dir, codes, settings, at_once, scored, out, train_py, 
     refine.py), its last checkpoint scored on the rows' own batches; the scores are kept in
     refine_folder(out, settings), so a rerun after any kill trains and scores only what is missing."""
     cfg = config.run_config(supernet_dir)
-    folder = refine_folder(out, settings)
     with ckpt.writer_lock(os.path.join(supernet_dir, refining.REFINE_DIR), "refinement"):
-        os.makedirs(folder, exist_ok=True)
-        book = refining.ScoreBook(folder, search_parts.batches_fingerprint(*scored))
-        archs = {refining.child_dir_of(supernet_dir, code, settings): code for code in codes}
-        score = refining.Scorer(book, archs, scored, (cfg["input_h"], cfg["input_w"]), None, log)
-        refined = {}
-        refining.train_children(supernet_dir, codes, settings, at_once, train_py, f"the bench's {len(codes)} archs",
-                                log, lambda child_dir: refined.update({archs[child_dir]: score(child_dir)}))
-    return refined
+        return refining.train_and_score(supernet_dir, codes, settings, at_once,
+                                        (scored, (cfg["input_h"], cfg["input_w"]), None), refine_folder(out, settings),
+                                        search_parts.batches_fingerprint(*scored), train_py,
+                                        f"the bench's {len(codes)} archs", log)
 
 
 def method(name, once, per_pick, ranked, supernet_epe, order=None, bootstrap=0, seed=0, **regret):
@@ -58,34 +53,37 @@ def method(name, once, per_pick, ranked, supernet_epe, order=None, bootstrap=0, 
     return row
 
 
-def methods_table(plan, rows, supernet_epe, supernet_steps, refined, bootstrap, seed):
+def methods_table(plan, rows, supernet_epe, supernet_steps, refined, bootstrap, seed, refine_scale=1.0):
     """The supernet, the supernet with its shortlists refined (refined: {steps: {arch: refined EPE}}),
     and the same shortlists trained alone (the rows), each against the rows: compute in subnet
-    training steps at the bench's batch, tau-b and top-3 where a method orders every arch, regret of
-    its pick in each cost band."""
+    training steps at the bench's batch (a refined child's steps count refine_scale each: its batch
+    over the bench's), tau-b and top-3 where a method orders every arch, regret of its pick in each
+    cost band. Training alone is picked and judged on the same rows, so its regret is only that of
+    the shortlist missing the band's best: the reference a remedy is measured against."""
     ranked, _ = rank_bench.ranked_and_second(plan, rows)
     alone = {r["arch"]: r["epe"] for r in ranked}
     row_steps = float(np.mean([r["steps"] for r in ranked]))
     table = [method("supernet", supernet_steps, 0, ranked, supernet_epe, supernet_epe, bootstrap, seed)]
     for steps, epes in sorted(refined.items()):
         for k in REFINE_SHORTLISTS:
-            table.append(method(f"supernet, top {k or 'all'} refined {steps} steps", supernet_steps, steps, ranked,
-                                supernet_epe, None if k else epes, bootstrap, seed, shortlist=k, chosen_by=epes))
+            table.append(method(f"supernet, top {k or 'all'} refined {steps} steps", supernet_steps,
+                                steps * refine_scale, ranked, supernet_epe, None if k else epes, bootstrap, seed,
+                                shortlist=k, chosen_by=epes))
     for k in REFINE_SHORTLISTS[:-1]:
-        table.append(method(f"supernet, top {k} trained alone", supernet_steps, row_steps, ranked, supernet_epe,
-                            shortlist=k, chosen_by=alone))
+        table.append(method(f"supernet, top {k} trained alone (the rows)", supernet_steps, row_steps, ranked,
+                            supernet_epe, shortlist=k, chosen_by=alone))
     return table
 
 
 def methods_lines(table):
-    """The methods table as printed."""
-    lines = [f"{'method':<40} {'supernet steps':>14} {'steps per pick':>14} {'tau-b [95%]':>22} {'top-3':>5} "
-             f"{'regret (SE)':>16} {'best':>7}"]
+    """The methods table as printed (regret: mean over the bands, in EPE and in paired SEs)."""
+    lines = [f"{'method':<44} {'supernet steps':>14} {'steps per pick':>14} {'tau-b [95%]':>22} {'top-3':>5} "
+             f"{'regret (paired SEs)':>20} {'best':>7}"]
     for m in table:
         tau = "" if m["kendall_tau_b"] is None else \
             f"{m['kendall_tau_b']:.3f} [{m['tau_ci95'][0]:.2f}, {m['tau_ci95'][1]:.2f}]"
         top3 = "" if m["top3_overlap"] is None else f"{m['top3_overlap']:.2f}"
         regret = "" if m["regret_mean"] is None else f"{m['regret_mean']:.4f} ({m['regret_mean_se']:.1f})"
-        lines.append(f"{m['method']:<40} {m['once_steps']:>14,} {m['steps_per_pick']:>14,.0f} {tau:>22} {top3:>5} "
-                     f"{regret:>16} {m['pick_is_best']:>3}/{m['bands']:<3}")
+        lines.append(f"{m['method']:<44} {m['once_steps']:>14,.0f} {m['steps_per_pick']:>14,.0f} {tau:>22} "
+                     f"{top3:>5} {regret:>20} {m['pick_is_best']:>3}/{m['bands']:<3}")
     return lines

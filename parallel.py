@@ -58,6 +58,15 @@ def progress_line(name, finished, running, waiting, jobs):
             f"{len(waiting)} waiting{estimate}")
 
 
+def _weigher(work):
+    """name -> the child's work for the time left: `work`'s, at least 5% of the mean (a child with
+    almost nothing left still starts up and saves), or 1 each without `work`."""
+    if not work:
+        return lambda name: 1.0
+    floor = max(0.05 * sum(work.values()) / len(work), 1e-9)
+    return lambda name: max(work[name], floor)
+
+
 def _say(line):
     print(line, flush=True)  # before the children's own output, also through a pipe
 
@@ -106,7 +115,7 @@ def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, gpu
         raise RankError(f"--jobs {jobs}: must be within 1..{gpus} (one run per GPU)")
     slots = [[f"GPU {slot}"] for slot in range(jobs)] if gpus else slot_cores(jobs, cores)
     waiting, running, failed, finished = list(children), {}, [], []
-    weight = (lambda name: work[name]) if work else (lambda name: 1.0)
+    weight = _weigher(work)
     last_beat = time.monotonic()
     try:
         while waiting or running:

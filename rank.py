@@ -12,6 +12,7 @@ of the evaluation (spread over validation batches, rank agreement between two ha
     python rank.py --margin outputs/alone_000000000 outputs/alone_222222222              # two subnets alone
     python rank.py --bench rankbench --train_rows 12 --jobs 2        # the benchmark's next 12 rows (resumes)
     python rank.py --bench rankbench --supernet outputs/bench_supernet  # a supernet against the rows
+    python rank.py --bench rankbench --supernet outputs/bench_supernet --refine_steps 100 400 --jobs 2
 """
 import glob
 import os
@@ -26,7 +27,6 @@ import atomic_files
 import batches
 import bench_methods
 import ckpt
-import config
 import data_fc2
 import errors
 import fair
@@ -98,7 +98,8 @@ def parse_args(argv):
     parser.add_argument("--search_choice", action="store_true", help="compare the whole-space search's choice at "
                         "the median GMACs with the subnets of similar cost: with --train it is trained too (two "
                         "seeds), else its runs must be among those given")
-    parser.add_argument("--jobs", type=int, default=1, help="with --train: train this many subnets at once, each "
+    parser.add_argument("--jobs", type=int, default=1, help="with --train, --train_rows or --refine_steps: train "
+                        "this many subnets at once, each "
                         "pinned to its share of the CPU cores (on a CPU, two runs on one core each finish sooner "
                         "than one after the other on both), or where there are GPUs each on its own GPU (at most "
                         "one per GPU)")
@@ -117,18 +118,7 @@ def parse_args(argv):
     parser.add_argument("--margin", nargs=2, metavar=("A", "B"), help="only compare two standalone runs on A's "
                         "batches: EPE of each, B minus A with its paired standard error, whether each had stopped "
                         "falling; written to B/margin_vs_<A's name>.json (or --out)")
-    parser.add_argument("--bench", metavar="DIR", help="the ranking benchmark's folder (plan.json, setting.json, "
-                        "rows/): alone, how many rows are written; with --train_rows, train the next rows; with "
-                        "--supernet, score that supernet against the rows")
-    parser.add_argument("--train_rows", type=int, metavar="N", help="with --bench: train the next N rows it lacks "
-                        "(--jobs at once), each scored into its row as it finishes; resumes after any kill")
-    parser.add_argument("--refine_steps", type=int, nargs="+", metavar="N", help="with --bench and --supernet: also "
-                        "fine-tune every arch of the rows from the supernet for N steps (refine.py's children, "
-                        "config.json's refine epochs; --jobs at once) and score each; the methods table then has "
-                        "the refine stage at each N beside the supernet alone and training alone")
-    parser.add_argument("--runs_dir", default=os.path.join("outputs", "rankbench"),
-                        help="with --train_rows: where the bench's runs train (their checkpoints are dropped once "
-                        "their row is written)")
+    add_bench_flags(parser)
     args = parser.parse_args(argv)
     check_bench_flags(parser, args)
     if not (args.compare or args.margin or args.bench) and not args.supernet:
@@ -155,18 +145,37 @@ def parse_args(argv):
     return args
 
 
+def add_bench_flags(parser):
+    """The ranking benchmark's flags: --bench, --train_rows, --refine_steps, --runs_dir."""
+    parser.add_argument("--bench", metavar="DIR", help="the ranking benchmark's folder (plan.json, setting.json, "
+                        "rows/): alone, how many rows are written; with --train_rows, train the next rows; with "
+                        "--supernet, score that supernet against the rows")
+    parser.add_argument("--train_rows", type=int, metavar="N", help="with --bench: train the next N rows it lacks "
+                        "(--jobs at once), each scored into its row as it finishes; resumes after any kill")
+    parser.add_argument("--refine_steps", type=int, nargs="+", metavar="N", help="with --bench and --supernet: also "
+                        "fine-tune every arch of the rows from the supernet for N steps (refine.py's children, "
+                        "config.json's refine epochs; --jobs at once) and score each; the methods table then has "
+                        "the refine stage at each N beside the supernet alone and training alone")
+    parser.add_argument("--runs_dir", default=os.path.join("outputs", "rankbench"),
+                        help="with --bench: where the bench's runs train (their checkpoints are dropped once "
+                        "their row is written; a started run's steps left count in the time left)")
+
+
 def check_bench_flags(parser, args):
     """--bench's flags: alone, with --train_rows N (N >= 1), or with --supernet; nothing else."""
     if args.train_rows is not None and not args.bench:
         parser.error("--train_rows goes with --bench")
+    if args.refine_steps and not (args.bench and args.supernet):
+        parser.error("--refine_steps goes with --bench and --supernet")
+    if args.refine_steps and args.checkpoint_type != refining.KIND:
+        parser.error(f"--refine_steps starts every child from the supernet's {refining.KIND} checkpoint: score "
+                     f"that one (--checkpoint_type {refining.KIND})")
     if not args.bench:
         return
     if args.standalone or args.standalone_glob or args.train is not None or args.compare or args.margin:
         parser.error("--bench takes --train_rows or --supernet, not --standalone, --train, --compare or --margin")
     if args.train_rows is not None and (args.train_rows < 1 or args.supernet):
         parser.error("--train_rows must be >= 1 and does not go with --supernet")
-    if args.refine_steps and not (args.bench and args.supernet):
-        parser.error("--refine_steps goes with --bench and --supernet")
 
 
 def bench_status(args):
@@ -177,19 +186,24 @@ def bench_status(args):
     falling = sorted(name for name, row in rows.items() if row["stopping"]["stopped"] is False)
     print(f"{args.bench}: {len(rows)} of {len(plan['rows'])} rows written"
           + (f" ({len(falling)} still falling: {' '.join(falling)})" if falling else "")
-          + f"; {len(left)} to train, about {sum(map(rank_bench.row_core_minutes, left)) / 60:.1f} core-hours"
+          + f"; {len(left)} to train, about {rank_bench.core_hours_left(args.bench, left, args.runs_dir):.1f} "
+            "core-hours"
           + (f"; next: {' '.join(r['name'] for r in left[:4])}" if left else ""))
 
 
 def bench_ranking(args):
     """--bench DIR --supernet RUN: the supernet scores the bench's archs on the rows' own batches;
-    its order against the rows, into rank_report.json and rank.png (default <supernet>/rank_bench)."""
+    its order against the rows, and the methods table (with --refine_steps, every arch refined from
+    it), into rank_report.json, rank.png and methods.png (default <supernet>/rank_bench)."""
     start, hardware = time.time(), devices.report()
     plan = rank_bench.read_plan(args.bench)
     rows = rank_bench.read_rows(args.bench, plan)
     supernet_cfg, supernet_report = ranking.read_run(args.supernet)
     rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
     out = output_folder(args, os.path.join(args.supernet, "rank_bench"))
+    refining_plan = [refining.settings_from({"steps": steps}, lambda key: "--refine_steps" if key == "steps" else
+                                            f"config.json's refine.{key}") for steps in args.refine_steps or []]
+    at_once = refining.children_at_once(args.jobs, hardware, len(rows)) if refining_plan else None
     scored = rank_bench.scoring_data(args.bench, plan)
     archs = sorted({supernet.parse_arch(r["arch"]) for r in rows.values()})
     sizes = [len(flows) for _, flows in scored[1]]
@@ -200,34 +214,19 @@ def bench_ranking(args):
                                     on_scored=scoring_progress(len(archs)))
     epes = {supernet.format_arch(a): ranking.batch_weighted_epe(e, sizes) for a, e in per_batch.items()}
     report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
-    refined = bench_refined(args, hardware, [r["arch"] for r in report["archs"]], scored, out)
-    supernet_steps = supernet_report["global_step"] * fair.paths_per_cycle()
+    refined = {settings["steps"]: {code: score["epe"] for code, score in bench_methods.refine_archs(
+        args.supernet, [r["arch"] for r in report["archs"]], settings, at_once, scored, out,
+        os.path.join(HERE, "train.py"), print).items()} for settings in refining_plan}
+    scale = supernet_cfg["batch_size"] / rank_bench.setting_config(args.bench)["batch_size"]  # steps at the bench's
+    supernet_steps = supernet_report["global_step"] * fair.paths_per_cycle() * scale
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
                   scoring=plan["scoring"], seconds=time.time() - start, devices=hardware, refined=refined,
                   methods=bench_methods.methods_table(plan, rows, epes, supernet_steps, refined, args.bootstrap,
-                                                   args.seed))
+                                                      args.seed, refine_scale=scale))
     write_ranking(out, report, rank_bench.report_lines(report) + bench_methods.methods_lines(report["methods"]))
     rank_plot.plot_methods(report["methods"], os.path.join(out, "methods.png"))
     print(f"and {os.path.join(out, 'methods.png')}")
     return report
-
-
-def bench_refined(args, hardware, codes, scored, out):
-    """{steps: {arch code: refined EPE}} for each --refine_steps: every arch of the rows fine-tuned
-    from the supernet (config.json's refine settings, those steps), --jobs at a time, scored on the
-    rows' batches; {} without the flag."""
-    refined = {}
-    for steps in args.refine_steps or []:
-        settings = dict(config.defaults()["refine"], steps=steps)
-        problems = config.refine_problems(settings, lambda key: "--refine_steps" if key == "steps" else
-                                          f"config.json's refine.{key}")
-        if problems:
-            raise RankError(problems[0])
-        at_once = refining.children_at_once(args.jobs, hardware, len(codes))
-        scores = bench_methods.refine_archs(args.supernet, codes, settings, at_once, scored, out,
-                                         os.path.join(HERE, "train.py"), print)
-        refined[steps] = {code: score["epe"] for code, score in scores.items()}
-    return refined
 
 
 def bench(args):

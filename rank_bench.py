@@ -333,6 +333,13 @@ def row_child(bench_dir, planned, runs_dir, train_py):
     return planned["name"], [sys.executable, train_py] + flags, run_dir + ".out"
 
 
+def core_hours_left(bench_dir, planned_rows, runs_dir):
+    """The core-hours the planned rows have still to train (row_minutes_left each, their runs in runs_dir)."""
+    cfg = setting_config(bench_dir)
+    steps = cfg["num_epochs"] * cfg["steps_per_epoch"]
+    return sum(row_minutes_left(r, os.path.join(runs_dir, r["name"]), steps) for r in planned_rows) / 60
+
+
 def row_minutes_left(planned, run_dir, total_steps):
     """The core-minutes a row has still to train: row_core_minutes less the share of its
     `total_steps` its last checkpoint holds (a resumed run has done some)."""
@@ -396,7 +403,7 @@ def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=say):
                          on_finished=score, log=log, work=minutes)
         left = missing_rows(plan, read_rows(bench_dir, plan))
     log(f"{len(plan['rows']) - len(left)} of {len(plan['rows'])} rows written, {len(left)} to train "
-        f"(about {sum(row_core_minutes(r) for r in left) / 60:.1f} core-hours)"
+        f"(about {core_hours_left(bench_dir, left, runs_dir):.1f} core-hours)"
         + (f"; not scored: {' '.join(score.failed)}" if score.failed else ""))
     return left
 

@@ -54,7 +54,7 @@ def plot_cost_panel(ax, report):
 
 def plot_methods(methods, path):
     """methods.png, the bench's methods table drawn: each method's mean regret over the cost bands
-    (the bar) and its worst band (the cap) against the subnet training steps it adds per pick; and
+    (the point) and its worst band (the cap) against the subnet training steps it adds per pick; and
     tau-b with its 95% interval for the methods that order every arch."""
     import matplotlib
     matplotlib.use("Agg")

@@ -58,20 +58,11 @@ def parse_args(argv):
     return args
 
 
-def settings_of(args):
-    """config.json's refine settings with the flags given, checked."""
-    settings = dict(config.defaults()["refine"])
-    settings.update({k: getattr(args, f"refine_{k}") for k in settings if getattr(args, f"refine_{k}") is not None})
-    problems = config.refine_problems(settings, lambda key: f"--refine_{key}")
-    if problems:
-        raise RefineError(problems[0])
-    return settings
-
-
 def run(args):
     """Choose the candidates, refine them and print the report."""
     hardware = devices.report()  # before any session: quietens TensorFlow's device probing
-    settings = settings_of(args)
+    settings = refining.settings_from({k: getattr(args, f"refine_{k}") for k in config.defaults()["refine"]},
+                                      lambda key: f"--refine_{key}")
     run_dir = runs.run_dir_of(output_dir=args.output_dir, experiment_name=args.experiment_name,
                               checkpoint_type=refining.KIND)
     if runs.standalone_arch(config.run_config(run_dir)):

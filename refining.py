@@ -297,19 +297,41 @@ def refine(run_dir, source, settings, children_at_once, train_py, command, log):
     out = os.path.join(run_dir, REFINE_DIR, source.name)
     run_size, scored_size = (cfg["input_h"], cfg["input_w"]), source.manifest["scored_size"]
     with ckpt.writer_lock(os.path.join(run_dir, REFINE_DIR), "refinement"):
-        os.makedirs(out, exist_ok=True)
         codes = [c["arch"] for c in source.candidates]
-        book = ScoreBook(out, source.manifest["batches_sha256"])
-        score = Scorer(book, {child_dir_of(run_dir, code, settings): code for code in codes}, scored,
-                       run_size, scored_size, log)
-        refined = {}
-        child_dirs = train_children(run_dir, codes, settings, children_at_once, train_py, source.described, log,
-                                    lambda child_dir: refined.update({child_dir: score(child_dir)}))
-        report = build_report(run_dir, source, [refined[d] for d in child_dirs], child_dirs,
-                              dict(settings, top=len(codes)), scored[1], best_meta, command)
+        refined = train_and_score(run_dir, codes, settings, children_at_once, (scored, run_size, scored_size),
+                                  out, source.manifest["batches_sha256"], train_py, source.described, log)
+        report = build_report(run_dir, source, [refined[c] for c in codes],
+                              [child_dir_of(run_dir, c, settings) for c in codes], dict(settings, top=len(codes)),
+                              scored[1], best_meta, command)
         atomic_files.write_json_atomic(os.path.join(out, REPORT_NAME), report)
         plot(os.path.join(out, PICTURE_NAME), report)
     return report, out
+
+
+def train_and_score(run_dir, codes, settings, at_once, scoring, out, batches_sha256, train_py, described, log):
+    """{code: {"epe", "sample_epe", "checkpoint"}}: each of `codes` refined (train_children; the caller
+    holds the refine folder's writer lock) and its last checkpoint scored as it finishes on
+    scoring = (batches, run size, scored size or None); the scores kept in <out>/scores.json for
+    these batches (batches_sha256), so a rerun after any kill scores only what is new."""
+    os.makedirs(out, exist_ok=True)
+    scored, run_size, scored_size = scoring
+    archs = {child_dir_of(run_dir, code, settings): code for code in codes}
+    score = Scorer(ScoreBook(out, batches_sha256), archs, scored, run_size, scored_size, log)
+    refined = {}
+    train_children(run_dir, codes, settings, at_once, train_py, described, log,
+                   lambda child_dir: refined.update({archs[child_dir]: score(child_dir)}))
+    return refined
+
+
+def settings_from(given, flag_name):
+    """config.json's refine settings with the values `given` ({key: value or None}), checked;
+    RefineError naming the value by flag_name(key) otherwise."""
+    settings = dict(config.defaults()["refine"])
+    settings.update({k: v for k, v in given.items() if v is not None})
+    problems = config.refine_problems(settings, flag_name)
+    if problems:
+        raise RefineError(problems[0])
+    return settings
 
 
 def build_report(run_dir, source, refined, child_dirs, settings, val, best_meta, command):

@@ -493,14 +493,15 @@ class TestDeviceReport:
     def test_report_names_the_cpu_threads_and_a_gpu_tensorflow_cannot_use(self, tmp_path, monkeypatch):
         import devices
         threads = len(os.sched_getaffinity(0))
+        monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
         monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'none', None)}{os.pathsep}{os.environ['PATH']}")
         printed = []
         info = devices.report(log=printed.append)
         assert printed == [info["summary"]] and info["gpus"] == [] and info["path_devices"] == ["/device:CPU:0"]
         assert f"no GPU visible: {threads} CPU threads" in info["summary"] and "nvidia-smi" not in info["summary"]
         json.dumps(info)  # goes into JSON outputs as it is
-        monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # TensorFlow's own limit, read from the environment
-        assert "no GPU visible: 1 CPU threads" in devices.report(log=None)["summary"]
+        monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", str(threads + 1))  # TensorFlow's own, read from the environment
+        assert f"no GPU visible: {threads + 1} CPU threads" in devices.report(log=None)["summary"]
         monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
         monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'one', [FAKE_GPU])}{os.pathsep}{os.environ['PATH']}")
         with pytest.raises(errors.DeviceError, match=r"nvidia-smi lists 1 GPU \(NVIDIA H100 80GB HBM3\) but "
@@ -4587,6 +4588,23 @@ class TestRankBounds:
                                                       "19683 archs\n")
         assert supernet.SPACE.num_archs == 3 ** 9 and not out.exists()
 
+    def test_refine_flags_are_refused_before_any_scoring(self, tmp_path, capsys):
+        sup = self._supernet_run(tmp_path)
+        for flags, words in ((["--supernet", sup, "--standalone", sup, "--refine_steps", "100"],
+                              "--refine_steps goes with --bench and --supernet"),
+                             (["--bench", str(BENCH), "--supernet", sup, "--refine_steps", "100", "--checkpoint_type",
+                               "last"], "--refine_steps starts every child from the supernet's best checkpoint")):
+            with pytest.raises(SystemExit) as exit_info:
+                rank.main(flags)
+            assert exit_info.value.code == 2 and words in capsys.readouterr().err
+        # a supernet on the bench's data (no checkpoint: reaching the scoring would fail otherwise)
+        (tmp_path / "sup" / "config.json").write_text(json.dumps(rank_bench.setting_config(str(BENCH))))
+        out = tmp_path / "out"
+        assert rank.main(["--bench", str(BENCH), "--supernet", sup, "--refine_steps", "100", "6", "--out",
+                          str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--refine_steps (6) must be a multiple of" in err and not out.exists()
+
     def test_recal_batches_beyond_the_data_are_refused_before_work_and_folders(self, tmp_path, capsys):
         sup, out = self._supernet_run(tmp_path), tmp_path / "out"
         standalone = tmp_path / "alone"
@@ -5132,7 +5150,10 @@ class TestRankBench:
         assert names[0] == "supernet" and "supernet, top all refined 4 steps" in names
         trained = glob.glob(str(sup / "s" / "refine" / "runs" / "*" / "train_report.json"))
         kept = {p: os.path.getmtime(p) for p in trained}
-        assert rank.main(refine) == 0 and "trained already, training 0" in capsys.readouterr().out
+        capsys.readouterr()
+        assert rank.main(refine) == 0
+        out = capsys.readouterr().out
+        assert "trained already, training 0" in out and out.count("(kept from before)") == 3
         assert json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())["methods"] == report["methods"]
         assert all(os.path.getmtime(p) == t for p, t in kept.items()) and len(kept) == 3
 
@@ -5152,22 +5173,28 @@ class TestBenchMethods:
         # two cost bands: 0.30-0.32 and 0.50-0.52 (0.70 has no neighbour within 10%); in each, the
         # supernet's K lowest are shortlisted and the lowest refined (or standalone) EPE among them is picked
         for k, name, chosen_by in ((2, "supernet, top 2 refined 8 steps", refined),
+                                   (4, "supernet, top 4 refined 8 steps", refined),
                                    (None, "supernet, top all refined 8 steps", refined),
-                                   (2, "supernet, top 2 trained alone", epe), (1, "supernet", supernet_epe)):
+                                   (2, "supernet, top 2 trained alone (the rows)", epe),
+                                   (1, "supernet", supernet_epe)):
             regrets = []
             for band in ([0, 1, 2], [3, 4]):
                 short = sorted(band, key=lambda i: supernet_epe[archs[i]])[:k or len(band)]
                 pick = min(short, key=lambda i: chosen_by[archs[i]])
                 regrets.append(epe[archs[pick]] - min(epe[archs[i]] for i in band))
             assert table[name]["regret_mean"] == pytest.approx(np.mean(regrets)) and table[name]["bands"] == 2
-            assert table[name]["once_steps"] == 300
+            assert table[name]["pick_is_best"] == sum(r == 0 for r in regrets) and table[name]["once_steps"] == 300
         assert table["supernet, top 2 refined 8 steps"]["regret_mean"] > 0  # the shortlist misses the best here
         assert table["supernet, top all refined 8 steps"]["regret_mean"] == 0
         assert table["supernet, top all refined 8 steps"]["kendall_tau_b"] == pytest.approx(
             _kendall_by_pairs([refined[archs[i]] for i in order], alone))
         assert table["supernet, top 2 refined 8 steps"]["kendall_tau_b"] is None  # it orders only its shortlists
         assert table["supernet"]["kendall_tau_b"] == report["kendall_tau_b"]
-        assert table["supernet, top 2 trained alone"]["steps_per_pick"] == 2 * 1  # two per band, rows of 1 step
+        assert table["supernet, top 2 trained alone (the rows)"]["steps_per_pick"] == 2 * 1  # 2 a band, rows of 1 step
+        assert table["supernet, top 4 refined 8 steps"]["steps_per_pick"] == (3 + 2) / 2 * 8  # all of both bands
+        halved = bench_methods.methods_table(plan, rows, supernet_epe, 300, {8: refined}, 50, 0, refine_scale=0.5)
+        assert halved[1]["steps_per_pick"] == 2 * 8 * 0.5  # a child at half the bench's batch: half a step each
+        assert halved[1]["method"] == "supernet, top 2 refined 8 steps"
 
 
 # ==== 41. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
