@@ -35,6 +35,12 @@ def refine_archs(supernet_dir, codes, settings, at_once, scored, out, train_py, 
                                         f"the bench's {len(codes)} archs", log)
 
 
+def refined_epes(supernet_dir, codes, refine_settings, at_once, scored, out, train_py, log):
+    """{steps: {arch code: refined EPE}}: refine_archs at each of `refine_settings` in turn."""
+    return {settings["steps"]: {code: score["epe"] for code, score in refine_archs(
+        supernet_dir, codes, settings, at_once, scored, out, train_py, log).items()} for settings in refine_settings}
+
+
 def method(name, once, per_pick, ranked, supernet_epe, order=None, bootstrap=0, seed=0, **regret):
     """One line of the methods table: `once` subnet training steps (the supernet's), `per_pick` more
     per shortlisted subnet of a band, tau-b [interval] and top-3 overlap of `order` {arch: EPE} when

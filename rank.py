@@ -201,9 +201,8 @@ def bench_ranking(args):
     supernet_cfg, supernet_report = ranking.read_run(args.supernet)
     rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
     out = output_folder(args, os.path.join(args.supernet, "rank_bench"))
-    refining_plan = [refining.settings_from({"steps": steps}, lambda key: "--refine_steps" if key == "steps" else
-                                            f"config.json's refine.{key}") for steps in args.refine_steps or []]
-    at_once = refining.children_at_once(args.jobs, hardware, len(rows)) if refining_plan else None
+    refine_settings = [refining.settings_from({"steps": steps}, refine_flag) for steps in args.refine_steps or []]
+    at_once = refining.children_at_once(args.jobs, hardware, len(rows)) if refine_settings else None
     scored = rank_bench.scoring_data(args.bench, plan)
     archs = sorted({supernet.parse_arch(r["arch"]) for r in rows.values()})
     sizes = [len(flows) for _, flows in scored[1]]
@@ -214,9 +213,8 @@ def bench_ranking(args):
                                     on_scored=scoring_progress(len(archs)))
     epes = {supernet.format_arch(a): ranking.batch_weighted_epe(e, sizes) for a, e in per_batch.items()}
     report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
-    refined = {settings["steps"]: {code: score["epe"] for code, score in bench_methods.refine_archs(
-        args.supernet, [r["arch"] for r in report["archs"]], settings, at_once, scored, out,
-        os.path.join(HERE, "train.py"), print).items()} for settings in refining_plan}
+    refined = bench_methods.refined_epes(args.supernet, [r["arch"] for r in report["archs"]], refine_settings,
+                                         at_once, scored, out, os.path.join(HERE, "train.py"), print)
     scale = supernet_cfg["batch_size"] / rank_bench.setting_config(args.bench)["batch_size"]  # steps at the bench's
     supernet_steps = supernet_report["global_step"] * fair.paths_per_cycle() * scale
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
@@ -227,6 +225,11 @@ def bench_ranking(args):
     rank_plot.plot_methods(report["methods"], os.path.join(out, "methods.png"))
     print(f"and {os.path.join(out, 'methods.png')}")
     return report
+
+
+def refine_flag(key):
+    """How a refine setting is named in an error: --refine_steps, or the config key it comes from."""
+    return "--refine_steps" if key == "steps" else f"config.json's refine.{key}"
 
 
 def bench(args):
