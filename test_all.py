@@ -107,7 +107,7 @@ shared by several sections are in section 0.
 39. rank_bench.py: the ranking benchmark rankbench/
       TestRankBench             the plan and its rule, the fingerprint, the report by hand, rows refused, chunks
 40. bench_methods.py: remedies for the supernet's ranking against the bench's rows
-      TestBenchMethods          the methods table by hand: shortlists refined or trained alone, their regret, tau
+      TestBenchMethods          the methods table by hand; a tiny supernet and its refined archs against rows
 41. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line
       TestBadInput              bad config, flags, checkpoints and datasets: a one-line error
       TestHostileInput          damaged parts, lists, tables, configs, reports: named, nothing merged or half-written
@@ -4994,9 +4994,9 @@ def _kendall_by_pairs(x, y):
     return sum(signs) / len(signs)
 
 
-def _tiny_bench(folder, archs, seconds):
+def _tiny_bench(folder, archs, seconds, fingerprint=True):
     """A bench folder at the suite's size: setting, plan with rows for `archs` (seed 42) and `seconds`
-    (seed 43), and the fingerprint of its first 2 steps."""
+    (seed 43), and (with `fingerprint`) the fingerprint of its first 2 steps."""
     folder.mkdir()
     setting = {"synthetic": True, "synthetic_train_size": 8, "synthetic_val_size": 4, "synthetic_seed": 1,
                "input_h": 32, "input_w": 48, "batch_size": 2, "num_epochs": 3, "steps_per_epoch": 2,
@@ -5008,8 +5008,9 @@ def _tiny_bench(folder, archs, seconds):
     plan = {"setting": {"file": "setting.json", "sha256": rank_bench.setting_digest(str(folder))},
             "space_version": supernet.SPACE.version, "rows": rows, "rule": {"training_seeds": [42, 43]},
             "scoring": {"checkpoint": "best", "graph": "static", "bn_recal_batches": 2, "val_pairs": 4}}
-    losses = rank_bench.pinned_fingerprint(str(folder), archs[0], 42, 2)
-    plan["fingerprint"] = {"arch": archs[0], "seed": 42, "losses": losses}
+    if fingerprint:
+        losses = rank_bench.pinned_fingerprint(str(folder), archs[0], 42, 2)
+        plan["fingerprint"] = {"arch": archs[0], "seed": 42, "losses": losses}
     (folder / "plan.json").write_text(json.dumps(plan))
     return plan
 
@@ -5104,7 +5105,7 @@ class TestRankBench:
             rank_bench.read_rows(str(folder), plan)
 
     @pytest.mark.slow
-    def test_chunks_train_each_row_once_and_a_supernet_is_scored_against_them(self, tmp_path, capsys):
+    def test_chunks_train_each_row_once(self, tmp_path):
         archs = ["0,0,0,0,0,0,0,0,0", "1,1,1,1,1,1,1,1,1", "2,2,2,2,2,2,2,2,2"]
         plan = _tiny_bench(tmp_path / "bench", archs, archs[:1])
         bench, runs = str(tmp_path / "bench"), str(tmp_path / "runs")
@@ -5123,39 +5124,8 @@ class TestRankBench:
         rows = rank_bench.read_rows(bench, plan)
         assert len(rows) == 4 and all(os.path.getmtime(rank_bench.row_path(bench, n)) == t
                                       for n, t in written.items())  # never a row twice
-        sup = tmp_path / "sup"
-        assert train.main(["--config", str(tmp_path / "bench" / "setting.json"), "--output_dir", str(sup),
-                           "--experiment_name", "s", "--num_epochs", "1"]) == 0
-        capsys.readouterr()
-        assert rank.main(["--bench", bench, "--supernet", str(sup / "s"), "--bootstrap", "50"]) == 0
-        out = capsys.readouterr().out
-        report = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
-        assert report["num_archs"] == 3 and report["rows"] == 4 and (sup / "s" / "rank_bench" / "rank.png").exists()
-        assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
+        # a standalone run is not a supernet to score against the rows
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
-        # the refine stage on the bench: every arch fine-tuned from the supernet, its last checkpoint scored
-        refine = ["--bench", bench, "--supernet", str(sup / "s"), "--bootstrap", "50", "--refine_steps", "4"]
-        assert rank.main(refine + ["--jobs", jobs]) == 0
-        report = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
-        scored = rank_bench.scoring_data(bench, plan)
-        settings = dict(config.defaults()["refine"], steps=4)
-        for code, epe in report["refined"]["4"].items():
-            child = refining.child_dir_of(str(sup / "s"), code, settings)
-            assert json.loads(open(os.path.join(child, "train_report.json")).read())["global_step"] == 4
-            alone = rank_bench.pair_epes(child, supernet.parse_arch(code), "last", scored)
-            assert epe == pytest.approx(alone.mean(), abs=1e-5)
-        assert sorted(report["refined"]["4"]) == sorted(archs)
-        names = [m["method"] for m in report["methods"]]
-        assert (sup / "s" / "rank_bench" / "methods.png").stat().st_size > 10000
-        assert names[0] == "supernet" and "supernet, top all refined 4 steps" in names
-        trained = glob.glob(str(sup / "s" / "refine" / "runs" / "*" / "train_report.json"))
-        kept = {p: os.path.getmtime(p) for p in trained}
-        capsys.readouterr()
-        assert rank.main(refine) == 0
-        out = capsys.readouterr().out
-        assert "trained already, training 0" in out and out.count("(kept from before)") == 3
-        assert json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())["methods"] == report["methods"]
-        assert all(os.path.getmtime(p) == t for p, t in kept.items()) and len(kept) == 3
 
 
 # ==== 40. bench_methods.py: remedies for the supernet's ranking against the bench's rows =============================
@@ -5195,6 +5165,47 @@ class TestBenchMethods:
         halved = bench_methods.methods_table(plan, rows, supernet_epe, 300, {8: refined}, 50, 0, refine_scale=0.5)
         assert halved[1]["steps_per_pick"] == 2 * 8 * 0.5  # a child at half the bench's batch: half a step each
         assert halved[1]["method"] == "supernet, top 2 refined 8 steps"
+
+
+    @pytest.mark.slow
+    def test_a_supernet_and_its_refined_archs_are_scored_against_the_rows(self, tmp_path, capsys):
+        archs = ["0,0,0,0,0,0,0,0,0", "1,1,1,1,1,1,1,1,1", "2,2,2,2,2,2,2,2,2"]
+        plan = _tiny_bench(tmp_path / "bench", archs, archs[:1], fingerprint=False)
+        bench, jobs = str(tmp_path / "bench"), str(min(2, len(parallel.usable_cores())))
+        for i, planned in enumerate(plan["rows"]):  # rows are data: written by hand here
+            rank_bench.write_row(bench, _hand_row(planned["name"], planned["arch"], planned["seed"],
+                                                  [1.0 + 0.1 * i, 1.2, 0.9, 1.1 - 0.05 * i], planned["gmacs"]))
+        sup = tmp_path / "sup"
+        assert train.main(["--config", str(tmp_path / "bench" / "setting.json"), "--output_dir", str(sup),
+                           "--experiment_name", "s", "--num_epochs", "1"]) == 0
+        capsys.readouterr()
+        # the supernet's order and every arch fine-tuned from it, its last checkpoint scored on the rows' batches
+        refine = ["--bench", bench, "--supernet", str(sup / "s"), "--bootstrap", "50", "--refine_steps", "4"]
+        assert rank.main(refine + ["--jobs", jobs]) == 0
+        out = capsys.readouterr().out
+        report = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
+        assert report["num_archs"] == 3 and report["rows"] == 4 and (sup / "s" / "rank_bench" / "rank.png").exists()
+        assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
+        scored = rank_bench.scoring_data(bench, plan)
+        settings = dict(config.defaults()["refine"], steps=4)
+        for code, epe in report["refined"]["4"].items():
+            child = refining.child_dir_of(str(sup / "s"), code, settings)
+            assert json.loads(open(os.path.join(child, "train_report.json")).read())["global_step"] == 4
+            alone = rank_bench.pair_epes(child, supernet.parse_arch(code), "last", scored)
+            assert epe == pytest.approx(alone.mean(), abs=1e-5)
+        assert sorted(report["refined"]["4"]) == sorted(archs)
+        names = [m["method"] for m in report["methods"]]
+        assert (sup / "s" / "rank_bench" / "methods.png").stat().st_size > 10000
+        assert names[0] == "supernet" and "supernet, top all refined 4 steps" in names
+        # run again: no child trained or scored twice, the same table
+        trained = glob.glob(str(sup / "s" / "refine" / "runs" / "*" / "train_report.json"))
+        kept = {p: os.path.getmtime(p) for p in trained}
+        capsys.readouterr()
+        assert rank.main(refine) == 0
+        out = capsys.readouterr().out
+        assert "trained already, training 0" in out and out.count("(kept from before)") == 3
+        assert json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())["methods"] == report["methods"]
+        assert all(os.path.getmtime(p) == t for p, t in kept.items()) and len(kept) == 3
 
 
 # ==== 41. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
