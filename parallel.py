@@ -51,7 +51,7 @@ def progress_line(name, finished, running, waiting, jobs):
     unit (1 each when nothing better is known): the work left at the finished children's seconds
     per unit of work, less what the running ones have done, shared over the slots."""
     done, left = len(finished), len(running) + len(waiting)
-    per_unit = sum(s for s, _ in finished) / max(sum(w for _, w in finished), 1e-12)
+    per_unit = sum(s for s, _ in finished) / sum(w for _, w in finished)  # work > 0: see _weigher
     work = (sum(w for _, w in running) + sum(waiting)) * per_unit - sum(s for s, _ in running)
     estimate = f", about {_clock(max(work, 0) / min(jobs, left))} left" if left else ""
     return (f"[{done}/{done + left}] {name} finished in {_clock(finished[-1][0])}; {len(running)} running, "

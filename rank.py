@@ -184,10 +184,10 @@ def bench_status(args):
     rows = rank_bench.read_rows(args.bench, plan)
     left = rank_bench.missing_rows(plan, rows)
     falling = sorted(name for name, row in rows.items() if row["stopping"]["stopped"] is False)
+    hours = sum(rank_bench.rows_minutes_left(args.bench, left, args.runs_dir).values()) / 60
     print(f"{args.bench}: {len(rows)} of {len(plan['rows'])} rows written"
           + (f" ({len(falling)} still falling: {' '.join(falling)})" if falling else "")
-          + f"; {len(left)} to train, about {rank_bench.core_hours_left(args.bench, left, args.runs_dir):.1f} "
-            "core-hours"
+          + f"; {len(left)} to train, about {hours:.1f} core-hours"
           + (f"; next: {' '.join(r['name'] for r in left[:4])}" if left else ""))
 
 

@@ -333,11 +333,11 @@ def row_child(bench_dir, planned, runs_dir, train_py):
     return planned["name"], [sys.executable, train_py] + flags, run_dir + ".out"
 
 
-def core_hours_left(bench_dir, planned_rows, runs_dir):
-    """The core-hours the planned rows have still to train (row_minutes_left each, their runs in runs_dir)."""
+def rows_minutes_left(bench_dir, planned_rows, runs_dir):
+    """{name: the core-minutes a planned row has still to train} (row_minutes_left, its run in runs_dir)."""
     cfg = setting_config(bench_dir)
     steps = cfg["num_epochs"] * cfg["steps_per_epoch"]
-    return sum(row_minutes_left(r, os.path.join(runs_dir, r["name"]), steps) for r in planned_rows) / 60
+    return {r["name"]: row_minutes_left(r, os.path.join(runs_dir, r["name"]), steps) for r in planned_rows}
 
 
 def row_minutes_left(planned, run_dir, total_steps):
@@ -391,9 +391,7 @@ def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=say):
         for planned in [r for r in missing if run_finished(os.path.join(runs_dir, r["name"]))]:
             score(planned["name"])
         todo = [r for r in missing if not run_finished(os.path.join(runs_dir, r["name"]))][:count]
-        cfg = setting_config(bench_dir)
-        minutes = {r["name"]: row_minutes_left(r, os.path.join(runs_dir, r["name"]),
-                                               cfg["num_epochs"] * cfg["steps_per_epoch"]) for r in todo}
+        minutes = rows_minutes_left(bench_dir, todo, runs_dir)
         log(f"training {len(todo)} rows, {jobs} at a time: " + " ".join(r["name"] for r in todo)
             + f" (about {sum(minutes.values()) / 60:.1f} core-hours)")
         for planned in todo:
@@ -403,7 +401,7 @@ def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=say):
                          on_finished=score, log=log, work=minutes)
         left = missing_rows(plan, read_rows(bench_dir, plan))
     log(f"{len(plan['rows']) - len(left)} of {len(plan['rows'])} rows written, {len(left)} to train "
-        f"(about {core_hours_left(bench_dir, left, runs_dir):.1f} core-hours)"
+        f"(about {sum(rows_minutes_left(bench_dir, left, runs_dir).values()) / 60:.1f} core-hours)"
         + (f"; not scored: {' '.join(score.failed)}" if score.failed else ""))
     return left
 

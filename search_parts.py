@@ -358,7 +358,6 @@ def load_parts(search_dir):
 
 # ----------------------------------------------------------------------------- scoring a part
 
-# config keys that move no score: a search made before or after they change is the same search
 # config keys that never change a score: where things live, and the settings of later stages (deploy's
 # recal_at reaches a search only through the folder name of a search at another size)
 NOT_SCORING = ("output_dir", "base_path", "experiment_name", "refine", "deploy")
