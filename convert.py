@@ -4,6 +4,7 @@ converted to FP32 and to full INT8 (calibrated on real frames), and run with TFL
 to see what the converted models compute."""
 import contextlib
 import dataclasses
+import functools
 import glob
 import os
 import shutil
@@ -38,6 +39,19 @@ def build_static_graph(arch, h, w):
 def variable_names(graph):
     """Op names of a graph's global variables (the names the supernet's checkpoint uses)."""
     return [v.op.name for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)]
+
+
+@functools.lru_cache(maxsize=None)
+def names_graph(arch):
+    """The static graph of `arch` (a tuple) at 16 x 16, read for its op and variable names. They do not
+    depend on the input size, so one small graph serves every size: building one takes seconds, and a
+    deployment asks for the same arch at several sizes and for its table figures."""
+    return build_static_graph(arch, 16, 16)[0]
+
+
+def arch_variable_names(arch):
+    """variable_names of `arch`'s static graph (at any size)."""
+    return variable_names(names_graph(tuple(arch)))
 
 
 def load_values(sess, graph, values):
@@ -226,7 +240,7 @@ def recalibrated_values(run_dir, kind, cfg, arch, size, recal_batches):
     the subnet's BN statistics recalibrated on `recal_batches` (at their own size)."""
     recal_size = tuple(int(v) for v in recal_batches[0][0].shape[1:3])
     with recalibration_session(run_dir, kind, cfg, recal_batches, size=recal_size) as recalibrate:
-        _, values = recalibrate(arch, variable_names(build_static_graph(arch, *size)[0]))
+        _, values = recalibrate(arch, arch_variable_names(arch))
     return values, recalibrate.meta
 
 

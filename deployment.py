@@ -179,7 +179,7 @@ def converter(dep):
             if recal_size not in sessions:
                 sessions[recal_size] = stack.enter_context(convert.recalibration_session(
                     dep.run_dir, dep.kind, dep.cfg, data["recal"], size=recal_size))
-            _, values = sessions[recal_size](arch, convert.variable_names(convert.build_static_graph(arch, *size)[0]))
+            _, values = sessions[recal_size](arch, convert.arch_variable_names(arch))
             model = convert.static_models(values, arch, *size, data["calibration"], data["val"], with_fp32=False)
             buffer = io.BytesIO()
             np.save(buffer, np.concatenate(model["tf_outputs"]))

@@ -72,10 +72,8 @@ def op_blocks(graph):
 
 @functools.lru_cache(maxsize=None)
 def arch_op_blocks(arch):
-    """op_blocks of `arch`'s static graph. Its op names do not depend on the input size, so one
-    graph at a small size serves every size (building one takes seconds; a deployment asks for the
-    same archs at several sizes, and again when the compiles come from the cache)."""
-    return op_blocks(convert.build_static_graph(arch, 16, 16)[0])
+    """op_blocks of `arch`'s static graph (convert.names_graph: its op names do not depend on the input size)."""
+    return op_blocks(convert.names_graph(arch))
 
 
 def block_cycles(per_layer, blocks_of_ops):
@@ -262,7 +260,7 @@ def build_latency_table(run_dir, kind, cfg, size, target, cache, check, calibrat
     with tempfile.TemporaryDirectory() as work, \
             convert.recalibration_session(run_dir, kind, cfg, data["recal"]) as recalibrate:
         def int8_model(arch):
-            _, values = recalibrate(arch, convert.variable_names(convert.build_static_graph(arch, *size)[0]))
+            _, values = recalibrate(arch, convert.arch_variable_names(arch))
             int8 = convert.static_models(values, arch, *size, data["calibration"], [], with_fp32=False)["int8"]
             name = "m" + supernet.format_arch(arch).replace(",", "") + ".tflite"
             return atomic_files.write_atomic(os.path.join(work, name), int8)

@@ -3497,6 +3497,7 @@ class TestConvert:
         assert check["ok"] and check["control_flow_ops"] == [] and kernels == wanted
         assert check["params"] == supernet.count_params(arch, 32, 48) == check["expected_params"]
         assert sum(op.type == "Conv2D" for op in graph.get_operations()) == len(wanted)
+        assert convert.arch_variable_names(arch) == [v.op.name for v in variables]  # from 16x16: the same names
         dynamic = tf.Graph()
         with dynamic.as_default():
             supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [1, 32, 48, 6]),
