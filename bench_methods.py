@@ -13,8 +13,31 @@ import rank_bench
 import ranking
 import refining
 import search_parts
+import supernet
 
 REFINE_SHORTLISTS = (2, 4, None)  # a cost band's K lowest supernet EPEs refined, or trained alone (None: all)
+
+
+def supernet_epes(supernet_dir, archs, checkpoint_type, scored, out, log):
+    """{arch code: EPE on the rows' validation pairs} of `archs` held by the supernet's checkpoint, each from
+    one recalibration and pass (ranking.scores_of), kept in <out>/supernet_<type>/scores.json while that
+    checkpoint and the rows' batches are the ones scored: a rerun, as rows land or after a kill, scores
+    only the archs it has not."""
+    cfg = config.run_config(supernet_dir)
+    book = refining.ScoreBook(os.path.join(out, f"supernet_{checkpoint_type}"),
+                              search_parts.batches_fingerprint(*scored))
+    checkpoint = ckpt.load_meta(supernet_dir, checkpoint_type)["checkpoint"]
+    codes = {supernet.format_arch(a): a for a in archs}
+    missing = [a for code, a in codes.items() if book.get(code, checkpoint) is None]
+    log(f"the supernet's scores of {len(codes)} archs: {len(codes) - len(missing)} kept from before, "
+        f"scoring {len(missing)}")
+    sizes, progress = [len(flows) for _, flows in scored[1]], ranking.scoring_progress(len(missing), log)
+    for arch, per_batch in ranking.scores_of(supernet_dir, missing, checkpoint_type, scored,
+                                             cfg["input_h"], cfg["input_w"]):
+        book.put(supernet.format_arch(arch), {"epe": ranking.batch_weighted_epe(per_batch, sizes),
+                                              "per_batch": per_batch, "checkpoint": checkpoint})
+        progress(supernet_dir, arch)
+    return {code: book.get(code, checkpoint)["epe"] for code in codes}
 
 
 def refine_folder(out, settings):

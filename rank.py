@@ -205,13 +205,9 @@ def bench_ranking(args):
     at_once = refining.children_at_once(args.jobs, hardware, len(rows)) if refine_settings else None
     scored = rank_bench.scoring_data(args.bench, plan)
     archs = sorted({supernet.parse_arch(r["arch"]) for r in rows.values()})
-    sizes = [len(flows) for _, flows in scored[1]]
-    h, w = supernet_cfg["input_h"], supernet_cfg["input_w"]
     print(f"scoring the bench's {len(archs)} archs with {args.supernet} ({args.checkpoint_type}): "
-          f"{len(scored[0])} recalibration batches, {sum(sizes)} validation pairs")
-    per_batch = ranking.score_archs(args.supernet, archs, args.checkpoint_type, scored, h, w,
-                                    on_scored=scoring_progress(len(archs)))
-    epes = {supernet.format_arch(a): ranking.batch_weighted_epe(e, sizes) for a, e in per_batch.items()}
+          f"{len(scored[0])} recalibration batches, {sum(len(flows) for _, flows in scored[1])} validation pairs")
+    epes = bench_methods.supernet_epes(args.supernet, archs, args.checkpoint_type, scored, out, print)
     report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
     refined = bench_methods.refined_epes(args.supernet, [r["arch"] for r in report["archs"]], refine_settings,
                                          at_once, scored, out, os.path.join(HERE, "train.py"), print)
@@ -326,7 +322,7 @@ def rank(args):
     print(f"scoring {len(runs)} subnets with the supernet and alone: {len(scored[0])} recalibration batches, "
           f"{sum(sizes)} validation samples in {len(sizes)} batches")
     histories = {run_dir: ranking.read_history(run_dir, arch) for run_dir, arch in runs + seconds}
-    progress = scoring_progress(2 * len(runs) + len(seconds))
+    progress = ranking.scoring_progress(2 * len(runs) + len(seconds))
     report = ranking_report(args, runs, scored, (h, w), sizes, histories, progress)
     add_second_seeds(args, report, seconds, choice, scored, (h, w), sizes, progress)
     zero_flow = metrics.zero_flow_epe(scored[1])
@@ -398,19 +394,6 @@ def ranking_report(args, runs, scored, size, sizes, histories, on_scored):
     return report
 
 
-def scoring_progress(total):
-    """on_scored for ranking.score_archs: a line per subnet scored, with how many of `total`, the
-    time each took on average and the time left."""
-    start, done = time.time(), [0]
-
-    def on_scored(run_dir, arch):
-        done[0] += 1
-        each = (time.time() - start) / done[0]
-        print(f"scored {done[0]}/{total}: {supernet.format_arch(arch)} in {os.path.basename(run_dir)}, "
-              f"{each:.0f} s each, time left {(total - done[0]) * each / 60:.1f} min", flush=True)
-    return on_scored
-
-
 def print_comparison(path_a, path_b):
     """--compare: Kendall tau-b and Spearman rho of two scores.csv files on the archs both hold."""
     result = ranking.compare_scores(path_a, path_b)
@@ -447,6 +430,7 @@ def margin(args):
 def main(argv=None):
     """Entry point: one-line error and exit 1 on bad input."""
     args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines are read from a log file while the work runs
     if args.compare:
         return errors.exit_code(print_comparison, *args.compare)
     if args.bench:

@@ -5,6 +5,7 @@ margin between two subnets trained alone (does capacity matter on a task?), and 
 and picture."""
 import csv
 import os
+import time
 
 import numpy as np
 from scipy import stats
@@ -535,16 +536,37 @@ def score_per_batch(sess, scorer, arch, recal_batches, val_batches):
     return [float(sums[a:b].sum() / pixels[a:b].sum()) for a, b in zip(np.r_[0, ends[:-1]], ends)]
 
 
-def score_archs(run_dir, archs, checkpoint_type, scored, h, w, standalone=False, on_scored=None):
-    """{arch: per-batch EPEs} of `archs` held by one run's checkpoint: a supernet (dynamic graph)
-    or a standalone run (`standalone`: the static graph of its one subnet); on_scored(run_dir, arch)
-    after each, if given."""
+def scores_of(run_dir, archs, checkpoint_type, scored, h, w, standalone=False):
+    """(arch, per-batch EPEs) of each of `archs` in turn, as it is scored, held by one run's checkpoint:
+    a supernet (dynamic graph) or a standalone run (`standalone`: the static graph of its one subnet)."""
+    if not archs:
+        return
     recal_batches, val_batches = scored
-    epes = {}
     with scoring.restored_scorer(run_dir, checkpoint_type, h, w, static_arch=archs[0] if standalone else None,
                                  input_size=(h, w)) as (sess, scorer, _):
         for arch in archs:
-            epes[arch] = score_per_batch(sess, scorer, arch, recal_batches, val_batches)
-            if on_scored:
-                on_scored(run_dir, arch)
+            yield arch, score_per_batch(sess, scorer, arch, recal_batches, val_batches)
+
+
+def score_archs(run_dir, archs, checkpoint_type, scored, h, w, standalone=False, on_scored=None):
+    """{arch: per-batch EPEs} of `archs` held by one run's checkpoint (scores_of); on_scored(run_dir,
+    arch) after each, if given."""
+    epes = {}
+    for arch, per_batch in scores_of(run_dir, archs, checkpoint_type, scored, h, w, standalone):
+        epes[arch] = per_batch
+        if on_scored:
+            on_scored(run_dir, arch)
     return epes
+
+
+def scoring_progress(total, log=print):
+    """on_scored for score_archs: a line per subnet scored, with how many of `total`, the time each
+    took on average and the time left."""
+    start, done = time.time(), [0]
+
+    def on_scored(run_dir, arch):
+        done[0] += 1
+        each = (time.time() - start) / done[0]
+        log(f"scored {done[0]}/{total}: {supernet.format_arch(arch)} in {os.path.basename(run_dir)}, "
+            f"{each:.0f} s each, time left {(total - done[0]) * each / 60:.1f} min")
+    return on_scored

@@ -243,24 +243,25 @@ def score_child(child_dir, code, scored, run_size, scored_size):
 
 
 class ScoreBook:
-    """The refined scores of one source (scores.json), kept per child run: one is reused while its
-    checkpoint and the batches are those it was scored with, so a rebuilt report is the same."""
+    """Scores kept in <out>/scores.json under a key each (a refined child's run name, an arch of a
+    supernet): one is reused while the checkpoint and the batches are those it was scored with, so a
+    rebuilt report is the same and a rerun after any kill scores only what is missing."""
 
     def __init__(self, out, batches_sha256):
         self.path, self.sha = os.path.join(out, SCORES_NAME), batches_sha256
-        found = ckpt.read_json(self.path, "refined scores") if os.path.exists(self.path) else {}
+        found = ckpt.read_json(self.path, "kept scores") if os.path.exists(self.path) else {}
         self.entries = found if isinstance(found, dict) else {}
 
-    def get(self, child_dir):
-        """The kept score of a child, or None where there is none for its last checkpoint and these batches."""
-        entry = self.entries.get(os.path.basename(child_dir))
-        last = ckpt.read_json(os.path.join(child_dir, "checkpoints", "last", ckpt.META_NAME), "checkpoint meta")
+    def get(self, key, checkpoint):
+        """The kept score under `key`, or None where there is none of `checkpoint` on these batches."""
+        entry = self.entries.get(key)
         fresh = isinstance(entry, dict) and entry.get("batches_sha256") == self.sha
-        return entry if fresh and entry.get("checkpoint") == last.get("checkpoint") else None
+        return entry if fresh and entry.get("checkpoint") == checkpoint else None
 
-    def put(self, child_dir, score):
-        """Keep a child's score (scores.json rewritten atomically)."""
-        self.entries[os.path.basename(child_dir)] = dict(score, batches_sha256=self.sha)
+    def put(self, key, score):
+        """Keep a score ({..., "checkpoint"}) under `key` (scores.json rewritten atomically)."""
+        self.entries[key] = dict(score, batches_sha256=self.sha)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         atomic_files.write_json_atomic(self.path, self.entries)
 
 
@@ -272,11 +273,13 @@ class Scorer:
         self.sizes, self.done = (run_size, scored_size), 0
 
     def __call__(self, child_dir):
-        score, how = self.book.get(child_dir), "kept from before"
+        key = os.path.basename(child_dir)
+        last = ckpt.read_json(os.path.join(child_dir, "checkpoints", "last", ckpt.META_NAME), "checkpoint meta")
+        score, how = self.book.get(key, last.get("checkpoint")), "kept from before"
         if score is None:
             start = time.time()
             score = score_child(child_dir, self.archs[child_dir], self.scored, *self.sizes)
-            self.book.put(child_dir, score)
+            self.book.put(key, score)
             how = f"scored in {time.time() - start:.0f} s"
         self.done += 1
         self.log(f"scored {self.done}/{len(self.archs)}: {self.archs[child_dir]} refined EPE {score['epe']:.4f} "

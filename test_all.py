@@ -3221,8 +3221,8 @@ def refine_study(tmp_path_factory):
     search_dir = next((out / "sup").glob("search_best_archs*"))
     put = refining.ScoreBook.put
 
-    def put_then_interrupt(book, child_dir, score):
-        put(book, child_dir, score)
+    def put_then_interrupt(book, key, score):
+        put(book, key, score)
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as patch:
@@ -4544,7 +4544,7 @@ class TestRankCommand:
         assert rank.second_seed_plan(argparse.Namespace(second_seed=0), cfg, archs, None) == []
 
     def test_scoring_progress_counts_the_subnets_and_the_time_left(self, capsys):
-        on_scored = rank.scoring_progress(3)
+        on_scored = ranking.scoring_progress(3)
         for run in ("sup", "standalone_000000000", "standalone_222222222"):
             on_scored(f"out/{run}", (0,) * 9 if "0000" in run else (2,) * 9)
         lines = capsys.readouterr().out.splitlines()
@@ -5191,6 +5191,10 @@ class TestBenchMethods:
         assert report["num_archs"] == 3 and report["rows"] == 4 and (sup / "s" / "rank_bench" / "rank.png").exists()
         assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
         scored = rank_bench.scoring_data(bench, plan)
+        assert "the supernet's scores of 3 archs: 0 kept from before, scoring 3" in out
+        for row in report["archs"]:  # the supernet's EPE of each arch: its pairs' mean, from its own scorer
+            alone = rank_bench.pair_epes(str(sup / "s"), supernet.parse_arch(row["arch"]), "best", scored, False)
+            assert row["supernet_epe"] == pytest.approx(alone.mean(), abs=1e-5)
         settings = dict(config.defaults()["refine"], steps=4)
         for code, epe in report["refined"]["4"].items():
             child = refining.child_dir_of(str(sup / "s"), code, settings)
@@ -5208,7 +5212,9 @@ class TestBenchMethods:
         assert rank.main(refine) == 0
         out = capsys.readouterr().out
         assert "trained already, training 0" in out and out.count("(kept from before)") == 3
-        assert json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())["methods"] == report["methods"]
+        assert "the supernet's scores of 3 archs: 3 kept from before, scoring 0" in out and " each, time left" not in out
+        again = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
+        assert again["methods"] == report["methods"] and again["archs"] == report["archs"]
         assert all(os.path.getmtime(p) == t for p, t in kept.items()) and len(kept) == 3
 
 
