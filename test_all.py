@@ -70,7 +70,7 @@ shared by several sections are in section 0.
       TestPareto                the front against brute force
 26. noise_choice.py: the one choice rule: the fastest or cheapest member within Z paired SE of the lowest
       TestNoiseChoice           the rule against brute force, both rules, ties, the noise covering the front, settings
-      TestChoiceInSearchAndDeployment  a search budget and a deployment name the choice and the lowest EPE
+      TestChoiceInSearch        a search budget names the choice and the lowest EPE, under either rule
 27. refine.py: the top candidates fine-tuned from the supernet's weights and rescored
       TestRefine                candidates, config rules, report vs numpy, kill and rerun, the start, the score
 28. export.py: one subnet to TFLite FP32/INT8 and the NPU compiler
@@ -84,8 +84,9 @@ shared by several sections are in section 0.
 31. edge_tables.py: the NPU latency table, each block beside its neighbour
       TestEdgeTables            blocks charged their ops; the table predicts compiles; its check; H2 beside H2Out
 32. deploy.py: fit a board: the best (arch, input size) in INT8 within its budgets
-      TestDeployCommand         settings checked; deploy.py fits the board and hands firmware what it needs
-      TestDeployOneWriter       a second deployment refused before any compile; a killed or failed one keeps the last
+      TestDeployCommand         settings checked; over one deployment: it fits the board and hands firmware
+                                what it needs; killed or failed, the last is kept; its choice and the lowest EPE
+      TestDeployOneWriter       a second deployment refused before any compile
       TestDeploySummary         the printed summary: zero-flow warning, what each EPE is over, flash's margin
       TestDeployRefine          --refine checked; the refined choice is exported from its child's weights, reported
 33. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice
@@ -3124,7 +3125,7 @@ class TestNoiseChoice:
             assert err.startswith(f"error: {words}") and err.count("\n") == 1, err
 
 
-class TestChoiceInSearchAndDeployment:
+class TestChoiceInSearch:
     @pytest.mark.slow
     def test_a_budgets_choice_names_both_members_in_print_report_and_picture(self, search_run, capsys):
         out, run_dir = search_run
@@ -3167,35 +3168,6 @@ class TestChoiceInSearchAndDeployment:
         assert old["chosen"]["member"] == old["lowest_epe"]["member"] == front[lowest]["arch"]
         assert (old["rule"], old["noise_se"]) == ("lowest_epe", 1.0)
         assert f"choice (lowest_epe): {front[lowest]['arch']} (EPE " in printed
-
-    @pytest.mark.slow
-    def test_a_deployment_names_its_choice_and_the_lowest_int8_epe_in_print_and_report(self, export_run, tmp_path,
-                                                                                      capsys):
-        target = _board_file(tmp_path, "noise")
-        flags = _deploy_flags(export_run, target) + ["--int8_top", "3"]
-        capsys.readouterr()
-        assert deploy.main(flags) == 0
-        printed = capsys.readouterr().out
-        report = json.loads((export_run / "whole" / "deploy_noise" / "deploy_report.json").read_text())
-        members = report["int8_members"]
-        label = {id(m): f"{m['arch']} at {m['size'][0]}x{m['size'][1]}" for m in members}
-        lowest = min(members, key=lambda m: m["epe_int8"])
-        for m in members:  # each member tested against the lowest INT8 EPE with its paired SE
-            assert m["within_noise"] == (m is lowest or m["epe_int8"] - lowest["epe_int8"] <= 2 * m["epe_int8_se"])
-        fastest = max((m for m in members if m["within_noise"]), key=lambda m: m["fps"])
-        choice = report["choice"]
-        assert choice["chosen"]["member"] == label[id(fastest)] == f"{report['arch']} at 32x48"
-        assert choice["lowest_epe"]["member"] == label[id(lowest)]
-        assert (choice["rule"], choice["noise_se"]) == ("within_noise", 2.0) and choice["validation_pairs"] >= 2
-        assert report["settings"]["choice_rule"] == "within_noise"
-        assert f"choice (within_noise): {label[id(fastest)]} (INT8 EPE {fastest['epe_int8']:.4f}" in printed
-        assert f"lowest INT8 EPE: {label[id(lowest)]} (INT8 EPE {lowest['epe_int8']:.4f}" in printed
-        assert all(line in printed for line in choice["lines"])
-        assert deploy.main(flags + ["--choice_rule", "lowest_epe"]) == 0  # the old rule: the lowest INT8 EPE
-        printed = capsys.readouterr().out
-        old = json.loads((export_run / "whole" / "deploy_noise" / "deploy_report.json").read_text())
-        assert f"{old['arch']} at 32x48" == label[id(lowest)] == old["choice"]["chosen"]["member"]
-        assert old["settings"]["choice_rule"] == "lowest_epe" and "choice (lowest_epe): " in printed
 
 
 # ==== 27. refine.py: the top candidates fine-tuned from the supernet's weights and rescored ==========================
@@ -3881,10 +3853,16 @@ def _deploy_flags(export_run, target):
             "--int8_top", "2", "--tflm_samples", "2"]
 
 
-def _deploy(export_run, target):
-    """deploy.py as a user types it (a process of its own) on the exported tiny run."""
-    return subprocess.run([sys.executable, str(HERE / "deploy.py"), *_deploy_flags(export_run, target)],
-                          capture_output=True, text=True, cwd=HERE, env=user_env())
+@pytest.fixture(scope="class")
+def small_deployment(export_run, tmp_path_factory):
+    """deploy.py on the small board as a user types it (a process of its own, 3 INT8 members), once for
+    the tests that read it, start it again, kill it or choose by the other rule: (flags, the process's
+    result, the report it wrote or None)."""
+    flags = _deploy_flags(export_run, _board_file(tmp_path_factory.mktemp("board"), "small")) + ["--int8_top", "3"]
+    result = subprocess.run([sys.executable, str(HERE / "deploy.py"), *flags], capture_output=True, text=True,
+                            cwd=HERE, env=user_env())
+    path = export_run / "whole" / "deploy_small" / "deploy_report.json"
+    return flags, result, json.loads(path.read_text()) if result.returncode == 0 else None
 
 
 def _board_file(folder, name):
@@ -3913,10 +3891,12 @@ class TestDeployCommand:
         assert deploy.settings_of(deploy.parse_args(["--target", "himax-we2"])) == config.defaults()["deploy"]
 
     @pytest.mark.slow
-    def test_deploy_fits_the_board_and_hands_firmware_what_it_needs(self, export_run, tmp_path, capsys):
-        board = {"name": "small", "accelerator_config": "ethos-u55-64", "system_config": "Ethos_U55_High_End_Embedded",
-                 "memory_mode": "Shared_Sram", "optimise": "Performance", "sram_kib": 140, "flash_kib": 16384}
-        (tmp_path / "none.json").write_text(json.dumps(dict(board, name="none", sram_kib=1)))
+    def test_deploy_fits_the_board_and_hands_firmware_what_it_needs(self, export_run, small_deployment, tmp_path,
+                                                                    capsys):
+        flags, result, report = small_deployment
+        assert result.returncode == 0, result.stderr
+        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr  # nothing of TF's
+        (tmp_path / "none.json").write_text(json.dumps(dict(SMALL_BOARD, name="none", sram_kib=1)))
         capsys.readouterr()
         assert deploy.main(_deploy_flags(export_run, tmp_path / "none.json")) == 1
         err = capsys.readouterr().err
@@ -3924,12 +3904,7 @@ class TestDeployCommand:
         assert re.match(r"error: nothing fits target none: the smallest SRAM among the sizes tried is [\d.]+ KiB at "
                         r"32x48, the budget is 1 KiB", err)
         assert not (export_run / "whole" / "deploy_none").exists()
-        (tmp_path / "small.json").write_text(json.dumps(board))
-        result = _deploy(export_run, tmp_path / "small.json")
-        assert result.returncode == 0, result.stderr
-        assert all(PROGRAM_LINES.match(line) for line in result.stderr.splitlines()), result.stderr  # nothing of TF's
         folder = export_run / "whole" / "deploy_small"
-        report = json.loads((folder / "deploy_report.json").read_text())
         assert report["input_size"] == [32, 48] and report["cpu_ops"] == 0 and report["sram_kib"] <= 140
         assert report["vela_version"] == "vela 5.2.0" and report["target"]["name"] == "small"
         assert set(report["tflm"]) >= {"arena_bytes", "max_step_diff", "share_differing", "epe"}
@@ -3969,12 +3944,67 @@ class TestDeployCommand:
             f"*/{m['arch'].replace(',', '')}_{m['size'][0]}x{m['size'][1]}.tflite")) for m in report["int8_members"]]
         kept[0].write_bytes(kept[0].read_bytes()[:100])
         pathlib.Path(f"{kept[-1]}.npy").write_bytes(b"garbage")
-        assert deploy.main(_deploy_flags(export_run, tmp_path / "small.json")) == 0
+        assert deploy.main(flags) == 0
         again = json.loads((folder / "deploy_report.json").read_text())
         assert {k: v for k, v in again.items() if k not in ("seconds", "devices")} == {
             k: v for k, v in report.items() if k not in ("seconds", "devices")}
         assert sorted(p.name for p in cache.iterdir()) == compiled
         assert kept[0].stat().st_size > 100 and pathlib.Path(f"{kept[-1]}.npy").read_bytes() != b"garbage"
+
+
+    @pytest.mark.slow
+    def test_a_killed_or_failed_deployment_leaves_the_last_one_whole(self, export_run, small_deployment, capsys,
+                                                                    monkeypatch):
+        flags, result, _ = small_deployment
+        assert result.returncode == 0, result.stderr
+        run = export_run / "whole"
+        folder = run / "deploy_small"
+        last = _folder_bytes(folder)
+        assert {"deploy_report.json", "model_vela.cc", "README.txt", "model_int8.tflite"} <= set(last)
+        # killed once its new export is written: the last deployment is still all there
+        killed = subprocess.Popen([sys.executable, str(HERE / "deploy.py"), *flags, "--tflm_samples", "1"], cwd=HERE,
+                                  env=user_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        building = run / f"deploy_small.tmp{killed.pid}"
+        deadline = time.time() + 900
+        while not (building / "export_report.json").exists() and killed.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert building.is_dir() and _folder_bytes(folder) == last
+        # the disk full while model_vela.cc is written: one line, and still the last deployment
+        _fill_disk_at(monkeypatch, "model_vela.cc")
+        code, err = _run_main(deploy.main, flags + ["--tflm_samples", "1"], capsys)
+        assert code == 1 and len(err) == 1 and "model_vela.cc: No space left on device" in err[0], err
+        assert _folder_bytes(folder) == last
+        assert not list(run.glob("deploy_small.tmp*"))  # its own temp folder and the killed one's
+
+    @pytest.mark.slow
+    def test_a_deployment_names_its_choice_and_the_lowest_int8_epe_in_print_and_report(self, export_run,
+                                                                                      small_deployment, tmp_path,
+                                                                                      capsys):
+        _, result, report = small_deployment
+        assert result.returncode == 0, result.stderr
+        printed = result.stdout
+        members = report["int8_members"]
+        label = {id(m): f"{m['arch']} at {m['size'][0]}x{m['size'][1]}" for m in members}
+        lowest = min(members, key=lambda m: m["epe_int8"])
+        for m in members:  # each member tested against the lowest INT8 EPE with its paired SE
+            assert m["within_noise"] == (m is lowest or m["epe_int8"] - lowest["epe_int8"] <= 2 * m["epe_int8_se"])
+        fastest = max((m for m in members if m["within_noise"]), key=lambda m: m["fps"])
+        choice = report["choice"]
+        assert choice["chosen"]["member"] == label[id(fastest)] == f"{report['arch']} at 32x48"
+        assert choice["lowest_epe"]["member"] == label[id(lowest)]
+        assert (choice["rule"], choice["noise_se"]) == ("within_noise", 2.0) and choice["validation_pairs"] >= 2
+        assert report["settings"]["choice_rule"] == "within_noise"
+        assert f"choice (within_noise): {label[id(fastest)]} (INT8 EPE {fastest['epe_int8']:.4f}" in printed
+        assert f"lowest INT8 EPE: {label[id(lowest)]} (INT8 EPE {lowest['epe_int8']:.4f}" in printed
+        assert all(line in printed for line in choice["lines"])
+        lowest_flags = _deploy_flags(export_run, _board_file(tmp_path, "lowest")) + ["--int8_top", "3"]
+        assert deploy.main(lowest_flags + ["--choice_rule", "lowest_epe"]) == 0  # the old rule: the lowest INT8 EPE
+        printed = capsys.readouterr().out
+        old = json.loads((export_run / "whole" / "deploy_lowest" / "deploy_report.json").read_text())
+        assert f"{old['arch']} at 32x48" == label[id(lowest)] == old["choice"]["chosen"]["member"]
+        assert old["settings"]["choice_rule"] == "lowest_epe" and "choice (lowest_epe): " in printed
 
 
 class TestDeployOneWriter:
@@ -3988,32 +4018,6 @@ class TestDeployOneWriter:
         assert str(run / "deploy_int8") in err[0]
         assert not list((export_run / "cache_locked" / "models").iterdir())  # nothing compiled
         assert not list(run.glob("deploy_locked*"))
-
-    @pytest.mark.slow
-    def test_a_killed_or_failed_deployment_leaves_the_last_one_whole(self, export_run, tmp_path, capsys,
-                                                                    monkeypatch):
-        run, target = export_run / "whole", _board_file(tmp_path, "swap")
-        folder = run / "deploy_swap"
-        assert deploy.main(_deploy_flags(export_run, target)) == 0
-        last = _folder_bytes(folder)
-        assert {"deploy_report.json", "model_vela.cc", "README.txt", "model_int8.tflite"} <= set(last)
-        # killed once its new export is written: the last deployment is still all there
-        killed = subprocess.Popen([sys.executable, str(HERE / "deploy.py"), *_deploy_flags(export_run, target),
-                                   "--tflm_samples", "1"], cwd=HERE, env=user_env(),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        building = run / f"deploy_swap.tmp{killed.pid}"
-        deadline = time.time() + 900
-        while not (building / "export_report.json").exists() and killed.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
-        assert building.is_dir() and _folder_bytes(folder) == last
-        # the disk full while model_vela.cc is written: one line, and still the last deployment
-        _fill_disk_at(monkeypatch, "model_vela.cc")
-        code, err = _run_main(deploy.main, _deploy_flags(export_run, target) + ["--tflm_samples", "1"], capsys)
-        assert code == 1 and len(err) == 1 and "model_vela.cc: No space left on device" in err[0], err
-        assert _folder_bytes(folder) == last
-        assert not list(run.glob("deploy_swap.tmp*"))  # its own temp folder and the killed one's
 
 
 class TestDeploySummary:
@@ -5212,7 +5216,8 @@ class TestBenchMethods:
         assert rank.main(refine) == 0
         out = capsys.readouterr().out
         assert "trained already, training 0" in out and out.count("(kept from before)") == 3
-        assert "the supernet's scores of 3 archs: 3 kept from before, scoring 0" in out and " each, time left" not in out
+        assert "the supernet's scores of 3 archs: 3 kept from before, scoring 0" in out
+        assert " each, time left" not in out  # no arch scored by the supernet again
         again = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
         assert again["methods"] == report["methods"] and again["archs"] == report["archs"]
         assert all(os.path.getmtime(p) == t for p, t in kept.items()) and len(kept) == 3
