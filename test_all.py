@@ -5110,14 +5110,17 @@ class TestRankBench:
             rank_bench.read_rows(str(folder), plan)
 
     @pytest.mark.slow
-    def test_chunks_train_each_row_once(self, tmp_path):
-        archs = ["0,0,0,0,0,0,0,0,0", "1,1,1,1,1,1,1,1,1", "2,2,2,2,2,2,2,2,2"]
-        plan = _tiny_bench(tmp_path / "bench", archs, [])  # second seeds are rows like any other
+    def test_chunks_train_each_row_once(self, tmp_path, monkeypatch):
+        archs = ["0,0,0,0,0,0,0,0,0", "2,2,2,2,2,2,2,2,2"]
+        plan = _tiny_bench(tmp_path / "bench", archs, [], fingerprint=False)  # second seeds are rows like any other
         bench, runs = str(tmp_path / "bench"), str(tmp_path / "runs")
         jobs = str(min(2, len(parallel.usable_cores())))
-        assert rank.main(["--bench", bench, "--train_rows", "2", "--runs_dir", runs, "--jobs", jobs]) == 0
+        checked = []  # the rows' run folders when each chunk checks the fingerprint (its own tests are above)
+        monkeypatch.setattr(rank_bench, "check_fingerprint", lambda bench_dir, plan: checked.append(
+            [r["name"] for r in plan["rows"] if os.path.isdir(os.path.join(runs, r["name"]))]))
+        assert rank.main(["--bench", bench, "--train_rows", "1", "--runs_dir", runs, "--jobs", jobs]) == 0
         rows = rank_bench.read_rows(bench, plan)
-        assert sorted(rows) == sorted(r["name"] for r in plan["rows"][:2])
+        assert sorted(rows) == [plan["rows"][0]["name"]]
         for name, row in rows.items():
             assert not os.path.exists(os.path.join(runs, name, "checkpoints"))  # the row is what is kept
             assert row["steps"] == 6 and row["command"].endswith(f"--experiment_name {name}")
@@ -5127,8 +5130,9 @@ class TestRankBench:
         written = {n: os.path.getmtime(rank_bench.row_path(bench, n)) for n in rows}
         assert rank.main(["--bench", bench, "--train_rows", "5", "--runs_dir", runs, "--jobs", jobs]) == 0
         rows = rank_bench.read_rows(bench, plan)
-        assert len(rows) == 3 and all(os.path.getmtime(rank_bench.row_path(bench, n)) == t
+        assert len(rows) == 2 and all(os.path.getmtime(rank_bench.row_path(bench, n)) == t
                                       for n, t in written.items())  # never a row twice
+        assert checked == [[], [plan["rows"][0]["name"]]]  # each chunk checks before it trains
         # a standalone run is not a supernet to score against the rows
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
 
