@@ -4159,7 +4159,7 @@ class TestDeploymentSteps:
             yield lambda arch, names: (None, {})
 
         monkeypatch.setattr(convert, "recalibration_session", session)
-        monkeypatch.setattr(convert, "build_static_graph", lambda arch, h, w: (tf.Graph(), None, None))
+        monkeypatch.setattr(convert, "arch_variable_names", lambda arch: [])
         monkeypatch.setattr(convert, "static_models", lambda *args, **kwargs: {"int8": b"int8 model",
                                                                                "tf_outputs": [flow]})
         dep = types.SimpleNamespace(int8_folder=lambda: str(tmp_path / "int8"), inputs=lambda size: {
