@@ -273,9 +273,8 @@ class Scorer:
         self.sizes, self.done = (run_size, scored_size), 0
 
     def __call__(self, child_dir):
-        key = os.path.basename(child_dir)
-        last = ckpt.read_json(os.path.join(child_dir, "checkpoints", "last", ckpt.META_NAME), "checkpoint meta")
-        score, how = self.book.get(key, last.get("checkpoint")), "kept from before"
+        key, last = os.path.basename(child_dir), ckpt.load_meta(child_dir, "last")["checkpoint"]
+        score, how = self.book.get(key, last), "kept from before"
         if score is None:
             start = time.time()
             score = score_child(child_dir, self.archs[child_dir], self.scored, *self.sizes)

@@ -5112,7 +5112,7 @@ class TestRankBench:
     @pytest.mark.slow
     def test_chunks_train_each_row_once(self, tmp_path, monkeypatch):
         archs = ["0,0,0,0,0,0,0,0,0", "2,2,2,2,2,2,2,2,2"]
-        plan = _tiny_bench(tmp_path / "bench", archs, [], fingerprint=False)  # second seeds are rows like any other
+        plan = _tiny_bench(tmp_path / "bench", archs, [], fingerprint=False)
         bench, runs = str(tmp_path / "bench"), str(tmp_path / "runs")
         jobs = str(min(2, len(parallel.usable_cores())))
         checked = []  # the rows' run folders when each chunk checks the fingerprint (its own tests are above)
