@@ -3776,23 +3776,6 @@ class TestEdgeTables:
         with pytest.raises(errors.CheckpointError, match="unreadable"):
             edge_tables.load_latency_table(str(path))
 
-    @pytest.mark.slow
-    def test_table_from_a_fair_cycle_predicts_full_vela_compiles(self, tmp_path):
-        target = compiler.flag_target("ethos-u55-64", "Ethos_U55_High_End_Embedded", "Shared_Sram")
-        calibration = _synthetic_images(2, 16, 24, 1)
-
-        def measure(arch):
-            int8 = _static_models(arch, 16, 24, 2, calibration)[2]
-            name = "m" + "".join(map(str, arch))
-            path = atomic_files.write_atomic(str(tmp_path / f"{name}.tflite"), int8)
-            summary, per_layer = compiler.compile_model(path, target, str(tmp_path / name))
-            cycles, unattributed = edge_tables.block_cycles(per_layer, edge_tables.arch_op_blocks(arch))
-            return {"arch": arch, "epe": 0.0, "summary": summary, "cycles": cycles, "unattributed": unattributed}
-
-        table = edge_tables.make_latency_table([measure(a) for a in edge_tables.table_archs()], target, 16, 24)
-        check = edge_tables.check_table(table, [measure(supernet.random_archs(1, 7)[0])])
-        assert table["unattributed_rows"] == 0 and check["max_abs_error_pct"] < 2.0
-
     def test_the_table_check_reports_each_largest_error_and_any_sram_shortfall(self):
         blocks = supernet.SPACE.blocks
         table = {"clock_hz": 1e6, "fixed_cycles": 1000.0, "context_blocks": edge_tables.context_blocks(),
@@ -3881,6 +3864,9 @@ def _summary_member(arch, epe, epe_int8, zero, pairs=20):
 
 
 class TestDeployCommand:
+    """Every deployment of the suite's tiny run, in one class so that they run on one worker: the board's
+    tables at 32x48 (nine INT8 conversions and compiles) are made once and read from the compile cache after."""
+
     def test_deploy_settings_out_of_range_are_named(self):
         for flags, words in ((["--progress_every", "nan"], "--progress_every a number > 0"),
                              (["--check", "-1"], "--check must be >= 0"),
@@ -3919,6 +3905,7 @@ class TestDeployCommand:
                                "--config", "Arm/vela.ini"], capture_output=True, text=True)
         summary = next(csv.DictReader(open(next((tmp_path / "vela").glob("*_summary_*.csv")))))
         assert vela.returncode == 0 and float(summary["sram_memory_used"]) <= 140
+        assert float(summary["inferences_per_second"]) == pytest.approx(report["fps"], rel=1e-6)
         # TFLM run by hand on the reference input reproduces the reference output bit for bit
         from tflite_micro import runtime
         interpreter = runtime.Interpreter.from_file(str(folder / "model_int8.tflite"))
@@ -4007,67 +3994,18 @@ class TestDeployCommand:
         assert old["settings"]["choice_rule"] == "lowest_epe" and "choice (lowest_epe): " in printed
 
 
-class TestDeployOneWriter:
-    def test_a_second_deployment_of_a_run_is_refused_in_one_line_before_any_compile(self, export_run, tmp_path,
-                                                                                       capsys):
-        run = export_run / "whole"
-        flags = _deploy_flags(export_run, _board_file(tmp_path, "locked")) + ["--compile_cache", "cache_locked"]
-        with ckpt.writer_lock(str(run / "deploy_int8"), "deployment"):  # what a first deployment holds
-            code, err = _run_main(deploy.main, flags, capsys)
-        assert code == 1 and len(err) == 1 and "is being written by another process" in err[0], err
-        assert str(run / "deploy_int8") in err[0]
-        assert not list((export_run / "cache_locked" / "models").iterdir())  # nothing compiled
-        assert not list(run.glob("deploy_locked*"))
-
-
-class TestDeploySummary:
-    def _printed(self, members, capsys):
-        pixels = np.full(len(members[0]["int8_samples"]), 100.0)
-        choice, made = deployment.choose(members, pixels, config.defaults()["deploy"])
-        found = {"front": members, "members": members, "choice": choice, "noise": made}
-        tflm = {"samples": 8, "epe": 7.5, "tflite_epe_same_samples": 7.4, "max_step_diff": 1, "share_differing": 0.1,
-                "vs_tflite_reference_kernels": {"max_step_diff": 0}, "arena_bytes": 1000}
-        report = {"tflm": tflm, "sram_kib": 100.0, "flash_kib": 2000.0, "fps": 100.0, "cpu_ops": 0, "retrain": "cmd"}
-        dep = types.SimpleNamespace(folder=lambda: "deploy_board")
-        capsys.readouterr()
-        deploy.print_summary(dep, found, choice, report)
-        return capsys.readouterr().out
-
-    def test_the_summary_warns_when_the_choice_is_worse_than_zero_flow(self, capsys):
-        worse = [_summary_member("0,0,0,0,0,0,0,0,0", 7.88, 7.90, 7.65),
-                 _summary_member("1,0,0,0,0,0,0,0,0", 7.80, 7.95, 7.65)]
-        out = self._printed(worse, capsys)
-        assert ("warning: the choice scores worse than zero flow (predicting no motion: EPE 7.6500): INT8 7.9000, "
-                "FP32 7.8800; 2 of the 2 INT8 members do too") in out
-        better = [_summary_member("0,0,0,0,0,0,0,0,0", 7.0, 7.1, 7.65), _summary_member("1,0,0,0,0,0,0,0,0",
-                                                                                        7.2, 7.7, 7.65)]
-        assert "warning" not in self._printed(better, capsys)
-        fp32_only = [_summary_member("0,0,0,0,0,0,0,0,0", 7.7, 7.6, 7.65)]  # INT8 under, FP32 over: still told
-        assert "warning: the choice scores worse than zero flow" in self._printed(fp32_only, capsys)
-
-    def test_the_summary_says_what_each_epe_is_over_and_how_far_flash_may_miss(self, capsys):
-        out = self._printed([_summary_member("0,0,0,0,0,0,0,0,0", 1.0, 1.1, 7.65)], capsys)
-        assert "INT8 on all 20 validation pairs, best first:" in out
-        assert "TFLM on the first 8 of those 20 pairs: EPE 7.5000 (TFLite on the same 8: 7.4000)" in out
-        assert (f"flash predicted by the size's table, which can fall short of a full compile by up to "
-                f"{deployment.FLASH_MISS_PCT:g}%") in out
-
-
-class TestDeployRefine:
-    def test_refine_flags_are_checked_in_one_line(self):
-        hardware = {"gpus": []}
-        for flags, words in ((["--refine", "-1"], "--refine K must be > 0 to refine (0: off), got -1"),
-                             (["--refine_steps", "4"], "--refine K must be > 0 to refine (0: off), got 0 with "
-                                                       "--refine_steps"),
-                             (["--refine", "2", "--refine_steps", "3", "--refine_epochs", "2"],
-                              "--refine_steps (3) must be a multiple of --refine_epochs (2)"),
-                             (["--refine", "2", "--refine_epochs", "0"], "--refine_epochs must be > 0, got 0")):
-            with pytest.raises(errors.ConfigError, match=re.escape(words)):
-                deploy.refine_of(deploy.parse_args(["--target", "himax-we2", *flags]), hardware)
-        assert deploy.refine_of(deploy.parse_args(["--target", "himax-we2"]), hardware) is None
-        on = deploy.refine_of(deploy.parse_args(["--target", "himax-we2", "--refine", "1", "--refine_steps", "6",
-                                                 "--refine_epochs", "3"]), hardware)
-        assert on == {"settings": {"top": 1, "steps": 6, "epochs": 3}, "at_once": (1, 0)}
+    @pytest.mark.slow
+    def test_the_latency_table_from_a_fair_cycle_predicts_the_members_full_compiles(self, small_deployment):
+        _, result, report = small_deployment
+        assert result.returncode == 0, result.stderr
+        table = report["size_costs"]["32x48"]["latency_table"]  # from full compiles of the fair cycle's subnets
+        cycle = [supernet.format_arch(a) for a in edge_tables.table_archs()]
+        assert table["source_archs"] == cycle and table["unattributed_rows"] == 0
+        members = [m for m in report["int8_members"] if m["arch"] not in cycle]
+        assert members and all(m["npu_figures"] == "compile" for m in members)  # each compiled in full
+        check = edge_tables.check_table(table, [{"arch": supernet.parse_arch(m["arch"]), "summary": m}
+                                                for m in members])
+        assert check["max_abs_error_pct"] < 2.0, check
 
     @pytest.mark.slow
     def test_the_refined_choice_is_what_is_exported_and_the_report_names_the_refined_figures(
@@ -4133,6 +4071,69 @@ class TestDeployRefine:
         again = json.loads((folder / "deploy_report.json").read_text())
         assert (again["arch"], again["exported_checkpoint"], again["refine"]) == (
             report["arch"], report["exported_checkpoint"], report["refine"])
+
+
+class TestDeployOneWriter:
+    def test_a_second_deployment_of_a_run_is_refused_in_one_line_before_any_compile(self, export_run, tmp_path,
+                                                                                       capsys):
+        run = export_run / "whole"
+        flags = _deploy_flags(export_run, _board_file(tmp_path, "locked")) + ["--compile_cache", "cache_locked"]
+        with ckpt.writer_lock(str(run / "deploy_int8"), "deployment"):  # what a first deployment holds
+            code, err = _run_main(deploy.main, flags, capsys)
+        assert code == 1 and len(err) == 1 and "is being written by another process" in err[0], err
+        assert str(run / "deploy_int8") in err[0]
+        assert not list((export_run / "cache_locked" / "models").iterdir())  # nothing compiled
+        assert not list(run.glob("deploy_locked*"))
+
+
+class TestDeploySummary:
+    def _printed(self, members, capsys):
+        pixels = np.full(len(members[0]["int8_samples"]), 100.0)
+        choice, made = deployment.choose(members, pixels, config.defaults()["deploy"])
+        found = {"front": members, "members": members, "choice": choice, "noise": made}
+        tflm = {"samples": 8, "epe": 7.5, "tflite_epe_same_samples": 7.4, "max_step_diff": 1, "share_differing": 0.1,
+                "vs_tflite_reference_kernels": {"max_step_diff": 0}, "arena_bytes": 1000}
+        report = {"tflm": tflm, "sram_kib": 100.0, "flash_kib": 2000.0, "fps": 100.0, "cpu_ops": 0, "retrain": "cmd"}
+        dep = types.SimpleNamespace(folder=lambda: "deploy_board")
+        capsys.readouterr()
+        deploy.print_summary(dep, found, choice, report)
+        return capsys.readouterr().out
+
+    def test_the_summary_warns_when_the_choice_is_worse_than_zero_flow(self, capsys):
+        worse = [_summary_member("0,0,0,0,0,0,0,0,0", 7.88, 7.90, 7.65),
+                 _summary_member("1,0,0,0,0,0,0,0,0", 7.80, 7.95, 7.65)]
+        out = self._printed(worse, capsys)
+        assert ("warning: the choice scores worse than zero flow (predicting no motion: EPE 7.6500): INT8 7.9000, "
+                "FP32 7.8800; 2 of the 2 INT8 members do too") in out
+        better = [_summary_member("0,0,0,0,0,0,0,0,0", 7.0, 7.1, 7.65), _summary_member("1,0,0,0,0,0,0,0,0",
+                                                                                        7.2, 7.7, 7.65)]
+        assert "warning" not in self._printed(better, capsys)
+        fp32_only = [_summary_member("0,0,0,0,0,0,0,0,0", 7.7, 7.6, 7.65)]  # INT8 under, FP32 over: still told
+        assert "warning: the choice scores worse than zero flow" in self._printed(fp32_only, capsys)
+
+    def test_the_summary_says_what_each_epe_is_over_and_how_far_flash_may_miss(self, capsys):
+        out = self._printed([_summary_member("0,0,0,0,0,0,0,0,0", 1.0, 1.1, 7.65)], capsys)
+        assert "INT8 on all 20 validation pairs, best first:" in out
+        assert "TFLM on the first 8 of those 20 pairs: EPE 7.5000 (TFLite on the same 8: 7.4000)" in out
+        assert (f"flash predicted by the size's table, which can fall short of a full compile by up to "
+                f"{deployment.FLASH_MISS_PCT:g}%") in out
+
+
+class TestDeployRefine:
+    def test_refine_flags_are_checked_in_one_line(self):
+        hardware = {"gpus": []}
+        for flags, words in ((["--refine", "-1"], "--refine K must be > 0 to refine (0: off), got -1"),
+                             (["--refine_steps", "4"], "--refine K must be > 0 to refine (0: off), got 0 with "
+                                                       "--refine_steps"),
+                             (["--refine", "2", "--refine_steps", "3", "--refine_epochs", "2"],
+                              "--refine_steps (3) must be a multiple of --refine_epochs (2)"),
+                             (["--refine", "2", "--refine_epochs", "0"], "--refine_epochs must be > 0, got 0")):
+            with pytest.raises(errors.ConfigError, match=re.escape(words)):
+                deploy.refine_of(deploy.parse_args(["--target", "himax-we2", *flags]), hardware)
+        assert deploy.refine_of(deploy.parse_args(["--target", "himax-we2"]), hardware) is None
+        on = deploy.refine_of(deploy.parse_args(["--target", "himax-we2", "--refine", "1", "--refine_steps", "6",
+                                                 "--refine_epochs", "3"]), hardware)
+        assert on == {"settings": {"top": 1, "steps": 6, "epochs": 3}, "at_once": (1, 0)}
 
 
 # ==== 33. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice =================
