@@ -88,6 +88,16 @@ def train_standalone(args, supernet_cfg, supernet_report, plan):
 def parse_args(argv):
     """Command-line flags."""
     parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_study_flags(parser)
+    add_bench_flags(parser)
+    args = parser.parse_args(argv)
+    check_bench_flags(parser, args)
+    check_study_flags(parser, args)
+    return args
+
+
+def add_study_flags(parser):
+    """The study's flags (a supernet against subnets trained alone) and the two comparisons."""
     parser.add_argument("--supernet", help="the supernet run folder")
     parser.add_argument("--standalone", nargs="+", default=[], metavar="RUN", help="standalone run folders")
     parser.add_argument("--standalone_glob", help="a glob of standalone run folders (quote it)")
@@ -118,9 +128,10 @@ def parse_args(argv):
     parser.add_argument("--margin", nargs=2, metavar=("A", "B"), help="only compare two standalone runs on A's "
                         "batches: EPE of each, B minus A with its paired standard error, whether each had stopped "
                         "falling; written to B/margin_vs_<A's name>.json (or --out)")
-    add_bench_flags(parser)
-    args = parser.parse_args(argv)
-    check_bench_flags(parser, args)
+
+
+def check_study_flags(parser, args):
+    """The study's flags and which command is asked for, against each other: a one-line error."""
     if not (args.compare or args.margin or args.bench) and not args.supernet:
         parser.error("--supernet is required (or --compare A.csv B.csv, --margin A B, or --bench DIR)")
     if sum(bool(v) for v in (args.compare, args.margin, args.supernet or args.bench)) > 1:
@@ -142,7 +153,6 @@ def parse_args(argv):
         parser.error("--bootstrap, --jobs and --bn_recal_batches must be >= 1")
     if args.seed < 0:
         parser.error(f"--seed {args.seed} must be >= 0")
-    return args
 
 
 def add_bench_flags(parser):
