@@ -166,6 +166,9 @@ def add_bench_flags(parser):
                         "fine-tune every arch of the rows from the supernet for N steps (refine.py's children, "
                         "config.json's refine epochs; --jobs at once) and score each; the methods table then has "
                         "the refine stage at each N beside the supernet alone and training alone")
+    parser.add_argument("--reproduce", metavar="ROW", help="with --bench: train row ROW (e.g. 000000000_s42) again "
+                        "from its recorded command on one core, score it by the plan's protocol and print its EPE "
+                        "against the recorded one and the seed differences the bench measures")
     parser.add_argument("--runs_dir", default=os.path.join("outputs", "rankbench"),
                         help="with --bench: where the bench's runs train (their checkpoints are dropped once "
                         "their row is written; a started run's steps left count in the time left)")
@@ -173,8 +176,8 @@ def add_bench_flags(parser):
 
 def check_bench_flags(parser, args):
     """--bench's flags: alone, with --train_rows N (N >= 1), or with --supernet; nothing else."""
-    if args.train_rows is not None and not args.bench:
-        parser.error("--train_rows goes with --bench")
+    if (args.train_rows is not None or args.reproduce) and not args.bench:
+        parser.error("--train_rows and --reproduce go with --bench")
     if args.refine_steps and not (args.bench and args.supernet):
         parser.error("--refine_steps goes with --bench and --supernet")
     if args.refine_steps and args.checkpoint_type != refining.KIND:
@@ -186,6 +189,8 @@ def check_bench_flags(parser, args):
         parser.error("--bench takes --train_rows or --supernet, not --standalone, --train, --compare or --margin")
     if args.train_rows is not None and (args.train_rows < 1 or args.supernet):
         parser.error("--train_rows must be >= 1 and does not go with --supernet")
+    if args.reproduce and (args.train_rows is not None or args.supernet):
+        parser.error("--reproduce goes with --bench alone, not with --train_rows or --supernet")
 
 
 def bench_status(args):
@@ -239,12 +244,26 @@ def refine_flag(key):
 
 
 def bench(args):
-    """--bench: its status, its next rows trained, or a supernet scored against it."""
-    if args.train_rows:
+    """--bench: its status, its next rows trained, a row trained again, or a supernet scored against it."""
+    if args.train_rows or args.reproduce:
         devices.report()  # before any session: quietens TensorFlow's device probing
+    if args.train_rows:
         return rank_bench.train_chunk(args.bench, args.runs_dir, args.train_rows, args.jobs,
                                       os.path.join(HERE, "train.py"))
+    if args.reproduce:
+        return print_reproduction(rank_bench.reproduce_row(args.bench, args.reproduce, args.runs_dir,
+                                                           os.path.join(HERE, "train.py")))
     return bench_ranking(args) if args.supernet else bench_status(args)
+
+
+def print_reproduction(result):
+    """The row trained again against its record, and the seed noise the bench measures."""
+    seeds = result["seed_differences"]
+    print(f"row {result['row']} trained again: EPE {result['again_epe']:.6f}, recorded {result['recorded_epe']:.6f}: "
+          f"difference {result['difference']:+.6f} (paired SE {result['paired_se']:.6f}), largest per-pair "
+          f"difference {result['max_pair_difference']:.6f}")
+    print(f"the bench's seed differences (second seed minus first) over {len(seeds)} archs: "
+          + (", ".join(f"{a} {d:+.4f}" for a, d in sorted(seeds.items())) if seeds else "none yet"))
 
 
 def standalone_runs(args, supernet_cfg, supernet_report, choice):

@@ -406,6 +406,38 @@ def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=say):
     return left
 
 
+
+def reproduce_row(bench_dir, name, runs_dir, train_py, log=say):
+    """Train row `name` again from its recorded command as a chunk trains a row (one core, resumed
+    after a kill) into <runs_dir>/<name>_again, and score it by the plan's protocol: the recorded
+    and the new EPE, their difference with its paired SE, the largest per-pair difference, and the
+    seed differences the bench measures (second seed minus first, by arch). Written to
+    <runs_dir>/<name>_again.json, then the run's checkpoints are dropped; returns it."""
+    plan = read_plan(bench_dir)
+    rows = read_rows(bench_dir, plan)
+    if name not in rows:
+        raise RankError(f"{row_path(bench_dir, name)}: no such row to reproduce")
+    planned = dict(next(r for r in plan["rows"] if r["name"] == name), name=name + "_again")
+    run_dir = os.path.join(runs_dir, planned["name"])
+    if os.path.exists(run_dir + ".json"):
+        return ckpt.read_json(run_dir + ".json", "reproduced row")
+    check_fingerprint(bench_dir, plan)
+    if not run_finished(run_dir):
+        start_commit_file(run_dir, os.path.dirname(os.path.abspath(train_py)))
+        parallel.run_all([row_child(bench_dir, planned, runs_dir, train_py)], 1, log=log,
+                         cores=parallel.usable_cores()[:1], env=tensorflow_quiet.child_environment())
+    again, recorded = run_row(bench_dir, plan, planned, run_dir, scoring_data(bench_dir, plan)), rows[name]
+    ranked, second = ranked_and_second(plan, rows)
+    result = {"row": name, "recorded_epe": recorded["epe"], "again_epe": again["epe"],
+              "difference": again["epe"] - recorded["epe"], "paired_se": paired_se(again, recorded),
+              "max_pair_difference": float(np.abs(np.subtract(again["pair_epe"], recorded["pair_epe"])).max()),
+              "seed_differences": {r["arch"]: second[r["arch"]]["epe"] - r["epe"] for r in ranked
+                                   if r["arch"] in second},
+              "again": {k: again[k] for k in ("commit", "command", "stopping", "steps", "wall_time_s")}}
+    atomic_files.write_json_atomic(run_dir + ".json", result)
+    shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+    return result
+
 def row_core_minutes(planned):
     """A row's training time on one core of a 2-core CPU, from its GMACs (measured at batch 8: all-0,
     0.278 GMAC, 13.6 min; all-2, 0.770 GMAC, 33.9 min; linear between)."""

@@ -5111,7 +5111,7 @@ class TestRankBench:
             rank_bench.read_rows(str(folder), plan)
 
     @pytest.mark.slow
-    def test_chunks_train_each_row_once(self, tmp_path, monkeypatch):
+    def test_chunks_train_each_row_once_and_a_row_trained_again_reproduces_it(self, tmp_path, monkeypatch, capsys):
         archs = ["0,0,0,0,0,0,0,0,0", "2,2,2,2,2,2,2,2,2"]
         plan = _tiny_bench(tmp_path / "bench", archs, [], fingerprint=False)
         bench, runs = str(tmp_path / "bench"), str(tmp_path / "runs")
@@ -5136,6 +5136,21 @@ class TestRankBench:
         assert checked == [[], [plan["rows"][0]["name"]]]  # each chunk checks before it trains
         # a standalone run is not a supernet to score against the rows
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
+        # a row trained again from its recorded command, on one core: the same EPE on every pair
+        first = plan["rows"][0]["name"]
+        capsys.readouterr()
+        assert rank.main(["--bench", bench, "--reproduce", first, "--runs_dir", runs]) == 0
+        out = capsys.readouterr().out
+        again = json.loads((tmp_path / "runs" / f"{first}_again.json").read_text())
+        assert again["again_epe"] == again["recorded_epe"] == rows[first]["epe"] and again["max_pair_difference"] == 0
+        assert again["again"]["command"].endswith(f"--experiment_name {first}_again") and len(checked) == 3
+        assert f"row {first} trained again: EPE {rows[first]['epe']:.6f}, recorded {rows[first]['epe']:.6f}" in out
+        assert not (tmp_path / "runs" / f"{first}_again" / "checkpoints").exists()
+        assert rank.main(["--bench", bench, "--reproduce", first, "--runs_dir", runs]) == 0 and len(checked) == 3
+        rerun = capsys.readouterr().out  # kept: nothing trained again, the same figures
+        assert "started" not in rerun and rerun.splitlines()[-2:] == out.splitlines()[-2:]
+        assert rank.main(["--bench", bench, "--reproduce", "nosuchrow", "--runs_dir", runs]) == 1
+        assert "nosuchrow.json: no such row to reproduce" in capsys.readouterr().err
 
 
 # ==== 40. bench_methods.py: remedies for the supernet's ranking against the bench's rows =============================
