@@ -3209,6 +3209,17 @@ def refine_study(tmp_path_factory):
 
 
 class TestRefine:
+    def test_the_time_left_weighs_each_child_by_its_arch_macs(self, refine_study, monkeypatch):
+        out, seen = refine_study[0], {}
+        monkeypatch.setattr(parallel, "run_all", lambda todo, jobs, **kw: seen.update(
+            todo=[name for name, _, _ in todo], work=kw["work"]))
+        codes = ["0,0,0,0,0,0,0,0,0", "2,2,2,2,2,2,2,2,2"]
+        settings = dict(config.defaults()["refine"], steps=3, epochs=1)  # children not trained yet
+        folders = refining.train_children(str(out / "sup"), codes, settings, (1, 0), str(HERE / "train.py"),
+                                          "two", lambda line: None, lambda folder: None)
+        assert seen["todo"] == folders
+        assert seen["work"] == {f: supernet.count_macs(supernet.parse_arch(c)) for f, c in zip(folders, codes)}
+
     def test_candidates_are_the_lowest_supernet_epe_within_the_budget(self):
         rows = [{"arch": a, "gmacs": g, "params": p, "epe": e} for a, g, p, e in (
             ("a", 0.1, 10, 3.0), ("b", 0.2, 20, 2.0), ("c", 0.3, 15, 2.5), ("d", 0.4, 40, 1.0), ("e", 0.5, 5, 0.9))]
