@@ -423,6 +423,7 @@ def reproduce_row(bench_dir, name, runs_dir, train_py, log=say):
         return ckpt.read_json(run_dir + ".json", "reproduced row")
     check_fingerprint(bench_dir, plan)
     if not run_finished(run_dir):
+        os.makedirs(runs_dir, exist_ok=True)
         start_commit_file(run_dir, os.path.dirname(os.path.abspath(train_py)))
         parallel.run_all([row_child(bench_dir, planned, runs_dir, train_py)], 1, log=log,
                          cores=parallel.usable_cores()[:1], env=tensorflow_quiet.child_environment())

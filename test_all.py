@@ -5147,16 +5147,17 @@ class TestRankBench:
         assert checked == [[], [plan["rows"][0]["name"]]]  # each chunk checks before it trains
         # a standalone run is not a supernet to score against the rows
         assert rank.main(["--bench", bench, "--supernet", runs + "/" + plan["rows"][0]["name"]]) == 1
-        # a row trained again from its recorded command, on one core: the same EPE on every pair
-        first = plan["rows"][0]["name"]
+        # a row trained again from its recorded command, on one core (in a runs folder not made yet): the same
+        # EPE on every pair
+        first, runs = plan["rows"][0]["name"], str(tmp_path / "again")
         capsys.readouterr()
         assert rank.main(["--bench", bench, "--reproduce", first, "--runs_dir", runs]) == 0
         out = capsys.readouterr().out
-        again = json.loads((tmp_path / "runs" / f"{first}_again.json").read_text())
+        again = json.loads((tmp_path / "again" / f"{first}_again.json").read_text())
         assert again["again_epe"] == again["recorded_epe"] == rows[first]["epe"] and again["max_pair_difference"] == 0
         assert again["again"]["command"].endswith(f"--experiment_name {first}_again") and len(checked) == 3
         assert f"row {first} trained again: EPE {rows[first]['epe']:.6f}, recorded {rows[first]['epe']:.6f}" in out
-        assert not (tmp_path / "runs" / f"{first}_again" / "checkpoints").exists()
+        assert not (tmp_path / "again" / f"{first}_again" / "checkpoints").exists()
         assert rank.main(["--bench", bench, "--reproduce", first, "--runs_dir", runs]) == 0 and len(checked) == 3
         rerun = capsys.readouterr().out  # kept: nothing trained again, the same figures
         assert "started" not in rerun and rerun.splitlines()[-2:] == out.splitlines()[-2:]
