@@ -156,10 +156,10 @@ def check_study_flags(parser, args):
 
 
 def add_bench_flags(parser):
-    """The ranking benchmark's flags: --bench, --train_rows, --refine_steps, --runs_dir."""
+    """The ranking benchmark's flags: --bench, --train_rows, --refine_steps, --reproduce, --runs_dir."""
     parser.add_argument("--bench", metavar="DIR", help="the ranking benchmark's folder (plan.json, setting.json, "
                         "rows/): alone, how many rows are written; with --train_rows, train the next rows; with "
-                        "--supernet, score that supernet against the rows")
+                        "--reproduce, train one row again; with --supernet, score that supernet against the rows")
     parser.add_argument("--train_rows", type=int, metavar="N", help="with --bench: train the next N rows it lacks "
                         "(--jobs at once), each scored into its row as it finishes; resumes after any kill")
     parser.add_argument("--refine_steps", type=int, nargs="+", metavar="N", help="with --bench and --supernet: also "
@@ -175,7 +175,7 @@ def add_bench_flags(parser):
 
 
 def check_bench_flags(parser, args):
-    """--bench's flags: alone, with --train_rows N (N >= 1), or with --supernet; nothing else."""
+    """--bench's flags: alone, with --train_rows N (N >= 1), --reproduce ROW or --supernet; nothing else."""
     if (args.train_rows is not None or args.reproduce) and not args.bench:
         parser.error("--train_rows and --reproduce go with --bench")
     if args.refine_steps and not (args.bench and args.supernet):
@@ -186,7 +186,8 @@ def check_bench_flags(parser, args):
     if not args.bench:
         return
     if args.standalone or args.standalone_glob or args.train is not None or args.compare or args.margin:
-        parser.error("--bench takes --train_rows or --supernet, not --standalone, --train, --compare or --margin")
+        parser.error("--bench takes --train_rows, --reproduce or --supernet, not --standalone, --train, --compare "
+                     "or --margin")
     if args.train_rows is not None and (args.train_rows < 1 or args.supernet):
         parser.error("--train_rows must be >= 1 and does not go with --supernet")
     if args.reproduce and (args.train_rows is not None or args.supernet):

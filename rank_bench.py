@@ -419,8 +419,16 @@ def reproduce_row(bench_dir, name, runs_dir, train_py, log=say):
         raise RankError(f"{row_path(bench_dir, name)}: no such row to reproduce")
     planned = dict(next(r for r in plan["rows"] if r["name"] == name), name=name + "_again")
     run_dir = os.path.join(runs_dir, planned["name"])
+    record = {"row": name, "recorded_epe": rows[name]["epe"], "recorded_commit": rows[name]["commit"],
+              "setting_sha256": setting_digest(bench_dir)}
+    aside = f"move {run_dir} and its .json, .commit and .out aside to train it again"
     if os.path.exists(run_dir + ".json"):
-        return ckpt.read_json(run_dir + ".json", "reproduced row")
+        kept = ckpt.read_json(run_dir + ".json", "reproduced row")
+        if not isinstance(kept, dict) or {k: kept.get(k) for k in record} != record:
+            raise RankError(f"{run_dir}.json: a reproduction of another record of {name} or another setting: {aside}")
+        return kept
+    if run_finished(run_dir) and not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        raise RankError(f"{run_dir}: trained, but its checkpoints are gone and its result is not kept: {aside}")
     check_fingerprint(bench_dir, plan)
     if not run_finished(run_dir):
         os.makedirs(runs_dir, exist_ok=True)
@@ -429,7 +437,7 @@ def reproduce_row(bench_dir, name, runs_dir, train_py, log=say):
                          cores=parallel.usable_cores()[:1], env=tensorflow_quiet.child_environment())
     again, recorded = run_row(bench_dir, plan, planned, run_dir, scoring_data(bench_dir, plan)), rows[name]
     ranked, second = ranked_and_second(plan, rows)
-    result = {"row": name, "recorded_epe": recorded["epe"], "again_epe": again["epe"],
+    result = {**record, "again_epe": again["epe"],
               "difference": again["epe"] - recorded["epe"], "paired_se": paired_se(again, recorded),
               "max_pair_difference": float(np.abs(np.subtract(again["pair_epe"], recorded["pair_epe"])).max()),
               "seed_differences": {r["arch"]: second[r["arch"]]["epe"] - r["epe"] for r in ranked
@@ -438,6 +446,7 @@ def reproduce_row(bench_dir, name, runs_dir, train_py, log=say):
     atomic_files.write_json_atomic(run_dir + ".json", result)
     shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
     return result
+
 
 def row_core_minutes(planned):
     """A row's training time on one core of a 2-core CPU, from its GMACs (measured at batch 8: all-0,

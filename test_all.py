@@ -5163,6 +5163,17 @@ class TestRankBench:
         assert "started" not in rerun and rerun.splitlines()[-2:] == out.splitlines()[-2:]
         assert rank.main(["--bench", bench, "--reproduce", "nosuchrow", "--runs_dir", runs]) == 1
         assert "nosuchrow.json: no such row to reproduce" in capsys.readouterr().err
+        kept = tmp_path / "again" / f"{first}_again.json"  # made from another record of the row: not handed back
+        kept.write_text(json.dumps(dict(again, recorded_epe=again["recorded_epe"] + 0.1)))
+        assert rank.main(["--bench", bench, "--reproduce", first, "--runs_dir", runs]) == 1
+        assert f"a reproduction of another record of {first} or another setting: move" in capsys.readouterr().err
+        kept.unlink()  # its checkpoints are gone with it: said, not a checkpoint error
+        assert rank.main(["--bench", bench, "--reproduce", first, "--runs_dir", runs]) == 1
+        assert "trained, but its checkpoints are gone and its result is not kept" in capsys.readouterr().err
+        for flags in (["--reproduce", first], ["--bench", bench, "--reproduce", first, "--train_rows", "1"],
+                      ["--bench", bench, "--reproduce", first, "--jobs", "2"]):
+            with pytest.raises(SystemExit):
+                rank.parse_args(flags)
 
 
 # ==== 40. bench_methods.py: remedies for the supernet's ranking against the bench's rows =============================
