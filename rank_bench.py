@@ -394,17 +394,23 @@ def train_chunk(bench_dir, runs_dir, count, jobs, train_py, log=say):
         minutes = rows_minutes_left(bench_dir, todo, runs_dir)
         log(f"training {len(todo)} rows, {jobs} at a time: " + " ".join(r["name"] for r in todo)
             + f" (about {sum(minutes.values()) / 60:.1f} core-hours)")
-        for planned in todo:
-            start_commit_file(os.path.join(runs_dir, planned["name"]), os.path.dirname(os.path.abspath(train_py)))
-        parallel.run_all([row_child(bench_dir, r, runs_dir, train_py) for r in todo], jobs,
-                         cores=parallel.usable_cores()[:jobs], env=tensorflow_quiet.child_environment(),
-                         on_finished=score, log=log, work=minutes)
+        train_row_runs(bench_dir, todo, runs_dir, train_py, jobs, log, on_finished=score, work=minutes)
         left = missing_rows(plan, read_rows(bench_dir, plan))
     log(f"{len(plan['rows']) - len(left)} of {len(plan['rows'])} rows written, {len(left)} to train "
         f"(about {sum(rows_minutes_left(bench_dir, left, runs_dir).values()) / 60:.1f} core-hours)"
         + (f"; not scored: {' '.join(score.failed)}" if score.failed else ""))
     return left
 
+
+def train_row_runs(bench_dir, planned_rows, runs_dir, train_py, jobs, log, **hooks):
+    """Train the runs of `planned_rows` in runs_dir (row_child: from scratch or resumed), `jobs` at
+    once, each pinned to one core, each recording the commit it starts from; hooks: parallel.run_all's
+    on_finished and work."""
+    os.makedirs(runs_dir, exist_ok=True)
+    for planned in planned_rows:
+        start_commit_file(os.path.join(runs_dir, planned["name"]), os.path.dirname(os.path.abspath(train_py)))
+    parallel.run_all([row_child(bench_dir, r, runs_dir, train_py) for r in planned_rows], jobs, log=log,
+                     cores=parallel.usable_cores()[:jobs], env=tensorflow_quiet.child_environment(), **hooks)
 
 
 def reproduce_row(bench_dir, name, runs_dir, train_py, log=say):
@@ -419,7 +425,8 @@ def reproduce_row(bench_dir, name, runs_dir, train_py, log=say):
         raise RankError(f"{row_path(bench_dir, name)}: no such row to reproduce")
     planned = dict(next(r for r in plan["rows"] if r["name"] == name), name=name + "_again")
     run_dir = os.path.join(runs_dir, planned["name"])
-    record = {"row": name, "recorded_epe": rows[name]["epe"], "recorded_commit": rows[name]["commit"],
+    recorded = rows[name]
+    record = {"row": name, "recorded_epe": recorded["epe"], "recorded_commit": recorded["commit"],
               "setting_sha256": setting_digest(bench_dir)}
     aside = f"move {run_dir} and its .json, .commit and .out aside to train it again"
     if os.path.exists(run_dir + ".json"):
@@ -431,11 +438,8 @@ def reproduce_row(bench_dir, name, runs_dir, train_py, log=say):
         raise RankError(f"{run_dir}: trained, but its checkpoints are gone and its result is not kept: {aside}")
     check_fingerprint(bench_dir, plan)
     if not run_finished(run_dir):
-        os.makedirs(runs_dir, exist_ok=True)
-        start_commit_file(run_dir, os.path.dirname(os.path.abspath(train_py)))
-        parallel.run_all([row_child(bench_dir, planned, runs_dir, train_py)], 1, log=log,
-                         cores=parallel.usable_cores()[:1], env=tensorflow_quiet.child_environment())
-    again, recorded = run_row(bench_dir, plan, planned, run_dir, scoring_data(bench_dir, plan)), rows[name]
+        train_row_runs(bench_dir, [planned], runs_dir, train_py, 1, log)
+    again = run_row(bench_dir, plan, planned, run_dir, scoring_data(bench_dir, plan))
     ranked, second = ranked_and_second(plan, rows)
     result = {**record, "again_epe": again["epe"],
               "difference": again["epe"] - recorded["epe"], "paired_se": paired_se(again, recorded),

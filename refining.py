@@ -209,10 +209,10 @@ def train_children(run_dir, codes, settings, at_once, train_py, described, log, 
         if not argv:
             on_finished(child_dir)
     # a child's time goes with its arch's MACs (the same steps and batch for all): the time left weighs them so
-    macs = {child_dir: supernet.count_macs(supernet.parse_arch(code)) for code, (child_dir, _) in zip(codes, children)}
+    work = {child_dir: supernet.count_macs(supernet.parse_arch(code))
+            for code, (child_dir, argv) in zip(codes, children) if argv}
     parallel.run_all(todo, jobs, log=log, env=tensorflow_quiet.child_environment(), gpus=gpus,
-                     cores=None if gpus else parallel.usable_cores()[:jobs], on_finished=on_finished,
-                     work={child_dir: macs[child_dir] for child_dir, _, _ in todo})
+                     cores=None if gpus else parallel.usable_cores()[:jobs], on_finished=on_finished, work=work)
     return [child_dir for child_dir, _ in children]
 
 
