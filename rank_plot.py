@@ -31,10 +31,11 @@ def plot_ranking(report, path):
 
 
 def plot_cost_panel(ax, report):
-    """Standalone EPE against GMACs: the study's subnets (a second seed joined to its first), and the
+    """Standalone EPE against GMACs: the subnets trained alone (a second seed joined to its first), and the
     search's choice (both seeds) with the cost window of the random pick it is compared with shaded."""
     rows, choice = report["archs"], report.get("search_choice")
-    ax.scatter([r["gmacs"] for r in rows], [r["standalone_epe"] for r in rows], c="tab:blue", label="study subnets")
+    ax.scatter([r["gmacs"] for r in rows], [r["standalone_epe"] for r in rows], c="tab:blue",
+               label="subnets trained alone")
     by_code = {r["arch"]: r for r in rows}
     for run in report.get("second_seed_runs", []):
         if run["arch"] in by_code and not (choice and run["arch"] == choice["arch"]):  # the choice is starred
