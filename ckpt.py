@@ -302,12 +302,18 @@ def restored_session(run_dir, kind, build, input_size=None):
     """Build a graph with `build()` (which creates the supernet variables it needs and returns what
     the caller uses), open a session with the project's session config, restore checkpoint `kind`
     of the run into it (see restore; `input_size` (h, w), if given, must be the checkpoint's) and
-    yield (sess, what build returned, the checkpoint meta)."""
+    yield (sess, what build returned, the checkpoint meta). The session is not made the default, nor its
+    graph: eager work may go on while it is open (a deployment keeps one open from its first
+    conversion to its export)."""
     graph = tf.Graph()
     with graph.as_default():
         built = build()
         saver = tf.compat.v1.train.Saver(graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
     graph.finalize()
-    with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
-        meta = restore(sess, saver, run_dir, kind, *(input_size or (None, None)))
+    sess = tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config())
+    try:
+        with graph.as_default():  # the Saver restores in graph mode only there
+            meta = restore(sess, saver, run_dir, kind, *(input_size or (None, None)))
         yield sess, built, meta
+    finally:
+        sess.close()

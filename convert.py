@@ -4,7 +4,6 @@ converted to FP32 and to full INT8 (calibrated on real frames), and run with TFL
 to see what the converted models compute."""
 import contextlib
 import dataclasses
-import functools
 import glob
 import os
 import shutil
@@ -39,19 +38,6 @@ def build_static_graph(arch, h, w):
 def variable_names(graph):
     """Op names of a graph's global variables (the names the supernet's checkpoint uses)."""
     return [v.op.name for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)]
-
-
-@functools.lru_cache(maxsize=None)
-def names_graph(arch):
-    """The static graph of `arch` (a tuple) at 16 x 16, read for its op and variable names. They do not
-    depend on the input size, so one small graph serves every size: building one takes seconds, and a
-    deployment asks for the same arch at several sizes and for its table figures."""
-    return build_static_graph(arch, 16, 16)[0]
-
-
-def arch_variable_names(arch):
-    """variable_names of `arch`'s static graph (at any size)."""
-    return variable_names(names_graph(tuple(arch)))
 
 
 def load_values(sess, graph, values):
@@ -91,13 +77,15 @@ def convert(sess, images, flow, calibration=None):
         raise ExportError(f"TFLite conversion failed: {str(err).strip().splitlines()[0]}") from None
 
 
-def static_models(values, arch, h, w, calibration, val_batches, with_fp32=True):
-    """Build the static graph of `arch` at h x w from recalibrated `values` and convert it.
+def static_models(values_of, arch, h, w, calibration, val_batches, with_fp32=True):
+    """Build the static graph of `arch` at h x w, give its variables values_of(their names) (the
+    recalibrated values: recalibration_session's recalibrate(arch, names)[1]) and convert it.
 
     Returns dict(check, int8, tf_outputs (the static graph's flow for every sample of
     `val_batches`, batch by batch), and with `with_fp32` the FP32 model)."""
     graph, images, flow = build_static_graph(arch, h, w)
     result = {"check": graph_check(graph, arch, h, w)}
+    values = values_of(variable_names(graph))
     with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
         load_values(sess, graph, values)
         result["tf_outputs"] = [np.concatenate([sess.run(flow, {images: s[None]})
@@ -235,15 +223,6 @@ def recalibration_session(run_dir, kind, cfg, recal_batches, val_batches=(), siz
 
 # ----------------------------------------------------------------------------- an export folder
 
-def recalibrated_values(run_dir, kind, cfg, arch, size, recal_batches):
-    """(values of the static graph of `arch` at `size`, the checkpoint meta): the run's weights with
-    the subnet's BN statistics recalibrated on `recal_batches` (at their own size)."""
-    recal_size = tuple(int(v) for v in recal_batches[0][0].shape[1:3])
-    with recalibration_session(run_dir, kind, cfg, recal_batches, size=recal_size) as recalibrate:
-        _, values = recalibrate(arch, arch_variable_names(arch))
-    return values, recalibrate.meta
-
-
 def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, options):
     """Recalibrate, build, convert, check, time and compile one subnet at `size` (h, w); write
     out_dir (model_fp32.tflite, model_int8.tflite, the compiler's output in <compiler name>/, and
@@ -257,14 +236,17 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
     read already: batches.deployment_base), recal_at_size (recalibrate BN on batches
     resized to `size` instead of at the run's size), timing ((warmup, repeats) of the CPU timings,
     or None), extra (more fields for the report), folder (where out_dir will be when its caller
-    builds it aside: the paths the report names; default out_dir)."""
+    builds it aside: the paths the report names; default out_dir), recalibrate (a caller's open
+    recalibration_session on these same recalibration batches; default: one opened here)."""
     h, w = size
     check_folder(out_dir)
     base = options.get("base") or batches.deployment_base(cfg, options["calibration_samples"])
     data = batches.deployment_batches(base, size, options["recal_at_size"])
-    values, meta = recalibrated_values(run_dir, kind, cfg, arch, size, data["recal"])
     calibration, val_export, data_source = data["calibration"], data["val"], data["data_source"]
-    models = static_models(values, arch, h, w, calibration, val_export)
+    with contextlib.ExitStack() as stack:
+        recalibrate = options.get("recalibrate") or stack.enter_context(recalibration_session(
+            run_dir, kind, cfg, data["recal"], size=tuple(int(v) for v in data["recal"][0][0].shape[1:3])))
+        models = static_models(lambda names: recalibrate(arch, names)[1], arch, h, w, calibration, val_export)
     if not models["check"]["ok"]:
         raise ExportError(f"the static graph of {supernet.format_arch(arch)} is not that subnet alone: "
                           f"{models['check']}")
@@ -273,7 +255,7 @@ def export_subnet(run_dir, kind, cfg, arch, size, target, out_dir, cache, option
                  for k in ("fp32", "int8")}
         name = cache.tool.name
         summary, _ = cache.compile(paths["int8"], target, os.path.join(work, name), supernet.structure(arch, size))
-        report = {"arch": supernet.format_arch(arch), "run_dir": run_dir, "checkpoint": meta["prefix"],
+        report = {"arch": supernet.format_arch(arch), "run_dir": run_dir, "checkpoint": recalibrate.meta["prefix"],
                   "checkpoint_type": kind, "data_source": data_source, "input_size": [h, w],
                   "run_input_size": [cfg["input_h"], cfg["input_w"]], "params": supernet.count_params(arch, h, w),
                   "gmacs": supernet.count_macs(arch, h, w) / 1e9, "graph_check": models["check"],

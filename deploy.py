@@ -16,6 +16,7 @@ With --refine K the front's K lowest FP32 EPE are fine-tuned from the run's best
 refine.py does, under <run>/refine/runs/, kept across deployments) and the choice is made among them
 on their refined INT8 EPE; the exported model is the chosen child's weights.
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -171,6 +172,7 @@ def export_choice(dep, found, work, log):
         options = {"calibration_samples": dep.settings["calibration_samples"], "recal_at_size": dep.recal_at_size,
                    "base": dep.base(), "folder": dep.folder()}
         own = deployment.weights_of(dep, member)  # a refined member's own weights: never the supernet's
+        options["recalibrate"] = own.recalibrator(tuple(member["size"]))
         report = convert.export_subnet(own.run_dir, own.kind, own.cfg, supernet.parse_arch(member["arch"]),
                                        tuple(member["size"]), dep.target, work, dep.cache, options)
         why = deployment.misfit(dep, report["vela"])
@@ -203,7 +205,8 @@ def run(args):
     start, hardware = time.time(), devices.report()
     dep = open_deployment(args)
     refine = refine_of(args, hardware)
-    with ckpt.writer_lock(os.path.dirname(dep.int8_folder()), "deployment of the run (INT8 folder)"):
+    with ckpt.writer_lock(os.path.dirname(dep.int8_folder()), "deployment of the run (INT8 folder)"), \
+            contextlib.closing(dep):
         print(describe_deployment(dep))
         found = search_board(dep, args, refine, print)
         with convert.building(dep.folder()) as work:

@@ -62,6 +62,8 @@ class Deployment:
     settings: dict  # calibration_samples, recal_at, size_steps, int8_top, tflm_samples
     meta: dict  # the checkpoint's meta
     sized: dict = dataclasses.field(default_factory=dict)  # size -> its batches (inputs)
+    sessions: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)  # closed by close()
+    recalibrators: dict = dataclasses.field(default_factory=dict)  # (run, kind, size) -> recalibrator
 
     @property
     def run_size(self):
@@ -84,6 +86,21 @@ class Deployment:
         if size not in self.sized:
             self.sized[size] = batches.deployment_batches(self.base(), size, self.recal_at_size)
         return self.sized[size]
+
+    def recalibrator(self, size):
+        """recalibrate(arch, names) of convert.recalibration_session on the recalibration batches of
+        deploying at `size`: one session per checkpoint and recalibration size, opened when first
+        asked and kept until close() (building one takes seconds; a deployment asks dozens of times)."""
+        recal_size = size if self.recal_at_size else self.run_size
+        key = (self.run_dir, self.kind, recal_size)
+        if key not in self.recalibrators:
+            self.recalibrators[key] = self.sessions.enter_context(convert.recalibration_session(
+                self.run_dir, self.kind, self.cfg, self.inputs(size)["recal"], size=recal_size))
+        return self.recalibrators[key]
+
+    def close(self):
+        """Close the recalibration sessions (of this deployment and of those weights_of made from it)."""
+        self.sessions.close()
 
     def folder(self):
         """<run>/deploy_<target>: the deployment's report, picture and files."""
@@ -157,36 +174,23 @@ def deployment_sizes(dep, sizes, log):
 
 # ----------------------------------------------------------------------------- INT8 models and compiles
 
-@contextlib.contextmanager
-def converter(dep):
-    """Yields int8(arch, size) -> the path of the INT8 model of `arch` at `size`: the run's weights
-    with the subnet's BN recalibrated, calibrated on the first calibration_samples training crops
-    resized to the size. Beside it (<model>.npy) the flow TensorFlow's static graph of the same
-    weights predicts for the validation frames at that size, concatenated. Conversions are kept in
-    dep.int8_folder(); a session (per recalibration size) is opened only when a model is not there
-    yet. The sessions' graphs are the default until the context closes: run eager work after it."""
+def int8_model(dep, arch, size):
+    """The path of the INT8 model of `arch` at `size`: the run's weights with the subnet's BN
+    recalibrated, calibrated on the first calibration_samples training crops resized to the size.
+    Beside it (<model>.npy) the flow TensorFlow's static graph of the same weights predicts for the
+    validation frames at that size, concatenated. Conversions are kept in dep.int8_folder()."""
     folder = dep.int8_folder()
     os.makedirs(folder, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        sessions = {}
-
-        def int8(arch, size):
-            path = os.path.join(folder, supernet.format_arch(arch).replace(",", "") + f"_{size[0]}x{size[1]}.tflite")
-            if _kept_whole(path):
-                return path
-            data = dep.inputs(size)
-            recal_size = size if dep.recal_at_size else dep.run_size
-            if recal_size not in sessions:
-                sessions[recal_size] = stack.enter_context(convert.recalibration_session(
-                    dep.run_dir, dep.kind, dep.cfg, data["recal"], size=recal_size))
-            _, values = sessions[recal_size](arch, convert.arch_variable_names(arch))
-            model = convert.static_models(values, arch, *size, data["calibration"], data["val"], with_fp32=False)
-            buffer = io.BytesIO()
-            np.save(buffer, np.concatenate(model["tf_outputs"]))
-            _commit_pair(path, model["int8"], buffer.getvalue())
-            return path
-
-        yield int8
+    path = os.path.join(folder, supernet.format_arch(arch).replace(",", "") + f"_{size[0]}x{size[1]}.tflite")
+    if _kept_whole(path):
+        return path
+    data, recalibrate = dep.inputs(size), dep.recalibrator(size)
+    model = convert.static_models(lambda names: recalibrate(arch, names)[1], arch, *size, data["calibration"],
+                                  data["val"], with_fp32=False)
+    buffer = io.BytesIO()
+    np.save(buffer, np.concatenate(model["tf_outputs"]))
+    _commit_pair(path, model["int8"], buffer.getvalue())
+    return path
 
 
 def _commit_pair(path, model, flow):
@@ -225,14 +229,13 @@ def size_costs(dep, size, log=print):
 
     def figures_of(arch):
         start = time.time()
-        record = edge_tables.figures(arch, size, dep.target, dep.cache, lambda: int8(arch, size), work)
+        record = edge_tables.figures(arch, size, dep.target, dep.cache, lambda: int8_model(dep, arch, size), work)
         summary = record["summary"]
         log(f"  {supernet.format_arch(arch)} at {size[0]}x{size[1]}: SRAM {summary['sram_used_kib']:.1f} KiB, "
             f"{summary['fps']:.1f} FPS ({time.time() - start:.1f}s)")
         return record
 
-    with converter(dep) as int8:
-        return edge_tables.size_costs(size, dep.target, figures_of)
+    return edge_tables.size_costs(size, dep.target, figures_of)
 
 
 def check_costs(dep, costs, count, seed, extra_size):
@@ -245,9 +248,8 @@ def check_costs(dep, costs, count, seed, extra_size):
     pairs = [(arch, sizes[i % len(sizes)]) for i, arch in enumerate(supernet.random_archs(count, seed))]
     rng.shuffle(pairs)
     work = os.path.join(dep.cache.directory, "work")
-    with converter(dep) as int8:
-        measured = [edge_tables.figures(arch, size, dep.target, dep.cache, lambda a=arch, s=size: int8(a, s), work)
-                    for arch, size in pairs]
+    measured = [edge_tables.figures(arch, size, dep.target, dep.cache, lambda a=arch, s=size: int8_model(dep, a, s),
+                                    work) for arch, size in pairs]
     return edge_tables.check_costs(costs, measured)
 
 
@@ -374,14 +376,8 @@ def int8_scores(dep, members, log):
 
 
 def int8_models(dep, members):
-    """The INT8 model of each member converted from its own weights (weights_of), one converter per
-    checkpoint. Each converter's sessions' graphs are the default until it closes: score after."""
-    paths = {}
-    for run in dict.fromkeys(m.get("refined_run") for m in members):
-        mine = [i for i, m in enumerate(members) if m.get("refined_run") == run]
-        with converter(weights_of(dep, members[mine[0]])) as int8:
-            paths.update({i: int8(supernet.parse_arch(members[i]["arch"]), tuple(members[i]["size"])) for i in mine})
-    return [paths[i] for i in range(len(members))]
+    """The INT8 model of each member, converted from its own weights (weights_of)."""
+    return [int8_model(weights_of(dep, m), supernet.parse_arch(m["arch"]), tuple(m["size"])) for m in members]
 
 
 def choose(members, pixels, settings):
@@ -424,7 +420,7 @@ def refine_members(dep, members, settings, at_once, train_py, log):
 def weights_of(dep, member):
     """The deployment whose checkpoint holds `member`'s weights: its refined child's last checkpoint
     (a standalone run; its conversions kept in its own folder, apart from the supernet's), else the
-    run's. Both read the same batches (`sized` is shared)."""
+    run's. Both read the same batches (`sized` is shared) and keep their sessions in one place."""
     run = member.get("refined_run")
     if not run:
         return dep

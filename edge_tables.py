@@ -72,8 +72,8 @@ def op_blocks(graph):
 
 @functools.lru_cache(maxsize=None)
 def arch_op_blocks(arch):
-    """op_blocks of `arch`'s static graph (convert.names_graph: its op names do not depend on the input size)."""
-    return op_blocks(convert.names_graph(arch))
+    """op_blocks of `arch`'s static graph, built at 16 x 16: its op names do not depend on the input size."""
+    return op_blocks(convert.build_static_graph(arch, 16, 16)[0])
 
 
 def block_cycles(per_layer, blocks_of_ops):
@@ -260,8 +260,8 @@ def build_latency_table(run_dir, kind, cfg, size, target, cache, check, calibrat
     with tempfile.TemporaryDirectory() as work, \
             convert.recalibration_session(run_dir, kind, cfg, data["recal"]) as recalibrate:
         def int8_model(arch):
-            _, values = recalibrate(arch, convert.arch_variable_names(arch))
-            int8 = convert.static_models(values, arch, *size, data["calibration"], [], with_fp32=False)["int8"]
+            int8 = convert.static_models(lambda names: recalibrate(arch, names)[1], arch, *size, data["calibration"],
+                                         [], with_fp32=False)["int8"]
             name = "m" + supernet.format_arch(arch).replace(",", "") + ".tflite"
             return atomic_files.write_atomic(os.path.join(work, name), int8)
 

@@ -3480,7 +3480,6 @@ class TestConvert:
         assert check["ok"] and check["control_flow_ops"] == [] and kernels == wanted
         assert check["params"] == supernet.count_params(arch, 32, 48) == check["expected_params"]
         assert sum(op.type == "Conv2D" for op in graph.get_operations()) == len(wanted)
-        assert convert.arch_variable_names(arch) == [v.op.name for v in variables]  # from 16x16: the same names
         dynamic = tf.Graph()
         with dynamic.as_default():
             supernet.build_flows(tf.compat.v1.placeholder(tf.float32, [1, 32, 48, 6]),
@@ -4056,10 +4055,12 @@ class TestDeployCommand:
         data = batches.deployment_batches(batches.deployment_base(config.run_config(str(run)),
                                                                   settings["calibration_samples"]),
                                           (32, 48), settings["recal_at"] == "deploy")
+        graph, placeholder, flow = convert.build_static_graph(arch, 32, 48)
         values = {}
         for name, where, kind in (("child", child, "last"), ("supernet", run, "best")):
-            values[name] = convert.recalibrated_values(str(where), kind, config.run_config(str(where)), arch,
-                                                       (32, 48), data["recal"])[0]
+            with convert.recalibration_session(str(where), kind, config.run_config(str(where)), data["recal"],
+                                               size=(32, 48)) as recalibrate:
+                values[name] = recalibrate(arch, convert.variable_names(graph))[1]
         saved, parent = _checkpoint_values(child, "last"), _checkpoint_values(run, "best")
         kernels = [n for n in values["child"] if not n.endswith(("moving_mean", "moving_variance"))]
         for name in kernels:
@@ -4069,7 +4070,6 @@ class TestDeployCommand:
         scale, zero = predict.interpreter.get_input_details()[0]["quantization"]
         images = convert.dequantize(np.load(folder / "reference_input.npy"), scale, zero)
         got = convert.tflite_predictor(str(folder / "model_fp32.tflite"))(images)
-        graph, placeholder, flow = convert.build_static_graph(arch, 32, 48)
         miss = {}
         for name, held in values.items():
             with tf.compat.v1.Session(graph=graph, config=tensorflow_quiet.session_config()) as sess:
@@ -4161,30 +4161,43 @@ class TestDeploymentSteps:
             with pytest.raises(errors.DeployError, match=words):
                 deployment.parse_sizes(text)
 
-    def test_a_full_disk_during_int8_leaves_no_uncommitted_file(self, tmp_path, monkeypatch):
-        """deployment.converter with the conversion replaced by fixed bytes: a model write that fails
-        leaves none of its pair; one that succeeds commits the pair as written."""
-        flow = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+    def test_a_deployment_opens_one_recalibration_session_per_checkpoint_and_size_and_closes_them(self, monkeypatch):
+        opened, closed = [], []
 
         @contextlib.contextmanager
-        def session(*args, **kwargs):
-            yield lambda arch, names: (None, {})
+        def session(run_dir, kind, cfg, recal_batches, size):
+            opened.append((run_dir, kind, recal_batches, size))
+            yield lambda arch, names: (None, {n: len(opened) for n in names})
+            closed.append((run_dir, size))
 
         monkeypatch.setattr(convert, "recalibration_session", session)
-        monkeypatch.setattr(convert, "arch_variable_names", lambda arch: [])
+        dep = deployment.Deployment("run", "best", {"input_h": 32, "input_w": 48}, None, None, {"recal_at": "run"},
+                                    {}, sized={(32, 48): {"recal": "at 32x48"}, (16, 32): {"recal": "at 32x48 too"}})
+        child = dataclasses.replace(dep, run_dir="child", kind="last")
+        calls = [dep.recalibrator((32, 48)), dep.recalibrator((16, 32)), child.recalibrator((16, 32)),
+                 dep.recalibrator((32, 48))]
+        assert calls[0] is calls[1] is calls[3] and calls[2] is not calls[0]
+        assert opened == [("run", "best", "at 32x48", (32, 48)), ("child", "last", "at 32x48 too", (32, 48))]
+        deployed = dataclasses.replace(dep, settings={"recal_at": "deploy"}, recalibrators={})
+        deployed.recalibrator((16, 32))
+        assert opened[-1] == ("run", "best", "at 32x48 too", (16, 32)) and not closed
+        dep.close()
+        assert sorted(closed) == [("child", (32, 48)), ("run", (16, 32)), ("run", (32, 48))]
+
+    def test_a_full_disk_during_int8_leaves_no_uncommitted_file(self, tmp_path, monkeypatch):
+        """deployment.int8_model with the conversion replaced by fixed bytes: a model write that fails
+        leaves none of its pair; one that succeeds commits the pair as written."""
+        flow = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
         monkeypatch.setattr(convert, "static_models", lambda *args, **kwargs: {"int8": b"int8 model",
                                                                                "tf_outputs": [flow]})
         dep = types.SimpleNamespace(int8_folder=lambda: str(tmp_path / "int8"), inputs=lambda size: {
-            "recal": [], "calibration": [], "val": []}, recal_at_size=False, run_size=(32, 48), run_dir="run",
-            kind="best", cfg={})
+            "recal": [], "calibration": [], "val": []}, recalibrator=lambda size: lambda arch, names: (None, {}))
         write_atomic = _fill_disk_at(monkeypatch, ".tflite")
         with pytest.raises(errors.OutputError, match="No space left"):
-            with deployment.converter(dep) as int8:
-                int8((0,) * 9, (32, 48))
+            deployment.int8_model(dep, (0,) * 9, (32, 48))
         assert not list((tmp_path / "int8").iterdir())
         monkeypatch.setattr(atomic_files, "write_atomic", write_atomic)
-        with deployment.converter(dep) as int8:
-            path = pathlib.Path(int8((0,) * 9, (32, 48)))
+        path = pathlib.Path(deployment.int8_model(dep, (0,) * 9, (32, 48)))
         assert path.read_bytes() == b"int8 model" and np.array_equal(np.load(f"{path}.npy"), flow)
         assert pathlib.Path(f"{path}.sha256").read_text() == hashlib.sha256(
             b"int8 model" + pathlib.Path(f"{path}.npy").read_bytes()).hexdigest()
