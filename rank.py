@@ -259,9 +259,10 @@ def bench(args):
 
 def print_reproduction(result):
     """The row trained again against its record, and the seed noise the bench measures."""
-    seeds = result["seed_differences"]
+    seeds, se = result["seed_differences"], result["paired_se"]
     print(f"row {result['row']} trained again: EPE {result['again_epe']:.6f}, recorded {result['recorded_epe']:.6f}: "
-          f"difference {result['difference']:+.6f} (paired SE {result['paired_se']:.6f}), largest per-pair "
+          f"difference {result['difference']:+.6f} (paired SE "
+          + (f"{se:.6f}" if se is not None else "none: fewer than 2 pairs") + "), largest per-pair "
           f"difference {result['max_pair_difference']:.6f}")
     print(f"the bench's seed differences (second seed minus first) over {len(seeds)} archs: "
           + (", ".join(f"{a} {d:+.4f}" for a, d in sorted(seeds.items())) if seeds else "none yet"))

@@ -5046,6 +5046,16 @@ def _tiny_bench(folder, archs, seconds, fingerprint=True, setting=None):
 
 
 class TestRankBench:
+    def test_a_reproduction_on_one_pair_says_it_has_no_paired_se(self, capsys):
+        rows = [{"pair_epe": [1.25]}, {"pair_epe": [1.5]}]
+        result = {"row": "000000000_s42", "again_epe": 1.25, "recorded_epe": 1.5, "difference": -0.25,
+                  "paired_se": rank_bench.paired_se(*rows), "max_pair_difference": 0.25, "seed_differences": {}}
+        rank.print_reproduction(result)
+        out = capsys.readouterr().out.splitlines()
+        assert out[0] == ("row 000000000_s42 trained again: EPE 1.250000, recorded 1.500000: difference -0.250000 "
+                          "(paired SE none: fewer than 2 pairs), largest per-pair difference 0.250000")
+        assert out[1].endswith("none yet")
+
     def test_the_plan_is_what_its_stated_rule_gives(self):
         plan = rank_bench.read_plan(str(BENCH))
         setting = json.loads((BENCH / "setting.json").read_text())
