@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+import atomic_files
 import ckpt
 import config
 import rank_bench
@@ -14,30 +15,65 @@ import ranking
 import refining
 import search_parts
 import supernet
+from errors import RankError
 
+SCORES_DIR = "scores"  # in the bench folder: each supernet's scores of its archs, per method
 REFINE_SHORTLISTS = (2, 4, None)  # a cost band's K lowest supernet EPEs refined, or trained alone (None: all)
 
 
-def supernet_epes(supernet_dir, archs, checkpoint_type, scored, out, log):
+class KeptScores:
+    """A supernet's EPE of each bench arch, per method (its own scores, each refine setting's), kept as
+    data in the bench's folder beside the rows (<bench>/scores/<run name>.json): outputs do not outlast a
+    machine, these do. Each method's scores belong to the checkpoint they come from, named by its files'
+    sha256 (the same command trains the same bytes), and all to the rows' batches: a rerun, as rows land,
+    after a kill or on a supernet trained again, scores and refines only the archs missing."""
+
+    def __init__(self, bench_dir, supernet_dir, scored):
+        self.supernet_dir, self.digests = supernet_dir, {}
+        batches_sha256 = search_parts.batches_fingerprint(*scored)
+        self.path = os.path.join(bench_dir, SCORES_DIR, os.path.basename(os.path.normpath(supernet_dir)) + ".json")
+        self.kept = {"batches_sha256": batches_sha256, "methods": {}}
+        if os.path.exists(self.path):
+            self.kept = ckpt.read_json(self.path, "kept scores")
+            if not (isinstance(self.kept, dict) and isinstance(self.kept.get("methods"), dict)):
+                raise RankError(f"{self.path}: must hold a JSON object with 'batches_sha256' and 'methods'")
+        if self.kept.get("batches_sha256") != batches_sha256:
+            raise RankError(f"{self.path}: scored on other validation or recalibration batches than the rows' "
+                            f"(batches_sha256 differs): move it away to score anew")
+
+    def epes(self, method, kind):
+        """{arch code: EPE} kept for `method`, which comes from the supernet's checkpoint `kind`; RankError if
+        they were scored from a checkpoint with other bytes (another supernet under this run's name)."""
+        if kind not in self.digests:
+            self.digests[kind] = ckpt.checkpoint_digest(self.supernet_dir, kind)
+        entry = self.kept["methods"].setdefault(method, {"checkpoint_sha256": self.digests[kind], "epe": {}})
+        if entry["checkpoint_sha256"] != self.digests[kind]:
+            raise RankError(f"{self.path}: its '{method}' scores come from a checkpoint with other bytes than "
+                            f"{self.supernet_dir}'s {kind} (checkpoint_sha256 differs): move it away to score anew")
+        return dict(entry["epe"])
+
+    def keep(self, method, code, epe):
+        """Add one arch's EPE to `method`'s (after epes(method, ...)); the file rewritten atomically."""
+        self.kept["methods"][method]["epe"][code] = float(epe)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        atomic_files.write_json_atomic(self.path, self.kept)
+
+
+def supernet_epes(supernet_dir, archs, checkpoint_type, scored, kept, log):
     """{arch code: EPE on the rows' validation pairs} of `archs` held by the supernet's checkpoint, each from
-    one recalibration and pass (ranking.scores_of), kept in <out>/supernet_<type>/scores.json while that
-    checkpoint and the rows' batches are the ones scored: a rerun, as rows land or after a kill, scores
-    only the archs it has not."""
-    cfg = config.run_config(supernet_dir)
-    book = refining.ScoreBook(os.path.join(out, f"supernet_{checkpoint_type}"),
-                              search_parts.batches_fingerprint(*scored))
-    checkpoint = ckpt.load_meta(supernet_dir, checkpoint_type)["checkpoint"]
+    one recalibration and pass (ranking.scores_of); each kept (KeptScores) as it is scored."""
+    cfg, method = config.run_config(supernet_dir), f"supernet_{checkpoint_type}"
     codes = {supernet.format_arch(a): a for a in archs}
-    missing = [a for code, a in codes.items() if book.get(code, checkpoint) is None]
-    log(f"the supernet's scores of {len(codes)} archs: {len(codes) - len(missing)} kept from before, "
+    missing = [a for code, a in codes.items() if code not in kept.epes(method, checkpoint_type)]
+    log(f"the supernet's scores of {len(codes)} archs: {len(codes) - len(missing)} kept in {kept.path}, "
         f"scoring {len(missing)}")
     sizes, progress = [len(flows) for _, flows in scored[1]], ranking.scoring_progress(len(missing), log)
     for arch, per_batch in ranking.scores_of(supernet_dir, missing, checkpoint_type, scored,
                                              cfg["input_h"], cfg["input_w"]):
-        book.put(supernet.format_arch(arch), {"epe": ranking.batch_weighted_epe(per_batch, sizes),
-                                              "per_batch": per_batch, "checkpoint": checkpoint})
+        kept.keep(method, supernet.format_arch(arch), ranking.batch_weighted_epe(per_batch, sizes))
         progress(supernet_dir, arch)
-    return {code: book.get(code, checkpoint)["epe"] for code in codes}
+    epes = kept.epes(method, checkpoint_type)
+    return {code: epes[code] for code in codes}
 
 
 def refine_folder(out, settings):
@@ -45,23 +81,34 @@ def refine_folder(out, settings):
     return os.path.join(out, f"refine_n{settings['steps']}_e{settings['epochs']}")
 
 
-def refine_archs(supernet_dir, codes, settings, at_once, scored, out, train_py, log):
-    """{arch code: {"epe", "sample_epe", "checkpoint"}}: each of `codes` fine-tuned from the supernet's
-    best weights for settings' steps (refining's children under <supernet>/refine/runs/, shared with
-    refine.py), its last checkpoint scored on the rows' own batches; the scores are kept in
-    refine_folder(out, settings), so a rerun after any kill trains and scores only what is missing."""
+def refine_archs(supernet_dir, codes, settings, at_once, scored, out, train_py, log, on_scored):
+    """Each of `codes` fine-tuned from the supernet's best weights for settings' steps (refining's children
+    under <supernet>/refine/runs/, shared with refine.py), its last checkpoint scored on the rows' own
+    batches, on_scored(code, score) as each is; the scores are also kept in refine_folder(out, settings),
+    so a rerun after any kill trains and scores only what is missing."""
     cfg = config.run_config(supernet_dir)
     with ckpt.writer_lock(os.path.join(supernet_dir, refining.REFINE_DIR), "refinement"):
-        return refining.train_and_score(supernet_dir, codes, settings, at_once,
-                                        (scored, (cfg["input_h"], cfg["input_w"]), None), refine_folder(out, settings),
-                                        search_parts.batches_fingerprint(*scored), train_py,
-                                        f"the bench's {len(codes)} archs", log)
+        refining.train_and_score(supernet_dir, codes, settings, at_once,
+                                 (scored, (cfg["input_h"], cfg["input_w"]), None), refine_folder(out, settings),
+                                 search_parts.batches_fingerprint(*scored), train_py,
+                                 f"the bench's {len(codes)} archs", log, on_scored)
 
 
-def refined_epes(supernet_dir, codes, refine_settings, at_once, scored, out, train_py, log):
-    """{steps: {arch code: refined EPE}}: refine_archs at each of `refine_settings` in turn."""
-    return {settings["steps"]: {code: score["epe"] for code, score in refine_archs(
-        supernet_dir, codes, settings, at_once, scored, out, train_py, log).items()} for settings in refine_settings}
+def refined_epes(supernet_dir, codes, refine_settings, at_once, scored, out, kept, train_py, log):
+    """{steps: {arch code: refined EPE}}: at each of `refine_settings` in turn, the archs KeptScores lacks
+    refined (refine_archs), each kept as it is scored."""
+    refined = {}
+    for settings in refine_settings:
+        method = os.path.basename(refine_folder(out, settings))
+        missing = [code for code in codes if code not in kept.epes(method, refining.KIND)]
+        log(f"refined {settings['steps']} steps: {len(codes) - len(missing)} of {len(codes)} archs kept in "
+            f"{kept.path}")
+        if missing:
+            refine_archs(supernet_dir, missing, settings, at_once, scored, out, train_py, log,
+                         lambda code, score: kept.keep(method, code, score["epe"]))
+        epes = kept.epes(method, refining.KIND)
+        refined[settings["steps"]] = {code: epes[code] for code in codes}
+    return refined
 
 
 def method(name, once, per_pick, ranked, supernet_epe, order=None, bootstrap=0, seed=0, **regret):

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import fnmatch
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -237,6 +238,17 @@ def load_meta(run_dir, kind):
         if not os.path.isfile(prefix + suffix):
             raise CheckpointError(f"'{kind}' checkpoint file missing: {prefix}{suffix}")
     return dict(meta, prefix=prefix)
+
+
+def checkpoint_digest(run_dir, kind):
+    """sha256 of checkpoint `kind`'s index and data files: the identity of its weights, which a run
+    trained again by the same command on the same setting reproduces (training is deterministic)."""
+    prefix, digest = load_meta(run_dir, kind)["prefix"], hashlib.sha256()
+    for suffix in (".index", ".data-00000-of-00001"):
+        with open(prefix + suffix, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def check_compatible(meta, input_h, input_w, where):

@@ -313,18 +313,23 @@ def refine(run_dir, source, settings, children_at_once, train_py, command, log):
     return report, out
 
 
-def train_and_score(run_dir, codes, settings, at_once, scoring, out, batches_sha256, train_py, described, log):
+def train_and_score(run_dir, codes, settings, at_once, scoring, out, batches_sha256, train_py, described, log,
+                    on_scored=None):
     """{code: {"epe", "sample_epe", "checkpoint"}}: each of `codes` refined (train_children; the caller
     holds the refine folder's writer lock) and its last checkpoint scored as it finishes on
-    scoring = (batches, run size, scored size or None); the scores kept in <out>/scores.json for
-    these batches (batches_sha256), so a rerun after any kill scores only what is new."""
+    scoring = (batches, run size, scored size or None), then on_scored(code, score); the scores kept in
+    <out>/scores.json for these batches (batches_sha256), so a rerun after any kill scores only what is new."""
     os.makedirs(out, exist_ok=True)
     scored, run_size, scored_size = scoring
     archs = {child_dir_of(run_dir, code, settings): code for code in codes}
     score = Scorer(ScoreBook(out, batches_sha256), archs, scored, run_size, scored_size, log)
     refined = {}
-    train_children(run_dir, codes, settings, at_once, train_py, described, log,
-                   lambda child_dir: refined.update({archs[child_dir]: score(child_dir)}))
+
+    def finished(child_dir):
+        refined[archs[child_dir]] = score(child_dir)
+        if on_scored:
+            on_scored(archs[child_dir], refined[archs[child_dir]])
+    train_children(run_dir, codes, settings, at_once, train_py, described, log, finished)
     return refined
 
 

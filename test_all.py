@@ -1897,6 +1897,8 @@ class TestTrainResume:
         assert last.returncode == 0 and "done: completed after 2 epochs" in last.stdout
         whole, resumed = _checkpoint_tensors(out / "base"), _checkpoint_tensors(tmp_path / "killed")
         assert whole.keys() == resumed.keys() and all(np.array_equal(whole[k], resumed[k]) for k in whole)
+        for kind in ("best", "last"):  # the same files, byte for byte: the identity the bench's kept scores carry
+            assert ckpt.checkpoint_digest(out / "base", kind) == ckpt.checkpoint_digest(tmp_path / "killed", kind)
         timing = {"eval_seconds", "wall_time_s"}
         rows = [[{k: v for k, v in r.items() if k not in timing} for r in _history(run / "eval_history.csv")]
                 for run in (out / "base", tmp_path / "killed")]
@@ -5261,7 +5263,8 @@ class TestBenchMethods:
         assert report["num_archs"] == 3 and report["rows"] == 4 and (sup / "s" / "rank_bench" / "rank.png").exists()
         assert "Kendall tau-b" in out and "top-1" in out and "regret" in out and "seed ceiling" in out
         scored = rank_bench.scoring_data(bench, plan)
-        assert "the supernet's scores of 3 archs: 0 kept from before, scoring 3" in out
+        column = pathlib.Path(bench) / "scores" / "s.json"  # the scores, kept as data beside the rows
+        assert f"the supernet's scores of 3 archs: 0 kept in {column}, scoring 3" in out
         for row in report["archs"]:  # the supernet's EPE of each arch: its pairs' mean, from its own scorer
             alone = rank_bench.pair_epes(str(sup / "s"), supernet.parse_arch(row["arch"]), "best", scored, False)
             assert row["supernet_epe"] == pytest.approx(alone.mean(), abs=1e-5)
@@ -5281,12 +5284,28 @@ class TestBenchMethods:
         capsys.readouterr()
         assert rank.main(refine) == 0
         out = capsys.readouterr().out
-        assert "trained already, training 0" in out and out.count("(kept from before)") == 3
-        assert "the supernet's scores of 3 archs: 3 kept from before, scoring 0" in out
+        assert f"the supernet's scores of 3 archs: 3 kept in {column}, scoring 0" in out
+        assert f"refined 4 steps: 3 of 3 archs kept in {column}" in out and "refining" not in out
         assert " each, time left" not in out  # no arch scored by the supernet again
         again = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
         assert again["methods"] == report["methods"] and again["archs"] == report["archs"]
         assert all(os.path.getmtime(p) == t for p, t in kept.items()) and len(kept) == 3
+        methods = json.loads(column.read_text())["methods"]
+        assert methods["supernet_best"]["epe"] == {r["arch"]: r["supernet_epe"] for r in report["archs"]}
+        assert methods["refine_n4_e4"]["epe"] == report["refined"]["4"]
+        # on another machine the outputs are gone and the supernet is trained again to the same bytes:
+        # the kept scores stand for it, nothing is trained or scored
+        shutil.rmtree(sup / "s" / "refine")
+        shutil.rmtree(sup / "s" / "rank_bench")
+        assert rank.main(refine) == 0
+        assert "refining" not in capsys.readouterr().out and not (sup / "s" / "refine").exists()
+        assert json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())["methods"] == report["methods"]
+        # scores of a checkpoint with other bytes are refused, naming the file
+        methods["refine_n4_e4"]["checkpoint_sha256"] = "0" * 64
+        column.write_text(json.dumps({"batches_sha256": json.loads(column.read_text())["batches_sha256"],
+                                      "methods": methods}))
+        code, err = _run_main(rank.main, refine, capsys)
+        assert code == 1 and len(err) == 1 and f"{column}: its 'refine_n4_e4' scores come from a checkpoint" in err[0]
 
 
 # ==== 41. cross-cutting: bad input, hostile input, one writer, code and import rules, flag help, the command line ====
