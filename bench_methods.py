@@ -3,6 +3,7 @@
 own batches) and training a shortlist alone, beside the supernet itself, in one methods table:
 compute, tau-b and top-3 where a method orders every arch, and the regret of its pick in each cost band.
 """
+import contextlib
 import os
 
 import numpy as np
@@ -57,6 +58,14 @@ class KeptScores:
         self.kept["methods"][method]["epe"][code] = float(epe)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         atomic_files.write_json_atomic(self.path, self.kept)
+
+
+@contextlib.contextmanager
+def kept_scores(bench_dir, supernet_dir, scored):
+    """KeptScores, with <supernet>/rank_bench locked while they are written: a second scoring of the same
+    supernet at the same time would write over the first's scores, so it is refused, naming the holder."""
+    with ckpt.writer_lock(os.path.join(supernet_dir, "rank_bench"), "the bench's scoring folder"):
+        yield KeptScores(bench_dir, supernet_dir, scored)
 
 
 def supernet_epes(supernet_dir, archs, checkpoint_type, scored, kept, log):

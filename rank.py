@@ -223,11 +223,11 @@ def bench_ranking(args):
     archs = sorted({supernet.parse_arch(r["arch"]) for r in rows.values()})
     print(f"scoring the bench's {len(archs)} archs with {args.supernet} ({args.checkpoint_type}): "
           f"{len(scored[0])} recalibration batches, {sum(len(flows) for _, flows in scored[1])} validation pairs")
-    kept = bench_methods.KeptScores(args.bench, args.supernet, scored)
-    epes = bench_methods.supernet_epes(args.supernet, archs, args.checkpoint_type, scored, kept, print)
-    report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
-    refined = bench_methods.refined_epes(args.supernet, [r["arch"] for r in report["archs"]], refine_settings,
-                                         at_once, scored, out, kept, os.path.join(HERE, "train.py"), print)
+    with bench_methods.kept_scores(args.bench, args.supernet, scored) as kept:
+        epes = bench_methods.supernet_epes(args.supernet, archs, args.checkpoint_type, scored, kept, print)
+        report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
+        refined = bench_methods.refined_epes(args.supernet, [r["arch"] for r in report["archs"]], refine_settings,
+                                             at_once, scored, out, kept, os.path.join(HERE, "train.py"), print)
     scale = supernet_cfg["batch_size"] / rank_bench.setting_config(args.bench)["batch_size"]  # steps at the bench's
     supernet_steps = supernet_report["global_step"] * fair.paths_per_cycle() * scale
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,

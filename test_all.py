@@ -5300,6 +5300,9 @@ class TestBenchMethods:
         assert rank.main(refine) == 0
         assert "refining" not in capsys.readouterr().out and not (sup / "s" / "refine").exists()
         assert json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())["methods"] == report["methods"]
+        with ckpt.writer_lock(str(sup / "s" / "rank_bench"), "held"):  # one scoring of a supernet at a time
+            code, err = _run_main(rank.main, refine, capsys)
+        assert code == 1 and len(err) == 1 and "is being written by another process" in err[0]
         # scores of a checkpoint with other bytes are refused, naming the file
         methods["refine_n4_e4"]["checkpoint_sha256"] = "0" * 64
         column.write_text(json.dumps({"batches_sha256": json.loads(column.read_text())["batches_sha256"],
