@@ -19,6 +19,7 @@ import supernet
 from errors import RankError
 
 SCORES_DIR = "scores"  # in the bench folder: each supernet's scores of its archs, per method
+REPORTS_DIR = "rank_bench"  # in the supernet's run folder: its reports against the bench (default), and their lock
 REFINE_SHORTLISTS = (2, 4, None)  # a cost band's K lowest supernet EPEs refined, or trained alone (None: all)
 
 
@@ -62,9 +63,9 @@ class KeptScores:
 
 @contextlib.contextmanager
 def kept_scores(bench_dir, supernet_dir, scored):
-    """KeptScores, with <supernet>/rank_bench locked while they are written: a second scoring of the same
+    """KeptScores, with <supernet>/REPORTS_DIR locked while they are written: a second scoring of the same
     supernet at the same time would write over the first's scores, so it is refused, naming the holder."""
-    with ckpt.writer_lock(os.path.join(supernet_dir, "rank_bench"), "the bench's scoring folder"):
+    with ckpt.writer_lock(os.path.join(supernet_dir, REPORTS_DIR), "the bench's scoring folder"):
         yield KeptScores(bench_dir, supernet_dir, scored)
 
 
@@ -85,9 +86,14 @@ def supernet_epes(supernet_dir, archs, checkpoint_type, scored, kept, log):
     return {code: epes[code] for code in codes}
 
 
+def refine_method(settings):
+    """The refine stage at these settings, as the kept scores and the reports name it: refine_n<steps>_e<epochs>."""
+    return f"refine_n{settings['steps']}_e{settings['epochs']}"
+
+
 def refine_folder(out, settings):
-    """Where the bench's refined scores at these refine settings are kept: <out>/refine_n<steps>_e<epochs>."""
-    return os.path.join(out, f"refine_n{settings['steps']}_e{settings['epochs']}")
+    """Where the bench's refined children's scores at these refine settings are kept: <out>/<refine_method>."""
+    return os.path.join(out, refine_method(settings))
 
 
 def refine_archs(supernet_dir, codes, settings, at_once, scored, out, train_py, log, on_scored):
@@ -108,7 +114,7 @@ def refined_epes(supernet_dir, codes, refine_settings, at_once, scored, out, kep
     refined (refine_archs), each kept as it is scored."""
     refined = {}
     for settings in refine_settings:
-        method = os.path.basename(refine_folder(out, settings))
+        method = refine_method(settings)
         missing = [code for code in codes if code not in kept.epes(method, refining.KIND)]
         log(f"refined {settings['steps']} steps: {len(codes) - len(missing)} of {len(codes)} archs kept in "
             f"{kept.path}")

@@ -216,7 +216,7 @@ def bench_ranking(args):
     rows = rank_bench.read_rows(args.bench, plan)
     supernet_cfg, supernet_report = ranking.read_run(args.supernet)
     rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
-    out = output_folder(args, os.path.join(args.supernet, "rank_bench"))
+    out = output_folder(args, os.path.join(args.supernet, bench_methods.REPORTS_DIR))
     refine_settings = [refining.settings_from({"steps": steps}, refine_flag) for steps in args.refine_steps or []]
     at_once = refining.children_at_once(args.jobs, hardware, len(rows)) if refine_settings else None
     scored = rank_bench.scoring_data(args.bench, plan)
