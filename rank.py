@@ -156,7 +156,7 @@ def check_study_flags(parser, args):
 
 
 def add_bench_flags(parser):
-    """The ranking benchmark's flags: --bench, --train_rows, --refine_steps, --reproduce, --runs_dir."""
+    """The ranking benchmark's flags: --bench, --train_rows, --refine_steps, --plan_archs, --reproduce, --runs_dir."""
     parser.add_argument("--bench", metavar="DIR", help="the ranking benchmark's folder (plan.json, setting.json, "
                         "rows/): alone, how many rows are written; with --train_rows, train the next rows; with "
                         "--reproduce, train one row again; with --supernet, score that supernet against the rows")
@@ -166,6 +166,9 @@ def add_bench_flags(parser):
                         "fine-tune every arch of the rows from the supernet for N steps (refine.py's children, "
                         "config.json's refine epochs; --jobs at once) and score each; the methods table then has "
                         "the refine stage at each N beside the supernet alone and training alone")
+    parser.add_argument("--plan_archs", action="store_true", help="with --bench and --supernet: score (and with "
+                        "--refine_steps refine) every arch of the plan, not only those with rows, each kept in the "
+                        "bench's scores as it finishes, so that rows landing later need no supernet work")
     parser.add_argument("--reproduce", metavar="ROW", help="with --bench: train row ROW (e.g. 000000000_s42) again "
                         "from its recorded command on one core, score it by the plan's protocol and print its EPE "
                         "against the recorded one and the seed differences the bench measures")
@@ -180,6 +183,8 @@ def check_bench_flags(parser, args):
         parser.error("--train_rows and --reproduce go with --bench")
     if args.refine_steps and not (args.bench and args.supernet):
         parser.error("--refine_steps goes with --bench and --supernet")
+    if args.plan_archs and not (args.bench and args.supernet):
+        parser.error("--plan_archs goes with --bench and --supernet")
     if args.refine_steps and args.checkpoint_type != refining.KIND:
         parser.error(f"--refine_steps starts every child from the supernet's {refining.KIND} checkpoint: score "
                      f"that one (--checkpoint_type {refining.KIND})")
@@ -218,16 +223,19 @@ def bench_ranking(args):
     rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
     out = output_folder(args, os.path.join(args.supernet, bench_methods.REPORTS_DIR))
     refine_settings = [refining.settings_from({"steps": steps}, refine_flag) for steps in args.refine_steps or []]
-    at_once = refining.children_at_once(args.jobs, hardware, len(rows)) if refine_settings else None
+    codes = sorted({r["arch"] for r in (plan["rows"] if args.plan_archs else rows.values())})
+    at_once = refining.children_at_once(args.jobs, hardware, len(codes)) if refine_settings else None
     scored = rank_bench.scoring_data(args.bench, plan)
-    archs = sorted({supernet.parse_arch(r["arch"]) for r in rows.values()})
+    archs = [supernet.parse_arch(code) for code in codes]
     print(f"scoring the bench's {len(archs)} archs with {args.supernet} ({args.checkpoint_type}): "
           f"{len(scored[0])} recalibration batches, {sum(len(flows) for _, flows in scored[1])} validation pairs")
     with bench_methods.kept_scores(args.bench, args.supernet, scored) as kept:
         epes = bench_methods.supernet_epes(args.supernet, archs, args.checkpoint_type, scored, kept, print)
         report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
-        refined = bench_methods.refined_epes(args.supernet, [r["arch"] for r in report["archs"]], refine_settings,
-                                             at_once, scored, out, kept, os.path.join(HERE, "train.py"), print)
+        refined = bench_methods.refined_epes(args.supernet, codes, refine_settings, at_once, scored, out, kept,
+                                             os.path.join(HERE, "train.py"), print)
+    ranked = [r["arch"] for r in report["archs"]]
+    refined = {steps: {code: by_arch[code] for code in ranked} for steps, by_arch in refined.items()}
     scale = supernet_cfg["batch_size"] / rank_bench.setting_config(args.bench)["batch_size"]  # steps at the bench's
     supernet_steps = supernet_report["global_step"] * fair.paths_per_cycle() * scale
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,

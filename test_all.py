@@ -4624,6 +4624,7 @@ class TestRankBounds:
         sup = self._supernet_run(tmp_path)
         for flags, words in ((["--supernet", sup, "--standalone", sup, "--refine_steps", "100"],
                               "--refine_steps goes with --bench and --supernet"),
+                             (["--bench", str(BENCH), "--plan_archs"], "--plan_archs goes with --bench and --supernet"),
                              (["--bench", str(BENCH), "--supernet", sup, "--refine_steps", "100", "--checkpoint_type",
                                "last"], "--refine_steps starts every child from the supernet's best checkpoint")):
             with pytest.raises(SystemExit) as exit_info:
@@ -5248,10 +5249,10 @@ class TestBenchMethods:
         trained = json.loads((sup / "s" / "config.json").read_text())
         setting = {k: trained[k] for k in ("synthetic", "synthetic_train_size", "synthetic_val_size", "synthetic_seed",
                                            "synthetic_scene", "seed", "input_h", "input_w", "batch_size")}
-        archs = ["0,0,0,0,0,0,0,0,0", "1,1,1,1,1,1,1,1,1", "2,2,2,2,2,2,2,2,2"]
-        plan = _tiny_bench(tmp_path / "bench", archs, archs[:1], fingerprint=False, setting=setting)
+        archs, unrowed = ["0,0,0,0,0,0,0,0,0", "1,1,1,1,1,1,1,1,1", "2,2,2,2,2,2,2,2,2"], "0,1,2,0,1,2,0,1,2"
+        plan = _tiny_bench(tmp_path / "bench", archs + [unrowed], archs[:1], fingerprint=False, setting=setting)
         bench, jobs = str(tmp_path / "bench"), str(min(2, len(parallel.usable_cores())))
-        for i, planned in enumerate(plan["rows"]):  # rows are data: written by hand here
+        for i, planned in enumerate(r for r in plan["rows"] if r["arch"] != unrowed):  # rows are data: by hand here
             rank_bench.write_row(bench, _hand_row(planned["name"], planned["arch"], planned["seed"],
                                                   [1.0 + 0.1 * i, 1.2, 0.9, 1.1 - 0.05 * i], planned["gmacs"]))
         capsys.readouterr()
@@ -5300,6 +5301,15 @@ class TestBenchMethods:
         assert rank.main(refine) == 0
         assert "refining" not in capsys.readouterr().out and not (sup / "s" / "refine").exists()
         assert json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())["methods"] == report["methods"]
+        # --plan_archs: the plan's arch without a row is scored and refined too, kept for when its row lands
+        assert rank.main(refine + ["--plan_archs"]) == 0
+        out = capsys.readouterr().out
+        assert f"the supernet's scores of 4 archs: 3 kept in {column}, scoring 1" in out
+        assert len(glob.glob(str(sup / "s" / "refine" / "runs" / "*" / "train_report.json"))) == 1
+        planned = json.loads(column.read_text())["methods"]
+        assert set(planned["supernet_best"]["epe"]) == set(planned["refine_n4_e4"]["epe"]) == set(archs + [unrowed])
+        again = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
+        assert again["methods"] == report["methods"] and again["refined"] == report["refined"]
         with ckpt.writer_lock(str(sup / "s" / "rank_bench"), "held"):  # one scoring of a supernet at a time
             code, err = _run_main(rank.main, refine, capsys)
         assert code == 1 and len(err) == 1 and "is being written by another process" in err[0]
