@@ -23,23 +23,30 @@ REPORTS_DIR = "rank_bench"  # in the supernet's run folder: its reports against 
 REFINE_SHORTLISTS = (2, 4, None)  # a cost band's K lowest supernet EPEs refined, or trained alone (None: all)
 
 
+def scores_path(bench_dir, supernet_dir):
+    """Where a supernet's scores are kept: <bench>/scores/<its run folder's name>.json."""
+    return os.path.join(bench_dir, SCORES_DIR, os.path.basename(os.path.normpath(supernet_dir)) + ".json")
+
+
 class KeptScores:
     """A supernet's EPE of each bench arch, per method (its own scores, each refine setting's), kept as
-    data in the bench's folder beside the rows (<bench>/scores/<run name>.json): outputs do not outlast a
-    machine, these do. Each method's scores belong to the checkpoint they come from, named by its files'
-    sha256 (the same command trains the same bytes), and all to the rows' batches: a rerun, as rows land,
-    after a kill or on a supernet trained again, scores and refines only the archs missing."""
+    data in the bench's folder beside the rows (scores_path): outputs do not outlast a machine, these do.
+    Each method's scores belong to the checkpoint they come from, named by its files' sha256 (the same
+    command trains the same bytes), and all to the rows' batches: a rerun, as rows land, after a kill or
+    on a supernet trained again, scores and refines only the archs missing. With the compute the methods
+    table counts kept too, a report needs no supernet at all once every arch of the rows is scored."""
 
-    def __init__(self, bench_dir, supernet_dir, scored):
-        self.supernet_dir, self.digests = supernet_dir, {}
+    def __init__(self, path, scored, supernet_dir=None):
+        self.path, self.supernet_dir, self.digests = path, supernet_dir, {}
         batches_sha256 = search_parts.batches_fingerprint(*scored)
-        self.path = os.path.join(bench_dir, SCORES_DIR, os.path.basename(os.path.normpath(supernet_dir)) + ".json")
-        self.kept = {"batches_sha256": batches_sha256, "methods": {}}
+        self.content = {"batches_sha256": batches_sha256, "methods": {}}
         if os.path.exists(self.path):
-            self.kept = ckpt.read_json(self.path, "kept scores")
-            if not (isinstance(self.kept, dict) and isinstance(self.kept.get("methods"), dict)):
+            self.content = ckpt.read_json(self.path, "kept scores")
+            if not (isinstance(self.content, dict) and isinstance(self.content.get("methods"), dict)):
                 raise RankError(f"{self.path}: must hold a JSON object with 'batches_sha256' and 'methods'")
-        if self.kept.get("batches_sha256") != batches_sha256:
+        elif supernet_dir is None:
+            raise RankError(f"--kept_scores {self.path}: no such file")
+        if self.content.get("batches_sha256") != batches_sha256:
             raise RankError(f"{self.path}: scored on other validation or recalibration batches than the rows' "
                             f"(batches_sha256 differs): move it away to score anew")
 
@@ -48,17 +55,45 @@ class KeptScores:
         they were scored from a checkpoint with other bytes (another supernet under this run's name)."""
         if kind not in self.digests:
             self.digests[kind] = ckpt.checkpoint_digest(self.supernet_dir, kind)
-        entry = self.kept["methods"].setdefault(method, {"checkpoint_sha256": self.digests[kind], "epe": {}})
+        entry = self.content["methods"].setdefault(method, {"checkpoint_sha256": self.digests[kind], "epe": {}})
         if entry["checkpoint_sha256"] != self.digests[kind]:
             raise RankError(f"{self.path}: its '{method}' scores come from a checkpoint with other bytes than "
                             f"{self.supernet_dir}'s {kind} (checkpoint_sha256 differs): move it away to score anew")
         return dict(entry["epe"])
 
+    def epes_of(self, method, codes):
+        """{code: EPE} of `codes` kept for `method`, read with no supernet at hand; RankError naming the file,
+        the method and the archs it lacks."""
+        epe = self.content["methods"].get(method, {}).get("epe", {})
+        lacking = [code for code in codes if code not in epe]
+        if lacking:
+            raise RankError(f"{self.path}: '{method}' lacks {len(lacking)} of the {len(codes)} archs with rows "
+                            f"({lacking[0]} first): score them with --supernet RUN (--plan_archs: every arch)")
+        return {code: epe[code] for code in codes}
+
     def keep(self, method, code, epe):
         """Add one arch's EPE to `method`'s (after epes(method, ...)); the file rewritten atomically."""
-        self.kept["methods"][method]["epe"][code] = float(epe)
+        self.content["methods"][method]["epe"][code] = float(epe)
+        self.write()
+
+    def keep_compute(self, supernet_steps, refine_scale):
+        """Keep what the methods table counts as compute: the supernet's subnet training steps at the bench's
+        batch, and what one refine step counts (the child's batch over the bench's)."""
+        compute = {"supernet_steps": float(supernet_steps), "refine_scale": float(refine_scale)}
+        if self.content.get("compute") != compute:
+            self.content["compute"] = compute
+            self.write()
+
+    def compute(self):
+        """(supernet steps, refine scale) as keep_compute kept them; RankError naming the file if it has none."""
+        if not isinstance(self.content.get("compute"), dict):
+            raise RankError(f"{self.path}: no 'compute' kept: score its supernet with --supernet RUN once")
+        return self.content["compute"]["supernet_steps"], self.content["compute"]["refine_scale"]
+
+    def write(self):
+        """The file, rewritten atomically."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        atomic_files.write_json_atomic(self.path, self.kept)
+        atomic_files.write_json_atomic(self.path, self.content)
 
 
 @contextlib.contextmanager
@@ -66,7 +101,7 @@ def kept_scores(bench_dir, supernet_dir, scored):
     """KeptScores, with <supernet>/REPORTS_DIR locked while they are written: a second scoring of the same
     supernet at the same time would write over the first's scores, so it is refused, naming the holder."""
     with ckpt.writer_lock(os.path.join(supernet_dir, REPORTS_DIR), "the bench's scoring folder"):
-        yield KeptScores(bench_dir, supernet_dir, scored)
+        yield KeptScores(scores_path(bench_dir, supernet_dir), scored, supernet_dir)
 
 
 def supernet_epes(supernet_dir, archs, checkpoint_type, scored, kept, log):

@@ -13,6 +13,7 @@ of the evaluation (spread over validation batches, rank agreement between two ha
     python rank.py --bench rankbench --train_rows 12 --jobs 2        # the benchmark's next 12 rows (resumes)
     python rank.py --bench rankbench --supernet outputs/bench_supernet  # a supernet against the rows
     python rank.py --bench rankbench --supernet outputs/bench_supernet --refine_steps 100 400 --jobs 2
+    python rank.py --bench rankbench --kept_scores rankbench/scores/bench_supernet.json --refine_steps 400
 """
 import glob
 import os
@@ -156,7 +157,8 @@ def check_study_flags(parser, args):
 
 
 def add_bench_flags(parser):
-    """The ranking benchmark's flags: --bench, --train_rows, --refine_steps, --plan_archs, --reproduce, --runs_dir."""
+    """The ranking benchmark's flags: --bench, --train_rows, --refine_steps, --kept_scores, --plan_archs,
+    --reproduce, --runs_dir."""
     parser.add_argument("--bench", metavar="DIR", help="the ranking benchmark's folder (plan.json, setting.json, "
                         "rows/): alone, how many rows are written; with --train_rows, train the next rows; with "
                         "--reproduce, train one row again; with --supernet, score that supernet against the rows")
@@ -166,6 +168,10 @@ def add_bench_flags(parser):
                         "fine-tune every arch of the rows from the supernet for N steps (refine.py's children, "
                         "config.json's refine epochs; --jobs at once) and score each; the methods table then has "
                         "the refine stage at each N beside the supernet alone and training alone")
+    parser.add_argument("--kept_scores", metavar="FILE", help="with --bench, instead of --supernet: the report and "
+                        "methods table from a supernet's kept scores (<bench>/scores/<run>.json) alone, with no "
+                        "supernet at hand (--refine_steps: which refine settings; default --out "
+                        "outputs/rank_bench/<its name>); every arch with a row must be in them")
     parser.add_argument("--plan_archs", action="store_true", help="with --bench and --supernet: score (and with "
                         "--refine_steps refine) every arch of the plan, not only those with rows, each kept in the "
                         "bench's scores as it finishes, so that rows landing later need no supernet work")
@@ -181,8 +187,10 @@ def check_bench_flags(parser, args):
     """--bench's flags: alone, with --train_rows N (N >= 1), --reproduce ROW or --supernet; nothing else."""
     if (args.train_rows is not None or args.reproduce) and not args.bench:
         parser.error("--train_rows and --reproduce go with --bench")
-    if args.refine_steps and not (args.bench and args.supernet):
-        parser.error("--refine_steps goes with --bench and --supernet")
+    if args.refine_steps and not (args.bench and (args.supernet or args.kept_scores)):
+        parser.error("--refine_steps goes with --bench and --supernet or --kept_scores")
+    if args.kept_scores and (not args.bench or args.supernet or args.plan_archs or args.jobs != 1):
+        parser.error("--kept_scores goes with --bench, instead of --supernet, and not with --plan_archs or --jobs")
     if args.plan_archs and not (args.bench and args.supernet):
         parser.error("--plan_archs goes with --bench and --supernet")
     if args.refine_steps and args.checkpoint_type != refining.KIND:
@@ -193,10 +201,10 @@ def check_bench_flags(parser, args):
     if args.standalone or args.standalone_glob or args.train is not None or args.compare or args.margin:
         parser.error("--bench takes --train_rows, --reproduce or --supernet, not --standalone, --train, --compare "
                      "or --margin")
-    if args.train_rows is not None and (args.train_rows < 1 or args.supernet):
-        parser.error("--train_rows must be >= 1 and does not go with --supernet")
-    if args.reproduce and (args.train_rows is not None or args.supernet):
-        parser.error("--reproduce goes with --bench alone, not with --train_rows or --supernet")
+    if args.train_rows is not None and (args.train_rows < 1 or args.supernet or args.kept_scores):
+        parser.error("--train_rows must be >= 1 and does not go with --supernet or --kept_scores")
+    if args.reproduce and (args.train_rows is not None or args.supernet or args.kept_scores):
+        parser.error("--reproduce goes with --bench alone, not with --train_rows, --supernet or --kept_scores")
 
 
 def bench_status(args):
@@ -213,40 +221,56 @@ def bench_status(args):
 
 
 def bench_ranking(args):
-    """--bench DIR --supernet RUN: the supernet scores the bench's archs on the rows' own batches;
-    its order against the rows, and the methods table (with --refine_steps, every arch refined from
-    it), into rank_report.json, rank.png and methods.png (default <supernet>/rank_bench)."""
+    """--bench DIR --supernet RUN: the supernet scores the rows' archs (--plan_archs: every arch of the plan) on
+    the rows' own batches; its order against the rows, and the methods table (with --refine_steps, every arch
+    refined from it), into rank_report.json, rank.png and methods.png (default <supernet>/rank_bench). With
+    --kept_scores FILE instead of --supernet, the same from a supernet's kept scores alone."""
     start, hardware = time.time(), devices.report()
     plan = rank_bench.read_plan(args.bench)
     rows = rank_bench.read_rows(args.bench, plan)
-    supernet_cfg, supernet_report = ranking.read_run(args.supernet)
-    rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
-    out = output_folder(args, os.path.join(args.supernet, bench_methods.REPORTS_DIR))
     refine_settings = [refining.settings_from({"steps": steps}, refine_flag) for steps in args.refine_steps or []]
-    codes = sorted({r["arch"] for r in (plan["rows"] if args.plan_archs else rows.values())})
-    at_once = refining.children_at_once(args.jobs, hardware, len(codes)) if refine_settings else None
     scored = rank_bench.scoring_data(args.bench, plan)
-    archs = [supernet.parse_arch(code) for code in codes]
-    print(f"scoring the bench's {len(archs)} archs with {args.supernet} ({args.checkpoint_type}): "
-          f"{len(scored[0])} recalibration batches, {sum(len(flows) for _, flows in scored[1])} validation pairs")
-    with bench_methods.kept_scores(args.bench, args.supernet, scored) as kept:
-        epes = bench_methods.supernet_epes(args.supernet, archs, args.checkpoint_type, scored, kept, print)
-        report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
-        refined = bench_methods.refined_epes(args.supernet, codes, refine_settings, at_once, scored, out, kept,
-                                             os.path.join(HERE, "train.py"), print)
+    codes = sorted({r["arch"] for r in rows.values()})
+    if args.kept_scores:
+        name = os.path.splitext(os.path.basename(args.kept_scores))[0]
+        out = output_folder(args, os.path.join("outputs", bench_methods.REPORTS_DIR, name))
+        kept = bench_methods.KeptScores(args.kept_scores, scored)
+        epes = kept.epes_of(f"supernet_{args.checkpoint_type}", codes)
+        refined = {s["steps"]: kept.epes_of(bench_methods.refine_method(s), codes) for s in refine_settings}
+    else:
+        out = output_folder(args, os.path.join(args.supernet, bench_methods.REPORTS_DIR))
+        epes, refined, kept = scored_by_supernet(args, plan, codes, refine_settings, scored, out, hardware)
+    supernet_steps, refine_scale = kept.compute()
+    report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
     ranked = [r["arch"] for r in report["archs"]]
     refined = {steps: {code: by_arch[code] for code in ranked} for steps, by_arch in refined.items()}
-    scale = supernet_cfg["batch_size"] / rank_bench.setting_config(args.bench)["batch_size"]  # steps at the bench's
-    supernet_steps = supernet_report["global_step"] * fair.paths_per_cycle() * scale
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
                   kept_scores=kept.path, scoring=plan["scoring"], seconds=time.time() - start, devices=hardware,
-                  refined=refined,
-                  methods=bench_methods.methods_table(plan, rows, epes, supernet_steps, refined, args.bootstrap,
-                                                      args.seed, refine_scale=scale))
+                  refined=refined, methods=bench_methods.methods_table(plan, rows, epes, supernet_steps, refined,
+                                                                       args.bootstrap, args.seed, refine_scale))
     write_ranking(out, report, rank_bench.report_lines(report) + bench_methods.methods_lines(report["methods"]))
     rank_plot.plot_methods(report["methods"], os.path.join(out, "methods.png"))
     print(f"and {os.path.join(out, 'methods.png')}")
     return report
+
+
+def scored_by_supernet(args, plan, codes, refine_settings, scored, out, hardware):
+    """({arch: the supernet's EPE}, {steps: {arch: refined EPE}}, its KeptScores) of `codes` (every arch of the
+    plan with --plan_archs): what is not kept already scored and refined, and the compute kept beside them."""
+    supernet_cfg, supernet_report = ranking.read_run(args.supernet)
+    rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
+    codes = sorted({r["arch"] for r in plan["rows"]}) if args.plan_archs else codes
+    at_once = refining.children_at_once(args.jobs, hardware, len(codes)) if refine_settings else None
+    print(f"scoring the bench's {len(codes)} archs with {args.supernet} ({args.checkpoint_type}): "
+          f"{len(scored[0])} recalibration batches, {sum(len(flows) for _, flows in scored[1])} validation pairs")
+    scale = supernet_cfg["batch_size"] / rank_bench.setting_config(args.bench)["batch_size"]  # steps at the bench's
+    with bench_methods.kept_scores(args.bench, args.supernet, scored) as kept:
+        epes = bench_methods.supernet_epes(args.supernet, [supernet.parse_arch(c) for c in codes],
+                                           args.checkpoint_type, scored, kept, print)
+        refined = bench_methods.refined_epes(args.supernet, codes, refine_settings, at_once, scored, out, kept,
+                                             os.path.join(HERE, "train.py"), print)
+        kept.keep_compute(supernet_report["global_step"] * fair.paths_per_cycle() * scale, scale)
+    return epes, refined, kept
 
 
 def refine_flag(key):
@@ -264,7 +288,7 @@ def bench(args):
     if args.reproduce:
         return print_reproduction(rank_bench.reproduce_row(args.bench, args.reproduce, args.runs_dir,
                                                            os.path.join(HERE, "train.py")))
-    return bench_ranking(args) if args.supernet else bench_status(args)
+    return bench_ranking(args) if args.supernet or args.kept_scores else bench_status(args)
 
 
 def print_reproduction(result):

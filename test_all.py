@@ -4623,8 +4623,11 @@ class TestRankBounds:
     def test_refine_flags_are_refused_before_any_scoring(self, tmp_path, capsys):
         sup = self._supernet_run(tmp_path)
         for flags, words in ((["--supernet", sup, "--standalone", sup, "--refine_steps", "100"],
-                              "--refine_steps goes with --bench and --supernet"),
-                             (["--bench", str(BENCH), "--plan_archs"], "--plan_archs goes with --bench and --supernet"),
+                              "--refine_steps goes with --bench and --supernet or --kept_scores"),
+                             (["--bench", str(BENCH), "--supernet", sup, "--kept_scores", "k.json"],
+                              "--kept_scores goes with --bench, instead of --supernet"),
+                             (["--bench", str(BENCH), "--plan_archs"],
+                              "--plan_archs goes with --bench and --supernet"),
                              (["--bench", str(BENCH), "--supernet", sup, "--refine_steps", "100", "--checkpoint_type",
                                "last"], "--refine_steps starts every child from the supernet's best checkpoint")):
             with pytest.raises(SystemExit) as exit_info:
@@ -5310,6 +5313,21 @@ class TestBenchMethods:
         assert set(planned["supernet_best"]["epe"]) == set(planned["refine_n4_e4"]["epe"]) == set(archs + [unrowed])
         again = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
         assert again["methods"] == report["methods"] and again["refined"] == report["refined"]
+        # the same report from the kept scores alone, with no supernet at hand
+        (sup / "s").rename(sup / "away")
+        from_kept = ["--bench", bench, "--kept_scores", str(column), "--bootstrap", "50", "--out", str(tmp_path / "k")]
+        assert rank.main(from_kept + ["--refine_steps", "4"]) == 0
+        alone = json.loads((tmp_path / "k" / "rank_report.json").read_text())
+        assert alone["methods"] == report["methods"] and alone["archs"] == report["archs"]
+        assert alone["supernet"] is None and alone["kept_scores"] == str(column)
+        lacking = json.loads(column.read_text())
+        del lacking["methods"]["refine_n4_e4"]["epe"][archs[1]]
+        (tmp_path / "lacking.json").write_text(json.dumps(lacking))
+        from_kept[from_kept.index(str(column))] = str(tmp_path / "lacking.json")
+        code, err = _run_main(rank.main, from_kept + ["--refine_steps", "4"], capsys)
+        assert code == 1 and len(err) == 1 and "'refine_n4_e4' lacks 1 of the 3 archs with rows" in err[0]
+        assert rank.main(from_kept) == 0  # without the refine stage, its scores are not asked for
+        (sup / "away").rename(sup / "s")
         with ckpt.writer_lock(str(sup / "s" / "rank_bench"), "held"):  # one scoring of a supernet at a time
             code, err = _run_main(rank.main, refine, capsys)
         assert code == 1 and len(err) == 1 and "is being written by another process" in err[0]
