@@ -173,8 +173,9 @@ def add_bench_flags(parser):
                         "supernet at hand (--refine_steps: which refine settings; default --out "
                         "outputs/rank_bench/<its name>); every arch with a row must be in them")
     parser.add_argument("--plan_archs", action="store_true", help="with --bench and --supernet: score (and with "
-                        "--refine_steps refine) every arch of the plan, not only those with rows, each kept in the "
-                        "bench's scores as it finishes, so that rows landing later need no supernet work")
+                        "--refine_steps refine) every arch of the plan, not only those with rows, in the plan's "
+                        "order (the next rows' first), each kept in the bench's scores as it finishes, so that rows "
+                        "landing later need no supernet work")
     parser.add_argument("--reproduce", metavar="ROW", help="with --bench: train row ROW (e.g. 000000000_s42) again "
                         "from its recorded command on one core, score it by the plan's protocol and print its EPE "
                         "against the recorded one and the seed differences the bench measures")
@@ -259,7 +260,7 @@ def scored_by_supernet(args, plan, codes, refine_settings, scored, out, hardware
     plan with --plan_archs): what is not kept already scored and refined, and the compute kept beside them."""
     supernet_cfg, supernet_report = ranking.read_run(args.supernet)
     rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
-    codes = sorted({r["arch"] for r in plan["rows"]}) if args.plan_archs else codes
+    codes = list(dict.fromkeys(r["arch"] for r in plan["rows"])) if args.plan_archs else codes  # the rows' order
     at_once = refining.children_at_once(args.jobs, hardware, len(codes)) if refine_settings else None
     print(f"scoring the bench's {len(codes)} archs with {args.supernet} ({args.checkpoint_type}): "
           f"{len(scored[0])} recalibration batches, {sum(len(flows) for _, flows in scored[1])} validation pairs")
