@@ -4,6 +4,7 @@ own batches) and training a shortlist alone, beside the supernet itself, in one 
 compute, tau-b and top-3 where a method orders every arch, and the regret of its pick in each cost band.
 """
 import contextlib
+import glob
 import os
 
 import numpy as np
@@ -28,6 +29,26 @@ def scores_path(bench_dir, supernet_dir):
     return os.path.join(bench_dir, SCORES_DIR, os.path.basename(os.path.normpath(supernet_dir)) + ".json")
 
 
+def read_kept(path):
+    """A kept-scores file's content; RankError naming it unless it is a JSON object with 'methods'."""
+    content = ckpt.read_json(path, "kept scores")
+    if not (isinstance(content, dict) and isinstance(content.get("methods"), dict)):
+        raise RankError(f"{path}: must hold a JSON object with 'batches_sha256' and 'methods'")
+    return content
+
+
+def coverage_lines(bench_dir, plan, rows):
+    """Per kept-scores file of the bench: each method's archs scored, of the plan's and of those with rows."""
+    planned, with_rows = {r["arch"] for r in plan["rows"]}, {r["arch"] for r in rows.values()}
+    lines = []
+    for path in sorted(glob.glob(os.path.join(bench_dir, SCORES_DIR, "*.json"))):
+        methods = sorted(read_kept(path)["methods"].items())
+        lines.append(f"{path}: " + ", ".join(
+            f"{name} {len(planned & set(m['epe']))} of {len(planned)} archs "
+            f"({len(with_rows & set(m['epe']))} of the {len(with_rows)} with rows)" for name, m in methods))
+    return lines
+
+
 class KeptScores:
     """A supernet's EPE of each bench arch, per method (its own scores, each refine setting's), kept as
     data in the bench's folder beside the rows (scores_path): outputs do not outlast a machine, these do.
@@ -41,9 +62,7 @@ class KeptScores:
         batches_sha256 = search_parts.batches_fingerprint(*scored)
         self.content = {"batches_sha256": batches_sha256, "methods": {}}
         if os.path.exists(self.path):
-            self.content = ckpt.read_json(self.path, "kept scores")
-            if not (isinstance(self.content, dict) and isinstance(self.content.get("methods"), dict)):
-                raise RankError(f"{self.path}: must hold a JSON object with 'batches_sha256' and 'methods'")
+            self.content = read_kept(self.path)
         elif supernet_dir is None:
             raise RankError(f"--kept_scores {self.path}: no such file")
         if self.content.get("batches_sha256") != batches_sha256:

@@ -209,7 +209,7 @@ def check_bench_flags(parser, args):
 
 
 def bench_status(args):
-    """--bench alone: the rows written and the rows to train, with their core-hours."""
+    """--bench alone: the rows written and the rows to train, with their core-hours; what the kept scores cover."""
     plan = rank_bench.read_plan(args.bench)
     rows = rank_bench.read_rows(args.bench, plan)
     left = rank_bench.missing_rows(plan, rows)
@@ -219,6 +219,8 @@ def bench_status(args):
           + (f" ({len(falling)} still falling: {' '.join(falling)})" if falling else "")
           + f"; {len(left)} to train, about {hours:.1f} core-hours"
           + (f"; next: {' '.join(r['name'] for r in left[:4])}" if left else ""))
+    for line in bench_methods.coverage_lines(args.bench, plan, rows):
+        print(f"kept scores {line}")
 
 
 def bench_ranking(args):

@@ -116,6 +116,9 @@ def read_plan(bench_dir):
     if setting_digest(bench_dir) != plan["setting"]["sha256"]:
         raise RankError(f"{os.path.join(bench_dir, SETTING_NAME)}: changed since the plan was fixed "
                         "(its sha256 differs from plan.json's): the rows were trained on the recorded one")
+    if not setting_config(bench_dir)["steps_per_epoch"]:
+        raise RankError(f"{setting_path(bench_dir)}: steps_per_epoch must be set (> 0): a row trains a fixed "
+                        "number of steps, whatever the size of its data")
     return plan
 
 

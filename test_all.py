@@ -5083,6 +5083,14 @@ class TestRankBench:
         with pytest.raises(errors.RankError, match="changed since the plan was fixed"):
             rank_bench.read_plan(str(tmp_path / "b"))
 
+    def test_a_setting_without_fixed_steps_is_refused(self, tmp_path, capsys):
+        plan = _tiny_bench(tmp_path / "bench", ["0,0,0,0,0,0,0,0,0"], [], fingerprint=False, setting={
+            "synthetic": True, "synthetic_train_size": 8, "batch_size": 2, "num_epochs": 3})  # an epoch: the data
+        assert rank_bench.setting_config(str(tmp_path / "bench"))["steps_per_epoch"] == 0 and plan["rows"]
+        code, err = _run_main(rank.main, ["--bench", str(tmp_path / "bench")], capsys)
+        assert code == 1 and err == [f"error: {tmp_path / 'bench' / 'setting.json'}: steps_per_epoch must be set "
+                                     "(> 0): a row trains a fixed number of steps, whatever the size of its data"]
+
     @pytest.mark.slow
     def test_training_matches_the_plans_fingerprint(self):
         """The rows stay comparable only while this passes: if it fails, training, data or the space
@@ -5252,6 +5260,7 @@ class TestBenchMethods:
         trained = json.loads((sup / "s" / "config.json").read_text())
         setting = {k: trained[k] for k in ("synthetic", "synthetic_train_size", "synthetic_val_size", "synthetic_seed",
                                            "synthetic_scene", "seed", "input_h", "input_w", "batch_size")}
+        setting["steps_per_epoch"] = 2  # a bench fixes its rows' steps
         archs, unrowed = ["0,0,0,0,0,0,0,0,0", "1,1,1,1,1,1,1,1,1", "2,2,2,2,2,2,2,2,2"], "0,1,2,0,1,2,0,1,2"
         plan = _tiny_bench(tmp_path / "bench", archs + [unrowed], archs[:1], fingerprint=False, setting=setting)
         bench, jobs = str(tmp_path / "bench"), str(min(2, len(parallel.usable_cores())))
@@ -5313,6 +5322,10 @@ class TestBenchMethods:
         assert set(planned["supernet_best"]["epe"]) == set(planned["refine_n4_e4"]["epe"]) == set(archs + [unrowed])
         again = json.loads((sup / "s" / "rank_bench" / "rank_report.json").read_text())
         assert again["methods"] == report["methods"] and again["refined"] == report["refined"]
+        assert rank.main(["--bench", bench]) == 0  # the status says what the kept scores cover
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"kept scores {column}: refine_n4_e4 4 of 4 archs (3 of the 3 with rows), supernet_best 4 of 4 archs "
+            f"(3 of the 3 with rows)")
         # the same report from the kept scores alone, with no supernet at hand
         (sup / "s").rename(sup / "away")
         from_kept = ["--bench", bench, "--kept_scores", str(column), "--bootstrap", "50", "--out", str(tmp_path / "k")]
