@@ -21,6 +21,7 @@ from errors import RankError
 
 SCORES_DIR = "scores"  # in the bench folder: each supernet's scores of its archs, per method
 REPORTS_DIR = "rank_bench"  # in the supernet's run folder: its reports against the bench (default), and their lock
+COMPUTE_KEYS = ("supernet_steps", "refine_scale", "checkpoint_sha256")  # a kept file's 'compute'
 REFINE_SHORTLISTS = (2, 4, None)  # a cost band's K lowest supernet EPEs refined, or trained alone (None: all)
 
 
@@ -30,23 +31,38 @@ def scores_path(bench_dir, supernet_dir):
 
 
 def read_kept(path):
-    """A kept-scores file's content; RankError naming it unless it is a JSON object with 'methods'."""
+    """A kept-scores file's content; RankError naming it unless it holds 'methods', each with its
+    'checkpoint_sha256' and 'epe', and, once kept, a whole 'compute'."""
     content = ckpt.read_json(path, "kept scores")
-    if not (isinstance(content, dict) and isinstance(content.get("methods"), dict)):
-        raise RankError(f"{path}: must hold a JSON object with 'batches_sha256' and 'methods'")
+    methods = content.get("methods") if isinstance(content, dict) else None
+    if not (isinstance(methods, dict) and all(isinstance(m, dict) and isinstance(m.get("epe"), dict)
+                                              and "checkpoint_sha256" in m for m in methods.values())):
+        raise RankError(f"{path}: must hold a JSON object with 'batches_sha256' and 'methods', each method with "
+                        f"'checkpoint_sha256' and 'epe'")
+    compute = content.get("compute")
+    if compute is not None and not (isinstance(compute, dict) and all(k in compute for k in COMPUTE_KEYS)):
+        raise RankError(f"{path}: its 'compute' must hold {', '.join(COMPUTE_KEYS)}")
     return content
 
 
 def coverage_lines(bench_dir, plan, rows):
-    """Per kept-scores file of the bench: each method's archs scored, of the plan's and of those with rows."""
+    """Per kept-scores file of the bench: each method's archs scored, of the plan's and of those with rows,
+    and whether the compute a report needs is kept."""
     planned, with_rows = {r["arch"] for r in plan["rows"]}, {r["arch"] for r in rows.values()}
     lines = []
     for path in sorted(glob.glob(os.path.join(bench_dir, SCORES_DIR, "*.json"))):
-        methods = sorted(read_kept(path)["methods"].items())
+        content = read_kept(path)
         lines.append(f"{path}: " + ", ".join(
             f"{name} {len(planned & set(m['epe']))} of {len(planned)} archs "
-            f"({len(with_rows & set(m['epe']))} of the {len(with_rows)} with rows)" for name, m in methods))
+            f"({len(with_rows & set(m['epe']))} of the {len(with_rows)} with rows)"
+            for name, m in sorted(content["methods"].items()))
+            + ("; compute kept" if content.get("compute") else "; no compute kept (--supernet RUN once)"))
     return lines
+
+
+def method_kind(method):
+    """The supernet checkpoint a kept method's scores come from: supernet_<kind>'s, or refining.KIND's."""
+    return method[len("supernet_"):] if method.startswith("supernet_") else refining.KIND
 
 
 class KeptScores:
@@ -54,8 +70,9 @@ class KeptScores:
     data in the bench's folder beside the rows (scores_path): outputs do not outlast a machine, these do.
     Each method's scores belong to the checkpoint they come from, named by its files' sha256 (the same
     command trains the same bytes), and all to the rows' batches: a rerun, as rows land, after a kill or
-    on a supernet trained again, scores and refines only the archs missing. With the compute the methods
-    table counts kept too, a report needs no supernet at all once every arch of the rows is scored."""
+    on a supernet trained again, scores and refines only the archs missing. The compute the methods table
+    counts is kept too, under the supernet's checkpoints' sha256, so that a report needs no supernet at all
+    once every arch with a row is scored (kept_epes)."""
 
     def __init__(self, path, scored, supernet_dir=None):
         self.path, self.supernet_dir, self.digests = path, supernet_dir, {}
@@ -69,45 +86,61 @@ class KeptScores:
             raise RankError(f"{self.path}: scored on other validation or recalibration batches than the rows' "
                             f"(batches_sha256 differs): move it away to score anew")
 
-    def epes(self, method, kind):
-        """{arch code: EPE} kept for `method`, which comes from the supernet's checkpoint `kind`; RankError if
-        they were scored from a checkpoint with other bytes (another supernet under this run's name)."""
+    def digest(self, kind):
+        """sha256 of the supernet's checkpoint `kind` (ckpt.checkpoint_digest), computed once."""
         if kind not in self.digests:
             self.digests[kind] = ckpt.checkpoint_digest(self.supernet_dir, kind)
-        entry = self.content["methods"].setdefault(method, {"checkpoint_sha256": self.digests[kind], "epe": {}})
-        if entry["checkpoint_sha256"] != self.digests[kind]:
+        return self.digests[kind]
+
+    def checked_epes(self, method, kind):
+        """{arch code: EPE} kept for `method`, which comes from the supernet's checkpoint `kind`; RankError if
+        they were scored from a checkpoint with other bytes (another supernet under this run's name)."""
+        entry = self.content["methods"].setdefault(method, {"checkpoint_sha256": self.digest(kind), "epe": {}})
+        if entry["checkpoint_sha256"] != self.digest(kind):
             raise RankError(f"{self.path}: its '{method}' scores come from a checkpoint with other bytes than "
                             f"{self.supernet_dir}'s {kind} (checkpoint_sha256 differs): move it away to score anew")
         return dict(entry["epe"])
 
-    def epes_of(self, method, codes):
-        """{code: EPE} of `codes` kept for `method`, read with no supernet at hand; RankError naming the file,
-        the method and the archs it lacks."""
-        epe = self.content["methods"].get(method, {}).get("epe", {})
-        lacking = [code for code in codes if code not in epe]
+    def kept_epes(self, method, codes):
+        """{code: EPE} of `codes` kept for `method`, read with no supernet at hand; RankError naming the file
+        if the method is not kept, lacks one of `codes`, or comes from other bytes than the compute kept."""
+        methods, compute = self.content["methods"], self.compute()
+        if method not in methods:
+            raise RankError(f"{self.path}: no '{method}' scores kept (it holds {', '.join(sorted(methods))})")
+        if methods[method]["checkpoint_sha256"] != compute["checkpoint_sha256"].get(method_kind(method)):
+            raise RankError(f"{self.path}: its '{method}' scores come from a checkpoint with other bytes than its "
+                            f"compute's supernet (checkpoint_sha256 differs)")
+        lacking = [code for code in codes if code not in methods[method]["epe"]]
         if lacking:
             raise RankError(f"{self.path}: '{method}' lacks {len(lacking)} of the {len(codes)} archs with rows "
                             f"({lacking[0]} first): score them with --supernet RUN (--plan_archs: every arch)")
-        return {code: epe[code] for code in codes}
+        return {code: methods[method]["epe"][code] for code in codes}
 
     def keep(self, method, code, epe):
-        """Add one arch's EPE to `method`'s (after epes(method, ...)); the file rewritten atomically."""
+        """Add one arch's EPE to `method`'s (after checked_epes(method, ...)); the file rewritten atomically."""
         self.content["methods"][method]["epe"][code] = float(epe)
         self.write()
 
     def keep_compute(self, supernet_steps, refine_scale):
-        """Keep what the methods table counts as compute: the supernet's subnet training steps at the bench's
-        batch, and what one refine step counts (the child's batch over the bench's)."""
-        compute = {"supernet_steps": float(supernet_steps), "refine_scale": float(refine_scale)}
-        if self.content.get("compute") != compute:
+        """Keep, before any scoring, what the methods table counts as compute: the supernet's subnet training
+        steps at the bench's batch and what one refine step counts (the child's batch over the bench's), under
+        the sha256 of each of its checkpoints; RankError if they were kept for a supernet with other bytes."""
+        digests = {kind: self.digest(kind) for kind in ckpt.CHECKPOINT_KINDS}
+        kept = self.content.get("compute")
+        if kept and kept["checkpoint_sha256"] != digests:
+            raise RankError(f"{self.path}: kept for a supernet whose checkpoints have other bytes than "
+                            f"{self.supernet_dir}'s (checkpoint_sha256 differs): move it away to score anew")
+        compute = {"supernet_steps": float(supernet_steps), "refine_scale": float(refine_scale),
+                   "checkpoint_sha256": digests}
+        if kept != compute:
             self.content["compute"] = compute
             self.write()
 
     def compute(self):
-        """(supernet steps, refine scale) as keep_compute kept them; RankError naming the file if it has none."""
-        if not isinstance(self.content.get("compute"), dict):
+        """The compute keep_compute kept; RankError naming the file if it has none."""
+        if not self.content.get("compute"):
             raise RankError(f"{self.path}: no 'compute' kept: score its supernet with --supernet RUN once")
-        return self.content["compute"]["supernet_steps"], self.content["compute"]["refine_scale"]
+        return self.content["compute"]
 
     def write(self):
         """The file, rewritten atomically."""
@@ -128,7 +161,7 @@ def supernet_epes(supernet_dir, archs, checkpoint_type, scored, kept, log):
     one recalibration and pass (ranking.scores_of); each kept (KeptScores) as it is scored."""
     cfg, method = config.run_config(supernet_dir), f"supernet_{checkpoint_type}"
     codes = {supernet.format_arch(a): a for a in archs}
-    missing = [a for code, a in codes.items() if code not in kept.epes(method, checkpoint_type)]
+    missing = [a for code, a in codes.items() if code not in kept.checked_epes(method, checkpoint_type)]
     log(f"the supernet's scores of {len(codes)} archs: {len(codes) - len(missing)} kept in {kept.path}, "
         f"scoring {len(missing)}")
     sizes, progress = [len(flows) for _, flows in scored[1]], ranking.scoring_progress(len(missing), log)
@@ -136,7 +169,7 @@ def supernet_epes(supernet_dir, archs, checkpoint_type, scored, kept, log):
                                              cfg["input_h"], cfg["input_w"]):
         kept.keep(method, supernet.format_arch(arch), ranking.batch_weighted_epe(per_batch, sizes))
         progress(supernet_dir, arch)
-    epes = kept.epes(method, checkpoint_type)
+    epes = kept.checked_epes(method, checkpoint_type)
     return {code: epes[code] for code in codes}
 
 
@@ -169,13 +202,13 @@ def refined_epes(supernet_dir, codes, refine_settings, at_once, scored, out, kep
     refined = {}
     for settings in refine_settings:
         method = refine_method(settings)
-        missing = [code for code in codes if code not in kept.epes(method, refining.KIND)]
+        missing = [code for code in codes if code not in kept.checked_epes(method, refining.KIND)]
         log(f"refined {settings['steps']} steps: {len(codes) - len(missing)} of {len(codes)} archs kept in "
             f"{kept.path}")
         if missing:
             refine_archs(supernet_dir, missing, settings, at_once, scored, out, train_py, log,
                          lambda code, score: kept.keep(method, code, score["epe"]))
-        epes = kept.epes(method, refining.KIND)
+        epes = kept.checked_epes(method, refining.KIND)
         refined[settings["steps"]] = {code: epes[code] for code in codes}
     return refined
 
@@ -198,7 +231,7 @@ def method(name, once, per_pick, ranked, supernet_epe, order=None, bootstrap=0, 
     return row
 
 
-def methods_table(plan, rows, supernet_epe, supernet_steps, refined, bootstrap, seed, refine_scale=1.0):
+def methods_table(plan, rows, supernet_epe, supernet_steps, refined, bootstrap, seed, refine_scale):
     """The supernet, the supernet with its shortlists refined (refined: {steps: {arch: refined EPE}}),
     and the same shortlists trained alone (the rows), each against the rows: compute in subnet
     training steps at the bench's batch (a refined child's steps count refine_scale each: its batch

@@ -161,13 +161,15 @@ def add_bench_flags(parser):
     --reproduce, --runs_dir."""
     parser.add_argument("--bench", metavar="DIR", help="the ranking benchmark's folder (plan.json, setting.json, "
                         "rows/): alone, how many rows are written; with --train_rows, train the next rows; with "
-                        "--reproduce, train one row again; with --supernet, score that supernet against the rows")
+                        "--reproduce, train one row again; with --supernet, score that supernet against the rows; "
+                        "with --kept_scores, report a supernet's kept scores against them")
     parser.add_argument("--train_rows", type=int, metavar="N", help="with --bench: train the next N rows it lacks "
                         "(--jobs at once), each scored into its row as it finishes; resumes after any kill")
     parser.add_argument("--refine_steps", type=int, nargs="+", metavar="N", help="with --bench and --supernet: also "
                         "fine-tune every arch of the rows from the supernet for N steps (refine.py's children, "
-                        "config.json's refine epochs; --jobs at once) and score each; the methods table then has "
-                        "the refine stage at each N beside the supernet alone and training alone")
+                        "config.json's refine epochs; --jobs at once; each N over every arch before the next) and "
+                        "score each; the methods table then has the refine stage at each N beside the supernet "
+                        "alone and training alone; with --kept_scores, the kept refine settings to report")
     parser.add_argument("--kept_scores", metavar="FILE", help="with --bench, instead of --supernet: the report and "
                         "methods table from a supernet's kept scores (<bench>/scores/<run>.json) alone, with no "
                         "supernet at hand (--refine_steps: which refine settings; default --out "
@@ -185,7 +187,8 @@ def add_bench_flags(parser):
 
 
 def check_bench_flags(parser, args):
-    """--bench's flags: alone, with --train_rows N (N >= 1), --reproduce ROW or --supernet; nothing else."""
+    """--bench's flags: alone, with --train_rows N (N >= 1), --reproduce ROW, --supernet or --kept_scores;
+    nothing else (its scoring protocol is the plan's)."""
     if (args.train_rows is not None or args.reproduce) and not args.bench:
         parser.error("--train_rows and --reproduce go with --bench")
     if args.refine_steps and not (args.bench and (args.supernet or args.kept_scores)):
@@ -200,8 +203,10 @@ def check_bench_flags(parser, args):
     if not args.bench:
         return
     if args.standalone or args.standalone_glob or args.train is not None or args.compare or args.margin:
-        parser.error("--bench takes --train_rows, --reproduce or --supernet, not --standalone, --train, --compare "
-                     "or --margin")
+        parser.error("--bench takes --train_rows, --reproduce, --supernet or --kept_scores, not --standalone, "
+                     "--train, --compare or --margin")
+    if args.bn_recal_batches is not None:
+        parser.error("--bench scores by its plan's protocol (plan.json's scoring): not with --bn_recal_batches")
     if args.train_rows is not None and (args.train_rows < 1 or args.supernet or args.kept_scores):
         parser.error("--train_rows must be >= 1 and does not go with --supernet or --kept_scores")
     if args.reproduce and (args.train_rows is not None or args.supernet or args.kept_scores):
@@ -238,19 +243,20 @@ def bench_ranking(args):
         name = os.path.splitext(os.path.basename(args.kept_scores))[0]
         out = output_folder(args, os.path.join("outputs", bench_methods.REPORTS_DIR, name))
         kept = bench_methods.KeptScores(args.kept_scores, scored)
-        epes = kept.epes_of(f"supernet_{args.checkpoint_type}", codes)
-        refined = {s["steps"]: kept.epes_of(bench_methods.refine_method(s), codes) for s in refine_settings}
+        epes = kept.kept_epes(f"supernet_{args.checkpoint_type}", codes)
+        refined = {s["steps"]: kept.kept_epes(bench_methods.refine_method(s), codes) for s in refine_settings}
     else:
         out = output_folder(args, os.path.join(args.supernet, bench_methods.REPORTS_DIR))
         epes, refined, kept = scored_by_supernet(args, plan, codes, refine_settings, scored, out, hardware)
-    supernet_steps, refine_scale = kept.compute()
+    compute = kept.compute()
     report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
     ranked = [r["arch"] for r in report["archs"]]
     refined = {steps: {code: by_arch[code] for code in ranked} for steps, by_arch in refined.items()}
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
                   kept_scores=kept.path, scoring=plan["scoring"], seconds=time.time() - start, devices=hardware,
-                  refined=refined, methods=bench_methods.methods_table(plan, rows, epes, supernet_steps, refined,
-                                                                       args.bootstrap, args.seed, refine_scale))
+                  refined=refined, methods=bench_methods.methods_table(
+                      plan, rows, epes, compute["supernet_steps"], refined, args.bootstrap, args.seed,
+                      compute["refine_scale"]))
     write_ranking(out, report, rank_bench.report_lines(report) + bench_methods.methods_lines(report["methods"]))
     rank_plot.plot_methods(report["methods"], os.path.join(out, "methods.png"))
     print(f"and {os.path.join(out, 'methods.png')}")
@@ -259,20 +265,20 @@ def bench_ranking(args):
 
 def scored_by_supernet(args, plan, codes, refine_settings, scored, out, hardware):
     """({arch: the supernet's EPE}, {steps: {arch: refined EPE}}, its KeptScores) of `codes` (every arch of the
-    plan with --plan_archs): what is not kept already scored and refined, and the compute kept beside them."""
+    plan with --plan_archs): the compute kept first, then what is not kept already scored and refined."""
     supernet_cfg, supernet_report = ranking.read_run(args.supernet)
     rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
-    codes = list(dict.fromkeys(r["arch"] for r in plan["rows"])) if args.plan_archs else codes  # the rows' order
+    codes = list(dict.fromkeys(r["arch"] for r in plan["rows"])) if args.plan_archs else codes  # the plan's order
     at_once = refining.children_at_once(args.jobs, hardware, len(codes)) if refine_settings else None
     print(f"scoring the bench's {len(codes)} archs with {args.supernet} ({args.checkpoint_type}): "
           f"{len(scored[0])} recalibration batches, {sum(len(flows) for _, flows in scored[1])} validation pairs")
     scale = supernet_cfg["batch_size"] / rank_bench.setting_config(args.bench)["batch_size"]  # steps at the bench's
     with bench_methods.kept_scores(args.bench, args.supernet, scored) as kept:
+        kept.keep_compute(supernet_report["global_step"] * fair.paths_per_cycle() * scale, scale)
         epes = bench_methods.supernet_epes(args.supernet, [supernet.parse_arch(c) for c in codes],
                                            args.checkpoint_type, scored, kept, print)
         refined = bench_methods.refined_epes(args.supernet, codes, refine_settings, at_once, scored, out, kept,
                                              os.path.join(HERE, "train.py"), print)
-        kept.keep_compute(supernet_report["global_step"] * fair.paths_per_cycle() * scale, scale)
     return epes, refined, kept
 
 

@@ -4626,6 +4626,8 @@ class TestRankBounds:
                               "--refine_steps goes with --bench and --supernet or --kept_scores"),
                              (["--bench", str(BENCH), "--supernet", sup, "--kept_scores", "k.json"],
                               "--kept_scores goes with --bench, instead of --supernet"),
+                             (["--bench", str(BENCH), "--bn_recal_batches", "2"],
+                              "--bench scores by its plan's protocol"),
                              (["--bench", str(BENCH), "--plan_archs"],
                               "--plan_archs goes with --bench and --supernet"),
                              (["--bench", str(BENCH), "--supernet", sup, "--refine_steps", "100", "--checkpoint_type",
@@ -5223,7 +5225,7 @@ class TestBenchMethods:
         alone = [rows[f"r{i}"]["epe"] for i in order]
         epe = {archs[i]: rows[f"r{i}"]["epe"] for i in range(6)}
         refined = dict(zip(archs, [1.00, 0.90, 1.05, 0.70, 0.75, 0.60]))
-        methods = bench_methods.methods_table(plan, rows, supernet_epe, 300, {8: refined}, 50, 0)
+        methods = bench_methods.methods_table(plan, rows, supernet_epe, 300, {8: refined}, 50, 0, 1.0)
         table = {m["method"]: m for m in methods}
         # two cost bands: 0.30-0.32 and 0.50-0.52 (0.70 has no neighbour within 10%); in each, the
         # supernet's K lowest are shortlisted and the lowest refined (or standalone) EPE among them is picked
@@ -5247,7 +5249,7 @@ class TestBenchMethods:
         assert table["supernet"]["kendall_tau_b"] == report["kendall_tau_b"]
         assert table["supernet, top 2 trained alone (the rows)"]["steps_per_pick"] == 2 * 1  # 2 a band, rows of 1 step
         assert table["supernet, top 4 refined 8 steps"]["steps_per_pick"] == (3 + 2) / 2 * 8  # all of both bands
-        halved = bench_methods.methods_table(plan, rows, supernet_epe, 300, {8: refined}, 50, 0, refine_scale=0.5)
+        halved = bench_methods.methods_table(plan, rows, supernet_epe, 300, {8: refined}, 50, 0, 0.5)
         assert halved[1]["steps_per_pick"] == 2 * 8 * 0.5  # a child at half the bench's batch: half a step each
         assert halved[1]["method"] == "supernet, top 2 refined 8 steps"
 
@@ -5325,7 +5327,7 @@ class TestBenchMethods:
         assert rank.main(["--bench", bench]) == 0  # the status says what the kept scores cover
         assert capsys.readouterr().out.splitlines()[-1] == (
             f"kept scores {column}: refine_n4_e4 4 of 4 archs (3 of the 3 with rows), supernet_best 4 of 4 archs "
-            f"(3 of the 3 with rows)")
+            f"(3 of the 3 with rows); compute kept")
         # the same report from the kept scores alone, with no supernet at hand
         (sup / "s").rename(sup / "away")
         from_kept = ["--bench", bench, "--kept_scores", str(column), "--bootstrap", "50", "--out", str(tmp_path / "k")]
@@ -5333,18 +5335,31 @@ class TestBenchMethods:
         alone = json.loads((tmp_path / "k" / "rank_report.json").read_text())
         assert alone["methods"] == report["methods"] and alone["archs"] == report["archs"]
         assert alone["supernet"] is None and alone["kept_scores"] == str(column)
-        lacking = json.loads(column.read_text())
-        del lacking["methods"]["refine_n4_e4"]["epe"][archs[1]]
-        (tmp_path / "lacking.json").write_text(json.dumps(lacking))
-        from_kept[from_kept.index(str(column))] = str(tmp_path / "lacking.json")
-        code, err = _run_main(rank.main, from_kept + ["--refine_steps", "4"], capsys)
-        assert code == 1 and len(err) == 1 and "'refine_n4_e4' lacks 1 of the 3 archs with rows" in err[0]
+        from_kept[from_kept.index(str(column))] = str(tmp_path / "changed.json")
+        for change, steps, says in (  # a kept file that cannot make the report is refused, naming it and why
+                (lambda c: c["methods"]["refine_n4_e4"]["epe"].pop(archs[1]), "4",
+                 "'refine_n4_e4' lacks 1 of the 3 archs with rows"),
+                (lambda c: c.pop("compute"), "4", "no 'compute' kept"),
+                (lambda c: c["methods"]["refine_n4_e4"].update(checkpoint_sha256="0" * 64), "4",
+                 "its 'refine_n4_e4' scores come from a checkpoint with other bytes than its compute's supernet"),
+                (lambda c: None, "8", "no 'refine_n8_e4' scores kept (it holds refine_n4_e4, supernet_best)")):
+            changed = json.loads(column.read_text())
+            change(changed)
+            (tmp_path / "changed.json").write_text(json.dumps(changed))
+            code, err = _run_main(rank.main, from_kept + ["--refine_steps", steps], capsys)
+            assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'changed.json'}: ")
+            assert says in err[0]
         assert rank.main(from_kept) == 0  # without the refine stage, its scores are not asked for
         (sup / "away").rename(sup / "s")
         with ckpt.writer_lock(str(sup / "s" / "rank_bench"), "held"):  # one scoring of a supernet at a time
             code, err = _run_main(rank.main, refine, capsys)
         assert code == 1 and len(err) == 1 and "is being written by another process" in err[0]
-        # scores of a checkpoint with other bytes are refused, naming the file
+        # scores of a checkpoint with other bytes are refused, naming the file: the compute's, before any work
+        other = json.loads(column.read_text())
+        other["compute"]["checkpoint_sha256"]["best"] = "0" * 64
+        column.write_text(json.dumps(other))
+        code, err = _run_main(rank.main, refine, capsys)
+        assert code == 1 and len(err) == 1 and f"{column}: kept for a supernet whose checkpoints" in err[0]
         methods["refine_n4_e4"]["checkpoint_sha256"] = "0" * 64
         column.write_text(json.dumps({"batches_sha256": json.loads(column.read_text())["batches_sha256"],
                                       "methods": methods}))
