@@ -237,17 +237,11 @@ def bench_ranking(args):
     plan = rank_bench.read_plan(args.bench)
     rows = rank_bench.read_rows(args.bench, plan)
     refine_settings = [refining.settings_from({"steps": steps}, refine_flag) for steps in args.refine_steps or []]
-    scored = rank_bench.scoring_data(args.bench, plan)
     codes = sorted({r["arch"] for r in rows.values()})
     if args.kept_scores:
-        name = os.path.splitext(os.path.basename(args.kept_scores))[0]
-        out = output_folder(args, os.path.join("outputs", bench_methods.REPORTS_DIR, name))
-        kept = bench_methods.KeptScores(args.kept_scores, scored)
-        epes = kept.kept_epes(f"supernet_{args.checkpoint_type}", codes)
-        refined = {s["steps"]: kept.kept_epes(bench_methods.refine_method(s), codes) for s in refine_settings}
+        epes, refined, kept, out = read_kept_scores(args, plan, codes, refine_settings)
     else:
-        out = output_folder(args, os.path.join(args.supernet, bench_methods.REPORTS_DIR))
-        epes, refined, kept = scored_by_supernet(args, plan, codes, refine_settings, scored, out, hardware)
+        epes, refined, kept, out = scored_by_supernet(args, plan, codes, refine_settings, hardware)
     compute = kept.compute()
     report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
     ranked = [r["arch"] for r in report["archs"]]
@@ -263,11 +257,24 @@ def bench_ranking(args):
     return report
 
 
-def scored_by_supernet(args, plan, codes, refine_settings, scored, out, hardware):
-    """({arch: the supernet's EPE}, {steps: {arch: refined EPE}}, its KeptScores) of `codes` (every arch of the
-    plan with --plan_archs): the compute kept first, then what is not kept already scored and refined."""
+def read_kept_scores(args, plan, codes, refine_settings):
+    """({arch: the supernet's EPE}, {steps: {arch: refined EPE}}, KeptScores, the report's folder) of `codes`,
+    from --kept_scores alone (checked against the rows' batches)."""
+    name = os.path.splitext(os.path.basename(args.kept_scores))[0]
+    out = output_folder(args, os.path.join("outputs", bench_methods.REPORTS_DIR, name))
+    kept = bench_methods.KeptScores(args.kept_scores, rank_bench.scoring_data(args.bench, plan))
+    refined = {s["steps"]: kept.kept_epes(bench_methods.refine_method(s), codes) for s in refine_settings}
+    return kept.kept_epes(f"supernet_{args.checkpoint_type}", codes), refined, kept, out
+
+
+def scored_by_supernet(args, plan, codes, refine_settings, hardware):
+    """({arch: the supernet's EPE}, {steps: {arch: refined EPE}}, its KeptScores, the report's folder) of `codes`
+    (every arch of the plan with --plan_archs): the compute kept first, then what is not kept already scored
+    and refined, on the rows' own batches."""
     supernet_cfg, supernet_report = ranking.read_run(args.supernet)
     rank_bench.check_supernet(args.bench, args.supernet, supernet_cfg)
+    out = output_folder(args, os.path.join(args.supernet, bench_methods.REPORTS_DIR))
+    scored = rank_bench.scoring_data(args.bench, plan)
     codes = list(dict.fromkeys(r["arch"] for r in plan["rows"])) if args.plan_archs else codes  # the plan's order
     at_once = refining.children_at_once(args.jobs, hardware, len(codes)) if refine_settings else None
     print(f"scoring the bench's {len(codes)} archs with {args.supernet} ({args.checkpoint_type}): "
@@ -279,7 +286,7 @@ def scored_by_supernet(args, plan, codes, refine_settings, scored, out, hardware
                                            args.checkpoint_type, scored, kept, print)
         refined = bench_methods.refined_epes(args.supernet, codes, refine_settings, at_once, scored, out, kept,
                                              os.path.join(HERE, "train.py"), print)
-    return epes, refined, kept
+    return epes, refined, kept, out
 
 
 def refine_flag(key):
