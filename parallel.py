@@ -7,7 +7,10 @@ Where GPUs are given, slot k owns GPU k instead (CUDA_VISIBLE_DEVICES=k in the c
 TensorFlow there sees that one GPU) and the children share the cores.
 """
 import os
+import signal
 import subprocess
+import sys
+import threading
 import time
 
 from errors import RankError
@@ -102,6 +105,15 @@ def _stop(running):
         child.proc.wait()
 
 
+def _exit_on_sigterm():
+    """While children run, SIGTERM (kill's default) raised as SystemExit in the main thread, so that run_all
+    stops its children too rather than leaving them training, unseen, into folders a rerun resumes; returns
+    the handler to restore (None off the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, gpus=0, on_finished=None, work=None):
     """Run `children`, [(name, argv, log_path)], at most `jobs` at once, each pinned to its slot's
     cores (with `gpus` > 0: on its slot's GPU, jobs <= gpus), its output appended to log_path
@@ -110,13 +122,13 @@ def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, gpu
     weighs the time left (by default every child weighs the same). Every `heartbeat` seconds
     the last line of each running child's log is repeated. After a failure no new child starts and
     the running ones finish (their work is kept), then RankError names the failed child and how it
-    failed. Interrupted, it stops the running children before it returns."""
+    failed. Interrupted or killed (SIGTERM), it stops the running children before it returns."""
     if gpus and not 1 <= jobs <= gpus:
         raise RankError(f"--jobs {jobs}: must be within 1..{gpus} (one run per GPU)")
     slots = [[f"GPU {slot}"] for slot in range(jobs)] if gpus else slot_cores(jobs, cores)
     waiting, running, failed, finished = list(children), {}, [], []
     weight = _weigher(work)
-    last_beat = time.monotonic()
+    last_beat, previous_handler = time.monotonic(), _exit_on_sigterm()
     try:
         while waiting or running:
             free = [s for s in range(jobs) if s not in running]
@@ -147,3 +159,5 @@ def run_all(children, jobs, log=_say, cores=None, heartbeat=300.0, env=None, gpu
                 raise RankError(failed[0])
     finally:
         _stop(running)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)

@@ -4996,6 +4996,20 @@ class TestParallel:
         with pytest.raises(ProcessLookupError):  # terminated and reaped, not left running
             os.kill(int(log.read_text().split()[0]), 0)
 
+    def test_a_killed_parent_stops_and_reaps_its_running_children_too(self, tmp_path):
+        log = tmp_path / "sleeper.out"
+        parent = subprocess.Popen([sys.executable, "-c", (
+            f"import sys; sys.path.insert(0, {str(HERE)!r}); import parallel; parallel.run_all([('sleeper', "
+            f"[sys.executable, '-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(60)'], "
+            f"{str(log)!r})], 1, log=lambda line: None)")])
+        deadline = time.monotonic() + 30
+        while not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        parent.terminate()  # SIGTERM, what kill sends
+        assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+        with pytest.raises(ProcessLookupError):  # the child stopped with it, not left training unseen
+            os.kill(int(log.read_text().split()[0]), 0)
+
 
 # ==== 39. rank_bench.py: the ranking benchmark rankbench/ ============================================================
 
