@@ -60,11 +60,6 @@ def coverage_lines(bench_dir, plan, rows):
     return lines
 
 
-def method_kind(method):
-    """The supernet checkpoint a kept method's scores come from: supernet_<kind>'s, or refining.KIND's."""
-    return method[len("supernet_"):] if method.startswith("supernet_") else refining.KIND
-
-
 class KeptScores:
     """A supernet's EPE of each bench arch, per method (its own scores, each refine setting's), kept as
     data in the bench's folder beside the rows (scores_path): outputs do not outlast a machine, these do.
@@ -107,7 +102,7 @@ class KeptScores:
         methods, compute = self.content["methods"], self.compute()
         if method not in methods:
             raise RankError(f"{self.path}: no '{method}' scores kept (it holds {', '.join(sorted(methods))})")
-        if methods[method]["checkpoint_sha256"] != compute["checkpoint_sha256"].get(method_kind(method)):
+        if methods[method]["checkpoint_sha256"] not in compute["checkpoint_sha256"].values():
             raise RankError(f"{self.path}: its '{method}' scores come from a checkpoint with other bytes than its "
                             f"compute's supernet (checkpoint_sha256 differs)")
         lacking = [code for code in codes if code not in methods[method]["epe"]]
