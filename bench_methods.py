@@ -169,8 +169,9 @@ def supernet_epes(supernet_dir, archs, checkpoint_type, scored, kept, log):
 
 
 def refine_method(settings):
-    """The refine stage at these settings, as the kept scores and the reports name it: refine_n<steps>_e<epochs>."""
-    return f"refine_n{settings['steps']}_e{settings['epochs']}"
+    """The refine stage at these settings, as the kept scores and the reports name it: refine_n<steps>_e<epochs>
+    (then _lr<scale> for a learning rate other than the supernet's)."""
+    return f"refine_{refining.settings_tag(settings)}"
 
 
 def refine_folder(out, settings):
@@ -192,19 +193,19 @@ def refine_archs(supernet_dir, codes, settings, at_once, scored, out, train_py, 
 
 
 def refined_epes(supernet_dir, codes, refine_settings, at_once, scored, out, kept, train_py, log):
-    """{steps: {arch code: refined EPE}}: at each of `refine_settings` in turn, the archs KeptScores lacks
+    """[(settings, {arch code: refined EPE})]: at each of `refine_settings` in turn, the archs KeptScores lacks
     refined (refine_archs), each kept as it is scored."""
-    refined = {}
+    refined = []
     for settings in refine_settings:
         method = refine_method(settings)
         missing = [code for code in codes if code not in kept.checked_epes(method, refining.KIND)]
-        log(f"refined {settings['steps']} steps: {len(codes) - len(missing)} of {len(codes)} archs kept in "
+        log(f"{refining.settings_label(settings)}: {len(codes) - len(missing)} of {len(codes)} archs kept in "
             f"{kept.path}")
         if missing:
             refine_archs(supernet_dir, missing, settings, at_once, scored, out, train_py, log,
                          lambda code, score: kept.keep(method, code, score["epe"]))
         epes = kept.checked_epes(method, refining.KIND)
-        refined[settings["steps"]] = {code: epes[code] for code in codes}
+        refined.append((settings, {code: epes[code] for code in codes}))
     return refined
 
 
@@ -227,7 +228,7 @@ def method(name, once, per_pick, ranked, supernet_epe, order=None, bootstrap=0, 
 
 
 def methods_table(plan, rows, supernet_epe, supernet_steps, refined, bootstrap, seed, refine_scale):
-    """The supernet, the supernet with its shortlists refined (refined: {steps: {arch: refined EPE}}),
+    """The supernet, the supernet with its shortlists refined (refined: [(settings, {arch: refined EPE})]),
     and the same shortlists trained alone (the rows), each against the rows: compute in subnet
     training steps at the bench's batch (a refined child's steps count refine_scale each: its batch
     over the bench's), tau-b and top-3 where a method orders every arch, regret of its pick in each
@@ -237,11 +238,11 @@ def methods_table(plan, rows, supernet_epe, supernet_steps, refined, bootstrap, 
     alone = {r["arch"]: r["epe"] for r in ranked}
     row_steps = float(np.mean([r["steps"] for r in ranked]))
     table = [method("supernet", supernet_steps, 0, ranked, supernet_epe, supernet_epe, bootstrap, seed)]
-    for steps, epes in sorted(refined.items()):
+    for settings, epes in refined:
         for k in REFINE_SHORTLISTS:
-            table.append(method(f"supernet, top {k or 'all'} refined {steps} steps", supernet_steps,
-                                steps * refine_scale, ranked, supernet_epe, None if k else epes, bootstrap, seed,
-                                shortlist=k, chosen_by=epes))
+            table.append(method(f"supernet, top {k or 'all'} {refining.settings_label(settings)}", supernet_steps,
+                                settings["steps"] * refine_scale, ranked, supernet_epe, None if k else epes,
+                                bootstrap, seed, shortlist=k, chosen_by=epes))
     for k in REFINE_SHORTLISTS[:-1]:
         table.append(method(f"supernet, top {k} trained alone (the rows)", supernet_steps, row_steps, ranked,
                             supernet_epe, shortlist=k, chosen_by=alone))
@@ -250,13 +251,13 @@ def methods_table(plan, rows, supernet_epe, supernet_steps, refined, bootstrap, 
 
 def methods_lines(table):
     """The methods table as printed (regret: mean over the bands, in EPE and in paired SEs)."""
-    lines = [f"{'method':<44} {'supernet steps':>14} {'steps per pick':>14} {'tau-b [95%]':>22} {'top-3':>5} "
+    lines = [f"{'method':<52} {'supernet steps':>14} {'steps per pick':>14} {'tau-b [95%]':>22} {'top-3':>5} "
              f"{'regret (paired SEs)':>20} {'best':>7}"]
     for m in table:
         tau = "" if m["kendall_tau_b"] is None else \
             f"{m['kendall_tau_b']:.3f} [{m['tau_ci95'][0]:.2f}, {m['tau_ci95'][1]:.2f}]"
         top3 = "" if m["top3_overlap"] is None else f"{m['top3_overlap']:.2f}"
         regret = "" if m["regret_mean"] is None else f"{m['regret_mean']:.4f} ({m['regret_mean_se']:.1f})"
-        lines.append(f"{m['method']:<44} {m['once_steps']:>14,.0f} {m['steps_per_pick']:>14,.0f} {tau:>22} "
+        lines.append(f"{m['method']:<52} {m['once_steps']:>14,.0f} {m['steps_per_pick']:>14,.0f} {tau:>22} "
                      f"{top3:>5} {regret:>20} {m['pick_is_best']:>3}/{m['bands']:<3}")
     return lines

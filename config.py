@@ -80,6 +80,8 @@ REFINE_HELP = {
     "top": "candidates refined: the K lowest supernet EPE among those the source offers",
     "steps": "training steps of each candidate, from the supernet's best weights",
     "epochs": "epochs the steps are split into: a checkpoint after each, where a killed refinement resumes",
+    "lr_scale": "each candidate's starting learning rate is the supernet's times this (then down a cosine over "
+                "the steps as the supernet's did)",
 }
 # deploy.py's help for each key of config.json's `deploy` (search.py takes the choice's two as well)
 DEPLOY_HELP = {
@@ -196,7 +198,8 @@ def check_ranges(cfg, where="config"):
 
 def refine_problems(refine, name=lambda key: f"key 'refine.{key}'"):
     """What is wrong with the `refine` settings, as lines naming each key by name(key) ([] when nothing is)."""
-    problems = [f"{name(key)} must be > 0, got {refine[key]}" for key in REFINE_HELP if refine[key] <= 0]
+    problems = [f"{name(key)} must be > 0, got {refine[key]}" for key in REFINE_HELP
+                if not 0 < refine[key] < math.inf]  # NaN fails too
     if not problems and refine["steps"] % refine["epochs"]:
         problems.append(f"{name('steps')} ({refine['steps']}) must be a multiple of {name('epochs')} "
                         f"({refine['epochs']}): every epoch trains the same number of steps")

@@ -66,9 +66,10 @@ def parse_args(argv):
     parser.add_argument("--refine", type=int, default=0, metavar="K",
                         help="fine-tune the board front's K lowest FP32 EPE from the run's best weights (one child "
                              "per core) and choose among them on their refined INT8 EPE (default 0: off)")
-    for key in ("steps", "epochs"):
-        parser.add_argument(f"--refine_{key}", type=int, help=f"with --refine: {config.REFINE_HELP[key]} "
-                                                              f"(config.json: {config.defaults()['refine'][key]})")
+    for key, default in config.defaults()["refine"].items():
+        if key != "top":  # --refine K
+            parser.add_argument(f"--refine_{key}", type=type(default), help=f"with --refine: "
+                                f"{config.REFINE_HELP[key]} (config.json: {default!r})")
     for key, default in config.defaults()["deploy"].items():
         parser.add_argument(f"--{key}", type=type(default), default=None,
                             help=f"{config.DEPLOY_HELP[key]} (config.json: {default!r})")
@@ -88,7 +89,8 @@ def settings_of(args):
 def refine_of(args, hardware):
     """None without --refine; else {"settings": config.json's refine with top K and the flags given,
     "at_once": (children at once, GPUs)}, checked."""
-    given = {k: getattr(args, f"refine_{k}") for k in ("steps", "epochs") if getattr(args, f"refine_{k}") is not None}
+    given = {k: getattr(args, f"refine_{k}") for k in config.defaults()["refine"]
+             if k != "top" and getattr(args, f"refine_{k}") is not None}
     if args.refine < 0 or (given and not args.refine):
         raise ConfigError(f"--refine K must be > 0 to refine (0: off), got {args.refine}"
                           + (" with --refine_" + " and --refine_".join(given) if given else ""))

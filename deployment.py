@@ -455,7 +455,7 @@ def refine_summary(members, pixels, settings, start):
 def refine_lines(summary):
     """The refined members as printed: the choice was made among them, on their refined INT8 EPE."""
     s = summary["settings"]
-    lines = [f"refined: the front's {len(summary['members'])} lowest FP32 EPE, each fine-tuned {s['steps']} steps "
+    lines = [f"refined: the front's {len(summary['members'])} lowest FP32 EPE, each {refining.settings_label(s)} "
              f"({s['epochs']} epochs) from {summary['start']}; the choice is among them, on their refined INT8 EPE:"]
     for r in summary["members"]:
         se = "" if r["refined_se"] is None else f", paired SE {r['refined_se']:.4f} vs the lowest refined"

@@ -170,6 +170,9 @@ def add_bench_flags(parser):
                         "config.json's refine epochs; --jobs at once; each N over every arch before the next) and "
                         "score each; the methods table then has the refine stage at each N beside the supernet "
                         "alone and training alone; with --kept_scores, the kept refine settings to report")
+    parser.add_argument("--refine_lr_scale", type=float, nargs="+", metavar="S", help="with --refine_steps: each "
+                        "child starts at the supernet's learning rate times S (each S at each N; default "
+                        "config.json's refine.lr_scale)")
     parser.add_argument("--kept_scores", metavar="FILE", help="with --bench, instead of --supernet: the report and "
                         "methods table from a supernet's kept scores (<bench>/scores/<run>.json) alone, with no "
                         "supernet at hand (--refine_steps: which refine settings; default --out "
@@ -193,6 +196,8 @@ def check_bench_flags(parser, args):
         parser.error("--train_rows and --reproduce go with --bench")
     if args.refine_steps and not (args.bench and (args.supernet or args.kept_scores)):
         parser.error("--refine_steps goes with --bench and --supernet or --kept_scores")
+    if args.refine_lr_scale and not args.refine_steps:
+        parser.error("--refine_lr_scale goes with --refine_steps")
     if args.kept_scores and (not args.bench or args.supernet or args.plan_archs or args.jobs != 1):
         parser.error("--kept_scores goes with --bench, instead of --supernet, and not with --plan_archs or --jobs")
     if args.plan_archs and not (args.bench and args.supernet):
@@ -236,7 +241,8 @@ def bench_ranking(args):
     start, hardware = time.time(), devices.report()
     plan = rank_bench.read_plan(args.bench)
     rows = rank_bench.read_rows(args.bench, plan)
-    refine_settings = [refining.settings_from({"steps": steps}, refine_flag) for steps in args.refine_steps or []]
+    refine_settings = [refining.settings_from({"steps": steps, "lr_scale": scale}, refine_flag)
+                       for steps in args.refine_steps or [] for scale in args.refine_lr_scale or [None]]
     codes = sorted({r["arch"] for r in rows.values()})
     if args.kept_scores:
         epes, refined, kept, out = read_kept_scores(args, plan, codes, refine_settings)
@@ -245,10 +251,11 @@ def bench_ranking(args):
     compute = kept.compute()
     report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
     ranked = [r["arch"] for r in report["archs"]]
-    refined = {steps: {code: by_arch[code] for code in ranked} for steps, by_arch in refined.items()}
+    refined = [(settings, {code: by_arch[code] for code in ranked}) for settings, by_arch in refined]
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
                   kept_scores=kept.path, scoring=plan["scoring"], seconds=time.time() - start, devices=hardware,
-                  refined=refined, methods=bench_methods.methods_table(
+                  refined={bench_methods.refine_method(s): epes for s, epes in refined},
+                  methods=bench_methods.methods_table(
                       plan, rows, epes, compute["supernet_steps"], refined, args.bootstrap, args.seed,
                       compute["refine_scale"]))
     write_ranking(out, report, rank_bench.report_lines(report) + bench_methods.methods_lines(report["methods"]))
@@ -258,17 +265,17 @@ def bench_ranking(args):
 
 
 def read_kept_scores(args, plan, codes, refine_settings):
-    """({arch: the supernet's EPE}, {steps: {arch: refined EPE}}, KeptScores, the report's folder) of `codes`,
+    """({arch: the supernet's EPE}, [(settings, {arch: refined EPE})], KeptScores, the report's folder) of `codes`,
     from --kept_scores alone (checked against the rows' batches)."""
     name = os.path.splitext(os.path.basename(args.kept_scores))[0]
     out = output_folder(args, os.path.join("outputs", bench_methods.REPORTS_DIR, name))
     kept = bench_methods.KeptScores(args.kept_scores, rank_bench.scoring_data(args.bench, plan))
-    refined = {s["steps"]: kept.kept_epes(bench_methods.refine_method(s), codes) for s in refine_settings}
+    refined = [(s, kept.kept_epes(bench_methods.refine_method(s), codes)) for s in refine_settings]
     return kept.kept_epes(f"supernet_{args.checkpoint_type}", codes), refined, kept, out
 
 
 def scored_by_supernet(args, plan, codes, refine_settings, hardware):
-    """({arch: the supernet's EPE}, {steps: {arch: refined EPE}}, its KeptScores, the report's folder) of `codes`
+    """({arch: the supernet's EPE}, [(settings, {arch: refined EPE})], its KeptScores, the report's folder) of `codes`
     (every arch of the plan with --plan_archs): the compute kept first, then what is not kept already scored
     and refined, on the rows' own batches."""
     supernet_cfg, supernet_report = ranking.read_run(args.supernet)
@@ -290,8 +297,9 @@ def scored_by_supernet(args, plan, codes, refine_settings, hardware):
 
 
 def refine_flag(key):
-    """How a refine setting is named in an error: --refine_steps, or the config key it comes from."""
-    return "--refine_steps" if key == "steps" else f"config.json's refine.{key}"
+    """How a refine setting is named in an error: --refine_steps or --refine_lr_scale, or the config key it comes
+    from."""
+    return f"--refine_{key}" if key in ("steps", "lr_scale") else f"config.json's refine.{key}"
 
 
 def bench(args):

@@ -149,15 +149,28 @@ def search_batches(cfg, source):
 
 # ----------------------------------------------------------------------------- the children
 
+def settings_tag(settings):
+    """The refine settings in a name: n<steps>_e<epochs>, then _lr<scale> unless the learning rate is the
+    supernet's (so children and kept scores named before the scale existed keep their names)."""
+    tag = f"n{settings['steps']}_e{settings['epochs']}"
+    return tag if settings["lr_scale"] == 1 else f"{tag}_lr{float(settings['lr_scale'])!r}"
+
+
+def settings_label(settings):
+    """The refine settings as the reports say them: refined 400 steps (at 0.1x the learning rate)."""
+    label = f"refined {settings['steps']} steps"
+    return label if settings["lr_scale"] == 1 else f"{label} at {float(settings['lr_scale'])!r}x lr"
+
+
 def run_name(code, settings):
-    """A child's folder name: the arch's digits, its steps and epochs (000000000_n400_e4)."""
-    return f"{code.replace(',', '')}_n{settings['steps']}_e{settings['epochs']}"
+    """A child's folder name: the arch's digits and the settings' tag (000000000_n400_e4)."""
+    return f"{code.replace(',', '')}_{settings_tag(settings)}"
 
 
 def child(run_dir, code, runs_dir, settings, train_py):
     """(child run folder, train.py argv or None when it is finished): `code` trained alone from the
-    supernet run's best weights with its config (data, input size, batch, learning rate) for
-    settings' steps, in settings' epochs, evaluated once at the end; a started one is resumed."""
+    supernet run's best weights with its config (data, input size, batch, learning rate times settings'
+    lr_scale) for settings' steps, in settings' epochs, evaluated once at the end; a started one is resumed."""
     name = run_name(code, settings)
     child_dir = os.path.join(runs_dir, name)
     if os.path.exists(os.path.join(child_dir, "train_report.json")):
@@ -167,6 +180,8 @@ def child(run_dir, code, runs_dir, settings, train_py):
     if os.path.exists(os.path.join(child_dir, "checkpoints", "last", ckpt.META_NAME)):
         return child_dir, [sys.executable, train_py, "--resume"] + flags
     epochs = settings["epochs"]
+    if settings["lr_scale"] != 1:
+        flags += ["--learning_rate", repr(config.run_config(run_dir)["learning_rate"] * settings["lr_scale"])]
     return child_dir, [sys.executable, train_py, "--config", os.path.join(run_dir, "config.json"), "--arch", code,
                        "--init_from", run_dir, "--num_epochs", str(epochs),
                        "--steps_per_epoch", str(settings["steps"] // epochs), "--eval_every", str(epochs),
@@ -202,8 +217,8 @@ def train_children(run_dir, codes, settings, at_once, train_py, described, log, 
     os.makedirs(runs_dir, exist_ok=True)
     children = [child(run_dir, code, runs_dir, settings, train_py) for code in codes]
     todo = [(child_dir, argv, child_dir + ".out") for child_dir, argv in children if argv]
-    log(f"refining {len(codes)} candidates of {described}: {' '.join(codes)}; {settings['steps']} steps "
-        f"each from {best_meta['prefix']}; {len(codes) - len(todo)} trained already, training {len(todo)}, "
+    log(f"refining {len(codes)} candidates of {described}: {' '.join(codes)}; each {settings_label(settings)} "
+        f"from {best_meta['prefix']}; {len(codes) - len(todo)} trained already, training {len(todo)}, "
         f"{jobs} at a time")
     for child_dir, argv in children:
         if not argv:
@@ -408,7 +423,7 @@ def plot(path, report):
     x = np.arange(len(rows))
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(rows) + 4), 5))
     panels = (("supernet", "supernet_epe", "supernet_se", report["best_supernet"]),
-              (f"refined after {report['settings']['steps']} steps", "refined_epe", "refined_se",
+              (settings_label(report["settings"]), "refined_epe", "refined_se",
                report["best_refined"]))
     for ax, (what, epe, se, best) in zip(axes, panels):
         ax.errorbar(x, [r[epe] for r in rows], yerr=[NOISE_Z * (r[se] or 0) for r in rows], fmt="o",

@@ -136,6 +136,7 @@ import glob
 import hashlib
 import itertools
 import json
+import math
 import os
 import pathlib
 import re
@@ -3176,7 +3177,7 @@ class TestChoiceInSearch:
 
 REFINE_ARCHS = ["0,0,0,0,0,0,0,0,0", "0,1,2,0,1,2,0,1,2", "2,2,2,2,2,2,2,2,2", "1,1,1,1,1,1,1,1,1",
                 "2,1,0,2,1,0,2,1,0"]
-REFINE_SETTINGS = {"top": 2, "steps": 2, "epochs": 2}
+REFINE_SETTINGS = {"top": 2, "steps": 2, "epochs": 2, "lr_scale": 1.0}
 
 
 def _refine_flags(out, search_dir):
@@ -3222,6 +3223,19 @@ class TestRefine:
         assert seen["todo"] == folders
         assert seen["work"] == {f: supernet.count_macs(supernet.parse_arch(c)) for f, c in zip(folders, codes)}
 
+    def test_a_child_starts_at_the_supernets_learning_rate_times_the_scale(self, refine_study, tmp_path):
+        run_dir, defaults = str(refine_study[0] / "sup"), config.defaults()
+        supernet_lr = config.run_config(run_dir)["learning_rate"]
+        for scale, name in ((1.0, "000000000_n6_e3"), (0.3, "000000000_n6_e3_lr0.3")):
+            settings = dict(defaults["refine"], steps=6, epochs=3, lr_scale=scale)
+            child_dir, argv = refining.child(run_dir, "0,0,0,0,0,0,0,0,0", str(tmp_path), settings, "train.py")
+            assert child_dir == str(tmp_path / name)
+            assert bench_methods.refine_method(settings) == "refine_" + name.split("_", 1)[1]
+            args, overrides = train.parse_args(argv[2:], defaults)  # the child's config as train.py resolves it
+            cfg, _ = train.resolve_config(args, overrides, defaults)
+            assert cfg["learning_rate"] == supernet_lr * scale and cfg["steps_per_epoch"] * cfg["num_epochs"] == 6
+            assert ("--learning_rate" in argv) == (scale != 1)  # children named before the scale keep their command
+
     def test_candidates_are_the_lowest_supernet_epe_within_the_budget(self):
         rows = [{"arch": a, "gmacs": g, "params": p, "epe": e} for a, g, p, e in (
             ("a", 0.1, 10, 3.0), ("b", 0.2, 20, 2.0), ("c", 0.3, 15, 2.5), ("d", 0.4, 40, 1.0), ("e", 0.5, 5, 0.9))]
@@ -3235,10 +3249,11 @@ class TestRefine:
             refining.choose_candidates(front, [("gmacs", 0.05, 1)], 2, "front member")
 
     def test_settings_are_checked_and_old_runs_still_read(self, tmp_path):
-        assert config.refine_problems({"top": 1, "steps": 6, "epochs": 3}) == []
-        assert config.refine_problems({"top": 0, "steps": 6, "epochs": 3}) == ["key 'refine.top' must be > 0, got 0"]
-        assert "must be a multiple of key 'refine.epochs'" in config.refine_problems({"top": 1, "steps": 7,
-                                                                                      "epochs": 3})[0]
+        ok = {"top": 1, "steps": 6, "epochs": 3, "lr_scale": 0.5}
+        assert config.refine_problems(ok) == []
+        assert config.refine_problems(dict(ok, top=0)) == ["key 'refine.top' must be > 0, got 0"]
+        assert config.refine_problems(dict(ok, lr_scale=math.nan)) == ["key 'refine.lr_scale' must be > 0, got nan"]
+        assert "must be a multiple of key 'refine.epochs'" in config.refine_problems(dict(ok, steps=7))[0]
         saved = {k: v for k, v in config.defaults().items() if k != "refine"}  # a run made before the key
         (tmp_path / "config.json").write_text(json.dumps(saved))
         assert config.run_config(str(tmp_path))["refine"] == config.defaults()["refine"]
@@ -4031,7 +4046,7 @@ class TestDeployCommand:
         folder = run / "deploy_refined"
         report = json.loads((folder / "deploy_report.json").read_text())
         refined = report["refine"]
-        assert refined["settings"] == {"top": 2, "steps": 2, "epochs": 2}
+        assert refined["settings"] == {"top": 2, "steps": 2, "epochs": 2, "lr_scale": 1.0}
         assert refined["start"] == report["checkpoint"] == ckpt.load_meta(str(run), "best")["prefix"]
         # the members are the front's two lowest supernet FP32 EPE, each with its supernet EPE and its own child
         front = {f"{m['arch']} at 32x48": m["epe"] for m in report["front"]}
@@ -4140,13 +4155,14 @@ class TestDeployRefine:
                                                        "--refine_steps"),
                              (["--refine", "2", "--refine_steps", "3", "--refine_epochs", "2"],
                               "--refine_steps (3) must be a multiple of --refine_epochs (2)"),
-                             (["--refine", "2", "--refine_epochs", "0"], "--refine_epochs must be > 0, got 0")):
+                             (["--refine", "2", "--refine_epochs", "0"], "--refine_epochs must be > 0, got 0"),
+                             (["--refine", "2", "--refine_lr_scale", "0"], "--refine_lr_scale must be > 0, got 0.0")):
             with pytest.raises(errors.ConfigError, match=re.escape(words)):
                 deploy.refine_of(deploy.parse_args(["--target", "himax-we2", *flags]), hardware)
         assert deploy.refine_of(deploy.parse_args(["--target", "himax-we2"]), hardware) is None
         on = deploy.refine_of(deploy.parse_args(["--target", "himax-we2", "--refine", "1", "--refine_steps", "6",
                                                  "--refine_epochs", "3"]), hardware)
-        assert on == {"settings": {"top": 1, "steps": 6, "epochs": 3}, "at_once": (1, 0)}
+        assert on == {"settings": {"top": 1, "steps": 6, "epochs": 3, "lr_scale": 1.0}, "at_once": (1, 0)}
 
 
 # ==== 33. deployment.py: the steps: sizes, scores at every size, the board's front, INT8, the choice =================
@@ -4273,7 +4289,8 @@ class TestDeploymentRefineSummary:
             members.append({"arch": arch, "size": [32, 48], "epe": samples.sum() / 600, "supernet_epe": supernet_epe,
                             "fp32_samples": list(samples), "epe_int8": epe + 0.1, "epe_int8_se": 0.01,
                             "refined_run": f"runs/{arch}", "refined_steps": 2})
-        summary = deployment.refine_summary(members, pixels, {"top": 3, "steps": 2, "epochs": 1}, "best/model-4")
+        summary = deployment.refine_summary(members, pixels, {"top": 3, "steps": 2, "epochs": 1, "lr_scale": 1.0},
+                                             "best/model-4")
         rows = summary["members"]
         order = sorted(members, key=lambda m: m["epe"])
         assert [r["member"] for r in rows] == [f"{m['arch']} at 32x48" for m in order]
@@ -4287,7 +4304,7 @@ class TestDeploymentRefineSummary:
             assert (row["refined_epe"], row["supernet_epe"], row["run"]) == (
                 member["epe"], member["supernet_epe"], member["refined_run"])
         lines = deployment.refine_lines(summary)
-        assert lines[0].startswith("refined: the front's 3 lowest FP32 EPE, each fine-tuned 2 steps (1 epochs) "
+        assert lines[0].startswith("refined: the front's 3 lowest FP32 EPE, each refined 2 steps (1 epochs) "
                                    "from best/model-4")
         assert f"paired SE {rows[1]['refined_se']:.4f} vs the lowest refined" in lines[2]
         assert "paired SE" not in lines[1]
@@ -4630,6 +4647,8 @@ class TestRankBounds:
                               "--bench scores by its plan's protocol"),
                              (["--bench", str(BENCH), "--plan_archs"],
                               "--plan_archs goes with --bench and --supernet"),
+                             (["--bench", str(BENCH), "--supernet", sup, "--refine_lr_scale", "0.1"],
+                              "--refine_lr_scale goes with --refine_steps"),
                              (["--bench", str(BENCH), "--supernet", sup, "--refine_steps", "100", "--checkpoint_type",
                                "last"], "--refine_steps starts every child from the supernet's best checkpoint")):
             with pytest.raises(SystemExit) as exit_info:
@@ -4642,6 +4661,9 @@ class TestRankBounds:
                           str(out)]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--refine_steps (6) must be a multiple of" in err and not out.exists()
+        assert rank.main(["--bench", str(BENCH), "--supernet", sup, "--refine_steps", "100", "--refine_lr_scale",
+                          "0.1", "nan", "--out", str(out)]) == 1
+        assert capsys.readouterr().err == "error: --refine_lr_scale must be > 0, got nan\n" and not out.exists()
 
     def test_recal_batches_beyond_the_data_are_refused_before_work_and_folders(self, tmp_path, capsys):
         sup, out = self._supernet_run(tmp_path), tmp_path / "out"
@@ -5239,7 +5261,10 @@ class TestBenchMethods:
         alone = [rows[f"r{i}"]["epe"] for i in order]
         epe = {archs[i]: rows[f"r{i}"]["epe"] for i in range(6)}
         refined = dict(zip(archs, [1.00, 0.90, 1.05, 0.70, 0.75, 0.60]))
-        methods = bench_methods.methods_table(plan, rows, supernet_epe, 300, {8: refined}, 50, 0, 1.0)
+        eight = dict(config.defaults()["refine"], steps=8)
+        slower = dict(eight, lr_scale=0.1)  # the same EPEs at another learning rate: only its name and line differ
+        methods = bench_methods.methods_table(plan, rows, supernet_epe, 300, [(eight, refined), (slower, refined)],
+                                              50, 0, 1.0)
         table = {m["method"]: m for m in methods}
         # two cost bands: 0.30-0.32 and 0.50-0.52 (0.70 has no neighbour within 10%); in each, the
         # supernet's K lowest are shortlisted and the lowest refined (or standalone) EPE among them is picked
@@ -5261,9 +5286,12 @@ class TestBenchMethods:
             _kendall_by_pairs([refined[archs[i]] for i in order], alone))
         assert table["supernet, top 2 refined 8 steps"]["kendall_tau_b"] is None  # it orders only its shortlists
         assert table["supernet"]["kendall_tau_b"] == report["kendall_tau_b"]
+        assert [m["method"] for m in methods[4:7]] == [f"supernet, top {k} refined 8 steps at 0.1x lr"
+                                                       for k in (2, 4, "all")]
+        assert [{**m, "method": ""} for m in methods[4:7]] == [{**m, "method": ""} for m in methods[1:4]]
         assert table["supernet, top 2 trained alone (the rows)"]["steps_per_pick"] == 2 * 1  # 2 a band, rows of 1 step
         assert table["supernet, top 4 refined 8 steps"]["steps_per_pick"] == (3 + 2) / 2 * 8  # all of both bands
-        halved = bench_methods.methods_table(plan, rows, supernet_epe, 300, {8: refined}, 50, 0, 0.5)
+        halved = bench_methods.methods_table(plan, rows, supernet_epe, 300, [(eight, refined)], 50, 0, 0.5)
         assert halved[1]["steps_per_pick"] == 2 * 8 * 0.5  # a child at half the bench's batch: half a step each
         assert halved[1]["method"] == "supernet, top 2 refined 8 steps"
 
@@ -5298,12 +5326,12 @@ class TestBenchMethods:
             alone = rank_bench.pair_epes(str(sup / "s"), supernet.parse_arch(row["arch"]), "best", scored, False)
             assert row["supernet_epe"] == pytest.approx(alone.mean(), abs=1e-5)
         settings = dict(config.defaults()["refine"], steps=4)
-        for code, epe in report["refined"]["4"].items():
+        for code, epe in report["refined"]["refine_n4_e4"].items():
             child = refining.child_dir_of(str(sup / "s"), code, settings)
             assert json.loads(open(os.path.join(child, "train_report.json")).read())["global_step"] == 4
             alone = rank_bench.pair_epes(child, supernet.parse_arch(code), "last", scored)
             assert epe == pytest.approx(alone.mean(), abs=1e-5)
-        assert sorted(report["refined"]["4"]) == sorted(archs)
+        assert sorted(report["refined"]["refine_n4_e4"]) == sorted(archs)
         names = [m["method"] for m in report["methods"]]
         assert (sup / "s" / "rank_bench" / "methods.png").stat().st_size > 10000
         assert names[0] == "supernet" and "supernet, top all refined 4 steps" in names
@@ -5321,7 +5349,7 @@ class TestBenchMethods:
         assert all(os.path.getmtime(p) == t for p, t in kept.items()) and len(kept) == 3
         methods = json.loads(column.read_text())["methods"]
         assert methods["supernet_best"]["epe"] == {r["arch"]: r["supernet_epe"] for r in report["archs"]}
-        assert methods["refine_n4_e4"]["epe"] == report["refined"]["4"]
+        assert methods["refine_n4_e4"]["epe"] == report["refined"]["refine_n4_e4"]
         # on another machine the outputs are gone and the supernet is trained again to the same bytes:
         # the kept scores stand for it, nothing is trained or scored
         shutil.rmtree(sup / "s" / "refine")
@@ -5363,6 +5391,8 @@ class TestBenchMethods:
             code, err = _run_main(rank.main, from_kept + ["--refine_steps", steps], capsys)
             assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'changed.json'}: ")
             assert says in err[0]
+        code, err = _run_main(rank.main, from_kept + ["--refine_steps", "4", "--refine_lr_scale", "0.5"], capsys)
+        assert code == 1 and "no 'refine_n4_e4_lr0.5' scores kept" in err[0]  # another learning rate: not these
         assert rank.main(from_kept) == 0  # without the refine stage, its scores are not asked for
         (sup / "away").rename(sup / "s")
         with ckpt.writer_lock(str(sup / "s" / "rank_bench"), "held"):  # one scoring of a supernet at a time
