@@ -184,7 +184,7 @@ def add_bench_flags(parser):
     parser.add_argument("--reproduce", metavar="ROW", help="with --bench: train row ROW (e.g. 000000000_s42) again "
                         "from its recorded command on one core, score it by the plan's protocol and print its EPE "
                         "against the recorded one and the seed differences the bench measures")
-    parser.add_argument("--runs_dir", default=os.path.join("outputs", "rankbench"),
+    parser.add_argument("--runs_dir", default=rank_bench.DEFAULT_RUNS_DIR,
                         help="with --bench: where the bench's runs train (their checkpoints are dropped once "
                         "their row is written; a started run's steps left count in the time left)")
 

@@ -37,6 +37,7 @@ from errors import RankError, one_line
 PLAN_NAME, SETTING_NAME, ROWS_DIR = "plan.json", "setting.json", "rows"
 GRID = 6  # the added archs' targets: a GRID x GRID grid of (mean depth choice, mean kernel choice)
 GMACS_BANDS = 12  # equal-count GMACs bands of the space the added archs are spread over
+DEFAULT_RUNS_DIR = os.path.join("outputs", "rankbench")  # where rows train unless rank.py --runs_dir says
 ROW_KEYS = ("name", "arch", "seed", "epe", "pair_epe", "stopping", "steps", "wall_time_s", "commit", "command")
 
 
@@ -142,6 +143,14 @@ def setting_config(bench_dir):
     return config.merge_config(defaults, config.read_config_file(setting_path(bench_dir)), setting_path(bench_dir))
 
 
+def recorded_command(bench_dir, row):
+    """The command a row records: the one that trains it from the repository root, into the default runs
+    folder (where a run is written does not change what it trains, and the row stays free of this machine's
+    paths)."""
+    bench_name = os.path.basename(os.path.normpath(bench_dir))
+    return " ".join(["taskset -c 0 python train.py"] + train_argv(bench_name, row, DEFAULT_RUNS_DIR))
+
+
 def train_argv(bench_dir, row, runs_dir):
     """train.py's flags that train one row from scratch (the row's recorded command)."""
     return ["--config", setting_path(bench_dir), "--arch", row["arch"], "--seed", str(row["seed"]),
@@ -244,14 +253,13 @@ def run_row(bench_dir, plan, planned, run_dir, scored):
     zero_flow = metrics.zero_flow_epe(scored[1])
     with open(run_dir + ".commit", encoding="utf-8") as f:
         commit = f.read().strip()
-    runs_dir = os.path.dirname(os.path.normpath(run_dir))
     return {"name": planned["name"], "arch": planned["arch"], "seed": planned["seed"], "gmacs": planned["gmacs"],
             "epe": float(pairs.mean()), "zero_flow_epe": zero_flow,
             "stopping": stopping.figures(ranking.read_history(run_dir, arch), zero_flow),
             "steps": report["global_step"], "best_epoch": report["best_epoch"],
             "stop_reason": report["stop_reason"], "wall_time_s": report["wall_time_s"],
             "commit": commit,
-            "command": " ".join(["taskset -c 0 python train.py"] + train_argv(bench_dir, planned, runs_dir)),
+            "command": recorded_command(bench_dir, planned),
             "scoring": plan["scoring"], "tensorflow": tf.__version__,
             "pair_epe": [round(float(v), 6) for v in pairs]}
 

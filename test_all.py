@@ -5115,6 +5115,14 @@ class TestRankBench:
         bands = rank_bench.gmacs_bands(64, 96)[[supernet.arch_to_index(a) for a in archs]]
         assert np.bincount(bands, minlength=12).min() >= 3  # every twelfth of the space's costs too
 
+    def test_the_rows_kept_record_the_plans_command_and_the_plans_scoring(self):
+        plan = rank_bench.read_plan(str(BENCH))
+        for name, row in rank_bench.read_rows(str(BENCH), plan).items():  # a run's folder is not part of its recipe
+            assert row["command"] == (f"taskset -c 0 python train.py --config rankbench/setting.json --arch "
+                                      f"{row['arch']} --seed {row['seed']} --output_dir outputs/rankbench "
+                                      f"--experiment_name {name}")
+            assert row["scoring"] == plan["scoring"] and len(row["pair_epe"]) == plan["scoring"]["val_pairs"]
+
     def test_a_setting_changed_after_the_plan_is_refused(self, tmp_path):
         shutil.copytree(BENCH, tmp_path / "b", ignore=shutil.ignore_patterns("rows"))
         (tmp_path / "b" / "setting.json").write_text((BENCH / "setting.json").read_text().replace("8192", "8191"))
@@ -5210,7 +5218,9 @@ class TestRankBench:
         assert sorted(rows) == [plan["rows"][0]["name"]]
         for name, row in rows.items():
             assert not os.path.exists(os.path.join(runs, name, "checkpoints"))  # the row is what is kept
-            assert row["steps"] == 6 and row["command"].endswith(f"--experiment_name {name}")
+            assert row["steps"] == 6 and row["command"] == (  # from the repository root, with no path of this machine
+                f"taskset -c 0 python train.py --config bench/setting.json --arch {row['arch']} --seed {row['seed']} "
+                f"--output_dir outputs/rankbench --experiment_name {name}")
             assert row["epe"] == pytest.approx(np.mean(row["pair_epe"]), abs=1e-6)
             history = ranking.read_history(os.path.join(runs, name), supernet.parse_arch(row["arch"]))
             assert row["stopping"] == stopping.figures(history, row["zero_flow_epe"])
