@@ -26,6 +26,7 @@ import tensorflow_quiet
 
 import atomic_files
 import batches
+import bench_chunks
 import bench_methods
 import ckpt
 import data_fc2
@@ -224,7 +225,7 @@ def bench_status(args):
     rows = rank_bench.read_rows(args.bench, plan)
     left = rank_bench.missing_rows(plan, rows)
     falling = sorted(name for name, row in rows.items() if row["stopping"]["stopped"] is False)
-    hours = sum(rank_bench.rows_minutes_left(args.bench, left, args.runs_dir).values()) / 60
+    hours = sum(bench_chunks.rows_minutes_left(args.bench, left, args.runs_dir).values()) / 60
     print(f"{args.bench}: {len(rows)} of {len(plan['rows'])} rows written"
           + (f" ({len(falling)} still falling: {' '.join(falling)})" if falling else "")
           + f"; {len(left)} to train, about {hours:.1f} core-hours"
@@ -307,10 +308,10 @@ def bench(args):
     if args.train_rows or args.reproduce:
         devices.report()  # before any session: quietens TensorFlow's device probing
     if args.train_rows:
-        return rank_bench.train_chunk(args.bench, args.runs_dir, args.train_rows, args.jobs,
+        return bench_chunks.train_chunk(args.bench, args.runs_dir, args.train_rows, args.jobs,
                                       os.path.join(HERE, "train.py"))
     if args.reproduce:
-        return print_reproduction(rank_bench.reproduce_row(args.bench, args.reproduce, args.runs_dir,
+        return print_reproduction(bench_chunks.reproduce_row(args.bench, args.reproduce, args.runs_dir,
                                                            os.path.join(HERE, "train.py")))
     return bench_ranking(args) if args.supernet or args.kept_scores else bench_status(args)
 

@@ -157,6 +157,7 @@ import tensorflow as tf
 import atomic_files
 import batches
 import bench
+import bench_chunks
 import bench_methods
 import ckpt
 import compiler
@@ -5180,12 +5181,12 @@ class TestRankBench:
 
     def test_a_resumed_row_weighs_the_steps_it_has_left(self, tmp_path):
         planned = {"gmacs": 0.5}
-        assert rank_bench.row_minutes_left(planned, str(tmp_path / "fresh"), 6000) == rank_bench.row_core_minutes(
+        assert bench_chunks.row_minutes_left(planned, str(tmp_path / "fresh"), 6000) == bench_chunks.row_core_minutes(
             planned) == pytest.approx(13.6 + (0.5 - 0.278) * (33.9 - 13.6) / (0.770 - 0.278))
         (tmp_path / "run" / "checkpoints" / "last").mkdir(parents=True)
         (tmp_path / "run" / "checkpoints" / "last" / ckpt.META_NAME).write_text(json.dumps({"global_step": 1500}))
-        assert rank_bench.row_minutes_left(planned, str(tmp_path / "run"), 6000) == pytest.approx(
-            0.75 * rank_bench.row_core_minutes(planned))
+        assert bench_chunks.row_minutes_left(planned, str(tmp_path / "run"), 6000) == pytest.approx(
+            0.75 * bench_chunks.row_core_minutes(planned))
 
     def test_rows_that_do_not_fit_the_plan_are_refused(self, tmp_path):
         folder = tmp_path / "b"
