@@ -242,8 +242,7 @@ def bench_ranking(args):
     start, hardware = time.time(), devices.report()
     plan = rank_bench.read_plan(args.bench)
     rows = rank_bench.read_rows(args.bench, plan)
-    refine_settings = [refining.settings_from({"steps": steps, "lr_scale": scale}, refine_flag)
-                       for steps in args.refine_steps or [] for scale in args.refine_lr_scale or [None]]
+    refine_settings = refine_settings_of(args)
     codes = sorted({r["arch"] for r in rows.values()})
     if args.kept_scores:
         epes, refined, kept, out = read_kept_scores(args, plan, codes, refine_settings)
@@ -263,6 +262,17 @@ def bench_ranking(args):
     rank_plot.plot_methods(report["methods"], os.path.join(out, "methods.png"))
     print(f"and {os.path.join(out, 'methods.png')}")
     return report
+
+
+def refine_settings_of(args):
+    """config.json's refine settings at each --refine_steps N and --refine_lr_scale S, checked; a setting
+    asked for twice is refined and reported once."""
+    settings = {}
+    for steps in args.refine_steps or []:
+        for scale in args.refine_lr_scale or [None]:
+            one = refining.settings_from({"steps": steps, "lr_scale": scale}, refine_flag)
+            settings.setdefault(bench_methods.refine_method(one), one)
+    return list(settings.values())
 
 
 def read_kept_scores(args, plan, codes, refine_settings):

@@ -4665,6 +4665,10 @@ class TestRankBounds:
         assert rank.main(["--bench", str(BENCH), "--supernet", sup, "--refine_steps", "100", "--refine_lr_scale",
                           "0.1", "nan", "--out", str(out)]) == 1
         assert capsys.readouterr().err == "error: --refine_lr_scale must be > 0, got nan\n" and not out.exists()
+        twice = rank.parse_args(["--bench", str(BENCH), "--supernet", sup, "--refine_steps", "100", "400", "100",
+                                 "--refine_lr_scale", "1", "0.5", "1.0"])
+        assert [(s["steps"], s["lr_scale"]) for s in rank.refine_settings_of(twice)] == [
+            (100, 1.0), (100, 0.5), (400, 1.0), (400, 0.5)]  # each setting once, in the order asked
 
     def test_recal_batches_beyond_the_data_are_refused_before_work_and_folders(self, tmp_path, capsys):
         sup, out = self._supernet_run(tmp_path), tmp_path / "out"
