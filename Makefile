@@ -77,14 +77,16 @@ rank: $(VENV) ## the ranking study on study.json: supernet, search, RANK_K subne
 # The ranking benchmark (rankbench/README.md): its next BENCH_ROWS rows, one per core, each written to
 # rankbench/rows/ as it lands (commit them); run it again after any stop. BENCH_SUPERNET=<run> scores a
 # supernet trained on rankbench/setting.json against the rows written; BENCH_REFINE="100 400" also refines
-# every arch of the rows from it for those steps, BENCH_JOBS at once (docs/ranking.md, the methods table).
+# every arch of the rows from it for those steps, BENCH_JOBS at once (docs/ranking.md, the methods table),
+# and BENCH_REFINE_LR="1 0.1" at each of those fractions of the supernet's learning rate.
 BENCH_ROWS ?= 12
 BENCH_JOBS ?= $(shell nproc 2>/dev/null | awk '{print ($$1 > 1) ? 2 : 1}')
 
 .PHONY: rankbench
 rankbench: $(VENV) ## train the ranking benchmark's next BENCH_ROWS rows (hours; resumes), or score BENCH_SUPERNET
 	$(if $(BENCH_SUPERNET),$(PY) rank.py --bench rankbench --supernet $(BENCH_SUPERNET)\
-		$(if $(BENCH_REFINE), --refine_steps $(BENCH_REFINE) --jobs $(BENCH_JOBS)),\
+		$(if $(BENCH_REFINE), --refine_steps $(BENCH_REFINE) --jobs $(BENCH_JOBS))\
+		$(if $(BENCH_REFINE_LR), --refine_lr_scale $(BENCH_REFINE_LR)),\
 		$(PY) rank.py --bench rankbench --train_rows $(BENCH_ROWS) --jobs $(BENCH_JOBS))
 
 # The suite runs on every core (pytest-xdist), a test class at a time per worker: a class's tests
