@@ -528,6 +528,12 @@ def parse_args(argv):
                         "distillation at this weight against the step without (0: not measured)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure and timing to FILE")
     args = parser.parse_args(argv)
+    check_args(parser, args)
+    return parser, args
+
+
+def check_args(parser, args):
+    """The flags' ranges and combinations, checked before any work: a one-line error naming the flag."""
     if args.workers and (args.workers < 2 or args.batch_size % args.workers):
         parser.error(f"--workers {args.workers} must be 0, or 2 or more dividing --batch_size {args.batch_size}")
     minimum = {"batch_size": 1, "repeats": 1, "warmup": 0, "seed": 0, "eval_subnets": 1, "recal_batches": 1,
@@ -544,7 +550,6 @@ def parse_args(argv):
         parser.error(f"--search_h/--search_w: {err}")
     if args.json and (os.path.isdir(args.json) or not os.path.isdir(os.path.dirname(args.json) or ".")):
         parser.error(f"--json {args.json}: must be a file in an existing folder")  # checked before the work
-    return parser, args
 
 
 def run(cfg, args, log):
