@@ -20,7 +20,6 @@ after untimed warm-up runs, so machine noise hits every candidate alike.
     python bench.py --batch_size 32 --repeats 2 --json bench.json
 """
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -33,6 +32,7 @@ import devices
 import tensorflow_quiet
 from tensorflow_quiet import tf
 
+import atomic_files
 import config
 import data_fc2
 import fair
@@ -505,9 +505,8 @@ def parse_args(argv):
     parser.add_argument("--h", type=int, default=180, help="input height (multiple of 4)")
     parser.add_argument("--w", type=int, default=240, help="input width (multiple of 4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of the steps")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed rounds after each step's first run (which optimises its graph); "
-                             "the fused step's 2nd run still maps new memory")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds after each step's first run (which "
+                        "optimises its graph); the fused step's 2nd run still maps new memory")
     parser.add_argument("--seed", type=int, default=42, help="fair cycle, data and eval pool seed")
     parser.add_argument("--eval_subnets", type=int, default=12, help="subnets of the eval pool to score")
     parser.add_argument("--recal_batches", type=int, default=2, help="BN recalibration batches per subnet")
@@ -519,9 +518,8 @@ def parse_args(argv):
     parser.add_argument("--search_w", type=int, default=96, help="input width of figure 6")
     parser.add_argument("--search_batch", type=int, default=8, help="batch size of figure 6")
     parser.add_argument("--no_search", action="store_true", help="skip figure 6 (the whole space takes minutes)")
-    parser.add_argument("--devices", type=int, default=1, choices=range(1, fair.paths_per_cycle() + 1),
-                        help="also time the fair step with its 3 paths spread over this many devices (GPUs, or "
-                             "logical CPU devices without one)")
+    parser.add_argument("--devices", type=int, default=1, choices=range(1, fair.paths_per_cycle() + 1), help="also "
+                        "time the fair step with its 3 paths spread over this many devices (GPUs, or logical CPUs)")
     parser.add_argument("--workers", type=int, default=0, help="also time the step by this many data-parallel "
                         "worker processes on this machine against one (figure 7; 0: not measured)")
     parser.add_argument("--distill_weight", type=float, default=0.0, help="also time the fair step with in-place "
@@ -557,9 +555,8 @@ def run(cfg, args, log):
     result = {"devices": devices.report(args.devices, log=log, paths=fair.paths_per_cycle()),
               "load_average_start": load_average(),
               "settings": {k: getattr(args, k) for k in ("batch_size", "h", "w", "repeats", "warmup", "seed",
-                                                          "eval_subnets", "recal_batches", "val_batches",
-                                                          "data_samples", "pipeline_samples", "devices",
-                                                          "distill_weight")}}
+                           "eval_subnets", "recal_batches", "val_batches", "data_samples", "pipeline_samples",
+                           "devices", "distill_weight")}}
     images_np, flows_np = fixed_batch(args.batch_size, cfg["input_h"], cfg["input_w"], args.seed)
     result["steps"] = measure_steps(cfg, args, images_np, flows_np, log, result["devices"]["path_devices"])
     memory = {"rss_after_steps_mib": peak_rss_mib()}
@@ -594,8 +591,7 @@ def main(argv=None):
     print()
     print("\n".join(report_lines(result)))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_files.write_json_atomic(args.json, result)  # a benchmark killed mid-write leaves no half file
         print(f"wrote {args.json}")
     return 0
 

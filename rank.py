@@ -15,14 +15,11 @@ of the evaluation (spread over validation batches, rank agreement between two ha
     python rank.py --bench rankbench --supernet outputs/bench_supernet --refine_steps 100 400 --jobs 2
     python rank.py --bench rankbench --kept_scores rankbench/scores/bench_supernet.json --refine_steps 400
 """
-import glob
 import os
 import sys
 import time
 
-import numpy as np
 import devices
-import tensorflow_quiet
 
 import atomic_files
 import batches
@@ -32,57 +29,16 @@ import ckpt
 import data_fc2
 import errors
 import fair
-import metrics
 import parallel
 import rank_bench
 import rank_plot
+import rank_study
 import ranking
 import refining
-import stopping
 import supernet
 from errors import RankError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def standalone_child(supernet_dir, supernet_cfg, supernet_report, arch, standalone_dir, seed=None):
-    """(run folder, train.py argv or None if it is finished) for training `arch` alone with the
-    supernet run's config (data, input size, batch, schedule, number of updates); a run interrupted
-    earlier is resumed. A run found finished or resumable is checked first (ranking.check_left_run):
-    one of another study's data is refused now, not hours later. With `seed`, another training seed
-    on the same data (its synthetic pairs keep the supernet's data seed)."""
-    name = ranking.standalone_name(arch) + ("" if seed is None else f"_seed{seed}")
-    run_dir = os.path.join(standalone_dir, name)
-    finished = os.path.exists(os.path.join(run_dir, "train_report.json"))
-    resumable = os.path.exists(os.path.join(run_dir, "checkpoints", "last", ckpt.META_NAME))
-    if finished or resumable:
-        ranking.check_left_run(run_dir, finished, supernet_cfg, supernet_report, "supernet")
-    if finished:
-        return run_dir, None
-    # the supernet's saved config is already resolved: fast_mode must not apply its overrides again
-    flags = ["--output_dir", standalone_dir, "--experiment_name", name, "--no-fast_mode"]
-    if resumable:
-        argv = ["--resume"] + flags
-    else:
-        argv = ["--config", os.path.join(supernet_dir, "config.json"), "--arch", supernet.format_arch(arch)] + flags
-        if seed is not None:
-            argv += ["--seed", str(seed), "--synthetic_seed", str(ranking.data_seed(supernet_cfg))]
-    return run_dir, [sys.executable, os.path.join(HERE, "train.py")] + argv
-
-
-def train_standalone(args, supernet_cfg, supernet_report, plan):
-    """Train every (arch, seed) of `plan` alone that is not finished, --jobs at a time (each on its
-    share of the cores; with more than one, a run's output goes to <its folder>.out), after checking
-    the runs left in the folder. Returns the run folders in the plan's order."""
-    os.makedirs(args.standalone_dir, exist_ok=True)
-    children = [standalone_child(args.supernet, supernet_cfg, supernet_report, arch, args.standalone_dir, seed)
-                for arch, seed in plan]
-    todo = [(run_dir, argv, run_dir + ".out" if args.jobs > 1 else None)
-            for run_dir, argv in children if argv]
-    print(f"{len(plan) - len(todo)} of {len(plan)} standalone runs finished already; training {len(todo)}, "
-          f"{args.jobs} at a time", flush=True)
-    parallel.run_all(todo, args.jobs, env=tensorflow_quiet.child_environment(), gpus=args.gpus)
-    return [run_dir for run_dir, _ in children]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -337,29 +293,17 @@ def print_reproduction(result):
           + (", ".join(f"{a} {d:+.4f}" for a, d in sorted(seeds.items())) if seeds else "none yet"))
 
 
-def standalone_runs(args, supernet_cfg, supernet_report, choice):
-    """([(run_dir, arch)] to rank, [(run_dir, arch)] trained with a second seed): given, globbed, or
-    chosen and trained (--train), then checked (finished, standalone, the supernet's data and size)
-    and ordered by arch code, so the seeded bootstrap does not depend on the order they came in."""
-    if args.train:
-        archs = sorted(ranking.choose_archs(args.train, args.seed))
-        print("standalone subnets, spread over depth and kernel choices: "
-              + " ".join(supernet.format_arch(a) for a in archs))
-        plan = [(arch, None) for arch in archs] + second_seed_plan(args, supernet_cfg, archs, choice)
-        found = train_standalone(args, supernet_cfg, supernet_report, plan)
-        seconds = [(run_dir, ranking.check_standalone_run(run_dir, supernet_cfg, supernet_report, "supernet")[1])
-                   for run_dir in found[len(archs):]]
-        runs = ranking.check_standalone_runs(supernet_cfg, supernet_report, found[:len(archs)])[0]
-        return sorted(runs, key=lambda r: r[1]), seconds
-    found = sorted(p for p in glob.glob(args.standalone_glob) if os.path.isdir(p)) if args.standalone_glob \
-        else args.standalone
-    if not found:
-        raise RankError(f"--standalone_glob {args.standalone_glob!r} matches no folder")
-    runs, seconds = ranking.check_standalone_runs(supernet_cfg, supernet_report, found)
-    if choice is not None and not any(supernet.format_arch(arch) == choice["arch"] for _, arch in runs):
-        raise RankError(f"--search_choice: none of the runs given trains the search's choice {choice['arch']}: "
-                        "give its runs (train.py --arch CODE with the supernet's config.json), or use --train")
-    return sorted(runs, key=lambda r: r[1]), sorted(seconds, key=lambda r: r[1])
+def standalone_runs(args, supernet_run, choice):
+    """([(run_dir, arch)] to rank, [(run_dir, arch)] trained with a second seed): chosen and trained
+    (--train), or given (--standalone, --standalone_glob); checked and ordered by arch code."""
+    if not args.train:
+        return rank_study.given_runs(supernet_run, args.standalone, args.standalone_glob, choice)
+    archs = sorted(ranking.choose_archs(args.train, args.seed))
+    print("standalone subnets, spread over depth and kernel choices: "
+          + " ".join(supernet.format_arch(a) for a in archs))
+    seconds = rank_study.second_seed_plan(args.second_seed, supernet_run[0], archs, choice)
+    return rank_study.trained_runs(args.supernet, supernet_run, archs, seconds, args.standalone_dir, args.jobs,
+                                   args.gpus, os.path.join(HERE, "train.py"))
 
 
 def check_jobs(jobs, hardware):
@@ -415,23 +359,19 @@ def rank(args):
     data = scoring_data(args, supernet_cfg)
     out = output_folder(args)  # checked before the work
     choice = ranking.search_choice(args.supernet, args.checkpoint_type) if args.search_choice else None
-    runs, seconds = standalone_runs(args, supernet_cfg, supernet_report, choice)
+    runs, seconds = standalone_runs(args, (supernet_cfg, supernet_report), choice)
     h, w = supernet_cfg["input_h"], supernet_cfg["input_w"]
     scored = scoring_batches(args, supernet_cfg, data)
     sizes = [len(flows) for _, flows in scored[1]]
     print(f"scoring {len(runs)} subnets with the supernet and alone: {len(scored[0])} recalibration batches, "
           f"{sum(sizes)} validation samples in {len(sizes)} batches")
     histories = {run_dir: ranking.read_history(run_dir, arch) for run_dir, arch in runs + seconds}
-    progress = ranking.scoring_progress(2 * len(runs) + len(seconds))
-    report = ranking_report(args, runs, scored, (h, w), sizes, histories, progress)
-    add_second_seeds(args, report, seconds, choice, scored, (h, w), sizes, progress)
-    zero_flow = metrics.zero_flow_epe(scored[1])
-    report["stopping"] = stopping.summary(histories, zero_flow)
-    report["stopping"]["tau_if_improved"] = stopping.tau_range_if_improved(report["archs"],
-                                                                           report["stopping"]["still_falling"])
+    report = rank_study.study_report(args.supernet, runs, seconds, choice,
+                                     (args.checkpoint_type, scored, (h, w), args.bootstrap, args.seed), histories,
+                                     ranking.scoring_progress(2 * len(runs) + len(seconds)))
     report.update(supernet=args.supernet, supernet_updates_per_option=supernet_report["global_step"],
                   checkpoint_type=args.checkpoint_type, data_source=supernet_report["data_source"],
-                  input_size=[h, w], zero_flow_epe=zero_flow, bn_recal_batches=len(scored[0]),
+                  input_size=[h, w], bn_recal_batches=len(scored[0]),
                   seconds=time.time() - start, devices=hardware,
                   training_seconds=ranking.training_seconds([d for d, _ in runs + seconds]))
     report["study_seconds"] = {"supernet": supernet_report.get("wall_time_s"), "search": ranking.search_seconds(
@@ -447,50 +387,6 @@ def write_ranking(out, report, lines):
     rank_plot.plot_ranking(report, os.path.join(out, "rank.png"))
     print("\n".join(lines))
     print(f"wrote {os.path.join(out, 'rank_report.json')} and rank.png")
-    return report
-
-
-def add_second_seeds(args, report, seconds, choice, scored, size, sizes, on_scored):
-    """The second-seed runs ([(run_dir, arch)]) scored alone, into `report`: their rows, the two seeds'
-    agreement (the ceiling) and, with the search's choice, the choice against a random pick of its cost."""
-    alone = [(run_dir, arch, ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, *size,
-                                                 standalone=True, on_scored=on_scored)[arch])
-             for run_dir, arch in seconds]
-    report["second_seed_runs"] = ranking.second_seed_rows(alone, sizes)
-    report["seed_ceiling"] = ranking.seed_ceiling(report["archs"], alone, sizes, args.bootstrap, args.seed)
-    if choice is not None:
-        report["search_choice"] = ranking.search_versus_random(choice, report["archs"], alone, sizes)
-
-
-def second_seed_plan(args, supernet_cfg, archs, choice):
-    """[(arch, seed)] to train with a second seed: --second_seed of `archs` (evenly spaced in their
-    order), and the search's choice with both seeds."""
-    count = -(-len(archs) // 3) if args.second_seed is None else args.second_seed
-    picked = [archs[i] for i in np.linspace(0, len(archs) - 1, count).round().astype(int)] if count else []
-    seed = supernet_cfg["seed"] + 1
-    plan = [(arch, seed) for arch in picked]
-    if choice is not None:
-        arch = supernet.parse_arch(choice["arch"])
-        plan += [(arch, s) for s in (None, seed) if not (s is None and arch in archs) and arch not in picked]
-    return plan
-
-
-def ranking_report(args, runs, scored, size, sizes, histories, on_scored):
-    """The supernet's order against the standalone runs' (ranking.build_report), with how it settles
-    over training (each run's evaluations: histories {run_dir: {epoch: EPE}})."""
-    archs = [arch for _, arch in runs]
-    by_supernet = ranking.score_archs(args.supernet, archs, args.checkpoint_type, scored, *size, on_scored=on_scored)
-    alone = [ranking.score_archs(run_dir, [arch], args.checkpoint_type, scored, *size, standalone=True,
-                                 on_scored=on_scored)[arch] for run_dir, arch in runs]
-    rows = [{"arch": supernet.format_arch(arch), "run": run_dir, "gmacs": supernet.count_macs(arch, *size) / 1e9,
-             "params": supernet.count_params(arch, *size),
-             "standalone_updates": ranking.read_run(run_dir)[1]["global_step"],
-             "supernet_epe": ranking.batch_weighted_epe(by_supernet[arch], sizes),
-             "standalone_epe": ranking.batch_weighted_epe(epes, sizes), "standalone_batches": epes}
-            for (run_dir, arch), epes in zip(runs, alone)]
-    report = ranking.build_report(rows, [by_supernet[a] for a in archs], alone, sizes, args.bootstrap, args.seed)
-    report["training_length"] = ranking.training_length_figures([histories[d] for d, _ in runs],
-                                                                [r["supernet_epe"] for r in rows])
     return report
 
 

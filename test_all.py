@@ -124,6 +124,8 @@ Files without a section of their own:
       config.py: its type and range rules: TestBadInput (cross-cutting)
       batches.py: through TestEvaluate, TestSearchShardsAndResume, TestRankStudy
       rank_plot.py: TestRankingSearchChoice (the cost panel)
+      rank_study.py: TestRankStudy (its runs chosen, trained, scored), TestRankCommand (the second seeds' plan)
+      bench_chunks.py: TestRankBench (chunks, time left, a row trained again)
       bench.py, worker_bench.py: bench.py's flags: TestBadInput; the bench itself measures, it is not a test
 """
 import argparse
@@ -185,6 +187,7 @@ import pareto
 import rank
 import rank_bench
 import rank_plot
+import rank_study
 import ranking
 import refine
 import refining
@@ -4347,7 +4350,7 @@ def _checkpoint_values(run_dir, kind):
 
 
 @pytest.fixture(scope="module")
-def rank_study(tmp_path_factory):
+def study_runs(tmp_path_factory):
     """A tiny supernet, three subnets trained alone by rank.py --train, and rank.py's report."""
     out = tmp_path_factory.mktemp("rank")
     assert train.main(RUN_FLAGS + ["--output_dir", str(out), "--experiment_name", "sup", "--num_epochs", "1",
@@ -4360,8 +4363,8 @@ def rank_study(tmp_path_factory):
 
 class TestRankStudy:
     @pytest.mark.slow
-    def test_standalone_run_inherits_resumes_and_evaluates(self, rank_study, tmp_path, capsys):
-        out, _ = rank_study
+    def test_standalone_run_inherits_resumes_and_evaluates(self, study_runs, tmp_path, capsys):
+        out, _ = study_runs
         arch = supernet.parse_arch(STANDALONE_ARCH)
         common = RUN_FLAGS + ["--output_dir", str(tmp_path), "--experiment_name", "alone", "--learning_rate", "0"]
         inherit = ["--arch", STANDALONE_ARCH, "--init_from", str(out / "sup"), "--num_epochs", "1"]
@@ -4403,8 +4406,8 @@ class TestRankStudy:
         assert err.startswith("error: ") and "standalone run of " + STANDALONE_ARCH in err and err.count("\n") == 1
 
     @pytest.mark.slow
-    def test_rank_report_rescores_each_run_like_evaluate(self, rank_study, capsys):
-        out, report = rank_study
+    def test_rank_report_rescores_each_run_like_evaluate(self, study_runs, capsys):
+        out, report = study_runs
         assert report["num_archs"] == 3 and (out / "sup" / "standalone" / "rank.png").stat().st_size > 1000
         archs = [r["arch"] for r in report["archs"]]
         arch_flags = [flag for a in archs for flag in ("--arch", a)]
@@ -4444,8 +4447,8 @@ class TestRankStudy:
             assert not any("absl::InitializeLog" in text or "oneDNN" in text for text in logs)
 
     @pytest.mark.slow
-    def test_given_runs_pair_their_seeds_and_hold_the_search_choice(self, rank_study, tmp_path, capsys):
-        out, report = rank_study
+    def test_given_runs_pair_their_seeds_and_hold_the_search_choice(self, study_runs, tmp_path, capsys):
+        out, report = study_runs
         sup = tmp_path / "sup"
         shutil.copytree(out / "sup", sup, ignore=shutil.ignore_patterns("standalone"))
         twice, gmacs = report["second_seed_runs"][0]["arch"], {r["arch"]: r["gmacs"] for r in report["archs"]}
@@ -4472,8 +4475,8 @@ class TestRankStudy:
         assert "none of the runs given trains the search's choice 2,2,2,2,2,2,2,2,1" in err and err.count("\n") == 1
 
     @pytest.mark.slow
-    def test_per_batch_epes_match_each_batch_scored_alone(self, rank_study):
-        out, report = rank_study
+    def test_per_batch_epes_match_each_batch_scored_alone(self, study_runs):
+        out, report = study_runs
         cfg, _ = ranking.read_run(str(out / "sup"))
         recal, val = batches.scoring_batches(cfg, data_fc2.open_data(cfg))
         arch, (h, w) = supernet.parse_arch(report["archs"][0]["arch"]), (cfg["input_h"], cfg["input_w"])
@@ -4483,8 +4486,8 @@ class TestRankStudy:
         assert len(once) == len(val) > 1 and once == pytest.approx(alone, rel=1e-6)
 
     @pytest.mark.slow
-    def test_rank_bad_input_is_a_one_line_error(self, rank_study, tmp_path, capsys):
-        out, report = rank_study
+    def test_rank_bad_input_is_a_one_line_error(self, study_runs, tmp_path, capsys):
+        out, report = study_runs
         alone = [r["run"] for r in report["archs"]]
         other_size, other_source = tmp_path / "other_size", tmp_path / "other_source"
         for copy, name, changes in ((other_size, "config.json", {"input_h": 48}),
@@ -4524,8 +4527,8 @@ class TestRankStudy:
             assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
 
     @pytest.mark.slow
-    def test_margin_of_two_runs_alone_is_their_paired_difference(self, rank_study, tmp_path, capsys):
-        _, report = rank_study
+    def test_margin_of_two_runs_alone_is_their_paired_difference(self, study_runs, tmp_path, capsys):
+        _, report = study_runs
         first, second = (r["run"] for r in report["archs"][:2])
         assert rank.main(["--margin", first, second, "--out", str(tmp_path), "--bn_recal_batches", "3"]) == 0
         result = json.loads((tmp_path / f"margin_vs_{os.path.basename(first)}.json").read_text())
@@ -4582,15 +4585,15 @@ class TestRankCommand:
 
     def test_second_seeds_go_to_a_third_spread_over_the_order_and_the_choice(self):
         archs = [(i // 3, i % 3) + (0,) * 7 for i in range(9)]
-        args, cfg = argparse.Namespace(second_seed=None), {"seed": 4}
+        cfg = {"seed": 4}
         # a third of 9: positions 0, 4 and 8 of the order, with seed 5
-        assert rank.second_seed_plan(args, cfg, archs, None) == [(archs[i], 5) for i in (0, 4, 8)]
+        assert rank_study.second_seed_plan(None, cfg, archs, None) == [(archs[i], 5) for i in (0, 4, 8)]
         outside, drawn, picked = (2,) * 9, archs[1], archs[4]
-        extra = {a: rank.second_seed_plan(args, cfg, archs, {"arch": supernet.format_arch(a)})[3:]
+        extra = {a: rank_study.second_seed_plan(None, cfg, archs, {"arch": supernet.format_arch(a)})[3:]
                  for a in (outside, drawn, picked)}
         # a choice the study did not draw is trained with both seeds; one it drew, with the second only
         assert extra == {outside: [(outside, None), (outside, 5)], drawn: [(drawn, 5)], picked: []}
-        assert rank.second_seed_plan(argparse.Namespace(second_seed=0), cfg, archs, None) == []
+        assert rank_study.second_seed_plan(0, cfg, archs, None) == []
 
     def test_scoring_progress_counts_the_subnets_and_the_time_left(self, capsys):
         on_scored = ranking.scoring_progress(3)
