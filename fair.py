@@ -204,32 +204,38 @@ def main(argv=None):
         parser.error(f"--seed {args.seed} must be >= 0")
     if not args.cycles and not args.pool:
         parser.error("choose --cycles N or --pool")
-    status = 0
+    ok = True
     if args.cycles:
-        counts = counts_for_steps(args.seed, 0, args.cycles)
-        gap = fairness_gap(counts)
-        print(f"{args.cycles} fair cycles, seed {args.seed}, first: "
-              + " | ".join(format_arch(a) for a in fair_cycle(args.seed, 0)))
-        print_counts(counts)
-        print(f"fairness gap: {gap}")
-        print(f"sequence digest: {sequence_digest(args.seed, 0, args.cycles)} "
-              "(a function of seed and cycles: rerun to compare)")
-        if args.check and (gap != 0 or any(n != args.cycles for o in counts.values() for n in o.values())):
-            status = 1
+        ok = print_cycles(args.seed, args.cycles) and ok
     if args.pool:
         try:
             pool = build_eval_pool(args.size, args.seed, args.h, args.w)
         except ConfigError as err:
             parser.error(f"--size: {err}")
-        coverage = pool_coverage(pool, args.h, args.w)
-        for i, arch in enumerate(pool):
-            print(f"{i:>3} {format_arch(arch)}  {count_macs(arch, args.h, args.w) / 1e9:6.3f} GMAC")
-        print_counts(coverage["counts"])
-        print(json.dumps({k: v for k, v in coverage.items() if k != "counts"}))
-        print("coverage " + ("ok" if coverage["ok"] else "FAILED: " + "; ".join(coverage["problems"])))
-        if args.check and not coverage["ok"]:
-            status = 1
-    return status
+        ok = print_pool(pool, args.h, args.w) and ok
+    return 1 if args.check and not ok else 0
+
+
+def print_cycles(seed, cycles):
+    """Print `cycles` fair cycles' counts and digest; True when every option ran exactly `cycles` times."""
+    counts = counts_for_steps(seed, 0, cycles)
+    gap = fairness_gap(counts)
+    print(f"{cycles} fair cycles, seed {seed}, first: " + " | ".join(format_arch(a) for a in fair_cycle(seed, 0)))
+    print_counts(counts)
+    print(f"fairness gap: {gap}")
+    print(f"sequence digest: {sequence_digest(seed, 0, cycles)} (a function of seed and cycles: rerun to compare)")
+    return gap == 0 and all(n == cycles for o in counts.values() for n in o.values())
+
+
+def print_pool(pool, h, w):
+    """Print the eval pool with its MACs and coverage; True when it covers every option."""
+    coverage = pool_coverage(pool, h, w)
+    for i, arch in enumerate(pool):
+        print(f"{i:>3} {format_arch(arch)}  {count_macs(arch, h, w) / 1e9:6.3f} GMAC")
+    print_counts(coverage["counts"])
+    print(json.dumps({k: v for k, v in coverage.items() if k != "counts"}))
+    print("coverage " + ("ok" if coverage["ok"] else "FAILED: " + "; ".join(coverage["problems"])))
+    return coverage["ok"]
 
 
 if __name__ == "__main__":
