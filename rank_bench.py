@@ -359,6 +359,28 @@ def seed_ceiling(ranked, second, supernet_epe, bootstrap, seed):
             "seed_moves": {p[0]["arch"]: p[1]["epe"] - p[0]["epe"] for p in pairs}}
 
 
+def what_orders_follow(ranked, supernet_epe):
+    """Kendall tau-b of the supernet's EPEs and of the rows' against each arch's design: GMACs, mean
+    depth and mean kernel choice (0..1), and each block's option. {feature: {"supernet": t, "alone": t}};
+    negative: the EPE falls as the feature grows; None where the rows do not vary the feature."""
+    archs = [supernet.parse_arch(r["arch"]) for r in ranked]
+    depth, kernel = ranking.choice_scores(archs).T
+    features = {"GMACs": [r["gmacs"] for r in ranked], "depth": depth, "kernel": kernel}
+    features.update({block: [a[i] for a in archs] for i, block in enumerate(supernet.SPACE.blocks)})
+    orders = {"supernet": [supernet_epe[r["arch"]] for r in ranked], "alone": [r["epe"] for r in ranked]}
+    return {name: {order: (ranking.rank_correlations(x, epe)[0] if len(set(x)) > 1 else None)
+                   for order, epe in orders.items()} for name, x in features.items()}
+
+
+def follows_lines(follows):
+    """Two printed lines: the design summaries, then each block."""
+    def both(taus):
+        return "/".join("n/a" if taus[order] is None else f"{taus[order]:+.2f}" for order in ("supernet", "alone"))
+    items = [f"{name} {both(taus)}" for name, taus in follows.items()]
+    return ["what each order follows (tau-b of EPE; supernet/alone): " + ", ".join(items[:3]),
+            "  by block: " + ", ".join(items[3:])]
+
+
 def check_supernet(bench_dir, supernet_dir, cfg):
     """RankError unless the run is a supernet trained on the bench's data at its input size."""
     if cfg.get("arch"):
@@ -389,7 +411,8 @@ def bench_report(plan, rows, supernet_epe, bootstrap, seed):
             "seed_ceiling": seed_ceiling(ranked, second, supernet_epe, bootstrap, seed),
             "regret": band_regrets(ranked, supernet_epe), "still_falling": falling,
             "tau_if_improved": stopping.tau_range_if_improved(table, falling), "archs": table,
-            "second_seed_runs": [{"arch": r["arch"], "standalone_epe": r["epe"]} for r in second.values()]}
+            "second_seed_runs": [{"arch": r["arch"], "standalone_epe": r["epe"]} for r in second.values()],
+            "follows": what_orders_follow(ranked, supernet_epe)}
 
 
 def report_lines(report):
@@ -400,6 +423,7 @@ def report_lines(report):
              f"[{boot['tau_ci95'][0]:.3f}, {boot['tau_ci95'][1]:.3f}], Spearman rho {report['spearman_rho']:.3f} "
              f"[{boot['rho_ci95'][0]:.3f}, {boot['rho_ci95'][1]:.3f}]",
              "top-k overlap: " + ", ".join(f"top-{k} {v:.2f}" for k, v in report["top_k_overlap"].items())]
+    lines += follows_lines(report["follows"])
     if ceiling:
         lines.append(f"seed ceiling over {ceiling['archs']} archs trained twice: tau-b {ceiling['kendall_tau_b']:.3f} "
                      f"[{ceiling['bootstrap']['tau_ci95'][0]:.3f}, {ceiling['bootstrap']['tau_ci95'][1]:.3f}]; "

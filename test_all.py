@@ -5071,9 +5071,12 @@ def _hand_bench():
 
 
 def _kendall_by_pairs(x, y):
-    """Kendall tau (no ties) counted pair by pair."""
-    signs = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in itertools.combinations(range(len(x)), 2)]
-    return sum(signs) / len(signs)
+    """Kendall tau-b counted pair by pair: (concordant - discordant) over the root of the pairs untied
+    in x times the pairs untied in y."""
+    pairs = list(itertools.combinations(range(len(x)), 2))
+    signs = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in pairs]
+    untied = [sum(v[i] != v[j] for i, j in pairs) for v in (x, y)]
+    return sum(signs) / np.sqrt(untied[0] * untied[1])
 
 
 def _tiny_bench(folder, archs, seconds, fingerprint=True, setting=None):
@@ -5168,6 +5171,15 @@ class TestRankBench:
         sup = [supernet_epe[archs[i]] for i in order]
         alone = [rows[f"r{i}"]["epe"] for i in order]
         assert report["kendall_tau_b"] == pytest.approx(_kendall_by_pairs(sup, alone))
+        codes = [supernet.parse_arch(archs[i]) for i in order]  # what each order follows, by the design
+        for name, feature in (("GMACs", [rows[f"r{i}"]["gmacs"] for i in order]), ("DB1", [c[3] for c in codes]),
+                              ("kernel", [np.mean(c[4:]) / 2 for c in codes])):
+            assert report["follows"][name] == pytest.approx({"supernet": _kendall_by_pairs(feature, sup),
+                                                             "alone": _kendall_by_pairs(feature, alone)})
+        two = rank_bench.what_orders_follow([rows["r0"], rows["r1"]], supernet_epe)  # 000000012, 000002212
+        assert [b for b, taus in two.items() if taus["alone"] is None] == ["depth", "EB0", "EB1", "DB0", "DB1",
+                                                                             "H0Out", "H2", "H2Out"]
+        assert two["H1"] == {"supernet": 1.0, "alone": -1.0}  # the one with H1 at 7x7: supernet 1.6, alone about 1.00
         lowest = lambda v, k: set(np.argsort(v)[:k])  # noqa: E731
         for k in (1, 3, 5):
             assert report["top_k_overlap"][str(k)] == len(lowest(sup, k) & lowest(alone, k)) / k
