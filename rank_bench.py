@@ -373,12 +373,14 @@ def what_orders_follow(ranked, supernet_epe):
 
 
 def follows_lines(follows):
-    """Two printed lines: the design summaries, then each block."""
-    def both(taus):
-        return "/".join("n/a" if taus[order] is None else f"{taus[order]:+.2f}" for order in ("supernet", "alone"))
-    items = [f"{name} {both(taus)}" for name, taus in follows.items()]
-    return ["what each order follows (tau-b of EPE; supernet/alone): " + ", ".join(items[:3]),
-            "  by block: " + ", ".join(items[3:])]
+    """Two printed lines: the design summaries, then each block (by name, whatever the dict's order)."""
+    def tau(name, order):
+        return "n/a" if follows[name][order] is None else f"{follows[name][order]:+.2f}"
+
+    def items(names):
+        return ", ".join(f"{name} {tau(name, 'supernet')}/{tau(name, 'alone')}" for name in names)
+    return ["what each order follows (tau-b of EPE; supernet/alone): " + items(("GMACs", "depth", "kernel")),
+            "  by block: " + items(supernet.SPACE.blocks)]
 
 
 def check_supernet(bench_dir, supernet_dir, cfg):

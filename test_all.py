@@ -5180,6 +5180,9 @@ class TestRankBench:
         assert [b for b, taus in two.items() if taus["alone"] is None] == ["depth", "EB0", "EB1", "DB0", "DB1",
                                                                              "H0Out", "H2", "H2Out"]
         assert two["H1"] == {"supernet": 1.0, "alone": -1.0}  # the one with H1 at 7x7: supernet 1.6, alone about 1.00
+        summary, blocks = rank_bench.follows_lines(dict(sorted(two.items())))  # as read back from sorted JSON
+        assert summary.endswith("GMACs +1.00/-1.00, depth n/a/n/a, kernel +1.00/-1.00")
+        assert blocks.split(": ")[1].split(", ")[:2] == ["EB0 n/a/n/a", "EB1 n/a/n/a"] and "H1 +1.00/-1.00" in blocks
         lowest = lambda v, k: set(np.argsort(v)[:k])  # noqa: E731
         for k in (1, 3, 5):
             assert report["top_k_overlap"][str(k)] == len(lowest(sup, k) & lowest(alone, k)) / k
