@@ -240,24 +240,25 @@ def methods_table(plan, rows, supernet_epe, supernet_steps, refined, bootstrap, 
     table = [method("supernet", supernet_steps, 0, ranked, supernet_epe, supernet_epe, bootstrap, seed)]
     for settings, epes in refined:
         for k in REFINE_SHORTLISTS:
-            table.append(method(f"supernet, top {k or 'all'} {refining.settings_label(settings)}", supernet_steps,
+            shortlist = f"its {k} lowest per band" if k else "every arch"
+            table.append(method(f"{shortlist} {refining.settings_label(settings)}", supernet_steps,
                                 settings["steps"] * refine_scale, ranked, supernet_epe, None if k else epes,
                                 bootstrap, seed, shortlist=k, chosen_by=epes))
     for k in REFINE_SHORTLISTS[:-1]:
-        table.append(method(f"supernet, top {k} trained alone (the rows)", supernet_steps, row_steps, ranked,
+        table.append(method(f"its {k} lowest per band trained alone (the rows)", supernet_steps, row_steps, ranked,
                             supernet_epe, shortlist=k, chosen_by=alone))
     return table
 
 
 def methods_lines(table):
-    """The methods table as printed (regret: mean over the bands, in EPE and in paired SEs)."""
-    lines = [f"{'method':<52} {'supernet steps':>14} {'steps per pick':>14} {'tau-b [95%]':>22} {'top-3':>5} "
-             f"{'regret (paired SEs)':>20} {'best':>7}"]
+    """The methods table as printed, in Markdown (regret: mean over the bands, in EPE and in paired SEs)."""
+    lines = ["| method | supernet steps | steps per pick | tau-b [95%] | top-3 | regret, EPE (paired SEs) | best |",
+             "|---|---|---|---|---|---|---|"]
     for m in table:
         tau = "" if m["kendall_tau_b"] is None else \
             f"{m['kendall_tau_b']:.3f} [{m['tau_ci95'][0]:.2f}, {m['tau_ci95'][1]:.2f}]"
         top3 = "" if m["top3_overlap"] is None else f"{m['top3_overlap']:.2f}"
         regret = "" if m["regret_mean"] is None else f"{m['regret_mean']:.4f} ({m['regret_mean_se']:.1f})"
-        lines.append(f"{m['method']:<52} {m['once_steps']:>14,.0f} {m['steps_per_pick']:>14,.0f} {tau:>22} "
-                     f"{top3:>5} {regret:>20} {m['pick_is_best']:>3}/{m['bands']:<3}")
+        lines.append(f"| {m['method']} | {m['once_steps']:,.0f} | {m['steps_per_pick']:,.0f} | {tau} | {top3} | "
+                     f"{regret} | {m['pick_is_best']}/{m['bands']} |")
     return lines

@@ -205,12 +205,13 @@ def bench_ranking(args):
     else:
         epes, refined, kept, out = scored_by_supernet(args, plan, codes, refine_settings, hardware)
     compute = kept.compute()
-    report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed)
+    report = rank_bench.bench_report(plan, rows, epes, args.bootstrap, args.seed,
+                                     {refining.settings_label(s): by_arch for s, by_arch in refined})
     ranked = [r["arch"] for r in report["archs"]]
     refined = [(settings, {code: by_arch[code] for code in ranked}) for settings, by_arch in refined]
     report.update(supernet=args.supernet, checkpoint_type=args.checkpoint_type, bench=args.bench,
                   kept_scores=kept.path, scoring=plan["scoring"], seconds=time.time() - start, devices=hardware,
-                  refined={bench_methods.refine_method(s): epes for s, epes in refined},
+                  refined={bench_methods.refine_method(s): by_arch for s, by_arch in refined},
                   methods=bench_methods.methods_table(
                       plan, rows, epes, compute["supernet_steps"], refined, args.bootstrap, args.seed,
                       compute["refine_scale"]))

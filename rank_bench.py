@@ -359,28 +359,31 @@ def seed_ceiling(ranked, second, supernet_epe, bootstrap, seed):
             "seed_moves": {p[0]["arch"]: p[1]["epe"] - p[0]["epe"] for p in pairs}}
 
 
-def what_orders_follow(ranked, supernet_epe):
-    """Kendall tau-b of the supernet's EPEs and of the rows' against each arch's design: GMACs, mean
-    depth and mean kernel choice (0..1), and each block's option. {feature: {"supernet": t, "alone": t}};
-    negative: the EPE falls as the feature grows; None where the rows do not vary the feature."""
+def what_orders_follow(ranked, orders):
+    """Kendall tau-b of each order's EPEs (orders {name: {arch: EPE}}, then the rows' own, "alone") against each
+    arch's design: GMACs, mean depth and mean kernel choice (0..1), and each block's option. {feature: {order:
+    t}}; negative: the EPE falls as the feature grows; None where the rows do not vary the feature."""
     archs = [supernet.parse_arch(r["arch"]) for r in ranked]
     depth, kernel = ranking.choice_scores(archs).T
     features = {"GMACs": [r["gmacs"] for r in ranked], "depth": depth, "kernel": kernel}
     features.update({block: [a[i] for a in archs] for i, block in enumerate(supernet.SPACE.blocks)})
-    orders = {"supernet": [supernet_epe[r["arch"]] for r in ranked], "alone": [r["epe"] for r in ranked]}
+    epes = {name: [order[r["arch"]] for r in ranked] for name, order in orders.items()}
+    epes["alone"] = [r["epe"] for r in ranked]
     return {name: {order: (ranking.rank_correlations(x, epe)[0] if len(set(x)) > 1 else None)
-                   for order, epe in orders.items()} for name, x in features.items()}
+                   for order, epe in epes.items()} for name, x in features.items()}
 
 
 def follows_lines(follows):
-    """Two printed lines: the design summaries, then each block (by name, whatever the dict's order)."""
-    def tau(name, order):
-        return "n/a" if follows[name][order] is None else f"{follows[name][order]:+.2f}"
+    """What each order follows as printed, a Markdown table: a row per feature (the design summaries, then each
+    block), a column per order (the supernet first, alone last); by name, whatever the dicts' order."""
+    orders = sorted(next(iter(follows.values())), key=lambda o: (o != "supernet", o == "alone", o))
+    features = ("GMACs", "depth", "kernel") + tuple(supernet.SPACE.blocks)
 
-    def items(names):
-        return ", ".join(f"{name} {tau(name, 'supernet')}/{tau(name, 'alone')}" for name in names)
-    return ["what each order follows (tau-b of EPE; supernet/alone): " + items(("GMACs", "depth", "kernel")),
-            "  by block: " + items(supernet.SPACE.blocks)]
+    def tau(value):
+        return "n/a" if value is None else f"{value:+.2f}"
+    return ["what each order follows: Kendall tau-b of its EPEs against the design (negative: EPE falls as it grows)",
+            "| EPE against | " + " | ".join(orders) + " |", "|---" * (len(orders) + 1) + "|"] + \
+        [f"| {name} | " + " | ".join(tau(follows[name][o]) for o in orders) + " |" for name in features]
 
 
 def check_supernet(bench_dir, supernet_dir, cfg):
@@ -394,10 +397,11 @@ def check_supernet(bench_dir, supernet_dir, cfg):
                         f"({', '.join(differ)} differ)")
 
 
-def bench_report(plan, rows, supernet_epe, bootstrap, seed):
+def bench_report(plan, rows, supernet_epe, bootstrap, seed, refined=None):
     """The supernet's order (supernet_epe {arch code: EPE}) against the bench's rows: tau-b and rho
-    with bootstrap intervals, top-1/3/5 overlap, the seed ceiling, regret in cost bands, and what
-    the rows still falling could change."""
+    with bootstrap intervals, top-1/3/5 overlap, the seed ceiling, regret in cost bands, what the rows
+    still falling could change, and what its order, each refined one (refined {method: {arch: EPE}}) and
+    the rows' own follow in the design."""
     ranked, second = ranked_and_second(plan, rows)
     if len(ranked) < ranking.MIN_ARCHS:
         raise RankError(f"the bench has {len(ranked)} ranked rows; at least {ranking.MIN_ARCHS} are needed")
@@ -414,7 +418,7 @@ def bench_report(plan, rows, supernet_epe, bootstrap, seed):
             "regret": band_regrets(ranked, supernet_epe), "still_falling": falling,
             "tau_if_improved": stopping.tau_range_if_improved(table, falling), "archs": table,
             "second_seed_runs": [{"arch": r["arch"], "standalone_epe": r["epe"]} for r in second.values()],
-            "follows": what_orders_follow(ranked, supernet_epe)}
+            "follows": what_orders_follow(ranked, {"supernet": supernet_epe, **(refined or {})})}
 
 
 def report_lines(report):

@@ -5176,13 +5176,18 @@ class TestRankBench:
                               ("kernel", [np.mean(c[4:]) / 2 for c in codes])):
             assert report["follows"][name] == pytest.approx({"supernet": _kendall_by_pairs(feature, sup),
                                                              "alone": _kendall_by_pairs(feature, alone)})
-        two = rank_bench.what_orders_follow([rows["r0"], rows["r1"]], supernet_epe)  # 000000012, 000002212
+        two = rank_bench.what_orders_follow([rows["r0"], rows["r1"]],  # 000000012, 000002212
+                                            {"supernet": supernet_epe, "refined": {archs[0]: 1.0, archs[1]: 1.1}})
         assert [b for b, taus in two.items() if taus["alone"] is None] == ["depth", "EB0", "EB1", "DB0", "DB1",
                                                                              "H0Out", "H2", "H2Out"]
-        assert two["H1"] == {"supernet": 1.0, "alone": -1.0}  # the one with H1 at 7x7: supernet 1.6, alone about 1.00
-        summary, blocks = rank_bench.follows_lines(dict(sorted(two.items())))  # as read back from sorted JSON
-        assert summary.endswith("GMACs +1.00/-1.00, depth n/a/n/a, kernel +1.00/-1.00")
-        assert blocks.split(": ")[1].split(", ")[:2] == ["EB0 n/a/n/a", "EB1 n/a/n/a"] and "H1 +1.00/-1.00" in blocks
+        assert two["H1"] == {"supernet": 1.0, "refined": 1.0, "alone": -1.0}  # H1 at 7x7: supernet 1.6, alone 1.0
+        read_back = {f: dict(sorted(taus.items())) for f, taus in sorted(two.items())}  # as from sorted JSON
+        table = rank_bench.follows_lines(read_back)[1:]
+        assert table[0] == "| EPE against | supernet | refined | alone |" and table[1] == "|---|---|---|---|"
+        assert [line.split(" | ")[0] for line in table[2:]] == ["| GMACs", "| depth", "| kernel", "| EB0", "| EB1",
+                                                                "| DB0", "| DB1", "| H0Out", "| H1", "| H1Out",
+                                                                "| H2", "| H2Out"]
+        assert table[3] == "| depth | n/a | n/a | n/a |" and table[10] == "| H1 | +1.00 | +1.00 | -1.00 |"
         lowest = lambda v, k: set(np.argsort(v)[:k])  # noqa: E731
         for k in (1, 3, 5):
             assert report["top_k_overlap"][str(k)] == len(lowest(sup, k) & lowest(alone, k)) / k
@@ -5301,10 +5306,10 @@ class TestBenchMethods:
         table = {m["method"]: m for m in methods}
         # two cost bands: 0.30-0.32 and 0.50-0.52 (0.70 has no neighbour within 10%); in each, the
         # supernet's K lowest are shortlisted and the lowest refined (or standalone) EPE among them is picked
-        for k, name, chosen_by in ((2, "supernet, top 2 refined 8 steps", refined),
-                                   (4, "supernet, top 4 refined 8 steps", refined),
-                                   (None, "supernet, top all refined 8 steps", refined),
-                                   (2, "supernet, top 2 trained alone (the rows)", epe),
+        for k, name, chosen_by in ((2, "its 2 lowest per band refined 8 steps", refined),
+                                   (4, "its 4 lowest per band refined 8 steps", refined),
+                                   (None, "every arch refined 8 steps", refined),
+                                   (2, "its 2 lowest per band trained alone (the rows)", epe),
                                    (1, "supernet", supernet_epe)):
             regrets = []
             for band in ([0, 1, 2], [3, 4]):
@@ -5313,20 +5318,20 @@ class TestBenchMethods:
                 regrets.append(epe[archs[pick]] - min(epe[archs[i]] for i in band))
             assert table[name]["regret_mean"] == pytest.approx(np.mean(regrets)) and table[name]["bands"] == 2
             assert table[name]["pick_is_best"] == sum(r == 0 for r in regrets) and table[name]["once_steps"] == 300
-        assert table["supernet, top 2 refined 8 steps"]["regret_mean"] > 0  # the shortlist misses the best here
-        assert table["supernet, top all refined 8 steps"]["regret_mean"] == 0
-        assert table["supernet, top all refined 8 steps"]["kendall_tau_b"] == pytest.approx(
+        assert table["its 2 lowest per band refined 8 steps"]["regret_mean"] > 0  # the shortlist misses the best here
+        assert table["every arch refined 8 steps"]["regret_mean"] == 0
+        assert table["every arch refined 8 steps"]["kendall_tau_b"] == pytest.approx(
             _kendall_by_pairs([refined[archs[i]] for i in order], alone))
-        assert table["supernet, top 2 refined 8 steps"]["kendall_tau_b"] is None  # it orders only its shortlists
+        assert table["its 2 lowest per band refined 8 steps"]["kendall_tau_b"] is None  # it orders only its shortlists
         assert table["supernet"]["kendall_tau_b"] == report["kendall_tau_b"]
-        assert [m["method"] for m in methods[4:7]] == [f"supernet, top {k} refined 8 steps at 0.1x lr"
-                                                       for k in (2, 4, "all")]
+        assert [m["method"] for m in methods[4:7]] == [f"{k} refined 8 steps at 0.1x lr" for k in
+                                                       ("its 2 lowest per band", "its 4 lowest per band", "every arch")]
         assert [{**m, "method": ""} for m in methods[4:7]] == [{**m, "method": ""} for m in methods[1:4]]
-        assert table["supernet, top 2 trained alone (the rows)"]["steps_per_pick"] == 2 * 1  # 2 a band, rows of 1 step
-        assert table["supernet, top 4 refined 8 steps"]["steps_per_pick"] == (3 + 2) / 2 * 8  # all of both bands
+        assert table["its 2 lowest per band trained alone (the rows)"]["steps_per_pick"] == 2 * 1  # 2 a band, rows of 1 step
+        assert table["its 4 lowest per band refined 8 steps"]["steps_per_pick"] == (3 + 2) / 2 * 8  # all of both bands
         halved = bench_methods.methods_table(plan, rows, supernet_epe, 300, [(eight, refined)], 50, 0, 0.5)
         assert halved[1]["steps_per_pick"] == 2 * 8 * 0.5  # a child at half the bench's batch: half a step each
-        assert halved[1]["method"] == "supernet, top 2 refined 8 steps"
+        assert halved[1]["method"] == "its 2 lowest per band refined 8 steps"
 
 
     @pytest.mark.slow
@@ -5365,9 +5370,13 @@ class TestBenchMethods:
             alone = rank_bench.pair_epes(child, supernet.parse_arch(code), "last", scored)
             assert epe == pytest.approx(alone.mean(), abs=1e-5)
         assert sorted(report["refined"]["refine_n4_e4"]) == sorted(archs)
+        ranked, _ = rank_bench.ranked_and_second(plan, rank_bench.read_rows(bench, plan))  # what each order follows
+        assert report["follows"] == rank_bench.what_orders_follow(ranked, {
+            "supernet": {r["arch"]: r["supernet_epe"] for r in report["archs"]},
+            "refined 4 steps": report["refined"]["refine_n4_e4"]})
         names = [m["method"] for m in report["methods"]]
         assert (sup / "s" / "rank_bench" / "methods.png").stat().st_size > 10000
-        assert names[0] == "supernet" and "supernet, top all refined 4 steps" in names
+        assert names[0] == "supernet" and "every arch refined 4 steps" in names
         # run again: no child trained or scored twice, the same table
         trained = glob.glob(str(sup / "s" / "refine" / "runs" / "*" / "train_report.json"))
         kept = {p: os.path.getmtime(p) for p in trained}
