@@ -439,7 +439,7 @@ def report_lines(report):
     if regret["bands"]:
         lines.append(f"regret in {len(regret['bands'])} cost bands (+-{regret['band']:.0%} GMACs): mean "
                      f"{regret['mean']:.4f} EPE ({regret['mean_se']:.1f} paired SE), max {regret['max']:.4f}; "
-                     f"the supernet's pick is the band's best in {regret['pick_is_best']}")
+                     f"the supernet's pick is the band's best in {regret['pick_is_best']} of {len(regret['bands'])}")
     else:
         lines.append(f"regret: no cost band (+-{regret['band']:.0%} GMACs around a row) holds two rows")
     if report["still_falling"]:

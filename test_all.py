@@ -5200,6 +5200,11 @@ class TestRankBench:
         d = np.array(rows[f"r{pick}"]["pair_epe"]) - np.array(rows[f"r{best}"]["pair_epe"])
         assert band["regret"] == pytest.approx(d.mean())
         assert band["regret_se"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(len(d))))
+        regret_line = next(line for line in rank_bench.report_lines(report) if line.startswith("regret in"))
+        high_pick = min([3, 4], key=lambda i: supernet_epe[archs[i]])
+        high_best = min([3, 4], key=lambda i: rows[f"r{i}"]["epe"])
+        picked_best = (pick == best) + (high_pick == high_best)
+        assert regret_line.endswith(f"the supernet's pick is the band's best in {picked_best} of 2")
         ceiling = report["seed_ceiling"]
         first, second = [rows[f"r{i}"]["epe"] for i in (0, 2, 4)], [rows[f"s{i}"]["epe"] for i in (0, 2, 4)]
         by_arch = sorted(range(3), key=lambda j: archs[(0, 2, 4)[j]])
