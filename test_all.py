@@ -5329,10 +5329,11 @@ class TestBenchMethods:
             _kendall_by_pairs([refined[archs[i]] for i in order], alone))
         assert table["its 2 lowest per band refined 8 steps"]["kendall_tau_b"] is None  # it orders only its shortlists
         assert table["supernet"]["kendall_tau_b"] == report["kendall_tau_b"]
-        assert [m["method"] for m in methods[4:7]] == [f"{k} refined 8 steps at 0.1x lr" for k in
-                                                       ("its 2 lowest per band", "its 4 lowest per band", "every arch")]
+        shortlists = ("its 2 lowest per band", "its 4 lowest per band", "every arch")
+        assert [m["method"] for m in methods[4:7]] == [f"{k} refined 8 steps at 0.1x lr" for k in shortlists]
         assert [{**m, "method": ""} for m in methods[4:7]] == [{**m, "method": ""} for m in methods[1:4]]
-        assert table["its 2 lowest per band trained alone (the rows)"]["steps_per_pick"] == 2 * 1  # 2 a band, rows of 1 step
+        alone_two = table["its 2 lowest per band trained alone (the rows)"]
+        assert alone_two["steps_per_pick"] == 2 * 1  # 2 a band, rows of 1 step
         assert table["its 4 lowest per band refined 8 steps"]["steps_per_pick"] == (3 + 2) / 2 * 8  # all of both bands
         halved = bench_methods.methods_table(plan, rows, supernet_epe, 300, [(eight, refined)], 50, 0, 0.5)
         assert halved[1]["steps_per_pick"] == 2 * 8 * 0.5  # a child at half the bench's batch: half a step each
